@@ -1,0 +1,22 @@
+//! `gateway` owns everything that speaks AMQP: the broker connection and its
+//! reconnect loop, topology (queues with their retry and dead-letter
+//! companions, exchanges, bindings), the confirming publisher and, later, the
+//! consumer supervisor. It knows nothing of HTTP routes or MongoDB.
+
+pub mod connection;
+pub mod error;
+pub mod names;
+pub mod publisher;
+pub mod topology;
+
+pub use connection::{parse_amqp_url, AmqpUrlParts, Broker, BrokerSettings};
+pub use error::BrokerError;
+pub use names::{ExchangeName, NameError, QueueName, RoutingKey};
+pub use publisher::{OutgoingMessage, PublishOutcome, Publisher};
+pub use topology::{
+    DeclareOutcome, ExchangeKind, ExchangeSpec, QueueCounts, QueueSpec, QueueType, Topology,
+};
+
+/// Re-exported so callers can build message properties and field tables
+/// without depending on lapin themselves.
+pub use lapin::{types::AMQPValue, types::FieldTable, BasicProperties};

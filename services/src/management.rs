@@ -1,0 +1,262 @@
+//! A small client for the RabbitMQ management API: what the AMQP protocol
+//! cannot tell (connections, per-queue statistics across the vhost).
+
+use std::collections::BTreeMap;
+
+use gateway::QueueName;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagementError {
+    #[error("the RabbitMQ management API is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<reqwest::Error> for ManagementError {
+    fn from(err: reqwest::Error) -> Self {
+        ManagementError::Unavailable(err.to_string())
+    }
+}
+
+#[derive(Clone)]
+pub struct ManagementClient {
+    http: reqwest::Client,
+    base: url::Url,
+    user: String,
+    password: String,
+    vhost: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawConnection {
+    name: String,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    vhost: String,
+    #[serde(default)]
+    peer_host: Option<String>,
+    #[serde(default)]
+    peer_port: Option<u16>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    channels: Option<u32>,
+    #[serde(default)]
+    connected_at: Option<i64>,
+    #[serde(default)]
+    client_properties: Option<RawClientProperties>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawClientProperties {
+    #[serde(default)]
+    connection_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionInfo {
+    pub connection_id: String,
+    pub user: String,
+    pub peer_host: Option<String>,
+    pub peer_port: Option<u16>,
+    pub state: Option<String>,
+    pub channels: u32,
+    pub connected_at: Option<String>,
+    pub client_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawQueue {
+    pub name: String,
+    #[serde(default)]
+    pub messages: u64,
+    #[serde(default)]
+    pub messages_ready: u64,
+    #[serde(default)]
+    pub messages_unacknowledged: u64,
+    #[serde(default)]
+    pub consumers: u64,
+    #[serde(default)]
+    pub durable: bool,
+    #[serde(default, rename = "type")]
+    pub queue_type: Option<String>,
+}
+
+/// One row of `/getQueues`: a main queue with its companions folded in.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueRow {
+    pub queue_name: String,
+    /// Ready + unacknowledged + waiting in delay queues for a retry.
+    pub messages: u64,
+    pub messages_ready: u64,
+    pub messages_unacknowledged: u64,
+    pub retrying_messages: u64,
+    pub consumers: u64,
+    pub durable: bool,
+    pub queue_type: String,
+    pub dead_letter_messages: u64,
+}
+
+impl ManagementClient {
+    pub fn new(
+        http: reqwest::Client,
+        base: url::Url,
+        user: String,
+        password: String,
+        vhost: String,
+    ) -> Self {
+        Self {
+            http,
+            base,
+            user,
+            password,
+            vhost,
+        }
+    }
+
+    fn url(&self, segments: &[&str]) -> Result<url::Url, ManagementError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|_| {
+                ManagementError::Unavailable("RABBITMQ_MANAGEMENT_URL cannot be a base".into())
+            })?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        segments: &[&str],
+    ) -> Result<T, ManagementError> {
+        let response = self
+            .http
+            .get(self.url(segments)?)
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(ManagementError::Unavailable(format!(
+                "{} answered {status}",
+                self.base
+            )));
+        }
+        Ok(response.json().await?)
+    }
+
+    /// The vhost's client connections, oldest first.
+    pub async fn connections(&self) -> Result<Vec<ConnectionInfo>, ManagementError> {
+        let raw: Vec<RawConnection> = self.get(&["api", "connections"]).await?;
+        let mut rows: Vec<(Option<i64>, ConnectionInfo)> = raw
+            .into_iter()
+            .filter(|c| c.vhost == self.vhost)
+            .map(|c| {
+                let connected_at = c.connected_at.and_then(|ms| {
+                    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339())
+                });
+                (
+                    c.connected_at,
+                    ConnectionInfo {
+                        connection_id: c.name,
+                        user: c.user,
+                        peer_host: c.peer_host,
+                        peer_port: c.peer_port,
+                        state: c.state,
+                        channels: c.channels.unwrap_or(0),
+                        connected_at,
+                        client_name: c.client_properties.and_then(|p| p.connection_name),
+                    },
+                )
+            })
+            .collect();
+        rows.sort_by_key(|(at, _)| *at);
+        Ok(rows.into_iter().map(|(_, row)| row).collect())
+    }
+
+    pub async fn queues(&self) -> Result<Vec<QueueRow>, ManagementError> {
+        let raw: Vec<RawQueue> = self.get(&["api", "queues", &self.vhost]).await?;
+        Ok(fold_companions(raw))
+    }
+}
+
+/// Folds `<q>.dlq` and `<q>.retry.<ms>` into the row of `<q>`. A companion
+/// whose main queue is gone stays a row of its own, so nothing is hidden.
+pub fn fold_companions(raw: Vec<RawQueue>) -> Vec<QueueRow> {
+    let mut rows: BTreeMap<String, QueueRow> = BTreeMap::new();
+    let mut companions = Vec::new();
+    for queue in raw {
+        match QueueName::main_of_companion(&queue.name) {
+            Some(main) => companions.push((main.to_owned(), queue)),
+            None => {
+                rows.insert(queue.name.clone(), row_of(&queue));
+            }
+        }
+    }
+    for (main, queue) in companions {
+        match rows.get_mut(&main) {
+            Some(row) if queue.name.ends_with(gateway::names::DEAD_LETTER_SUFFIX) => {
+                row.dead_letter_messages += queue.messages;
+            }
+            Some(row) => {
+                row.retrying_messages += queue.messages;
+                row.messages += queue.messages;
+            }
+            None => {
+                rows.insert(queue.name.clone(), row_of(&queue));
+            }
+        }
+    }
+    rows.into_values().collect()
+}
+
+fn row_of(queue: &RawQueue) -> QueueRow {
+    QueueRow {
+        queue_name: queue.name.clone(),
+        messages: queue.messages,
+        messages_ready: queue.messages_ready,
+        messages_unacknowledged: queue.messages_unacknowledged,
+        retrying_messages: 0,
+        consumers: queue.consumers,
+        durable: queue.durable,
+        queue_type: queue.queue_type.clone().unwrap_or_else(|| "classic".into()),
+        dead_letter_messages: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(name: &str, messages: u64) -> RawQueue {
+        RawQueue {
+            name: name.into(),
+            messages,
+            messages_ready: messages,
+            messages_unacknowledged: 0,
+            consumers: 0,
+            durable: true,
+            queue_type: Some("classic".into()),
+        }
+    }
+
+    #[test]
+    fn companions_fold_into_the_main_row() {
+        let rows = fold_companions(vec![
+            raw("orders.dlq", 3),
+            raw("orders", 5),
+            raw("orders.retry.1000", 2),
+            raw("lonely.dlq", 1),
+        ]);
+        assert_eq!(rows.len(), 2);
+        let orders = rows.iter().find(|r| r.queue_name == "orders").unwrap();
+        assert_eq!(orders.messages, 7);
+        assert_eq!(orders.messages_ready, 5);
+        assert_eq!(orders.retrying_messages, 2);
+        assert_eq!(orders.dead_letter_messages, 3);
+        assert!(rows.iter().any(|r| r.queue_name == "lonely.dlq"));
+    }
+}

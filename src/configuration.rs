@@ -1,0 +1,256 @@
+//! Configuration from the environment (and `.env`, read in `main`).
+//!
+//! Every variable is parsed here, once, into a typed value; a missing or
+//! malformed one stops start-up with one line naming it.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A secret that never shows up in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind_addr: String,
+    pub amqp_url: Secret,
+    pub management_url: url::Url,
+    pub management_user: String,
+    pub management_password: Secret,
+    pub vhost: String,
+    pub mongodb_uri: Secret,
+    pub mongodb_db: String,
+    pub admin_user: String,
+    pub admin_password: Secret,
+    pub default_target_url: Option<url::Url>,
+    pub forward_allowed_hosts: Option<Vec<String>>,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub builtin_consumers: bool,
+    pub builtin_queue_prefix: String,
+    /// Names this process in its AMQP connection, so replicas can be told
+    /// apart in `/getConnections`.
+    pub instance_id: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+fn problem(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        problem: problem.into(),
+    }
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Builds settings from any lookup; empty values count as unset.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |key: &str| get(key).filter(|v| !v.trim().is_empty());
+        let or = |key: &str, default: &str| var(key).unwrap_or_else(|| default.to_owned());
+
+        let bind_addr = or("BIND_ADDR", "127.0.0.1:8080");
+        bind_addr
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| problem("BIND_ADDR", format!("`{bind_addr}` is not host:port ({e})")))?;
+
+        let amqp_url = or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let amqp = gateway::parse_amqp_url(&amqp_url)
+            .map_err(|e| problem("AMQP_URL", format!("not a valid AMQP URL: {e}")))?;
+
+        let management_raw = or("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672");
+        let management_url =
+            parse_http_url(&management_raw).map_err(|e| problem("RABBITMQ_MANAGEMENT_URL", e))?;
+
+        let mongodb_uri = or("MONGODB_URI", "mongodb://127.0.0.1:27017");
+        if !(mongodb_uri.starts_with("mongodb://") || mongodb_uri.starts_with("mongodb+srv://")) {
+            return Err(problem(
+                "MONGODB_URI",
+                "must start with mongodb:// or mongodb+srv://",
+            ));
+        }
+        let mongodb_db = or("MONGODB_DB", "workerrmq");
+        if mongodb_db.len() > 63 || mongodb_db.contains(['/', '\\', '.', ' ', '"', '$']) {
+            return Err(problem(
+                "MONGODB_DB",
+                "must be at most 63 characters without / \\ . space \" or $",
+            ));
+        }
+
+        let admin_password = var("ADMIN_PASSWORD").ok_or_else(|| {
+            problem(
+                "ADMIN_PASSWORD",
+                "is required: set it in the environment or .env (./run.sh writes one on first run)",
+            )
+        })?;
+
+        let default_target_url = var("DEFAULT_TARGET_URL")
+            .map(|raw| parse_http_url(&raw).map_err(|e| problem("DEFAULT_TARGET_URL", e)))
+            .transpose()?;
+
+        let forward_allowed_hosts = var("FORWARD_ALLOWED_HOSTS").map(|raw| {
+            raw.split(',')
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect::<Vec<_>>()
+        });
+
+        let max_body_bytes = match var("MAX_BODY_BYTES") {
+            None => 1_048_576,
+            Some(raw) => raw
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    problem(
+                        "MAX_BODY_BYTES",
+                        format!("`{raw}` is not a positive number of bytes"),
+                    )
+                })?,
+        };
+
+        let log_format = match or("LOG_FORMAT", "pretty").to_ascii_lowercase().as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(problem(
+                    "LOG_FORMAT",
+                    format!("`{other}` is neither `pretty` nor `json`"),
+                ))
+            }
+        };
+
+        let builtin_consumers = match or("BUILTIN_CONSUMERS", "true")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            other => {
+                return Err(problem(
+                    "BUILTIN_CONSUMERS",
+                    format!("`{other}` is neither true nor false"),
+                ))
+            }
+        };
+
+        let instance_id = var("INSTANCE_ID").unwrap_or_else(|| {
+            let short = uuid::Uuid::new_v4().simple().to_string();
+            short[..8].to_owned()
+        });
+
+        Ok(Settings {
+            bind_addr,
+            management_user: var("RABBITMQ_MANAGEMENT_USER").unwrap_or(amqp.user),
+            management_password: Secret::new(
+                var("RABBITMQ_MANAGEMENT_PASSWORD").unwrap_or(amqp.password),
+            ),
+            vhost: amqp.vhost,
+            amqp_url: Secret::new(amqp_url),
+            management_url,
+            mongodb_uri: Secret::new(mongodb_uri),
+            mongodb_db,
+            admin_user: or("ADMIN_USER", "admin"),
+            admin_password: Secret::new(admin_password),
+            default_target_url,
+            forward_allowed_hosts,
+            max_body_bytes,
+            log_format,
+            builtin_consumers,
+            builtin_queue_prefix: var("BUILTIN_QUEUE_PREFIX").unwrap_or_default(),
+            instance_id,
+        })
+    }
+}
+
+fn parse_http_url(raw: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("`{raw}` is not a URL ({e})"))?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(url),
+        _ => Err(format!("`{raw}` is not an http(s) URL with a host")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let s = settings(&[("ADMIN_PASSWORD", "pw")]).unwrap();
+        assert_eq!(s.bind_addr, "127.0.0.1:8080");
+        assert_eq!(s.mongodb_db, "workerrmq");
+        assert_eq!(s.admin_user, "admin");
+        assert_eq!(s.management_user, "guest");
+        assert_eq!(s.vhost, "/");
+        assert_eq!(s.max_body_bytes, 1_048_576);
+        assert!(s.builtin_consumers);
+        assert_eq!(s.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn start_refuses_without_an_admin_password() {
+        assert_eq!(settings(&[]).unwrap_err().variable, "ADMIN_PASSWORD");
+    }
+
+    #[test]
+    fn malformed_values_name_their_variable() {
+        let cases = [
+            ("BIND_ADDR", "nope"),
+            ("AMQP_URL", "http://x"),
+            ("MAX_BODY_BYTES", "-3"),
+            ("LOG_FORMAT", "xml"),
+            ("BUILTIN_CONSUMERS", "maybe"),
+            ("DEFAULT_TARGET_URL", "ftp://x"),
+            ("MONGODB_URI", "postgres://x"),
+        ];
+        for (key, value) in cases {
+            let err = settings(&[("ADMIN_PASSWORD", "pw"), (key, value)]).unwrap_err();
+            assert_eq!(err.variable, key, "{key}={value}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let s = settings(&[("ADMIN_PASSWORD", "hunter2")]).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

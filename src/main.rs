@@ -1,0 +1,33 @@
+//! Entry point: read the configuration, start logging, run until SIGTERM.
+
+use workerrmq::configuration::Settings;
+use workerrmq::startup::Application;
+use workerrmq::telemetry;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let _ = dotenvy::dotenv();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("workerrmq: configuration error: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init(settings.log_format);
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(err) => {
+            tracing::error!(error = %err, "start-up failed");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(address = %app.address(), "workerrmq listening");
+    match app.run_until_stopped().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "server stopped with an error");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

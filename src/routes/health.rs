@@ -1,0 +1,53 @@
+//! Liveness and readiness.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::state::AppState;
+
+const STORE_PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "The process is up", example = json!({"status": "ok"}))))]
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Ready when the broker connection is up and the store answers a ping.
+#[utoipa::path(get, path = "/ready", tag = "health",
+    responses(
+        (status = 200, description = "Broker and store are up", example = json!({"status": "ready", "broker": "up", "store": "up"})),
+        (status = 503, description = "Something is down; the body names it", body = crate::openapi::ErrorBodySchema)))]
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let broker_up = state.broker.is_up();
+    let store_up = matches!(
+        tokio::time::timeout(STORE_PING_TIMEOUT, state.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let word = |up: bool| if up { "up" } else { "down" };
+    if broker_up && store_up {
+        return HttpResponse::Ok().json(json!({
+            "status": "ready", "broker": "up", "store": "up"
+        }));
+    }
+    let (code, message) = match (broker_up, store_up) {
+        (false, false) => (
+            "broker_unavailable",
+            "the broker and the store are both unreachable",
+        ),
+        (false, true) => (
+            "broker_unavailable",
+            "the broker connection is down; the gateway is reconnecting",
+        ),
+        _ => ("store_unavailable", "the store (MongoDB) does not answer"),
+    };
+    HttpResponse::ServiceUnavailable().json(json!({
+        "error": code,
+        "message": message,
+        "status": "unavailable",
+        "broker": word(broker_up),
+        "store": word(store_up),
+    }))
+}

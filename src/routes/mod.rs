@@ -1,0 +1,35 @@
+//! HTTP routes, one module per resource. Handlers stay thin: take the
+//! caller's role, parse the body into domain types, call `gateway` or
+//! `services`, map the answer.
+
+pub mod api_keys;
+pub mod connections;
+pub mod docs;
+pub mod exchanges;
+pub mod health;
+pub mod publish;
+pub mod queues;
+
+use actix_web::web;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health::health))
+        .route("/ready", web::get().to(health::ready))
+        .route("/createQueue", web::post().to(queues::create_queue))
+        .route("/getQueues", web::get().to(queues::get_queues))
+        .route("/getQueue/{queueName}", web::get().to(queues::get_queue))
+        .route("/deleteQueue", web::post().to(queues::delete_queue))
+        .route(
+            "/createExchange",
+            web::post().to(exchanges::create_exchange),
+        )
+        .route("/bindQueue", web::post().to(exchanges::bind_queue))
+        .route("/messagePublish", web::post().to(publish::message_publish))
+        .route(
+            "/getConnections",
+            web::get().to(connections::get_connections),
+        )
+        .route("/createApiKey", web::post().to(api_keys::create_api_key))
+        .route("/openapi.json", web::get().to(docs::openapi_json))
+        .route("/docs", web::get().to(docs::docs_page));
+}

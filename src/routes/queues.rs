@@ -1,0 +1,144 @@
+//! `/createQueue`, `/getQueues`, `/getQueue/{queueName}`, `/deleteQueue`.
+
+use actix_web::{web, HttpResponse};
+use gateway::{DeclareOutcome, QueueName, QueueSpec, QueueType};
+use middlewares::{Admin, Viewer};
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::extract::Json;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateQueueRequest {
+    /// 1 to 255 bytes; not `amq.`-prefixed, not ending in `.dlq`.
+    pub queue_name: String,
+    /// Default true.
+    pub durable: Option<bool>,
+    /// `classic` (default) or `quorum` (needs `durable`).
+    #[schema(value_type = Option<String>, example = "classic")]
+    pub queue_type: Option<QueueType>,
+    pub message_ttl_ms: Option<u32>,
+    pub max_length: Option<u32>,
+    /// Default true: also create `<queue>.dlq` and route expired or
+    /// overflowing messages there.
+    pub dead_letter: Option<bool>,
+}
+
+impl TryFrom<CreateQueueRequest> for QueueSpec {
+    type Error = ApiError;
+
+    fn try_from(req: CreateQueueRequest) -> Result<Self, ApiError> {
+        let spec = QueueSpec {
+            name: QueueName::parse(req.queue_name)?,
+            durable: req.durable.unwrap_or(true),
+            queue_type: req.queue_type.unwrap_or(QueueType::Classic),
+            message_ttl_ms: req.message_ttl_ms,
+            max_length: req.max_length,
+            dead_letter: req.dead_letter.unwrap_or(true),
+        };
+        if spec.queue_type == QueueType::Quorum && !spec.durable {
+            return Err(ApiError::BadRequest(
+                "field `durable`: quorum queues are always durable; drop `durable: false`".into(),
+            ));
+        }
+        if spec.max_length == Some(0) {
+            return Err(ApiError::BadRequest(
+                "field `maxLength`: must be at least 1".into(),
+            ));
+        }
+        Ok(spec)
+    }
+}
+
+#[utoipa::path(post, path = "/createQueue", tag = "queues", request_body = CreateQueueRequest,
+    security(("basic" = []), ("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", example = json!({"message": "Queue has been created successfully.", "queueName": "orders"})),
+        (status = 200, description = "Already there with the same arguments; nothing changed"),
+        (status = 400, description = "Invalid name or arguments", body = crate::openapi::ErrorBodySchema),
+        (status = 409, description = "Exists with other arguments", body = crate::openapi::ErrorBodySchema)))]
+pub async fn create_queue(
+    _: Admin,
+    state: web::Data<AppState>,
+    Json(body): Json<CreateQueueRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let spec = QueueSpec::try_from(body)?;
+    let outcome = state.topology.declare_queue(&spec).await?;
+    let body = json!({
+        "message": "Queue has been created successfully.",
+        "queueName": spec.name,
+    });
+    Ok(match outcome {
+        DeclareOutcome::Created => HttpResponse::Created().json(body),
+        DeclareOutcome::AlreadyExisted => HttpResponse::Ok().json(body),
+    })
+}
+
+#[utoipa::path(get, path = "/getQueues", tag = "queues",
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "The vhost's queues, companions folded into their main queue", body = Vec<crate::openapi::QueueRowSchema>)))]
+pub async fn get_queues(_: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.management.queues().await?))
+}
+
+#[utoipa::path(get, path = "/getQueue/{queueName}", tag = "queues",
+    security(("basic" = []), ("bearer" = [])),
+    params(("queueName" = String, Path)),
+    responses(
+        (status = 200, body = crate::openapi::QueueRowSchema),
+        (status = 404, body = crate::openapi::ErrorBodySchema)))]
+pub async fn get_queue(
+    _: Viewer,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = QueueName::parse(path.into_inner())?;
+    state
+        .management
+        .queues()
+        .await?
+        .into_iter()
+        .find(|row| row.queue_name == name.as_str())
+        .map(|row| HttpResponse::Ok().json(row))
+        .ok_or_else(|| ApiError::NotFound(format!("no queue named `{name}`")))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeleteQueueRequest {
+    pub queue_name: String,
+    /// Refuse while the queue or its dead letters hold messages.
+    pub if_empty: Option<bool>,
+}
+
+#[utoipa::path(post, path = "/deleteQueue", tag = "queues", request_body = DeleteQueueRequest,
+    security(("basic" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Deleted with its dead-letter companion"),
+        (status = 404, body = crate::openapi::ErrorBodySchema),
+        (status = 409, description = "Consumers are registered on it, or `ifEmpty` and it holds messages", body = crate::openapi::ErrorBodySchema)))]
+pub async fn delete_queue(
+    _: Admin,
+    state: web::Data<AppState>,
+    Json(body): Json<DeleteQueueRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let name = QueueName::parse(body.queue_name)?;
+    let registered = state.store.count_consumers_on(name.as_str()).await?;
+    if registered > 0 {
+        return Err(ApiError::Conflict(format!(
+            "{registered} consumer(s) are registered on `{name}`; delete them first (POST /deleteConsumer with queueName)"
+        )));
+    }
+    state
+        .topology
+        .delete_queue(&name, body.if_empty.unwrap_or(false))
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "message": "Queue has been deleted successfully.",
+        "queueName": name,
+    })))
+}

@@ -1,0 +1,190 @@
+//! Start-up and shutdown.
+//!
+//! `Application::build` connects what it can (a broker or store that is down
+//! does not stop start-up: `/ready` reports it and the connection loops keep
+//! trying), binds the listener and returns; `run_until_stopped` serves until
+//! SIGTERM / SIGINT, then closes the broker connection cleanly.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use gateway::{Broker, BrokerSettings, Publisher, Topology};
+use middlewares::Authenticator;
+use services::{ManagementClient, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::configuration::Settings;
+use crate::error::ApiError;
+use crate::extract::BodyLimit;
+use crate::routes;
+use crate::state::AppState;
+
+/// How long a verified credential is trusted without another bcrypt run.
+const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
+const FIRST_BROKER_CONNECT: Duration = Duration::from_secs(5);
+const STORE_BOOTSTRAP_RETRY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("MONGODB_URI: {0}")]
+    Store(services::StoreError),
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(String),
+}
+
+pub struct Application {
+    address: SocketAddr,
+    server: Server,
+    broker: Broker,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let shutdown = CancellationToken::new();
+        let listener =
+            TcpListener::bind(&settings.bind_addr).map_err(|source| StartupError::Bind {
+                address: settings.bind_addr.clone(),
+                source,
+            })?;
+        let address = listener.local_addr().map_err(|source| StartupError::Bind {
+            address: settings.bind_addr.clone(),
+            source,
+        })?;
+
+        let broker = Broker::start(
+            BrokerSettings {
+                url: settings.amqp_url.expose().to_owned(),
+                connection_name: format!("workerrmq-{}", settings.instance_id),
+            },
+            FIRST_BROKER_CONNECT,
+            shutdown.clone(),
+        )
+        .await;
+
+        let store = Store::connect(settings.mongodb_uri.expose(), &settings.mongodb_db)
+            .await
+            .map_err(StartupError::Store)?;
+        bootstrap_store(&store, &settings, shutdown.clone()).await;
+
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| StartupError::HttpClient(e.to_string()))?;
+        let management = ManagementClient::new(
+            http,
+            settings.management_url.clone(),
+            settings.management_user.clone(),
+            settings.management_password.expose().to_owned(),
+            settings.vhost.clone(),
+        );
+
+        let body_limit = settings.max_body_bytes;
+        let authenticator = web::Data::new(Authenticator::new(store.clone(), CREDENTIAL_CACHE_TTL));
+        let state = web::Data::new(AppState {
+            topology: Topology::new(broker.clone()),
+            publisher: std::sync::Arc::new(Publisher::new(broker.clone())),
+            broker: broker.clone(),
+            store,
+            management,
+            settings,
+        });
+
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(middlewares::request_id::echo_request_id))
+                .wrap(middlewares::request_id::tracing_logger())
+                .app_data(state.clone())
+                .app_data(authenticator.clone())
+                .app_data(BodyLimit(body_limit))
+                .app_data(web::PayloadConfig::new(body_limit))
+                .configure(routes::configure)
+                .default_service(web::to(not_found))
+        })
+        .listen(listener)
+        .map_err(|source| StartupError::Bind {
+            address: address.to_string(),
+            source,
+        })?
+        .shutdown_timeout(10)
+        .run();
+
+        Ok(Application {
+            address,
+            server,
+            broker,
+            shutdown,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// Serves until the server stops (SIGTERM / SIGINT), then closes the
+    /// broker connection.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.broker.stopped()).await;
+        result
+    }
+}
+
+/// Indexes and the bootstrap admin. Tried once now so a fresh gateway can
+/// be used at once; when the store is down, retried in the background.
+async fn bootstrap_store(store: &Store, settings: &Settings, shutdown: CancellationToken) {
+    let attempt = {
+        let store = store.clone();
+        let user = settings.admin_user.clone();
+        let password = settings.admin_password.clone();
+        move || {
+            let store = store.clone();
+            let user = user.clone();
+            let password = password.clone();
+            async move {
+                store.ensure_indexes().await?;
+                store.ensure_admin(&user, password.expose()).await
+            }
+        }
+    };
+    match attempt().await {
+        Ok(()) => return,
+        Err(err) => {
+            tracing::warn!(error = %err, "store not ready; will keep trying in the background")
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(STORE_BOOTSTRAP_RETRY) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            match attempt().await {
+                Ok(()) => {
+                    tracing::info!("store bootstrap done");
+                    return;
+                }
+                Err(err) => tracing::debug!(error = %err, "store still not ready"),
+            }
+        }
+    });
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(
+        "no such route; GET /openapi.json lists them all".into(),
+    ))
+}

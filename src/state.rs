@@ -1,0 +1,18 @@
+//! What every handler can reach: the broker handles, the store, the
+//! management client and the settings.
+
+use std::sync::Arc;
+
+use gateway::{Broker, Publisher, Topology};
+use services::{ManagementClient, Store};
+
+use crate::configuration::Settings;
+
+pub struct AppState {
+    pub settings: Settings,
+    pub broker: Broker,
+    pub topology: Topology,
+    pub publisher: Arc<Publisher>,
+    pub store: Store,
+    pub management: ManagementClient,
+}
