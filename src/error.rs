@@ -90,6 +90,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<services::RegistryError> for ApiError {
+    fn from(err: services::RegistryError) -> Self {
+        match err {
+            services::RegistryError::Store(e) => e.into(),
+            services::RegistryError::Invalid(m) => ApiError::BadRequest(m),
+        }
+    }
+}
+
 impl From<ManagementError> for ApiError {
     fn from(err: ManagementError) -> Self {
         ApiError::BrokerUnavailable(err.to_string())

@@ -11,9 +11,12 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpResponse, HttpServer};
-use gateway::{Broker, BrokerSettings, Publisher, Topology};
+use std::sync::Arc;
+
+use gateway::{Broker, BrokerSettings, ConsumerSupervisor, DeadLetters, Publisher, Topology};
 use middlewares::Authenticator;
-use services::{ManagementClient, Store};
+use services::consumers::NoBuiltinTargets;
+use services::{ConsumerRegistry, ManagementClient, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
@@ -44,12 +47,17 @@ pub struct Application {
     address: SocketAddr,
     server: Server,
     broker: Broker,
+    registry: Arc<ConsumerRegistry>,
+    /// Stops background loops (the reconciler, store bootstrap).
     shutdown: CancellationToken,
+    /// Closes the broker connection, after the consumers have drained.
+    broker_shutdown: CancellationToken,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let shutdown = CancellationToken::new();
+        let broker_shutdown = CancellationToken::new();
         let listener =
             TcpListener::bind(&settings.bind_addr).map_err(|source| StartupError::Bind {
                 address: settings.bind_addr.clone(),
@@ -66,7 +74,7 @@ impl Application {
                 connection_name: format!("workerrmq-{}", settings.instance_id),
             },
             FIRST_BROKER_CONNECT,
-            shutdown.clone(),
+            broker_shutdown.clone(),
         )
         .await;
 
@@ -87,11 +95,30 @@ impl Application {
             settings.vhost.clone(),
         );
 
+        let publisher = Arc::new(Publisher::new(broker.clone()));
+        let supervisor = Arc::new(ConsumerSupervisor::new(
+            broker.clone(),
+            publisher.clone(),
+            settings.instance_id.clone(),
+        ));
+        let forward_client = services::forwarder::http_client()
+            .map_err(|e| StartupError::HttpClient(e.to_string()))?;
+        let registry = Arc::new(ConsumerRegistry::new(
+            &store,
+            supervisor,
+            forward_client,
+            settings.forward_allowed_hosts.clone(),
+            Arc::new(NoBuiltinTargets),
+        ));
+        registry.spawn_reconciler(shutdown.clone());
+
         let body_limit = settings.max_body_bytes;
         let authenticator = web::Data::new(Authenticator::new(store.clone(), CREDENTIAL_CACHE_TTL));
         let state = web::Data::new(AppState {
             topology: Topology::new(broker.clone()),
-            publisher: std::sync::Arc::new(Publisher::new(broker.clone())),
+            dead_letters: DeadLetters::new(broker.clone(), publisher.clone()),
+            publisher,
+            registry: registry.clone(),
             broker: broker.clone(),
             store,
             management,
@@ -114,14 +141,16 @@ impl Application {
             address: address.to_string(),
             source,
         })?
-        .shutdown_timeout(10)
+        .shutdown_timeout(5)
         .run();
 
         Ok(Application {
             address,
             server,
             broker,
+            registry,
             shutdown,
+            broker_shutdown,
         })
     }
 
@@ -133,12 +162,17 @@ impl Application {
         self.address.port()
     }
 
-    /// Serves until the server stops (SIGTERM / SIGINT), then closes the
-    /// broker connection.
+    /// Serves until the server stops (SIGTERM / SIGINT), then shuts down in
+    /// order: no more reconciling, consumers stop taking deliveries and
+    /// finish or hand back the in-flight ones, the broker connection closes.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        tracing::info!("shutting down");
         self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.broker.stopped()).await;
+        self.registry.supervisor().stop_all().await;
+        self.broker_shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.broker.stopped()).await;
+        tracing::info!("stopped");
         result
     }
 }

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use gateway::{Broker, Publisher, Topology};
-use services::{ManagementClient, Store};
+use gateway::{Broker, DeadLetters, Publisher, Topology};
+use services::{ConsumerRegistry, ManagementClient, Store};
 
 use crate::configuration::Settings;
 
@@ -15,4 +15,6 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     pub store: Store,
     pub management: ManagementClient,
+    pub registry: Arc<ConsumerRegistry>,
+    pub dead_letters: DeadLetters,
 }

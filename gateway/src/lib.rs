@@ -4,12 +4,19 @@
 //! consumer supervisor. It knows nothing of HTTP routes or MongoDB.
 
 pub mod connection;
+pub mod consumer;
+pub mod dead_letters;
 pub mod error;
 pub mod names;
 pub mod publisher;
 pub mod topology;
 
 pub use connection::{parse_amqp_url, AmqpUrlParts, Broker, BrokerSettings};
+pub use consumer::{
+    ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryOutcome, DeliveryTarget, IncomingMessage,
+    RetryPolicy,
+};
+pub use dead_letters::{DeadLetter, DeadLetters};
 pub use error::BrokerError;
 pub use names::{ExchangeName, NameError, QueueName, RoutingKey};
 pub use publisher::{OutgoingMessage, PublishOutcome, Publisher};

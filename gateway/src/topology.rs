@@ -182,15 +182,7 @@ impl Topology {
             )
             .await?;
             if spec.dead_letter {
-                ch.queue_declare(
-                    &spec.name.dead_letter_queue(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
+                declare_dead_letter_on(&ch, &spec.name.dead_letter_queue()).await?;
             }
             Ok(())
         })
@@ -200,6 +192,14 @@ impl Topology {
         } else {
             DeclareOutcome::Created
         })
+    }
+
+    /// Declares `<queue>.dlq` as `/createQueue` does, for consumers on
+    /// queues that were created without `deadLetter`.
+    pub async fn declare_dead_letter_queue(&self, name: &str) -> Result<(), BrokerError> {
+        let name = name.to_owned();
+        self.on_fresh_channel(|ch| async move { declare_dead_letter_on(&ch, &name).await })
+            .await
     }
 
     /// Declares a delay queue that hands every message back to `main` after
@@ -335,4 +335,18 @@ impl Topology {
         })
         .await
     }
+}
+
+async fn declare_dead_letter_on(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(
+            name,
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(|_| ())
 }

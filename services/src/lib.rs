@@ -1,10 +1,17 @@
 //! `services` owns what a delivery is handed to and what the API reads:
 //! the MongoDB store (accounts, API keys, consumer registry), the RabbitMQ
-//! management-API client, and, with the consumer engine, the HTTP forwarder
-//! and the built-in handlers.
+//! management-API client, the HTTP forwarder and the built-in handlers.
 
+pub mod consumers;
+pub mod forwarder;
 pub mod management;
 pub mod store;
+pub mod targets;
 
+pub use consumers::{
+    BuiltinTargets, ConsumerDefinition, ConsumerRegistry, ConsumerView, RegistryError,
+};
+pub use forwarder::HttpForwarder;
 pub use management::{ConnectionInfo, ManagementClient, ManagementError, QueueRow};
 pub use store::{ApiKeyRecord, Credential, Role, Store, StoreError};
+pub use targets::{BuiltinHandler, HttpTarget, SigningSecret, TargetSpec, TargetUrl};

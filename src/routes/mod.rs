@@ -4,6 +4,8 @@
 
 pub mod api_keys;
 pub mod connections;
+pub mod consumers;
+pub mod dead_letters;
 pub mod docs;
 pub mod exchanges;
 pub mod health;
@@ -25,6 +27,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/bindQueue", web::post().to(exchanges::bind_queue))
         .route("/messagePublish", web::post().to(publish::message_publish))
+        .route(
+            "/createConsumer",
+            web::post().to(consumers::create_consumer),
+        )
+        .route("/getConsumers", web::get().to(consumers::get_consumers))
+        .route(
+            "/getConsumer/{consumerId}",
+            web::get().to(consumers::get_consumer),
+        )
+        .route(
+            "/deleteConsumer",
+            web::post().to(consumers::delete_consumer),
+        )
+        .route(
+            "/getDeadLetters/{queueName}",
+            web::get().to(dead_letters::get_dead_letters),
+        )
+        .route(
+            "/replayDeadLetters",
+            web::post().to(dead_letters::replay_dead_letters),
+        )
         .route(
             "/getConnections",
             web::get().to(connections::get_connections),

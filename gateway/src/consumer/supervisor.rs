@@ -1,0 +1,350 @@
+//! `ConsumerSupervisor`: the running consumers of this gateway, one tokio
+//! task each, tracked in a `DashMap`.
+//!
+//! A consumer's task waits for the broker connection, opens its own channel
+//! with its own prefetch, and works on up to `prefetch` deliveries at once,
+//! each settled on its own. When the channel or connection breaks it goes
+//! to `reconnecting` and starts over with backoff; deliveries it had not
+//! settled are redelivered by the broker. Stopping it cancels the consumer,
+//! lets in-flight deliveries finish within `DRAIN_TIMEOUT`, and closes the
+//! channel, which hands any still unsettled ones back to the queue.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::settle::{attempt_of, Settled, Settler};
+use super::stats::{ConsumerState, ConsumerStats};
+use super::target::{DeliveryTarget, IncomingMessage};
+use super::RetryPolicy;
+use crate::{Broker, BrokerError, Publisher, QueueName, Topology};
+
+/// How long a stopping consumer waits for in-flight deliveries.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct ConsumerId(String);
+
+impl ConsumerId {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Accepts only the ids this gateway mints (UUIDs), so anything else is
+    /// a clean 404 rather than a lookup.
+    pub fn parse(raw: &str) -> Option<Self> {
+        uuid::Uuid::parse_str(raw)
+            .ok()
+            .map(|u| Self(u.hyphenated().to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for ConsumerId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for ConsumerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub id: ConsumerId,
+    pub queue: QueueName,
+    /// Deliveries worked on at once; at least 1.
+    pub prefetch: u16,
+    pub retry: RetryPolicy,
+}
+
+struct RunningConsumer {
+    spec: Arc<ConsumerSpec>,
+    stats: Arc<ConsumerStats>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct ConsumerSupervisor {
+    broker: Broker,
+    topology: Topology,
+    publisher: Arc<Publisher>,
+    instance_id: String,
+    consumers: DashMap<ConsumerId, RunningConsumer>,
+}
+
+impl ConsumerSupervisor {
+    pub fn new(broker: Broker, publisher: Arc<Publisher>, instance_id: String) -> Self {
+        Self {
+            topology: Topology::new(broker.clone()),
+            broker,
+            publisher,
+            instance_id,
+            consumers: DashMap::new(),
+        }
+    }
+
+    /// Starts the consumer unless one with its id already runs here.
+    /// Returns whether it was started.
+    pub fn start(&self, spec: ConsumerSpec, target: Arc<dyn DeliveryTarget>) -> bool {
+        let entry = match self.consumers.entry(spec.id.clone()) {
+            dashmap::Entry::Occupied(_) => return false,
+            dashmap::Entry::Vacant(v) => v,
+        };
+        let spec = Arc::new(spec);
+        let stats = Arc::new(ConsumerStats::default());
+        let cancel = CancellationToken::new();
+        let worker = ConsumerWorker {
+            spec: spec.clone(),
+            broker: self.broker.clone(),
+            target,
+            settler: Arc::new(Settler::new(
+                self.publisher.clone(),
+                self.topology.clone(),
+                spec.retry,
+                stats.clone(),
+            )),
+            stats: stats.clone(),
+            consumer_tag: format!("workerrmq-{}-{}", self.instance_id, spec.id),
+        };
+        let span = tracing::info_span!("consumer", consumer_id = %spec.id, queue = %spec.queue);
+        let task = tokio::spawn(worker.run(cancel.clone()).instrument(span));
+        entry.insert(RunningConsumer {
+            spec,
+            stats,
+            cancel,
+            task,
+        });
+        true
+    }
+
+    /// Stops the consumer and waits until its in-flight deliveries are
+    /// settled or handed back. Returns whether it was running here.
+    pub async fn stop(&self, id: &ConsumerId) -> bool {
+        let Some((_, running)) = self.consumers.remove(id) else {
+            return false;
+        };
+        running.cancel.cancel();
+        // The task bounds its own drain; this bound only guards a stuck one.
+        if tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(5), running.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(consumer_id = %id, "consumer did not stop in time");
+        }
+        true
+    }
+
+    /// Stops every consumer at once (SIGTERM).
+    pub async fn stop_all(&self) {
+        let ids: Vec<ConsumerId> = self.ids();
+        futures_util::future::join_all(ids.iter().map(|id| self.stop(id))).await;
+    }
+
+    pub fn ids(&self) -> Vec<ConsumerId> {
+        self.consumers.iter().map(|e| e.key().clone()).collect()
+    }
+
+    pub fn is_running(&self, id: &ConsumerId) -> bool {
+        self.consumers.contains_key(id)
+    }
+
+    pub fn stats(&self, id: &ConsumerId) -> Option<Arc<ConsumerStats>> {
+        self.consumers.get(id).map(|c| c.stats.clone())
+    }
+
+    /// Every running consumer's spec and stats.
+    pub fn all(&self) -> Vec<(Arc<ConsumerSpec>, Arc<ConsumerStats>)> {
+        self.consumers
+            .iter()
+            .map(|e| (e.spec.clone(), e.stats.clone()))
+            .collect()
+    }
+}
+
+struct ConsumerWorker {
+    spec: Arc<ConsumerSpec>,
+    broker: Broker,
+    target: Arc<dyn DeliveryTarget>,
+    settler: Arc<Settler>,
+    stats: Arc<ConsumerStats>,
+    consumer_tag: String,
+}
+
+enum SessionEnd {
+    Cancelled,
+}
+
+impl ConsumerWorker {
+    async fn run(self, cancel: CancellationToken) {
+        let new_backoff = || {
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(250))
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut backoff = new_backoff();
+        let mut link = self.broker.subscribe();
+        loop {
+            self.stats.set_state(ConsumerState::Reconnecting);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                ready = link.wait_for(|l| l.connection.is_some()) => if ready.is_err() { break },
+            }
+            match self.session(&cancel, &mut backoff, new_backoff).await {
+                Ok(SessionEnd::Cancelled) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "consumer session ended; resuming");
+                    self.stats.record_error(err.to_string());
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.stats.set_state(ConsumerState::Stopped);
+        tracing::info!("consumer stopped");
+    }
+
+    async fn session<B: Iterator<Item = Duration>>(
+        &self,
+        cancel: &CancellationToken,
+        backoff: &mut B,
+        new_backoff: impl Fn() -> B,
+    ) -> Result<SessionEnd, BrokerError> {
+        let channel = self.broker.channel().await?;
+        channel
+            .basic_qos(self.spec.prefetch, BasicQosOptions::default())
+            .await?;
+        let mut deliveries = channel
+            .basic_consume(
+                self.spec.queue.as_str(),
+                &self.consumer_tag,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.stats.set_state(ConsumerState::Running);
+        *backoff = new_backoff();
+        tracing::info!(prefetch = self.spec.prefetch, "consuming");
+
+        let mut in_flight = JoinSet::new();
+        let end = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break Ok(SessionEnd::Cancelled),
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        in_flight.spawn(self.handle(delivery));
+                    }
+                    Some(Err(err)) => break Err(BrokerError::from(err)),
+                    None => break Err(BrokerError::Unavailable(
+                        "the broker ended the consumer (was the queue deleted?)".into(),
+                    )),
+                },
+            }
+        };
+
+        if matches!(end, Ok(SessionEnd::Cancelled)) {
+            // No new deliveries; let the ones in hand finish.
+            let _ = channel
+                .basic_cancel(&self.consumer_tag, BasicCancelOptions::default())
+                .await;
+            let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                while in_flight.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    unsettled = in_flight.len(),
+                    "drain timed out; handing the rest back to the queue"
+                );
+            }
+        }
+        in_flight.abort_all();
+        // Closing the channel returns every unsettled delivery to the queue.
+        if channel.status().connected() {
+            let _ = channel.close(200, "consumer stopped").await;
+        }
+        end
+    }
+
+    fn handle(&self, delivery: Delivery) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let message = IncomingMessage {
+            queue: self.spec.queue.clone(),
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            content_type: delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|ct| ct.to_string()),
+            attempt: attempt_of(&delivery.properties),
+            payload: delivery.data.clone(),
+        };
+        let span = tracing::info_span!(
+            "delivery",
+            consumer_id = %self.spec.id,
+            queue = %self.spec.queue,
+            message_id = %message.message_id,
+            attempt = message.attempt,
+        );
+        let target = self.target.clone();
+        let settler = self.settler.clone();
+        let stats = self.stats.clone();
+        async move {
+            let _in_flight = InFlightGuard::new(stats);
+            let outcome = target.deliver(&message).await;
+            let settled = settler.settle(&delivery, &message, outcome).await;
+            match settled {
+                Settled::Acked => tracing::debug!("delivered"),
+                Settled::Retried { delay_ms } => tracing::info!(delay_ms, "retry scheduled"),
+                Settled::DeadLettered => tracing::info!("dead-lettered"),
+                Settled::HandedBack => tracing::warn!("handed back to the queue"),
+            }
+        }
+        .instrument(span)
+    }
+}
+
+/// Counts a delivery as in flight until it is settled, or its task is
+/// aborted.
+struct InFlightGuard(Arc<ConsumerStats>);
+
+impl InFlightGuard {
+    fn new(stats: Arc<ConsumerStats>) -> Self {
+        stats.delivery_started();
+        Self(stats)
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.delivery_finished();
+    }
+}

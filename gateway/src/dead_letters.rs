@@ -1,0 +1,191 @@
+//! Reading and replaying `<queue>.dlq`.
+//!
+//! Peeking takes messages with `basic.get` without acking and then closes
+//! the channel, which puts every one of them back where it was. Replaying
+//! publishes a fresh copy to the main queue (attempts reset), waits for the
+//! confirm, and only then acks the dead letter: none lost, none doubled.
+
+use std::sync::Arc;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+
+use crate::consumer::headers;
+use crate::{Broker, BrokerError, OutgoingMessage, PublishOutcome, Publisher, QueueName};
+
+/// A dead letter as the API shows it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub message_id: Option<String>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub dead_lettered_at: Option<String>,
+    pub content_type: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+pub struct DeadLetters {
+    broker: Broker,
+    publisher: Arc<Publisher>,
+}
+
+impl DeadLetters {
+    pub fn new(broker: Broker, publisher: Arc<Publisher>) -> Self {
+        Self { broker, publisher }
+    }
+
+    /// Up to `limit` dead letters of `queue`, oldest first; nothing moves.
+    pub async fn peek(
+        &self,
+        queue: &QueueName,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, BrokerError> {
+        let channel = self.broker.channel().await?;
+        let dlq = queue.dead_letter_queue();
+        let mut letters = Vec::new();
+        let mut failure = None;
+        while letters.len() < limit {
+            match channel
+                .basic_get(&dlq, BasicGetOptions { no_ack: false })
+                .await
+            {
+                Ok(Some(message)) => letters.push(dead_letter_of(
+                    &message.delivery.properties,
+                    message.delivery.data.clone(),
+                )),
+                Ok(None) => break,
+                Err(err) => {
+                    failure = Some(BrokerError::from(err));
+                    break;
+                }
+            }
+        }
+        // Closing the channel returns every message we took, unacked.
+        if channel.status().connected() {
+            let _ = channel.close(200, "peek done").await;
+        }
+        match failure {
+            Some(BrokerError::NotFound(_)) => Err(BrokerError::NotFound(format!(
+                "`{queue}` has no dead-letter queue `{dlq}`"
+            ))),
+            Some(err) => Err(err),
+            None => Ok(letters),
+        }
+    }
+
+    /// Moves up to `limit` dead letters back to `queue`; returns how many.
+    pub async fn replay(&self, queue: &QueueName, limit: usize) -> Result<usize, BrokerError> {
+        let channel = self.broker.channel().await?;
+        let dlq = queue.dead_letter_queue();
+        let mut replayed = 0;
+        let result = async {
+            while replayed < limit {
+                let Some(message) = channel
+                    .basic_get(&dlq, BasicGetOptions { no_ack: false })
+                    .await?
+                else {
+                    break;
+                };
+                let delivery = message.delivery;
+                let outcome = self
+                    .publisher
+                    .publish(OutgoingMessage {
+                        exchange: "",
+                        routing_key: queue.as_str(),
+                        payload: &delivery.data,
+                        properties: fresh_properties(&delivery.properties),
+                        mandatory: true,
+                    })
+                    .await;
+                match outcome {
+                    Ok(PublishOutcome::Confirmed) => {
+                        delivery.acker.ack(BasicAckOptions::default()).await?;
+                        replayed += 1;
+                    }
+                    Ok(PublishOutcome::Unroutable) => {
+                        let _ = delivery
+                            .acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..BasicNackOptions::default()
+                            })
+                            .await;
+                        return Err(BrokerError::NotFound(format!(
+                            "no queue named `{queue}` to replay into"
+                        )));
+                    }
+                    Err(err) => {
+                        let _ = delivery
+                            .acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..BasicNackOptions::default()
+                            })
+                            .await;
+                        return Err(err);
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if channel.status().connected() {
+            let _ = channel.close(200, "replay done").await;
+        }
+        match result {
+            Err(BrokerError::NotFound(m)) if replayed == 0 && m.contains("NOT_FOUND") => Err(
+                BrokerError::NotFound(format!("`{queue}` has no dead-letter queue `{dlq}`")),
+            ),
+            Err(err) if replayed == 0 => Err(err),
+            Err(err) => {
+                tracing::warn!(error = %err, replayed, "replay stopped early");
+                Ok(replayed)
+            }
+            Ok(()) => Ok(replayed),
+        }
+    }
+}
+
+fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+    properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str() == name)
+        .map(|(_, v)| v)
+}
+
+fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
+    match header(properties, name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn dead_letter_of(properties: &BasicProperties, payload: Vec<u8>) -> DeadLetter {
+    DeadLetter {
+        message_id: properties.message_id().as_ref().map(|s| s.to_string()),
+        attempts: crate::consumer::attempt_of(properties),
+        last_error: header_text(properties, headers::LAST_ERROR),
+        dead_lettered_at: header_text(properties, headers::DEAD_LETTERED_AT),
+        content_type: properties.content_type().as_ref().map(|s| s.to_string()),
+        payload,
+    }
+}
+
+/// The dead letter's properties without the gateway's bookkeeping, so the
+/// replayed message starts again at attempt 1.
+fn fresh_properties(properties: &BasicProperties) -> BasicProperties {
+    let mut table = FieldTable::default();
+    if let Some(old) = properties.headers() {
+        for (name, value) in old.inner() {
+            if !name.as_str().starts_with("x-workerrmq-") && name.as_str() != "x-death" {
+                table.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    properties.clone().with_headers(table).with_delivery_mode(2)
+}

@@ -1,0 +1,333 @@
+//! The consumer registry: definitions live in MongoDB (`consumers`), the
+//! running tasks in the gateway's `ConsumerSupervisor`.
+//!
+//! Every replica reconciles the two every `RECONCILE_EVERY`: it starts the
+//! stored consumers it does not run and stops the ones no longer stored.
+//! That alone gives restart recovery (the first pass runs at start-up) and
+//! convergence across replicas within seconds, with no extra broadcast to
+//! keep consistent. A local create or delete takes effect at once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use futures_util::TryStreamExt;
+use gateway::consumer::{ConsumerState, StatsSnapshot};
+use gateway::{
+    ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryTarget, QueueName, RetryPolicy,
+};
+use mongodb::bson::{doc, DateTime};
+use mongodb::Collection;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::forwarder::HttpForwarder;
+use crate::targets::{BuiltinHandler, SigningSecret, TargetSpec};
+use crate::{Store, StoreError};
+
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// A consumer deleted here is not restarted by a reconcile pass that read
+/// the store just before the delete.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(30);
+
+/// A consumer as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerDefinition {
+    #[serde(rename = "_id")]
+    pub consumer_id: String,
+    pub consumer_name: String,
+    pub queue_name: String,
+    pub target: TargetSpec,
+    pub prefetch: u16,
+    pub retry: RetryPolicy,
+    /// Needed in clear to sign; never returned by the API, never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
+    pub created_at: DateTime,
+}
+
+/// A consumer as `/getConsumers` shows it: no secret, header values hidden.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerView {
+    pub consumer_id: String,
+    pub consumer_name: String,
+    pub queue_name: String,
+    pub target: TargetSpec,
+    pub prefetch: u16,
+    pub retry: RetryPolicy,
+    pub signed: bool,
+    pub state: ConsumerState,
+    pub stats: StatsSnapshot,
+    pub created_at: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Builds the targets of built-in handlers; supplied by the binary.
+pub trait BuiltinTargets: Send + Sync {
+    fn target(&self, handler: BuiltinHandler) -> Option<Arc<dyn DeliveryTarget>>;
+}
+
+pub struct ConsumerRegistry {
+    collection: Collection<ConsumerDefinition>,
+    supervisor: Arc<ConsumerSupervisor>,
+    http: reqwest::Client,
+    allowed_hosts: Option<Vec<String>>,
+    builtins: Arc<dyn BuiltinTargets>,
+    tombstones: DashMap<String, Instant>,
+    /// Definitions that could not be started, so each is reported once.
+    unstartable: DashMap<String, String>,
+}
+
+impl ConsumerRegistry {
+    pub fn new(
+        store: &Store,
+        supervisor: Arc<ConsumerSupervisor>,
+        http: reqwest::Client,
+        allowed_hosts: Option<Vec<String>>,
+        builtins: Arc<dyn BuiltinTargets>,
+    ) -> Self {
+        Self {
+            collection: store.database().collection("consumers"),
+            supervisor,
+            http,
+            allowed_hosts,
+            builtins,
+            tombstones: DashMap::new(),
+            unstartable: DashMap::new(),
+        }
+    }
+
+    pub fn supervisor(&self) -> &Arc<ConsumerSupervisor> {
+        &self.supervisor
+    }
+
+    /// Stores the definition, then starts it here. The target is built
+    /// first, so a definition that cannot run is never stored.
+    pub async fn create(
+        &self,
+        definition: ConsumerDefinition,
+    ) -> Result<ConsumerView, RegistryError> {
+        let (spec, target) = self.runnable(&definition).map_err(RegistryError::Invalid)?;
+        self.collection
+            .insert_one(&definition)
+            .await
+            .map_err(StoreError::from)?;
+        self.supervisor.start(spec, target);
+        tracing::info!(consumer_id = %definition.consumer_id, queue = %definition.queue_name, "consumer created");
+        Ok(self.view(definition))
+    }
+
+    pub async fn delete(&self, id: &ConsumerId) -> Result<bool, RegistryError> {
+        let deleted = self
+            .collection
+            .delete_one(doc! { "_id": id.as_str() })
+            .await
+            .map_err(StoreError::from)?
+            .deleted_count;
+        self.tombstones.insert(id.to_string(), Instant::now());
+        let was_running = self.supervisor.stop(id).await;
+        Ok(deleted > 0 || was_running)
+    }
+
+    /// Deletes every consumer on `queue`; returns how many.
+    pub async fn delete_on_queue(&self, queue: &QueueName) -> Result<u64, RegistryError> {
+        let ids: Vec<String> = self
+            .collection
+            .find(doc! { "queueName": queue.as_str() })
+            .await
+            .map_err(StoreError::from)?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(StoreError::from)?
+            .into_iter()
+            .map(|d| d.consumer_id)
+            .collect();
+        let mut deleted = 0;
+        for raw in ids {
+            if let Some(id) = ConsumerId::parse(&raw) {
+                if self.delete(&id).await? {
+                    deleted += 1;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    pub async fn list(&self) -> Result<Vec<ConsumerView>, RegistryError> {
+        let mut definitions: Vec<ConsumerDefinition> = self
+            .collection
+            .find(doc! {})
+            .await
+            .map_err(StoreError::from)?
+            .try_collect()
+            .await
+            .map_err(StoreError::from)?;
+        definitions.sort_by_key(|d| d.created_at);
+        Ok(definitions.into_iter().map(|d| self.view(d)).collect())
+    }
+
+    pub async fn get(&self, id: &ConsumerId) -> Result<Option<ConsumerView>, RegistryError> {
+        Ok(self
+            .collection
+            .find_one(doc! { "_id": id.as_str() })
+            .await
+            .map_err(StoreError::from)?
+            .map(|d| self.view(d)))
+    }
+
+    /// One pass: start what is stored and not running, stop what runs and
+    /// is no longer stored.
+    pub async fn reconcile(&self) -> Result<(), RegistryError> {
+        let definitions: Vec<ConsumerDefinition> = self
+            .collection
+            .find(doc! {})
+            .await
+            .map_err(StoreError::from)?
+            .try_collect()
+            .await
+            .map_err(StoreError::from)?;
+        self.tombstones.retain(|_, at| at.elapsed() < TOMBSTONE_TTL);
+        let mut wanted = HashSet::new();
+        for definition in &definitions {
+            if self.tombstones.contains_key(&definition.consumer_id) {
+                continue;
+            }
+            let Some(id) = ConsumerId::parse(&definition.consumer_id) else {
+                continue;
+            };
+            wanted.insert(id.clone());
+            if self.supervisor.is_running(&id) {
+                continue;
+            }
+            match self.runnable(definition) {
+                Ok((spec, target)) => {
+                    if self.supervisor.start(spec, target) {
+                        tracing::info!(consumer_id = %id, queue = %definition.queue_name, "consumer resumed");
+                    }
+                    self.unstartable.remove(id.as_str());
+                }
+                Err(problem) => {
+                    if self
+                        .unstartable
+                        .insert(id.to_string(), problem.clone())
+                        .is_none()
+                    {
+                        tracing::warn!(consumer_id = %id, %problem, "stored consumer cannot run here");
+                    }
+                }
+            }
+        }
+        for id in self.supervisor.ids() {
+            if !wanted.contains(&id) {
+                tracing::info!(consumer_id = %id, "consumer no longer stored; stopping");
+                self.supervisor.stop(&id).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reconciles now and then every `RECONCILE_EVERY` until shutdown.
+    pub fn spawn_reconciler(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let registry = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(err) = registry.reconcile().await {
+                    tracing::debug!(error = %err, "reconcile pass failed; will try again");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+                }
+            }
+        })
+    }
+
+    fn runnable(
+        &self,
+        definition: &ConsumerDefinition,
+    ) -> Result<(ConsumerSpec, Arc<dyn DeliveryTarget>), String> {
+        let id = ConsumerId::parse(&definition.consumer_id)
+            .ok_or_else(|| format!("consumer id `{}` is not a UUID", definition.consumer_id))?;
+        let queue = QueueName::parse(definition.queue_name.clone()).map_err(|e| e.to_string())?;
+        let target: Arc<dyn DeliveryTarget> = match &definition.target {
+            TargetSpec::Http(http) => {
+                // Re-checked here too: the allow-list may have changed since.
+                crate::targets::TargetUrl::parse(&http.url, self.allowed_hosts.as_deref())?;
+                let secret = definition
+                    .signing_secret
+                    .as_deref()
+                    .map(SigningSecret::parse)
+                    .transpose()?;
+                Arc::new(HttpForwarder::new(self.http.clone(), http, secret)?)
+            }
+            TargetSpec::Builtin { handler } => self
+                .builtins
+                .target(*handler)
+                .ok_or_else(|| format!("the built-in handler `{handler:?}` is not available"))?,
+        };
+        Ok((
+            ConsumerSpec {
+                id,
+                queue,
+                prefetch: definition.prefetch.max(1),
+                retry: definition.retry,
+            },
+            target,
+        ))
+    }
+
+    fn view(&self, definition: ConsumerDefinition) -> ConsumerView {
+        let id = ConsumerId::parse(&definition.consumer_id);
+        let stats = id.as_ref().and_then(|id| self.supervisor.stats(id));
+        let (state, snapshot) = match stats {
+            Some(stats) => (stats.state(), stats.snapshot()),
+            None => (
+                ConsumerState::Stopped,
+                gateway::consumer::ConsumerStats::default().snapshot(),
+            ),
+        };
+        let mut target = definition.target;
+        if let TargetSpec::Http(http) = &mut target {
+            for value in http.headers.values_mut() {
+                *value = "***".into();
+            }
+        }
+        ConsumerView {
+            consumer_id: definition.consumer_id,
+            consumer_name: definition.consumer_name,
+            queue_name: definition.queue_name,
+            target,
+            prefetch: definition.prefetch,
+            retry: definition.retry,
+            signed: definition.signing_secret.is_some(),
+            state,
+            stats: snapshot,
+            created_at: definition
+                .created_at
+                .try_to_rfc3339_string()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// For a gateway run without the built-in handlers.
+pub struct NoBuiltinTargets;
+
+impl BuiltinTargets for NoBuiltinTargets {
+    fn target(&self, _: BuiltinHandler) -> Option<Arc<dyn DeliveryTarget>> {
+        None
+    }
+}

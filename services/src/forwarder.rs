@@ -1,0 +1,193 @@
+//! `HttpForwarder`: hands a delivery to an external HTTP API and turns the
+//! answer into a `DeliveryOutcome`.
+//!
+//! One reqwest client is shared by every consumer (pooled keep-alive
+//! connections); each target brings its own method, headers and timeout.
+//! Redirects are not followed: a 3xx is an answer, and following it could
+//! lead past `FORWARD_ALLOWED_HOSTS`.
+
+use std::time::Duration;
+
+use gateway::{DeliveryOutcome, DeliveryTarget, IncomingMessage};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
+
+use crate::targets::{HttpTarget, SigningSecret};
+
+/// Response bodies are read (so the connection can be reused) up to this
+/// much, then dropped.
+const MAX_RESPONSE_DRAIN: usize = 64 * 1024;
+
+/// The shared client for every forwarder.
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(256)
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("workerrmq/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+pub struct HttpForwarder {
+    client: reqwest::Client,
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    timeout: Duration,
+    secret: Option<SigningSecret>,
+}
+
+impl HttpForwarder {
+    pub fn new(
+        client: reqwest::Client,
+        target: &HttpTarget,
+        secret: Option<SigningSecret>,
+    ) -> Result<Self, String> {
+        let url = reqwest::Url::parse(&target.url).map_err(|e| format!("target.url: {e}"))?;
+        let method = reqwest::Method::from_bytes(target.method.as_bytes())
+            .map_err(|_| format!("target.method: `{}`", target.method))?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &target.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("target.headers: `{name}`"))?;
+            let value =
+                HeaderValue::from_str(value).map_err(|_| format!("target.headers.{name}"))?;
+            headers.insert(name, value);
+        }
+        Ok(Self {
+            client,
+            method,
+            url,
+            headers,
+            timeout: Duration::from_millis(target.timeout_ms),
+            secret,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl DeliveryTarget for HttpForwarder {
+    async fn deliver(&self, message: &IncomingMessage) -> DeliveryOutcome {
+        let timestamp = chrono::Utc::now().timestamp();
+        let content_type = message
+            .content_type
+            .as_deref()
+            .unwrap_or("application/json");
+        let mut request = self
+            .client
+            .request(self.method.clone(), self.url.clone())
+            .timeout(self.timeout)
+            .header(CONTENT_TYPE, content_type)
+            .headers(self.headers.clone())
+            .header("webhook-id", &message.message_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("x-workerrmq-queue", message.queue.as_str())
+            .header("x-workerrmq-attempt", message.attempt.to_string());
+        if let Some(secret) = &self.secret {
+            request = request.header(
+                "webhook-signature",
+                secret.sign(&message.message_id, timestamp, &message.payload),
+            );
+        }
+        match request.body(message.payload.clone()).send().await {
+            Ok(mut response) => {
+                let status = response.status();
+                let retry_after = retry_after(response.headers());
+                let mut drained = 0;
+                while drained < MAX_RESPONSE_DRAIN {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => drained += chunk.len(),
+                        _ => break,
+                    }
+                }
+                classify(status, retry_after)
+            }
+            Err(err) => DeliveryOutcome::Retry {
+                reason: describe(&err),
+                retry_after: None,
+            },
+        }
+    }
+}
+
+/// 2xx → delivered; 408, 429, 5xx → retry; anything else → dead-letter.
+pub fn classify(status: StatusCode, retry_after: Option<Duration>) -> DeliveryOutcome {
+    if status.is_success() {
+        DeliveryOutcome::Delivered
+    } else if status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+    {
+        DeliveryOutcome::Retry {
+            reason: format!("target answered {status}"),
+            retry_after,
+        }
+    } else {
+        DeliveryOutcome::Reject {
+            reason: format!("target answered {status}"),
+        }
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let raw = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = raw.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
+    let wait = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+fn describe(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        "the target did not answer in time".into()
+    } else if err.is_connect() {
+        format!("cannot connect to the target: {err}")
+    } else {
+        format!("request to the target failed: {err}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_outcomes() {
+        assert_eq!(classify(StatusCode::OK, None), DeliveryOutcome::Delivered);
+        assert_eq!(
+            classify(StatusCode::NO_CONTENT, None),
+            DeliveryOutcome::Delivered
+        );
+        for retryable in [408, 429, 500, 502, 503, 504] {
+            let status = StatusCode::from_u16(retryable).unwrap();
+            assert!(
+                matches!(classify(status, None), DeliveryOutcome::Retry { .. }),
+                "{retryable}"
+            );
+        }
+        for final_failure in [301, 400, 401, 404, 410, 422] {
+            let status = StatusCode::from_u16(final_failure).unwrap();
+            assert!(
+                matches!(classify(status, None), DeliveryOutcome::Reject { .. }),
+                "{final_failure}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
+}

@@ -1,0 +1,233 @@
+//! Where a consumer sends its deliveries, as stored and as validated.
+//!
+//! `TargetUrl` and `SigningSecret` can only be built through their
+//! constructors, which enforce the rules (http(s) with a host, the
+//! `FORWARD_ALLOWED_HOSTS` guard; `whsec_` + base64 of 24 to 64 bytes), so a
+//! consumer with an invalid target cannot exist.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// Header names the forwarder sets itself; a target may not override them.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-length",
+    "host",
+];
+pub const RESERVED_HEADER_PREFIX: &str = "x-workerrmq-";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuiltinHandler {
+    User,
+    Report,
+    Scrape,
+}
+
+/// A consumer's target, as stored and as shown by `/getConsumers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum TargetSpec {
+    Http(HttpTarget),
+    Builtin { handler: BuiltinHandler },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpTarget {
+    pub url: String,
+    pub method: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub timeout_ms: u64,
+}
+
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+const MAX_TIMEOUT_MS: u64 = 300_000;
+
+/// An http(s) URL with a host, allowed by `FORWARD_ALLOWED_HOSTS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetUrl(url::Url);
+
+impl TargetUrl {
+    pub fn parse(raw: &str, allowed_hosts: Option<&[String]>) -> Result<Self, String> {
+        let url =
+            url::Url::parse(raw).map_err(|e| format!("target.url: `{raw}` is not a URL ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("target.url: `{raw}` must be http or https"));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("target.url: `{raw}` has no host"))?
+            .to_ascii_lowercase();
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("target.url: put credentials in target.headers, not in the URL".into());
+        }
+        if let Some(allowed) = allowed_hosts {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if !allowed.iter().any(|a| a == host) {
+                return Err(format!(
+                    "target.url: host `{host}` is not in FORWARD_ALLOWED_HOSTS"
+                ));
+            }
+        }
+        Ok(Self(url))
+    }
+
+    pub fn as_url(&self) -> &url::Url {
+        &self.0
+    }
+}
+
+impl HttpTarget {
+    /// Validates every part of an HTTP target.
+    pub fn parse(
+        url: &str,
+        method: Option<&str>,
+        headers: BTreeMap<String, String>,
+        timeout_ms: Option<u64>,
+        allowed_hosts: Option<&[String]>,
+    ) -> Result<Self, String> {
+        let url = TargetUrl::parse(url, allowed_hosts)?;
+        let method = method.unwrap_or("POST").to_ascii_uppercase();
+        if !matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
+            return Err(format!(
+                "target.method: `{method}` cannot carry a body; use POST, PUT or PATCH"
+            ));
+        }
+        for (name, value) in &headers {
+            let lower = name.to_ascii_lowercase();
+            if RESERVED_HEADERS.contains(&lower.as_str())
+                || lower.starts_with(RESERVED_HEADER_PREFIX)
+            {
+                return Err(format!(
+                    "target.headers: `{name}` is set by the gateway itself"
+                ));
+            }
+            reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("target.headers: `{name}` is not a valid header name"))?;
+            reqwest::header::HeaderValue::from_str(value)
+                .map_err(|_| format!("target.headers.{name}: not a valid header value"))?;
+        }
+        let timeout_ms = timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
+            return Err(format!("target.timeoutMs: between 1 and {MAX_TIMEOUT_MS}"));
+        }
+        Ok(Self {
+            url: url.as_url().to_string(),
+            method,
+            headers,
+            timeout_ms,
+        })
+    }
+}
+
+/// A Standard Webhooks secret: `whsec_` + base64 of the HMAC key bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningSecret {
+    encoded: String,
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningSecret(***)")
+    }
+}
+
+impl SigningSecret {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let encoded = raw.strip_prefix("whsec_").ok_or_else(|| {
+            "signingSecret: must be `whsec_` followed by base64 of 24 to 64 random bytes"
+                .to_string()
+        })?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| {
+                "signingSecret: the part after `whsec_` is not valid base64".to_string()
+            })?;
+        if !(24..=64).contains(&key.len()) {
+            return Err(format!(
+                "signingSecret: the key must be 24 to 64 bytes, this one is {}",
+                key.len()
+            ));
+        }
+        Ok(Self {
+            encoded: raw.to_owned(),
+            key,
+        })
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.encoded
+    }
+
+    /// `v1,` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}")).
+    pub fn sign(&self, message_id: &str, timestamp: i64, body: &[u8]) -> String {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
+        mac.update(message_id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        let signature = mac.finalize().into_bytes();
+        format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(signature)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_urls_must_be_http_with_an_allowed_host() {
+        assert!(TargetUrl::parse("http://127.0.0.1:9000/hook", None).is_ok());
+        assert!(TargetUrl::parse("ftp://x/y", None).is_err());
+        assert!(TargetUrl::parse("not a url", None).is_err());
+        assert!(TargetUrl::parse("http://u:p@x/", None).is_err());
+        let allowed = vec!["api.example.com".to_string()];
+        assert!(TargetUrl::parse("https://api.example.com/x", Some(&allowed)).is_ok());
+        let err = TargetUrl::parse("http://169.254.169.254/", Some(&allowed)).unwrap_err();
+        assert!(err.contains("FORWARD_ALLOWED_HOSTS"), "{err}");
+    }
+
+    #[test]
+    fn http_targets_refuse_reserved_headers_and_bodyless_methods() {
+        let mut headers = BTreeMap::new();
+        headers.insert("webhook-id".to_string(), "x".to_string());
+        assert!(HttpTarget::parse("http://h/", None, headers, None, None).is_err());
+        assert!(HttpTarget::parse("http://h/", Some("GET"), BTreeMap::new(), None, None).is_err());
+        assert!(HttpTarget::parse("http://h/", None, BTreeMap::new(), Some(0), None).is_err());
+        let ok = HttpTarget::parse("http://h/", Some("put"), BTreeMap::new(), None, None).unwrap();
+        assert_eq!(
+            (ok.method.as_str(), ok.timeout_ms),
+            ("PUT", DEFAULT_TIMEOUT_MS)
+        );
+    }
+
+    #[test]
+    fn signing_secrets_follow_standard_webhooks() {
+        assert!(SigningSecret::parse("plain-secret").is_err());
+        assert!(SigningSecret::parse("whsec_!!!").is_err());
+        assert!(SigningSecret::parse("whsec_c2hvcnQ=").is_err());
+        // The Standard Webhooks reference vector.
+        let secret = SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let sig = secret.sign(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        assert!(!format!("{secret:?}").contains("MfKQ"));
+    }
+}

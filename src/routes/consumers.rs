@@ -1,0 +1,262 @@
+//! `/createConsumer`, `/getConsumers`, `/getConsumer/{consumerId}`,
+//! `/deleteConsumer`.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpResponse};
+use gateway::{ConsumerId, QueueName, RetryPolicy};
+use middlewares::{Admin, Viewer};
+use serde::Deserialize;
+use serde_json::json;
+use services::{BuiltinHandler, ConsumerDefinition, HttpTarget, SigningSecret, TargetSpec};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::extract::Json;
+use crate::state::AppState;
+
+const DEFAULT_PREFETCH: u16 = 10;
+const MAX_PREFETCH: u16 = 1_000;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateConsumerRequest {
+    pub queue_name: String,
+    pub consumer_name: Option<String>,
+    /// Default: `{"type":"http","url": DEFAULT_TARGET_URL}`.
+    #[schema(value_type = Option<Object>)]
+    pub target: Option<TargetRequest>,
+    /// Deliveries worked on at once, 1 to 1000; default 10.
+    pub prefetch: Option<u16>,
+    #[schema(value_type = Option<Object>)]
+    pub retry: Option<RetryRequest>,
+    /// `whsec_` + base64 of 24 to 64 random bytes; never shown again.
+    pub signing_secret: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum TargetRequest {
+    Http(HttpTargetRequest),
+    Builtin(BuiltinTargetRequest),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpTargetRequest {
+    pub url: String,
+    pub method: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BuiltinTargetRequest {
+    pub handler: BuiltinHandler,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryRequest {
+    pub max_attempts: Option<u32>,
+    pub initial_delay_ms: Option<u64>,
+    pub multiplier: Option<f64>,
+    pub max_delay_ms: Option<u64>,
+}
+
+impl RetryRequest {
+    fn into_policy(self) -> Result<RetryPolicy, ApiError> {
+        let defaults = RetryPolicy::default();
+        let policy = RetryPolicy {
+            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
+            initial_delay_ms: self.initial_delay_ms.unwrap_or(defaults.initial_delay_ms),
+            multiplier: self.multiplier.unwrap_or(defaults.multiplier),
+            max_delay_ms: self.max_delay_ms.unwrap_or(defaults.max_delay_ms),
+        };
+        policy
+            .validate()
+            .map_err(|m| ApiError::BadRequest(format!("field `{m}")))
+            .map(|()| policy)
+    }
+}
+
+fn parse_definition(
+    state: &AppState,
+    request: CreateConsumerRequest,
+) -> Result<ConsumerDefinition, ApiError> {
+    let queue = QueueName::parse(request.queue_name)?;
+    let consumer_name = request
+        .consumer_name
+        .map(|n| n.trim().to_owned())
+        .unwrap_or_else(|| format!("{queue}-consumer"));
+    if consumer_name.is_empty() || consumer_name.chars().count() > 100 {
+        return Err(ApiError::BadRequest(
+            "field `consumerName`: 1 to 100 characters".into(),
+        ));
+    }
+    let allowed = state.settings.forward_allowed_hosts.as_deref();
+    let target = match request.target {
+        Some(TargetRequest::Http(http)) => TargetSpec::Http(
+            HttpTarget::parse(
+                &http.url,
+                http.method.as_deref(),
+                http.headers.unwrap_or_default(),
+                http.timeout_ms,
+                allowed,
+            )
+            .map_err(|m| ApiError::BadRequest(format!("field `{m}")))?,
+        ),
+        Some(TargetRequest::Builtin(builtin)) => TargetSpec::Builtin {
+            handler: builtin.handler,
+        },
+        None => {
+            let default = state.settings.default_target_url.as_ref().ok_or_else(|| {
+                ApiError::BadRequest(
+                    "field `target`: required, since DEFAULT_TARGET_URL is not set on this gateway"
+                        .into(),
+                )
+            })?;
+            TargetSpec::Http(
+                HttpTarget::parse(default.as_str(), None, BTreeMap::new(), None, allowed)
+                    .map_err(|m| ApiError::BadRequest(format!("DEFAULT_TARGET_URL: {m}")))?,
+            )
+        }
+    };
+    let prefetch = request.prefetch.unwrap_or(DEFAULT_PREFETCH);
+    if !(1..=MAX_PREFETCH).contains(&prefetch) {
+        return Err(ApiError::BadRequest(format!(
+            "field `prefetch`: between 1 and {MAX_PREFETCH}"
+        )));
+    }
+    let retry = match request.retry {
+        Some(retry) => retry.into_policy()?,
+        None => RetryPolicy::default(),
+    };
+    let signing_secret = request
+        .signing_secret
+        .map(|raw| {
+            SigningSecret::parse(&raw)
+                .map(|s| s.expose().to_owned())
+                .map_err(|m| ApiError::BadRequest(format!("field `{m}")))
+        })
+        .transpose()?;
+    Ok(ConsumerDefinition {
+        consumer_id: ConsumerId::new().to_string(),
+        consumer_name,
+        queue_name: queue.to_string(),
+        target,
+        prefetch,
+        retry,
+        signing_secret,
+        created_at: services::store::DateTime::now(),
+    })
+}
+
+#[utoipa::path(post, path = "/createConsumer", tag = "consumers", request_body = CreateConsumerRequest,
+    security(("basic" = []), ("bearer" = [])),
+    responses(
+        (status = 201, description = "Stored and started", example = json!({"message": "Consumer has been created successfully.", "consumerId": "0b6f…"})),
+        (status = 400, description = "Invalid target, secret, prefetch or retry policy", body = crate::openapi::ErrorBodySchema),
+        (status = 404, description = "No such queue", body = crate::openapi::ErrorBodySchema)))]
+pub async fn create_consumer(
+    _: Admin,
+    state: web::Data<AppState>,
+    Json(body): Json<CreateConsumerRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let definition = parse_definition(&state, body)?;
+    if state
+        .topology
+        .queue_counts(&definition.queue_name)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound(format!(
+            "no queue named `{}`; create it first (POST /createQueue)",
+            definition.queue_name
+        )));
+    }
+    let view = state.registry.create(definition).await?;
+    Ok(HttpResponse::Created().json(json!({
+        "message": "Consumer has been created successfully.",
+        "consumerId": view.consumer_id,
+        "consumer": view,
+    })))
+}
+
+#[utoipa::path(get, path = "/getConsumers", tag = "consumers",
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "Every registered consumer with this gateway's live stats")))]
+pub async fn get_consumers(
+    _: Viewer,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.registry.list().await?))
+}
+
+#[utoipa::path(get, path = "/getConsumer/{consumerId}", tag = "consumers",
+    security(("basic" = []), ("bearer" = [])),
+    params(("consumerId" = String, Path)),
+    responses((status = 200), (status = 404, body = crate::openapi::ErrorBodySchema)))]
+pub async fn get_consumer(
+    _: Viewer,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let raw = path.into_inner();
+    let not_found = || ApiError::NotFound(format!("no consumer with id `{raw}`"));
+    let id = ConsumerId::parse(&raw).ok_or_else(not_found)?;
+    let view = state.registry.get(&id).await?.ok_or_else(not_found)?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeleteConsumerRequest {
+    /// One consumer, or
+    pub consumer_id: Option<String>,
+    /// every consumer on this queue.
+    pub queue_name: Option<String>,
+}
+
+#[utoipa::path(post, path = "/deleteConsumer", tag = "consumers", request_body = DeleteConsumerRequest,
+    security(("basic" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Stopped; in-flight deliveries were settled or handed back", example = json!({"message": "Consumer has been deleted successfully.", "deleted": 1})),
+        (status = 404, body = crate::openapi::ErrorBodySchema)))]
+pub async fn delete_consumer(
+    _: Admin,
+    state: web::Data<AppState>,
+    Json(body): Json<DeleteConsumerRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let deleted = match (body.consumer_id, body.queue_name) {
+        (Some(raw), None) => {
+            let id = ConsumerId::parse(&raw)
+                .ok_or_else(|| ApiError::NotFound(format!("no consumer with id `{raw}`")))?;
+            if state.registry.delete(&id).await? {
+                1
+            } else {
+                return Err(ApiError::NotFound(format!("no consumer with id `{raw}`")));
+            }
+        }
+        (None, Some(queue)) => {
+            let queue = QueueName::parse(queue)?;
+            let n = state.registry.delete_on_queue(&queue).await?;
+            if n == 0 {
+                return Err(ApiError::NotFound(format!(
+                    "no consumer on queue `{queue}`"
+                )));
+            }
+            n
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give either `consumerId` or `queueName`".into(),
+            ))
+        }
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "message": "Consumer has been deleted successfully.",
+        "deleted": deleted,
+    })))
+}
