@@ -5,6 +5,7 @@
 pub mod configuration;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod startup;

@@ -82,6 +82,7 @@ impl Modify for SecuritySchemes {
         routes::dead_letters::replay_dead_letters,
         routes::connections::get_connections,
         routes::api_keys::create_api_key,
+        routes::metrics::metrics,
     ),
     components(schemas(ErrorBodySchema, QueueRowSchema, ConnectionSchema)),
     modifiers(&SecuritySchemes)

@@ -95,11 +95,13 @@ impl Application {
             settings.vhost.clone(),
         );
 
+        let metrics = Arc::new(crate::metrics::AppMetrics::new());
         let publisher = Arc::new(Publisher::new(broker.clone()));
         let supervisor = Arc::new(ConsumerSupervisor::new(
             broker.clone(),
             publisher.clone(),
             settings.instance_id.clone(),
+            metrics.delivery.clone(),
         ));
         let forward_client = services::forwarder::http_client()
             .map_err(|e| StartupError::HttpClient(e.to_string()))?;
@@ -119,6 +121,7 @@ impl Application {
             dead_letters: DeadLetters::new(broker.clone(), publisher.clone()),
             publisher,
             registry: registry.clone(),
+            metrics,
             broker: broker.clone(),
             store,
             management,

@@ -15,6 +15,7 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     pub store: Store,
     pub management: ManagementClient,
+    pub metrics: Arc<crate::metrics::AppMetrics>,
     pub registry: Arc<ConsumerRegistry>,
     pub dead_letters: DeadLetters,
 }

@@ -7,6 +7,7 @@ pub mod connection;
 pub mod consumer;
 pub mod dead_letters;
 pub mod error;
+pub mod metrics;
 pub mod names;
 pub mod publisher;
 pub mod topology;

@@ -9,6 +9,7 @@ pub mod dead_letters;
 pub mod docs;
 pub mod exchanges;
 pub mod health;
+pub mod metrics;
 pub mod publish;
 pub mod queues;
 
@@ -53,6 +54,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::get().to(connections::get_connections),
         )
         .route("/createApiKey", web::post().to(api_keys::create_api_key))
+        .route("/metrics", web::get().to(metrics::metrics))
         .route("/openapi.json", web::get().to(docs::openapi_json))
         .route("/docs", web::get().to(docs::docs_page));
 }

@@ -179,6 +179,7 @@ pub async fn message_publish(
         .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
         .with_app_id("workerrmq".into())
         .with_headers(message.headers);
+    let started = std::time::Instant::now();
     let outcome = state
         .publisher
         .publish(OutgoingMessage {
@@ -188,8 +189,19 @@ pub async fn message_publish(
             properties,
             mandatory: true,
         })
-        .await?;
-    match outcome {
+        .await;
+    state.metrics.publish_seconds.observe(started.elapsed().as_secs_f64());
+    let label = match &outcome {
+        Ok(PublishOutcome::Confirmed) => "confirmed",
+        Ok(PublishOutcome::Unroutable) => "unroutable",
+        Err(_) => "failed",
+    };
+    state
+        .metrics
+        .publishes
+        .get_or_create(&crate::metrics::PublishLabels { outcome: label })
+        .inc();
+    match outcome? {
         PublishOutcome::Confirmed => Ok(HttpResponse::Accepted().json(json!({
             "message": "Message has been published successfully.",
             "messageId": message.message_id,

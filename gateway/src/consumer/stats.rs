@@ -1,9 +1,17 @@
-//! Live per-consumer counters, lock-free on the delivery path.
+//! Live per-consumer counters, lock-free on the delivery path. The counters
+//! are handles into the Prometheus families (`crate::metrics`), so the API
+//! and `/metrics` always agree.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
+
+use crate::metrics::{latency_histogram, ConsumerLabels, DeliveryMetrics};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -13,16 +21,33 @@ pub enum ConsumerState {
     Stopped,
 }
 
-#[derive(Default)]
 pub struct ConsumerStats {
     state: AtomicU8,
-    delivered: AtomicU64,
-    acked: AtomicU64,
-    retried: AtomicU64,
-    dead_lettered: AtomicU64,
-    in_flight: AtomicI64,
+    delivered: Counter,
+    acked: Counter,
+    retried: Counter,
+    dead_lettered: Counter,
+    in_flight: Gauge,
+    target_seconds: Histogram,
     last_delivery_at_ms: AtomicI64,
     last_error: Mutex<Option<String>>,
+}
+
+impl Default for ConsumerStats {
+    /// Counters attached to no registry (a consumer not running here).
+    fn default() -> Self {
+        Self {
+            state: AtomicU8::new(STOPPED),
+            delivered: Counter::default(),
+            acked: Counter::default(),
+            retried: Counter::default(),
+            dead_lettered: Counter::default(),
+            in_flight: Gauge::default(),
+            target_seconds: latency_histogram(),
+            last_delivery_at_ms: AtomicI64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -37,45 +62,67 @@ pub struct StatsSnapshot {
     pub last_delivery_at: Option<String>,
 }
 
+const RECONNECTING: u8 = 0;
+const RUNNING: u8 = 1;
+const STOPPED: u8 = 2;
+
 impl ConsumerStats {
+    pub fn registered(metrics: &DeliveryMetrics, labels: &ConsumerLabels) -> Self {
+        Self {
+            state: AtomicU8::new(RECONNECTING),
+            delivered: metrics.delivered.get_or_create_owned(labels),
+            acked: metrics.acked.get_or_create_owned(labels),
+            retried: metrics.retried.get_or_create_owned(labels),
+            dead_lettered: metrics.dead_lettered.get_or_create_owned(labels),
+            in_flight: metrics.in_flight.get_or_create_owned(labels),
+            target_seconds: metrics.target_seconds.get_or_create_owned(labels),
+            last_delivery_at_ms: AtomicI64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
     pub fn state(&self) -> ConsumerState {
         match self.state.load(Ordering::Relaxed) {
-            0 => ConsumerState::Reconnecting,
-            1 => ConsumerState::Running,
+            RECONNECTING => ConsumerState::Reconnecting,
+            RUNNING => ConsumerState::Running,
             _ => ConsumerState::Stopped,
         }
     }
 
     pub(crate) fn set_state(&self, state: ConsumerState) {
         let raw = match state {
-            ConsumerState::Reconnecting => 0,
-            ConsumerState::Running => 1,
-            ConsumerState::Stopped => 2,
+            ConsumerState::Reconnecting => RECONNECTING,
+            ConsumerState::Running => RUNNING,
+            ConsumerState::Stopped => STOPPED,
         };
         self.state.store(raw, Ordering::Relaxed);
     }
 
     pub(crate) fn delivery_started(&self) {
-        self.delivered.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.delivered.inc();
+        self.in_flight.inc();
         self.last_delivery_at_ms
             .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
 
     pub(crate) fn delivery_finished(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.in_flight.dec();
+    }
+
+    pub(crate) fn target_answered(&self, took: Duration) {
+        self.target_seconds.observe(took.as_secs_f64());
     }
 
     pub(crate) fn acked(&self) {
-        self.acked.fetch_add(1, Ordering::Relaxed);
+        self.acked.inc();
     }
 
     pub(crate) fn retried(&self) {
-        self.retried.fetch_add(1, Ordering::Relaxed);
+        self.retried.inc();
     }
 
     pub(crate) fn dead_lettered(&self) {
-        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.dead_lettered.inc();
     }
 
     pub(crate) fn record_error(&self, error: impl Into<String>) {
@@ -87,11 +134,11 @@ impl ConsumerStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let last_ms = self.last_delivery_at_ms.load(Ordering::Relaxed);
         StatsSnapshot {
-            delivered: self.delivered.load(Ordering::Relaxed),
-            acked: self.acked.load(Ordering::Relaxed),
-            retried: self.retried.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            in_flight: self.in_flight.load(Ordering::Relaxed).max(0) as u64,
+            delivered: self.delivered.get(),
+            acked: self.acked.get(),
+            retried: self.retried.get(),
+            dead_lettered: self.dead_lettered.get(),
+            in_flight: self.in_flight.get().max(0) as u64,
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
             last_delivery_at: (last_ms > 0)
                 .then(|| chrono::DateTime::from_timestamp_millis(last_ms))

@@ -27,6 +27,7 @@ use super::settle::{attempt_of, Settled, Settler};
 use super::stats::{ConsumerState, ConsumerStats};
 use super::target::{DeliveryTarget, IncomingMessage};
 use super::RetryPolicy;
+use crate::metrics::{ConsumerLabels, DeliveryMetrics};
 use crate::{Broker, BrokerError, Publisher, QueueName, Topology};
 
 /// How long a stopping consumer waits for in-flight deliveries.
@@ -88,16 +89,23 @@ pub struct ConsumerSupervisor {
     publisher: Arc<Publisher>,
     instance_id: String,
     consumers: DashMap<ConsumerId, RunningConsumer>,
+    metrics: Arc<DeliveryMetrics>,
 }
 
 impl ConsumerSupervisor {
-    pub fn new(broker: Broker, publisher: Arc<Publisher>, instance_id: String) -> Self {
+    pub fn new(
+        broker: Broker,
+        publisher: Arc<Publisher>,
+        instance_id: String,
+        metrics: Arc<DeliveryMetrics>,
+    ) -> Self {
         Self {
             topology: Topology::new(broker.clone()),
             broker,
             publisher,
             instance_id,
             consumers: DashMap::new(),
+            metrics,
         }
     }
 
@@ -109,7 +117,10 @@ impl ConsumerSupervisor {
             dashmap::Entry::Vacant(v) => v,
         };
         let spec = Arc::new(spec);
-        let stats = Arc::new(ConsumerStats::default());
+        let stats = Arc::new(ConsumerStats::registered(
+            &self.metrics,
+            &labels_of(&spec),
+        ));
         let cancel = CancellationToken::new();
         let worker = ConsumerWorker {
             spec: spec.clone(),
@@ -149,6 +160,7 @@ impl ConsumerSupervisor {
         {
             tracing::warn!(consumer_id = %id, "consumer did not stop in time");
         }
+        self.metrics.forget(&labels_of(&running.spec));
         true
     }
 
@@ -176,6 +188,13 @@ impl ConsumerSupervisor {
             .iter()
             .map(|e| (e.spec.clone(), e.stats.clone()))
             .collect()
+    }
+}
+
+fn labels_of(spec: &ConsumerSpec) -> ConsumerLabels {
+    ConsumerLabels {
+        consumer_id: spec.id.to_string(),
+        queue: spec.queue.to_string(),
     }
 }
 
@@ -318,8 +337,10 @@ impl ConsumerWorker {
         let settler = self.settler.clone();
         let stats = self.stats.clone();
         async move {
-            let _in_flight = InFlightGuard::new(stats);
+            let _in_flight = InFlightGuard::new(stats.clone());
+            let started = std::time::Instant::now();
             let outcome = target.deliver(&message).await;
+            stats.target_answered(started.elapsed());
             let settled = settler.settle(&delivery, &message, outcome).await;
             match settled {
                 Settled::Acked => tracing::debug!("delivered"),

@@ -1,0 +1,92 @@
+//! Prometheus metric families of the delivery path. Each consumer's
+//! `ConsumerStats` holds handles into these families, so `/getConsumers`
+//! and `/metrics` read the very same counters.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    pub consumer_id: String,
+    pub queue: String,
+}
+
+/// 0.5 ms to ~16 s.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+pub struct DeliveryMetrics {
+    pub delivered: Family<ConsumerLabels, Counter>,
+    pub acked: Family<ConsumerLabels, Counter>,
+    pub retried: Family<ConsumerLabels, Counter>,
+    pub dead_lettered: Family<ConsumerLabels, Counter>,
+    pub in_flight: Family<ConsumerLabels, Gauge>,
+    pub target_seconds: Family<ConsumerLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for DeliveryMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeliveryMetrics {
+    pub fn new() -> Self {
+        Self {
+            delivered: Family::default(),
+            acked: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            in_flight: Family::default(),
+            target_seconds: Family::new_with_constructor(latency_histogram),
+        }
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "workerrmq_deliveries",
+            "Deliveries handed to a target",
+            self.delivered.clone(),
+        );
+        registry.register(
+            "workerrmq_acked",
+            "Deliveries acked after a successful outcome",
+            self.acked.clone(),
+        );
+        registry.register(
+            "workerrmq_retried",
+            "Deliveries sent to a delay queue for another attempt",
+            self.retried.clone(),
+        );
+        registry.register(
+            "workerrmq_dead_lettered",
+            "Deliveries moved to the dead-letter queue",
+            self.dead_lettered.clone(),
+        );
+        registry.register(
+            "workerrmq_in_flight",
+            "Deliveries being worked on now",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "workerrmq_target_round_trip_seconds",
+            "Time from handing a delivery to its target until the target answered",
+            self.target_seconds.clone(),
+        );
+    }
+
+    /// Drops a stopped consumer's series.
+    pub fn forget(&self, labels: &ConsumerLabels) {
+        self.delivered.remove(labels);
+        self.acked.remove(labels);
+        self.retried.remove(labels);
+        self.dead_lettered.remove(labels);
+        self.in_flight.remove(labels);
+        self.target_seconds.remove(labels);
+    }
+}

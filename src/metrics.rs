@@ -1,0 +1,82 @@
+//! The gateway's Prometheus registry: the delivery families from
+//! `gateway::metrics`, publish counters and latency, broker/store up.
+
+use std::sync::Arc;
+
+use gateway::metrics::{latency_histogram, DeliveryMetrics};
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PublishLabels {
+    /// confirmed, unroutable or failed.
+    pub outcome: &'static str,
+}
+
+pub struct AppMetrics {
+    registry: Registry,
+    pub delivery: Arc<DeliveryMetrics>,
+    pub publishes: Family<PublishLabels, Counter>,
+    pub publish_seconds: Histogram,
+    broker_up: Gauge,
+    store_up: Gauge,
+}
+
+impl Default for AppMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AppMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let delivery = Arc::new(DeliveryMetrics::new());
+        delivery.register(&mut registry);
+        let publishes = Family::<PublishLabels, Counter>::default();
+        registry.register(
+            "workerrmq_publishes",
+            "Publishes through /messagePublish by outcome",
+            publishes.clone(),
+        );
+        let publish_seconds = latency_histogram();
+        registry.register(
+            "workerrmq_publish_seconds",
+            "Time from publish to the broker's confirm",
+            publish_seconds.clone(),
+        );
+        let broker_up = Gauge::default();
+        registry.register(
+            "workerrmq_broker_up",
+            "1 when the broker connection is up",
+            broker_up.clone(),
+        );
+        let store_up = Gauge::default();
+        registry.register(
+            "workerrmq_store_up",
+            "1 when the store answered a ping",
+            store_up.clone(),
+        );
+        Self {
+            registry,
+            delivery,
+            publishes,
+            publish_seconds,
+            broker_up,
+            store_up,
+        }
+    }
+
+    pub fn render(&self, broker_up: bool, store_up: bool) -> String {
+        self.broker_up.set(i64::from(broker_up));
+        self.store_up.set(i64::from(store_up));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
