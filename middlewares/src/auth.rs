@@ -11,6 +11,7 @@
 //! low 403, before the body is even read.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Payload;
@@ -21,6 +22,7 @@ use dashmap::DashMap;
 use futures_util::future::LocalBoxFuture;
 use services::{Role, Store, StoreError};
 use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
 
 use crate::error_response;
 
@@ -34,7 +36,7 @@ pub struct Principal {
     pub role: Role,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AuthError {
     #[error("send credentials: `Authorization: Basic <user:password>` or `Authorization: Bearer <api key>`")]
     Missing,
@@ -80,6 +82,9 @@ struct CachedPrincipal {
 pub struct Authenticator {
     store: Store,
     cache: DashMap<[u8; 32], CachedPrincipal>,
+    /// Verifications under way: concurrent requests with the same new
+    /// credential share one bcrypt run instead of each starting their own.
+    pending: DashMap<[u8; 32], Arc<OnceCell<Result<Principal, AuthError>>>>,
     ttl: Duration,
 }
 
@@ -88,6 +93,7 @@ impl Authenticator {
         Self {
             store,
             cache: DashMap::new(),
+            pending: DashMap::new(),
             ttl,
         }
     }
@@ -100,7 +106,14 @@ impl Authenticator {
                 return Ok(hit.principal.clone());
             }
         }
-        let principal = self.verify(header).await?;
+        let flight = self
+            .pending
+            .entry(key)
+            .or_insert_with(|| Arc::new(OnceCell::new()))
+            .clone();
+        let verified = flight.get_or_init(|| self.verify(header)).await.clone();
+        self.pending.remove(&key);
+        let principal = verified?;
         if self.cache.len() >= CACHE_SOFT_LIMIT {
             let now = Instant::now();
             self.cache.retain(|_, c| c.expires > now);

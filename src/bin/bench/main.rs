@@ -1,0 +1,237 @@
+//! `bench`: the gateway measured beside the broker's own ceiling, in one
+//! run on one machine.
+//!
+//! `cargo run --release --bin bench -- [all|forward|publish|latency|scale]
+//! [--messages N] [--duration SECONDS] [--consumers N] [--smoke]`
+//!
+//! It starts what it needs besides RabbitMQ and the store: the gateway (this
+//! same binary re-run as a child process, so its RSS is its own) and a
+//! minimal HTTP sink. It prints one table and writes `bench-results.json`.
+
+mod gateway_process;
+mod scenarios;
+mod sink;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub scenarios: Vec<String>,
+    pub messages: usize,
+    pub publishes: usize,
+    pub duration: Duration,
+    pub rate: u64,
+    pub consumers: usize,
+    pub output: String,
+}
+
+fn parse_options() -> Result<Options, String> {
+    let mut args = std::env::args().skip(1);
+    let mut options = Options {
+        scenarios: vec![],
+        messages: 50_000,
+        publishes: 20_000,
+        duration: Duration::from_secs(20),
+        rate: 1_000,
+        consumers: 1_000,
+        output: "bench-results.json".into(),
+    };
+    let number = |flag: &str, raw: Option<String>| -> Result<u64, String> {
+        raw.and_then(|r| r.parse().ok())
+            .ok_or_else(|| format!("{flag} needs a number"))
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--messages" => {
+                options.messages = number("--messages", args.next())? as usize;
+                options.publishes = options.messages.min(options.publishes);
+            }
+            "--publishes" => options.publishes = number("--publishes", args.next())? as usize,
+            "--duration" => {
+                options.duration = Duration::from_secs(number("--duration", args.next())?)
+            }
+            "--rate" => options.rate = number("--rate", args.next())?,
+            "--consumers" => options.consumers = number("--consumers", args.next())? as usize,
+            "--output" => options.output = args.next().ok_or("--output needs a path")?,
+            "--smoke" => {
+                options.messages = 300;
+                options.publishes = 300;
+                options.duration = Duration::from_secs(2);
+                options.rate = 200;
+                options.consumers = 20;
+            }
+            "all" | "forward" | "publish" | "latency" | "scale" => options.scenarios.push(arg),
+            "-h" | "--help" => {
+                println!("usage: bench [all|forward|publish|latency|scale]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--smoke] [--output PATH]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}` (try --help)")),
+        }
+    }
+    if options.scenarios.is_empty() || options.scenarios.iter().any(|s| s == "all") {
+        options.scenarios = ["forward", "publish", "latency", "scale"]
+            .map(String::from)
+            .to_vec();
+    }
+    Ok(options)
+}
+
+fn main() -> std::process::ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(gateway_process::CHILD_FLAG) {
+        return gateway_process::run_child();
+    }
+    let options = match parse_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(options)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(options: Options) -> Result<(), String> {
+    let sink = sink::Sink::start().await?;
+    let gateway = gateway_process::GatewayProcess::start().await?;
+    let mut results = serde_json::Map::new();
+    let outcome = async {
+        for scenario in &options.scenarios {
+            eprintln!("== {scenario}");
+            let value = match scenario.as_str() {
+                "forward" => scenarios::forward(&options, &gateway, &sink).await?,
+                "publish" => scenarios::publish(&options, &gateway).await?,
+                "latency" => scenarios::latency(&options, &gateway, &sink).await?,
+                "scale" => scenarios::scale(&options, &gateway, &sink).await?,
+                _ => unreachable!("parse_options only accepts known scenarios"),
+            };
+            results.insert(scenario.clone(), value);
+        }
+        Ok::<(), String>(())
+    }
+    .await;
+    gateway.stop().await;
+    outcome?;
+
+    let report = json!({
+        "machine": machine().await,
+        "scenarios": Value::Object(results),
+    });
+    print_table(&report);
+    std::fs::write(
+        &options.output,
+        serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("cannot write {}: {e}", options.output))?;
+    println!("\nwrote {}", options.output);
+    Ok(())
+}
+
+async fn machine() -> Value {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let rabbitmq = reqwest::Client::new()
+        .get("http://127.0.0.1:15672/api/overview")
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .ok();
+    let rabbitmq_version = match rabbitmq {
+        Some(r) => r
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v["rabbitmq_version"].as_str().map(String::from)),
+        None => None,
+    };
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu,
+        "memory_gib": (mem_kib as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        "rabbitmq": rabbitmq_version,
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "date": chrono::Utc::now().to_rfc3339(),
+    })
+}
+
+fn print_table(report: &Value) {
+    let s = &report["scenarios"];
+    let f = |v: &Value| match v.as_f64() {
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.2}"),
+        None => "-".into(),
+    };
+    println!("\nmachine: {}", report["machine"]);
+    println!("{:<10} {:<34} {:>14}", "scenario", "measure", "value");
+    let row = |scenario: &str, key: &str, label: &str| {
+        if !s[scenario].is_null() {
+            println!(
+                "{:<10} {:<34} {:>14}",
+                scenario,
+                label,
+                f(&s[scenario][key])
+            );
+        }
+    };
+    row("forward", "gateway_msgs_per_s", "gateway msgs/s");
+    row(
+        "forward",
+        "ceiling_msgs_per_s",
+        "raw lapin, ack each, msgs/s",
+    );
+    row(
+        "forward",
+        "ceiling_batched_msgs_per_s",
+        "raw lapin, ack multiple/50, msgs/s",
+    );
+    row("forward", "ratio", "ratio vs ack-each");
+    row("forward", "ratio_batched", "ratio vs batched (target 0.45)");
+    row(
+        "publish",
+        "gateway_req_per_s",
+        "gateway /messagePublish req/s",
+    );
+    row("publish", "raw_msgs_per_s", "raw lapin confirms msgs/s");
+    row("publish", "ratio", "ratio (target 0.50)");
+    row("publish", "p50_ms", "p50 ms");
+    row("publish", "p99_ms", "p99 ms");
+    row("publish", "errors", "errors");
+    row("latency", "rate", "msgs/s offered");
+    row("latency", "p50_ms", "publish-to-sink p50 ms");
+    row("latency", "p99_ms", "publish-to-sink p99 ms (< 20)");
+    row("latency", "max_ms", "publish-to-sink max ms");
+    row("scale", "consumers", "consumers");
+    row("scale", "create_all_s", "create all, s (< 10)");
+    row("scale", "rss_before_mib", "gateway RSS before, MiB");
+    row("scale", "rss_after_mib", "gateway RSS after, MiB (< 100)");
+    row("scale", "kib_per_consumer", "KiB per idle consumer");
+}

@@ -1,0 +1,545 @@
+//! The four scenarios. Each measures the gateway and, where the issue asks,
+//! a plain lapin peer doing the same work on an identical queue, so the
+//! ratio is taken in the same run on the same machine.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::{json, Value};
+
+use crate::gateway_process::GatewayProcess;
+use crate::sink::{now_ns, Sink};
+use crate::Options;
+
+const PREFETCH: u16 = 100;
+const BATCH_ACK_EVERY: u64 = 50;
+const CONCURRENCY: usize = 64;
+
+fn suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+fn per_second(n: usize, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64().max(1e-9)
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn amqp() -> Result<Connection, String> {
+    let url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    Connection::connect(
+        &url,
+        ConnectionProperties::default()
+            .with_connection_name("workerrmq-bench-peer".into())
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio),
+    )
+    .await
+    .map_err(|e| format!("cannot connect to RabbitMQ: {e}"))
+}
+
+async fn declare(channel: &Channel, queue: &str) -> Result<(), String> {
+    channel
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+async fn delete(channel: &Channel, queue: &str) {
+    let _ = channel
+        .queue_delete(queue, QueueDeleteOptions::default())
+        .await;
+}
+
+fn kib_payload() -> Vec<u8> {
+    let pad = "x".repeat(1024 - 12);
+    format!("{{\"pad\":\"{pad}\"}}").into_bytes()
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+}
+
+/// Publishes `n` persistent messages and waits for every confirm.
+async fn preload(
+    connection: &Connection,
+    queue: &str,
+    n: usize,
+    payload: &[u8],
+) -> Result<(), String> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut pending = Vec::with_capacity(1000);
+    for i in 0..n {
+        let confirm = channel
+            .basic_publish(
+                "",
+                queue,
+                BasicPublishOptions::default(),
+                payload,
+                persistent().with_message_id(format!("m{i}").into()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        pending.push(confirm);
+        if pending.len() == 1000 || i + 1 == n {
+            for confirm in pending.drain(..) {
+                confirm.await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    let _ = channel.close(200, "preloaded").await;
+    Ok(())
+}
+
+/// A plain lapin consumer that acks every delivery, or with `multiple`
+/// every `batch` deliveries; returns msgs/s over `n` deliveries.
+async fn raw_consume(
+    connection: &Connection,
+    queue: &str,
+    n: usize,
+    batch: Option<u64>,
+) -> Result<f64, String> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut consumer = channel
+        .basic_consume(
+            queue,
+            "bench-raw",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut seen = 0usize;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery.map_err(|e| e.to_string())?;
+        seen += 1;
+        match batch {
+            None => delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(|e| e.to_string())?,
+            Some(every) => {
+                if delivery.delivery_tag % every == 0 || seen == n {
+                    channel
+                        .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        if seen == n {
+            break;
+        }
+    }
+    let rate = per_second(n, started.elapsed());
+    let _ = channel.close(200, "done").await;
+    Ok(rate)
+}
+
+async fn wait_acked(
+    gateway: &GatewayProcess,
+    consumer_id: &str,
+    n: u64,
+    limit: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let view = gateway.get(&format!("/getConsumer/{consumer_id}")).await?;
+        if view["stats"]["acked"].as_u64().unwrap_or(0) >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("consumer acked {} of {n}", view["stats"]["acked"]));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn forward(
+    options: &Options,
+    gateway: &GatewayProcess,
+    sink: &Sink,
+) -> Result<Value, String> {
+    let n = options.messages;
+    let payload = kib_payload();
+    let connection = amqp().await?;
+    let limit = Duration::from_secs(120 + n as u64 / 200);
+
+    let queue = format!("bench_fwd_{}", suffix());
+    gateway
+        .post("/createQueue", &json!({ "queueName": queue }))
+        .await?;
+    preload(&connection, &queue, n, &payload).await?;
+    sink.reset();
+    let started = Instant::now();
+    let created = gateway
+        .post(
+            "/createConsumer",
+            &json!({ "queueName": queue, "prefetch": PREFETCH,
+                     "target": { "type": "http", "url": sink.url } }),
+        )
+        .await?;
+    sink.wait_for(n as u64, limit).await?;
+    let gateway_rate = per_second(n, started.elapsed());
+    let consumer_id = created["consumerId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    wait_acked(gateway, &consumer_id, n as u64, limit).await?;
+    gateway
+        .post("/deleteConsumer", &json!({ "consumerId": consumer_id }))
+        .await?;
+    gateway
+        .post("/deleteQueue", &json!({ "queueName": queue }))
+        .await?;
+
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut ceilings = Vec::new();
+    for batch in [None, Some(BATCH_ACK_EVERY)] {
+        let raw = format!("bench_raw_{}", suffix());
+        declare(&channel, &raw).await?;
+        preload(&connection, &raw, n, &payload).await?;
+        ceilings.push(raw_consume(&connection, &raw, n, batch).await?);
+        delete(&channel, &raw).await;
+    }
+    let _ = connection.close(200, "done").await;
+    let (ceiling, batched) = (ceilings[0], ceilings[1]);
+    Ok(json!({
+        "messages": n,
+        "gateway_msgs_per_s": round(gateway_rate),
+        "ceiling_msgs_per_s": round(ceiling),
+        "ceiling_batched_msgs_per_s": round(batched),
+        "ratio": round(gateway_rate / ceiling),
+        "ratio_batched": round(gateway_rate / batched),
+    }))
+}
+
+pub async fn publish(options: &Options, gateway: &GatewayProcess) -> Result<Value, String> {
+    let total = options.publishes;
+    let queue = format!("bench_pub_{}", suffix());
+    gateway
+        .post("/createQueue", &json!({ "queueName": queue }))
+        .await?;
+    let key = gateway
+        .post(
+            "/createApiKey",
+            &json!({ "name": "bench", "role": "publisher" }),
+        )
+        .await?["apiKey"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let message = json!({ "order": 42, "note": "x".repeat(200) });
+    let body = Arc::new(json!({ "queueName": queue, "message": message }));
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = Arc::new(format!("{}/messagePublish", gateway.base));
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (client, url, next, errors, body, key) = (
+            client.clone(),
+            url.clone(),
+            next.clone(),
+            errors.clone(),
+            body.clone(),
+            key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let t = Instant::now();
+                let ok = client
+                    .post(url.as_str())
+                    .bearer_auth(&key)
+                    .json(body.as_ref())
+                    .send()
+                    .await
+                    .map(|r| r.status() == reqwest::StatusCode::ACCEPTED)
+                    .unwrap_or(false);
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for task in tasks {
+        latencies.extend(task.await.map_err(|e| e.to_string())?);
+    }
+    let gateway_rate = per_second(total, started.elapsed());
+    latencies.sort_by(|a, b| a.total_cmp(b));
+
+    // The same publishes from a plain lapin publisher with confirms.
+    let payload = Arc::new(serde_json::to_vec(&message).map_err(|e| e.to_string())?);
+    let connection = amqp().await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (channel, next, payload, queue) = (
+            channel.clone(),
+            next.clone(),
+            payload.clone(),
+            queue.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let confirm = channel
+                    .basic_publish(
+                        "",
+                        &queue,
+                        BasicPublishOptions::default(),
+                        &payload,
+                        persistent(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                confirm.await.map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    let raw_rate = per_second(total, started.elapsed());
+    let _ = connection.close(200, "done").await;
+    gateway
+        .post("/deleteQueue", &json!({ "queueName": queue }))
+        .await?;
+
+    Ok(json!({
+        "requests": total,
+        "concurrency": CONCURRENCY,
+        "gateway_req_per_s": round(gateway_rate),
+        "raw_msgs_per_s": round(raw_rate),
+        "ratio": round(gateway_rate / raw_rate),
+        "p50_ms": round(percentile(&latencies, 0.50)),
+        "p99_ms": round(percentile(&latencies, 0.99)),
+        "errors": errors.load(Ordering::Relaxed),
+    }))
+}
+
+pub async fn latency(
+    options: &Options,
+    gateway: &GatewayProcess,
+    sink: &Sink,
+) -> Result<Value, String> {
+    let rate = options.rate.max(1);
+    let total = (rate * options.duration.as_secs().max(1)) as usize;
+    let queue = format!("bench_lat_{}", suffix());
+    gateway
+        .post("/createQueue", &json!({ "queueName": queue }))
+        .await?;
+    let created = gateway
+        .post(
+            "/createConsumer",
+            &json!({ "queueName": queue, "prefetch": PREFETCH,
+                     "target": { "type": "http", "url": sink.url } }),
+        )
+        .await?;
+    let consumer_id = created["consumerId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gateway.get(&format!("/getConsumer/{consumer_id}")).await?["state"] != "running" {
+        if Instant::now() > deadline {
+            return Err("the latency consumer did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sink.reset();
+    let connection = amqp().await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for i in 0..total {
+        ticker.tick().await;
+        let payload = format!("{{\"sent_ns\":{},\"i\":{i}}}", now_ns());
+        channel
+            .basic_publish(
+                "",
+                &queue,
+                BasicPublishOptions::default(),
+                payload.as_bytes(),
+                persistent(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    sink.wait_for(total as u64, Duration::from_secs(60)).await?;
+    let mut ms: Vec<f64> = sink
+        .state
+        .latencies_ns
+        .lock()
+        .map_err(|_| "latency samples poisoned".to_string())?
+        .iter()
+        .map(|ns| *ns as f64 / 1e6)
+        .collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let _ = connection.close(200, "done").await;
+    gateway
+        .post("/deleteConsumer", &json!({ "consumerId": consumer_id }))
+        .await?;
+    gateway
+        .post("/deleteQueue", &json!({ "queueName": queue }))
+        .await?;
+    Ok(json!({
+        "rate": rate,
+        "messages": total,
+        "p50_ms": round(percentile(&ms, 0.50)),
+        "p99_ms": round(percentile(&ms, 0.99)),
+        "max_ms": round(ms.last().copied().unwrap_or(0.0)),
+    }))
+}
+
+/// Runs `work` for every item with at most `limit` at once.
+async fn for_each_limited<T, F, Fut>(
+    items: Vec<T>,
+    limit: usize,
+    work: F,
+) -> Result<Vec<Value>, String>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, String>>,
+{
+    futures_util::stream::iter(items.into_iter().map(work))
+        .buffer_unordered(limit)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+pub async fn scale(
+    options: &Options,
+    gateway: &GatewayProcess,
+    sink: &Sink,
+) -> Result<Value, String> {
+    let n = options.consumers;
+    let tag = suffix();
+    let queues: Vec<String> = (0..n).map(|i| format!("bench_scale_{tag}_{i}")).collect();
+    for_each_limited(queues.clone(), 16, |q| async move {
+        gateway
+            .post(
+                "/createQueue",
+                &json!({ "queueName": q, "deadLetter": false }),
+            )
+            .await
+    })
+    .await?;
+    let rss_before = gateway.rss_mib();
+    let started = Instant::now();
+    for_each_limited(queues.clone(), 16, |q| async move {
+        gateway
+            .post(
+                "/createConsumer",
+                &json!({ "queueName": q, "prefetch": 10,
+                         "target": { "type": "http", "url": sink.url } }),
+            )
+            .await
+    })
+    .await?;
+    let create_all = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let consumers = gateway.get("/getConsumers").await?;
+        let running = consumers.as_array().map_or(0, |all| {
+            all.iter().filter(|c| c["state"] == "running").count()
+        });
+        if running >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{running} of {n} consumers running after 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rss_after = gateway.rss_mib();
+    for_each_limited(queues.clone(), 16, |q| async move {
+        gateway
+            .post("/deleteConsumer", &json!({ "queueName": q }))
+            .await
+    })
+    .await?;
+    for_each_limited(queues, 16, |q| async move {
+        gateway
+            .post("/deleteQueue", &json!({ "queueName": q }))
+            .await
+    })
+    .await?;
+    Ok(json!({
+        "consumers": n,
+        "create_all_s": round(create_all.as_secs_f64()),
+        "rss_before_mib": round(rss_before),
+        "rss_after_mib": round(rss_after),
+        "kib_per_consumer": round((rss_after - rss_before) * 1024.0 / n as f64),
+    }))
+}

@@ -1,0 +1,99 @@
+//! A minimal fast HTTP sink: answers 204 to everything, counts requests and,
+//! for the latency scenario, records publish-to-sink time from the
+//! `sent_ns` the payload carries.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+
+#[derive(Default)]
+pub struct SinkState {
+    pub received: AtomicU64,
+    pub latencies_ns: Mutex<Vec<u64>>,
+}
+
+pub struct Sink {
+    pub url: String,
+    pub state: Arc<SinkState>,
+}
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(serde::Deserialize)]
+struct Stamp {
+    sent_ns: Option<u64>,
+}
+
+async fn receive(state: web::Data<SinkState>, body: web::Bytes) -> HttpResponse {
+    if body.starts_with(b"{\"sent_ns\"") {
+        if let Ok(Stamp {
+            sent_ns: Some(sent),
+        }) = serde_json::from_slice::<Stamp>(&body)
+        {
+            let took = now_ns().saturating_sub(sent);
+            if let Ok(mut l) = state.latencies_ns.lock() {
+                l.push(took);
+            }
+        }
+    }
+    state.received.fetch_add(1, Ordering::Relaxed);
+    HttpResponse::NoContent().finish()
+}
+
+impl Sink {
+    pub async fn start() -> Result<Sink, String> {
+        let state = Arc::new(SinkState::default());
+        let data = web::Data::from(state.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+                .default_service(web::to(receive))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .map_err(|e| e.to_string())?
+        .run();
+        tokio::spawn(server);
+        Ok(Sink {
+            url: format!("http://127.0.0.1:{port}/sink"),
+            state,
+        })
+    }
+
+    pub fn received(&self) -> u64 {
+        self.state.received.load(Ordering::Relaxed)
+    }
+
+    pub fn reset(&self) {
+        self.state.received.store(0, Ordering::Relaxed);
+        if let Ok(mut l) = self.state.latencies_ns.lock() {
+            l.clear();
+        }
+    }
+
+    /// Waits until the sink has seen `n` requests, or fails after `limit`.
+    pub async fn wait_for(&self, n: u64, limit: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.received() < n {
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "the sink saw {} of {n} requests within {limit:?}",
+                    self.received()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+}
