@@ -8,10 +8,16 @@
 //! - `Reject`, or `Retry` out of attempts → publish a copy to `<queue>.dlq`
 //!   with attempts, last error and time, wait for the confirm, then ack.
 //!
+//! `Settler::settle` makes the outcome safe and says so; `AckWindow` sends
+//! the acks. Acks are coalesced with `multiple` up to the highest delivery
+//! tag below which *every* delivery on the channel has a safe outcome, so
+//! a slow delivery holds back the acks after it, never the other way round.
+//!
 //! If a copy cannot be confirmed, the original is handed back (nack with
 //! requeue) so it comes again; if even that fails the channel is gone and
 //! the broker redelivers it anyway.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +26,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
+use lapin::Channel;
 
 use super::stats::ConsumerStats;
 use super::target::{DeliveryOutcome, IncomingMessage};
@@ -32,12 +39,16 @@ const MAX_REASON_BYTES: usize = 1_000;
 /// delay queue cannot turn into a hot redelivery loop.
 const HAND_BACK_PAUSE: Duration = Duration::from_secs(1);
 
-/// What the settled delivery became, for logs.
+/// What a delivery became once its outcome is safe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Settled {
+    /// The target took it: ack.
     Acked,
+    /// A confirmed copy waits in a delay queue: ack.
     Retried { delay_ms: u64 },
+    /// A confirmed copy is in the dead-letter queue: ack.
     DeadLettered,
+    /// Already nacked back to the queue; nothing to ack.
     HandedBack,
 }
 
@@ -66,6 +77,8 @@ impl Settler {
         }
     }
 
+    /// Makes the outcome safe. Does not ack: `AckWindow` does, once every
+    /// earlier delivery is settled too.
     pub async fn settle(
         &self,
         delivery: &Delivery,
@@ -101,25 +114,7 @@ impl Settler {
             }
         };
         match result {
-            Ok(settled) => {
-                // The outcome is safe now; only here does the original go.
-                match delivery.acker.ack(BasicAckOptions::default()).await {
-                    Ok(()) => {
-                        match settled {
-                            Settled::Acked => self.stats.acked(),
-                            Settled::Retried { .. } => self.stats.retried(),
-                            Settled::DeadLettered => self.stats.dead_lettered(),
-                            Settled::HandedBack => {}
-                        }
-                        settled
-                    }
-                    Err(err) => {
-                        // The channel broke: the broker redelivers the original.
-                        self.stats.record_error(format!("ack failed: {err}"));
-                        Settled::HandedBack
-                    }
-                }
-            }
+            Ok(settled) => settled,
             Err(err) => {
                 tracing::warn!(error = %err, "could not store the retry or dead-letter copy; handing the message back");
                 self.stats
@@ -285,4 +280,111 @@ pub(crate) fn attempt_of(properties: &BasicProperties) -> u32 {
         _ => 1,
     };
     n.clamp(1, i64::from(u32::MAX)) as u32
+}
+
+/// Acks flow from here only. Tracks the delivery tags of one channel in
+/// arrival order and acks, with `multiple`, up to the highest tag below
+/// which every delivery is settled.
+pub(crate) struct AckWindow {
+    /// Tags in arrival order, with their settlement once known.
+    outstanding: VecDeque<(u64, Option<Settled>)>,
+    /// Settled at the front, waiting for the next flush.
+    ready: Vec<Settled>,
+    ready_up_to: Option<u64>,
+    stats: Arc<ConsumerStats>,
+}
+
+impl AckWindow {
+    pub fn new(stats: Arc<ConsumerStats>) -> Self {
+        Self {
+            outstanding: VecDeque::new(),
+            ready: Vec::new(),
+            ready_up_to: None,
+            stats,
+        }
+    }
+
+    /// A delivery arrived on the channel.
+    pub fn track(&mut self, tag: u64) {
+        self.outstanding.push_back((tag, None));
+    }
+
+    /// A delivery's outcome is safe (or it was handed back).
+    pub fn settled(&mut self, tag: u64, settled: Settled) {
+        // Tags grow on a channel, so the deque is sorted.
+        if let Ok(i) = self.outstanding.binary_search_by_key(&tag, |(t, _)| *t) {
+            self.outstanding[i].1 = Some(settled);
+        }
+        while let Some((tag, Some(settled))) = self.outstanding.front().copied() {
+            self.outstanding.pop_front();
+            if settled != Settled::HandedBack {
+                self.ready_up_to = Some(tag);
+            }
+            self.ready.push(settled);
+        }
+    }
+
+    /// Settled deliveries not yet acked.
+    pub fn pending(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Sends one ack for everything settled so far.
+    pub async fn flush(&mut self, channel: &Channel) -> Result<(), lapin::Error> {
+        let Some(up_to) = self.ready_up_to.take() else {
+            self.ready.clear();
+            return Ok(());
+        };
+        let multiple = self.ready.len() > 1;
+        channel
+            .basic_ack(up_to, BasicAckOptions { multiple })
+            .await?;
+        for settled in self.ready.drain(..) {
+            match settled {
+                Settled::Acked => self.stats.acked(),
+                Settled::Retried { .. } => self.stats.retried(),
+                Settled::DeadLettered => self.stats.dead_lettered(),
+                Settled::HandedBack => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window() -> AckWindow {
+        AckWindow::new(Arc::new(ConsumerStats::default()))
+    }
+
+    #[test]
+    fn acks_only_up_to_the_first_unsettled_delivery() {
+        let mut w = window();
+        for tag in 1..=5 {
+            w.track(tag);
+        }
+        w.settled(2, Settled::Acked);
+        w.settled(3, Settled::Acked);
+        assert_eq!(w.ready_up_to, None, "1 is still in flight");
+        w.settled(1, Settled::Acked);
+        assert_eq!(w.ready_up_to, Some(3));
+        assert_eq!(w.pending(), 3);
+        w.settled(5, Settled::DeadLettered);
+        assert_eq!(w.ready_up_to, Some(3), "4 is still in flight");
+        w.settled(4, Settled::Retried { delay_ms: 10 });
+        assert_eq!(w.ready_up_to, Some(5));
+    }
+
+    #[test]
+    fn a_handed_back_delivery_is_passed_but_never_acked() {
+        let mut w = window();
+        w.track(7);
+        w.settled(7, Settled::HandedBack);
+        assert_eq!(w.ready_up_to, None);
+        w.track(8);
+        w.settled(8, Settled::Acked);
+        assert_eq!(w.ready_up_to, Some(8));
+    }
 }

@@ -23,12 +23,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::settle::{attempt_of, Settled, Settler};
+use super::settle::{attempt_of, AckWindow, Settled, Settler};
 use super::stats::{ConsumerState, ConsumerStats};
 use super::target::{DeliveryTarget, IncomingMessage};
 use super::RetryPolicy;
 use crate::metrics::{ConsumerLabels, DeliveryMetrics};
 use crate::{Broker, BrokerError, Publisher, QueueName, Topology};
+
+/// Most deliveries acked by one `multiple` ack.
+const ACK_BATCH: usize = 50;
+/// Longest an ack waits for company while other deliveries are in flight.
+const ACK_DELAY: Duration = Duration::from_millis(5);
 
 /// How long a stopping consumer waits for in-flight deliveries.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -117,10 +122,7 @@ impl ConsumerSupervisor {
             dashmap::Entry::Vacant(v) => v,
         };
         let spec = Arc::new(spec);
-        let stats = Arc::new(ConsumerStats::registered(
-            &self.metrics,
-            &labels_of(&spec),
-        ));
+        let stats = Arc::new(ConsumerStats::registered(&self.metrics, &labels_of(&spec)));
         let cancel = CancellationToken::new();
         let worker = ConsumerWorker {
             spec: spec.clone(),
@@ -268,13 +270,47 @@ impl ConsumerWorker {
         *backoff = new_backoff();
         tracing::info!(prefetch = self.spec.prefetch, "consuming");
 
-        let mut in_flight = JoinSet::new();
+        let mut in_flight: JoinSet<(u64, Settled)> = JoinSet::new();
+        let mut acks = AckWindow::new(self.stats.clone());
+        let flush_at =
+            |pending: usize| pending >= usize::from(self.spec.prefetch / 2).clamp(1, ACK_BATCH);
+        let mut flush_timer = Box::pin(tokio::time::sleep(ACK_DELAY));
+        let mut timer_armed = false;
         let end = loop {
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(SessionEnd::Cancelled),
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Ok((tag, settled)) = done {
+                        acks.settled(tag, settled);
+                    }
+                    while let Some(done) = in_flight.try_join_next() {
+                        if let Ok((tag, settled)) = done {
+                            acks.settled(tag, settled);
+                        }
+                    }
+                    // Ack now when a batch is full or nothing else is in
+                    // flight; otherwise within ACK_DELAY.
+                    if acks.pending() > 0 {
+                        if flush_at(acks.pending()) || in_flight.is_empty() {
+                            if let Err(err) = acks.flush(&channel).await {
+                                break Err(BrokerError::from(err));
+                            }
+                            timer_armed = false;
+                        } else if !timer_armed {
+                            flush_timer.as_mut().reset(tokio::time::Instant::now() + ACK_DELAY);
+                            timer_armed = true;
+                        }
+                    }
+                }
+                _ = &mut flush_timer, if timer_armed => {
+                    timer_armed = false;
+                    if let Err(err) = acks.flush(&channel).await {
+                        break Err(BrokerError::from(err));
+                    }
+                }
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
+                        acks.track(delivery.delivery_tag);
                         in_flight.spawn(self.handle(delivery));
                     }
                     Some(Err(err)) => break Err(BrokerError::from(err)),
@@ -291,9 +327,16 @@ impl ConsumerWorker {
                 .basic_cancel(&self.consumer_tag, BasicCancelOptions::default())
                 .await;
             let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-                while in_flight.join_next().await.is_some() {}
+                while let Some(done) = in_flight.join_next().await {
+                    if let Ok((tag, settled)) = done {
+                        acks.settled(tag, settled);
+                    }
+                }
             })
             .await;
+            if let Err(err) = acks.flush(&channel).await {
+                tracing::warn!(error = %err, "final ack failed; the broker will redeliver");
+            }
             if drained.is_err() {
                 tracing::warn!(
                     unsettled = in_flight.len(),
@@ -309,7 +352,10 @@ impl ConsumerWorker {
         end
     }
 
-    fn handle(&self, delivery: Delivery) -> impl std::future::Future<Output = ()> + Send + 'static {
+    fn handle(
+        &self,
+        delivery: Delivery,
+    ) -> impl std::future::Future<Output = (u64, Settled)> + Send + 'static {
         let message = IncomingMessage {
             queue: self.spec.queue.clone(),
             message_id: delivery
@@ -348,6 +394,7 @@ impl ConsumerWorker {
                 Settled::DeadLettered => tracing::info!("dead-lettered"),
                 Settled::HandedBack => tracing::warn!("handed back to the queue"),
             }
+            (delivery.delivery_tag, settled)
         }
         .instrument(span)
     }
