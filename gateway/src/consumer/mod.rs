@@ -7,8 +7,9 @@
 //! - `target`: what a delivery is handed to, and the `DeliveryOutcome` it
 //!   answers with.
 //! - `retry`: the backoff policy, as waiting in broker-side delay queues.
-//! - `settle`: **where a delivery is acked** — after a 2xx, or after the
-//!   broker confirmed its retry or dead-letter copy. Nowhere else.
+//! - `settle`: **where a delivery is acked** (`AckWindow::flush`) — after
+//!   a 2xx, or after the broker confirmed its retry or dead-letter copy.
+//!   Nowhere else.
 //! - `stats`: live counters read by `/getConsumers` and `/metrics`.
 
 mod retry;
@@ -29,7 +30,6 @@ pub mod headers {
     pub const ATTEMPT: &str = "x-workerrmq-attempt";
     pub const LAST_ERROR: &str = "x-workerrmq-last-error";
     pub const DEAD_LETTERED_AT: &str = "x-workerrmq-dead-lettered-at";
-    /// Message id the gateway assigned to a message published without one,
-    /// kept on every copy so `webhook-id` stays stable across retries.
+    /// The main queue a dead letter came from.
     pub const ORIGINAL_QUEUE: &str = "x-workerrmq-queue";
 }
