@@ -2,6 +2,7 @@
 //! management client and the settings.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use gateway::{Broker, DeadLetters, Publisher, Topology};
 use services::{ConsumerRegistry, ManagementClient, Store};
@@ -18,4 +19,16 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::AppMetrics>,
     pub registry: Arc<ConsumerRegistry>,
     pub dead_letters: DeadLetters,
+}
+
+/// A store that does not answer a ping within this is reported down.
+const STORE_PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl AppState {
+    pub async fn store_up(&self) -> bool {
+        matches!(
+            tokio::time::timeout(STORE_PING_TIMEOUT, self.store.ping()).await,
+            Ok(Ok(()))
+        )
+    }
 }

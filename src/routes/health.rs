@@ -1,13 +1,9 @@
 //! Liveness and readiness.
 
-use std::time::Duration;
-
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::state::AppState;
-
-const STORE_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[utoipa::path(get, path = "/health", tag = "health",
     responses((status = 200, description = "The process is up", example = json!({"status": "ok"}))))]
@@ -22,10 +18,7 @@ pub async fn health() -> HttpResponse {
         (status = 503, description = "Something is down; the body names it", body = crate::openapi::ErrorBodySchema)))]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let broker_up = state.broker.is_up();
-    let store_up = matches!(
-        tokio::time::timeout(STORE_PING_TIMEOUT, state.store.ping()).await,
-        Ok(Ok(()))
-    );
+    let store_up = state.store_up().await;
     let word = |up: bool| if up { "up" } else { "down" };
     if broker_up && store_up {
         return HttpResponse::Ok().json(json!({

@@ -1,7 +1,5 @@
 //! `/metrics`: Prometheus (OpenMetrics) text.
 
-use std::time::Duration;
-
 use actix_web::{web, HttpResponse};
 use middlewares::Viewer;
 
@@ -11,10 +9,7 @@ use crate::state::AppState;
     security(("basic" = []), ("bearer" = [])),
     responses((status = 200, description = "Per-consumer counters, in-flight gauge, target and publish latency histograms, broker/store up", content_type = "application/openmetrics-text")))]
 pub async fn metrics(_: Viewer, state: web::Data<AppState>) -> HttpResponse {
-    let store_up = matches!(
-        tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await,
-        Ok(Ok(()))
-    );
+    let store_up = state.store_up().await;
     let body = state.metrics.render(state.broker.is_up(), store_up);
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
