@@ -48,6 +48,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub builtin_consumers: bool,
     pub builtin_queue_prefix: String,
+    /// `SCRAPE_TIMEOUT_MS`: how long the scrape handler gives one URL.
+    pub scrape_timeout: std::time::Duration,
     /// Names this process in its AMQP connection, so replicas can be told
     /// apart in `/getConnections`.
     pub instance_id: String,
@@ -163,6 +165,21 @@ impl Settings {
             }
         };
 
+        let scrape_timeout_ms = match var("SCRAPE_TIMEOUT_MS") {
+            None => 10_000,
+            Some(raw) => raw
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| (1..=300_000).contains(ms))
+                .ok_or_else(|| {
+                    problem(
+                        "SCRAPE_TIMEOUT_MS",
+                        format!("`{raw}` is not a number of milliseconds between 1 and 300000"),
+                    )
+                })?,
+        };
+
         let instance_id = var("INSTANCE_ID").unwrap_or_else(|| {
             let short = uuid::Uuid::new_v4().simple().to_string();
             short[..8].to_owned()
@@ -187,6 +204,7 @@ impl Settings {
             log_format,
             builtin_consumers,
             builtin_queue_prefix: var("BUILTIN_QUEUE_PREFIX").unwrap_or_default(),
+            scrape_timeout: std::time::Duration::from_millis(scrape_timeout_ms),
             instance_id,
         })
     }
@@ -241,6 +259,8 @@ mod tests {
             ("BUILTIN_CONSUMERS", "maybe"),
             ("DEFAULT_TARGET_URL", "ftp://x"),
             ("MONGODB_URI", "postgres://x"),
+            ("SCRAPE_TIMEOUT_MS", "0"),
+            ("SCRAPE_TIMEOUT_MS", "soon"),
         ];
         for (key, value) in cases {
             let err = settings(&[("ADMIN_PASSWORD", "pw"), (key, value)]).unwrap_err();
@@ -252,5 +272,13 @@ mod tests {
     fn secrets_do_not_show_in_debug_output() {
         let s = settings(&[("ADMIN_PASSWORD", "hunter2")]).unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_scrape_timeout_defaults_to_ten_seconds() {
+        let s = settings(&[("ADMIN_PASSWORD", "pw")]).unwrap();
+        assert_eq!(s.scrape_timeout, std::time::Duration::from_secs(10));
+        let s = settings(&[("ADMIN_PASSWORD", "pw"), ("SCRAPE_TIMEOUT_MS", "1500")]).unwrap();
+        assert_eq!(s.scrape_timeout, std::time::Duration::from_millis(1500));
     }
 }

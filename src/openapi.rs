@@ -83,6 +83,12 @@ impl Modify for SecuritySchemes {
         routes::connections::get_connections,
         routes::api_keys::create_api_key,
         routes::metrics::metrics,
+        routes::seeds::create_user,
+        routes::seeds::get_user,
+        routes::seeds::create_report,
+        routes::seeds::get_report,
+        routes::seeds::create_scrape_job,
+        routes::seeds::get_job,
     ),
     components(schemas(ErrorBodySchema, QueueRowSchema, ConnectionSchema)),
     modifiers(&SecuritySchemes)

@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use gateway::{Broker, BrokerSettings, ConsumerSupervisor, DeadLetters, Publisher, Topology};
 use middlewares::Authenticator;
-use services::consumers::NoBuiltinTargets;
+use services::builtin::setup::BuiltinSetup;
+use services::{BuiltinHandlers, ScrapeSettings};
 use services::{ConsumerRegistry, ManagementClient, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -105,14 +106,33 @@ impl Application {
         ));
         let forward_client = services::forwarder::http_client()
             .map_err(|e| StartupError::HttpClient(e.to_string()))?;
+        let builtins = BuiltinHandlers::new(
+            store.clone(),
+            ScrapeSettings {
+                timeout: settings.scrape_timeout,
+                ..ScrapeSettings::default()
+            },
+        )
+        .map_err(|e| StartupError::HttpClient(e.to_string()))?;
         let registry = Arc::new(ConsumerRegistry::new(
             &store,
             supervisor,
             forward_client,
             settings.forward_allowed_hosts.clone(),
-            Arc::new(NoBuiltinTargets),
+            Arc::new(builtins),
         ));
         registry.spawn_reconciler(shutdown.clone());
+        // Built-in queues and consumers (and the handlers' indexes); in the
+        // background when the broker or store is not there yet.
+        BuiltinSetup {
+            topology: Topology::new(broker.clone()),
+            registry: registry.clone(),
+            store: store.clone(),
+            prefix: settings.builtin_queue_prefix.clone(),
+            declare_consumers: settings.builtin_consumers,
+        }
+        .bootstrap(shutdown.clone())
+        .await;
 
         let body_limit = settings.max_body_bytes;
         let authenticator = web::Data::new(Authenticator::new(store.clone(), CREDENTIAL_CACHE_TTL));

@@ -2,12 +2,14 @@
 //! the MongoDB store (accounts, API keys, consumer registry), the RabbitMQ
 //! management-API client, the HTTP forwarder and the built-in handlers.
 
+pub mod builtin;
 pub mod consumers;
 pub mod forwarder;
 pub mod management;
 pub mod store;
 pub mod targets;
 
+pub use builtin::{BuiltinHandlers, ScrapeSettings};
 pub use consumers::{
     BuiltinTargets, ConsumerDefinition, ConsumerRegistry, ConsumerView, RegistryError,
 };

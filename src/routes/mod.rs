@@ -12,6 +12,7 @@ pub mod health;
 pub mod metrics;
 pub mod publish;
 pub mod queues;
+pub mod seeds;
 
 use actix_web::web;
 
@@ -55,6 +56,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/createApiKey", web::post().to(api_keys::create_api_key))
         .route("/metrics", web::get().to(metrics::metrics))
+        .route("/users", web::post().to(seeds::create_user))
+        .route("/users/{email}", web::get().to(seeds::get_user))
+        .route("/reports", web::post().to(seeds::create_report))
+        .route("/reports/{idReporte}", web::get().to(seeds::get_report))
+        .route("/jobs/scrape", web::post().to(seeds::create_scrape_job))
+        .route("/jobs/{jobId}", web::get().to(seeds::get_job))
         .route("/openapi.json", web::get().to(docs::openapi_json))
         .route("/docs", web::get().to(docs::docs_page));
 }

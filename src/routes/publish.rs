@@ -190,7 +190,10 @@ pub async fn message_publish(
             mandatory: true,
         })
         .await;
-    state.metrics.publish_seconds.observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .publish_seconds
+        .observe(started.elapsed().as_secs_f64());
     let label = match &outcome {
         Ok(PublishOutcome::Confirmed) => "confirmed",
         Ok(PublishOutcome::Unroutable) => "unroutable",

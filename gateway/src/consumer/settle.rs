@@ -238,7 +238,7 @@ fn text(value: &str) -> AMQPValue {
     while !value.is_char_boundary(end) {
         end -= 1;
     }
-    AMQPValue::LongString(LongString::from(value[..end].as_bytes().to_vec()))
+    AMQPValue::LongString(LongString::from(value.as_bytes()[..end].to_vec()))
 }
 
 /// The original's properties, persistent, with the stable message id and

@@ -95,9 +95,15 @@ pub struct ConsumerSupervisor {
     instance_id: String,
     consumers: DashMap<ConsumerId, RunningConsumer>,
     metrics: Arc<DeliveryMetrics>,
+    /// Where consumer tasks run: the runtime the supervisor was made on, not
+    /// whichever one calls `start`. A consumer created by an HTTP request
+    /// would otherwise live on that actix worker's runtime and be dropped,
+    /// undrained, when the worker stops at SIGTERM.
+    runtime: tokio::runtime::Handle,
 }
 
 impl ConsumerSupervisor {
+    /// Must be called within the runtime the consumers are to run on.
     pub fn new(
         broker: Broker,
         publisher: Arc<Publisher>,
@@ -111,6 +117,7 @@ impl ConsumerSupervisor {
             instance_id,
             consumers: DashMap::new(),
             metrics,
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -138,7 +145,9 @@ impl ConsumerSupervisor {
             consumer_tag: format!("workerrmq-{}-{}", self.instance_id, spec.id),
         };
         let span = tracing::info_span!("consumer", consumer_id = %spec.id, queue = %spec.queue);
-        let task = tokio::spawn(worker.run(cancel.clone()).instrument(span));
+        let task = self
+            .runtime
+            .spawn(worker.run(cancel.clone()).instrument(span));
         entry.insert(RunningConsumer {
             spec,
             stats,
