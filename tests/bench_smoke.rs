@@ -7,10 +7,7 @@ use std::process::Command;
 
 #[test]
 fn every_bench_scenario_runs_and_reports_its_figures() {
-    let output_path = std::env::temp_dir().join(format!(
-        "bench-smoke-{}.json",
-        std::process::id()
-    ));
+    let output_path = std::env::temp_dir().join(format!("bench-smoke-{}.json", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_bench"))
         .args(["all", "--smoke", "--output"])
         .arg(&output_path)
@@ -22,12 +19,14 @@ fn every_bench_scenario_runs_and_reports_its_figures() {
         output.status.success(),
         "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    assert!(stdout.contains("ratio vs batched"), "no table printed:\n{stdout}");
+    assert!(
+        stdout.contains("ratio vs batched"),
+        "no table printed:\n{stdout}"
+    );
 
-    let report: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&output_path).expect("bench-results written"),
-    )
-    .expect("bench-results is JSON");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&output_path).expect("bench-results written"))
+            .expect("bench-results is JSON");
     let _ = std::fs::remove_file(&output_path);
     let s = &report["scenarios"];
     for (scenario, key) in [

@@ -1,0 +1,228 @@
+//! What a target receives: the payload byte for byte with its content type,
+//! the Standard Webhooks headers, and up to `prefetch` requests at once.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use reqwest::StatusCode;
+use serde_json::json;
+use sha2::Sha256;
+
+use crate::helpers::{assert_json, spawn_app};
+use crate::support::target_server::{Reply, TargetServer};
+use crate::support::{binary_messages, publish_confirmed, wait_for_queue, Api};
+
+const DELIVERY_DEADLINE: Duration = Duration::from_secs(30);
+
+fn is_running(view: &serde_json::Value) -> bool {
+    view["state"] == "running"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_messages_reach_the_target_byte_for_byte_and_are_all_acked() {
+    let app = spawn_app().await;
+    let api = Api::of(&app);
+    let target = TargetServer::start().await;
+    let queue = app.unique_queue("bytes");
+    api.create_queue(&queue).await;
+    let consumer = api
+        .create_http_consumer(&queue, &target.url("/hook"), json!({}))
+        .await;
+    api.wait_for_consumer(&consumer, Duration::from_secs(5), "running", is_running)
+        .await;
+
+    let messages = binary_messages("bytes", 100);
+    publish_confirmed(app.amqp_connection().await, &queue, &messages).await;
+    let ids: BTreeSet<String> = messages.iter().map(|m| m.id.clone()).collect();
+    target.wait_for_delivered(&ids, DELIVERY_DEADLINE).await;
+
+    let view = api
+        .wait_for_consumer(&consumer, Duration::from_secs(10), "acked 100", |v| {
+            v["stats"]["acked"] == 100
+        })
+        .await;
+    assert_eq!(view["stats"]["retried"], 0, "{view}");
+    assert_eq!(view["stats"]["deadLettered"], 0, "{view}");
+    assert_eq!(view["stats"]["inFlight"], 0, "{view}");
+
+    let requests = target.requests_to("/hook");
+    assert_eq!(requests.len(), 100, "each message once, nothing else");
+    for message in &messages {
+        let request = requests
+            .iter()
+            .find(|r| r.webhook_id() == message.id)
+            .unwrap_or_else(|| panic!("no request for {}", message.id));
+        assert_eq!(request.method, "POST");
+        assert_eq!(
+            request.body, message.body,
+            "the body of {} differs",
+            message.id
+        );
+        assert_eq!(
+            request.header("content-type"),
+            Some("application/octet-stream"),
+            "{request:?}"
+        );
+        assert_eq!(request.attempt(), 1, "{request:?}");
+        assert_eq!(request.header("x-workerrmq-queue"), Some(queue.as_str()));
+        let timestamp: i64 = request
+            .header("webhook-timestamp")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no numeric webhook-timestamp: {request:?}"));
+        assert!(
+            (chrono::Utc::now().timestamp() - timestamp).abs() < 300,
+            "webhook-timestamp {timestamp} is not now"
+        );
+        assert_eq!(
+            request.header("webhook-signature"),
+            None,
+            "an unsigned consumer signs nothing"
+        );
+    }
+
+    let (ready, _) = wait_for_queue(
+        app.amqp_connection().await,
+        &queue,
+        Duration::from_secs(5),
+        "empty",
+        |messages, _| messages == 0,
+    )
+    .await;
+    assert_eq!(ready, 0);
+
+    target.stop().await;
+    app.cleanup().await;
+}
+
+/// Standard Webhooks: `v1,` + base64(HMAC-SHA256(key, "{id}.{ts}.{body}")),
+/// computed here independently of the gateway's code.
+fn expected_signature(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_verify_with_an_independently_computed_hmac() {
+    let app = spawn_app().await;
+    let api = Api::of(&app);
+    let target = TargetServer::start().await;
+    let queue = app.unique_queue("signed");
+    api.create_queue(&queue).await;
+
+    let key: [u8; 32] = rand::random();
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    let consumer = api
+        .create_http_consumer(
+            &queue,
+            &target.url("/signed"),
+            json!({ "signingSecret": secret }),
+        )
+        .await;
+    let view = api
+        .wait_for_consumer(&consumer, Duration::from_secs(5), "running", is_running)
+        .await;
+    assert!(
+        !view.to_string().contains(&secret[6..]),
+        "the API never shows the secret: {view}"
+    );
+
+    let messages = binary_messages("signed", 5);
+    publish_confirmed(app.amqp_connection().await, &queue, &messages).await;
+    let json_id = app
+        .publish(&queue, json!({ "order": 42, "note": "ünïcødé" }))
+        .await;
+    let mut ids: BTreeSet<String> = messages.iter().map(|m| m.id.clone()).collect();
+    ids.insert(json_id.clone());
+    target.wait_for_delivered(&ids, DELIVERY_DEADLINE).await;
+
+    let requests = target.requests_to("/signed");
+    assert_eq!(requests.len(), ids.len());
+    let other_key: [u8; 32] = rand::random();
+    for request in &requests {
+        let id = request.webhook_id();
+        let timestamp = request
+            .header("webhook-timestamp")
+            .expect("a webhook-timestamp")
+            .to_owned();
+        let signature = request
+            .header("webhook-signature")
+            .unwrap_or_else(|| panic!("a signed consumer signs every request: {request:?}"));
+        assert_eq!(
+            signature,
+            expected_signature(&key, &id, &timestamp, &request.body),
+            "the signature of {id} does not verify"
+        );
+        assert_ne!(
+            signature,
+            expected_signature(&other_key, &id, &timestamp, &request.body)
+        );
+    }
+    let json_request = requests
+        .iter()
+        .find(|r| r.webhook_id() == json_id)
+        .expect("the JSON message arrived");
+    assert_eq!(
+        json_request.header("content-type"),
+        Some("application/json")
+    );
+    let body: serde_json::Value = serde_json::from_slice(&json_request.body).expect("a JSON body");
+    assert_eq!(body, json!({ "order": 42, "note": "ünïcødé" }));
+
+    // A secret that is not `whsec_` + base64 is refused.
+    let refused = api
+        .post(
+            "/createConsumer",
+            &json!({
+                "queueName": queue,
+                "target": { "type": "http", "url": target.url("/signed") },
+                "signingSecret": "not-a-webhook-secret",
+            }),
+        )
+        .await;
+    assert_json(refused, StatusCode::BAD_REQUEST).await;
+
+    target.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_works_on_up_to_prefetch_deliveries_at_once() {
+    let app = spawn_app().await;
+    let api = Api::of(&app);
+    let target = TargetServer::start().await;
+    target.set_default(Reply::ok().after(Duration::from_millis(200)));
+    let queue = app.unique_queue("prefetch");
+    api.create_queue(&queue).await;
+
+    let messages = binary_messages("prefetch", 40);
+    publish_confirmed(app.amqp_connection().await, &queue, &messages).await;
+    let consumer = api
+        .create_http_consumer(&queue, &target.url("/slow"), json!({ "prefetch": 10 }))
+        .await;
+    let ids: BTreeSet<String> = messages.iter().map(|m| m.id.clone()).collect();
+    target.wait_for_delivered(&ids, DELIVERY_DEADLINE).await;
+
+    let most = target.max_in_flight();
+    assert!(
+        most >= 8,
+        "with prefetch 10 and 200 ms per request the target saw only {most} at once"
+    );
+    assert!(most <= 10, "prefetch 10, yet {most} requests at once");
+    api.wait_for_consumer(&consumer, Duration::from_secs(10), "acked 40", |v| {
+        v["stats"]["acked"] == 40
+    })
+    .await;
+
+    target.stop().await;
+    app.cleanup().await;
+}

@@ -1,0 +1,20 @@
+//! Black-box tests of the HTTP API: the real application on a random port,
+//! the real RabbitMQ and a real MongoDB-wire server.
+
+mod api_keys;
+mod auth;
+mod bad_input;
+mod builtin;
+mod connections;
+mod consumer_api;
+mod delivery;
+mod exchanges;
+mod health;
+mod helpers;
+mod metrics;
+mod not_found;
+mod publish;
+mod queues;
+mod resilience;
+mod retries;
+mod support;

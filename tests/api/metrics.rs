@@ -1,0 +1,102 @@
+//! `/metrics` moves with real deliveries.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{assert_error, eventually, spawn_app};
+use crate::support::target_server::{Reply, TargetServer};
+
+/// The value of the first sample line starting with `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_with_real_deliveries() {
+    let app = spawn_app().await;
+    let target = TargetServer::start().await;
+    target.script("/hook", vec![Reply::status(400)], Reply::ok());
+    let queue = app.unique_queue("metered");
+    app.create_queue(&queue, json!({})).await;
+    let created = app
+        .post_json(
+            "/createConsumer",
+            &json!({ "queueName": queue, "target": { "type": "http", "url": target.url("/hook") } }),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let consumer_id = created.json::<serde_json::Value>().await.expect("JSON")["consumerId"]
+        .as_str()
+        .expect("consumerId")
+        .to_owned();
+
+    for i in 0..4 {
+        app.publish(&queue, json!({ "i": i })).await;
+    }
+    let labels = format!("{{consumer_id=\"{consumer_id}\",queue=\"{queue}\"}}");
+    let text = eventually(Duration::from_secs(15), || async {
+        let response = app.get("/metrics").await;
+        if response.status() != StatusCode::OK {
+            return Err(format!("/metrics answered {}", response.status()));
+        }
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        match sample(&text, &format!("workerrmq_acked_total{labels}")) {
+            Some(acked) if acked >= 3.0 => Ok(text),
+            other => Err(format!("acked is {other:?}")),
+        }
+    })
+    .await;
+
+    assert_eq!(
+        sample(&text, &format!("workerrmq_deliveries_total{labels}")),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(&text, &format!("workerrmq_acked_total{labels}")),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&text, &format!("workerrmq_dead_lettered_total{labels}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, &format!("workerrmq_retried_total{labels}")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, &format!("workerrmq_in_flight{labels}")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("workerrmq_target_round_trip_seconds_count{labels}")
+        ),
+        Some(4.0)
+    );
+    assert!(
+        sample(&text, "workerrmq_publishes_total{outcome=\"confirmed\"}").unwrap_or(0.0) >= 4.0
+    );
+    assert!(sample(&text, "workerrmq_publish_seconds_count").unwrap_or(0.0) >= 4.0);
+    assert_eq!(sample(&text, "workerrmq_broker_up"), Some(1.0));
+    assert_eq!(sample(&text, "workerrmq_store_up"), Some(1.0));
+
+    // A deleted consumer's series go away.
+    app.post_json("/deleteConsumer", &json!({ "consumerId": consumer_id }))
+        .await;
+    let after = app.get("/metrics").await.text().await.expect("text");
+    assert!(
+        !after.contains(&consumer_id),
+        "series of a deleted consumer remain"
+    );
+
+    let anonymous = reqwest::get(app.url("/metrics")).await.expect("request");
+    assert_error(anonymous, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    target.stop().await;
+    app.cleanup().await;
+}

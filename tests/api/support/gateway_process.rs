@@ -1,0 +1,303 @@
+//! The real gateway binary as a child process, for what only a process can
+//! show: SIGKILL, SIGTERM, a restart, two replicas on one broker and store.
+//!
+//! A `Deployment` is one test's world: a name prefix for its queues, its own
+//! MongoDB database and admin password, shared by every gateway process it
+//! starts. Dropping a `GatewayProcess` kills the child, so a failing test
+//! never leaves a gateway running; dropping the `Deployment` (declare it
+//! before its gateways, so it drops after them) deletes the queues under its
+//! prefix and drops its database.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use lapin::options::QueueDeleteOptions;
+use lapin::{Connection, ConnectionProperties};
+use tokio::sync::OnceCell;
+
+use super::{env_or, management_client, management_queue_names, Api};
+use crate::helpers::basic_auth;
+
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const DEFAULT_MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Every variable the gateway reads; each child gets exactly what the test
+/// gives it, whatever the developer's environment holds.
+const GATEWAY_VARIABLES: &[&str] = &[
+    "ADMIN_PASSWORD",
+    "ADMIN_USER",
+    "AMQP_URL",
+    "BIND_ADDR",
+    "BUILTIN_CONSUMERS",
+    "BUILTIN_QUEUE_PREFIX",
+    "DEFAULT_TARGET_URL",
+    "FORWARD_ALLOWED_HOSTS",
+    "INSTANCE_ID",
+    "LOG_FORMAT",
+    "MAX_BODY_BYTES",
+    "MONGODB_DB",
+    "MONGODB_URI",
+    "RABBITMQ_MANAGEMENT_PASSWORD",
+    "RABBITMQ_MANAGEMENT_URL",
+    "RABBITMQ_MANAGEMENT_USER",
+    "RUST_LOG",
+];
+
+pub struct Deployment {
+    pub prefix: String,
+    pub db_name: String,
+    admin_password: String,
+    amqp_url: String,
+    mongodb_uri: String,
+    amqp: OnceCell<Connection>,
+    cleaned_up: bool,
+}
+
+impl Deployment {
+    pub fn new() -> Deployment {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Deployment {
+            prefix: format!("p{id}_"),
+            db_name: format!("ptest_{id}"),
+            admin_password: uuid::Uuid::new_v4().simple().to_string(),
+            amqp_url: env_or("AMQP_URL", DEFAULT_AMQP_URL),
+            mongodb_uri: env_or("MONGODB_URI", DEFAULT_MONGODB_URI),
+            amqp: OnceCell::new(),
+            cleaned_up: false,
+        }
+    }
+
+    /// A queue name under this deployment's prefix.
+    pub fn queue(&self, label: &str) -> String {
+        format!("{}{label}", self.prefix)
+    }
+
+    /// A fresh instance id, unique to this deployment.
+    pub fn instance_id(&self, label: &str) -> String {
+        format!("{}-{label}", &self.prefix[1..13])
+    }
+
+    /// The test's own AMQP connection (plain lapin).
+    pub async fn amqp(&self) -> &Connection {
+        self.amqp
+            .get_or_init(|| async {
+                Connection::connect(&self.amqp_url, connection_properties())
+                    .await
+                    .expect("the tests reach the broker")
+            })
+            .await
+    }
+
+    /// Starts the gateway binary with this deployment's store and the given
+    /// instance id, and waits until `/ready` answers 200.
+    pub async fn start_gateway(&self, instance_id: &str) -> GatewayProcess {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_workerrmq"));
+        // Not the workspace: its `.env` must not reach the child.
+        command.current_dir(std::env::temp_dir());
+        for key in GATEWAY_VARIABLES {
+            command.env_remove(key);
+        }
+        for key in [
+            "RABBITMQ_MANAGEMENT_URL",
+            "RABBITMQ_MANAGEMENT_USER",
+            "RABBITMQ_MANAGEMENT_PASSWORD",
+        ] {
+            if let Ok(value) = std::env::var(key) {
+                command.env(key, value);
+            }
+        }
+        command
+            .env("AMQP_URL", &self.amqp_url)
+            .env("MONGODB_URI", &self.mongodb_uri)
+            .env("MONGODB_DB", &self.db_name)
+            .env("ADMIN_USER", "admin")
+            .env("ADMIN_PASSWORD", &self.admin_password)
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("INSTANCE_ID", instance_id)
+            .env("BUILTIN_CONSUMERS", "false")
+            .env("BUILTIN_QUEUE_PREFIX", &self.prefix)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", env_or("GATEWAY_LOG", "warn"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        let child = command.spawn().expect("the gateway binary starts");
+        let mut gateway = GatewayProcess {
+            child,
+            instance_id: instance_id.to_owned(),
+            api: Api::new(
+                format!("http://127.0.0.1:{port}"),
+                basic_auth("admin", &self.admin_password),
+            ),
+        };
+        gateway.wait_until_ready().await;
+        gateway
+    }
+
+    /// Deletes every queue under the prefix and drops the database; fails
+    /// the test when that fails. Stop the gateways first.
+    pub async fn cleanup(mut self) {
+        self.cleaned_up = true;
+        if let Some(connection) = self.amqp.take() {
+            let _ = connection.close(200, "test done").await;
+        }
+        self.plan().run().await.expect("the test cleans up");
+    }
+
+    fn plan(&self) -> CleanupPlan {
+        CleanupPlan {
+            prefix: self.prefix.clone(),
+            db_name: self.db_name.clone(),
+            amqp_url: self.amqp_url.clone(),
+            mongodb_uri: self.mongodb_uri.clone(),
+        }
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        if self.cleaned_up {
+            return;
+        }
+        let plan = self.plan();
+        let outcome = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(plan.run())
+        })
+        .join();
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => eprintln!("cleanup after a failed test failed: {err}"),
+            Err(_) => eprintln!("cleanup after a failed test panicked"),
+        }
+    }
+}
+
+struct CleanupPlan {
+    prefix: String,
+    db_name: String,
+    amqp_url: String,
+    mongodb_uri: String,
+}
+
+impl CleanupPlan {
+    async fn run(self) -> Result<(), String> {
+        let names: Vec<String> = management_queue_names(&management_client())
+            .await
+            .into_iter()
+            .filter(|n| n.starts_with(&self.prefix))
+            .collect();
+        let connection = Connection::connect(&self.amqp_url, connection_properties())
+            .await
+            .map_err(|e| format!("cannot connect to the broker: {e}"))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| e.to_string())?;
+        for name in &names {
+            channel
+                .queue_delete(name, QueueDeleteOptions::default())
+                .await
+                .map_err(|e| format!("cannot delete queue `{name}`: {e}"))?;
+        }
+        let _ = connection.close(200, "cleanup done").await;
+        mongodb::Client::with_uri_str(&self.mongodb_uri)
+            .await
+            .map_err(|e| format!("cannot reach the store: {e}"))?
+            .database(&self.db_name)
+            .drop()
+            .await
+            .map_err(|e| format!("cannot drop `{}`: {e}", self.db_name))
+    }
+}
+
+pub struct GatewayProcess {
+    child: Child,
+    pub instance_id: String,
+    pub api: Api,
+}
+
+impl GatewayProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; returns at once.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit; `None` if it still runs at `deadline`.
+    pub async fn wait_for_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if started.elapsed() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_until_ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "gateway {} exited before it was ready: {status}",
+                    self.instance_id
+                );
+            }
+            if self.api.ready_status().await == Some(200) {
+                return;
+            }
+            assert!(
+                started.elapsed() < READY_DEADLINE,
+                "gateway {} not ready within {READY_DEADLINE:?}",
+                self.instance_id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn connection_properties() -> ConnectionProperties {
+    ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+}

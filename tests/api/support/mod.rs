@@ -1,0 +1,396 @@
+//! Tools for the consumer-engine tests: a scriptable HTTP target, the
+//! gateway binary as a child process, a small client for the gateway's
+//! consumer API, and plain-AMQP / management-API helpers to look behind it.
+
+pub mod gateway_process;
+pub mod target_server;
+
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use reqwest::header::AUTHORIZATION;
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_json, TestApp};
+
+pub const MANAGEMENT_URL: &str = "http://127.0.0.1:15672";
+/// The vhost of the default AMQP URL as the management API spells it.
+pub const VHOST_PATH: &str = "%2f";
+
+pub fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// The gateway's HTTP API as the bootstrap admin, whether the gateway runs
+/// in the test process (`TestApp`) or as a child process.
+#[derive(Clone)]
+pub struct Api {
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    auth: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: String, auth: String) -> Api {
+        Api {
+            base,
+            auth,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("an HTTP client"),
+        }
+    }
+
+    pub fn of(app: &TestApp) -> Api {
+        Api::new(app.address.clone(), app.admin_auth())
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header(AUTHORIZATION, &self.auth)
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .header(AUTHORIZATION, &self.auth)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// POST /createQueue; asserts 201.
+    pub async fn create_queue(&self, queue: &str) {
+        assert_json(
+            self.post("/createQueue", &json!({ "queueName": queue }))
+                .await,
+            StatusCode::CREATED,
+        )
+        .await;
+    }
+
+    /// POST /createConsumer with an HTTP target at `url`, `extra` fields
+    /// (`prefetch`, `retry`, `signingSecret`, `target.*` overrides under
+    /// `target`) merged in; asserts 201 and returns the consumer id.
+    pub async fn create_http_consumer(&self, queue: &str, url: &str, extra: Value) -> String {
+        let mut body = json!({
+            "queueName": queue,
+            "target": { "type": "http", "url": url },
+        });
+        if let Value::Object(fields) = extra {
+            for (key, value) in fields {
+                if key == "target" {
+                    if let Value::Object(target) = value {
+                        for (k, v) in target {
+                            body["target"][k] = v;
+                        }
+                    }
+                } else {
+                    body[key] = value;
+                }
+            }
+        }
+        let created = assert_json(
+            self.post("/createConsumer", &body).await,
+            StatusCode::CREATED,
+        )
+        .await;
+        created["consumerId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no consumerId in {created}"))
+            .to_owned()
+    }
+
+    /// GET /getConsumer/{id}; asserts 200.
+    pub async fn consumer(&self, id: &str) -> Value {
+        assert_json(
+            self.get(&format!("/getConsumer/{id}")).await,
+            StatusCode::OK,
+        )
+        .await
+    }
+
+    /// POST /deleteConsumer {consumerId}; asserts 200 and `deleted: 1`.
+    pub async fn delete_consumer(&self, id: &str) {
+        let body = assert_json(
+            self.post("/deleteConsumer", &json!({ "consumerId": id }))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(body["deleted"], 1, "{body}");
+    }
+
+    /// GET /getDeadLetters/{queue}?limit=1000; asserts 200.
+    pub async fn dead_letters(&self, queue: &str) -> Vec<Value> {
+        let body = assert_json(
+            self.get(&format!("/getDeadLetters/{queue}?limit=1000"))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        body.as_array()
+            .unwrap_or_else(|| panic!("not a list: {body}"))
+            .clone()
+    }
+
+    /// POST /replayDeadLetters {queueName}; asserts 200, returns `replayed`.
+    pub async fn replay_dead_letters(&self, queue: &str) -> u64 {
+        let body = assert_json(
+            self.post("/replayDeadLetters", &json!({ "queueName": queue }))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        body["replayed"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no replayed count in {body}"))
+    }
+
+    /// The status of GET /ready, `None` when nothing answers.
+    pub async fn ready_status(&self) -> Option<u16> {
+        self.http
+            .get(format!("{}/ready", self.base))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
+    /// Polls GET /getConsumer/{id} until `check` accepts the view.
+    pub async fn wait_for_consumer(
+        &self,
+        id: &str,
+        deadline: Duration,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let started = Instant::now();
+        loop {
+            let view = self.consumer(id).await;
+            if check(&view) {
+                return view;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "consumer {id} on {}: not {what} within {deadline:?}; last view: {view}",
+                self.base
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A message as the tests publish it with plain AMQP.
+#[derive(Debug, Clone)]
+pub struct TestMessage {
+    pub id: String,
+    pub body: Vec<u8>,
+    pub content_type: String,
+}
+
+/// `n` messages with explicit ids and binary (not UTF-8, not JSON) bodies
+/// of varied lengths, typed `application/octet-stream`.
+pub fn binary_messages(label: &str, n: usize) -> Vec<TestMessage> {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    (0..n)
+        .map(|i| {
+            let mut body = vec![0xff, 0x00, 0xfe, (i % 256) as u8];
+            body.extend((0..(i % 97) + 8).map(|_| rand::random::<u8>()));
+            body.extend_from_slice(b"\r\n\0end");
+            TestMessage {
+                id: format!("{label}-{i:05}-{}", &run[..12]),
+                body,
+                content_type: "application/octet-stream".into(),
+            }
+        })
+        .collect()
+}
+
+/// Publishes every message to `queue` through the default exchange,
+/// persistent, on a confirming channel; returns once the broker confirmed
+/// them all.
+pub async fn publish_confirmed(connection: &Connection, queue: &str, messages: &[TestMessage]) {
+    let channel = connection
+        .create_channel()
+        .await
+        .expect("a publishing channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("publisher confirms");
+    let mut confirms = Vec::with_capacity(messages.len());
+    for message in messages {
+        let properties = BasicProperties::default()
+            .with_message_id(message.id.clone().into())
+            .with_content_type(message.content_type.clone().into())
+            .with_delivery_mode(2);
+        confirms.push(
+            channel
+                .basic_publish(
+                    "",
+                    queue,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &message.body,
+                    properties,
+                )
+                .await
+                .expect("the publish is sent"),
+        );
+    }
+    for confirm in confirms {
+        let confirmation = confirm.await.expect("a publisher confirm");
+        assert!(
+            matches!(confirmation, Confirmation::Ack(None)),
+            "the broker did not take a message: {confirmation:?}"
+        );
+    }
+    let _ = channel.close(200, "published").await;
+}
+
+/// `(ready messages, consumers)` of `queue` (passive declare), `None` when
+/// there is no such queue.
+pub async fn queue_counts(connection: &Connection, queue: &str) -> Option<(u32, u32)> {
+    let channel: Channel = connection.create_channel().await.expect("a channel");
+    let declared = channel
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match declared {
+        Ok(q) => {
+            let _ = channel.close(200, "done").await;
+            Some((q.message_count(), q.consumer_count()))
+        }
+        Err(_) => None,
+    }
+}
+
+/// Polls the queue until `check(messages, consumers)` holds.
+pub async fn wait_for_queue(
+    connection: &Connection,
+    queue: &str,
+    deadline: Duration,
+    what: &str,
+    check: impl Fn(u32, u32) -> bool,
+) -> (u32, u32) {
+    let started = Instant::now();
+    loop {
+        let counts = queue_counts(connection, queue).await;
+        if let Some((messages, consumers)) = counts {
+            if check(messages, consumers) {
+                return (messages, consumers);
+            }
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "queue `{queue}`: not {what} within {deadline:?}; last (messages, consumers): {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn management_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client")
+}
+
+fn management_request(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
+    let base = env_or("RABBITMQ_MANAGEMENT_URL", MANAGEMENT_URL);
+    http.request(method, format!("{}{path}", base.trim_end_matches('/')))
+        .basic_auth(
+            env_or("RABBITMQ_MANAGEMENT_USER", "guest"),
+            Some(env_or("RABBITMQ_MANAGEMENT_PASSWORD", "guest")),
+        )
+}
+
+pub async fn management_get(http: &reqwest::Client, path: &str) -> Value {
+    let response = management_request(http, reqwest::Method::GET, path)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("management API {path}: {e}"));
+    assert!(
+        response.status().is_success(),
+        "management API {path}: {}",
+        response.status()
+    );
+    response.json().await.expect("management API JSON")
+}
+
+/// The names of the vhost's queues.
+pub async fn management_queue_names(http: &reqwest::Client) -> Vec<String> {
+    match management_get(http, &format!("/api/queues/{VHOST_PATH}?columns=name")).await {
+        Value::Array(rows) => rows
+            .iter()
+            .filter_map(|r| r["name"].as_str().map(str::to_owned))
+            .collect(),
+        other => panic!("/api/queues: not a list: {other}"),
+    }
+}
+
+/// The broker's name (`"127.0.0.1:x -> 127.0.0.1:5672"`) of the connection
+/// whose client-provided name is `client_name`, if it is open.
+pub async fn connection_named(http: &reqwest::Client, client_name: &str) -> Option<String> {
+    let rows = management_get(http, "/api/connections?columns=name,client_properties").await;
+    rows.as_array()?
+        .iter()
+        .find(|row| row["client_properties"]["connection_name"] == client_name)
+        .and_then(|row| row["name"].as_str().map(str::to_owned))
+}
+
+/// Force-closes a connection by its broker name, as an operator would
+/// from the management UI.
+pub async fn force_close_connection(http: &reqwest::Client, name: &str) {
+    let path = format!("/api/connections/{}", percent_encode(name));
+    let response = management_request(http, reqwest::Method::DELETE, &path)
+        .header("X-Reason", "forced by a workerrmq test")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("DELETE {path}: {e}"));
+    assert!(
+        response.status().is_success(),
+        "DELETE {path}: {}",
+        response.status()
+    );
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn percent_encode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
