@@ -44,6 +44,8 @@ pub struct Settings {
     pub admin_password: Secret,
     pub default_target_url: Option<url::Url>,
     pub forward_allowed_hosts: Option<Vec<String>>,
+    /// `SCRAPE_ALLOWED_HOSTS`: hosts the scrape handler may fetch; any when unset.
+    pub scrape_allowed_hosts: Option<Vec<String>>,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub builtin_consumers: bool,
@@ -118,12 +120,8 @@ impl Settings {
             .map(|raw| parse_http_url(&raw).map_err(|e| problem("DEFAULT_TARGET_URL", e)))
             .transpose()?;
 
-        let forward_allowed_hosts = var("FORWARD_ALLOWED_HOSTS").map(|raw| {
-            raw.split(',')
-                .map(|h| h.trim().to_ascii_lowercase())
-                .filter(|h| !h.is_empty())
-                .collect::<Vec<_>>()
-        });
+        let forward_allowed_hosts = var("FORWARD_ALLOWED_HOSTS").map(|raw| host_list(&raw));
+        let scrape_allowed_hosts = var("SCRAPE_ALLOWED_HOSTS").map(|raw| host_list(&raw));
 
         let max_body_bytes = match var("MAX_BODY_BYTES") {
             None => 1_048_576,
@@ -200,6 +198,7 @@ impl Settings {
             admin_password: Secret::new(admin_password),
             default_target_url,
             forward_allowed_hosts,
+            scrape_allowed_hosts,
             max_body_bytes,
             log_format,
             builtin_consumers,
@@ -208,6 +207,14 @@ impl Settings {
             instance_id,
         })
     }
+}
+
+/// `a.example, B.example` → `["a.example", "b.example"]`.
+fn host_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect()
 }
 
 fn parse_http_url(raw: &str) -> Result<url::Url, String> {

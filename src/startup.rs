@@ -110,6 +110,7 @@ impl Application {
             store.clone(),
             ScrapeSettings {
                 timeout: settings.scrape_timeout,
+                allowed_hosts: settings.scrape_allowed_hosts.clone(),
                 ..ScrapeSettings::default()
             },
         )

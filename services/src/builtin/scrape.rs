@@ -39,8 +39,12 @@ const MAX_DESCRIPTION_CHARS: usize = 1_000;
 const MAX_ERROR_CHARS: usize = 300;
 
 /// How the scraper fetches.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ScrapeSettings {
+    /// `SCRAPE_ALLOWED_HOSTS`: when set, only these hosts are fetched, also
+    /// as redirect targets, so a publisher cannot aim the gateway at
+    /// internal addresses.
+    pub allowed_hosts: Option<Vec<String>>,
     /// For one URL, from connecting to the last body byte.
     pub timeout: Duration,
     /// Bytes of a body read; the rest is not downloaded.
@@ -52,6 +56,7 @@ pub struct ScrapeSettings {
 impl Default for ScrapeSettings {
     fn default() -> Self {
         Self {
+            allowed_hosts: None,
             timeout: Duration::from_secs(10),
             max_body_bytes: 2 * 1024 * 1024,
             concurrency: 4,
@@ -103,8 +108,21 @@ impl DeliveryTarget for ScrapeHandler {
 
 impl ScrapeHandler {
     pub fn new(store: Store, settings: ScrapeSettings) -> Result<Self, reqwest::Error> {
+        let allowed = settings.allowed_hosts.clone();
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+            } else if !host_allowed(allowed.as_deref(), attempt.url()) {
+                let host = attempt.url().host_str().unwrap_or_default().to_owned();
+                attempt.error(format!(
+                    "redirect to `{host}`, which is not in SCRAPE_ALLOWED_HOSTS"
+                ))
+            } else {
+                attempt.follow()
+            }
+        });
         let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+            .redirect(redirects)
             .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("workerrmq-scraper/", env!("CARGO_PKG_VERSION")))
             .build()?;
@@ -206,6 +224,13 @@ impl ScrapeHandler {
                 return result;
             }
         };
+        if !host_allowed(self.settings.allowed_hosts.as_deref(), &url) {
+            result.error = Some(format!(
+                "host `{}` is not in SCRAPE_ALLOWED_HOSTS",
+                url.host_str().unwrap_or_default()
+            ));
+            return result;
+        }
         let timeout = self.settings.timeout;
         match tokio::time::timeout(timeout, self.fetch_page(url, &mut result)).await {
             Ok(Ok(())) => {}
@@ -273,6 +298,19 @@ impl ScrapeHandler {
         result.emails = extracted.emails;
         Ok(())
     }
+}
+
+fn host_allowed(allowed: Option<&[String]>, url: &url::Url) -> bool {
+    let Some(allowed) = allowed else {
+        return true;
+    };
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    allowed.contains(&host)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -537,6 +575,19 @@ pub async fn find_job(store: &Store, job_id: &str) -> Result<Option<JobView>, St
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_allowed_hosts_are_fetched_when_a_list_is_set() {
+        let url = |raw: &str| url::Url::parse(raw).unwrap();
+        assert!(host_allowed(None, &url("http://169.254.169.254/latest")));
+        let allowed = vec!["example.com".to_string(), "::1".to_string()];
+        assert!(host_allowed(Some(&allowed), &url("https://EXAMPLE.com/a")));
+        assert!(host_allowed(Some(&allowed), &url("http://[::1]:8080/")));
+        assert!(!host_allowed(
+            Some(&allowed),
+            &url("http://169.254.169.254/latest")
+        ));
+    }
+
     use super::*;
 
     fn page_url() -> url::Url {
