@@ -188,6 +188,9 @@ impl ConsumerRegistry {
     /// One pass: start what is stored and not running, stop what runs and
     /// is no longer stored.
     pub async fn reconcile(&self) -> Result<(), RegistryError> {
+        // Only consumers already running before the store was read may be
+        // stopped: one created meanwhile is missing from the read, not gone.
+        let running_before = self.supervisor.ids();
         let definitions: Vec<ConsumerDefinition> = self
             .collection
             .find(doc! {})
@@ -227,7 +230,7 @@ impl ConsumerRegistry {
                 }
             }
         }
-        for id in self.supervisor.ids() {
+        for id in running_before {
             if !wanted.contains(&id) {
                 tracing::info!(consumer_id = %id, "consumer no longer stored; stopping");
                 self.supervisor.stop(&id).await;

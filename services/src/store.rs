@@ -210,6 +210,19 @@ pub async fn hash_secret(secret: &str) -> Result<String, StoreError> {
         .map_err(|e| StoreError::Unavailable(format!("hashing failed: {e}")))
 }
 
+pub use mongodb::bson::DateTime;
+
+impl Store {
+    /// How many registered consumers read from `queue`.
+    pub async fn count_consumers_on(&self, queue: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .collection::<mongodb::bson::Document>("consumers")
+            .count_documents(doc! { "queueName": queue })
+            .await?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Role;
@@ -222,18 +235,5 @@ mod tests {
         assert!(!Role::Publisher.allows(Role::Admin));
         assert_eq!(Role::parse("admin"), Some(Role::Admin));
         assert_eq!(Role::parse("root"), None);
-    }
-}
-
-pub use mongodb::bson::DateTime;
-
-impl Store {
-    /// How many registered consumers read from `queue`.
-    pub async fn count_consumers_on(&self, queue: &str) -> Result<u64, StoreError> {
-        Ok(self
-            .db
-            .collection::<mongodb::bson::Document>("consumers")
-            .count_documents(doc! { "queueName": queue })
-            .await?)
     }
 }

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use dashmap::DashMap;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -144,7 +144,8 @@ impl ConsumerSupervisor {
             stats: stats.clone(),
             consumer_tag: format!("workerrmq-{}-{}", self.instance_id, spec.id),
         };
-        let span = tracing::info_span!("consumer", consumer_id = %spec.id, queue = %spec.queue);
+        // No parent: a consumer created by a request outlives its span.
+        let span = tracing::info_span!(parent: None, "consumer", consumer_id = %spec.id, queue = %spec.queue);
         let task = self
             .runtime
             .spawn(worker.run(cancel.clone()).instrument(span));
@@ -391,7 +392,9 @@ impl ConsumerWorker {
         let target = self.target.clone();
         let settler = self.settler.clone();
         let stats = self.stats.clone();
-        async move {
+        let tag = delivery.delivery_tag;
+        let acker = delivery.acker.clone();
+        let work = async move {
             let _in_flight = InFlightGuard::new(stats.clone());
             let started = std::time::Instant::now();
             let outcome = target.deliver(&message).await;
@@ -403,7 +406,25 @@ impl ConsumerWorker {
                 Settled::DeadLettered => tracing::info!("dead-lettered"),
                 Settled::HandedBack => tracing::warn!("handed back to the queue"),
             }
-            (delivery.delivery_tag, settled)
+            settled
+        };
+        async move {
+            // A target that panics must not leave its tag unsettled: the
+            // ack window would stop at it and the consumer would stall.
+            let settled = match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+                Ok(settled) => settled,
+                Err(_) => {
+                    tracing::error!("the delivery's handler panicked; handing it back");
+                    let _ = acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..BasicNackOptions::default()
+                        })
+                        .await;
+                    Settled::HandedBack
+                }
+            };
+            (tag, settled)
         }
         .instrument(span)
     }

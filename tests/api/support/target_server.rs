@@ -56,7 +56,8 @@ pub struct Recorded {
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
     pub received_at: Instant,
-    /// The status the target answered with.
+    /// The status the target answers it with (scripted at arrival; the
+    /// client may have gone before the answer was sent).
     pub answered: u16,
 }
 
@@ -202,7 +203,8 @@ impl TargetServer {
             .collect()
     }
 
-    /// The distinct `webhook-id`s the target answered with a 2xx.
+    /// The distinct `webhook-id`s of requests the target takes with a 2xx:
+    /// the messages that reached it.
     pub fn ids_delivered(&self) -> BTreeSet<String> {
         self.shared
             .requests
