@@ -3,12 +3,13 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{assert_json, eventually, spawn_app};
+use crate::helpers::{assert_json, eventually, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_lists_its_own_broker_connection() {
-    let app = spawn_app().await;
-    let own_name = format!("workerrmq-{}", app.instance_id);
+    let instance_id = format!("conn-{}", uuid::Uuid::new_v4().simple());
+    let app = spawn_app_with(&[("INSTANCE_ID", &instance_id)]).await;
+    let own_name = format!("workerrmq-{instance_id}");
 
     // The management API learns about new connections with a delay.
     let row = eventually(Duration::from_secs(20), || async {

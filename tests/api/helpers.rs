@@ -30,6 +30,8 @@ use workerrmq::startup::Application;
 
 const DEFAULT_MANAGEMENT_URL: &str = "http://127.0.0.1:15672";
 const DEFAULT_MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
+/// Databases `cleanup` may drop start with it.
+const TEST_DB_PREFIX: &str = "test_";
 
 /// Variables a developer or CI may point at other servers; everything else
 /// the tests set themselves so a local `.env` cannot change what they see.
@@ -72,7 +74,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("t{id}_");
-    let db_name = format!("test_{id}");
+    let db_name = format!("{TEST_DB_PREFIX}{id}");
     let admin_password = uuid::Uuid::new_v4().simple().to_string();
     let instance_id = format!("test-{}", &id[..12]);
     let mongodb_uri = env_or("MONGODB_URI", DEFAULT_MONGODB_URI);
@@ -521,6 +523,11 @@ impl CleanupPlan {
         }
         let _ = connection.close(200, "test cleanup done").await;
 
+        // Only a database the tests named themselves: a test that points
+        // MONGODB_DB somewhere else must not drop what it did not make.
+        if !self.db_name.starts_with(TEST_DB_PREFIX) {
+            return Ok(());
+        }
         let client = mongodb::Client::with_uri_str(&self.mongodb_uri)
             .await
             .map_err(|e| format!("cannot reach the store: {e}"))?;
