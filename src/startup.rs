@@ -151,6 +151,7 @@ impl Application {
 
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(middlewares::auth::authenticate))
                 .wrap(from_fn(middlewares::request_id::echo_request_id))
                 .wrap(middlewares::request_id::tracing_logger())
                 .app_data(state.clone())

@@ -6,9 +6,11 @@
 //! cached under its SHA-256 for a short TTL: the publish hot path pays a
 //! hash lookup, not a bcrypt run. The cache never holds the secret itself.
 //!
-//! Handlers ask for a role by taking `Admin`, `Publisher` or `Viewer` as
-//! their first argument: missing or wrong credentials answer 401, a role too
-//! low 403, before the body is even read.
+//! The `authenticate` middleware verifies the credentials of every request
+//! that carries some, before routing; handlers ask for a role by taking
+//! `Admin`, `Publisher` or `Viewer` as their first argument, which reads the
+//! verdict: missing or wrong credentials answer 401, a role too low 403,
+//! before the body is even read.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -19,7 +21,12 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use base64::Engine;
 use dashmap::DashMap;
-use futures_util::future::LocalBoxFuture;
+use std::future::{ready, Ready};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::HttpMessage;
 use services::{Role, Store, StoreError};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
@@ -216,33 +223,61 @@ pub type Admin = Authorized<AdminRole>;
 pub type Viewer = Authorized<ViewerRole>;
 pub type PublisherCaller = Authorized<PublisherRole>;
 
+/// The verdict on this request's credentials, left by `authenticate`.
+#[derive(Clone)]
+struct Verdict(Result<Principal, AuthError>);
+
+/// Middleware: checks the `Authorization` header, when there is one, before
+/// any handler runs, and leaves the verdict on the request. Handlers then
+/// read it synchronously, so wrong credentials answer 401 (and a role too
+/// low 403) before the body is even read — never a 400 or 415 that would
+/// tell an unauthenticated caller about the body.
+pub async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+        let verdict = match (
+            value.to_str(),
+            req.app_data::<web::Data<Authenticator>>().cloned(),
+        ) {
+            (Err(_), _) => Err(AuthError::Invalid),
+            (Ok(_), None) => Err(AuthError::StoreUnavailable(
+                "the authenticator is not configured".into(),
+            )),
+            (Ok(value), Some(authenticator)) => {
+                let value = value.to_owned();
+                authenticator.authenticate(Some(&value)).await
+            }
+        };
+        req.extensions_mut().insert(Verdict(verdict));
+    }
+    next.call(req).await
+}
+
 impl<R: RequiredRole + 'static> FromRequest for Authorized<R> {
     type Error = AuthError;
-    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+    type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let authenticator = req.app_data::<web::Data<Authenticator>>().cloned();
-        let header = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        Box::pin(async move {
-            let authenticator = authenticator.ok_or_else(|| {
-                AuthError::StoreUnavailable("the authenticator is not configured".into())
-            })?;
-            let principal = authenticator.authenticate(header.as_deref()).await?;
-            if !principal.role.allows(R::ROLE) {
-                return Err(AuthError::Forbidden {
+        let verdict = req
+            .extensions()
+            .get::<Verdict>()
+            .map(|v| v.0.clone())
+            .unwrap_or(Err(AuthError::Missing));
+        ready(verdict.and_then(|principal| {
+            if principal.role.allows(R::ROLE) {
+                Ok(Authorized {
+                    principal,
+                    _role: PhantomData,
+                })
+            } else {
+                Err(AuthError::Forbidden {
                     required: R::ROLE,
                     actual: principal.role,
-                });
+                })
             }
-            Ok(Authorized {
-                principal,
-                _role: PhantomData,
-            })
-        })
+        }))
     }
 }
 

@@ -214,3 +214,42 @@ async fn an_admin_api_key_can_create_queues() {
     assert!(app.queue_exists(&queue).await);
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_judged_before_the_body_is_read() {
+    let app = spawn_app().await;
+    let wrong = basic_auth(&app.admin_user, "not-the-password");
+    let viewer = bearer(&app.create_api_key("viewer").await);
+    for (content_type, body) in [("text/plain", "x"), ("application/json", "{not json")] {
+        let response = app
+            .http
+            .post(app.url("/createQueue"))
+            .header(reqwest::header::AUTHORIZATION, &wrong)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("sent");
+        assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+        let response = app
+            .http
+            .post(app.url("/createQueue"))
+            .header(reqwest::header::AUTHORIZATION, &viewer)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("sent");
+        assert_error(response, StatusCode::FORBIDDEN, "forbidden").await;
+    }
+    // Public routes do not care about a wrong Authorization header.
+    let health = app
+        .http
+        .get(app.url("/health"))
+        .header(reqwest::header::AUTHORIZATION, &wrong)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(health.status(), StatusCode::OK);
+    app.cleanup().await;
+}
