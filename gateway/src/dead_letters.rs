@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 
-use crate::consumer::headers;
+use crate::consumer::{hand_back, headers};
 use crate::{Broker, BrokerError, OutgoingMessage, PublishOutcome, Publisher, QueueName};
 
 /// A dead letter as the API shows it.
@@ -104,25 +104,13 @@ impl DeadLetters {
                         replayed += 1;
                     }
                     Ok(PublishOutcome::Unroutable) => {
-                        let _ = delivery
-                            .acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..BasicNackOptions::default()
-                            })
-                            .await;
+                        hand_back(&delivery.acker).await;
                         return Err(BrokerError::NotFound(format!(
                             "no queue named `{queue}` to replay into"
                         )));
                     }
                     Err(err) => {
-                        let _ = delivery
-                            .acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..BasicNackOptions::default()
-                            })
-                            .await;
+                        hand_back(&delivery.acker).await;
                         return Err(err);
                     }
                 }

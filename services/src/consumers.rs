@@ -163,15 +163,12 @@ impl ConsumerRegistry {
         Ok(deleted)
     }
 
+    async fn all_definitions(&self) -> Result<Vec<ConsumerDefinition>, StoreError> {
+        Ok(self.collection.find(doc! {}).await?.try_collect().await?)
+    }
+
     pub async fn list(&self) -> Result<Vec<ConsumerView>, RegistryError> {
-        let mut definitions: Vec<ConsumerDefinition> = self
-            .collection
-            .find(doc! {})
-            .await
-            .map_err(StoreError::from)?
-            .try_collect()
-            .await
-            .map_err(StoreError::from)?;
+        let mut definitions = self.all_definitions().await?;
         definitions.sort_by_key(|d| d.created_at);
         Ok(definitions.into_iter().map(|d| self.view(d)).collect())
     }
@@ -191,14 +188,7 @@ impl ConsumerRegistry {
         // Only consumers already running before the store was read may be
         // stopped: one created meanwhile is missing from the read, not gone.
         let running_before = self.supervisor.ids();
-        let definitions: Vec<ConsumerDefinition> = self
-            .collection
-            .find(doc! {})
-            .await
-            .map_err(StoreError::from)?
-            .try_collect()
-            .await
-            .map_err(StoreError::from)?;
+        let definitions = self.all_definitions().await?;
         self.tombstones.retain(|_, at| at.elapsed() < TOMBSTONE_TTL);
         let mut wanted = HashSet::new();
         for definition in &definitions {

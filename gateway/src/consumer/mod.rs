@@ -19,7 +19,7 @@ mod supervisor;
 mod target;
 
 pub use retry::RetryPolicy;
-pub(crate) use settle::attempt_of;
+pub(crate) use settle::{attempt_of, hand_back};
 pub use stats::{ConsumerState, ConsumerStats, StatsSnapshot};
 pub use supervisor::{ConsumerId, ConsumerSpec, ConsumerSupervisor};
 pub use target::{DeliveryOutcome, DeliveryTarget, IncomingMessage};

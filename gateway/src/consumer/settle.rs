@@ -120,13 +120,7 @@ impl Settler {
                 self.stats
                     .record_error(format!("could not store the copy: {err}"));
                 tokio::time::sleep(HAND_BACK_PAUSE).await;
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
+                hand_back(&delivery.acker).await;
                 Settled::HandedBack
             }
         }
@@ -231,6 +225,17 @@ impl Settler {
             "the companion queue `{queue_name}` could not be declared"
         )))
     }
+}
+
+/// Returns a delivery to its queue, to come again. Failure means the
+/// channel is gone, and the broker returns it anyway.
+pub(crate) async fn hand_back(acker: &lapin::acker::Acker) {
+    let _ = acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await;
 }
 
 fn text(value: &str) -> AMQPValue {

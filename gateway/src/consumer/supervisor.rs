@@ -17,13 +17,13 @@ use backon::BackoffBuilder;
 use dashmap::DashMap;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::settle::{attempt_of, AckWindow, Settled, Settler};
+use super::settle::{attempt_of, hand_back, AckWindow, Settled, Settler};
 use super::stats::{ConsumerState, ConsumerStats};
 use super::target::{DeliveryTarget, IncomingMessage};
 use super::RetryPolicy;
@@ -415,12 +415,7 @@ impl ConsumerWorker {
                 Ok(settled) => settled,
                 Err(_) => {
                     tracing::error!("the delivery's handler panicked; handing it back");
-                    let _ = acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        })
-                        .await;
+                    hand_back(&acker).await;
                     Settled::HandedBack
                 }
             };
