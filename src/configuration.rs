@@ -182,6 +182,18 @@ impl Settings {
             let short = uuid::Uuid::new_v4().simple().to_string();
             short[..8].to_owned()
         });
+        // It goes into the connection name and every consumer tag (AMQP
+        // short strings, at most 255 bytes).
+        if instance_id.len() > 64
+            || !instance_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(problem(
+                "INSTANCE_ID",
+                "1 to 64 characters of A-Z, a-z, 0-9, - and _",
+            ));
+        }
 
         Ok(Settings {
             bind_addr,
@@ -266,6 +278,7 @@ mod tests {
             ("BUILTIN_CONSUMERS", "maybe"),
             ("DEFAULT_TARGET_URL", "ftp://x"),
             ("MONGODB_URI", "postgres://x"),
+            ("INSTANCE_ID", "has spaces"),
             ("SCRAPE_TIMEOUT_MS", "0"),
             ("SCRAPE_TIMEOUT_MS", "soon"),
         ];

@@ -139,8 +139,22 @@ async fn connection_loop(
                     connection: Some(connection.clone()),
                     generation,
                 });
+                // `on_error` is not called when the server closes the
+                // connection normally (reply code 200), so look as well.
+                let closed = async {
+                    let mut check = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        check.tick().await;
+                        if !connection.status().connected() {
+                            break;
+                        }
+                    }
+                };
                 tokio::select! {
                     _ = lost.notified() => {}
+                    _ = closed => {
+                        tracing::warn!("broker connection closed");
+                    }
                     _ = shutdown.cancelled() => {
                         tx.send_replace(Link { connection: None, generation });
                         let _ = connection.close(200, "gateway shutting down").await;

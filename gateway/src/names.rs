@@ -10,13 +10,23 @@ pub const DEAD_LETTER_SUFFIX: &str = ".dlq";
 pub const RETRY_INFIX: &str = ".retry.";
 
 const MAX_NAME_BYTES: usize = 255;
+/// The longest companion suffix, `.retry.86400000` (a day's delay).
+const LONGEST_COMPANION_SUFFIX: usize = 15;
+/// A queue name leaves room for its companions' suffixes: the broker's
+/// limit is 255 bytes, and lapin would write a longer name as a corrupt
+/// frame that closes the whole connection.
+pub const MAX_QUEUE_NAME_BYTES: usize = MAX_NAME_BYTES - LONGEST_COMPANION_SUFFIX;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     #[error("{0} must not be empty")]
     Empty(&'static str),
-    #[error("{what} must be at most 255 bytes, this one is {len}")]
-    TooLong { what: &'static str, len: usize },
+    #[error("{what} must be at most {max} bytes, this one is {len}")]
+    TooLong {
+        what: &'static str,
+        max: usize,
+        len: usize,
+    },
     #[error("{0} must not start with `amq.`: that prefix is reserved by RabbitMQ")]
     Reserved(&'static str),
     #[error("{0} must not contain control characters")]
@@ -25,13 +35,14 @@ pub enum NameError {
     Companion,
 }
 
-fn check_common(what: &'static str, raw: &str) -> Result<(), NameError> {
+fn check_common(what: &'static str, raw: &str, max: usize) -> Result<(), NameError> {
     if raw.is_empty() {
         return Err(NameError::Empty(what));
     }
-    if raw.len() > MAX_NAME_BYTES {
+    if raw.len() > max {
         return Err(NameError::TooLong {
             what,
+            max,
             len: raw.len(),
         });
     }
@@ -52,7 +63,7 @@ pub struct QueueName(String);
 impl QueueName {
     pub fn parse(raw: impl Into<String>) -> Result<Self, NameError> {
         let raw = raw.into();
-        check_common("queueName", &raw)?;
+        check_common("queueName", &raw, MAX_QUEUE_NAME_BYTES)?;
         if raw.ends_with(DEAD_LETTER_SUFFIX) || raw.contains(RETRY_INFIX) {
             return Err(NameError::Companion);
         }
@@ -106,7 +117,7 @@ pub struct ExchangeName(String);
 impl ExchangeName {
     pub fn parse(raw: impl Into<String>) -> Result<Self, NameError> {
         let raw = raw.into();
-        check_common("exchangeName", &raw)?;
+        check_common("exchangeName", &raw, MAX_NAME_BYTES)?;
         Ok(Self(raw))
     }
 
@@ -132,6 +143,7 @@ impl RoutingKey {
         if raw.len() > MAX_NAME_BYTES {
             return Err(NameError::TooLong {
                 what: "routingKey",
+                max: MAX_NAME_BYTES,
                 len: raw.len(),
             });
         }
@@ -154,7 +166,10 @@ mod tests {
             QueueName::parse("a".repeat(256)),
             Err(NameError::TooLong { len: 256, .. })
         ));
-        assert!(QueueName::parse("a".repeat(255)).is_ok());
+        assert!(QueueName::parse("a".repeat(241)).is_err());
+        let longest = QueueName::parse("a".repeat(240)).unwrap();
+        assert!(longest.retry_queue(86_400_000).len() <= 255);
+        assert!(longest.dead_letter_queue().len() <= 255);
         assert_eq!(
             QueueName::parse("amq.gen-1"),
             Err(NameError::Reserved("queueName"))

@@ -1,8 +1,15 @@
-//! Publishing with publisher confirms on one shared channel.
+//! Publishing with publisher confirms, on a small pool of channels.
 //!
-//! Many requests publish concurrently on the same confirm-mode channel; each
-//! awaits its own confirm, so they never queue behind each other. The lock
-//! only guards swapping in a fresh channel after the old one broke.
+//! Each channel carries at most one publish at a time. lapin (2.5) hands a
+//! `basic.return` to whichever confirm on the channel completes next, so
+//! with several mandatory publishes in flight on one channel an unroutable
+//! message can be reported confirmed and a stored one unroutable. One
+//! publish per channel makes the answer belong to its publish; a pool keeps
+//! concurrent publishes from queueing behind each other. A channel the
+//! broker closes (say, ACCESS_REFUSED) takes only its own publish with it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
@@ -10,6 +17,12 @@ use lapin::{BasicProperties, Channel};
 use tokio::sync::Mutex;
 
 use crate::{Broker, BrokerError};
+
+/// Channels in the pool, opened on first use.
+const POOL_SIZE: usize = 64;
+/// A broker under a memory or disk alarm blocks publishers; callers get an
+/// answer instead of a hung request.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct OutgoingMessage<'a> {
     /// `""` is the default exchange, which routes by queue name.
@@ -31,30 +44,17 @@ pub enum PublishOutcome {
 
 pub struct Publisher {
     broker: Broker,
-    channel: Mutex<Option<Channel>>,
+    slots: Vec<Mutex<Option<Channel>>>,
+    next: AtomicUsize,
 }
 
 impl Publisher {
     pub fn new(broker: Broker) -> Self {
         Self {
             broker,
-            channel: Mutex::new(None),
+            slots: (0..POOL_SIZE).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
         }
-    }
-
-    async fn confirm_channel(&self) -> Result<Channel, BrokerError> {
-        let mut current = self.channel.lock().await;
-        if let Some(channel) = current.as_ref() {
-            if channel.status().connected() {
-                return Ok(channel.clone());
-            }
-        }
-        let channel = self.broker.channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        *current = Some(channel.clone());
-        Ok(channel)
     }
 
     /// Publishes and waits for the broker's confirm. `Ok(Confirmed)` is the
@@ -63,20 +63,59 @@ impl Publisher {
         &self,
         message: OutgoingMessage<'_>,
     ) -> Result<PublishOutcome, BrokerError> {
-        let channel = self.confirm_channel().await?;
-        let confirm = channel
-            .basic_publish(
-                message.exchange,
-                message.routing_key,
-                BasicPublishOptions {
-                    mandatory: message.mandatory,
-                    ..BasicPublishOptions::default()
-                },
-                message.payload,
-                message.properties,
-            )
-            .await?;
-        match confirm.await? {
+        // Any free slot; if none is free, wait for the next one in turn.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut slot = None;
+        for i in 0..POOL_SIZE {
+            if let Ok(guard) = self.slots[(start + i) % POOL_SIZE].try_lock() {
+                slot = Some(guard);
+                break;
+            }
+        }
+        let mut slot = match slot {
+            Some(guard) => guard,
+            None => self.slots[start % POOL_SIZE].lock().await,
+        };
+        let channel = match slot.as_ref() {
+            Some(channel) if channel.status().connected() => channel.clone(),
+            _ => {
+                let channel = self.broker.channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                *slot = Some(channel.clone());
+                channel
+            }
+        };
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+            channel
+                .basic_publish(
+                    message.exchange,
+                    message.routing_key,
+                    BasicPublishOptions {
+                        mandatory: message.mandatory,
+                        ..BasicPublishOptions::default()
+                    },
+                    message.payload,
+                    message.properties,
+                )
+                .await?
+                .await
+        })
+        .await;
+        let confirmation = match confirmation {
+            Ok(result) => result?,
+            Err(_) => {
+                // The late confirm would land on the next publish: drop the
+                // channel rather than reuse it.
+                *slot = None;
+                let _ = channel.close(200, "confirm timed out").await;
+                return Err(BrokerError::Unavailable(
+                    "the broker did not confirm the message in time".into(),
+                ));
+            }
+        };
+        match confirmation {
             Confirmation::Ack(None) => Ok(PublishOutcome::Confirmed),
             Confirmation::Ack(Some(_returned)) => Ok(PublishOutcome::Unroutable),
             Confirmation::Nack(_) => Err(BrokerError::Nacked),

@@ -128,13 +128,14 @@ impl ConsumerRegistry {
     }
 
     pub async fn delete(&self, id: &ConsumerId) -> Result<bool, RegistryError> {
+        // Tombstone first: a reconcile pass running now must not restart it.
+        self.tombstones.insert(id.to_string(), Instant::now());
         let deleted = self
             .collection
             .delete_one(doc! { "_id": id.as_str() })
             .await
             .map_err(StoreError::from)?
             .deleted_count;
-        self.tombstones.insert(id.to_string(), Instant::now());
         let was_running = self.supervisor.stop(id).await;
         Ok(deleted > 0 || was_running)
     }

@@ -102,6 +102,11 @@ impl DeliveryTarget for HttpForwarder {
                 }
                 classify(status, retry_after)
             }
+            // A message whose id or content type cannot be a header value
+            // will never go out: no use retrying it.
+            Err(err) if err.is_builder() => DeliveryOutcome::Reject {
+                reason: format!("the request could not be built: {err}"),
+            },
             Err(err) => DeliveryOutcome::Retry {
                 reason: describe(&err),
                 retry_after: None,

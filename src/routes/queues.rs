@@ -133,10 +133,24 @@ pub async fn delete_queue(
             "{registered} consumer(s) are registered on `{name}`; delete them first (POST /deleteConsumer with queueName)"
         )));
     }
-    state
-        .topology
-        .delete_queue(&name, body.if_empty.unwrap_or(false))
-        .await?;
+    let if_empty = body.if_empty.unwrap_or(false);
+    if if_empty {
+        // The broker checks the queue and its dead letters; messages waiting
+        // in delay queues would return to a deleted queue and be dropped.
+        let retrying = state
+            .management
+            .queues()
+            .await?
+            .into_iter()
+            .find(|row| row.queue_name == name.as_str())
+            .map_or(0, |row| row.retrying_messages);
+        if retrying > 0 {
+            return Err(ApiError::Conflict(format!(
+                "`{name}` has {retrying} message(s) waiting for a retry"
+            )));
+        }
+    }
+    state.topology.delete_queue(&name, if_empty).await?;
     Ok(HttpResponse::Ok().json(json!({
         "message": "Queue has been deleted successfully.",
         "queueName": name,

@@ -46,12 +46,14 @@ impl RetryPolicy {
     }
 
     /// Delay before attempt `next_attempt` (2 for the first retry), honouring
-    /// a target's `Retry-After` up to `max_delay_ms`. Whole milliseconds, as
-    /// each distinct value is a delay queue.
+    /// a target's `Retry-After` between `initial_delay_ms` (so `Retry-After:
+    /// 0` cannot burn every attempt at once) and `max_delay_ms`. Whole
+    /// milliseconds, as each distinct value is a delay queue.
     pub fn delay_before(&self, next_attempt: u32, retry_after: Option<Duration>) -> Duration {
         let max = Duration::from_millis(self.max_delay_ms);
         if let Some(hint) = retry_after {
-            return Duration::from_millis(hint.min(max).as_millis() as u64);
+            let min = Duration::from_millis(self.initial_delay_ms);
+            return Duration::from_millis(hint.clamp(min, max).as_millis() as u64);
         }
         let nth = next_attempt.saturating_sub(2) as usize;
         let delay = backon::ExponentialBuilder::default()
@@ -98,6 +100,11 @@ mod tests {
         assert_eq!(
             policy.delay_before(2, Some(Duration::from_secs(60))),
             Duration::from_secs(3)
+        );
+        assert_eq!(
+            policy.delay_before(2, Some(Duration::ZERO)),
+            Duration::from_millis(policy.initial_delay_ms),
+            "Retry-After: 0 still waits the initial delay"
         );
     }
 

@@ -19,9 +19,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use dashmap::DashSet;
+use dashmap::DashMap;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -38,6 +38,8 @@ const MAX_REASON_BYTES: usize = 1_000;
 /// Pause before handing back a delivery whose copy failed, so a broken
 /// delay queue cannot turn into a hot redelivery loop.
 const HAND_BACK_PAUSE: Duration = Duration::from_secs(1);
+/// Well inside the 10 minutes a delay queue lives unused.
+const REDECLARE_EVERY: Duration = Duration::from_secs(60);
 
 /// What a delivery became once its outcome is safe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +59,10 @@ pub(crate) struct Settler {
     pub topology: Topology,
     pub policy: RetryPolicy,
     pub stats: Arc<ConsumerStats>,
-    /// Companion queues this consumer already declared.
-    declared: DashSet<String>,
+    /// Companion queues this consumer declared, and when. Publishing does
+    /// not count as use for a delay queue's `x-expires`; declaring does, so
+    /// a queue in use is declared again every `REDECLARE_EVERY`.
+    declared: DashMap<String, Instant>,
 }
 
 impl Settler {
@@ -73,7 +77,7 @@ impl Settler {
             topology,
             policy,
             stats,
-            declared: DashSet::new(),
+            declared: DashMap::new(),
         }
     }
 
@@ -199,9 +203,13 @@ impl Settler {
         Fut: std::future::Future<Output = Result<(), BrokerError>>,
     {
         for _ in 0..2 {
-            if !self.declared.contains(queue_name) {
+            let fresh = self
+                .declared
+                .get(queue_name)
+                .is_some_and(|at| at.elapsed() < REDECLARE_EVERY);
+            if !fresh {
                 declare().await?;
-                self.declared.insert(queue_name.to_owned());
+                self.declared.insert(queue_name.to_owned(), Instant::now());
             }
             let outcome = self
                 .publisher
@@ -247,7 +255,9 @@ fn text(value: &str) -> AMQPValue {
 }
 
 /// The original's properties, persistent, with the stable message id and
-/// the gateway's bookkeeping headers.
+/// the gateway's bookkeeping headers, and without a per-message
+/// `expiration`: a copy must not quietly vanish from a delay or dead-letter
+/// queue (RabbitMQ's own dead-lettering drops it too).
 fn copy_properties(
     original: &BasicProperties,
     message: &IncomingMessage,
@@ -257,11 +267,41 @@ fn copy_properties(
     for (name, value) in extra {
         table.insert((*name).into(), value.clone());
     }
-    original
-        .clone()
+    let mut copy = BasicProperties::default()
         .with_message_id(message.message_id.clone().into())
         .with_delivery_mode(2)
-        .with_headers(table)
+        .with_headers(table);
+    if let Some(v) = original.content_type() {
+        copy = copy.with_content_type(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        copy = copy.with_content_encoding(v.clone());
+    }
+    if let Some(v) = original.priority() {
+        copy = copy.with_priority(*v);
+    }
+    if let Some(v) = original.correlation_id() {
+        copy = copy.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.reply_to() {
+        copy = copy.with_reply_to(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        copy = copy.with_timestamp(*v);
+    }
+    if let Some(v) = original.kind() {
+        copy = copy.with_type(v.clone());
+    }
+    if let Some(v) = original.user_id() {
+        copy = copy.with_user_id(v.clone());
+    }
+    if let Some(v) = original.app_id() {
+        copy = copy.with_app_id(v.clone());
+    }
+    if let Some(v) = original.cluster_id() {
+        copy = copy.with_cluster_id(v.clone());
+    }
+    copy
 }
 
 /// Reads the attempt number a copy carries; an original is attempt 1.
@@ -288,71 +328,135 @@ pub(crate) fn attempt_of(properties: &BasicProperties) -> u32 {
 }
 
 /// Acks flow from here only. Tracks the delivery tags of one channel in
-/// arrival order and acks, with `multiple`, up to the highest tag below
-/// which every delivery is settled.
+/// arrival order; acks with `multiple` up to the highest tag below which
+/// every delivery is settled, and, so that one slow delivery cannot hold
+/// the rest of the prefetch window hostage, acks deliveries settled behind
+/// it one by one once they have waited `straggler` long.
 pub(crate) struct AckWindow {
-    /// Tags in arrival order, with their settlement once known.
-    outstanding: VecDeque<(u64, Option<Settled>)>,
-    /// Settled at the front, waiting for the next flush.
-    ready: Vec<Settled>,
-    ready_up_to: Option<u64>,
+    outstanding: VecDeque<Entry>,
     stats: Arc<ConsumerStats>,
+}
+
+struct Entry {
+    tag: u64,
+    state: EntryState,
+}
+
+#[derive(Clone, Copy)]
+enum EntryState {
+    InFlight,
+    /// Safe, waiting for its ack.
+    Settled(Settled, Instant),
+    /// Acked on its own, or handed back: nothing more to send.
+    Done,
 }
 
 impl AckWindow {
     pub fn new(stats: Arc<ConsumerStats>) -> Self {
         Self {
             outstanding: VecDeque::new(),
-            ready: Vec::new(),
-            ready_up_to: None,
             stats,
         }
     }
 
     /// A delivery arrived on the channel.
     pub fn track(&mut self, tag: u64) {
-        self.outstanding.push_back((tag, None));
+        self.outstanding.push_back(Entry {
+            tag,
+            state: EntryState::InFlight,
+        });
     }
 
     /// A delivery's outcome is safe (or it was handed back).
     pub fn settled(&mut self, tag: u64, settled: Settled) {
         // Tags grow on a channel, so the deque is sorted.
-        if let Ok(i) = self.outstanding.binary_search_by_key(&tag, |(t, _)| *t) {
-            self.outstanding[i].1 = Some(settled);
-        }
-        while let Some((tag, Some(settled))) = self.outstanding.front().copied() {
-            self.outstanding.pop_front();
-            if settled != Settled::HandedBack {
-                self.ready_up_to = Some(tag);
-            }
-            self.ready.push(settled);
+        if let Ok(i) = self.outstanding.binary_search_by_key(&tag, |e| e.tag) {
+            self.outstanding[i].state = match settled {
+                Settled::HandedBack => EntryState::Done,
+                other => EntryState::Settled(other, Instant::now()),
+            };
         }
     }
 
-    /// Settled deliveries not yet acked.
-    pub fn pending(&self) -> usize {
-        self.ready.len()
+    /// Settled deliveries at the front, ready for one `multiple` ack.
+    pub fn ready(&self) -> usize {
+        self.outstanding
+            .iter()
+            .take_while(|e| !matches!(e.state, EntryState::InFlight))
+            .filter(|e| matches!(e.state, EntryState::Settled(..)))
+            .count()
     }
 
-    /// Sends one ack for everything settled so far.
+    /// Settled deliveries waiting behind one still in flight.
+    pub fn stragglers(&self) -> usize {
+        self.outstanding
+            .iter()
+            .skip_while(|e| !matches!(e.state, EntryState::InFlight))
+            .filter(|e| matches!(e.state, EntryState::Settled(..)))
+            .count()
+    }
+
+    /// One ack, with `multiple`, for everything settled at the front.
     pub async fn flush(&mut self, channel: &Channel) -> Result<(), lapin::Error> {
-        let Some(up_to) = self.ready_up_to.take() else {
-            self.ready.clear();
+        let mut up_to = None;
+        let mut acked = Vec::new();
+        while let Some(entry) = self.outstanding.front() {
+            match entry.state {
+                EntryState::InFlight => break,
+                EntryState::Settled(settled, _) => {
+                    up_to = Some(entry.tag);
+                    acked.push(settled);
+                }
+                EntryState::Done => {}
+            }
+            self.outstanding.pop_front();
+        }
+        let Some(up_to) = up_to else {
             return Ok(());
         };
-        let multiple = self.ready.len() > 1;
+        // Tags below `up_to` that were handed back or acked on their own are
+        // no longer outstanding; `multiple` passes over them.
         channel
-            .basic_ack(up_to, BasicAckOptions { multiple })
+            .basic_ack(up_to, BasicAckOptions { multiple: true })
             .await?;
-        for settled in self.ready.drain(..) {
-            match settled {
-                Settled::Acked => self.stats.acked(),
-                Settled::Retried { .. } => self.stats.retried(),
-                Settled::DeadLettered => self.stats.dead_lettered(),
-                Settled::HandedBack => {}
+        for settled in acked {
+            self.count(settled);
+        }
+        Ok(())
+    }
+
+    /// Acks, one by one, deliveries settled at least `waited` ago that sit
+    /// behind one still in flight.
+    pub async fn ack_stragglers(
+        &mut self,
+        channel: &Channel,
+        waited: Duration,
+    ) -> Result<(), lapin::Error> {
+        let mut behind_gap = false;
+        for i in 0..self.outstanding.len() {
+            let entry = &self.outstanding[i];
+            match entry.state {
+                EntryState::InFlight => behind_gap = true,
+                EntryState::Settled(settled, at) if behind_gap && at.elapsed() >= waited => {
+                    channel
+                        .basic_ack(entry.tag, BasicAckOptions { multiple: false })
+                        .await?;
+                    self.outstanding[i].state = EntryState::Done;
+                    self.count(settled);
+                }
+                _ => {}
             }
         }
         Ok(())
+    }
+
+    fn count(&self, settled: Settled) {
+        match settled {
+            Settled::Acked => self.stats.acked(),
+            Settled::Retried { .. } => self.stats.retried(),
+            Settled::DeadLettered => self.stats.dead_lettered(),
+            Settled::HandedBack => {}
+        }
     }
 }
 
@@ -365,21 +469,20 @@ mod tests {
     }
 
     #[test]
-    fn acks_only_up_to_the_first_unsettled_delivery() {
+    fn only_the_settled_front_is_ready_for_a_multiple_ack() {
         let mut w = window();
         for tag in 1..=5 {
             w.track(tag);
         }
         w.settled(2, Settled::Acked);
         w.settled(3, Settled::Acked);
-        assert_eq!(w.ready_up_to, None, "1 is still in flight");
+        assert_eq!((w.ready(), w.stragglers()), (0, 2), "1 is still in flight");
         w.settled(1, Settled::Acked);
-        assert_eq!(w.ready_up_to, Some(3));
-        assert_eq!(w.pending(), 3);
+        assert_eq!((w.ready(), w.stragglers()), (3, 0));
         w.settled(5, Settled::DeadLettered);
-        assert_eq!(w.ready_up_to, Some(3), "4 is still in flight");
+        assert_eq!((w.ready(), w.stragglers()), (3, 1), "4 is still in flight");
         w.settled(4, Settled::Retried { delay_ms: 10 });
-        assert_eq!(w.ready_up_to, Some(5));
+        assert_eq!((w.ready(), w.stragglers()), (5, 0));
     }
 
     #[test]
@@ -387,9 +490,9 @@ mod tests {
         let mut w = window();
         w.track(7);
         w.settled(7, Settled::HandedBack);
-        assert_eq!(w.ready_up_to, None);
+        assert_eq!(w.ready(), 0);
         w.track(8);
         w.settled(8, Settled::Acked);
-        assert_eq!(w.ready_up_to, Some(8));
+        assert_eq!(w.ready(), 1);
     }
 }

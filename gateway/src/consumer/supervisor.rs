@@ -23,9 +23,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::settle::{attempt_of, hand_back, AckWindow, Settled, Settler};
+use super::settle::{attempt_of, AckWindow, Settled, Settler};
 use super::stats::{ConsumerState, ConsumerStats};
-use super::target::{DeliveryTarget, IncomingMessage};
+use super::target::{DeliveryOutcome, DeliveryTarget, IncomingMessage};
 use super::RetryPolicy;
 use crate::metrics::{ConsumerLabels, DeliveryMetrics};
 use crate::{Broker, BrokerError, Publisher, QueueName, Topology};
@@ -34,6 +34,10 @@ use crate::{Broker, BrokerError, Publisher, QueueName, Topology};
 const ACK_BATCH: usize = 50;
 /// Longest an ack waits for company while other deliveries are in flight.
 const ACK_DELAY: Duration = Duration::from_millis(5);
+
+/// Deliveries settled behind a slow one are acked on their own after this,
+/// so one slow target call cannot hold the prefetch window.
+const STRAGGLER_WAIT: Duration = Duration::from_millis(250);
 
 /// How long a stopping consumer waits for in-flight deliveries.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -95,6 +99,9 @@ pub struct ConsumerSupervisor {
     instance_id: String,
     consumers: DashMap<ConsumerId, RunningConsumer>,
     metrics: Arc<DeliveryMetrics>,
+    /// Set by `stop_all`: a reconcile pass or start-up step still running
+    /// then must not start consumers that would never be drained.
+    closing: std::sync::atomic::AtomicBool,
     /// Where consumer tasks run: the runtime the supervisor was made on, not
     /// whichever one calls `start`. A consumer created by an HTTP request
     /// would otherwise live on that actix worker's runtime and be dropped,
@@ -117,6 +124,7 @@ impl ConsumerSupervisor {
             instance_id,
             consumers: DashMap::new(),
             metrics,
+            closing: std::sync::atomic::AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
         }
     }
@@ -124,6 +132,9 @@ impl ConsumerSupervisor {
     /// Starts the consumer unless one with its id already runs here.
     /// Returns whether it was started.
     pub fn start(&self, spec: ConsumerSpec, target: Arc<dyn DeliveryTarget>) -> bool {
+        if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
         let entry = match self.consumers.entry(spec.id.clone()) {
             dashmap::Entry::Occupied(_) => return false,
             dashmap::Entry::Vacant(v) => v,
@@ -178,6 +189,8 @@ impl ConsumerSupervisor {
 
     /// Stops every consumer at once (SIGTERM).
     pub async fn stop_all(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let ids: Vec<ConsumerId> = self.ids();
         futures_util::future::join_all(ids.iter().map(|id| self.stop(id))).await;
     }
@@ -282,39 +295,41 @@ impl ConsumerWorker {
 
         let mut in_flight: JoinSet<(u64, Settled)> = JoinSet::new();
         let mut acks = AckWindow::new(self.stats.clone());
-        let flush_at =
-            |pending: usize| pending >= usize::from(self.spec.prefetch / 2).clamp(1, ACK_BATCH);
+        let batch = usize::from(self.spec.prefetch / 2).clamp(1, ACK_BATCH);
         let mut flush_timer = Box::pin(tokio::time::sleep(ACK_DELAY));
         let mut timer_armed = false;
+        let mut straggler_check = tokio::time::interval(STRAGGLER_WAIT);
         let end = loop {
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(SessionEnd::Cancelled),
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    if let Ok((tag, settled)) = done {
-                        acks.settled(tag, settled);
-                    }
+                    let mut joined = vec![done];
                     while let Some(done) = in_flight.try_join_next() {
-                        if let Ok((tag, settled)) = done {
-                            acks.settled(tag, settled);
-                        }
+                        joined.push(done);
+                    }
+                    if let Err(err) = settle_joined(&mut acks, joined) {
+                        break Err(err);
                     }
                     // Ack now when a batch is full or nothing else is in
                     // flight; otherwise within ACK_DELAY.
-                    if acks.pending() > 0 {
-                        if flush_at(acks.pending()) || in_flight.is_empty() {
-                            if let Err(err) = acks.flush(&channel).await {
-                                break Err(BrokerError::from(err));
-                            }
-                            timer_armed = false;
-                        } else if !timer_armed {
-                            flush_timer.as_mut().reset(tokio::time::Instant::now() + ACK_DELAY);
-                            timer_armed = true;
+                    if acks.ready() >= batch || (acks.ready() > 0 && in_flight.is_empty()) {
+                        if let Err(err) = acks.flush(&channel).await {
+                            break Err(BrokerError::from(err));
                         }
+                        timer_armed = false;
+                    } else if acks.ready() > 0 && !timer_armed {
+                        flush_timer.as_mut().reset(tokio::time::Instant::now() + ACK_DELAY);
+                        timer_armed = true;
                     }
                 }
                 _ = &mut flush_timer, if timer_armed => {
                     timer_armed = false;
                     if let Err(err) = acks.flush(&channel).await {
+                        break Err(BrokerError::from(err));
+                    }
+                }
+                _ = straggler_check.tick(), if acks.stragglers() > 0 => {
+                    if let Err(err) = acks.ack_stragglers(&channel, STRAGGLER_WAIT).await {
                         break Err(BrokerError::from(err));
                     }
                 }
@@ -338,13 +353,17 @@ impl ConsumerWorker {
                 .await;
             let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
                 while let Some(done) = in_flight.join_next().await {
-                    if let Ok((tag, settled)) = done {
-                        acks.settled(tag, settled);
+                    if settle_joined(&mut acks, vec![done]).is_err() {
+                        break;
                     }
                 }
             })
             .await;
-            if let Err(err) = acks.flush(&channel).await {
+            let acked = async {
+                acks.flush(&channel).await?;
+                acks.ack_stragglers(&channel, Duration::ZERO).await
+            };
+            if let Err(err) = acked.await {
                 tracing::warn!(error = %err, "final ack failed; the broker will redeliver");
             }
             if drained.is_err() {
@@ -392,12 +411,22 @@ impl ConsumerWorker {
         let target = self.target.clone();
         let settler = self.settler.clone();
         let stats = self.stats.clone();
-        let tag = delivery.delivery_tag;
-        let acker = delivery.acker.clone();
-        let work = async move {
+        async move {
             let _in_flight = InFlightGuard::new(stats.clone());
             let started = std::time::Instant::now();
-            let outcome = target.deliver(&message).await;
+            // A target that panics gets a retry like any failure, so a
+            // poison message ends in the dead-letter queue after its
+            // attempts instead of spinning, and its tag is always settled.
+            let outcome = std::panic::AssertUnwindSafe(target.deliver(&message))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!("the delivery's handler panicked");
+                    DeliveryOutcome::Retry {
+                        reason: "the handler panicked".into(),
+                        retry_after: None,
+                    }
+                });
             stats.target_answered(started.elapsed());
             let settled = settler.settle(&delivery, &message, outcome).await;
             match settled {
@@ -406,23 +435,30 @@ impl ConsumerWorker {
                 Settled::DeadLettered => tracing::info!("dead-lettered"),
                 Settled::HandedBack => tracing::warn!("handed back to the queue"),
             }
-            settled
-        };
-        async move {
-            // A target that panics must not leave its tag unsettled: the
-            // ack window would stop at it and the consumer would stall.
-            let settled = match std::panic::AssertUnwindSafe(work).catch_unwind().await {
-                Ok(settled) => settled,
-                Err(_) => {
-                    tracing::error!("the delivery's handler panicked; handing it back");
-                    hand_back(&acker).await;
-                    Settled::HandedBack
-                }
-            };
-            (tag, settled)
+            (delivery.delivery_tag, settled)
         }
         .instrument(span)
     }
+}
+
+/// Records finished delivery tasks. A task that did not finish (it cannot
+/// panic: `handle` catches the target's panics) leaves its tag unsettled
+/// for good, so the session ends: closing the channel requeues it.
+fn settle_joined(
+    acks: &mut AckWindow,
+    joined: Vec<Result<(u64, Settled), tokio::task::JoinError>>,
+) -> Result<(), BrokerError> {
+    for done in joined {
+        match done {
+            Ok((tag, settled)) => acks.settled(tag, settled),
+            Err(err) => {
+                return Err(BrokerError::Unavailable(format!(
+                    "a delivery task failed: {err}"
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Counts a delivery as in flight until it is settled, or its task is
