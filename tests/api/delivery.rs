@@ -226,3 +226,56 @@ async fn a_consumer_works_on_up_to_prefetch_deliveries_at_once() {
     target.stop().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_delivery_does_not_hold_up_the_rest_of_the_prefetch_window() {
+    let app = spawn_app().await;
+    let api = Api::of(&app);
+    let target = TargetServer::start().await;
+    // The first request is held 8 s; every later one is answered at once.
+    target.script(
+        "/hook",
+        vec![Reply::ok().after(Duration::from_secs(8))],
+        Reply::ok(),
+    );
+    let queue = app.unique_queue("straggler");
+    api.create_queue(&queue).await;
+    let consumer = api
+        .create_http_consumer(&queue, &target.url("/hook"), json!({ "prefetch": 3 }))
+        .await;
+    api.wait_for_consumer(&consumer, Duration::from_secs(5), "running", is_running)
+        .await;
+
+    let messages = binary_messages("straggler", 13);
+    publish_confirmed(app.amqp_connection().await, &queue, &messages).await;
+    // With prefetch 3, the 12 quick ones only get through while the slow one
+    // is held if the ones settled behind it are acked on their own.
+    let view = api
+        .wait_for_consumer(&consumer, Duration::from_secs(6), "12 acked", |v| {
+            v["stats"]["acked"] == 12
+        })
+        .await;
+    assert_eq!(
+        view["stats"]["inFlight"], 1,
+        "the slow one is still held: {view}"
+    );
+    assert_eq!(target.in_flight(), 1);
+
+    let view = api
+        .wait_for_consumer(&consumer, Duration::from_secs(15), "13 acked", |v| {
+            v["stats"]["acked"] == 13
+        })
+        .await;
+    assert_eq!(view["stats"]["retried"], 0, "{view}");
+    wait_for_queue(
+        app.amqp_connection().await,
+        &queue,
+        Duration::from_secs(5),
+        "empty",
+        |m, _| m == 0,
+    )
+    .await;
+    assert_eq!(target.requests_to("/hook").len(), 13, "each message once");
+    target.stop().await;
+    app.cleanup().await;
+}

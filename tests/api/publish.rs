@@ -208,3 +208,36 @@ async fn concurrent_publishes_are_all_confirmed_and_all_arrive() {
     assert_eq!(ids, expected);
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_each_get_their_own_answer() {
+    // Routable and unroutable publishes interleaved: every 202 is a stored
+    // message and every 404 a dropped one, never the other way round.
+    let app = spawn_app().await;
+    let queue = app.unique_queue("mixed");
+    let missing = app.unique_queue("missing");
+    app.create_queue(&queue, json!({})).await;
+    let publishes = (0..200).map(|i| {
+        let target = if i % 2 == 0 { &queue } else { &missing };
+        let app = &app;
+        async move {
+            let response = app
+                .post_json(
+                    "/messagePublish",
+                    &json!({ "queueName": target, "message": { "i": i } }),
+                )
+                .await;
+            (i, response.status())
+        }
+    });
+    for (i, status) in join_all(publishes).await {
+        let expected = if i % 2 == 0 {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        assert_eq!(status, expected, "publish {i}");
+    }
+    assert_eq!(app.message_count(&queue).await, Some(100));
+    app.cleanup().await;
+}
