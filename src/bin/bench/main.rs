@@ -231,6 +231,9 @@ fn print_table(report: &Value) {
     row("latency", "max_ms", "publish-to-sink max ms");
     row("scale", "consumers", "consumers");
     row("scale", "create_all_s", "create all, s (< 10)");
+    row("scale", "create_p50_ms", "one create p50 ms");
+    row("scale", "create_p99_ms", "one create p99 ms");
+    row("scale", "create_max_ms", "one create max ms");
     row("scale", "rss_before_mib", "gateway RSS before, MiB");
     row("scale", "rss_after_mib", "gateway RSS after, MiB (< 100)");
     row("scale", "kib_per_consumer", "KiB per idle consumer");

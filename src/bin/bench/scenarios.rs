@@ -497,17 +497,21 @@ pub async fn scale(
     .await?;
     let rss_before = gateway.rss_mib();
     let started = Instant::now();
-    for_each_limited(queues.clone(), 16, |q| async move {
+    let took = for_each_limited(queues.clone(), 16, |q| async move {
+        let t = Instant::now();
         gateway
             .post(
                 "/createConsumer",
                 &json!({ "queueName": q, "prefetch": 10,
                          "target": { "type": "http", "url": sink.url } }),
             )
-            .await
+            .await?;
+        Ok(json!(t.elapsed().as_secs_f64() * 1000.0))
     })
     .await?;
     let create_all = started.elapsed();
+    let mut create_ms: Vec<f64> = took.iter().filter_map(Value::as_f64).collect();
+    create_ms.sort_by(|a, b| a.total_cmp(b));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let consumers = gateway.get("/getConsumers").await?;
@@ -538,6 +542,9 @@ pub async fn scale(
     Ok(json!({
         "consumers": n,
         "create_all_s": round(create_all.as_secs_f64()),
+        "create_p50_ms": round(percentile(&create_ms, 0.50)),
+        "create_p99_ms": round(percentile(&create_ms, 0.99)),
+        "create_max_ms": round(create_ms.last().copied().unwrap_or(0.0)),
         "rss_before_mib": round(rss_before),
         "rss_after_mib": round(rss_after),
         "kib_per_consumer": round((rss_after - rss_before) * 1024.0 / n as f64),
