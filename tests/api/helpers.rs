@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use lapin::message::BasicGetMessage;
 use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -340,35 +339,17 @@ impl TestApp {
 
     /// Whether the broker has this queue (passive declare).
     pub async fn queue_exists(&self, queue: &str) -> bool {
-        self.passive_queue(queue).await.is_some()
+        crate::support::queue_counts(self.amqp_connection().await, queue)
+            .await
+            .is_some()
     }
 
     /// How many messages the queue holds right now (passive declare);
     /// `None` when there is no such queue.
     pub async fn message_count(&self, queue: &str) -> Option<u32> {
-        self.passive_queue(queue).await.map(|q| q.message_count())
-    }
-
-    async fn passive_queue(&self, queue: &str) -> Option<lapin::Queue> {
-        let channel = self.amqp_channel().await;
-        let declared = channel
-            .queue_declare(
-                queue,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        match declared {
-            Ok(queue) => {
-                channel.close(200, "done").await.expect("channel closed");
-                Some(queue)
-            }
-            Err(err) if is_not_found(&err) => None,
-            Err(err) => panic!("passive declare of `{queue}` failed: {err}"),
-        }
+        crate::support::queue_counts(self.amqp_connection().await, queue)
+            .await
+            .map(|(messages, _)| messages)
     }
 
     /// Whether the broker has this exchange (passive declare).
@@ -559,7 +540,7 @@ async fn connect_amqp(url: &str) -> Connection {
         .expect("the tests reach the broker")
 }
 
-fn is_not_found(err: &lapin::Error) -> bool {
+pub fn is_not_found(err: &lapin::Error) -> bool {
     use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
     matches!(
         err,

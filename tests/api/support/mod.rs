@@ -285,7 +285,8 @@ pub async fn queue_counts(connection: &Connection, queue: &str) -> Option<(u32, 
             let _ = channel.close(200, "done").await;
             Some((q.message_count(), q.consumer_count()))
         }
-        Err(_) => None,
+        Err(err) if crate::helpers::is_not_found(&err) => None,
+        Err(err) => panic!("passive declare of `{queue}` failed: {err}"),
     }
 }
 
