@@ -220,27 +220,23 @@ async fn credentials_are_judged_before_the_body_is_read() {
     let app = spawn_app().await;
     let wrong = basic_auth(&app.admin_user, "not-the-password");
     let viewer = bearer(&app.create_api_key("viewer").await);
+    let cases = [
+        (&wrong, StatusCode::UNAUTHORIZED, "unauthorized"),
+        (&viewer, StatusCode::FORBIDDEN, "forbidden"),
+    ];
     for (content_type, body) in [("text/plain", "x"), ("application/json", "{not json")] {
-        let response = app
-            .http
-            .post(app.url("/createQueue"))
-            .header(reqwest::header::AUTHORIZATION, &wrong)
-            .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(body)
-            .send()
-            .await
-            .expect("sent");
-        assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
-        let response = app
-            .http
-            .post(app.url("/createQueue"))
-            .header(reqwest::header::AUTHORIZATION, &viewer)
-            .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(body)
-            .send()
-            .await
-            .expect("sent");
-        assert_error(response, StatusCode::FORBIDDEN, "forbidden").await;
+        for (auth, status, code) in &cases {
+            let response = app
+                .http
+                .post(app.url("/createQueue"))
+                .header(reqwest::header::AUTHORIZATION, auth.as_str())
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body)
+                .send()
+                .await
+                .expect("sent");
+            assert_error(response, *status, code).await;
+        }
     }
     // Public routes do not care about a wrong Authorization header.
     let health = app

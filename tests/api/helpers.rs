@@ -13,6 +13,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::support::env_or;
 use base64::Engine;
 use lapin::message::BasicGetMessage;
 use lapin::options::{
@@ -30,7 +31,7 @@ use workerrmq::startup::Application;
 const DEFAULT_MANAGEMENT_URL: &str = "http://127.0.0.1:15672";
 const DEFAULT_MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
 /// Databases `cleanup` may drop start with it.
-const TEST_DB_PREFIX: &str = "test_";
+pub(crate) const TEST_DB_PREFIX: &str = "test_";
 
 /// Variables a developer or CI may point at other servers; everything else
 /// the tests set themselves so a local `.env` cannot change what they see.
@@ -427,27 +428,16 @@ impl TestApp {
 impl Drop for TestApp {
     /// A test that failed before `cleanup` still leaves nothing behind.
     fn drop(&mut self) {
-        if self.cleaned_up {
-            return;
-        }
-        let plan = self.cleanup_plan();
-        let outcome = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(plan.run())
-        })
-        .join();
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => eprintln!("cleanup after a failed test failed: {err}"),
-            Err(_) => eprintln!("cleanup after a failed test panicked"),
+        if !self.cleaned_up {
+            self.cleanup_plan().run_detached();
         }
     }
 }
 
-struct CleanupPlan {
+/// What a test leaves on the broker and in the store, and how to remove it:
+/// the queues (with their `.dlq`) and exchanges it named, everything else
+/// under its prefix, and its database.
+pub(crate) struct CleanupPlan {
     prefix: String,
     queues: BTreeSet<String>,
     exchanges: BTreeSet<String>,
@@ -458,7 +448,43 @@ struct CleanupPlan {
 }
 
 impl CleanupPlan {
-    async fn run(self) -> Result<(), String> {
+    /// Everything under `prefix`, and the database `db_name`.
+    pub(crate) fn under_prefix(
+        prefix: String,
+        amqp_url: String,
+        mongodb_uri: String,
+        db_name: String,
+    ) -> Self {
+        CleanupPlan {
+            prefix,
+            queues: BTreeSet::new(),
+            exchanges: BTreeSet::new(),
+            amqp_url,
+            vhost_path: crate::support::VHOST_PATH.to_owned(),
+            mongodb_uri,
+            db_name,
+        }
+    }
+
+    /// For `Drop`, which cannot await: runs on a runtime of its own and
+    /// reports a failure instead of panicking.
+    pub(crate) fn run_detached(self) {
+        let outcome = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(self.run())
+        })
+        .join();
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => eprintln!("cleanup after a failed test failed: {err}"),
+            Err(_) => eprintln!("cleanup after a failed test panicked"),
+        }
+    }
+
+    pub(crate) async fn run(self) -> Result<(), String> {
         // What the test registered, its companions, and whatever else the
         // broker holds under the test's prefix (retry queues, …).
         let http = reqwest::Client::builder()
@@ -521,14 +547,7 @@ impl CleanupPlan {
     }
 }
 
-fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-fn connection_properties() -> ConnectionProperties {
+pub(crate) fn connection_properties() -> ConnectionProperties {
     ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio)

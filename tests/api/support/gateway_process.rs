@@ -12,12 +12,11 @@ use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use lapin::options::QueueDeleteOptions;
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use tokio::sync::OnceCell;
 
-use super::{env_or, management_client, management_queue_names, Api};
-use crate::helpers::basic_auth;
+use super::{env_or, Api};
+use crate::helpers::{basic_auth, connection_properties, CleanupPlan, TEST_DB_PREFIX};
 
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const DEFAULT_MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
@@ -60,7 +59,7 @@ impl Deployment {
         let id = uuid::Uuid::new_v4().simple().to_string();
         Deployment {
             prefix: format!("p{id}_"),
-            db_name: format!("ptest_{id}"),
+            db_name: format!("{TEST_DB_PREFIX}p{id}"),
             admin_password: uuid::Uuid::new_v4().simple().to_string(),
             amqp_url: env_or("AMQP_URL", DEFAULT_AMQP_URL),
             mongodb_uri: env_or("MONGODB_URI", DEFAULT_MONGODB_URI),
@@ -148,72 +147,20 @@ impl Deployment {
     }
 
     fn plan(&self) -> CleanupPlan {
-        CleanupPlan {
-            prefix: self.prefix.clone(),
-            db_name: self.db_name.clone(),
-            amqp_url: self.amqp_url.clone(),
-            mongodb_uri: self.mongodb_uri.clone(),
-        }
+        CleanupPlan::under_prefix(
+            self.prefix.clone(),
+            self.amqp_url.clone(),
+            self.mongodb_uri.clone(),
+            self.db_name.clone(),
+        )
     }
 }
 
 impl Drop for Deployment {
     fn drop(&mut self) {
-        if self.cleaned_up {
-            return;
+        if !self.cleaned_up {
+            self.plan().run_detached();
         }
-        let plan = self.plan();
-        let outcome = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?
-                .block_on(plan.run())
-        })
-        .join();
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => eprintln!("cleanup after a failed test failed: {err}"),
-            Err(_) => eprintln!("cleanup after a failed test panicked"),
-        }
-    }
-}
-
-struct CleanupPlan {
-    prefix: String,
-    db_name: String,
-    amqp_url: String,
-    mongodb_uri: String,
-}
-
-impl CleanupPlan {
-    async fn run(self) -> Result<(), String> {
-        let names: Vec<String> = management_queue_names(&management_client())
-            .await
-            .into_iter()
-            .filter(|n| n.starts_with(&self.prefix))
-            .collect();
-        let connection = Connection::connect(&self.amqp_url, connection_properties())
-            .await
-            .map_err(|e| format!("cannot connect to the broker: {e}"))?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| e.to_string())?;
-        for name in &names {
-            channel
-                .queue_delete(name, QueueDeleteOptions::default())
-                .await
-                .map_err(|e| format!("cannot delete queue `{name}`: {e}"))?;
-        }
-        let _ = connection.close(200, "cleanup done").await;
-        mongodb::Client::with_uri_str(&self.mongodb_uri)
-            .await
-            .map_err(|e| format!("cannot reach the store: {e}"))?
-            .database(&self.db_name)
-            .drop()
-            .await
-            .map_err(|e| format!("cannot drop `{}`: {e}", self.db_name))
     }
 }
 
@@ -294,10 +241,4 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
-}
-
-fn connection_properties() -> ConnectionProperties {
-    ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio)
 }

@@ -347,17 +347,6 @@ pub async fn management_get(http: &reqwest::Client, path: &str) -> Value {
     response.json().await.expect("management API JSON")
 }
 
-/// The names of the vhost's queues.
-pub async fn management_queue_names(http: &reqwest::Client) -> Vec<String> {
-    match management_get(http, &format!("/api/queues/{VHOST_PATH}?columns=name")).await {
-        Value::Array(rows) => rows
-            .iter()
-            .filter_map(|r| r["name"].as_str().map(str::to_owned))
-            .collect(),
-        other => panic!("/api/queues: not a list: {other}"),
-    }
-}
-
 /// The broker's name (`"127.0.0.1:x -> 127.0.0.1:5672"`) of the connection
 /// whose client-provided name is `client_name`, if it is open.
 pub async fn connection_named(http: &reqwest::Client, client_name: &str) -> Option<String> {
