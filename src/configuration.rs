@@ -52,6 +52,17 @@ pub struct Settings {
     pub builtin_queue_prefix: String,
     /// `SCRAPE_TIMEOUT_MS`: how long the scrape handler gives one URL.
     pub scrape_timeout: std::time::Duration,
+    /// `SCRAPE_JOB_TIMEOUT_MS`: how long one scrape job may run in all; past
+    /// it the job completes with what it has.
+    pub scrape_job_timeout: std::time::Duration,
+    /// `FORWARD_DENY_PRIVATE`: apply the scrape handler's address guard to
+    /// consumer targets too.
+    pub forward_deny_private: bool,
+    /// `MAX_HEADER_BYTES`: total encoded message headers `/messagePublish`
+    /// accepts.
+    pub max_header_bytes: usize,
+    /// `MAX_CONSUMERS`: consumers this gateway runs; beyond it, 409.
+    pub max_consumers: usize,
     /// Names this process in its AMQP connection, so replicas can be told
     /// apart in `/getConnections`.
     pub instance_id: String,
@@ -149,34 +160,12 @@ impl Settings {
             }
         };
 
-        let builtin_consumers = match or("BUILTIN_CONSUMERS", "true")
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "true" | "1" | "yes" => true,
-            "false" | "0" | "no" => false,
-            other => {
-                return Err(problem(
-                    "BUILTIN_CONSUMERS",
-                    format!("`{other}` is neither true nor false"),
-                ))
-            }
-        };
-
-        let scrape_timeout_ms = match var("SCRAPE_TIMEOUT_MS") {
-            None => 10_000,
-            Some(raw) => raw
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|ms| (1..=300_000).contains(ms))
-                .ok_or_else(|| {
-                    problem(
-                        "SCRAPE_TIMEOUT_MS",
-                        format!("`{raw}` is not a number of milliseconds between 1 and 300000"),
-                    )
-                })?,
-        };
+        let builtin_consumers = boolean(&var, "BUILTIN_CONSUMERS", true)?;
+        let scrape_timeout_ms = number(&var, "SCRAPE_TIMEOUT_MS", 10_000, 1..=300_000)?;
+        let scrape_job_timeout_ms = number(&var, "SCRAPE_JOB_TIMEOUT_MS", 300_000, 1..=86_400_000)?;
+        let forward_deny_private = boolean(&var, "FORWARD_DENY_PRIVATE", false)?;
+        let max_header_bytes = number(&var, "MAX_HEADER_BYTES", 65_536, 1..=1_048_576)?;
+        let max_consumers = number(&var, "MAX_CONSUMERS", 5_000, 1..=1_000_000)?;
 
         let instance_id = var("INSTANCE_ID").unwrap_or_else(|| {
             let short = uuid::Uuid::new_v4().simple().to_string();
@@ -216,8 +205,55 @@ impl Settings {
             builtin_consumers,
             builtin_queue_prefix: var("BUILTIN_QUEUE_PREFIX").unwrap_or_default(),
             scrape_timeout: std::time::Duration::from_millis(scrape_timeout_ms),
+            scrape_job_timeout: std::time::Duration::from_millis(scrape_job_timeout_ms),
+            forward_deny_private,
+            max_header_bytes: max_header_bytes as usize,
+            max_consumers: max_consumers as usize,
             instance_id,
         })
+    }
+}
+
+/// An integer variable within `range`, `default` when unset.
+fn number(
+    var: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let Some(raw) = var(variable) else {
+        return Ok(default);
+    };
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            problem(
+                variable,
+                format!(
+                    "`{raw}` is not a whole number between {} and {}",
+                    range.start(),
+                    range.end()
+                ),
+            )
+        })
+}
+
+/// A true/false variable, `default` when unset.
+fn boolean(
+    var: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match var(variable).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => Ok(true),
+        Some(v) if matches!(v.as_str(), "false" | "0" | "no") => Ok(false),
+        Some(other) => Err(problem(
+            variable,
+            format!("`{other}` is neither true nor false"),
+        )),
     }
 }
 

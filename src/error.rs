@@ -105,6 +105,12 @@ impl From<ManagementError> for ApiError {
     }
 }
 
+impl From<services::FieldError> for ApiError {
+    fn from(err: services::FieldError) -> Self {
+        ApiError::BadRequest(err.to_string())
+    }
+}
+
 impl From<gateway::NameError> for ApiError {
     fn from(err: gateway::NameError) -> Self {
         ApiError::BadRequest(err.to_string())

@@ -8,6 +8,7 @@ pub mod forwarder;
 pub mod management;
 pub mod store;
 pub mod targets;
+pub mod validation;
 
 pub use builtin::{BuiltinHandlers, ScrapeSettings};
 pub use consumers::{
@@ -17,3 +18,4 @@ pub use forwarder::HttpForwarder;
 pub use management::{ConnectionInfo, ManagementClient, ManagementError, QueueRow};
 pub use store::{ApiKeyRecord, Credential, Role, Store, StoreError};
 pub use targets::{BuiltinHandler, HttpTarget, SigningSecret, TargetSpec, TargetUrl};
+pub use validation::FieldError;

@@ -1,19 +1,24 @@
 //! Black-box tests of the HTTP API: the real application on a random port,
 //! the real RabbitMQ and a real MongoDB-wire server.
 
+mod amqp_connections;
 mod api_keys;
 mod auth;
 mod bad_input;
 mod builtin;
 mod connections;
 mod consumer_api;
+mod credentials;
 mod delivery;
 mod exchanges;
 mod health;
 mod helpers;
+mod least_privilege;
 mod metrics;
+mod network_guard;
 mod not_found;
 mod publish;
+mod publish_limits;
 mod queues;
 mod resilience;
 mod retries;

@@ -1,0 +1,1 @@
+//! Size limits and bounded broker state: message headers, retry-delay ladder, consumer cap.
