@@ -170,6 +170,19 @@ impl Topology {
     /// nothing; with other arguments the broker refuses (`Conflict`).
     pub async fn declare_queue(&self, spec: &QueueSpec) -> Result<DeclareOutcome, BrokerError> {
         let existed = self.queue_counts(spec.name.as_str()).await?.is_some();
+        self.ensure_queue(spec).await?;
+        Ok(if existed {
+            DeclareOutcome::AlreadyExisted
+        } else {
+            DeclareOutcome::Created
+        })
+    }
+
+    /// `declare_queue` without asking first whether the queue exists. That
+    /// question is a passive declare, which the broker answers for a missing
+    /// queue by closing the channel, and lapin logs every such close at
+    /// ERROR: callers that need no `DeclareOutcome` (start-up) use this.
+    pub async fn ensure_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
         let spec = spec.clone();
         self.on_fresh_channel(|ch| async move {
             ch.queue_declare(
@@ -186,12 +199,7 @@ impl Topology {
             }
             Ok(())
         })
-        .await?;
-        Ok(if existed {
-            DeclareOutcome::AlreadyExisted
-        } else {
-            DeclareOutcome::Created
-        })
+        .await
     }
 
     /// Declares `<queue>.dlq` as `/createQueue` does, for consumers on

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::{
-    BrokerError, DeclareOutcome, QueueName, QueueSpec, QueueType, RetryPolicy, Topology,
+    BrokerError, QueueName, QueueSpec, QueueType, RetryPolicy, Topology,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -110,12 +110,13 @@ impl BuiltinSetup {
             max_length: None,
             dead_letter: true,
         };
-        match self.topology.declare_queue(&spec).await {
-            Ok(DeclareOutcome::Created) => {
-                tracing::info!(%queue, "built-in queue created");
+        // No "does it exist?" first: that is a passive declare, which fails
+        // on a fresh broker and lapin logs the failure at ERROR.
+        match self.topology.ensure_queue(&spec).await {
+            Ok(()) => {
+                tracing::info!(%queue, "built-in queue declared");
                 Ok(())
             }
-            Ok(DeclareOutcome::AlreadyExisted) => Ok(()),
             // Someone made it with other arguments: use it as it is.
             Err(BrokerError::Conflict(reason)) => {
                 tracing::warn!(%queue, %reason, "built-in queue exists with other arguments; consuming from it as it is");
