@@ -64,6 +64,12 @@ impl ResponseError for ApiError {
     }
 }
 
+/// What a caller reads when the broker is down: what, never where. The
+/// broker's own text (hosts, ports, driver messages) goes to the log.
+const BROKER_DOWN: &str =
+    "the message broker is unavailable; the gateway is reconnecting, try again shortly";
+const STORE_DOWN: &str = "the store does not answer; try again shortly";
+
 impl From<BrokerError> for ApiError {
     fn from(err: BrokerError) -> Self {
         match err {
@@ -72,9 +78,11 @@ impl From<BrokerError> for ApiError {
                 "the broker refused because it conflicts with what exists: {m}"
             )),
             BrokerError::Refused(m) => ApiError::BadRequest(format!("the broker refused: {m}")),
-            e @ (BrokerError::Unavailable(_) | BrokerError::Nacked) => {
-                ApiError::BrokerUnavailable(e.to_string())
+            BrokerError::Unavailable(detail) => {
+                tracing::warn!(%detail, "broker unavailable");
+                ApiError::BrokerUnavailable(BROKER_DOWN.into())
             }
+            e @ BrokerError::Nacked => ApiError::BrokerUnavailable(e.to_string()),
         }
     }
 }
@@ -82,8 +90,9 @@ impl From<BrokerError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Unavailable(m) => {
-                ApiError::StoreUnavailable(format!("the store is unavailable: {m}"))
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "store unavailable");
+                ApiError::StoreUnavailable(STORE_DOWN.into())
             }
             StoreError::Duplicate(m) => ApiError::Conflict(m),
         }
@@ -101,7 +110,22 @@ impl From<services::RegistryError> for ApiError {
 
 impl From<ManagementError> for ApiError {
     fn from(err: ManagementError) -> Self {
-        ApiError::BrokerUnavailable(err.to_string())
+        tracing::warn!(error = %err, "RabbitMQ management API unavailable");
+        let message = match err {
+            ManagementError::Unreachable { .. } => {
+                "the broker's management API does not answer; try again shortly"
+            }
+            ManagementError::Refused { .. } => {
+                "the broker's management API refuses the gateway's credentials"
+            }
+            ManagementError::Status { .. } | ManagementError::Unreadable { .. } => {
+                "the broker's management API gave no usable answer; try again shortly"
+            }
+            ManagementError::BadBaseUrl => {
+                "the broker's management API address is misconfigured on this gateway"
+            }
+        };
+        ApiError::BrokerUnavailable(message.into())
     }
 }
 

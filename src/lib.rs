@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
+pub mod redact;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -92,7 +92,7 @@ impl Application {
             http,
             settings.management_url.clone(),
             settings.management_user.clone(),
-            settings.management_password.expose().to_owned(),
+            settings.management_password.expose().into(),
             settings.vhost.clone(),
         );
 

@@ -4,18 +4,58 @@
 use std::collections::BTreeMap;
 
 use gateway::QueueName;
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+/// Why the management API gave no usable answer. The variants say what
+/// went wrong, for the HTTP layer to put in words; the detail is for logs
+/// and never carries the URL (reqwest's own text would).
 #[derive(Debug, thiserror::Error)]
 pub enum ManagementError {
-    #[error("the RabbitMQ management API is unavailable: {0}")]
-    Unavailable(String),
+    /// No answer: connection refused, timeout, DNS.
+    #[error("the RabbitMQ management API does not answer: {detail}")]
+    Unreachable { detail: String },
+    /// It refused the gateway's credentials (401 / 403).
+    #[error("the RabbitMQ management API refused the gateway's credentials ({status})")]
+    Refused { status: StatusCode },
+    /// Any other non-2xx status.
+    #[error("the RabbitMQ management API answered {status}")]
+    Status { status: StatusCode },
+    /// A 2xx whose body is not what the API documents.
+    #[error("the RabbitMQ management API answered something unreadable: {detail}")]
+    Unreadable { detail: String },
+    /// `RABBITMQ_MANAGEMENT_URL` cannot take path segments (`mailto:`...).
+    #[error("RABBITMQ_MANAGEMENT_URL cannot be a base URL")]
+    BadBaseUrl,
 }
 
 impl From<reqwest::Error> for ManagementError {
     fn from(err: reqwest::Error) -> Self {
-        ManagementError::Unavailable(err.to_string())
+        let err = err.without_url();
+        if err.is_decode() {
+            ManagementError::Unreadable {
+                detail: err.to_string(),
+            }
+        } else {
+            ManagementError::Unreachable {
+                detail: error_chain(&err),
+            }
+        }
     }
+}
+
+/// reqwest's top-level text is "error sending request"; the cause (refused,
+/// timed out) is further down the chain.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[derive(Clone)]
@@ -23,8 +63,19 @@ pub struct ManagementClient {
     http: reqwest::Client,
     base: url::Url,
     user: String,
-    password: String,
+    password: SecretString,
     vhost: String,
+}
+
+impl std::fmt::Debug for ManagementClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagementClient")
+            .field("base", &self.base.as_str())
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("vhost", &self.vhost)
+            .finish()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,7 +156,7 @@ impl ManagementClient {
         http: reqwest::Client,
         base: url::Url,
         user: String,
-        password: String,
+        password: SecretString,
         vhost: String,
     ) -> Self {
         Self {
@@ -120,9 +171,7 @@ impl ManagementClient {
     fn url(&self, segments: &[&str]) -> Result<url::Url, ManagementError> {
         let mut url = self.base.clone();
         url.path_segments_mut()
-            .map_err(|_| {
-                ManagementError::Unavailable("RABBITMQ_MANAGEMENT_URL cannot be a base".into())
-            })?
+            .map_err(|_| ManagementError::BadBaseUrl)?
             .pop_if_empty()
             .extend(segments);
         Ok(url)
@@ -135,15 +184,15 @@ impl ManagementClient {
         let response = self
             .http
             .get(self.url(segments)?)
-            .basic_auth(&self.user, Some(&self.password))
+            .basic_auth(&self.user, Some(self.password.expose_secret()))
             .send()
             .await?;
         let status = response.status();
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(ManagementError::Refused { status });
+        }
         if !status.is_success() {
-            return Err(ManagementError::Unavailable(format!(
-                "{} answered {status}",
-                self.base
-            )));
+            return Err(ManagementError::Status { status });
         }
         Ok(response.json().await?)
     }
@@ -241,6 +290,20 @@ mod tests {
             durable: true,
             queue_type: Some("classic".into()),
         }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_password() {
+        let client = ManagementClient::new(
+            reqwest::Client::new(),
+            url::Url::parse("http://127.0.0.1:15672").unwrap(),
+            "guest".into(),
+            "s3cret-password".into(),
+            "/".into(),
+        );
+        let printed = format!("{client:?}");
+        assert!(!printed.contains("s3cret-password"), "{printed}");
+        assert!(printed.contains("guest"), "{printed}");
     }
 
     #[test]

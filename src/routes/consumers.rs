@@ -8,11 +8,14 @@ use gateway::{ConsumerId, QueueName, RetryPolicy};
 use middlewares::{Admin, Viewer};
 use serde::Deserialize;
 use serde_json::json;
-use services::{BuiltinHandler, ConsumerDefinition, HttpTarget, SigningSecret, TargetSpec};
+use services::{
+    BuiltinHandler, ConsumerDefinition, ConsumerView, HttpTarget, Role, SigningSecret, TargetSpec,
+};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::extract::Json;
+use crate::redact;
 use crate::state::AppState;
 
 const DEFAULT_PREFETCH: u16 = 10;
@@ -105,7 +108,7 @@ fn parse_definition(
                 http.timeout_ms,
                 allowed,
             )
-            .map_err(|m| ApiError::BadRequest(format!("field `{m}")))?,
+            .map_err(ApiError::BadRequest)?,
         ),
         Some(TargetRequest::Builtin(builtin)) => TargetSpec::Builtin {
             handler: builtin.handler,
@@ -138,7 +141,7 @@ fn parse_definition(
         .map(|raw| {
             SigningSecret::parse(&raw)
                 .map(|s| s.expose().to_owned())
-                .map_err(|m| ApiError::BadRequest(format!("field `{m}")))
+                .map_err(ApiError::BadRequest)
         })
         .transpose()?;
     Ok(ConsumerDefinition {
@@ -184,14 +187,30 @@ pub async fn create_consumer(
     })))
 }
 
+/// Admins see targets as stored; everyone else with their secrets masked.
+fn as_seen_by(caller: &Viewer, view: ConsumerView) -> ConsumerView {
+    if caller.principal.role.allows(Role::Admin) {
+        view
+    } else {
+        redact::consumer_for_viewer(view)
+    }
+}
+
 #[utoipa::path(get, path = "/getConsumers", tag = "consumers",
     security(("basic" = []), ("bearer" = [])),
-    responses((status = 200, description = "Every registered consumer with this gateway's live stats")))]
+    responses((status = 200, description = "Every registered consumer with this gateway's live stats; below admin, target query values and header values read `***`")))]
 pub async fn get_consumers(
-    _: Viewer,
+    caller: Viewer,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.registry.list().await?))
+    let views: Vec<ConsumerView> = state
+        .registry
+        .list()
+        .await?
+        .into_iter()
+        .map(|view| as_seen_by(&caller, view))
+        .collect();
+    Ok(HttpResponse::Ok().json(views))
 }
 
 #[utoipa::path(get, path = "/getConsumer/{consumerId}", tag = "consumers",
@@ -199,7 +218,7 @@ pub async fn get_consumers(
     params(("consumerId" = String, Path)),
     responses((status = 200), (status = 404, body = crate::openapi::ErrorBodySchema)))]
 pub async fn get_consumer(
-    _: Viewer,
+    caller: Viewer,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -207,7 +226,7 @@ pub async fn get_consumer(
     let not_found = || ApiError::NotFound(format!("no consumer with id `{raw}`"));
     let id = ConsumerId::parse(&raw).ok_or_else(not_found)?;
     let view = state.registry.get(&id).await?.ok_or_else(not_found)?;
-    Ok(HttpResponse::Ok().json(view))
+    Ok(HttpResponse::Ok().json(as_seen_by(&caller, view)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -5,6 +5,7 @@ use gateway::{DeadLetter, QueueName};
 use middlewares::{Admin, Viewer};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use services::Role;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
@@ -33,10 +34,10 @@ fn payload_value(letter: &DeadLetter) -> Value {
     security(("basic" = []), ("bearer" = [])),
     params(("queueName" = String, Path), PeekQuery),
     responses(
-        (status = 200, description = "Oldest first; the messages stay in the dead-letter queue"),
+        (status = 200, description = "Oldest first; the messages stay in the dead-letter queue. `payload` only for the admin and publisher roles"),
         (status = 404, body = crate::openapi::ErrorBodySchema)))]
 pub async fn get_dead_letters(
-    _: Viewer,
+    caller: Viewer,
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: web::Query<PeekQuery>,
@@ -49,17 +50,23 @@ pub async fn get_dead_letters(
         )));
     }
     let letters = state.dead_letters.peek(&queue, limit).await?;
+    // Payloads are what the messages are about (personal data, in the
+    // seed's queues); viewers watch the gateway, so they get the metadata.
+    let with_payload = caller.principal.role.allows(Role::Publisher);
     let rows: Vec<Value> = letters
         .iter()
         .map(|l| {
-            json!({
+            let mut row = json!({
                 "messageId": l.message_id,
                 "attempts": l.attempts,
                 "lastError": l.last_error,
                 "deadLetteredAt": l.dead_lettered_at,
                 "contentType": l.content_type,
-                "payload": payload_value(l),
-            })
+            });
+            if with_payload {
+                row["payload"] = payload_value(l);
+            }
+            row
         })
         .collect();
     Ok(HttpResponse::Ok().json(rows))

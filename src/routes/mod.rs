@@ -63,5 +63,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/jobs/scrape", web::post().to(seeds::create_scrape_job))
         .route("/jobs/{jobId}", web::get().to(seeds::get_job))
         .route("/openapi.json", web::get().to(docs::openapi_json))
-        .route("/docs", web::get().to(docs::docs_page));
+        .route("/docs", web::get().to(docs::docs_page))
+        .route(&docs::redoc_path(), web::get().to(docs::redoc_js));
 }

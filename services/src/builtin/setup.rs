@@ -11,9 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway::{
-    BrokerError, QueueName, QueueSpec, QueueType, RetryPolicy, Topology,
-};
+use gateway::{BrokerError, QueueName, QueueSpec, QueueType, RetryPolicy, Topology};
 use tokio_util::sync::CancellationToken;
 
 use super::queue_name;
