@@ -1,20 +1,18 @@
 //! What callers below admin may see of a consumer's target. Target URLs
-//! and headers often carry credentials (`?token=`, `Authorization`); a
-//! viewer needs to know where messages go, not how to send them there too.
+//! often carry credentials (`?token=`, `?sig=`); a viewer needs to know
+//! where messages go, not how to send them there too. (Target header
+//! values are masked for everyone, by the registry's view.)
 
 use services::{ConsumerView, TargetSpec};
 
 /// What replaces every hidden value.
 pub const MASK: &str = "***";
 
-/// The view with the target's secrets masked: URL query values, userinfo
-/// and fragment, and every target header value.
+/// The view with the target URL's query values, userinfo and fragment
+/// masked.
 pub fn consumer_for_viewer(mut view: ConsumerView) -> ConsumerView {
     if let TargetSpec::Http(target) = &mut view.target {
         target.url = masked_url(&target.url);
-        for value in target.headers.values_mut() {
-            *value = MASK.to_owned();
-        }
     }
     view
 }

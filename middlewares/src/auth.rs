@@ -27,7 +27,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::HttpMessage;
-use services::{Role, Store, StoreError};
+use services::{Role, Store};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
@@ -51,8 +51,9 @@ pub enum AuthError {
     Invalid,
     #[error("this needs the `{required:?}` role; these credentials have `{actual:?}`")]
     Forbidden { required: Role, actual: Role },
-    #[error("cannot check credentials: {0}")]
-    StoreUnavailable(String),
+    /// The detail went to the log; the caller learns only what is down.
+    #[error("cannot check credentials: the credential store is unavailable; try again shortly")]
+    StoreUnavailable,
 }
 
 impl ResponseError for AuthError {
@@ -60,7 +61,7 @@ impl ResponseError for AuthError {
         match self {
             AuthError::Missing | AuthError::Invalid => StatusCode::UNAUTHORIZED,
             AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            AuthError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AuthError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -68,7 +69,7 @@ impl ResponseError for AuthError {
         let code = match self {
             AuthError::Missing | AuthError::Invalid => "unauthorized",
             AuthError::Forbidden { .. } => "forbidden",
-            AuthError::StoreUnavailable(_) => "store_unavailable",
+            AuthError::StoreUnavailable => "store_unavailable",
         };
         let mut response = error_response(self.status_code(), code, &self.to_string());
         if self.status_code() == StatusCode::UNAUTHORIZED {
@@ -151,8 +152,9 @@ impl Authenticator {
         } else {
             return Err(AuthError::Invalid);
         };
-        let credential = credential.map_err(|e| match e {
-            StoreError::Unavailable(m) | StoreError::Duplicate(m) => AuthError::StoreUnavailable(m),
+        let credential = credential.map_err(|e| {
+            tracing::warn!(error = %e, "cannot check credentials");
+            AuthError::StoreUnavailable
         })?;
         // An unknown name still costs one bcrypt run, so response times do
         // not tell which names exist.
@@ -242,9 +244,10 @@ pub async fn authenticate(
             req.app_data::<web::Data<Authenticator>>().cloned(),
         ) {
             (Err(_), _) => Err(AuthError::Invalid),
-            (Ok(_), None) => Err(AuthError::StoreUnavailable(
-                "the authenticator is not configured".into(),
-            )),
+            (Ok(_), None) => {
+                tracing::warn!("the authenticator is not configured");
+                Err(AuthError::StoreUnavailable)
+            }
             (Ok(value), Some(authenticator)) => {
                 let value = value.to_owned();
                 authenticator.authenticate(Some(&value)).await

@@ -198,7 +198,7 @@ fn as_seen_by(caller: &Viewer, view: ConsumerView) -> ConsumerView {
 
 #[utoipa::path(get, path = "/getConsumers", tag = "consumers",
     security(("basic" = []), ("bearer" = [])),
-    responses((status = 200, description = "Every registered consumer with this gateway's live stats; below admin, target query values and header values read `***`")))]
+    responses((status = 200, description = "Every registered consumer with this gateway's live stats; below admin, target URL query values read `***`")))]
 pub async fn get_consumers(
     caller: Viewer,
     state: web::Data<AppState>,

@@ -8,6 +8,7 @@
 //! before its gateways, so it drops after them) deletes the queues under its
 //! prefix and drops its database.
 
+use std::fs::File;
 use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -92,6 +93,17 @@ impl Deployment {
     /// Starts the gateway binary with this deployment's store and the given
     /// instance id, and waits until `/ready` answers 200.
     pub async fn start_gateway(&self, instance_id: &str) -> GatewayProcess {
+        self.start_gateway_with(instance_id, &[], None).await
+    }
+
+    /// `start_gateway` with `vars` set over the defaults, and the child's
+    /// stdout and stderr written to `output` instead of the test's own.
+    pub async fn start_gateway_with(
+        &self,
+        instance_id: &str,
+        vars: &[(&str, &str)],
+        output: Option<&File>,
+    ) -> GatewayProcess {
         let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_workerrmq"));
         // Not the workspace: its `.env` must not reach the child.
@@ -120,9 +132,14 @@ impl Deployment {
             .env("BUILTIN_QUEUE_PREFIX", &self.prefix)
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", env_or("GATEWAY_LOG", "warn"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit());
+            .envs(vars.iter().copied())
+            .stdin(Stdio::null());
+        match output {
+            Some(file) => command
+                .stdout(file.try_clone().expect("the output file"))
+                .stderr(file.try_clone().expect("the output file")),
+            None => command.stdout(Stdio::inherit()).stderr(Stdio::inherit()),
+        };
         let child = command.spawn().expect("the gateway binary starts");
         let mut gateway = GatewayProcess {
             child,
