@@ -172,6 +172,16 @@ async fn a_store_outage_is_named_without_its_address() {
     app.cleanup().await;
 }
 
+/// The header's value as text; empty when absent.
+fn header_of(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_load_redoc_from_the_gateway_itself_without_credentials() {
     let app = spawn_app().await;
@@ -180,12 +190,7 @@ async fn docs_load_redoc_from_the_gateway_itself_without_credentials() {
         .request_anonymous(reqwest::Method::GET, "/docs", None)
         .await;
     assert_eq!(page.status(), StatusCode::OK);
-    let csp = page
-        .headers()
-        .get("content-security-policy")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let csp = header_of(&page, "content-security-policy");
     assert!(csp.contains("script-src 'self'"), "CSP: {csp:?}");
     assert!(csp.contains("default-src 'none'"), "CSP: {csp:?}");
     let html = page.text().await.expect("the page");
@@ -209,12 +214,7 @@ async fn docs_load_redoc_from_the_gateway_itself_without_credentials() {
         .await
         .expect("the asset is fetched");
     assert_eq!(response.status(), StatusCode::OK, "{asset}");
-    let cache = response
-        .headers()
-        .get("cache-control")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let cache = header_of(&response, "cache-control");
     assert!(cache.contains("max-age=31536000"), "{cache:?}");
     let bundle = response.text().await.expect("the bundle");
     assert!(bundle.len() > 100_000, "{} bytes", bundle.len());
