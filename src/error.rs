@@ -11,6 +11,8 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
@@ -30,6 +32,7 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -45,6 +48,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -104,6 +108,20 @@ impl From<services::RegistryError> for ApiError {
         match err {
             services::RegistryError::Store(e) => e.into(),
             services::RegistryError::Invalid(m) => ApiError::BadRequest(m),
+        }
+    }
+}
+
+impl From<services::CappedCreateError> for ApiError {
+    fn from(err: services::CappedCreateError) -> Self {
+        match err {
+            services::CappedCreateError::AtCapacity { limit, registered } => {
+                ApiError::Conflict(format!(
+                    "this gateway already runs {registered} consumers and its limit is {limit} \
+                     (MAX_CONSUMERS); delete consumers that are no longer needed, or raise MAX_CONSUMERS"
+                ))
+            }
+            services::CappedCreateError::Registry(e) => e.into(),
         }
     }
 }

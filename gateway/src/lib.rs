@@ -7,6 +7,7 @@ pub mod connection;
 pub mod consumer;
 pub mod dead_letters;
 pub mod error;
+pub mod message_size;
 pub mod metrics;
 pub mod names;
 pub mod publisher;
@@ -15,10 +16,11 @@ pub mod topology;
 pub use connection::{parse_amqp_url, AmqpUrlParts, Broker, BrokerSettings};
 pub use consumer::{
     ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryOutcome, DeliveryTarget, IncomingMessage,
-    RetryPolicy,
+    RetryPolicy, RetryPolicyError,
 };
 pub use dead_letters::{DeadLetter, DeadLetters};
 pub use error::BrokerError;
+pub use message_size::encoded_headers_len;
 pub use names::{ExchangeName, NameError, QueueName, RoutingKey};
 pub use publisher::{OutgoingMessage, PublishOutcome, Publisher};
 pub use topology::{

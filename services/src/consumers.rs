@@ -72,6 +72,16 @@ pub enum RegistryError {
     Invalid(String),
 }
 
+/// Why `create_within` did not create the consumer.
+#[derive(Debug, thiserror::Error)]
+pub enum CappedCreateError {
+    /// This gateway already runs (or has registered) `limit` consumers.
+    #[error("this gateway already runs {registered} consumers; its limit is {limit}")]
+    AtCapacity { limit: usize, registered: usize },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
 /// Builds the targets of built-in handlers; supplied by the binary.
 pub trait BuiltinTargets: Send + Sync {
     fn target(&self, handler: BuiltinHandler) -> Option<Arc<dyn DeliveryTarget>>;
@@ -86,6 +96,9 @@ pub struct ConsumerRegistry {
     tombstones: DashMap<String, Instant>,
     /// Definitions that could not be started, so each is reported once.
     unstartable: DashMap<String, String>,
+    /// Makes count-then-insert in `create_within` one step here, so
+    /// concurrent creates cannot overshoot the cap together.
+    capped_creates: tokio::sync::Mutex<()>,
 }
 
 impl ConsumerRegistry {
@@ -104,6 +117,7 @@ impl ConsumerRegistry {
             builtins,
             tombstones: DashMap::new(),
             unstartable: DashMap::new(),
+            capped_creates: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -125,6 +139,32 @@ impl ConsumerRegistry {
         self.supervisor.start(spec, target);
         tracing::info!(consumer_id = %definition.consumer_id, queue = %definition.queue_name, "consumer created");
         Ok(self.view(definition))
+    }
+
+    /// `create`, unless `limit` consumers are already registered or
+    /// running here (each replica runs every registered consumer, so the
+    /// registered ones are what this gateway runs). The gateway's own
+    /// built-in consumers count, but are created with `create`, so a low
+    /// cap never keeps them from starting.
+    pub async fn create_within(
+        &self,
+        definition: ConsumerDefinition,
+        limit: usize,
+    ) -> Result<ConsumerView, CappedCreateError> {
+        let _one_at_a_time = self.capped_creates.lock().await;
+        let stored = self
+            .collection
+            .count_documents(doc! {})
+            .await
+            .map_err(StoreError::from)
+            .map_err(RegistryError::from)?;
+        let registered = usize::try_from(stored)
+            .unwrap_or(usize::MAX)
+            .max(self.supervisor.ids().len());
+        if registered >= limit {
+            return Err(CappedCreateError::AtCapacity { limit, registered });
+        }
+        Ok(self.create(definition).await?)
     }
 
     pub async fn delete(&self, id: &ConsumerId) -> Result<bool, RegistryError> {

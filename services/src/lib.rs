@@ -12,7 +12,8 @@ pub mod validation;
 
 pub use builtin::{BuiltinHandlers, ScrapeSettings};
 pub use consumers::{
-    BuiltinTargets, ConsumerDefinition, ConsumerRegistry, ConsumerView, RegistryError,
+    BuiltinTargets, CappedCreateError, ConsumerDefinition, ConsumerRegistry, ConsumerView,
+    RegistryError,
 };
 pub use forwarder::HttpForwarder;
 pub use management::{ConnectionInfo, ManagementClient, ManagementError, QueueRow};

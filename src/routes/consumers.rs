@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 
 use actix_web::{web, HttpResponse};
-use gateway::{ConsumerId, QueueName, RetryPolicy};
+use gateway::{ConsumerId, QueueName, RetryPolicy, RetryPolicyError};
 use middlewares::{Admin, Viewer};
 use serde::Deserialize;
 use serde_json::json;
 use services::{
-    BuiltinHandler, ConsumerDefinition, ConsumerView, HttpTarget, Role, SigningSecret, TargetSpec,
+    BuiltinHandler, ConsumerDefinition, ConsumerView, FieldError, HttpTarget, Role, SigningSecret,
+    TargetSpec,
 };
 use utoipa::ToSchema;
 
@@ -77,11 +78,20 @@ impl RetryRequest {
             multiplier: self.multiplier.unwrap_or(defaults.multiplier),
             max_delay_ms: self.max_delay_ms.unwrap_or(defaults.max_delay_ms),
         };
-        policy
-            .validate()
-            .map_err(|m| ApiError::BadRequest(format!("field `{m}")))
-            .map(|()| policy)
+        policy.validate().map_err(retry_field_error)?;
+        Ok(policy)
     }
+}
+
+/// The API's name for the broken bound: `retry.maxAttempts`, …
+fn retry_field_error(err: RetryPolicyError) -> FieldError {
+    let field = match err {
+        RetryPolicyError::MaxAttempts { .. } => "maxAttempts",
+        RetryPolicyError::InitialDelay { .. } => "initialDelayMs",
+        RetryPolicyError::Multiplier { .. } => "multiplier",
+        RetryPolicyError::MaxDelay { .. } => "maxDelayMs",
+    };
+    FieldError::new(field, err.to_string()).within("retry")
 }
 
 fn parse_definition(
@@ -161,7 +171,8 @@ fn parse_definition(
     responses(
         (status = 201, description = "Stored and started", example = json!({"message": "Consumer has been created successfully.", "consumerId": "0b6f…"})),
         (status = 400, description = "Invalid target, secret, prefetch or retry policy", body = crate::openapi::ErrorBodySchema),
-        (status = 404, description = "No such queue", body = crate::openapi::ErrorBodySchema)))]
+        (status = 404, description = "No such queue", body = crate::openapi::ErrorBodySchema),
+        (status = 409, description = "This gateway already runs MAX_CONSUMERS consumers", body = crate::openapi::ErrorBodySchema)))]
 pub async fn create_consumer(
     _: Admin,
     state: web::Data<AppState>,
@@ -179,7 +190,10 @@ pub async fn create_consumer(
             definition.queue_name
         )));
     }
-    let view = state.registry.create(definition).await?;
+    let view = state
+        .registry
+        .create_within(definition, state.settings.max_consumers)
+        .await?;
     Ok(HttpResponse::Created().json(json!({
         "message": "Consumer has been created successfully.",
         "consumerId": view.consumer_id,

@@ -1,5 +1,9 @@
 //! `/messagePublish`: a message onto a queue (default exchange) or an
-//! exchange, answered 202 only after the broker confirmed it.
+//! exchange, answered 202 only after the broker confirmed it. The payload
+//! is the `message` JSON exactly as sent (big integers keep every digit);
+//! headers are capped at `MAX_HEADER_BYTES` encoded, so no publish can
+//! exceed the broker's frame size and cost the connection; the built-in
+//! queues take raw events from admins only.
 
 use actix_web::{web, HttpResponse};
 use gateway::{
@@ -8,7 +12,9 @@ use gateway::{
 };
 use middlewares::Publisher;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
+use services::{BuiltinHandler, FieldError, Role};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
@@ -26,9 +32,9 @@ pub struct PublishRequest {
     /// to this exchange, with `routingKey`.
     pub exchange: Option<String>,
     pub routing_key: Option<String>,
-    /// Any JSON; it is published serialized, as `application/json`.
+    /// Any JSON but null; published exactly as sent, as `application/json`.
     #[schema(value_type = Object)]
-    pub message: Option<Value>,
+    pub message: Option<Box<RawValue>>,
     /// Default: a new UUID. Becomes `webhook-id` when forwarded.
     pub message_id: Option<String>,
     /// String, number or boolean values.
@@ -51,16 +57,21 @@ struct ParsedPublish {
     persistent: bool,
 }
 
-impl TryFrom<PublishRequest> for ParsedPublish {
-    type Error = ApiError;
+/// What a publish may carry, from the settings.
+struct PublishLimits {
+    max_header_bytes: usize,
+}
 
-    fn try_from(req: PublishRequest) -> Result<Self, ApiError> {
+impl ParsedPublish {
+    fn parse(req: PublishRequest, limits: &PublishLimits) -> Result<Self, ApiError> {
         let destination = match (req.queue_name, req.exchange) {
             (Some(queue), None) => {
                 if req.routing_key.is_some() {
-                    return Err(ApiError::BadRequest(
-                        "field `routingKey`: only with `exchange`; a queue is addressed by `queueName` alone".into(),
-                    ));
+                    return Err(FieldError::new(
+                        "routingKey",
+                        "only with `exchange`; a queue is addressed by `queueName` alone",
+                    )
+                    .into());
                 }
                 Destination::Queue(QueueName::parse(queue)?)
             }
@@ -79,50 +90,60 @@ impl TryFrom<PublishRequest> for ParsedPublish {
                 ))
             }
         };
-        let message = match req.message {
-            Some(Value::Null) | None => {
-                return Err(ApiError::BadRequest(
-                    "field `message`: required, any JSON value but null".into(),
-                ))
+        // The raw text, not a re-serialized `Value`: numbers beyond 64 bits
+        // would come out as floats.
+        let payload = match req.message {
+            Some(raw) if raw.get() != "null" => raw.get().as_bytes().to_vec(),
+            _ => {
+                return Err(FieldError::new("message", "required, any JSON value but null").into())
             }
-            Some(message) => message,
         };
-        let payload = serde_json::to_vec(&message)
-            .map_err(|e| ApiError::BadRequest(format!("field `message`: {e}")))?;
         let message_id = match req.message_id {
             Some(id) if id.is_empty() || id.len() > 255 => {
-                return Err(ApiError::BadRequest(
-                    "field `messageId`: 1 to 255 bytes".into(),
-                ))
+                return Err(FieldError::new("messageId", "1 to 255 bytes").into())
             }
             Some(id) => id,
             None => uuid::Uuid::new_v4().to_string(),
         };
+        let headers = headers_table(req.headers.unwrap_or_default())?;
+        let encoded = gateway::encoded_headers_len(&headers);
+        if encoded > limits.max_header_bytes {
+            return Err(FieldError::new(
+                "headers",
+                format!(
+                    "{encoded} bytes once encoded for AMQP; this gateway accepts at most {} (MAX_HEADER_BYTES)",
+                    limits.max_header_bytes
+                ),
+            )
+            .into());
+        }
         Ok(ParsedPublish {
             destination,
             payload,
             message_id,
-            headers: headers_table(req.headers.unwrap_or_default())?,
+            headers,
             persistent: req.persistent.unwrap_or(true),
         })
     }
 }
 
-fn headers_table(headers: Map<String, Value>) -> Result<FieldTable, ApiError> {
+fn headers_table(headers: Map<String, Value>) -> Result<FieldTable, FieldError> {
     let mut table = FieldTable::default();
     for (name, value) in headers {
         if name.is_empty() || name.len() > 255 {
-            return Err(ApiError::BadRequest(format!(
-                "field `headers`: header names are 1 to 255 bytes, `{name}` is not"
-            )));
+            return Err(FieldError::new(
+                "headers",
+                format!("header names are 1 to 255 bytes, `{name}` is not"),
+            ));
         }
         if name
             .to_ascii_lowercase()
             .starts_with(RESERVED_HEADER_PREFIX)
         {
-            return Err(ApiError::BadRequest(format!(
-                "field `headers.{name}`: the `{RESERVED_HEADER_PREFIX}` prefix is reserved for the gateway"
-            )));
+            return Err(FieldError::new(
+                format!("headers.{name}"),
+                format!("the `{RESERVED_HEADER_PREFIX}` prefix is reserved for the gateway"),
+            ));
         }
         let amqp = match &value {
             Value::String(s) => AMQPValue::LongString(s.as_bytes().to_vec().into()),
@@ -131,15 +152,17 @@ fn headers_table(headers: Map<String, Value>) -> Result<FieldTable, ApiError> {
                 (Some(i), _) => AMQPValue::LongLongInt(i),
                 (None, Some(f)) => AMQPValue::Double(f),
                 _ => {
-                    return Err(ApiError::BadRequest(format!(
-                        "field `headers.{name}`: number out of range"
-                    )))
+                    return Err(FieldError::new(
+                        format!("headers.{name}"),
+                        "number out of range",
+                    ))
                 }
             },
             _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "field `headers.{name}`: must be a string, number or boolean"
-                )))
+                return Err(FieldError::new(
+                    format!("headers.{name}"),
+                    "must be a string, number or boolean",
+                ))
             }
         };
         table.insert(name.into(), amqp);
@@ -147,18 +170,50 @@ fn headers_table(headers: Map<String, Value>) -> Result<FieldTable, ApiError> {
     Ok(table)
 }
 
+/// Raw events on the built-in queues would skip the seed routes' checks
+/// (a publisher could send `user.delete`), so only admins publish there.
+fn check_builtin_queue(
+    state: &AppState,
+    role: Role,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), ApiError> {
+    if role.allows(Role::Admin) || !exchange.is_empty() {
+        return Ok(());
+    }
+    let prefix = &state.settings.builtin_queue_prefix;
+    let builtin = [
+        BuiltinHandler::User,
+        BuiltinHandler::Report,
+        BuiltinHandler::Scrape,
+    ]
+    .into_iter()
+    .any(|handler| services::builtin::queue_name(prefix, handler) == routing_key);
+    if builtin {
+        return Err(ApiError::Forbidden(format!(
+            "publishing straight to the built-in queue `{routing_key}` needs the admin role; publishers use POST /users, /reports or /jobs/scrape"
+        )));
+    }
+    Ok(())
+}
+
 #[utoipa::path(post, path = "/messagePublish", tag = "messages", request_body = PublishRequest,
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 202, description = "The broker confirmed the message", example = json!({"message": "Message has been published successfully.", "messageId": "3f1c…"})),
+        (status = 400, description = "Invalid destination, message, id or headers (headers over MAX_HEADER_BYTES encoded)", body = crate::openapi::ErrorBodySchema),
+        (status = 403, description = "A built-in queue, and the caller is not an admin", body = crate::openapi::ErrorBodySchema),
         (status = 404, description = "No queue would receive it", body = crate::openapi::ErrorBodySchema),
         (status = 503, description = "Broker down", body = crate::openapi::ErrorBodySchema)))]
 pub async fn message_publish(
-    _: Publisher,
+    caller: Publisher,
     state: web::Data<AppState>,
     Json(body): Json<PublishRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let message = ParsedPublish::try_from(body)?;
+    let limits = PublishLimits {
+        max_header_bytes: state.settings.max_header_bytes,
+    };
+    let message = ParsedPublish::parse(body, &limits)?;
     let (exchange, routing_key) = match &message.destination {
         Destination::Queue(queue) => ("", queue.as_str()),
         Destination::Exchange(exchange, key) => {
@@ -172,6 +227,7 @@ pub async fn message_publish(
             (exchange.as_str(), key.as_str())
         }
     };
+    check_builtin_queue(&state, caller.principal.role, exchange, routing_key)?;
     let properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(if message.persistent { 2 } else { 1 })

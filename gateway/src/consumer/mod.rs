@@ -18,7 +18,7 @@ pub mod stats;
 mod supervisor;
 mod target;
 
-pub use retry::RetryPolicy;
+pub use retry::{RetryPolicy, RetryPolicyError, DELAY_LADDER_MS};
 pub(crate) use settle::{attempt_of, hand_back};
 pub use stats::{ConsumerState, ConsumerStats, StatsSnapshot};
 pub use supervisor::{ConsumerId, ConsumerSpec, ConsumerSupervisor};

@@ -1,10 +1,28 @@
 //! Backoff policy. Waiting happens in the broker (a delay queue per
-//! distinct delay), never by holding an unacked delivery.
+//! distinct delay), never by holding an unacked delivery; every delay is
+//! snapped up to a fixed ladder, so whatever the targets answer a queue has
+//! a bounded number of delay queues.
 
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use serde::{Deserialize, Serialize};
+
+/// The delays a retry may wait, in milliseconds: 1, 2, 5, 10, 30 s,
+/// 1, 2, 5, 10, 30 min, 1, 2, 6, 12, 24 h. A computed delay (or a target's
+/// `Retry-After`) waits the first step at least as long, capped at the
+/// policy's `max_delay_ms`; so the delay queues of one main queue are these
+/// steps plus, at most, the cap itself.
+pub const DELAY_LADDER_MS: [u64; 15] = [
+    1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000, 1_800_000, 3_600_000,
+    7_200_000, 21_600_000, 43_200_000, 86_400_000,
+];
+
+/// The longest delay a policy may ask for: the ladder's top step.
+pub const MAX_DELAY_MS: u64 = DELAY_LADDER_MS[DELAY_LADDER_MS.len() - 1];
+/// Bounds of `max_attempts`.
+pub const MAX_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=100;
+/// Bounds of `multiplier`.
+pub const MULTIPLIER: std::ops::RangeInclusive<f64> = 1.0..=10.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -13,6 +31,20 @@ pub struct RetryPolicy {
     pub initial_delay_ms: u64,
     pub multiplier: f64,
     pub max_delay_ms: u64,
+}
+
+/// Which bound of a `RetryPolicy` is broken. Callers name the field in
+/// their own vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum RetryPolicyError {
+    #[error("between {} and {}, not {value}", MAX_ATTEMPTS.start(), MAX_ATTEMPTS.end())]
+    MaxAttempts { value: u32 },
+    #[error("between 1 and {MAX_DELAY_MS} ms, not {value}")]
+    InitialDelay { value: u64 },
+    #[error("between {} and {}, not {value}", MULTIPLIER.start(), MULTIPLIER.end())]
+    Multiplier { value: f64 },
+    #[error("at least the initial delay ({initial_delay_ms} ms) and at most {MAX_DELAY_MS} ms, not {value}")]
+    MaxDelay { value: u64, initial_delay_ms: u64 },
 }
 
 impl Default for RetryPolicy {
@@ -27,99 +59,218 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Checks the bounds an operator could get wrong; the message names the
-    /// field.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(1..=100).contains(&self.max_attempts) {
-            return Err("retry.maxAttempts: between 1 and 100".into());
+    /// Checks the bounds an operator could get wrong.
+    pub fn validate(&self) -> Result<(), RetryPolicyError> {
+        if !MAX_ATTEMPTS.contains(&self.max_attempts) {
+            return Err(RetryPolicyError::MaxAttempts {
+                value: self.max_attempts,
+            });
         }
-        if self.initial_delay_ms == 0 || self.initial_delay_ms > 86_400_000 {
-            return Err("retry.initialDelayMs: between 1 and 86400000".into());
+        if !(1..=MAX_DELAY_MS).contains(&self.initial_delay_ms) {
+            return Err(RetryPolicyError::InitialDelay {
+                value: self.initial_delay_ms,
+            });
         }
-        if !(1.0..=10.0).contains(&self.multiplier) {
-            return Err("retry.multiplier: between 1 and 10".into());
+        if !MULTIPLIER.contains(&self.multiplier) {
+            return Err(RetryPolicyError::Multiplier {
+                value: self.multiplier,
+            });
         }
-        if self.max_delay_ms < self.initial_delay_ms || self.max_delay_ms > 86_400_000 {
-            return Err("retry.maxDelayMs: at least initialDelayMs and at most 86400000".into());
+        if !(self.initial_delay_ms..=MAX_DELAY_MS).contains(&self.max_delay_ms) {
+            return Err(RetryPolicyError::MaxDelay {
+                value: self.max_delay_ms,
+                initial_delay_ms: self.initial_delay_ms,
+            });
         }
         Ok(())
     }
 
-    /// Delay before attempt `next_attempt` (2 for the first retry), honouring
-    /// a target's `Retry-After` between `initial_delay_ms` (so `Retry-After:
-    /// 0` cannot burn every attempt at once) and `max_delay_ms`. Whole
-    /// milliseconds, as each distinct value is a delay queue.
+    /// Delay before attempt `next_attempt` (2 for the first retry): the
+    /// exponential backoff, or a target's `Retry-After` raised to at least
+    /// `initial_delay_ms` (so `Retry-After: 0` cannot burn every attempt at
+    /// once); then snapped up to the ladder and capped at `max_delay_ms`.
     pub fn delay_before(&self, next_attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let max = Duration::from_millis(self.max_delay_ms);
-        if let Some(hint) = retry_after {
-            let min = Duration::from_millis(self.initial_delay_ms);
-            return Duration::from_millis(hint.clamp(min, max).as_millis() as u64);
+        let wanted_ms = match retry_after {
+            Some(hint) => {
+                // Up to the next whole millisecond: a sub-millisecond wait
+                // is still a wait.
+                let ms = hint.as_nanos().div_ceil(1_000_000);
+                u64::try_from(ms).unwrap_or(u64::MAX)
+            }
+            None => self.backoff_ms(next_attempt),
+        };
+        Duration::from_millis(self.snapped(wanted_ms.max(self.initial_delay_ms)))
+    }
+
+    /// `initial_delay_ms × multiplier^(next_attempt − 2)`, whole ms.
+    fn backoff_ms(&self, next_attempt: u32) -> u64 {
+        let exponent = i32::try_from(next_attempt.saturating_sub(2)).unwrap_or(i32::MAX);
+        let ms = (self.initial_delay_ms as f64) * self.multiplier.powi(exponent);
+        // `as` saturates: an overflowing (or NaN) product becomes the cap.
+        if ms.is_finite() {
+            ms.round() as u64
+        } else {
+            u64::MAX
         }
-        let nth = next_attempt.saturating_sub(2) as usize;
-        let delay = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.initial_delay_ms))
-            .with_factor(self.multiplier as f32)
-            .with_max_delay(max)
-            .without_max_times()
-            .build()
-            .nth(nth)
-            .unwrap_or(max);
-        Duration::from_millis(delay.as_secs_f64().mul_add(1000.0, 0.5) as u64).min(max)
+    }
+
+    /// The first ladder step at least `ms`, capped at `max_delay_ms`.
+    fn snapped(&self, ms: u64) -> u64 {
+        let step = DELAY_LADDER_MS
+            .iter()
+            .copied()
+            .find(|&step| step >= ms)
+            .unwrap_or(MAX_DELAY_MS);
+        step.min(self.max_delay_ms)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
+    fn ms(policy: &RetryPolicy, next_attempt: u32, retry_after: Option<Duration>) -> u64 {
+        policy.delay_before(next_attempt, retry_after).as_millis() as u64
+    }
+
     #[test]
-    fn delays_grow_by_the_multiplier_up_to_the_cap() {
+    fn the_ladder_rises_and_ends_at_a_day() {
+        assert!(DELAY_LADDER_MS.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(DELAY_LADDER_MS[0], 1_000);
+        assert_eq!(MAX_DELAY_MS, 24 * 3_600_000);
+    }
+
+    #[test]
+    fn delays_grow_by_the_multiplier_snapped_up_to_the_ladder_and_the_cap() {
         let policy = RetryPolicy {
             max_attempts: 10,
             initial_delay_ms: 1000,
             multiplier: 2.0,
-            max_delay_ms: 5000,
+            max_delay_ms: 7_000,
         };
-        let ms = |n| policy.delay_before(n, None).as_millis();
-        assert_eq!(
-            [ms(2), ms(3), ms(4), ms(5), ms(6)],
-            [1000, 2000, 4000, 5000, 5000]
-        );
+        let delays: Vec<u64> = (2..8).map(|n| ms(&policy, n, None)).collect();
+        // 1000, 2000, 4000, 8000, 16000, 32000 before the ladder.
+        assert_eq!(delays, [1_000, 2_000, 5_000, 7_000, 7_000, 7_000]);
     }
 
     #[test]
-    fn retry_after_is_honoured_and_clamped() {
-        let policy = RetryPolicy {
-            max_delay_ms: 3000,
+    fn short_delays_wait_the_first_step_unless_the_cap_is_lower() {
+        let fast = RetryPolicy {
+            initial_delay_ms: 200,
+            max_delay_ms: 10_000,
             ..RetryPolicy::default()
         };
-        assert_eq!(
-            policy.delay_before(2, Some(Duration::from_secs(2))),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            policy.delay_before(2, Some(Duration::from_secs(60))),
-            Duration::from_secs(3)
-        );
-        assert_eq!(
-            policy.delay_before(2, Some(Duration::ZERO)),
-            Duration::from_millis(policy.initial_delay_ms),
-            "Retry-After: 0 still waits the initial delay"
-        );
+        assert_eq!(ms(&fast, 2, None), 1_000);
+        assert_eq!(ms(&fast, 4, None), 1_000, "800 ms snaps up to 1 s");
+        let faster = RetryPolicy {
+            initial_delay_ms: 100,
+            max_delay_ms: 300,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(ms(&faster, 2, None), 300, "never beyond maxDelayMs");
     }
 
     #[test]
-    fn nonsense_policies_are_refused() {
-        assert!(RetryPolicy::default().validate().is_ok());
+    fn retry_after_is_honoured_snapped_up_and_clamped() {
+        let policy = RetryPolicy {
+            max_delay_ms: 3_000,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(ms(&policy, 2, Some(Duration::from_secs(2))), 2_000);
+        assert_eq!(ms(&policy, 2, Some(Duration::from_millis(1_001))), 2_000);
+        assert_eq!(ms(&policy, 2, Some(Duration::from_secs(60))), 3_000);
+        assert_eq!(
+            ms(&policy, 2, Some(Duration::ZERO)),
+            policy.initial_delay_ms,
+            "Retry-After: 0 still waits the initial delay"
+        );
+        assert_eq!(ms(&policy, 2, Some(Duration::MAX)), 3_000);
+    }
+
+    #[test]
+    fn any_retry_after_lands_on_a_ladder_step_or_the_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 100,
+            initial_delay_ms: 1,
+            multiplier: 3.0,
+            max_delay_ms: 50_000_000,
+        };
+        let mut seen = BTreeSet::new();
+        // Sub-millisecond values, as an HTTP date minus "now" gives.
+        for i in 0..200_000u64 {
+            let hint = Duration::from_nanos(i * 432_000_123);
+            seen.insert(ms(&policy, 2, Some(hint)));
+        }
+        for n in 2..60 {
+            seen.insert(ms(&policy, n, None));
+        }
+        let allowed: BTreeSet<u64> = DELAY_LADDER_MS
+            .iter()
+            .copied()
+            .filter(|&step| step < policy.max_delay_ms)
+            .chain([policy.max_delay_ms])
+            .collect();
+        assert!(seen.is_subset(&allowed), "{seen:?}");
+        assert_eq!(seen, allowed, "every step is reachable");
+    }
+
+    #[test]
+    fn huge_exponents_stay_at_the_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 100,
+            multiplier: 10.0,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(ms(&policy, u32::MAX, None), policy.max_delay_ms);
+    }
+
+    #[test]
+    fn nonsense_policies_are_refused_with_the_bound_broken() {
+        assert_eq!(RetryPolicy::default().validate(), Ok(()));
         let bad = RetryPolicy {
             max_attempts: 0,
             ..RetryPolicy::default()
         };
-        assert!(bad.validate().unwrap_err().contains("maxAttempts"));
+        assert_eq!(
+            bad.validate(),
+            Err(RetryPolicyError::MaxAttempts { value: 0 })
+        );
+        let bad = RetryPolicy {
+            initial_delay_ms: 0,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(
+            bad.validate(),
+            Err(RetryPolicyError::InitialDelay { value: 0 })
+        );
+        let bad = RetryPolicy {
+            multiplier: f64::NAN,
+            ..RetryPolicy::default()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(RetryPolicyError::Multiplier { .. })
+        ));
         let bad = RetryPolicy {
             max_delay_ms: 10,
             ..RetryPolicy::default()
         };
-        assert!(bad.validate().unwrap_err().contains("maxDelayMs"));
+        assert_eq!(
+            bad.validate(),
+            Err(RetryPolicyError::MaxDelay {
+                value: 10,
+                initial_delay_ms: 1_000
+            })
+        );
+        let bad = RetryPolicy {
+            max_delay_ms: MAX_DELAY_MS + 1,
+            ..RetryPolicy::default()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(RetryPolicyError::MaxDelay { .. })
+        ));
     }
 }
