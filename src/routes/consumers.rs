@@ -293,3 +293,34 @@ pub async fn delete_consumer(
         "deleted": deleted,
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policy_errors_name_the_api_field() {
+        let request = |json: serde_json::Value| -> RetryRequest {
+            serde_json::from_value(json).expect("a retry request")
+        };
+        let cases = [
+            (serde_json::json!({ "maxAttempts": 0 }), "retry.maxAttempts"),
+            (
+                serde_json::json!({ "initialDelayMs": 0 }),
+                "retry.initialDelayMs",
+            ),
+            (serde_json::json!({ "multiplier": 0.5 }), "retry.multiplier"),
+            (serde_json::json!({ "maxDelayMs": 10 }), "retry.maxDelayMs"),
+        ];
+        for (body, field) in cases {
+            let err = request(body.clone())
+                .into_policy()
+                .expect_err("out of bounds");
+            let message = err.to_string();
+            assert!(
+                message.starts_with(&format!("field `{field}`: ")),
+                "{body} → {message}"
+            );
+        }
+    }
+}
