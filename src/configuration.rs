@@ -68,6 +68,10 @@ pub struct Settings {
     pub instance_id: String,
 }
 
+/// The most `MAX_HEADER_BYTES` may be: RabbitMQ's default frame_max
+/// (131072) less 4 KiB for the other message properties.
+const MAX_HEADER_BYTES_CAP: u64 = 131_072 - 4_096;
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{variable}: {problem}")]
 pub struct ConfigError {
@@ -164,7 +168,10 @@ impl Settings {
         let scrape_timeout_ms = number(&var, "SCRAPE_TIMEOUT_MS", 10_000, 1..=300_000)?;
         let scrape_job_timeout_ms = number(&var, "SCRAPE_JOB_TIMEOUT_MS", 300_000, 1..=86_400_000)?;
         let forward_deny_private = boolean(&var, "FORWARD_DENY_PRIVATE", false)?;
-        let max_header_bytes = number(&var, "MAX_HEADER_BYTES", 65_536, 1..=1_048_576)?;
+        // Headers travel in one content-header frame with the other
+        // properties; RabbitMQ's default frame_max is 131072, and a frame
+        // beyond it closes the whole connection. 4 KiB stay for the rest.
+        let max_header_bytes = number(&var, "MAX_HEADER_BYTES", 65_536, 1..=MAX_HEADER_BYTES_CAP)?;
         let max_consumers = number(&var, "MAX_CONSUMERS", 5_000, 1..=1_000_000)?;
 
         let instance_id = var("INSTANCE_ID").unwrap_or_else(|| {
@@ -317,6 +324,8 @@ mod tests {
             ("INSTANCE_ID", "has spaces"),
             ("SCRAPE_TIMEOUT_MS", "0"),
             ("SCRAPE_TIMEOUT_MS", "soon"),
+            ("MAX_HEADER_BYTES", "131072"),
+            ("MAX_CONSUMERS", "0"),
         ];
         for (key, value) in cases {
             let err = settings(&[("ADMIN_PASSWORD", "pw"), (key, value)]).unwrap_err();
