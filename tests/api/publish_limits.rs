@@ -286,6 +286,43 @@ async fn consumers_beyond_max_consumers_are_refused_with_409() {
     app.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builtin_consumers_count_toward_max_consumers_but_always_start() {
+    let app = spawn_app_with(&[("BUILTIN_CONSUMERS", "true"), ("MAX_CONSUMERS", "2")]).await;
+    eventually(Duration::from_secs(20), || async {
+        let listed = assert_json(app.get("/getConsumers").await, StatusCode::OK).await;
+        let running = listed.as_array().map_or(0, |all| {
+            all.iter().filter(|c| c["state"] == "running").count()
+        });
+        if running == 3 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{running} of the 3 built-in consumers running: {listed}"
+            ))
+        }
+    })
+    .await;
+
+    let queue = app.unique_queue("over_cap");
+    app.create_queue(&queue, json!({})).await;
+    let error = assert_error(
+        app.post_json(
+            "/createConsumer",
+            &json!({
+                "queueName": queue,
+                "target": { "type": "http", "url": "http://127.0.0.1:9/hook" },
+            }),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+    )
+    .await;
+    assert_mentions(&error, &["runs 3 consumers", "MAX_CONSUMERS"]);
+    app.cleanup().await;
+}
+
 /// Messages answered with a distinct `Retry-After` each.
 const DISTINCT_RETRY_AFTERS: usize = 10_000;
 /// Below the ladder's top step (24 h), so the cap itself is a delay too.
