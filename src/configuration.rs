@@ -264,20 +264,12 @@ fn boolean(
     }
 }
 
-/// `a.example, B.example` → `["a.example", "b.example"]`.
 fn host_list(raw: &str) -> Vec<String> {
-    raw.split(',')
-        .map(|h| h.trim().to_ascii_lowercase())
-        .filter(|h| !h.is_empty())
-        .collect()
+    services::network::host_list(raw)
 }
 
 fn parse_http_url(raw: &str) -> Result<url::Url, String> {
-    let url = url::Url::parse(raw).map_err(|e| format!("`{raw}` is not a URL ({e})"))?;
-    match url.scheme() {
-        "http" | "https" if url.host().is_some() => Ok(url),
-        _ => Err(format!("`{raw}` is not an http(s) URL with a host")),
-    }
+    services::network::http_url(raw).map_err(|problem| format!("`{raw}` is {problem}"))
 }
 
 #[cfg(test)]

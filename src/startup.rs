@@ -104,12 +104,16 @@ impl Application {
             settings.instance_id.clone(),
             metrics.delivery.clone(),
         ));
-        let forward_client = services::forwarder::http_client()
-            .map_err(|e| StartupError::HttpClient(e.to_string()))?;
+        let forward_client = services::forwarder::http_client(
+            settings.forward_deny_private,
+            settings.forward_allowed_hosts.as_deref(),
+        )
+        .map_err(|e| StartupError::HttpClient(e.to_string()))?;
         let builtins = BuiltinHandlers::new(
             store.clone(),
             ScrapeSettings {
                 timeout: settings.scrape_timeout,
+                job_timeout: settings.scrape_job_timeout,
                 allowed_hosts: settings.scrape_allowed_hosts.clone(),
                 ..ScrapeSettings::default()
             },

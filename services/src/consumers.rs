@@ -90,7 +90,7 @@ pub trait BuiltinTargets: Send + Sync {
 pub struct ConsumerRegistry {
     collection: Collection<ConsumerDefinition>,
     supervisor: Arc<ConsumerSupervisor>,
-    http: reqwest::Client,
+    http: crate::forwarder::ForwardClient,
     allowed_hosts: Option<Vec<String>>,
     builtins: Arc<dyn BuiltinTargets>,
     tombstones: DashMap<String, Instant>,
@@ -105,7 +105,7 @@ impl ConsumerRegistry {
     pub fn new(
         store: &Store,
         supervisor: Arc<ConsumerSupervisor>,
-        http: reqwest::Client,
+        http: crate::forwarder::ForwardClient,
         allowed_hosts: Option<Vec<String>>,
         builtins: Arc<dyn BuiltinTargets>,
     ) -> Self {

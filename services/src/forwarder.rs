@@ -4,7 +4,11 @@
 //! One reqwest client is shared by every consumer (pooled keep-alive
 //! connections); each target brings its own method, headers and timeout.
 //! Redirects are not followed: a 3xx is an answer, and following it could
-//! lead past `FORWARD_ALLOWED_HOSTS`.
+//! lead past `FORWARD_ALLOWED_HOSTS`. With `FORWARD_DENY_PRIVATE` the
+//! client carries the network guard: an inside IP-literal target is refused
+//! when the consumer is built, a name resolving inside when it is
+//! connected to (the delivery is dead-lettered). Outcome reasons end up in
+//! `lastError` and dead-letter headers, so they never carry the URL.
 
 use std::time::Duration;
 
@@ -12,20 +16,42 @@ use gateway::{DeliveryOutcome, DeliveryTarget, IncomingMessage};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
+use crate::network::{AddressGuard, AddressNotAllowed};
 use crate::targets::{HttpTarget, SigningSecret};
 
 /// Response bodies are read (so the connection can be reused) up to this
 /// much, then dropped.
 const MAX_RESPONSE_DRAIN: usize = 64 * 1024;
 
-/// The shared client for every forwarder.
-pub fn http_client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// The client every forwarder shares, and the guard it applies.
+#[derive(Debug, Clone)]
+pub struct ForwardClient {
+    client: reqwest::Client,
+    /// `FORWARD_DENY_PRIVATE`: refuse inside addresses.
+    guard: Option<AddressGuard>,
+}
+
+/// The shared client for every forwarder. With `deny_private`, inside
+/// addresses are refused except for hosts on `allowed_hosts`
+/// (`FORWARD_ALLOWED_HOSTS`, the operator's word).
+pub fn http_client(
+    deny_private: bool,
+    allowed_hosts: Option<&[String]>,
+) -> reqwest::Result<ForwardClient> {
+    let guard = deny_private.then(|| AddressGuard::new(allowed_hosts.unwrap_or_default()));
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(256)
         .connect_timeout(Duration::from_secs(5))
-        .user_agent(concat!("workerrmq/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .user_agent(concat!("workerrmq/", env!("CARGO_PKG_VERSION")));
+    if let Some(guard) = &guard {
+        // A proxy would resolve the target itself, out of the guard's sight.
+        builder = builder.dns_resolver(guard.resolver()).no_proxy();
+    }
+    Ok(ForwardClient {
+        client: builder.build()?,
+        guard,
+    })
 }
 
 pub struct HttpForwarder {
@@ -39,11 +65,16 @@ pub struct HttpForwarder {
 
 impl HttpForwarder {
     pub fn new(
-        client: reqwest::Client,
+        client: ForwardClient,
         target: &HttpTarget,
         secret: Option<SigningSecret>,
     ) -> Result<Self, String> {
         let url = reqwest::Url::parse(&target.url).map_err(|e| format!("target.url: {e}"))?;
+        if let Some(guard) = &client.guard {
+            guard.check_url(&url).map_err(|refused| {
+                format!("target.url: {refused} (FORWARD_DENY_PRIVATE refuses loopback, private and link-local addresses)")
+            })?;
+        }
         let method = reqwest::Method::from_bytes(target.method.as_bytes())
             .map_err(|_| format!("target.method: `{}`", target.method))?;
         let mut headers = HeaderMap::new();
@@ -55,7 +86,7 @@ impl HttpForwarder {
             headers.insert(name, value);
         }
         Ok(Self {
-            client,
+            client: client.client,
             method,
             url,
             headers,
@@ -102,13 +133,17 @@ impl DeliveryTarget for HttpForwarder {
                 }
                 classify(status, retry_after)
             }
+            // The guard refused the address: it will not change by itself.
+            Err(err) if AddressNotAllowed::caused(&err) => DeliveryOutcome::Reject {
+                reason: "the target's address is not allowed (FORWARD_DENY_PRIVATE)".into(),
+            },
             // A message whose id or content type cannot be a header value
             // will never go out: no use retrying it.
             Err(err) if err.is_builder() => DeliveryOutcome::Reject {
-                reason: format!("the request could not be built: {err}"),
+                reason: format!("the request could not be built: {}", err.without_url()),
             },
             Err(err) => DeliveryOutcome::Retry {
-                reason: describe(&err),
+                reason: describe(err),
                 retry_after: None,
             },
         }
@@ -145,14 +180,27 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(wait.to_std().unwrap_or(Duration::ZERO))
 }
 
-fn describe(err: &reqwest::Error) -> String {
-    if err.is_timeout() {
-        "the target did not answer in time".into()
+/// What went wrong, with the causes reqwest keeps underneath ("tcp connect
+/// error: Connection refused") and without the URL.
+fn describe(err: reqwest::Error) -> String {
+    let err = err.without_url();
+    let mut text = if err.is_timeout() {
+        "the target did not answer in time".to_owned()
     } else if err.is_connect() {
-        format!("cannot connect to the target: {err}")
+        "cannot connect to the target".to_owned()
     } else {
         format!("request to the target failed: {err}")
+    };
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
     }
+    text
 }
 
 #[cfg(test)]

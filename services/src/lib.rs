@@ -6,6 +6,7 @@ pub mod builtin;
 pub mod consumers;
 pub mod forwarder;
 pub mod management;
+pub mod network;
 pub mod store;
 pub mod targets;
 pub mod validation;

@@ -9,8 +9,11 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+
+use crate::network::{host_listed, http_url, url_host};
 
 /// Header names the forwarder sets itself; a target may not override them.
 pub const RESERVED_HEADERS: &[&str] = &[
@@ -57,21 +60,13 @@ pub struct TargetUrl(url::Url);
 
 impl TargetUrl {
     pub fn parse(raw: &str, allowed_hosts: Option<&[String]>) -> Result<Self, String> {
-        let url =
-            url::Url::parse(raw).map_err(|e| format!("target.url: `{raw}` is not a URL ({e})"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("target.url: `{raw}` must be http or https"));
-        }
-        let host = url
-            .host_str()
-            .ok_or_else(|| format!("target.url: `{raw}` has no host"))?
-            .to_ascii_lowercase();
+        let url = http_url(raw).map_err(|problem| format!("target.url: the URL is {problem}"))?;
         if !url.username().is_empty() || url.password().is_some() {
             return Err("target.url: put credentials in target.headers, not in the URL".into());
         }
         if let Some(allowed) = allowed_hosts {
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            if !allowed.iter().any(|a| a == host) {
+            let host = url_host(&url).unwrap_or_default();
+            if !host_listed(allowed, &host) {
                 return Err(format!(
                     "target.url: host `{host}` is not in FORWARD_ALLOWED_HOSTS"
                 ));
@@ -129,17 +124,21 @@ impl HttpTarget {
 }
 
 /// A Standard Webhooks secret: `whsec_` + base64 of the HMAC key bytes.
-#[derive(Clone, PartialEq, Eq)]
+/// Both forms are held in `secrecy` boxes: `Debug` shows neither, and they
+/// are zeroed when dropped.
+#[derive(Debug, Clone)]
 pub struct SigningSecret {
-    encoded: String,
-    key: Vec<u8>,
+    encoded: SecretString,
+    key: SecretSlice<u8>,
 }
 
-impl std::fmt::Debug for SigningSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SigningSecret(***)")
+impl PartialEq for SigningSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.encoded.expose_secret() == other.encoded.expose_secret()
     }
 }
+
+impl Eq for SigningSecret {}
 
 impl SigningSecret {
     pub fn parse(raw: &str) -> Result<Self, String> {
@@ -159,19 +158,20 @@ impl SigningSecret {
             ));
         }
         Ok(Self {
-            encoded: raw.to_owned(),
-            key,
+            encoded: SecretString::from(raw),
+            key: SecretSlice::from(key),
         })
     }
 
+    /// The secret as given, for storing it.
     pub fn expose(&self) -> &str {
-        &self.encoded
+        self.encoded.expose_secret()
     }
 
     /// `v1,` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}")).
     pub fn sign(&self, message_id: &str, timestamp: i64, body: &[u8]) -> String {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.expose_secret())
+            .expect("HMAC accepts keys of any length");
         mac.update(message_id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.to_string().as_bytes());
@@ -228,6 +228,10 @@ mod tests {
             br#"{"test": 2432232314}"#,
         );
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-        assert!(!format!("{secret:?}").contains("MfKQ"));
+        let shown = format!("{secret:?}");
+        assert!(
+            !shown.contains("MfKQ") && !shown.contains("49, "),
+            "{shown}"
+        );
     }
 }

@@ -10,7 +10,8 @@ use gateway::{BasicProperties, OutgoingMessage, PublishOutcome, QueueName};
 use middlewares::{Publisher, Viewer};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use services::builtin::events::{ReportEvent, ScrapeJob, UserEvent};
+use services::builtin::events::{EventError, ReportEvent, ScrapeJob, UserEvent};
+use services::builtin::scrape::QueueJobError;
 use services::builtin::{queue_name, report, scrape, user};
 use services::BuiltinHandler;
 use utoipa::ToSchema;
@@ -48,10 +49,14 @@ pub struct CreateReportRequest {
     pub ubicacion: Option<String>,
 }
 
-/// A scrape job; `job_id` is assigned here.
+/// A scrape job; `job_id` is assigned here unless the caller names one.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScrapeJobRequest {
+    /// The caller's own id for the job (1 to 255 bytes); one already used
+    /// is refused with 409. A new UUID when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub user_id: Option<Value>,
@@ -72,6 +77,14 @@ pub struct ScrapeJobRequest {
     /// links and e-mail addresses become the job's results.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub urls: Option<Vec<String>>,
+}
+
+/// A request the built-in handler would refuse: 400 naming the field.
+fn refused(err: EventError) -> ApiError {
+    match err {
+        EventError::Field(field) => field.into(),
+        other => ApiError::BadRequest(other.to_string()),
+    }
 }
 
 /// The request's fields plus `extra`, as the event's JSON bytes.
@@ -135,10 +148,7 @@ pub async fn create_user(
         &body,
         json!({ "event_type": "user.create", "event_id": event_id }),
     )?;
-    let email = match UserEvent::parse(&payload)
-        .map_err(ApiError::BadRequest)?
-        .event
-    {
+    let email = match UserEvent::parse(&payload).map_err(refused)?.event {
         UserEvent::Create(user) => user.email,
         _ => {
             return Err(ApiError::Internal(
@@ -168,7 +178,7 @@ pub async fn create_report(
         &body,
         json!({ "event_type": "report.create", "event_id": event_id, "id_reporte": id_reporte }),
     )?;
-    ReportEvent::parse(&payload).map_err(ApiError::BadRequest)?;
+    ReportEvent::parse(&payload).map_err(refused)?;
     publish(&state, BuiltinHandler::Report, &event_id, &payload).await?;
     Ok(HttpResponse::Accepted().json(json!({ "status": "queued", "id_reporte": id_reporte })))
 }
@@ -178,6 +188,7 @@ pub async fn create_report(
     responses(
         (status = 202, description = "The job is recorded as queued and on the scrape queue", example = json!({"status": "queued", "job_id": "987f…"})),
         (status = 400, description = "A field is invalid; the message names it", body = crate::openapi::ErrorBodySchema),
+        (status = 409, description = "A job with this `job_id` already exists", body = crate::openapi::ErrorBodySchema),
         (status = 404, description = "The built-in scrape queue does not exist", body = crate::openapi::ErrorBodySchema),
         (status = 503, description = "Broker or store down", body = crate::openapi::ErrorBodySchema)))]
 pub async fn create_scrape_job(
@@ -185,12 +196,25 @@ pub async fn create_scrape_job(
     state: web::Data<AppState>,
     Json(body): Json<ScrapeJobRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let job_id = uuid::Uuid::new_v4().to_string();
+    let job_id = body
+        .job_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let payload = event_bytes(&body, json!({ "job_id": job_id }))?;
-    let job = ScrapeJob::parse(&payload).map_err(ApiError::BadRequest)?;
-    job.check_urls().map_err(ApiError::BadRequest)?;
-    // Recorded first, so a GET right after the 202 finds the job.
-    scrape::insert_queued_job(&state.store, &job).await?;
+    let job = ScrapeJob::parse(&payload).map_err(refused)?;
+    job.check_urls()?;
+    let job_id = job.job_id.clone();
+    // Recorded first, so a GET right after the 202 finds the job; the
+    // record's key is what refuses a job_id used before.
+    match scrape::insert_queued_job(&state.store, &job).await {
+        Ok(()) => {}
+        Err(QueueJobError::Exists) => {
+            return Err(ApiError::Conflict(format!(
+                "a scrape job with job_id `{job_id}` already exists; choose another job_id or leave it out"
+            )))
+        }
+        Err(QueueJobError::Store(err)) => return Err(err.into()),
+    }
     if let Err(err) = publish(&state, BuiltinHandler::Scrape, &job_id, &payload).await {
         // Not published: take the record back rather than leave a job that
         // stays queued forever.

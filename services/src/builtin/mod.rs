@@ -93,13 +93,20 @@ impl From<mongodb::error::Error> for Failure {
     }
 }
 
-/// MongoDB's duplicate-key error (11000), whichever way the driver wraps it.
+/// MongoDB's duplicate-key error, told by its code (11000) wherever the
+/// driver puts it.
 pub(crate) fn is_duplicate(err: &mongodb::error::Error) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};
+    const DUPLICATE_KEY: i32 = 11000;
     match err.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
-        ErrorKind::Command(e) => e.code == 11000,
-        _ => err.to_string().contains("E11000"),
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(e) => e
+            .write_errors
+            .iter()
+            .flatten()
+            .any(|w| w.code == DUPLICATE_KEY),
+        _ => false,
     }
 }
 

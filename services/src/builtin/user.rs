@@ -32,7 +32,7 @@ impl DeliveryTarget for UserHandler {
     async fn deliver(&self, message: &IncomingMessage) -> DeliveryOutcome {
         let envelope = match UserEvent::parse(&message.payload) {
             Ok(envelope) => envelope,
-            Err(reason) => return outcome(Err(Failure::Reject(reason))),
+            Err(reason) => return outcome(Err(Failure::Reject(reason.to_string()))),
         };
         let key = envelope.key(&message.message_id);
         let result = match &envelope.event {
