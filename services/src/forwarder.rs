@@ -135,7 +135,7 @@ impl DeliveryTarget for HttpForwarder {
             }
             // The guard refused the address: it will not change by itself.
             Err(err) if AddressNotAllowed::caused(&err) => DeliveryOutcome::Reject {
-                reason: "the target's address is not allowed (FORWARD_DENY_PRIVATE)".into(),
+                reason: "target address not allowed (FORWARD_DENY_PRIVATE)".into(),
             },
             // A message whose id or content type cannot be a header value
             // will never go out: no use retrying it.

@@ -627,7 +627,13 @@ fn finished(job: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrape_jobs_fetch_their_pages_and_record_what_failed() {
-    let app = spawn_with_builtins(&[("SCRAPE_TIMEOUT_MS", "1000")]).await;
+    // The pages are on this machine, which the network guard refuses
+    // unless the operator lists the host.
+    let app = spawn_with_builtins(&[
+        ("SCRAPE_TIMEOUT_MS", "1000"),
+        ("SCRAPE_ALLOWED_HOSTS", "127.0.0.1"),
+    ])
+    .await;
     let base = serve_pages().await;
     let urls = ["/page", "/moved", "/broken", "/hang"].map(|p| format!("{base}{p}"));
 
@@ -739,6 +745,81 @@ async fn scrape_jobs_fetch_their_pages_and_record_what_failed() {
     let missing = app.get("/jobs/no-such-job").await;
     assert_error(missing, StatusCode::NOT_FOUND, "not_found").await;
 
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_job_past_its_deadline_completes_with_what_it_has() {
+    let app = spawn_with_builtins(&[
+        ("SCRAPE_TIMEOUT_MS", "60000"),
+        ("SCRAPE_JOB_TIMEOUT_MS", "1500"),
+        ("SCRAPE_ALLOWED_HOSTS", "127.0.0.1"),
+    ])
+    .await;
+    let base = serve_pages().await;
+    let urls = ["/page", "/hang", "/hang"].map(|p| format!("{base}{p}"));
+    let started = Instant::now();
+
+    let job_id = submit_job(&app, json!({ "urls": urls })).await;
+    let job = get_until(&app, &format!("/jobs/{job_id}"), finished).await;
+
+    // Long before the per-URL timeout of a minute.
+    assert!(started.elapsed() < DEADLINE, "{:?}", started.elapsed());
+    assert_eq!(job["status"], "completed", "{job}");
+    let results = job["results"].as_array().expect("results");
+    assert_eq!(results[0]["title"], "Acme Anvils", "{job}");
+    for cut in &results[1..] {
+        assert_eq!(cut["httpStatus"], Value::Null, "{cut}");
+        assert!(
+            cut["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("deadline passed")),
+            "{cut}"
+        );
+    }
+    assert!(
+        job["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("2 URL(s) were not fetched")),
+        "{job}"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_jobs_refuse_a_used_job_id_and_keys_the_store_cannot_keep() {
+    let app = spawn_with_builtins(&[]).await;
+    let job_id = format!("job-{}", uuid::Uuid::new_v4());
+
+    let first = submit_job(&app, json!({ "job_id": job_id, "industry": "SaaS" })).await;
+    assert_eq!(first, job_id);
+    let again = app
+        .post_json("/jobs/scrape", &json!({ "job_id": job_id, "industry": "Other" }))
+        .await;
+    let body = assert_error(again, StatusCode::CONFLICT, "conflict").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("job_id"),
+        "{body}"
+    );
+    // The first job is the one that stays.
+    let job = get_until(&app, &format!("/jobs/{job_id}"), finished).await;
+    assert_eq!(job["status"], "completed", "{job}");
+
+    for (body, field) in [
+        // serde_json sends the NUL as JSON's \u0000 escape.
+        (json!({ "filters": { "a\u{0}b": 1 } }), "filters"),
+        (json!({ "filters": { "x": { "$where": "1" } } }), "filters"),
+        (json!({ "user_id": { "a.b": 1 } }), "user_id"),
+    ] {
+        let response = app.post_json("/jobs/scrape", &body).await;
+        let answer = assert_error(response, StatusCode::BAD_REQUEST, "bad_request").await;
+        assert!(
+            answer["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("`{field}"))),
+            "{body}: {answer}"
+        );
+    }
     app.cleanup().await;
 }
 
