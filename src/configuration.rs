@@ -269,7 +269,7 @@ fn host_list(raw: &str) -> Vec<String> {
 }
 
 fn parse_http_url(raw: &str) -> Result<url::Url, String> {
-    services::network::http_url(raw).map_err(|problem| format!("`{raw}` is {problem}"))
+    services::network::http_url(raw).map_err(|problem| format!("`{raw}` {problem}"))
 }
 
 #[cfg(test)]

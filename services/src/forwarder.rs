@@ -16,7 +16,7 @@ use gateway::{DeliveryOutcome, DeliveryTarget, IncomingMessage};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
-use crate::network::{AddressGuard, AddressNotAllowed};
+use crate::network::{with_causes, AddressGuard, AddressNotAllowed};
 use crate::targets::{HttpTarget, SigningSecret};
 
 /// Response bodies are read (so the connection can be reused) up to this
@@ -184,23 +184,14 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// error: Connection refused") and without the URL.
 fn describe(err: reqwest::Error) -> String {
     let err = err.without_url();
-    let mut text = if err.is_timeout() {
+    let head = if err.is_timeout() {
         "the target did not answer in time".to_owned()
     } else if err.is_connect() {
         "cannot connect to the target".to_owned()
     } else {
         format!("request to the target failed: {err}")
     };
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+    with_causes(head, &err)
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ pub struct TargetUrl(url::Url);
 
 impl TargetUrl {
     pub fn parse(raw: &str, allowed_hosts: Option<&[String]>) -> Result<Self, String> {
-        let url = http_url(raw).map_err(|problem| format!("target.url: the URL is {problem}"))?;
+        let url = http_url(raw).map_err(|problem| format!("target.url: the URL {problem}"))?;
         if !url.username().is_empty() || url.password().is_some() {
             return Err("target.url: put credentials in target.headers, not in the URL".into());
         }

@@ -565,17 +565,25 @@ async fn serve_pages() -> String {
     base
 }
 
-async fn answer(mut socket: TcpStream) {
+/// Reads a request's head and returns its path; `None` when the client
+/// went away first.
+pub(crate) async fn request_path(socket: &mut TcpStream) -> Option<String> {
     let mut request = Vec::new();
     let mut buffer = [0_u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16_384 {
         match socket.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(n) => request.extend_from_slice(&buffer[..n]),
         }
     }
     let head = String::from_utf8_lossy(&request);
-    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    Some(head.split_whitespace().nth(1).unwrap_or("/").to_owned())
+}
+
+async fn answer(mut socket: TcpStream) {
+    let Some(path) = request_path(&mut socket).await else {
+        return;
+    };
     let (status, extra, body) = match path.as_str() {
         "/page" => (
             "200 OK",
@@ -794,7 +802,10 @@ async fn scrape_jobs_refuse_a_used_job_id_and_keys_the_store_cannot_keep() {
     let first = submit_job(&app, json!({ "job_id": job_id, "industry": "SaaS" })).await;
     assert_eq!(first, job_id);
     let again = app
-        .post_json("/jobs/scrape", &json!({ "job_id": job_id, "industry": "Other" }))
+        .post_json(
+            "/jobs/scrape",
+            &json!({ "job_id": job_id, "industry": "Other" }),
+        )
         .await;
     let body = assert_error(again, StatusCode::CONFLICT, "conflict").await;
     assert!(

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::builtin::request_path;
 use crate::helpers::{assert_error, assert_json, eventually, spawn_app_with, TestApp};
 use crate::support::target_server::TargetServer;
 use crate::support::Api;
@@ -56,16 +57,9 @@ impl CountingServer {
 }
 
 async fn answer(mut socket: TcpStream, redirects: Arc<Vec<(&'static str, String)>>) {
-    let mut request = Vec::new();
-    let mut buffer = [0_u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16_384 {
-        match socket.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => request.extend_from_slice(&buffer[..n]),
-        }
-    }
-    let head = String::from_utf8_lossy(&request);
-    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let Some(path) = request_path(&mut socket).await else {
+        return;
+    };
     let body = "<html><head><title>Inside</title></head><body>ops@inside.example</body></html>";
     let response = match redirects.iter().find(|(p, _)| *p == path) {
         Some((_, location)) => format!(
@@ -89,7 +83,8 @@ async fn spawn_scraper(extra: &[(&str, &str)]) -> TestApp {
 /// Submits a scrape job of `urls` and waits until it is finished.
 async fn scrape(app: &TestApp, urls: &[String]) -> Value {
     let answer = assert_json(
-        app.post_json("/jobs/scrape", &json!({ "urls": urls })).await,
+        app.post_json("/jobs/scrape", &json!({ "urls": urls }))
+            .await,
         StatusCode::ACCEPTED,
     )
     .await;
@@ -142,9 +137,16 @@ async fn scrapes_of_inside_addresses_are_refused_before_any_connection() {
         assert_eq!(result["url"], url.as_str());
         assert!(refused(result), "{url} was not refused: {result}");
     }
-    assert_eq!(inside.connections(), 0, "a refused URL reached the listener");
+    assert_eq!(
+        inside.connections(),
+        0,
+        "a refused URL reached the listener"
+    );
     let error = job["error"].as_str().expect("a job error");
-    assert!(!error.contains("http://"), "the job error names a URL: {error}");
+    assert!(
+        !error.contains("http://"),
+        "the job error names a URL: {error}"
+    );
     app.cleanup().await;
 }
 
@@ -184,10 +186,15 @@ async fn redirects_from_an_allowed_host_to_an_inside_one_are_refused() {
         ("/to-listed", elsewhere.url("127.0.0.1", "/")),
     ])
     .await;
-    let urls: Vec<String> = ["/to-localhost", "/to-loopback", "/to-metadata", "/to-listed"]
-        .iter()
-        .map(|path| allowed.url("127.0.0.1", path))
-        .collect();
+    let urls: Vec<String> = [
+        "/to-localhost",
+        "/to-loopback",
+        "/to-metadata",
+        "/to-listed",
+    ]
+    .iter()
+    .map(|path| allowed.url("127.0.0.1", path))
+    .collect();
 
     let job = scrape(&app, &urls).await;
 

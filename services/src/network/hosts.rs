@@ -4,13 +4,13 @@
 
 use url::{Host, Url};
 
-/// Why a text is not an http(s) URL with a host. The message never quotes
-/// the URL, so it can be stored and logged.
+/// Why a text is not an http(s) URL with a host, as a predicate ("the URL
+/// has no host"). It never quotes the URL, so it can be stored and logged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlProblem {
-    #[error("not a URL ({0})")]
+    #[error("is not a URL ({0})")]
     NotAUrl(url::ParseError),
-    #[error("must be http or https")]
+    #[error("is not http or https")]
     Scheme,
     #[error("has no host")]
     NoHost,
@@ -49,7 +49,7 @@ pub fn url_host(url: &Url) -> Option<String> {
 /// Whether `host` (a URL host or a DNS name) is on `allowed`.
 pub fn host_listed(allowed: &[String], host: &str) -> bool {
     let host = normalize(host);
-    allowed.iter().any(|a| *a == host)
+    allowed.contains(&host)
 }
 
 fn normalize(host: &str) -> String {

@@ -5,9 +5,11 @@
 //! connect time.
 
 mod address;
+mod errors;
 mod hosts;
 mod resolver;
 
 pub use address::is_internal;
+pub use errors::{find_cause, with_causes};
 pub use hosts::{host_list, host_listed, http_url, url_host, UrlProblem};
 pub use resolver::{AddressGuard, AddressNotAllowed};

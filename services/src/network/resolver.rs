@@ -14,6 +14,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::{Host, Url};
 
 use super::address::is_internal;
+use super::errors::find_cause;
 use super::hosts::host_listed;
 
 /// The refusal, found again in a reqwest error's source chain by its type.
@@ -24,14 +25,7 @@ pub struct AddressNotAllowed;
 impl AddressNotAllowed {
     /// Whether `err`, or anything it was caused by, is this refusal.
     pub fn caused(err: &(dyn std::error::Error + 'static)) -> bool {
-        let mut current = Some(err);
-        while let Some(e) = current {
-            if e.is::<AddressNotAllowed>() {
-                return true;
-            }
-            current = e.source();
-        }
-        false
+        find_cause::<AddressNotAllowed>(err).is_some()
     }
 }
 

@@ -74,7 +74,7 @@ impl ScrapeJob {
     pub fn check_urls(&self) -> Result<(), FieldError> {
         for (i, raw) in self.urls.iter().flatten().enumerate() {
             http_url(raw).map_err(|problem| {
-                FieldError::new(format!("urls[{i}]"), format!("the URL is {problem}"))
+                FieldError::new(format!("urls[{i}]"), format!("the URL {problem}"))
             })?;
         }
         Ok(())

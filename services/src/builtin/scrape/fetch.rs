@@ -11,7 +11,9 @@ use url::Url;
 
 use super::extract::{clip, emails_in_text, extract, Extracted};
 use super::jobs::PageResult;
-use crate::network::{host_listed, http_url, url_host, AddressGuard, AddressNotAllowed};
+use crate::network::{
+    find_cause, host_listed, http_url, url_host, with_causes, AddressGuard, AddressNotAllowed,
+};
 
 const MAX_REDIRECTS: usize = 5;
 const MAX_ERROR_CHARS: usize = 300;
@@ -95,7 +97,7 @@ impl Fetcher {
     pub(super) async fn fetch(&self, raw: String) -> PageResult {
         let url = match http_url(&raw) {
             Ok(url) => url,
-            Err(problem) => return PageResult::failed(raw, format!("the URL is {problem}")),
+            Err(problem) => return PageResult::failed(raw, format!("the URL {problem}")),
         };
         if let Err(refused) = self.policy.admit(&url) {
             return PageResult::failed(raw, refused.to_string());
@@ -168,40 +170,16 @@ impl Fetcher {
 }
 
 /// A reqwest error as a result's `error`: the guard's refusal as it is,
-/// anything else with its causes ("… : Connection refused"), which is where
-/// reqwest says what happened, and never the URL.
+/// anything else with its causes, and never the URL.
 fn describe(err: reqwest::Error) -> String {
     let err = err.without_url();
-    if let Some(refused) = cause::<NotListed>(&err) {
+    if let Some(refused) = find_cause::<NotListed>(&err) {
         return refused.to_string();
     }
     if AddressNotAllowed::caused(&err) {
         return AddressNotAllowed.to_string();
     }
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-fn cause<'a, T: std::error::Error + 'static>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = e.source();
-    }
-    None
+    with_causes(err.to_string(), &err)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
