@@ -44,7 +44,9 @@ pub struct Settings {
     pub admin_password: Secret,
     pub default_target_url: Option<url::Url>,
     pub forward_allowed_hosts: Option<Vec<String>>,
-    /// `SCRAPE_ALLOWED_HOSTS`: hosts the scrape handler may fetch; any when unset.
+    /// `SCRAPE_ALLOWED_HOSTS`: the only hosts the scrape handler fetches,
+    /// whatever they resolve to; when unset, any host, connected to only on
+    /// its addresses outside the network (`services::network`).
     pub scrape_allowed_hosts: Option<Vec<String>>,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
@@ -135,8 +137,10 @@ impl Settings {
             .map(|raw| parse_http_url(&raw).map_err(|e| problem("DEFAULT_TARGET_URL", e)))
             .transpose()?;
 
-        let forward_allowed_hosts = var("FORWARD_ALLOWED_HOSTS").map(|raw| host_list(&raw));
-        let scrape_allowed_hosts = var("SCRAPE_ALLOWED_HOSTS").map(|raw| host_list(&raw));
+        let forward_allowed_hosts =
+            var("FORWARD_ALLOWED_HOSTS").map(|raw| services::network::host_list(&raw));
+        let scrape_allowed_hosts =
+            var("SCRAPE_ALLOWED_HOSTS").map(|raw| services::network::host_list(&raw));
 
         let max_body_bytes = match var("MAX_BODY_BYTES") {
             None => 1_048_576,
@@ -262,10 +266,6 @@ fn boolean(
             format!("`{other}` is neither true nor false"),
         )),
     }
-}
-
-fn host_list(raw: &str) -> Vec<String> {
-    services::network::host_list(raw)
 }
 
 fn parse_http_url(raw: &str) -> Result<url::Url, String> {
