@@ -272,3 +272,45 @@ async fn forward_deny_private_refuses_inside_targets() {
     assert_eq!(target.request_count(), 0, "a refused target was reached");
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_errors_are_stored_without_the_target_url() {
+    let app = spawn_app_with(&[]).await;
+    let api = Api::of(&app);
+    let queue = app.unique_queue("no-url");
+    app.create_queue(&queue, json!({})).await;
+    // A port nothing listens on: connection refused, on this machine.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let consumer = api
+        .create_http_consumer(
+            &queue,
+            &format!("http://127.0.0.1:{closed}/hook?token=s3cr3t"),
+            json!({ "retry": { "maxAttempts": 1 } }),
+        )
+        .await;
+    app.publish(&queue, json!({ "n": 1 })).await;
+
+    let dead = eventually(DEADLINE, || async {
+        let dead = api.dead_letters(&queue).await;
+        match dead.first() {
+            Some(first) => Ok(first.clone()),
+            None => Err("nothing dead-lettered yet".to_string()),
+        }
+    })
+    .await;
+    let stats = api.consumer(&consumer).await["stats"].clone();
+    for stored in [&dead["lastError"], &stats["lastError"]] {
+        let text = stored
+            .as_str()
+            .unwrap_or_else(|| panic!("no error in {dead} / {stats}"));
+        assert!(text.contains("connect"), "{text}");
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("/hook") && !text.contains("http://"),
+            "a stored error carries the URL: {text}"
+        );
+    }
+    app.cleanup().await;
+}
