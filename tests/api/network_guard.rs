@@ -125,6 +125,8 @@ async fn scrapes_of_inside_addresses_are_refused_before_any_connection() {
         inside.url("[::1]", "/"),
         inside.url("[::ffff:127.0.0.1]", "/"),
         inside.url("0.0.0.0", "/"),
+        // 127.0.0.1 spelled as one decimal number.
+        inside.url("2130706433", "/"),
         METADATA.to_owned(),
     ];
 

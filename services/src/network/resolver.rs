@@ -98,6 +98,9 @@ mod tests {
         let guard = AddressGuard::default();
         assert!(guard.check_url(&url("http://127.0.0.1:9/")).is_err());
         assert!(guard.check_url(&url("http://[::ffff:a9fe:a9fe]/")).is_err());
+        // Other spellings of 127.0.0.1 are parsed to it before the check.
+        assert!(guard.check_url(&url("http://2130706433/")).is_err());
+        assert!(guard.check_url(&url("http://0x7f.1/")).is_err());
         assert!(guard.check_url(&url("http://8.8.8.8/")).is_ok());
         // Names are the resolver's business.
         assert!(guard.check_url(&url("http://localhost/")).is_ok());
