@@ -27,6 +27,24 @@ struct NotListed;
 #[error("more than {MAX_REDIRECTS} redirects")]
 struct TooManyRedirects;
 
+/// Why a page gave nothing; its text is the result's `error`.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("the server answered HTTP {0}")]
+    Status(reqwest::StatusCode),
+    /// Already described, without the URL (see `describe`).
+    #[error("{0}")]
+    Request(String),
+    #[error("the page could not be parsed: {0}")]
+    Parse(tokio::task::JoinError),
+}
+
+impl From<reqwest::Error> for FetchError {
+    fn from(err: reqwest::Error) -> Self {
+        FetchError::Request(describe(err))
+    }
+}
+
 /// Which hosts the scraper may reach.
 #[derive(Debug, Clone)]
 struct HostPolicy {
@@ -108,7 +126,7 @@ impl Fetcher {
         };
         match tokio::time::timeout(self.timeout, self.fetch_page(url, &mut result)).await {
             Ok(Ok(())) => {}
-            Ok(Err(problem)) => result.error = Some(clip(&problem, MAX_ERROR_CHARS)),
+            Ok(Err(problem)) => result.error = Some(clip(&problem.to_string(), MAX_ERROR_CHARS)),
             Err(_) => {
                 result.error = Some(format!(
                     "no complete answer within {} ms",
@@ -119,12 +137,12 @@ impl Fetcher {
         result
     }
 
-    async fn fetch_page(&self, url: Url, result: &mut PageResult) -> Result<(), String> {
-        let mut response = self.client.get(url).send().await.map_err(describe)?;
+    async fn fetch_page(&self, url: Url, result: &mut PageResult) -> Result<(), FetchError> {
+        let mut response = self.client.get(url).send().await?;
         let status = response.status();
         result.http_status = Some(status.as_u16());
         if !status.is_success() {
-            return Err(format!("the server answered HTTP {status}"));
+            return Err(FetchError::Status(status));
         }
         // Links resolve against where the redirects ended.
         let page_url = response.url().clone();
@@ -139,7 +157,7 @@ impl Fetcher {
         }
         let limit = self.max_body_bytes;
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(describe)? {
+        while let Some(chunk) = response.chunk().await? {
             let room = limit - body.len();
             if chunk.len() >= room {
                 // Past the cap the page is parsed as far as it was read.
@@ -160,7 +178,7 @@ impl Fetcher {
             },
         })
         .await
-        .map_err(|e| format!("the page could not be parsed: {e}"))?;
+        .map_err(FetchError::Parse)?;
         result.title = extracted.title;
         result.description = extracted.description;
         result.links = extracted.links;
