@@ -41,7 +41,9 @@ pub struct Settings {
     pub mongodb_uri: Secret,
     pub mongodb_db: String,
     pub admin_user: String,
-    pub admin_password: Secret,
+    /// `secrecy`'s type: `Debug` prints it redacted, and reading it takes
+    /// an explicit `expose_secret()`.
+    pub admin_password: secrecy::SecretString,
     pub default_target_url: Option<url::Url>,
     pub forward_allowed_hosts: Option<Vec<String>>,
     /// `SCRAPE_ALLOWED_HOSTS`: the only hosts the scrape handler fetches,
@@ -65,6 +67,11 @@ pub struct Settings {
     pub max_header_bytes: usize,
     /// `MAX_CONSUMERS`: consumers this gateway runs; beyond it, 409.
     pub max_consumers: usize,
+    /// `AUTH_MAX_FAILURES`: failed authentications one client address may
+    /// make per window before it is refused with 429; 0 turns it off.
+    pub auth_max_failures: u32,
+    /// `AUTH_FAILURE_WINDOW_SECS`: that window.
+    pub auth_failure_window: std::time::Duration,
     /// Names this process in its AMQP connection, so replicas can be told
     /// apart in `/getConnections`.
     pub instance_id: String,
@@ -177,6 +184,8 @@ impl Settings {
         // beyond it closes the whole connection. 4 KiB stay for the rest.
         let max_header_bytes = number(&var, "MAX_HEADER_BYTES", 65_536, 1..=MAX_HEADER_BYTES_CAP)?;
         let max_consumers = number(&var, "MAX_CONSUMERS", 5_000, 1..=1_000_000)?;
+        let auth_max_failures = number(&var, "AUTH_MAX_FAILURES", 10, 0..=1_000_000)?;
+        let auth_failure_window_secs = number(&var, "AUTH_FAILURE_WINDOW_SECS", 60, 1..=86_400)?;
 
         let instance_id = var("INSTANCE_ID").unwrap_or_else(|| {
             let short = uuid::Uuid::new_v4().simple().to_string();
@@ -207,7 +216,7 @@ impl Settings {
             mongodb_uri: Secret::new(mongodb_uri),
             mongodb_db,
             admin_user: or("ADMIN_USER", "admin"),
-            admin_password: Secret::new(admin_password),
+            admin_password: secrecy::SecretString::from(admin_password),
             default_target_url,
             forward_allowed_hosts,
             scrape_allowed_hosts,
@@ -220,6 +229,8 @@ impl Settings {
             forward_deny_private,
             max_header_bytes: max_header_bytes as usize,
             max_consumers: max_consumers as usize,
+            auth_max_failures: auth_max_failures as u32,
+            auth_failure_window: std::time::Duration::from_secs(auth_failure_window_secs),
             instance_id,
         })
     }

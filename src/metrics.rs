@@ -1,9 +1,11 @@
 //! The gateway's Prometheus registry: the delivery families from
-//! `gateway::metrics`, publish counters and latency, broker/store up.
+//! `gateway::metrics`, the auth counters from `middlewares`, publish
+//! counters and latency, broker/store up.
 
 use std::sync::Arc;
 
 use gateway::metrics::{latency_histogram, DeliveryMetrics};
+use middlewares::AuthMetrics;
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,6 +22,7 @@ pub struct PublishLabels {
 pub struct AppMetrics {
     registry: Registry,
     pub delivery: Arc<DeliveryMetrics>,
+    pub auth: Arc<AuthMetrics>,
     pub publishes: Family<PublishLabels, Counter>,
     pub publish_seconds: Histogram,
     broker_up: Gauge,
@@ -37,6 +40,8 @@ impl AppMetrics {
         let mut registry = Registry::default();
         let delivery = Arc::new(DeliveryMetrics::new());
         delivery.register(&mut registry);
+        let auth = Arc::new(AuthMetrics::default());
+        auth.register(&mut registry);
         let publishes = Family::<PublishLabels, Counter>::default();
         registry.register(
             "workerrmq_publishes",
@@ -64,6 +69,7 @@ impl AppMetrics {
         Self {
             registry,
             delivery,
+            auth,
             publishes,
             publish_seconds,
             broker_up,

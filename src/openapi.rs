@@ -82,6 +82,8 @@ impl Modify for SecuritySchemes {
         routes::dead_letters::replay_dead_letters,
         routes::connections::get_connections,
         routes::api_keys::create_api_key,
+        routes::api_keys::get_api_keys,
+        routes::api_keys::delete_api_key,
         routes::metrics::metrics,
         routes::seeds::create_user,
         routes::seeds::get_user,

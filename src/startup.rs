@@ -14,7 +14,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use std::sync::Arc;
 
 use gateway::{Broker, BrokerSettings, ConsumerSupervisor, DeadLetters, Publisher, Topology};
-use middlewares::Authenticator;
+use middlewares::{AuthSettings, Authenticator, ThrottleSettings};
 use services::builtin::setup::BuiltinSetup;
 use services::{BuiltinHandlers, ScrapeSettings};
 use services::{ConsumerRegistry, ManagementClient, Store};
@@ -26,8 +26,6 @@ use crate::extract::BodyLimit;
 use crate::routes;
 use crate::state::AppState;
 
-/// How long a verified credential is trusted without another bcrypt run.
-const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
 const FIRST_BROKER_CONNECT: Duration = Duration::from_secs(5);
 const STORE_BOOTSTRAP_RETRY: Duration = Duration::from_secs(2);
 
@@ -140,7 +138,18 @@ impl Application {
         .await;
 
         let body_limit = settings.max_body_bytes;
-        let authenticator = web::Data::new(Authenticator::new(store.clone(), CREDENTIAL_CACHE_TTL));
+        let authenticator = web::Data::new(Authenticator::new(
+            Arc::new(store.clone()),
+            AuthSettings {
+                throttle: ThrottleSettings {
+                    max_failures: settings.auth_max_failures,
+                    window: settings.auth_failure_window,
+                    ..ThrottleSettings::default()
+                },
+                ..AuthSettings::default()
+            },
+            metrics.auth.clone(),
+        ));
         let state = web::Data::new(AppState {
             topology: Topology::new(broker.clone()),
             dead_letters: DeadLetters::new(broker.clone(), publisher.clone()),
@@ -219,7 +228,7 @@ async fn bootstrap_store(store: &Store, settings: &Settings, shutdown: Cancellat
             let password = password.clone();
             async move {
                 store.ensure_indexes().await?;
-                store.ensure_admin(&user, password.expose()).await
+                store.ensure_admin(&user, &password).await
             }
         }
     };

@@ -1,11 +1,17 @@
 //! `middlewares` owns what wraps every request: authentication and roles
-//! (with the credential cache that keeps bcrypt off the hot path), request
-//! ids and the tracing span each request runs in, and the contract's error
-//! body that every non-2xx answer carries.
+//! (with the credential cache that keeps bcrypt off the hot path and the
+//! throttle on failed attempts), request ids and the tracing span each
+//! request runs in, and the contract's error body that every non-2xx answer
+//! carries. It reads credentials through `credentials::CredentialStore`, so
+//! it knows nothing of MongoDB.
 
 pub mod auth;
 pub mod error_body;
 pub mod request_id;
 
-pub use auth::{Admin, AuthError, Authenticator, Principal, PublisherCaller as Publisher, Viewer};
+pub use auth::{
+    Admin, AuthError, AuthMetrics, AuthSettings, Authenticator, Principal,
+    PublisherCaller as Publisher, ThrottleSettings, Viewer,
+};
+pub use credentials::Role;
 pub use error_body::{error_response, ErrorBody};

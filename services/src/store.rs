@@ -1,8 +1,15 @@
-//! The MongoDB store: operator accounts, API keys and (with the consumer
+//! The MongoDB store: operator accounts, API keys (and the authenticator's
+//! `CredentialStore` view of them) and (with the consumer
 //! engine) the consumer registry. Short timeouts everywhere: a store that is
 //! down must turn into a quick 503, never a hung request.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use credentials::{
+    password, AccountCredential, ApiKey, ApiKeyCredential, CredentialStore,
+    CredentialStoreUnavailable, KeyId, SecretDigest, SecretString,
+};
+use futures_util::TryStreamExt;
 
 use mongodb::bson::doc;
 use mongodb::options::{ClientOptions, IndexOptions};
@@ -36,38 +43,7 @@ fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
     }
 }
 
-/// What an account or API key may do. Ordered: each role can do everything
-/// the ones below it can.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Viewer,
-    Publisher,
-    Admin,
-}
-
-impl Role {
-    pub fn allows(self, required: Role) -> bool {
-        self >= required
-    }
-
-    pub fn parse(raw: &str) -> Option<Role> {
-        match raw {
-            "viewer" => Some(Role::Viewer),
-            "publisher" => Some(Role::Publisher),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-}
-
-/// A stored secret to check a presented one against.
-#[derive(Debug, Clone)]
-pub struct Credential {
-    pub principal: String,
-    pub role: Role,
-    pub bcrypt_hash: String,
-}
+pub use credentials::Role;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct AccountDoc {
@@ -80,16 +56,44 @@ struct AccountDoc {
     updated_at: DateTime,
 }
 
+/// An API key as stored: never the key itself, only the SHA-256 of its
+/// secret. Documents written before keys were checked by digest carry a
+/// bcrypt `secretHash` instead and no `secretSha256`; they are listed (so
+/// they can be deleted) but refused.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
     #[serde(rename = "_id")]
     pub key_id: String,
     pub name: String,
     pub role: Role,
-    #[serde(rename = "secretHash")]
-    pub secret_hash: String,
+    #[serde(
+        rename = "secretSha256",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secret_sha256: Option<String>,
     #[serde(rename = "createdAt")]
     pub created_at: DateTime,
+    #[serde(
+        rename = "lastUsedAt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_used_at: Option<DateTime>,
+}
+
+impl ApiKeyRecord {
+    /// The record for a freshly minted key.
+    pub fn new(key: &ApiKey, name: String, role: Role) -> Self {
+        Self {
+            key_id: key.key_id().to_string(),
+            name,
+            role,
+            secret_sha256: Some(key.digest().to_hex()),
+            created_at: DateTime::now(),
+            last_used_at: None,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -142,20 +146,21 @@ impl Store {
 
     /// Makes sure the bootstrap admin exists with this password. Hashing is
     /// skipped when the stored hash already matches, so restarts stay fast.
-    pub async fn ensure_admin(&self, username: &str, password: &str) -> Result<(), StoreError> {
+    pub async fn ensure_admin(
+        &self,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<(), StoreError> {
         let existing = self.accounts().find_one(doc! { "_id": username }).await?;
         if let Some(account) = existing {
-            let (password, hash) = (password.to_owned(), account.password_hash.clone());
-            let matches = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(false);
+            let matches = password::verify(password, &account.password_hash).await;
             if matches && account.role == Role::Admin {
                 return Ok(());
             }
         }
-        let hash = hash_secret(password).await?;
+        let hash = password::hash(password)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         self.accounts()
             .replace_one(
                 doc! { "_id": username },
@@ -171,43 +176,88 @@ impl Store {
         Ok(())
     }
 
-    pub async fn find_account(&self, username: &str) -> Result<Option<Credential>, StoreError> {
-        Ok(self
-            .accounts()
-            .find_one(doc! { "_id": username })
-            .await?
-            .map(|a| Credential {
-                principal: a.username,
-                role: a.role,
-                bcrypt_hash: a.password_hash,
-            }))
-    }
-
     pub async fn insert_api_key(&self, record: &ApiKeyRecord) -> Result<(), StoreError> {
         self.api_keys().insert_one(record).await?;
         Ok(())
     }
 
-    pub async fn find_api_key(&self, key_id: &str) -> Result<Option<Credential>, StoreError> {
-        Ok(self
+    /// Every key, oldest first.
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let cursor = self
             .api_keys()
-            .find_one(doc! { "_id": key_id })
-            .await?
-            .map(|k| Credential {
-                principal: format!("apikey:{}", k.name),
-                role: k.role,
-                bcrypt_hash: k.secret_hash,
-            }))
+            .find(doc! {})
+            .sort(doc! { "createdAt": 1, "_id": 1 })
+            .await?;
+        Ok(cursor.try_collect().await?)
+    }
+
+    /// Removes the key; `false` when there was none with this id.
+    pub async fn delete_api_key(&self, key_id: &KeyId) -> Result<bool, StoreError> {
+        let deleted = self
+            .api_keys()
+            .delete_one(doc! { "_id": key_id.as_str() })
+            .await?;
+        Ok(deleted.deleted_count > 0)
     }
 }
 
-/// bcrypt is slow on purpose; keep it off the async workers.
-pub async fn hash_secret(secret: &str) -> Result<String, StoreError> {
-    let secret = secret.to_owned();
-    tokio::task::spawn_blocking(move || bcrypt::hash(secret, bcrypt::DEFAULT_COST))
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("hashing task failed: {e}")))?
-        .map_err(|e| StoreError::Unavailable(format!("hashing failed: {e}")))
+/// The authenticator's view of the store. Implemented here rather than by
+/// an adapter in the binary: `credentials` is a small crate with no actix
+/// and no MongoDB, so `services` can depend on it and `middlewares` on it,
+/// without either depending on the other.
+#[async_trait::async_trait]
+impl CredentialStore for Store {
+    async fn find_account(
+        &self,
+        username: &str,
+    ) -> Result<Option<AccountCredential>, CredentialStoreUnavailable> {
+        let account = self
+            .accounts()
+            .find_one(doc! { "_id": username })
+            .await
+            .map_err(unavailable)?;
+        Ok(account.map(|a| AccountCredential {
+            username: a.username,
+            role: a.role,
+            bcrypt_hash: a.password_hash,
+        }))
+    }
+
+    async fn find_api_key(
+        &self,
+        key_id: &KeyId,
+    ) -> Result<Option<ApiKeyCredential>, CredentialStoreUnavailable> {
+        let record = self
+            .api_keys()
+            .find_one(doc! { "_id": key_id.as_str() })
+            .await
+            .map_err(unavailable)?;
+        Ok(record.map(|k| ApiKeyCredential {
+            key_id: key_id.clone(),
+            name: k.name,
+            role: k.role,
+            digest: k.secret_sha256.as_deref().and_then(SecretDigest::from_hex),
+        }))
+    }
+
+    async fn touch_api_key(
+        &self,
+        key_id: &KeyId,
+        at: SystemTime,
+    ) -> Result<(), CredentialStoreUnavailable> {
+        self.api_keys()
+            .update_one(
+                doc! { "_id": key_id.as_str() },
+                doc! { "$max": { "lastUsedAt": DateTime::from_system_time(at) } },
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+fn unavailable(err: mongodb::error::Error) -> CredentialStoreUnavailable {
+    CredentialStoreUnavailable(err.to_string())
 }
 
 pub use mongodb::bson::DateTime;
@@ -220,20 +270,5 @@ impl Store {
             .collection::<mongodb::bson::Document>("consumers")
             .count_documents(doc! { "queueName": queue })
             .await?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Role;
-
-    #[test]
-    fn roles_are_ordered() {
-        assert!(Role::Admin.allows(Role::Publisher));
-        assert!(Role::Publisher.allows(Role::Viewer));
-        assert!(!Role::Viewer.allows(Role::Publisher));
-        assert!(!Role::Publisher.allows(Role::Admin));
-        assert_eq!(Role::parse("admin"), Some(Role::Admin));
-        assert_eq!(Role::parse("root"), None);
     }
 }

@@ -1,63 +1,156 @@
-//! `/createApiKey`: mint a key, store only its bcrypt hash, show it once.
+//! API keys: `/createApiKey` mints one and shows it once (the store keeps
+//! only the SHA-256 of its secret), `/getApiKeys` lists them without any
+//! secret, `/deleteApiKey` revokes one. Revocation reaches every replica
+//! within seconds because replicas trust a checked key only briefly (see
+//! `middlewares::auth`).
 
 use actix_web::{web, HttpResponse};
-use base64::Engine;
+use credentials::{ApiKey, ExposeSecret, KeyId, Role};
 use middlewares::Admin;
-use rand::RngCore;
-use serde::Deserialize;
-use serde_json::json;
-use services::{ApiKeyRecord, Role};
+use serde::{Deserialize, Serialize};
+use services::{ApiKeyRecord, FieldError};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::state::AppState;
 
+const MAX_NAME_CHARS: usize = 100;
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateApiKeyRequest {
     /// What the key is for, 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
-    /// `admin`, `publisher` or `viewer`.
-    #[schema(value_type = String, example = "publisher")]
     pub role: Role,
+}
+
+/// A key's name: trimmed, 1 to 100 characters.
+struct KeyName(String);
+
+impl KeyName {
+    fn parse(raw: &str) -> Result<KeyName, FieldError> {
+        let name = raw.trim();
+        if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+            return Err(FieldError::new("name", "1 to 100 characters"));
+        }
+        Ok(KeyName(name.to_owned()))
+    }
+}
+
+/// The answer to `/createApiKey`: the only time the key is shown.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedApiKey {
+    #[schema(example = "9b1deb4d3b7d4bad9bdd2b0d7b3dcb6d")]
+    pub key_id: String,
+    /// Send as `Authorization: Bearer <apiKey>`.
+    #[schema(example = "wrmq_9b1deb4d3b7d4bad9bdd2b0d7b3dcb6d_…")]
+    pub api_key: String,
+    pub name: String,
+    pub role: Role,
+}
+
+/// One row of `/getApiKeys`: never the key, its secret or its digest.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeySummary {
+    pub key_id: String,
+    pub name: String,
+    pub role: Role,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339; written at most once a minute per replica, so it may lag
+    /// that much. `null` when never used.
+    pub last_used_at: Option<String>,
+}
+
+impl From<ApiKeyRecord> for ApiKeySummary {
+    fn from(record: ApiKeyRecord) -> Self {
+        Self {
+            key_id: record.key_id,
+            name: record.name,
+            role: record.role,
+            created_at: record
+                .created_at
+                .try_to_rfc3339_string()
+                .unwrap_or_default(),
+            last_used_at: record
+                .last_used_at
+                .and_then(|at| at.try_to_rfc3339_string().ok()),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeleteApiKeyRequest {
+    /// The `keyId` `/createApiKey` answered with (32 hexadecimal characters).
+    #[schema(pattern = "^[0-9a-f]{32}$")]
+    pub key_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletedApiKey {
+    #[schema(example = "API key has been deleted successfully.")]
+    pub message: String,
+    pub key_id: String,
 }
 
 #[utoipa::path(post, path = "/createApiKey", tag = "auth", request_body = CreateApiKeyRequest,
     security(("basic" = []), ("bearer" = [])),
-    responses((status = 201, description = "The key, shown this once", example = json!({"keyId": "9b1d…", "apiKey": "wrmq_9b1d…_…"}))))]
+    responses(
+        (status = 201, description = "The key, shown this once", body = CreatedApiKey),
+        (status = 400, description = "Invalid name or role", body = crate::openapi::ErrorBodySchema)))]
 pub async fn create_api_key(
     _: Admin,
     state: web::Data<AppState>,
     Json(body): Json<CreateApiKeyRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = body.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::BadRequest(
-            "field `name`: 1 to 100 characters".into(),
-        ));
-    }
-    let key_id = uuid::Uuid::new_v4().simple().to_string();
-    let mut secret_bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut secret_bytes);
-    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes);
-    let record = ApiKeyRecord {
-        key_id: key_id.clone(),
-        name: name.clone(),
+    let KeyName(name) = KeyName::parse(&body.name)?;
+    let key = ApiKey::mint();
+    state
+        .store
+        .insert_api_key(&ApiKeyRecord::new(&key, name.clone(), body.role))
+        .await?;
+    tracing::info!(key_id = %key.key_id(), role = ?body.role, "API key created");
+    Ok(HttpResponse::Created().json(CreatedApiKey {
+        key_id: key.key_id().to_string(),
+        api_key: key.reveal().expose_secret().to_owned(),
+        name,
         role: body.role,
-        secret_hash: services::store::hash_secret(&secret).await?,
-        created_at: mongodb_now(),
-    };
-    state.store.insert_api_key(&record).await?;
-    tracing::info!(key_id = %key_id, role = ?body.role, "API key created");
-    Ok(HttpResponse::Created().json(json!({
-        "keyId": key_id,
-        "apiKey": format!("{}{key_id}_{secret}", middlewares::auth::API_KEY_PREFIX),
-        "name": name,
-        "role": body.role,
-    })))
+    }))
 }
 
-fn mongodb_now() -> services::store::DateTime {
-    services::store::DateTime::now()
+#[utoipa::path(get, path = "/getApiKeys", tag = "auth",
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "Every key, oldest first; never a secret", body = Vec<ApiKeySummary>)))]
+pub async fn get_api_keys(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let keys = state.store.list_api_keys().await?;
+    let rows: Vec<ApiKeySummary> = keys.into_iter().map(ApiKeySummary::from).collect();
+    Ok(HttpResponse::Ok().json(rows))
+}
+
+#[utoipa::path(post, path = "/deleteApiKey", tag = "auth", request_body = DeleteApiKeyRequest,
+    security(("basic" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Revoked: refused on every replica within 5 s", body = DeletedApiKey),
+        (status = 400, description = "`keyId` is not a key id", body = crate::openapi::ErrorBodySchema),
+        (status = 404, description = "No key with this id", body = crate::openapi::ErrorBodySchema)))]
+pub async fn delete_api_key(
+    _: Admin,
+    state: web::Data<AppState>,
+    Json(body): Json<DeleteApiKeyRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let key_id = KeyId::parse(&body.key_id).map_err(|e| FieldError::new("keyId", e.to_string()))?;
+    if !state.store.delete_api_key(&key_id).await? {
+        return Err(ApiError::NotFound(format!("no API key `{key_id}`")));
+    }
+    tracing::info!(key_id = %key_id, "API key deleted");
+    Ok(HttpResponse::Ok().json(DeletedApiKey {
+        message: "API key has been deleted successfully.".into(),
+        key_id: key_id.to_string(),
+    }))
 }

@@ -55,6 +55,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::get().to(connections::get_connections),
         )
         .route("/createApiKey", web::post().to(api_keys::create_api_key))
+        .route("/getApiKeys", web::get().to(api_keys::get_api_keys))
+        .route("/deleteApiKey", web::post().to(api_keys::delete_api_key))
         .route("/metrics", web::get().to(metrics::metrics))
         .route("/users", web::post().to(seeds::create_user))
         .route("/users/{email}", web::get().to(seeds::get_user))

@@ -117,7 +117,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
             .build()
             .expect("an HTTP client"),
         admin_user: settings.admin_user.clone(),
-        admin_password: settings.admin_password.expose().to_owned(),
+        admin_password: secrecy::ExposeSecret::expose_secret(&settings.admin_password).to_owned(),
         db_name: settings.mongodb_db.clone(),
         instance_id: settings.instance_id.clone(),
         prefix,

@@ -1,0 +1,67 @@
+//! bcrypt for operator passwords, run at most one per core at a time.
+//!
+//! bcrypt is slow on purpose (about 0.1–0.3 s of one core). Without a limit a
+//! burst of requests with wrong passwords fills every blocking thread with
+//! bcrypt and takes all cores; with it, the excess waits its turn and the
+//! rest of the gateway (publishing, consuming, API-key checks) keeps a core.
+
+use std::sync::OnceLock;
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Semaphore;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot hash the password: {0}")]
+pub struct HashError(String);
+
+/// One permit per core the process may use.
+fn permits() -> &'static Semaphore {
+    static PERMITS: OnceLock<Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| Semaphore::new(max_concurrent()))
+}
+
+/// How many bcrypt runs may happen at once in this process.
+pub fn max_concurrent() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Whether `secret` matches the bcrypt `hash`. A malformed hash never
+/// matches.
+pub async fn verify(secret: &SecretString, hash: &str) -> bool {
+    let Ok(_permit) = permits().acquire().await else {
+        return false;
+    };
+    let (secret, hash) = (secret.clone(), hash.to_owned());
+    tokio::task::spawn_blocking(move || bcrypt::verify(secret.expose_secret(), &hash))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(false)
+}
+
+/// A new bcrypt hash of `secret`, at the library's default cost.
+pub async fn hash(secret: &SecretString) -> Result<String, HashError> {
+    let _permit = permits()
+        .acquire()
+        .await
+        .map_err(|e| HashError(e.to_string()))?;
+    let secret = secret.clone();
+    tokio::task::spawn_blocking(move || bcrypt::hash(secret.expose_secret(), bcrypt::DEFAULT_COST))
+        .await
+        .map_err(|e| HashError(e.to_string()))?
+        .map_err(|e| HashError(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_hash_verifies_its_own_secret_only() {
+        let secret = SecretString::from("correct horse".to_owned());
+        let hash = hash(&secret).await.expect("hashes");
+        assert!(verify(&secret, &hash).await);
+        assert!(!verify(&SecretString::from("wrong".to_owned()), &hash).await);
+        assert!(!verify(&secret, "not a bcrypt hash").await);
+    }
+}
