@@ -3,7 +3,9 @@ use reqwest::header::WWW_AUTHENTICATE;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, assert_json, basic_auth, bearer, spawn_app, TestApp};
+use crate::helpers::{
+    assert_error, assert_json, basic_auth, bearer, spawn_app, spawn_app_with, TestApp,
+};
 
 /// Every protected route, each with a body that would succeed for an admin,
 /// so a refusal can only come from the credentials.
@@ -74,7 +76,9 @@ async fn assert_unauthorized(response: reqwest::Response, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protected_routes_refuse_missing_and_wrong_credentials() {
-    let app = spawn_app().await;
+    // 18 wrong attempts from one address: more than the failure throttle
+    // lets through by default (tests/api/credentials.rs covers it).
+    let app = spawn_app_with(&[("AUTH_MAX_FAILURES", "100")]).await;
     let routes = protected_routes(&app);
     let wrong_password = basic_auth(&app.admin_user, "not-the-password");
     let unknown_user = basic_auth("nobody", &app.admin_password);

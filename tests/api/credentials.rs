@@ -1,1 +1,368 @@
 //! What credentials cost and how they end: API-key digests, the failed-attempt throttle, listing and revoking keys.
+//!
+//! Every test client runs on 127.0.0.1; the throttle keys on the peer
+//! address, so an "attacker" here connects from 127.0.0.2 (any 127/8
+//! address is loopback) and the good client from 127.0.0.1.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{
+    assert_error, assert_json, basic_auth, bearer, eventually, spawn_app, spawn_app_with, TestApp,
+};
+
+/// A client whose connections come from `127.0.0.<last>`.
+fn client_from(last: u8) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("an HTTP client")
+}
+
+async fn get_as(
+    http: &reqwest::Client,
+    app: &TestApp,
+    path: &str,
+    auth: &str,
+) -> reqwest::Response {
+    http.get(app.url(path))
+        .header(AUTHORIZATION, auth)
+        .send()
+        .await
+        .expect("the request is sent")
+}
+
+/// A counter from `/metrics`, read with `auth` from 127.0.0.1.
+async fn counter(app: &TestApp, auth: &str, name: &str) -> u64 {
+    let response = app.get_with_auth("/metrics", auth).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.expect("a metrics body");
+    let line = format!("{name}_total ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .expect("a whole number")
+}
+
+const BCRYPT_RUNS: &str = "workerrmq_auth_bcrypt_verifications";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_ten_failures_an_address_gets_429_without_bcrypt_while_a_good_key_elsewhere_publishes(
+) {
+    let app = spawn_app().await;
+    let queue = app.unique_queue("orders");
+    app.create_queue(&queue, json!({})).await;
+    let admin_key = bearer(&app.create_api_key("admin").await);
+    let publisher_key = bearer(&app.create_api_key("publisher").await);
+    let attacker = client_from(2);
+    let bcrypt_before = counter(&app, &admin_key, BCRYPT_RUNS).await;
+
+    for n in 0..10 {
+        let wrong = basic_auth(&app.admin_user, &format!("guess-{n}"));
+        assert_error(
+            get_as(&attacker, &app, "/getQueues", &wrong).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        )
+        .await;
+    }
+    assert_eq!(
+        counter(&app, &admin_key, BCRYPT_RUNS).await,
+        bcrypt_before + 10,
+        "each distinct wrong password costs one bcrypt run"
+    );
+
+    // The 11th and later: 429 with Retry-After, whatever they send, even
+    // the right password, and no bcrypt run.
+    let mut attempts = (10..20)
+        .map(|n| basic_auth(&app.admin_user, &format!("guess-{n}")))
+        .collect::<Vec<_>>();
+    attempts.push(app.admin_auth());
+    attempts.push(bearer("wrmq_00000000000000000000000000000000_nope"));
+    for auth in &attempts {
+        let response = get_as(&attacker, &app, "/getQueues", auth).await;
+        let retry_after: u64 = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("a Retry-After in seconds");
+        assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+        assert_error(response, StatusCode::TOO_MANY_REQUESTS, "too_many_requests").await;
+    }
+    assert_eq!(
+        counter(&app, &admin_key, BCRYPT_RUNS).await,
+        bcrypt_before + 10,
+        "a throttled attempt runs no bcrypt"
+    );
+
+    // A good key from another address is unaffected, and costs no bcrypt.
+    let published = app
+        .post_json_with_auth(
+            "/messagePublish",
+            &json!({ "queueName": queue, "message": { "n": 1 } }),
+            &publisher_key,
+        )
+        .await;
+    assert_eq!(published.status(), StatusCode::ACCEPTED);
+    assert_eq!(app.message_count(&queue).await, Some(1));
+    assert_eq!(
+        counter(&app, &admin_key, BCRYPT_RUNS).await,
+        bcrypt_before + 10
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_wrong_password_runs_bcrypt_once() {
+    let app = spawn_app().await;
+    let admin_key = bearer(&app.create_api_key("admin").await);
+    let client = client_from(3);
+    let before = counter(&app, &admin_key, BCRYPT_RUNS).await;
+
+    let wrong = basic_auth(&app.admin_user, "the same wrong password");
+    for _ in 0..5 {
+        assert_error(
+            get_as(&client, &app, "/getQueues", &wrong).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        )
+        .await;
+    }
+    assert_eq!(counter(&app, &admin_key, BCRYPT_RUNS).await, before + 1);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_stored_as_the_sha256_of_its_secret_only() {
+    let app = spawn_app().await;
+    let body = assert_json(
+        app.post_json(
+            "/createApiKey",
+            &json!({ "name": "digest", "role": "viewer" }),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let key_id = body["keyId"].as_str().expect("a keyId");
+    let api_key = body["apiKey"].as_str().expect("an apiKey");
+    let secret = api_key
+        .strip_prefix(&format!("wrmq_{key_id}_"))
+        .expect("wrmq_<keyId>_<secret>");
+    assert_eq!(secret.len(), 43, "256 bits in base64url: {secret}");
+
+    let client = mongodb::Client::with_uri_str(crate::support::env_or(
+        "MONGODB_URI",
+        "mongodb://127.0.0.1:27017",
+    ))
+    .await
+    .expect("a MongoDB client");
+    let stored = client
+        .database(&app.db_name)
+        .collection::<mongodb::bson::Document>("api_keys")
+        .find_one(mongodb::bson::doc! { "_id": key_id })
+        .await
+        .expect("the store answers")
+        .expect("the key is stored");
+    let expected: String = Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(stored.get_str("secretSha256").ok(), Some(expected.as_str()));
+    let text = stored.to_string();
+    assert!(!text.contains(secret), "the secret is stored: {text}");
+    assert!(!text.contains("$2"), "a bcrypt hash is stored: {text}");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_list_keys_without_secrets_and_see_when_they_were_used() {
+    let app = spawn_app().await;
+    let publisher_key = app.create_api_key("publisher").await;
+    let viewer_key = app.create_api_key("viewer").await;
+
+    let rows = assert_json(app.get("/getApiKeys").await, StatusCode::OK).await;
+    let text = rows.to_string();
+    for key in [&publisher_key, &viewer_key] {
+        let secret = key.rsplit('_').next().expect("a secret part");
+        assert!(!text.contains(secret), "a secret is listed: {text}");
+    }
+    let rows = rows.as_array().expect("an array").clone();
+    assert_eq!(rows.len(), 2, "{text}");
+    for row in &rows {
+        let mut fields: Vec<&str> = row
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            ["createdAt", "keyId", "lastUsedAt", "name", "role"],
+            "{row}"
+        );
+        assert!(row["lastUsedAt"].is_null(), "never used yet: {row}");
+        assert!(row["createdAt"].as_str().is_some_and(|t| !t.is_empty()));
+    }
+    let roles: Vec<&str> = rows.iter().filter_map(|r| r["role"].as_str()).collect();
+    assert!(
+        roles.contains(&"publisher") && roles.contains(&"viewer"),
+        "{text}"
+    );
+
+    // Using a key shows up as lastUsedAt.
+    let viewer = bearer(&viewer_key);
+    assert_eq!(
+        app.get_with_auth("/getQueues", &viewer).await.status(),
+        StatusCode::OK
+    );
+    let viewer_id = viewer_key.split('_').nth(1).expect("a key id").to_owned();
+    eventually(Duration::from_secs(5), || async {
+        let rows = assert_json(app.get("/getApiKeys").await, StatusCode::OK).await;
+        let row = rows
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["keyId"] == viewer_id.as_str()))
+            .cloned()
+            .unwrap_or(Value::Null);
+        if row["lastUsedAt"].as_str().is_some() {
+            Ok(())
+        } else {
+            Err(format!("lastUsedAt not set: {row}"))
+        }
+    })
+    .await;
+
+    // Admins only.
+    for (method, path, body) in [
+        (reqwest::Method::GET, "/getApiKeys", None),
+        (
+            reqwest::Method::POST,
+            "/deleteApiKey",
+            Some(json!({ "keyId": viewer_id })),
+        ),
+    ] {
+        let mut request = app
+            .http
+            .request(method, app.url(path))
+            .header(AUTHORIZATION, bearer(&publisher_key));
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("sent");
+        assert_error(response, StatusCode::FORBIDDEN, "forbidden").await;
+    }
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_key_needs_a_well_formed_id_of_a_key_that_exists() {
+    let app = spawn_app().await;
+    let body = assert_error(
+        app.post_json("/deleteApiKey", &json!({ "keyId": "../../etc" }))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("keyId")),
+        "{body}"
+    );
+    assert_error(
+        app.post_json(
+            "/deleteApiKey",
+            &json!({ "keyId": "0123456789abcdef0123456789abcdef" }),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_refused_on_another_replica_within_five_seconds() {
+    let first = spawn_app().await;
+    let second = spawn_app_with(&[
+        ("MONGODB_DB", first.db_name.as_str()),
+        ("ADMIN_PASSWORD", first.admin_password.as_str()),
+    ])
+    .await;
+    let key = first.create_api_key("viewer").await;
+    let key_id = key.split('_').nth(1).expect("a key id").to_owned();
+    let viewer = bearer(&key);
+    // Both replicas have checked (and cached) the key.
+    for app in [&first, &second] {
+        assert_eq!(
+            app.get_with_auth("/getQueues", &viewer).await.status(),
+            StatusCode::OK
+        );
+    }
+
+    let deleted = assert_json(
+        first
+            .post_json("/deleteApiKey", &json!({ "keyId": key_id }))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(deleted["keyId"], key_id.as_str());
+
+    eventually(Duration::from_secs(5), || async {
+        match second.get_with_auth("/getQueues", &viewer).await.status() {
+            StatusCode::UNAUTHORIZED => Ok(()),
+            other => Err(format!("the second replica still answers {other}")),
+        }
+    })
+    .await;
+    assert_error(
+        first.get_with_auth("/getQueues", &viewer).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+    let rows = assert_json(second.get("/getApiKeys").await, StatusCode::OK).await;
+    assert_eq!(rows, json!([]), "the key is gone from the list");
+    assert_error(
+        second
+            .post_json("/deleteApiKey", &json!({ "keyId": key_id }))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    second.cleanup().await;
+    first.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_is_down_is_named_in_words_not_by_address() {
+    let app = spawn_app_with(&[("MONGODB_URI", "mongodb://127.0.0.1:1")]).await;
+    let body = assert_error(
+        app.get("/getQueues").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+    )
+    .await;
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("credential store is unavailable"),
+        "{message}"
+    );
+    assert!(!message.contains("127.0.0.1"), "{message}");
+    assert!(!message.contains("mongodb"), "{message}");
+    app.cleanup().await;
+}
