@@ -366,3 +366,50 @@ async fn a_store_that_is_down_is_named_in_words_not_by_address() {
     assert!(!message.contains("mongodb"), "{message}");
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_routes_are_documented_with_their_real_shapes() {
+    let app = spawn_app().await;
+    let spec = assert_json(
+        app.request_anonymous(reqwest::Method::GET, "/openapi.json", None)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    for (path, method) in [
+        ("/createApiKey", "post"),
+        ("/getApiKeys", "get"),
+        ("/deleteApiKey", "post"),
+    ] {
+        assert!(
+            spec["paths"][path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+    }
+    let schemas = &spec["components"]["schemas"];
+    let mut listed: Vec<&str> = schemas["ApiKeySummary"]["properties"]
+        .as_object()
+        .map(|p| p.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    listed.sort_unstable();
+    assert_eq!(
+        listed,
+        ["createdAt", "keyId", "lastUsedAt", "name", "role"],
+        "{}",
+        schemas["ApiKeySummary"]
+    );
+    assert_eq!(
+        schemas["Role"]["enum"],
+        json!(["viewer", "publisher", "admin"]),
+        "{}",
+        schemas["Role"]
+    );
+    assert!(
+        schemas["DeleteApiKeyRequest"]["required"]
+            .as_array()
+            .is_some_and(|r| r.contains(&json!("keyId"))),
+        "{}",
+        schemas["DeleteApiKeyRequest"]
+    );
+    app.cleanup().await;
+}

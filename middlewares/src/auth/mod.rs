@@ -143,9 +143,13 @@ impl Authenticator {
                 .entry(key)
                 .or_insert_with(|| Arc::new(OnceCell::new()))
                 .clone();
-            let checked = flight.get_or_init(|| self.check(header)).await.clone();
-            self.pending.remove(&key);
-            checked
+            // Removed however this ends, a client hanging up included: a
+            // flood of distinct headers cannot leave entries behind.
+            let _pending = PendingCheck {
+                pending: &self.pending,
+                key,
+            };
+            flight.get_or_init(|| self.check(header)).await.clone()
         };
         match checked {
             Ok((principal, ttl)) => {
@@ -269,6 +273,17 @@ impl Authenticator {
                     .unwrap_or_default()
             })
             .await
+    }
+}
+
+struct PendingCheck<'a> {
+    pending: &'a DashMap<CacheKey, Arc<OnceCell<Checked>>>,
+    key: CacheKey,
+}
+
+impl Drop for PendingCheck<'_> {
+    fn drop(&mut self) {
+        self.pending.remove(&self.key);
     }
 }
 
