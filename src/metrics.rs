@@ -80,6 +80,7 @@ impl AppMetrics {
     pub fn render(&self, broker_up: bool, store_up: bool) -> String {
         self.broker_up.set(i64::from(broker_up));
         self.store_up.set(i64::from(store_up));
+        self.auth.refresh();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -5,6 +5,7 @@
 //! bcrypt and takes all cores; with it, the excess waits its turn and the
 //! rest of the gateway (publishing, consuming, API-key checks) keeps a core.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -25,6 +26,32 @@ pub fn max_concurrent() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+/// The most bcrypt runs this process has had going at once: shown in
+/// `/metrics`, so the limit can be seen to hold.
+pub fn peak_concurrency() -> usize {
+    PEAK.load(Ordering::Relaxed)
+}
+
+/// Counts one bcrypt computation while it runs.
+struct Running;
+
+impl Running {
+    fn start() -> Running {
+        let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+        PEAK.fetch_max(now, Ordering::SeqCst);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Whether `secret` matches the bcrypt `hash`. A malformed hash never
 /// matches.
 pub async fn verify(secret: &SecretString, hash: &str) -> bool {
@@ -32,11 +59,14 @@ pub async fn verify(secret: &SecretString, hash: &str) -> bool {
         return false;
     };
     let (secret, hash) = (secret.clone(), hash.to_owned());
-    tokio::task::spawn_blocking(move || bcrypt::verify(secret.expose_secret(), &hash))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or(false)
+    tokio::task::spawn_blocking(move || {
+        let _running = Running::start();
+        bcrypt::verify(secret.expose_secret(), &hash)
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or(false)
 }
 
 /// A new bcrypt hash of `secret`, at the library's default cost.
@@ -46,10 +76,13 @@ pub async fn hash(secret: &SecretString) -> Result<String, HashError> {
         .await
         .map_err(|e| HashError(e.to_string()))?;
     let secret = secret.clone();
-    tokio::task::spawn_blocking(move || bcrypt::hash(secret.expose_secret(), bcrypt::DEFAULT_COST))
-        .await
-        .map_err(|e| HashError(e.to_string()))?
-        .map_err(|e| HashError(e.to_string()))
+    tokio::task::spawn_blocking(move || {
+        let _running = Running::start();
+        bcrypt::hash(secret.expose_secret(), bcrypt::DEFAULT_COST)
+    })
+    .await
+    .map_err(|e| HashError(e.to_string()))?
+    .map_err(|e| HashError(e.to_string()))
 }
 
 #[cfg(test)]

@@ -413,3 +413,50 @@ async fn the_key_routes_are_documented_with_their_real_shapes() {
     );
     app.cleanup().await;
 }
+
+/// A gauge from `/metrics`, read with `auth` from 127.0.0.1.
+async fn gauge(app: &TestApp, auth: &str, name: &str) -> u64 {
+    let response = app.get_with_auth("/metrics", auth).await;
+    let text = response.text().await.expect("a metrics body");
+    let line = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .expect("a whole number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_wrong_passwords_runs_bcrypt_at_most_once_per_core() {
+    let app = spawn_app().await;
+    let admin_key = bearer(&app.create_api_key("admin").await);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    assert_eq!(
+        gauge(&app, &admin_key, "workerrmq_auth_bcrypt_slots").await,
+        cores
+    );
+
+    // 24 distinct wrong passwords at once, from six addresses (four each,
+    // under the throttle's limit), so every one needs its own bcrypt run.
+    let attempts = (0..24u8).map(|n| {
+        let app = &app;
+        async move {
+            let client = client_from(10 + n % 6);
+            let wrong = basic_auth(&app.admin_user, &format!("burst-{n}"));
+            get_as(&client, app, "/getQueues", &wrong).await.status()
+        }
+    });
+    let statuses = futures_util::future::join_all(attempts).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
+    assert!(counter(&app, &admin_key, BCRYPT_RUNS).await >= 24);
+    let peak = gauge(&app, &admin_key, "workerrmq_auth_bcrypt_peak_concurrency").await;
+    assert!(
+        (1..=cores).contains(&peak),
+        "{peak} bcrypt runs at once on {cores} cores"
+    );
+    app.cleanup().await;
+}

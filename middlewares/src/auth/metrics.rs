@@ -1,7 +1,9 @@
 //! What authentication costs, for `/metrics`: bcrypt runs (the expensive
-//! part), refused credentials, and requests turned away by the throttle.
+//! part) and how many ran at once, refused credentials, and requests
+//! turned away by the throttle.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Default)]
@@ -9,6 +11,8 @@ pub struct AuthMetrics {
     pub bcrypt_runs: Counter,
     pub failures: Counter,
     pub throttled: Counter,
+    bcrypt_slots: Gauge,
+    bcrypt_peak: Gauge,
 }
 
 impl AuthMetrics {
@@ -28,5 +32,24 @@ impl AuthMetrics {
             "Requests refused with 429 after too many failed authentications from their address",
             self.throttled.clone(),
         );
+        registry.register(
+            "workerrmq_auth_bcrypt_slots",
+            "bcrypt runs allowed at once (one per core)",
+            self.bcrypt_slots.clone(),
+        );
+        registry.register(
+            "workerrmq_auth_bcrypt_peak_concurrency",
+            "The most bcrypt runs this process has had going at once",
+            self.bcrypt_peak.clone(),
+        );
+    }
+
+    /// Reads the process-wide bcrypt figures; call before rendering.
+    pub fn refresh(&self) {
+        let as_gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.bcrypt_slots
+            .set(as_gauge(credentials::password::max_concurrent()));
+        self.bcrypt_peak
+            .set(as_gauge(credentials::password::peak_concurrency()));
     }
 }
