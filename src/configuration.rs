@@ -337,6 +337,22 @@ mod tests {
     }
 
     #[test]
+    fn the_failure_throttle_defaults_to_ten_a_minute_and_can_be_turned_off() {
+        let s = settings(&[("ADMIN_PASSWORD", "pw")]).unwrap();
+        assert_eq!(s.auth_max_failures, 10);
+        assert_eq!(s.auth_failure_window, std::time::Duration::from_secs(60));
+        let off = settings(&[("ADMIN_PASSWORD", "pw"), ("AUTH_MAX_FAILURES", "0")]).unwrap();
+        assert_eq!(off.auth_max_failures, 0);
+        for (key, value) in [
+            ("AUTH_MAX_FAILURES", "-1"),
+            ("AUTH_FAILURE_WINDOW_SECS", "0"),
+        ] {
+            let err = settings(&[("ADMIN_PASSWORD", "pw"), (key, value)]).unwrap_err();
+            assert_eq!(err.variable, key, "{key}={value}");
+        }
+    }
+
+    #[test]
     fn secrets_do_not_show_in_debug_output() {
         let s = settings(&[("ADMIN_PASSWORD", "hunter2")]).unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
