@@ -38,12 +38,13 @@ async fn get_as(
         .expect("the request is sent")
 }
 
-/// A counter from `/metrics`, read with `auth` from 127.0.0.1.
-async fn counter(app: &TestApp, auth: &str, name: &str) -> u64 {
+/// A sample from `/metrics` (`name` as written there: counters end in
+/// `_total`), read with `auth` from 127.0.0.1.
+async fn metric(app: &TestApp, auth: &str, name: &str) -> u64 {
     let response = app.get_with_auth("/metrics", auth).await;
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.text().await.expect("a metrics body");
-    let line = format!("{name}_total ");
+    let line = format!("{name} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&line))
         .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
@@ -52,7 +53,7 @@ async fn counter(app: &TestApp, auth: &str, name: &str) -> u64 {
         .expect("a whole number")
 }
 
-const BCRYPT_RUNS: &str = "workerrmq_auth_bcrypt_verifications";
+const BCRYPT_RUNS: &str = "workerrmq_auth_bcrypt_verifications_total";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_ten_failures_an_address_gets_429_without_bcrypt_while_a_good_key_elsewhere_publishes(
@@ -63,7 +64,7 @@ async fn after_ten_failures_an_address_gets_429_without_bcrypt_while_a_good_key_
     let admin_key = bearer(&app.create_api_key("admin").await);
     let publisher_key = bearer(&app.create_api_key("publisher").await);
     let attacker = client_from(2);
-    let bcrypt_before = counter(&app, &admin_key, BCRYPT_RUNS).await;
+    let bcrypt_before = metric(&app, &admin_key, BCRYPT_RUNS).await;
 
     for n in 0..10 {
         let wrong = basic_auth(&app.admin_user, &format!("guess-{n}"));
@@ -75,7 +76,7 @@ async fn after_ten_failures_an_address_gets_429_without_bcrypt_while_a_good_key_
         .await;
     }
     assert_eq!(
-        counter(&app, &admin_key, BCRYPT_RUNS).await,
+        metric(&app, &admin_key, BCRYPT_RUNS).await,
         bcrypt_before + 10,
         "each distinct wrong password costs one bcrypt run"
     );
@@ -99,7 +100,7 @@ async fn after_ten_failures_an_address_gets_429_without_bcrypt_while_a_good_key_
         assert_error(response, StatusCode::TOO_MANY_REQUESTS, "too_many_requests").await;
     }
     assert_eq!(
-        counter(&app, &admin_key, BCRYPT_RUNS).await,
+        metric(&app, &admin_key, BCRYPT_RUNS).await,
         bcrypt_before + 10,
         "a throttled attempt runs no bcrypt"
     );
@@ -115,7 +116,7 @@ async fn after_ten_failures_an_address_gets_429_without_bcrypt_while_a_good_key_
     assert_eq!(published.status(), StatusCode::ACCEPTED);
     assert_eq!(app.message_count(&queue).await, Some(1));
     assert_eq!(
-        counter(&app, &admin_key, BCRYPT_RUNS).await,
+        metric(&app, &admin_key, BCRYPT_RUNS).await,
         bcrypt_before + 10
     );
     app.cleanup().await;
@@ -126,7 +127,7 @@ async fn a_repeated_wrong_password_runs_bcrypt_once() {
     let app = spawn_app().await;
     let admin_key = bearer(&app.create_api_key("admin").await);
     let client = client_from(3);
-    let before = counter(&app, &admin_key, BCRYPT_RUNS).await;
+    let before = metric(&app, &admin_key, BCRYPT_RUNS).await;
 
     let wrong = basic_auth(&app.admin_user, "the same wrong password");
     for _ in 0..5 {
@@ -137,7 +138,7 @@ async fn a_repeated_wrong_password_runs_bcrypt_once() {
         )
         .await;
     }
-    assert_eq!(counter(&app, &admin_key, BCRYPT_RUNS).await, before + 1);
+    assert_eq!(metric(&app, &admin_key, BCRYPT_RUNS).await, before + 1);
     app.cleanup().await;
 }
 
@@ -376,16 +377,15 @@ async fn the_key_routes_are_documented_with_their_real_shapes() {
         StatusCode::OK,
     )
     .await;
-    for (path, method) in [
+    let documented: Vec<bool> = [
         ("/createApiKey", "post"),
         ("/getApiKeys", "get"),
         ("/deleteApiKey", "post"),
-    ] {
-        assert!(
-            spec["paths"][path][method].is_object(),
-            "{method} {path} is not documented"
-        );
-    }
+    ]
+    .iter()
+    .map(|(path, method)| spec["paths"][path][method].is_object())
+    .collect();
+    assert_eq!(documented, [true, true, true], "{}", spec["paths"]);
     let schemas = &spec["components"]["schemas"];
     let mut listed: Vec<&str> = schemas["ApiKeySummary"]["properties"]
         .as_object()
@@ -414,26 +414,13 @@ async fn the_key_routes_are_documented_with_their_real_shapes() {
     app.cleanup().await;
 }
 
-/// A gauge from `/metrics`, read with `auth` from 127.0.0.1.
-async fn gauge(app: &TestApp, auth: &str, name: &str) -> u64 {
-    let response = app.get_with_auth("/metrics", auth).await;
-    let text = response.text().await.expect("a metrics body");
-    let line = format!("{name} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&line))
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .expect("a whole number")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_wrong_passwords_runs_bcrypt_at_most_once_per_core() {
     let app = spawn_app().await;
     let admin_key = bearer(&app.create_api_key("admin").await);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     assert_eq!(
-        gauge(&app, &admin_key, "workerrmq_auth_bcrypt_slots").await,
+        metric(&app, &admin_key, "workerrmq_auth_bcrypt_slots").await,
         cores
     );
 
@@ -452,8 +439,8 @@ async fn a_burst_of_wrong_passwords_runs_bcrypt_at_most_once_per_core() {
         statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
         "{statuses:?}"
     );
-    assert!(counter(&app, &admin_key, BCRYPT_RUNS).await >= 24);
-    let peak = gauge(&app, &admin_key, "workerrmq_auth_bcrypt_peak_concurrency").await;
+    assert!(metric(&app, &admin_key, BCRYPT_RUNS).await >= 24);
+    let peak = metric(&app, &admin_key, "workerrmq_auth_bcrypt_peak_concurrency").await;
     assert!(
         (1..=cores).contains(&peak),
         "{peak} bcrypt runs at once on {cores} cores"
