@@ -1,7 +1,7 @@
-//! The MongoDB store: operator accounts, API keys (and the authenticator's
-//! `CredentialStore` view of them) and (with the consumer
-//! engine) the consumer registry. Short timeouts everywhere: a store that is
-//! down must turn into a quick 503, never a hung request.
+//! The MongoDB store: operator accounts and API keys (also seen by the
+//! authenticator through `credentials::CredentialStore`) and, with the
+//! consumer engine, the consumer registry. Short timeouts everywhere: a
+//! store that is down must turn into a quick 503, never a hung request.
 
 use std::time::{Duration, SystemTime};
 
