@@ -1,8 +1,9 @@
 //! What credentials cost and how they end: API-key digests, the failed-attempt throttle, listing and revoking keys.
 //!
 //! Every test client runs on 127.0.0.1; the throttle keys on the peer
-//! address, so an "attacker" here connects from 127.0.0.2 (any 127/8
-//! address is loopback) and the good client from 127.0.0.1.
+//! address, so a client sending wrong credentials here connects from another
+//! loopback address (127.0.0.2 and up: all of 127/8 is loopback) and the
+//! good client from 127.0.0.1.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -163,7 +164,8 @@ async fn a_key_is_stored_as_the_sha256_of_its_secret_only() {
         StatusCode::CREATED,
     )
     .await;
-    let (key_id, secret) = key_parts(body["apiKey"].as_str().expect("an apiKey"));
+    let api_key = body["apiKey"].as_str().expect("an apiKey");
+    let (key_id, secret) = key_parts(api_key);
     assert_eq!(body["keyId"], key_id);
     assert_eq!(secret.len(), 43, "256 bits in base64url: {secret}");
 
@@ -188,6 +190,21 @@ async fn a_key_is_stored_as_the_sha256_of_its_secret_only() {
     let text = stored.to_string();
     assert!(!text.contains(secret), "the secret is stored: {text}");
     assert!(!text.contains("$2"), "a bcrypt hash is stored: {text}");
+
+    // A well-formed key with this id and another secret is refused.
+    let forged = format!("wrmq_{key_id}_{}", "A".repeat(43));
+    assert_error(
+        app.get_with_auth("/getQueues", &bearer(&forged)).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+    assert_eq!(
+        app.get_with_auth("/getQueues", &bearer(api_key))
+            .await
+            .status(),
+        StatusCode::OK
+    );
     app.cleanup().await;
 }
 
