@@ -62,7 +62,13 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         if let ApiError::Internal(detail) = self {
+            // The detail is for whoever fixes the bug, not for the caller.
             tracing::error!(%detail, "internal error");
+            return middlewares::error_response(
+                self.status_code(),
+                self.code(),
+                "the gateway failed to answer this request; the failure is logged under this request's x-request-id",
+            );
         }
         middlewares::error_response(self.status_code(), self.code(), &self.to_string())
     }

@@ -34,12 +34,20 @@ impl From<mongodb::error::Error> for StoreError {
     }
 }
 
-fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
+/// MongoDB's duplicate-key error, told by its code (11000) wherever the
+/// driver puts it; never by its text.
+pub(crate) fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};
+    const DUPLICATE_KEY: i32 = 11000;
     match err.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
-        ErrorKind::Command(e) => e.code == 11000,
-        _ => err.to_string().contains("E11000"),
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(e) => e
+            .write_errors
+            .iter()
+            .flatten()
+            .any(|w| w.code == DUPLICATE_KEY),
+        _ => false,
     }
 }
 

@@ -89,26 +89,14 @@ pub(crate) enum Failure {
 
 impl From<mongodb::error::Error> for Failure {
     fn from(err: mongodb::error::Error) -> Self {
-        Failure::Retry(format!("the store is unavailable: {err}"))
+        // The driver's text names hosts and ports; the reason travels into
+        // `lastError` and dead-letter headers, which viewers read.
+        tracing::warn!(error = %err, "store call failed; the delivery will be retried");
+        Failure::Retry("the store is unavailable".into())
     }
 }
 
-/// MongoDB's duplicate-key error, told by its code (11000) wherever the
-/// driver puts it.
-pub(crate) fn is_duplicate(err: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    const DUPLICATE_KEY: i32 = 11000;
-    match err.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
-        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
-        ErrorKind::InsertMany(e) => e
-            .write_errors
-            .iter()
-            .flatten()
-            .any(|w| w.code == DUPLICATE_KEY),
-        _ => false,
-    }
-}
+pub(crate) use crate::store::is_duplicate_key as is_duplicate;
 
 /// The outcome of one attempt, logged without the payload.
 pub(crate) fn outcome(result: Result<(), Failure>) -> DeliveryOutcome {

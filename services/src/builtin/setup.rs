@@ -26,9 +26,9 @@ const HANDLERS: [BuiltinHandler; 3] = [
     BuiltinHandler::Scrape,
 ];
 
-/// Built-in consumers wait out a store outage of minutes: 1 s doubling to
-/// a minute, ten attempts, about four minutes in all, before a message is
-/// dead-lettered.
+/// Built-in consumers wait out a store outage of minutes: 1, 2, 5, 10, 30 s
+/// then a minute per wait (the delay ladder), ten attempts, about five
+/// minutes in all, before a message is dead-lettered.
 pub const BUILTIN_RETRY: RetryPolicy = RetryPolicy {
     max_attempts: 10,
     initial_delay_ms: 1_000,
