@@ -92,7 +92,12 @@ impl From<BrokerError> for ApiError {
                 tracing::warn!(%detail, "broker unavailable");
                 ApiError::BrokerUnavailable(BROKER_DOWN.into())
             }
-            e @ BrokerError::Nacked => ApiError::BrokerUnavailable(e.to_string()),
+            e @ BrokerError::FrameTooLarge { .. } => {
+                ApiError::BadRequest(format!("field `headers`: {e}"))
+            }
+            e @ (BrokerError::Nacked | BrokerError::Blocked) => {
+                ApiError::BrokerUnavailable(e.to_string())
+            }
         }
     }
 }

@@ -70,6 +70,7 @@ impl Application {
         let broker = Broker::start(
             BrokerSettings {
                 url: settings.amqp_url.expose().to_owned(),
+                // `-publish` and `-consume` are appended per connection.
                 connection_name: format!("workerrmq-{}", settings.instance_id),
             },
             FIRST_BROKER_CONNECT,

@@ -11,7 +11,8 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 
-use crate::consumer::{hand_back, headers};
+use crate::consumer::{hand_back, kept_properties};
+use crate::headers;
 use crate::{Broker, BrokerError, OutgoingMessage, PublishOutcome, Publisher, QueueName};
 
 /// A dead letter as the API shows it.
@@ -81,10 +82,16 @@ impl DeadLetters {
         let mut replayed = 0;
         let result = async {
             while replayed < limit {
-                let Some(message) = channel
+                let got = channel
                     .basic_get(&dlq, BasicGetOptions { no_ack: false })
-                    .await?
-                else {
+                    .await
+                    .map_err(|err| match BrokerError::from(err) {
+                        BrokerError::NotFound(_) => BrokerError::NotFound(format!(
+                            "`{queue}` has no dead-letter queue `{dlq}`"
+                        )),
+                        other => other,
+                    })?;
+                let Some(message) = got else {
                     break;
                 };
                 let delivery = message.delivery;
@@ -122,9 +129,6 @@ impl DeadLetters {
             let _ = channel.close(200, "replay done").await;
         }
         match result {
-            Err(BrokerError::NotFound(m)) if replayed == 0 && m.contains("NOT_FOUND") => Err(
-                BrokerError::NotFound(format!("`{queue}` has no dead-letter queue `{dlq}`")),
-            ),
             Err(err) if replayed == 0 => Err(err),
             Err(err) => {
                 tracing::warn!(error = %err, replayed, "replay stopped early");
@@ -165,15 +169,16 @@ fn dead_letter_of(properties: &BasicProperties, payload: Vec<u8>) -> DeadLetter 
 }
 
 /// The dead letter's properties without the gateway's bookkeeping, so the
-/// replayed message starts again at attempt 1.
+/// replayed message starts again at attempt 1, and, as every copy, without
+/// a `user_id` (the gateway publishes it as itself) or an `expiration`.
 fn fresh_properties(properties: &BasicProperties) -> BasicProperties {
     let mut table = FieldTable::default();
     if let Some(old) = properties.headers() {
         for (name, value) in old.inner() {
-            if !name.as_str().starts_with("x-workerrmq-") && name.as_str() != "x-death" {
+            if !headers::is_reserved(name.as_str()) && name.as_str() != "x-death" {
                 table.insert(name.clone(), value.clone());
             }
         }
     }
-    properties.clone().with_headers(table).with_delivery_mode(2)
+    kept_properties(properties, None, table)
 }

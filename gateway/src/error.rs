@@ -20,6 +20,19 @@ pub enum BrokerError {
     /// The broker nacked a publish: it did not take responsibility for it.
     #[error("the broker did not confirm the message")]
     Nacked,
+    /// The broker blocked the publish connection (`connection.blocked`, a
+    /// memory or disk alarm): nothing can be published until it lifts.
+    #[error(
+        "the message broker is refusing new messages for now (a resource alarm); try again later"
+    )]
+    Blocked,
+    /// The message's properties (its headers, mostly) would not fit in one
+    /// frame of the negotiated size; sending it would make the broker close
+    /// the whole connection.
+    #[error(
+        "the message properties take {size} bytes, more than the {max} bytes a frame can carry"
+    )]
+    FrameTooLarge { size: usize, max: usize },
 }
 
 impl From<lapin::Error> for BrokerError {

@@ -1,19 +1,21 @@
-//! `gateway` owns everything that speaks AMQP: the broker connection and its
-//! reconnect loop, topology (queues with their retry and dead-letter
-//! companions, exchanges, bindings), the confirming publisher and, later, the
+//! `gateway` owns everything that speaks AMQP: the broker connections and
+//! their reconnect loops, topology (queues with their retry and dead-letter
+//! companions, exchanges, bindings), the confirming publisher and the
 //! consumer supervisor. It knows nothing of HTTP routes or MongoDB.
 
 pub mod connection;
 pub mod consumer;
 pub mod dead_letters;
 pub mod error;
+pub mod frame;
+pub mod headers;
 pub mod message_size;
 pub mod metrics;
 pub mod names;
 pub mod publisher;
 pub mod topology;
 
-pub use connection::{parse_amqp_url, AmqpUrlParts, Broker, BrokerSettings};
+pub use connection::{parse_amqp_url, AmqpUrlParts, Broker, BrokerSettings, ConsumerLease};
 pub use consumer::{
     ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryOutcome, DeliveryTarget, IncomingMessage,
     RetryPolicy, RetryPolicyError,

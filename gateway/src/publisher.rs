@@ -7,6 +7,13 @@
 //! publish per channel makes the answer belong to its publish; a pool keeps
 //! concurrent publishes from queueing behind each other. A channel the
 //! broker closes (say, ACCESS_REFUSED) takes only its own publish with it.
+//!
+//! The pool lives on the gateway's publish connection. Two things never
+//! reach it: a message whose properties would not fit in one frame (the
+//! broker would close the connection, `FrameTooLarge`), and any message
+//! while the broker blocks the connection (`connection.blocked`: a memory or
+//! disk alarm), which is answered `Blocked` at once instead of hanging until
+//! the alarm clears.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -20,10 +27,14 @@ use crate::{Broker, BrokerError};
 
 /// Channels in the pool, opened on first use.
 const POOL_SIZE: usize = 64;
-/// A broker under a memory or disk alarm blocks publishers; callers get an
-/// answer instead of a hung request.
+/// A confirm that does not come (a broker in trouble) ends in an answer
+/// rather than a hung request.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a publish waiting for its confirm looks whether the broker
+/// has blocked the connection meanwhile.
+const BLOCKED_CHECK: Duration = Duration::from_millis(50);
 
+#[derive(Clone)]
 pub struct OutgoingMessage<'a> {
     /// `""` is the default exchange, which routes by queue name.
     pub exchange: &'a str,
@@ -57,12 +68,24 @@ impl Publisher {
         }
     }
 
+    /// The frame size copies must fit (see `crate::frame`); `None` while
+    /// the publish connection is down.
+    pub fn frame_max(&self) -> Option<u32> {
+        self.broker.publish_frame_max()
+    }
+
     /// Publishes and waits for the broker's confirm. `Ok(Confirmed)` is the
     /// only answer after which the caller may consider the message safe.
     pub async fn publish(
         &self,
         message: OutgoingMessage<'_>,
     ) -> Result<PublishOutcome, BrokerError> {
+        if self.broker.publishing_blocked() {
+            return Err(BrokerError::Blocked);
+        }
+        if let Some(frame_max) = self.broker.publish_frame_max() {
+            crate::frame::check_fits(&message.properties, frame_max)?;
+        }
         // Any free slot; if none is free, wait for the next one in turn.
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut slot = None;
@@ -79,7 +102,7 @@ impl Publisher {
         let channel = match slot.as_ref() {
             Some(channel) if channel.status().connected() => channel.clone(),
             _ => {
-                let channel = self.broker.channel().await?;
+                let channel = self.broker.publish_channel().await?;
                 channel
                     .confirm_select(ConfirmSelectOptions::default())
                     .await?;
@@ -87,7 +110,7 @@ impl Publisher {
                 channel
             }
         };
-        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+        let confirmed = async {
             channel
                 .basic_publish(
                     message.exchange,
@@ -101,18 +124,33 @@ impl Publisher {
                 )
                 .await?
                 .await
-        })
-        .await;
-        let confirmation = match confirmation {
-            Ok(result) => result?,
-            Err(_) => {
-                // The late confirm would land on the next publish: drop the
-                // channel rather than reuse it.
-                *slot = None;
-                let _ = channel.close(200, "confirm timed out").await;
-                return Err(BrokerError::Unavailable(
+        };
+        let blocked = async {
+            let mut check = tokio::time::interval(BLOCKED_CHECK);
+            while !self.broker.publishing_blocked() {
+                check.tick().await;
+            }
+        };
+        let abandoned = tokio::select! {
+            result = tokio::time::timeout(CONFIRM_TIMEOUT, confirmed) => match result {
+                Ok(confirmation) => Ok(confirmation?),
+                Err(_) => Err(BrokerError::Unavailable(
                     "the broker did not confirm the message in time".into(),
-                ));
+                )),
+            },
+            () = blocked => Err(BrokerError::Blocked),
+        };
+        let confirmation = match abandoned {
+            Ok(confirmation) => confirmation,
+            Err(err) => {
+                // The late confirm would land on the next publish: drop the
+                // channel rather than reuse it. Closing waits for the
+                // broker, which a blocked connection does not reach: not here.
+                *slot = None;
+                tokio::spawn(async move {
+                    let _ = channel.close(200, "confirm abandoned").await;
+                });
+                return Err(err);
             }
         };
         match confirmation {

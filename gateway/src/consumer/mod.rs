@@ -3,13 +3,15 @@
 //! `DeliveryTarget` and settling it by the outcome.
 //!
 //! - `supervisor`: the `ConsumerSupervisor` (a `DashMap` of running
-//!   consumers) and each consumer's task loop, which reconnects on its own.
+//!   consumers): start, stop with a drain, what the API reads.
+//! - `worker`: each consumer's task loop on its own channel of a consume
+//!   connection, which reconnects on its own.
 //! - `target`: what a delivery is handed to, and the `DeliveryOutcome` it
 //!   answers with.
 //! - `retry`: the backoff policy, as waiting in broker-side delay queues.
-//! - `settle`: **where a delivery is acked** (`AckWindow::flush`) — after
+//! - `settle`: **where a delivery is acked** (`AckWindow`, in it) — after
 //!   a 2xx, or after the broker confirmed its retry or dead-letter copy.
-//!   Nowhere else.
+//!   Nowhere else. Also what the copies carry.
 //! - `stats`: live counters read by `/getConsumers` and `/metrics`.
 
 mod retry;
@@ -17,19 +19,10 @@ mod settle;
 pub mod stats;
 mod supervisor;
 mod target;
+mod worker;
 
 pub use retry::{RetryPolicy, RetryPolicyError, DELAY_LADDER_MS};
-pub(crate) use settle::{attempt_of, hand_back};
+pub(crate) use settle::{attempt_of, hand_back, kept_properties};
 pub use stats::{ConsumerState, ConsumerStats, StatsSnapshot};
 pub use supervisor::{ConsumerId, ConsumerSpec, ConsumerSupervisor};
 pub use target::{DeliveryOutcome, DeliveryTarget, IncomingMessage};
-
-/// Headers the gateway puts on the copies it republishes.
-pub mod headers {
-    /// 1-based number of the attempt this copy is for.
-    pub const ATTEMPT: &str = "x-workerrmq-attempt";
-    pub const LAST_ERROR: &str = "x-workerrmq-last-error";
-    pub const DEAD_LETTERED_AT: &str = "x-workerrmq-dead-lettered-at";
-    /// The main queue a dead letter came from.
-    pub const ORIGINAL_QUEUE: &str = "x-workerrmq-queue";
-}

@@ -1,0 +1,312 @@
+//! The properties of the retry and dead-letter copies, made to fit.
+//!
+//! A copy keeps what the original carried (content type, correlation id,
+//! the publisher's headers, …) and adds the gateway's bookkeeping headers.
+//! It leaves out `user_id`, which the broker only accepts from a connection
+//! of that very user (the gateway publishes copies as itself), and any
+//! per-message `expiration`, so a copy cannot quietly vanish from a delay or
+//! dead-letter queue (RabbitMQ's own dead-lettering drops it too).
+//!
+//! A copy whose header frame would exceed the negotiated `frame_max` would
+//! make the broker close the publish connection, and the original would come
+//! back after the reconnect to do it again. Such a copy is trimmed instead,
+//! step by step, until it fits: the bookkeeping headers give way to one short
+//! `x-workerrmq-last-error`; then that goes; then the message id the gateway
+//! assigned; and last, should even the original's own headers not fit, they
+//! go too. The original fitted the same broker's frames, so one step fits.
+
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::BasicProperties;
+
+use crate::consumer::target::IncomingMessage;
+use crate::frame::header_frame_size;
+use crate::headers;
+
+/// Longest error text carried in a full copy's header.
+const MAX_REASON_BYTES: usize = 1_000;
+/// Longest error text in the one header a trimmed copy keeps.
+const MAX_SHORT_REASON_BYTES: usize = 200;
+
+/// A copy's properties, and whether they had to be trimmed to fit.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum CopyFit {
+    /// Everything the gateway wanted to add fits.
+    Fits(BasicProperties),
+    /// Without (some of) the gateway's headers.
+    Trimmed(BasicProperties),
+}
+
+/// The copy for attempt `message.attempt + 1`, on its way to a delay queue.
+pub(super) fn retry_copy(
+    original: &BasicProperties,
+    message: &IncomingMessage,
+    reason: &str,
+    frame_max: Option<u32>,
+) -> CopyFit {
+    let full = with_headers(
+        original,
+        message,
+        &[
+            (
+                headers::ATTEMPT,
+                AMQPValue::LongLongInt(i64::from(message.attempt) + 1),
+            ),
+            (headers::LAST_ERROR, text(reason, MAX_REASON_BYTES)),
+        ],
+    );
+    fit(full, original, message, reason, frame_max)
+}
+
+/// The copy for `<queue>.dlq`, with attempts, last error and time.
+pub(super) fn dead_letter_copy(
+    original: &BasicProperties,
+    message: &IncomingMessage,
+    reason: &str,
+    frame_max: Option<u32>,
+) -> CopyFit {
+    let full = with_headers(
+        original,
+        message,
+        &[
+            (
+                headers::ATTEMPT,
+                AMQPValue::LongLongInt(i64::from(message.attempt)),
+            ),
+            (headers::LAST_ERROR, text(reason, MAX_REASON_BYTES)),
+            (
+                headers::DEAD_LETTERED_AT,
+                text(&chrono::Utc::now().to_rfc3339(), MAX_REASON_BYTES),
+            ),
+            (
+                headers::QUEUE,
+                text(message.queue.as_str(), MAX_REASON_BYTES),
+            ),
+        ],
+    );
+    fit(full, original, message, reason, frame_max)
+}
+
+/// `full` if it fits, else the first trimmed step that does.
+fn fit(
+    full: BasicProperties,
+    original: &BasicProperties,
+    message: &IncomingMessage,
+    reason: &str,
+    frame_max: Option<u32>,
+) -> CopyFit {
+    let Some(frame_max) = frame_max.map(|m| m as usize) else {
+        // Not connected: the publish fails anyway, and is tried again.
+        return CopyFit::Fits(full);
+    };
+    if header_frame_size(&full) <= frame_max {
+        return CopyFit::Fits(full);
+    }
+    let short_reason = text(
+        &format!("{reason} (the gateway's other headers were left out: they would not fit a {frame_max}-byte frame)"),
+        MAX_SHORT_REASON_BYTES,
+    );
+    let steps = [
+        with_headers(
+            original,
+            message,
+            &[(headers::LAST_ERROR, short_reason.clone())],
+        ),
+        with_headers(original, message, &[]),
+        kept_properties(
+            original,
+            None,
+            original.headers().clone().unwrap_or_default(),
+        ),
+    ];
+    for step in steps {
+        if header_frame_size(&step) <= frame_max {
+            return CopyFit::Trimmed(step);
+        }
+    }
+    let mut only_the_reason = FieldTable::default();
+    only_the_reason.insert(headers::LAST_ERROR.into(), short_reason);
+    CopyFit::Trimmed(kept_properties(original, None, only_the_reason))
+}
+
+/// The original's headers plus `extra`, with the stable message id.
+fn with_headers(
+    original: &BasicProperties,
+    message: &IncomingMessage,
+    extra: &[(&str, AMQPValue)],
+) -> BasicProperties {
+    let mut table: FieldTable = original.headers().clone().unwrap_or_default();
+    for (name, value) in extra {
+        table.insert((*name).into(), value.clone());
+    }
+    kept_properties(original, Some(&message.message_id), table)
+}
+
+/// The original's properties a copy keeps, persistent, with these headers
+/// and message id (the original's own when `None`). Also what a replayed
+/// dead letter carries.
+pub(crate) fn kept_properties(
+    original: &BasicProperties,
+    message_id: Option<&str>,
+    table: FieldTable,
+) -> BasicProperties {
+    let mut copy = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(table);
+    match message_id {
+        Some(id) => copy = copy.with_message_id(id.to_owned().into()),
+        None => {
+            if let Some(v) = original.message_id() {
+                copy = copy.with_message_id(v.clone());
+            }
+        }
+    }
+    if let Some(v) = original.content_type() {
+        copy = copy.with_content_type(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        copy = copy.with_content_encoding(v.clone());
+    }
+    if let Some(v) = original.priority() {
+        copy = copy.with_priority(*v);
+    }
+    if let Some(v) = original.correlation_id() {
+        copy = copy.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.reply_to() {
+        copy = copy.with_reply_to(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        copy = copy.with_timestamp(*v);
+    }
+    if let Some(v) = original.kind() {
+        copy = copy.with_type(v.clone());
+    }
+    if let Some(v) = original.app_id() {
+        copy = copy.with_app_id(v.clone());
+    }
+    if let Some(v) = original.cluster_id() {
+        copy = copy.with_cluster_id(v.clone());
+    }
+    copy
+}
+
+fn text(value: &str, max_bytes: usize) -> AMQPValue {
+    let mut end = value.len().min(max_bytes);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    AMQPValue::LongString(LongString::from(value.as_bytes()[..end].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::QueueName;
+
+    fn message() -> IncomingMessage {
+        IncomingMessage {
+            queue: QueueName::parse("orders").unwrap(),
+            message_id: "m-1".into(),
+            payload: Vec::new(),
+            content_type: None,
+            attempt: 2,
+        }
+    }
+
+    fn original_with_header_of(len: usize) -> BasicProperties {
+        let mut table = FieldTable::default();
+        table.insert(
+            "big".into(),
+            AMQPValue::LongString(LongString::from(vec![b'x'; len])),
+        );
+        BasicProperties::default()
+            .with_headers(table)
+            .with_user_id("alice".into())
+            .with_expiration("60000".into())
+            .with_correlation_id("c-9".into())
+    }
+
+    fn header_names(properties: &BasicProperties) -> Vec<String> {
+        properties
+            .headers()
+            .as_ref()
+            .map(|t| t.inner().keys().map(|k| k.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn copies_drop_user_id_and_expiration_and_keep_the_rest() {
+        let CopyFit::Fits(copy) = dead_letter_copy(
+            &original_with_header_of(10),
+            &message(),
+            "boom",
+            Some(131_072),
+        ) else {
+            panic!("a small copy fits");
+        };
+        assert_eq!(copy.user_id(), &None);
+        assert_eq!(copy.expiration(), &None);
+        assert_eq!(
+            copy.correlation_id().as_ref().map(|c| c.as_str()),
+            Some("c-9")
+        );
+        assert_eq!(copy.message_id().as_ref().map(|c| c.as_str()), Some("m-1"));
+        let names = header_names(&copy);
+        for name in ["big", headers::ATTEMPT, headers::LAST_ERROR, headers::QUEUE] {
+            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+        }
+    }
+
+    #[test]
+    fn a_copy_over_the_frame_keeps_one_short_reason_header() {
+        let frame_max = 4_096u32;
+        // The original fits with room for a short header, not for all.
+        let original = original_with_header_of(3_500);
+        let reason = "e".repeat(900);
+        let CopyFit::Trimmed(copy) =
+            dead_letter_copy(&original, &message(), &reason, Some(frame_max))
+        else {
+            panic!("the full copy does not fit");
+        };
+        assert!(header_frame_size(&copy) <= frame_max as usize);
+        let gateway_headers: Vec<String> = header_names(&copy)
+            .into_iter()
+            .filter(|n| headers::is_reserved(n))
+            .collect();
+        assert_eq!(gateway_headers, [headers::LAST_ERROR]);
+        assert_eq!(copy.user_id(), &None);
+    }
+
+    #[test]
+    fn an_original_at_the_limit_is_copied_without_additions() {
+        let frame_max = 4_096u32;
+        let mut size = 3_900;
+        // The largest header whose original (with the message id) fits.
+        while header_frame_size(&original_with_header_of(size + 1).with_message_id("m-1".into()))
+            <= frame_max as usize
+        {
+            size += 1;
+        }
+        let original = original_with_header_of(size).with_message_id("m-1".into());
+        let CopyFit::Trimmed(copy) = retry_copy(&original, &message(), "boom", Some(frame_max))
+        else {
+            panic!("no room for bookkeeping");
+        };
+        assert!(header_frame_size(&copy) <= frame_max as usize);
+        assert!(header_names(&copy).iter().all(|n| !headers::is_reserved(n)));
+    }
+
+    #[test]
+    fn even_headers_larger_than_the_frame_end_in_a_copy_that_fits() {
+        let CopyFit::Trimmed(copy) = dead_letter_copy(
+            &original_with_header_of(10_000),
+            &message(),
+            "boom",
+            Some(4_096),
+        ) else {
+            panic!("cannot fit");
+        };
+        assert!(header_frame_size(&copy) <= 4_096);
+        assert_eq!(header_names(&copy), [headers::LAST_ERROR]);
+    }
+}

@@ -1,0 +1,299 @@
+//! One consumer's task: its session loop on its own channel, and the
+//! handling of each delivery up to the moment it is settled.
+//!
+//! The worker takes a place on a consume connection (`ConsumerLease`) and
+//! keeps it across reconnects. Each session opens a channel with the
+//! consumer's prefetch and works on up to `prefetch` deliveries at once,
+//! each settled on its own (`settle`); when the channel or connection breaks
+//! the consumer goes to `reconnecting` and starts over with backoff, and the
+//! broker redelivers what it had not settled. Cancelling it stops new
+//! deliveries, lets in-flight ones finish within `DRAIN_TIMEOUT`, and closes
+//! the channel, which hands any still unsettled ones back to the queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::settle::{attempt_of, AckWindow, Settled, Settler};
+use super::stats::{ConsumerState, ConsumerStats};
+use super::supervisor::{ConsumerSpec, DRAIN_TIMEOUT};
+use super::target::{DeliveryOutcome, DeliveryTarget, IncomingMessage};
+use crate::{Broker, BrokerError, ConsumerLease};
+
+/// Most deliveries acked by one `multiple` ack.
+const ACK_BATCH: usize = 50;
+/// Longest an ack waits for company while other deliveries are in flight.
+const ACK_DELAY: Duration = Duration::from_millis(5);
+
+/// Deliveries settled behind a slow one are acked on their own after this,
+/// so one slow target call cannot hold the prefetch window.
+const STRAGGLER_WAIT: Duration = Duration::from_millis(250);
+
+pub(super) struct ConsumerWorker {
+    pub spec: Arc<ConsumerSpec>,
+    pub broker: Broker,
+    pub target: Arc<dyn DeliveryTarget>,
+    pub settler: Arc<Settler>,
+    pub stats: Arc<ConsumerStats>,
+    pub consumer_tag: String,
+}
+
+enum SessionEnd {
+    Cancelled,
+}
+
+impl ConsumerWorker {
+    pub async fn run(self, cancel: CancellationToken) {
+        let new_backoff = || {
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(250))
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut backoff = new_backoff();
+        // Held until the consumer stops: its place on a consume connection.
+        let lease = self.broker.consumer_lease();
+        let mut link = lease.subscribe();
+        loop {
+            self.stats.set_state(ConsumerState::Reconnecting);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                ready = link.wait_for(|l| l.connection.is_some()) => if ready.is_err() { break },
+            }
+            match self
+                .session(&lease, &cancel, &mut backoff, new_backoff)
+                .await
+            {
+                Ok(SessionEnd::Cancelled) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "consumer session ended; resuming");
+                    self.stats.record_error(err.to_string());
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.stats.set_state(ConsumerState::Stopped);
+        tracing::info!("consumer stopped");
+    }
+
+    async fn session<B: Iterator<Item = Duration>>(
+        &self,
+        lease: &ConsumerLease,
+        cancel: &CancellationToken,
+        backoff: &mut B,
+        new_backoff: impl Fn() -> B,
+    ) -> Result<SessionEnd, BrokerError> {
+        let channel = lease.channel().await?;
+        channel
+            .basic_qos(self.spec.prefetch, BasicQosOptions::default())
+            .await?;
+        let mut deliveries = channel
+            .basic_consume(
+                self.spec.queue.as_str(),
+                &self.consumer_tag,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.stats.set_state(ConsumerState::Running);
+        *backoff = new_backoff();
+        tracing::info!(prefetch = self.spec.prefetch, "consuming");
+
+        let mut in_flight: JoinSet<(u64, Settled)> = JoinSet::new();
+        let mut acks = AckWindow::new(self.stats.clone());
+        let batch = usize::from(self.spec.prefetch / 2).clamp(1, ACK_BATCH);
+        let mut flush_timer = Box::pin(tokio::time::sleep(ACK_DELAY));
+        let mut timer_armed = false;
+        let mut straggler_check = tokio::time::interval(STRAGGLER_WAIT);
+        let end = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break Ok(SessionEnd::Cancelled),
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    let mut joined = vec![done];
+                    while let Some(done) = in_flight.try_join_next() {
+                        joined.push(done);
+                    }
+                    if let Err(err) = settle_joined(&mut acks, joined) {
+                        break Err(err);
+                    }
+                    // Ack now when a batch is full or nothing else is in
+                    // flight; otherwise within ACK_DELAY.
+                    if acks.ready() >= batch || (acks.ready() > 0 && in_flight.is_empty()) {
+                        if let Err(err) = acks.flush(&channel).await {
+                            break Err(BrokerError::from(err));
+                        }
+                        timer_armed = false;
+                    } else if acks.ready() > 0 && !timer_armed {
+                        flush_timer.as_mut().reset(tokio::time::Instant::now() + ACK_DELAY);
+                        timer_armed = true;
+                    }
+                }
+                _ = &mut flush_timer, if timer_armed => {
+                    timer_armed = false;
+                    if let Err(err) = acks.flush(&channel).await {
+                        break Err(BrokerError::from(err));
+                    }
+                }
+                _ = straggler_check.tick(), if acks.stragglers() > 0 => {
+                    if let Err(err) = acks.ack_stragglers(&channel, STRAGGLER_WAIT).await {
+                        break Err(BrokerError::from(err));
+                    }
+                }
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        acks.track(delivery.delivery_tag);
+                        in_flight.spawn(self.handle(delivery));
+                    }
+                    Some(Err(err)) => break Err(BrokerError::from(err)),
+                    None => break Err(BrokerError::Unavailable(
+                        "the broker ended the consumer (was the queue deleted?)".into(),
+                    )),
+                },
+            }
+        };
+
+        if matches!(end, Ok(SessionEnd::Cancelled)) {
+            // No new deliveries; let the ones in hand finish.
+            let _ = channel
+                .basic_cancel(&self.consumer_tag, BasicCancelOptions::default())
+                .await;
+            let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                while let Some(done) = in_flight.join_next().await {
+                    if settle_joined(&mut acks, vec![done]).is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+            let acked = async {
+                acks.flush(&channel).await?;
+                acks.ack_stragglers(&channel, Duration::ZERO).await
+            };
+            if let Err(err) = acked.await {
+                tracing::warn!(error = %err, "final ack failed; the broker will redeliver");
+            }
+            if drained.is_err() {
+                tracing::warn!(
+                    unsettled = in_flight.len(),
+                    "drain timed out; handing the rest back to the queue"
+                );
+            }
+        }
+        in_flight.abort_all();
+        // Closing the channel returns every unsettled delivery to the queue.
+        if channel.status().connected() {
+            let _ = channel.close(200, "consumer stopped").await;
+        }
+        end
+    }
+
+    fn handle(
+        &self,
+        delivery: Delivery,
+    ) -> impl std::future::Future<Output = (u64, Settled)> + Send + 'static {
+        let message = IncomingMessage {
+            queue: self.spec.queue.clone(),
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            content_type: delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|ct| ct.to_string()),
+            attempt: attempt_of(&delivery.properties),
+            payload: delivery.data.clone(),
+        };
+        let span = tracing::info_span!(
+            "delivery",
+            consumer_id = %self.spec.id,
+            queue = %self.spec.queue,
+            message_id = %message.message_id,
+            attempt = message.attempt,
+        );
+        let target = self.target.clone();
+        let settler = self.settler.clone();
+        let stats = self.stats.clone();
+        async move {
+            let _in_flight = InFlightGuard::new(stats.clone());
+            let started = std::time::Instant::now();
+            // A target that panics gets a retry like any failure, so a
+            // poison message ends in the dead-letter queue after its
+            // attempts instead of spinning, and its tag is always settled.
+            let outcome = std::panic::AssertUnwindSafe(target.deliver(&message))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!("the delivery's handler panicked");
+                    DeliveryOutcome::Retry {
+                        reason: "the handler panicked".into(),
+                        retry_after: None,
+                    }
+                });
+            stats.target_answered(started.elapsed());
+            let settled = settler.settle(&delivery, &message, outcome).await;
+            match settled {
+                Settled::Acked => tracing::debug!("delivered"),
+                Settled::Retried { delay_ms } => tracing::info!(delay_ms, "retry scheduled"),
+                Settled::DeadLettered => tracing::info!("dead-lettered"),
+                Settled::HandedBack => tracing::warn!("handed back to the queue"),
+            }
+            (delivery.delivery_tag, settled)
+        }
+        .instrument(span)
+    }
+}
+
+/// Records finished delivery tasks. A task that did not finish (it cannot
+/// panic: `handle` catches the target's panics) leaves its tag unsettled
+/// for good, so the session ends: closing the channel requeues it.
+fn settle_joined(
+    acks: &mut AckWindow,
+    joined: Vec<Result<(u64, Settled), tokio::task::JoinError>>,
+) -> Result<(), BrokerError> {
+    for done in joined {
+        match done {
+            Ok((tag, settled)) => acks.settled(tag, settled),
+            Err(err) => {
+                return Err(BrokerError::Unavailable(format!(
+                    "a delivery task failed: {err}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts a delivery as in flight until it is settled, or its task is
+/// aborted.
+struct InFlightGuard(Arc<ConsumerStats>);
+
+impl InFlightGuard {
+    fn new(stats: Arc<ConsumerStats>) -> Self {
+        stats.delivery_started();
+        Self(stats)
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.delivery_finished();
+    }
+}

@@ -1,0 +1,37 @@
+//! The gateway's own message and HTTP headers: one home for the reserved prefix.
+//!
+//! Every header the gateway writes (on retry and dead-letter copies, and on
+//! forwarded HTTP requests) starts with `PREFIX`; publishers may not set
+//! such headers themselves, and a replayed dead letter sheds them.
+
+/// The reserved prefix of every header the gateway writes.
+pub const PREFIX: &str = "x-workerrmq-";
+
+/// 1-based number of the attempt a copy (or a forwarded request) is for.
+pub const ATTEMPT: &str = "x-workerrmq-attempt";
+pub const LAST_ERROR: &str = "x-workerrmq-last-error";
+pub const DEAD_LETTERED_AT: &str = "x-workerrmq-dead-lettered-at";
+/// The main queue a dead letter came from; on a forwarded request, the
+/// queue it was consumed from.
+pub const QUEUE: &str = "x-workerrmq-queue";
+
+/// Whether `name` (any case) is one of the gateway's own headers.
+pub fn is_reserved(name: &str) -> bool {
+    name.len() >= PREFIX.len() && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_gateway_header_carries_the_prefix() {
+        for name in [ATTEMPT, LAST_ERROR, DEAD_LETTERED_AT, QUEUE] {
+            assert!(name.starts_with(PREFIX), "{name}");
+            assert!(is_reserved(name));
+        }
+        assert!(is_reserved("X-WorkerRMQ-Anything"));
+        assert!(!is_reserved("x-workerrmq"));
+        assert!(!is_reserved("x-death"));
+    }
+}
