@@ -102,53 +102,49 @@ impl Publisher {
         let channel = match slot.as_ref() {
             Some(channel) if channel.status().connected() => channel.clone(),
             _ => {
-                let channel = self.broker.publish_channel().await?;
-                channel
-                    .confirm_select(ConfirmSelectOptions::default())
+                // Opening a channel waits for the broker too, which a
+                // blocked connection does not reach.
+                let channel = self
+                    .unless_blocked(async {
+                        let channel = self.broker.publish_channel().await?;
+                        channel
+                            .confirm_select(ConfirmSelectOptions::default())
+                            .await?;
+                        Ok(channel)
+                    })
                     .await?;
                 *slot = Some(channel.clone());
                 channel
             }
         };
-        let confirmed = async {
-            channel
-                .basic_publish(
-                    message.exchange,
-                    message.routing_key,
-                    BasicPublishOptions {
-                        mandatory: message.mandatory,
-                        ..BasicPublishOptions::default()
-                    },
-                    message.payload,
-                    message.properties,
-                )
-                .await?
-                .await
-        };
-        let blocked = async {
-            let mut check = tokio::time::interval(BLOCKED_CHECK);
-            while !self.broker.publishing_blocked() {
-                check.tick().await;
-            }
-        };
-        let abandoned = tokio::select! {
-            result = tokio::time::timeout(CONFIRM_TIMEOUT, confirmed) => match result {
-                Ok(confirmation) => Ok(confirmation?),
-                Err(_) => Err(BrokerError::Unavailable(
-                    "the broker did not confirm the message in time".into(),
-                )),
-            },
-            () = blocked => Err(BrokerError::Blocked),
-        };
-        let confirmation = match abandoned {
+        let confirmed = self
+            .unless_blocked(async {
+                Ok(channel
+                    .basic_publish(
+                        message.exchange,
+                        message.routing_key,
+                        BasicPublishOptions {
+                            mandatory: message.mandatory,
+                            ..BasicPublishOptions::default()
+                        },
+                        message.payload,
+                        message.properties,
+                    )
+                    .await?
+                    .await?)
+            })
+            .await;
+        let confirmation = match confirmed {
             Ok(confirmation) => confirmation,
             Err(err) => {
-                // The late confirm would land on the next publish: drop the
+                // A late confirm would land on the next publish: drop the
                 // channel rather than reuse it. Closing waits for the
                 // broker, which a blocked connection does not reach: not here.
+                // A message abandoned this way may still be stored once the
+                // block lifts; the caller was told it is not (at least once).
                 *slot = None;
                 tokio::spawn(async move {
-                    let _ = channel.close(200, "confirm abandoned").await;
+                    let _ = channel.close(200, "publish abandoned").await;
                 });
                 return Err(err);
             }
@@ -160,6 +156,28 @@ impl Publisher {
             Confirmation::NotRequested => Err(BrokerError::Unavailable(
                 "the publish channel is not in confirm mode".into(),
             )),
+        }
+    }
+
+    /// Runs a step that waits for the broker, giving up when the broker
+    /// blocks the publish connection meanwhile, or after `CONFIRM_TIMEOUT`.
+    async fn unless_blocked<T>(
+        &self,
+        step: impl std::future::Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        let blocked = async {
+            let mut check = tokio::time::interval(BLOCKED_CHECK);
+            while !self.broker.publishing_blocked() {
+                check.tick().await;
+            }
+        };
+        tokio::select! {
+            result = tokio::time::timeout(CONFIRM_TIMEOUT, step) => result.unwrap_or_else(|_| {
+                Err(BrokerError::Unavailable(
+                    "the broker did not answer in time".into(),
+                ))
+            }),
+            () = blocked => Err(BrokerError::Blocked),
         }
     }
 }

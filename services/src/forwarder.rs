@@ -112,8 +112,8 @@ impl DeliveryTarget for HttpForwarder {
             .headers(self.headers.clone())
             .header("webhook-id", &message.message_id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("x-workerrmq-queue", message.queue.as_str())
-            .header("x-workerrmq-attempt", message.attempt.to_string());
+            .header(gateway::headers::QUEUE, message.queue.as_str())
+            .header(gateway::headers::ATTEMPT, message.attempt.to_string());
         if let Some(secret) = &self.secret {
             request = request.header(
                 "webhook-signature",

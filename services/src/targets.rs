@@ -23,7 +23,6 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "content-length",
     "host",
 ];
-pub const RESERVED_HEADER_PREFIX: &str = "x-workerrmq-";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -98,9 +97,7 @@ impl HttpTarget {
         }
         for (name, value) in &headers {
             let lower = name.to_ascii_lowercase();
-            if RESERVED_HEADERS.contains(&lower.as_str())
-                || lower.starts_with(RESERVED_HEADER_PREFIX)
-            {
+            if RESERVED_HEADERS.contains(&lower.as_str()) || gateway::headers::is_reserved(&lower) {
                 return Err(format!(
                     "target.headers: `{name}` is set by the gateway itself"
                 ));

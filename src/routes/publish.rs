@@ -21,9 +21,6 @@ use crate::error::ApiError;
 use crate::extract::Json;
 use crate::state::AppState;
 
-/// Header names the gateway sets itself on forwarded and retried messages.
-const RESERVED_HEADER_PREFIX: &str = "x-workerrmq-";
-
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PublishRequest {
@@ -136,13 +133,13 @@ fn headers_table(headers: Map<String, Value>) -> Result<FieldTable, FieldError> 
                 format!("header names are 1 to 255 bytes, `{name}` is not"),
             ));
         }
-        if name
-            .to_ascii_lowercase()
-            .starts_with(RESERVED_HEADER_PREFIX)
-        {
+        if gateway::headers::is_reserved(&name) {
             return Err(FieldError::new(
                 format!("headers.{name}"),
-                format!("the `{RESERVED_HEADER_PREFIX}` prefix is reserved for the gateway"),
+                format!(
+                    "the `{}` prefix is reserved for the gateway",
+                    gateway::headers::PREFIX
+                ),
             ));
         }
         let amqp = match &value {

@@ -1,1 +1,573 @@
-//! The gateway's AMQP connections: publish and consume apart, copies that must fit a frame.
+//! The gateway's AMQP connections: publish and consume apart, copies that
+//! must fit a frame and must not carry a foreign `user_id`.
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Connection};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{
+    assert_error, assert_json, connection_properties, eventually, spawn_app, spawn_app_with,
+    TestApp,
+};
+use crate::support::amqp_proxy::AmqpProxy;
+use crate::support::target_server::{Reply, TargetServer};
+use crate::support::{
+    connection_named, env_or, force_close_connection, management_client, management_request,
+    percent_encode, wait_for_queue, Api,
+};
+
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The management API refreshes its connection list every ~5 s.
+const LISTED: Duration = Duration::from_secs(20);
+const SETTLED: Duration = Duration::from_secs(20);
+
+/// The `/getConnections` row whose `clientName` is `name`, once listed.
+async fn listed_connection(app: &TestApp, name: &str) -> Value {
+    eventually(LISTED, || async {
+        let rows = assert_json(app.get("/getConnections").await, StatusCode::OK).await;
+        rows.as_array()
+            .expect("a list")
+            .iter()
+            .find(|row| row["clientName"] == name)
+            .cloned()
+            .ok_or_else(|| format!("no connection named {name} in {rows}"))
+    })
+    .await
+}
+
+/// The broker's name of the open connection `client_name` (other than
+/// `not`), once the management API shows it.
+async fn broker_connection(client_name: &str, not: Option<&str>) -> String {
+    let management = management_client();
+    eventually(LISTED, || async {
+        match connection_named(&management, client_name).await {
+            Some(name) if Some(name.as_str()) != not => Ok(name),
+            other => Err(format!("no connection named {client_name}: {other:?}")),
+        }
+    })
+    .await
+}
+
+/// A queue with an HTTP consumer at `path` of `target`, running.
+async fn consumer_on(
+    app: &TestApp,
+    target: &TargetServer,
+    label: &str,
+    path: &str,
+) -> (Api, String, String) {
+    let api = Api::of(app);
+    let queue = app.unique_queue(label);
+    api.create_queue(&queue).await;
+    let consumer = api
+        .create_http_consumer(&queue, &target.url(path), json!({ "prefetch": 5 }))
+        .await;
+    api.wait_for_consumer(&consumer, SETTLED, "running", |v| v["state"] == "running")
+        .await;
+    (api, queue, consumer)
+}
+
+/// Publishes one message with these properties on a confirming channel of
+/// `connection`; asserts the broker confirmed it.
+async fn publish_raw(
+    connection: &Connection,
+    queue: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) {
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("publisher confirms");
+    let confirmation = channel
+        .basic_publish(
+            "",
+            queue,
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        )
+        .await
+        .expect("the publish is sent")
+        .await
+        .expect("a confirm");
+    assert!(
+        matches!(confirmation, Confirmation::Ack(None)),
+        "the broker did not take the message: {confirmation:?}"
+    );
+    let _ = channel.close(200, "published").await;
+}
+
+fn header_names(properties: &BasicProperties) -> Vec<String> {
+    properties
+        .headers()
+        .as_ref()
+        .map(|t| t.inner().keys().map(|k| k.to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
+    let table = properties.headers().as_ref()?;
+    match table.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        other => panic!("header {name} is not a string: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_and_consuming_have_their_own_named_connections() {
+    let app = spawn_app().await;
+    let publish = listed_connection(&app, &app.publish_connection_name()).await;
+    let consume = listed_connection(&app, &app.consume_connection_name()).await;
+    assert_ne!(
+        publish["connectionId"], consume["connectionId"],
+        "{publish} {consume}"
+    );
+    for row in [&publish, &consume] {
+        assert_eq!(row["user"], "guest", "{row}");
+        assert_eq!(row["state"], "running", "{row}");
+    }
+    // Nothing else under the old single name.
+    let rows = assert_json(app.get("/getConnections").await, StatusCode::OK).await;
+    let old_name = format!("workerrmq-{}", app.instance_id);
+    assert!(
+        !rows
+            .as_array()
+            .expect("a list")
+            .iter()
+            .any(|row| row["clientName"] == old_name.as_str()),
+        "{rows}"
+    );
+    app.cleanup().await;
+}
+
+/// A broker user of the test's own, removed on drop.
+struct BrokerUser {
+    name: String,
+    password: String,
+    http: reqwest::Client,
+}
+
+impl BrokerUser {
+    async fn create() -> BrokerUser {
+        let http = management_client();
+        let name = format!(
+            "workerrmq-test-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let user_path = format!("/api/users/{}", percent_encode(&name));
+        let created = management_request(&http, reqwest::Method::PUT, &user_path)
+            .json(&json!({ "password": password, "tags": "" }))
+            .send()
+            .await
+            .expect("the management API answers");
+        assert!(
+            created.status().is_success(),
+            "PUT {user_path}: {}",
+            created.status()
+        );
+        let permissions_path = format!("/api/permissions/%2f/{}", percent_encode(&name));
+        let granted = management_request(&http, reqwest::Method::PUT, &permissions_path)
+            .json(&json!({ "configure": ".*", "write": ".*", "read": ".*" }))
+            .send()
+            .await
+            .expect("the management API answers");
+        assert!(
+            granted.status().is_success(),
+            "PUT {permissions_path}: {}",
+            granted.status()
+        );
+        BrokerUser {
+            name,
+            password,
+            http,
+        }
+    }
+
+    async fn connect(&self) -> Connection {
+        let base: lapin::uri::AMQPUri = env_or("AMQP_URL", DEFAULT_AMQP_URL)
+            .parse()
+            .expect("a valid AMQP_URL");
+        let url = format!(
+            "amqp://{}:{}@{}:{}/{}",
+            percent_encode(&self.name),
+            self.password,
+            base.authority.host,
+            base.authority.port,
+            percent_encode(&base.vhost)
+        );
+        Connection::connect(&url, connection_properties())
+            .await
+            .expect("the test user connects")
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let (http, path) = (
+            self.http.clone(),
+            format!("/api/users/{}", percent_encode(&self.name)),
+        );
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let _ = management_request(&http, reqwest::Method::DELETE, &path)
+                    .send()
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// The broker accepts a `user_id` only from a connection of that user. A
+/// message another user published with its own `user_id` is dead-lettered
+/// by the gateway (connected as guest): on today's main the copy kept the
+/// `user_id`, the broker refused it, and the message was handed back for
+/// ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_by_another_broker_user_is_dead_lettered_without_its_user_id() {
+    let app = spawn_app().await;
+    let target = TargetServer::start().await;
+    target.script("/refuse", vec![], Reply::status(400));
+    let (api, queue, consumer) = consumer_on(&app, &target, "foreign", "/refuse").await;
+
+    let user = BrokerUser::create().await;
+    let connection = user.connect().await;
+    let properties = BasicProperties::default()
+        .with_message_id("foreign-1".into())
+        .with_user_id(user.name.clone().into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    publish_raw(&connection, &queue, br#"{"from":"elsewhere"}"#, properties).await;
+    let _ = connection.close(200, "published").await;
+
+    let dlq = format!("{queue}.dlq");
+    wait_for_queue(
+        app.amqp_connection().await,
+        &dlq,
+        SETTLED,
+        "holding the dead letter",
+        |m, _| m == 1,
+    )
+    .await;
+    let letter = app.get_message(&dlq).await.expect("the dead letter");
+    let properties = &letter.delivery.properties;
+    assert_eq!(properties.user_id(), &None, "the copy carries no user_id");
+    assert_eq!(
+        properties.message_id().as_ref().map(|s| s.as_str()),
+        Some("foreign-1")
+    );
+    assert_eq!(letter.delivery.data, br#"{"from":"elsewhere"}"#);
+    assert!(header_text(properties, "x-workerrmq-last-error").is_some_and(|e| e.contains("400")));
+    let view = api.consumer(&consumer).await;
+    assert_eq!(view["stats"]["deadLettered"], 1, "{view}");
+    assert_eq!(
+        target.requests_to("/refuse").len(),
+        1,
+        "delivered once, not handed back"
+    );
+    assert_eq!(app.message_count(&queue).await, Some(0));
+
+    drop(user);
+    target.stop().await;
+    app.cleanup().await;
+}
+
+/// Room left in the original's header frame: enough for one short reason
+/// header, not for the gateway's full bookkeeping (attempt, last error,
+/// time, queue: about 220 bytes here).
+const ROOM_FOR_A_SHORT_REASON: usize = 160;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_copy_that_would_not_fit_a_frame_is_trimmed_and_no_connection_breaks() {
+    let app = spawn_app().await;
+    let target = TargetServer::start().await;
+    target.script("/refuse", vec![], Reply::status(400));
+    let (api, queue, consumer) = consumer_on(&app, &target, "frame", "/refuse").await;
+    let publish_before = broker_connection(&app.publish_connection_name(), None).await;
+    let consume_before = broker_connection(&app.consume_connection_name(), None).await;
+
+    // An original whose properties fill the frame but for a little room.
+    let connection = app.amqp_connection().await;
+    let frame_max = connection.configuration().frame_max() as usize;
+    let with_header = |len: usize| {
+        let mut table = FieldTable::default();
+        table.insert(
+            "big".into(),
+            AMQPValue::LongString(LongString::from(vec![b'x'; len])),
+        );
+        table.insert(
+            "kept".into(),
+            AMQPValue::LongString(LongString::from(b"yes".to_vec())),
+        );
+        BasicProperties::default()
+            .with_message_id("frame-1".into())
+            .with_content_type("application/octet-stream".into())
+            .with_delivery_mode(2)
+            .with_headers(table)
+    };
+    let overhead = gateway::frame::header_frame_size(&with_header(0));
+    let properties = with_header(frame_max - ROOM_FOR_A_SHORT_REASON - overhead);
+    assert_eq!(
+        gateway::frame::header_frame_size(&properties),
+        frame_max - ROOM_FOR_A_SHORT_REASON
+    );
+    publish_raw(
+        connection,
+        &queue,
+        b"payload kept byte for byte",
+        properties,
+    )
+    .await;
+
+    let dlq = format!("{queue}.dlq");
+    wait_for_queue(
+        connection,
+        &dlq,
+        SETTLED,
+        "holding the dead letter",
+        |m, _| m == 1,
+    )
+    .await;
+    let letter = app.get_message(&dlq).await.expect("the dead letter");
+    let properties = &letter.delivery.properties;
+    assert_eq!(letter.delivery.data, b"payload kept byte for byte");
+    assert_eq!(
+        properties.message_id().as_ref().map(|s| s.as_str()),
+        Some("frame-1")
+    );
+    let names = header_names(properties);
+    let ours: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("x-workerrmq-"))
+        .collect();
+    assert_eq!(
+        ours,
+        ["x-workerrmq-last-error"],
+        "one short reason header: {names:?}"
+    );
+    let reason = header_text(properties, "x-workerrmq-last-error").expect("the reason");
+    assert!(
+        reason.len() <= 200 && reason.contains("400") && reason.contains("frame"),
+        "{reason}"
+    );
+    assert_eq!(header_text(properties, "kept").as_deref(), Some("yes"));
+    assert_eq!(
+        header_text(properties, "big").map(|b| b.len()),
+        Some(frame_max - ROOM_FOR_A_SHORT_REASON - overhead)
+    );
+
+    // Settled once: no hand-back loop, nothing left behind, and neither of
+    // the gateway's connections was closed on the way.
+    let view = api.consumer(&consumer).await;
+    assert_eq!(view["stats"]["deadLettered"], 1, "{view}");
+    assert_eq!(view["state"], "running", "{view}");
+    assert_eq!(target.requests_to("/refuse").len(), 1);
+    assert_eq!(app.message_count(&queue).await, Some(0));
+    assert_eq!(
+        broker_connection(&app.publish_connection_name(), None).await,
+        publish_before
+    );
+    assert_eq!(
+        broker_connection(&app.consume_connection_name(), None).await,
+        consume_before
+    );
+    let second = app.publish(&queue, json!({ "after": "the big one" })).await;
+    eventually(SETTLED, || async {
+        let seen = target.ids_seen();
+        seen.contains(&second)
+            .then_some(())
+            .ok_or(format!("{second} not in {seen:?}"))
+    })
+    .await;
+
+    target.stop().await;
+    app.cleanup().await;
+}
+
+/// RabbitMQ blocks a publishing connection under a memory or disk alarm;
+/// a proxy plays that part for the gateway's publish connection only, so
+/// the shared broker stays untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_publish_connection_answers_503_at_once_while_consumers_keep_draining() {
+    let upstream: lapin::uri::AMQPUri = env_or("AMQP_URL", DEFAULT_AMQP_URL)
+        .parse()
+        .expect("a valid AMQP_URL");
+    let instance_id = format!(
+        "test-blocked-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let proxy = AmqpProxy::start(
+        format!("{}:{}", upstream.authority.host, upstream.authority.port),
+        format!("workerrmq-{instance_id}-publish"),
+    )
+    .await;
+    let url = format!(
+        "amqp://{}:{}@127.0.0.1:{}/{}",
+        percent_encode(&upstream.authority.userinfo.username),
+        percent_encode(&upstream.authority.userinfo.password),
+        proxy.port,
+        percent_encode(&upstream.vhost)
+    );
+    let app = spawn_app_with(&[("AMQP_URL", &url), ("INSTANCE_ID", &instance_id)]).await;
+    assert_eq!(
+        proxy.targets_seen(),
+        1,
+        "the publish connection goes through the proxy"
+    );
+    let target = TargetServer::start().await;
+    let (api, queue, consumer) = consumer_on(&app, &target, "blocked", "/ok").await;
+    app.publish(&queue, json!({ "before": "the alarm" })).await;
+
+    proxy.block("low on memory (test)");
+    // The block reaches the client with the next frame: poll, not sleep.
+    let started = eventually(Duration::from_secs(5), || async {
+        let started = Instant::now();
+        let response = app
+            .post_json(
+                "/messagePublish",
+                &json!({ "queueName": queue, "message": { "during": "the alarm" } }),
+            )
+            .await;
+        match response.status() {
+            StatusCode::SERVICE_UNAVAILABLE => Ok((started, response)),
+            other => Err(format!("publish answered {other}")),
+        }
+    })
+    .await;
+    let (asked_at, response) = started;
+    assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "broker_unavailable",
+    )
+    .await;
+    assert!(
+        asked_at.elapsed() < Duration::from_secs(2),
+        "answered at once: {:?}",
+        asked_at.elapsed()
+    );
+
+    // Meanwhile consumers drain what others publish, on their own connection.
+    let ids: Vec<String> = (0..20).map(|i| format!("during-alarm-{i}")).collect();
+    for id in &ids {
+        publish_raw(
+            app.amqp_connection().await,
+            &queue,
+            b"{}",
+            BasicProperties::default()
+                .with_message_id(id.clone().into())
+                .with_delivery_mode(2),
+        )
+        .await;
+    }
+    eventually(SETTLED, || async {
+        let seen = target.ids_seen();
+        let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains(*id)).collect();
+        missing
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("not delivered yet: {missing:?}"))
+    })
+    .await;
+    wait_for_queue(
+        app.amqp_connection().await,
+        &queue,
+        SETTLED,
+        "drained and acked",
+        |m, c| m == 0 && c == 1,
+    )
+    .await;
+    let view = api.consumer(&consumer).await;
+    assert_eq!(view["state"], "running", "{view}");
+
+    proxy.unblock();
+    let after = eventually(SETTLED, || async {
+        let response = app
+            .post_json(
+                "/messagePublish",
+                &json!({ "queueName": queue, "message": { "after": "the alarm" } }),
+            )
+            .await;
+        match response.status() {
+            StatusCode::ACCEPTED => Ok(response.json::<Value>().await.expect("JSON")),
+            other => Err(format!("publish answered {other}")),
+        }
+    })
+    .await;
+    let after_id = after["messageId"].as_str().expect("a messageId").to_owned();
+    eventually(SETTLED, || async {
+        target
+            .ids_seen()
+            .contains(&after_id)
+            .then_some(())
+            .ok_or("not delivered yet".to_owned())
+    })
+    .await;
+
+    target.stop().await;
+    app.cleanup().await;
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_closed_publish_connection_is_reopened_without_touching_the_consumers() {
+    let app = spawn_app().await;
+    let target = TargetServer::start().await;
+    let (_api, queue, _consumer) = consumer_on(&app, &target, "pubclose", "/ok").await;
+    let publish_before = broker_connection(&app.publish_connection_name(), None).await;
+    let consume_before = broker_connection(&app.consume_connection_name(), None).await;
+
+    force_close_connection(&management_client(), &publish_before).await;
+    let publish_after =
+        broker_connection(&app.publish_connection_name(), Some(&publish_before)).await;
+    assert_ne!(publish_after, publish_before);
+
+    // Publishing works again, and the consumer, on the same connection as
+    // before, delivers what was published.
+    let id = eventually(SETTLED, || async {
+        let response = app
+            .post_json(
+                "/messagePublish",
+                &json!({ "queueName": queue, "message": { "n": 1 } }),
+            )
+            .await;
+        match response.status() {
+            StatusCode::ACCEPTED => Ok(response.json::<Value>().await.expect("JSON")["messageId"]
+                .as_str()
+                .expect("a messageId")
+                .to_owned()),
+            other => Err(format!("publish answered {other}")),
+        }
+    })
+    .await;
+    eventually(SETTLED, || async {
+        target
+            .ids_seen()
+            .contains(&id)
+            .then_some(())
+            .ok_or("not delivered yet".to_owned())
+    })
+    .await;
+    assert_eq!(
+        broker_connection(&app.consume_connection_name(), None).await,
+        consume_before
+    );
+    let ready = app.get("/ready").await;
+    assert_eq!(ready.status(), StatusCode::OK);
+
+    target.stop().await;
+    app.cleanup().await;
+}

@@ -9,7 +9,7 @@ use crate::helpers::{assert_json, eventually, spawn_app_with};
 async fn the_gateway_lists_its_own_broker_connection() {
     let instance_id = format!("conn-{}", uuid::Uuid::new_v4().simple());
     let app = spawn_app_with(&[("INSTANCE_ID", &instance_id)]).await;
-    let own_name = format!("workerrmq-{instance_id}");
+    let own_name = format!("workerrmq-{instance_id}-publish");
 
     // The management API learns about new connections with a delay.
     let row = eventually(Duration::from_secs(20), || async {

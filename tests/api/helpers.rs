@@ -49,8 +49,8 @@ pub struct TestApp {
     pub admin_user: String,
     pub admin_password: String,
     pub db_name: String,
-    /// The `INSTANCE_ID` the app runs with; its AMQP connection is named
-    /// `workerrmq-<instance_id>`.
+    /// The `INSTANCE_ID` the app runs with; its AMQP connections are named
+    /// `workerrmq-<instance_id>-publish` and `workerrmq-<instance_id>-consume`.
     pub instance_id: String,
     /// Every queue and exchange name this test makes starts with it.
     pub prefix: String,
@@ -189,6 +189,16 @@ pub async fn assert_json(response: Response, status: StatusCode) -> Value {
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
+    }
+
+    /// The client-provided name of the app's publish connection.
+    pub fn publish_connection_name(&self) -> String {
+        format!("workerrmq-{}-publish", self.instance_id)
+    }
+
+    /// The client-provided name of the app's (first) consume connection.
+    pub fn consume_connection_name(&self) -> String {
+        format!("workerrmq-{}-consume", self.instance_id)
     }
 
     /// The bootstrap admin's `Authorization` header value.

@@ -419,7 +419,8 @@ async fn a_force_closed_broker_connection_is_resumed_without_losing_messages() {
     api.wait_for_consumer(&consumer, CONVERGENCE, "running", is_running)
         .await;
     let management = management_client();
-    let client_name = format!("workerrmq-{}", app.instance_id);
+    // The consumers' connection; publishing has its own.
+    let client_name = app.consume_connection_name();
     let mut connection = current_connection(&management, &client_name, None).await;
 
     let messages = binary_messages("forced", 1_000);

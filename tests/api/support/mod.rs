@@ -2,6 +2,7 @@
 //! gateway binary as a child process, a small client for the gateway's
 //! consumer API, and plain-AMQP / management-API helpers to look behind it.
 
+pub mod amqp_proxy;
 pub mod gateway_process;
 pub mod target_server;
 
@@ -321,7 +322,7 @@ pub fn management_client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
-fn management_request(
+pub fn management_request(
     http: &reqwest::Client,
     method: reqwest::Method,
     path: &str,

@@ -26,6 +26,9 @@ use crate::headers;
 const MAX_REASON_BYTES: usize = 1_000;
 /// Longest error text in the one header a trimmed copy keeps.
 const MAX_SHORT_REASON_BYTES: usize = 200;
+/// Ends the reason a trimmed copy carries, so an operator knows why the
+/// attempt count and the rest are missing.
+pub(crate) const TRIMMED_NOTE: &str = "other gateway headers left out to fit the frame";
 
 /// A copy's properties, and whether they had to be trimmed to fit.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,7 +105,7 @@ fn fit(
         return CopyFit::Fits(full);
     }
     let short_reason = text(
-        &format!("{reason} (the gateway's other headers were left out: they would not fit a {frame_max}-byte frame)"),
+        &format!("{reason} [{TRIMMED_NOTE}]"),
         MAX_SHORT_REASON_BYTES,
     );
     let steps = [
