@@ -68,11 +68,11 @@ impl Application {
         })?;
 
         let broker = Broker::start(
-            BrokerSettings {
-                url: settings.amqp_url.expose().to_owned(),
-                // `-publish` and `-consume` are appended per connection.
-                connection_name: format!("workerrmq-{}", settings.instance_id),
-            },
+            // `-publish` and `-consume` are appended per connection.
+            BrokerSettings::new(
+                settings.amqp_url.expose().to_owned(),
+                format!("workerrmq-{}", settings.instance_id),
+            ),
             FIRST_BROKER_CONNECT,
             broker_shutdown.clone(),
         )

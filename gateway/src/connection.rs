@@ -42,9 +42,20 @@ pub struct BrokerSettings {
     /// `/getConnections` (`<base>-publish`, `<base>-consume`, …), so
     /// operators can tell replicas and roles apart.
     pub connection_name: String,
+    /// Consumer channels on one consume connection before another opens;
+    /// `CONSUMER_CHANNELS_PER_CONNECTION` unless a test needs it small.
+    pub consumer_channels_per_connection: usize,
 }
 
 impl BrokerSettings {
+    pub fn new(url: String, connection_name: String) -> Self {
+        Self {
+            url,
+            connection_name,
+            consumer_channels_per_connection: CONSUMER_CHANNELS_PER_CONNECTION,
+        }
+    }
+
     pub fn publish_connection_name(&self) -> String {
         format!("{}-publish", self.connection_name)
     }
@@ -230,7 +241,8 @@ impl Broker {
             .iter()
             .map(|s| s.leases.load(Ordering::SeqCst))
             .collect();
-        let index = match slot_with_room(&counts, CONSUMER_CHANNELS_PER_CONNECTION) {
+        let per_connection = self.inner.settings.consumer_channels_per_connection.max(1);
+        let index = match slot_with_room(&counts, per_connection) {
             Some(index) => index,
             None => {
                 let index = slots.len();
@@ -420,10 +432,7 @@ mod tests {
 
     #[test]
     fn connections_are_named_by_role() {
-        let settings = BrokerSettings {
-            url: String::new(),
-            connection_name: "workerrmq-a".into(),
-        };
+        let settings = BrokerSettings::new(String::new(), "workerrmq-a".into());
         assert_eq!(settings.publish_connection_name(), "workerrmq-a-publish");
         assert_eq!(settings.consume_connection_name(0), "workerrmq-a-consume");
         assert_eq!(settings.consume_connection_name(1), "workerrmq-a-consume-2");

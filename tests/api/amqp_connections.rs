@@ -571,3 +571,84 @@ async fn a_force_closed_publish_connection_is_reopened_without_touching_the_cons
     target.stop().await;
     app.cleanup().await;
 }
+
+/// Past its share of consumer channels, a consume connection gets a
+/// sibling (`-consume-2`, …); places given back are reused. The gateway's
+/// own `Broker` against the real broker, with a share of 2 instead of
+/// 1,000 so three consumers are enough to see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_past_a_connections_share_get_another_consume_connection() {
+    let base = format!(
+        "workerrmq-test-pool-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let broker = gateway::Broker::start(
+        gateway::BrokerSettings {
+            consumer_channels_per_connection: 2,
+            ..gateway::BrokerSettings::new(env_or("AMQP_URL", DEFAULT_AMQP_URL), base.clone())
+        },
+        Duration::from_secs(5),
+        shutdown.clone(),
+    )
+    .await;
+    assert!(broker.is_up());
+    let leases: Vec<gateway::ConsumerLease> = (0..3).map(|_| broker.consumer_lease()).collect();
+    let mut channels = Vec::new();
+    for lease in &leases {
+        channels.push(
+            eventually(Duration::from_secs(10), || async {
+                lease.channel().await.map_err(|e| e.to_string())
+            })
+            .await,
+        );
+    }
+    let first = broker_connection(&format!("{base}-consume"), None).await;
+    let second = broker_connection(&format!("{base}-consume-2"), None).await;
+    assert_ne!(first, second);
+    let management = management_client();
+    let channels_on = |name: String| {
+        let management = management.clone();
+        async move {
+            let rows = crate::support::management_get(
+                &management,
+                "/api/connections?columns=name,channels",
+            )
+            .await;
+            rows.as_array()
+                .expect("a list")
+                .iter()
+                .find(|row| row["name"] == name.as_str())
+                .and_then(|row| row["channels"].as_u64())
+        }
+    };
+    eventually(LISTED, || async {
+        match (
+            channels_on(first.clone()).await,
+            channels_on(second.clone()).await,
+        ) {
+            (Some(2), Some(1)) => Ok(()),
+            other => Err(format!("channels on -consume, -consume-2: {other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        connection_named(&management, &format!("{base}-consume-3"))
+            .await
+            .is_none(),
+        "no third connection for three consumers"
+    );
+
+    // Places given back can be taken again (which one: unit-tested).
+    drop(leases);
+    let again = broker.consumer_lease();
+    let channel = again.channel().await.expect("a channel");
+    assert!(broker.is_up());
+    for open in channels.into_iter().chain([channel]) {
+        let _ = open.close(200, "test done").await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), broker.stopped())
+        .await
+        .expect("every connection closes");
+}
