@@ -311,20 +311,24 @@ impl Drop for ConsumerLease {
     }
 }
 
+/// Jittered exponential delays between `min` and `max`, for ever: how
+/// connections and consumers come back after a break.
+pub(crate) fn reconnect_backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 async fn connection_loop(
     url: String,
     name: String,
     tx: watch::Sender<Link>,
     shutdown: CancellationToken,
 ) {
-    let new_backoff = || {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(10))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
+    let new_backoff = || reconnect_backoff(Duration::from_millis(200), Duration::from_secs(10));
     let mut backoff = new_backoff();
     let mut generation = 0u64;
     loop {

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use lapin::options::{BasicAckOptions, BasicGetOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
 use crate::consumer::{hand_back, kept_properties};
@@ -139,30 +139,12 @@ impl DeadLetters {
     }
 }
 
-fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
-    properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .iter()
-        .find(|(k, _)| k.as_str() == name)
-        .map(|(_, v)| v)
-}
-
-fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
-    match header(properties, name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.to_string()),
-        _ => None,
-    }
-}
-
 fn dead_letter_of(properties: &BasicProperties, payload: Vec<u8>) -> DeadLetter {
     DeadLetter {
         message_id: properties.message_id().as_ref().map(|s| s.to_string()),
         attempts: crate::consumer::attempt_of(properties),
-        last_error: header_text(properties, headers::LAST_ERROR),
-        dead_lettered_at: header_text(properties, headers::DEAD_LETTERED_AT),
+        last_error: headers::text(properties, headers::LAST_ERROR),
+        dead_lettered_at: headers::text(properties, headers::DEAD_LETTERED_AT),
         content_type: properties.content_type().as_ref().map(|s| s.to_string()),
         payload,
     }

@@ -2,7 +2,11 @@
 //!
 //! Every header the gateway writes (on retry and dead-letter copies, and on
 //! forwarded HTTP requests) starts with `PREFIX`; publishers may not set
-//! such headers themselves, and a replayed dead letter sheds them.
+//! such headers themselves, and a replayed dead letter sheds them. Also how
+//! a message's headers are read.
+
+use lapin::types::AMQPValue;
+use lapin::BasicProperties;
 
 /// The reserved prefix of every header the gateway writes.
 pub const PREFIX: &str = "x-workerrmq-";
@@ -14,6 +18,35 @@ pub const DEAD_LETTERED_AT: &str = "x-workerrmq-dead-lettered-at";
 /// The main queue a dead letter came from; on a forwarded request, the
 /// queue it was consumed from.
 pub const QUEUE: &str = "x-workerrmq-queue";
+
+/// A header's value, if the message has it.
+pub fn value<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+    properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str() == name)
+        .map(|(_, v)| v)
+}
+
+/// A string header's text (lossy UTF-8); `None` when absent or not a string.
+pub fn text(properties: &BasicProperties, name: &str) -> Option<String> {
+    match value(properties, name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// The names of the message's headers.
+pub fn names(properties: &BasicProperties) -> Vec<String> {
+    properties
+        .headers()
+        .as_ref()
+        .map(|t| t.inner().keys().map(|k| k.to_string()).collect())
+        .unwrap_or_default()
+}
 
 /// Whether `name` (any case) is one of the gateway's own headers.
 pub fn is_reserved(name: &str) -> bool {

@@ -2,12 +2,12 @@
 //! must fit a frame and must not carry a foreign `user_id`.
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+
+use gateway::headers;
 
 use crate::helpers::{
     assert_error, assert_json, connection_properties, eventually, spawn_app, spawn_app_with,
@@ -16,8 +16,8 @@ use crate::helpers::{
 use crate::support::amqp_proxy::AmqpProxy;
 use crate::support::target_server::{Reply, TargetServer};
 use crate::support::{
-    connection_named, env_or, force_close_connection, management_client, management_request,
-    percent_encode, wait_for_queue, Api,
+    connection_named, env_or, force_close_connection, management_client, management_put,
+    management_request, percent_encode, publish_with_properties, wait_for_queue, Api,
 };
 
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -70,55 +70,63 @@ async fn consumer_on(
     (api, queue, consumer)
 }
 
-/// Publishes one message with these properties on a confirming channel of
-/// `connection`; asserts the broker confirmed it.
+/// Publishes one message with these properties; asserts the broker
+/// confirmed it.
 async fn publish_raw(
     connection: &Connection,
     queue: &str,
     body: &[u8],
     properties: BasicProperties,
 ) {
-    let channel = connection.create_channel().await.expect("a channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("publisher confirms");
-    let confirmation = channel
-        .basic_publish(
-            "",
-            queue,
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            body,
-            properties,
-        )
-        .await
-        .expect("the publish is sent")
-        .await
-        .expect("a confirm");
-    assert!(
-        matches!(confirmation, Confirmation::Ack(None)),
-        "the broker did not take the message: {confirmation:?}"
-    );
-    let _ = channel.close(200, "published").await;
+    publish_with_properties(connection, queue, vec![(body, properties)]).await;
 }
 
-fn header_names(properties: &BasicProperties) -> Vec<String> {
-    properties
-        .headers()
-        .as_ref()
-        .map(|t| t.inner().keys().map(|k| k.to_string()).collect())
-        .unwrap_or_default()
+/// POSTs `/messagePublish` of `message` to `queue` until it answers 202;
+/// returns the message id.
+async fn publish_once_accepted(app: &TestApp, queue: &str, message: Value) -> String {
+    eventually(SETTLED, || async {
+        let response = app
+            .post_json(
+                "/messagePublish",
+                &json!({ "queueName": queue, "message": message }),
+            )
+            .await;
+        match response.status() {
+            StatusCode::ACCEPTED => Ok(response.json::<Value>().await.expect("JSON")["messageId"]
+                .as_str()
+                .expect("a messageId")
+                .to_owned()),
+            other => Err(format!("publish answered {other}")),
+        }
+    })
+    .await
 }
 
-fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
-    let table = properties.headers().as_ref()?;
-    match table.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        other => panic!("header {name} is not a string: {other:?}"),
-    }
+/// Waits until the target has seen every one of `ids`.
+async fn wait_until_seen(target: &TargetServer, ids: &[String]) {
+    eventually(SETTLED, || async {
+        let seen = target.ids_seen();
+        let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains(*id)).collect();
+        missing
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("not delivered yet: {missing:?}"))
+    })
+    .await;
+}
+
+/// Waits until `<queue>.dlq` holds one message, and takes it.
+async fn the_one_dead_letter(app: &TestApp, queue: &str) -> lapin::message::BasicGetMessage {
+    let dlq = format!("{queue}.dlq");
+    wait_for_queue(
+        app.amqp_connection().await,
+        &dlq,
+        SETTLED,
+        "holding the dead letter",
+        |m, _| m == 1,
+    )
+    .await;
+    app.get_message(&dlq).await.expect("the dead letter")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,28 +171,25 @@ impl BrokerUser {
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
         let password = uuid::Uuid::new_v4().simple().to_string();
-        let user_path = format!("/api/users/{}", percent_encode(&name));
-        let created = management_request(&http, reqwest::Method::PUT, &user_path)
-            .json(&json!({ "password": password, "tags": "" }))
-            .send()
-            .await
-            .expect("the management API answers");
-        assert!(
-            created.status().is_success(),
-            "PUT {user_path}: {}",
-            created.status()
-        );
-        let permissions_path = format!("/api/permissions/%2f/{}", percent_encode(&name));
-        let granted = management_request(&http, reqwest::Method::PUT, &permissions_path)
-            .json(&json!({ "configure": ".*", "write": ".*", "read": ".*" }))
-            .send()
-            .await
-            .expect("the management API answers");
-        assert!(
-            granted.status().is_success(),
-            "PUT {permissions_path}: {}",
-            granted.status()
-        );
+        management_put(
+            &http,
+            &format!("/api/users/{}", percent_encode(&name)),
+            &json!({ "password": password, "tags": "" }),
+        )
+        .await;
+        let vhost: lapin::uri::AMQPUri = env_or("AMQP_URL", DEFAULT_AMQP_URL)
+            .parse()
+            .expect("a valid AMQP_URL");
+        management_put(
+            &http,
+            &format!(
+                "/api/permissions/{}/{}",
+                percent_encode(&vhost.vhost),
+                percent_encode(&name)
+            ),
+            &json!({ "configure": ".*", "write": ".*", "read": ".*" }),
+        )
+        .await;
         BrokerUser {
             name,
             password,
@@ -253,16 +258,7 @@ async fn a_message_published_by_another_broker_user_is_dead_lettered_without_its
     publish_raw(&connection, &queue, br#"{"from":"elsewhere"}"#, properties).await;
     let _ = connection.close(200, "published").await;
 
-    let dlq = format!("{queue}.dlq");
-    wait_for_queue(
-        app.amqp_connection().await,
-        &dlq,
-        SETTLED,
-        "holding the dead letter",
-        |m, _| m == 1,
-    )
-    .await;
-    let letter = app.get_message(&dlq).await.expect("the dead letter");
+    let letter = the_one_dead_letter(&app, &queue).await;
     let properties = &letter.delivery.properties;
     assert_eq!(properties.user_id(), &None, "the copy carries no user_id");
     assert_eq!(
@@ -270,7 +266,7 @@ async fn a_message_published_by_another_broker_user_is_dead_lettered_without_its
         Some("foreign-1")
     );
     assert_eq!(letter.delivery.data, br#"{"from":"elsewhere"}"#);
-    assert!(header_text(properties, "x-workerrmq-last-error").is_some_and(|e| e.contains("400")));
+    assert!(headers::text(properties, "x-workerrmq-last-error").is_some_and(|e| e.contains("400")));
     let view = api.consumer(&consumer).await;
     assert_eq!(view["stats"]["deadLettered"], 1, "{view}");
     assert_eq!(
@@ -332,23 +328,14 @@ async fn a_dead_letter_copy_that_would_not_fit_a_frame_is_trimmed_and_no_connect
     )
     .await;
 
-    let dlq = format!("{queue}.dlq");
-    wait_for_queue(
-        connection,
-        &dlq,
-        SETTLED,
-        "holding the dead letter",
-        |m, _| m == 1,
-    )
-    .await;
-    let letter = app.get_message(&dlq).await.expect("the dead letter");
+    let letter = the_one_dead_letter(&app, &queue).await;
     let properties = &letter.delivery.properties;
     assert_eq!(letter.delivery.data, b"payload kept byte for byte");
     assert_eq!(
         properties.message_id().as_ref().map(|s| s.as_str()),
         Some("frame-1")
     );
-    let names = header_names(properties);
+    let names = headers::names(properties);
     let ours: Vec<&String> = names
         .iter()
         .filter(|n| n.starts_with("x-workerrmq-"))
@@ -358,14 +345,14 @@ async fn a_dead_letter_copy_that_would_not_fit_a_frame_is_trimmed_and_no_connect
         ["x-workerrmq-last-error"],
         "one short reason header: {names:?}"
     );
-    let reason = header_text(properties, "x-workerrmq-last-error").expect("the reason");
+    let reason = headers::text(properties, "x-workerrmq-last-error").expect("the reason");
     assert!(
         reason.len() <= 200 && reason.contains("400") && reason.contains("frame"),
         "{reason}"
     );
-    assert_eq!(header_text(properties, "kept").as_deref(), Some("yes"));
+    assert_eq!(headers::text(properties, "kept").as_deref(), Some("yes"));
     assert_eq!(
-        header_text(properties, "big").map(|b| b.len()),
+        headers::text(properties, "big").map(|b| b.len()),
         Some(frame_max - ROOM_FOR_A_SHORT_REASON - overhead)
     );
 
@@ -385,13 +372,7 @@ async fn a_dead_letter_copy_that_would_not_fit_a_frame_is_trimmed_and_no_connect
         consume_before
     );
     let second = app.publish(&queue, json!({ "after": "the big one" })).await;
-    eventually(SETTLED, || async {
-        let seen = target.ids_seen();
-        seen.contains(&second)
-            .then_some(())
-            .ok_or(format!("{second} not in {seen:?}"))
-    })
-    .await;
+    wait_until_seen(&target, &[second]).await;
 
     target.stop().await;
     app.cleanup().await;
@@ -473,15 +454,7 @@ async fn a_blocked_publish_connection_answers_503_at_once_while_consumers_keep_d
         )
         .await;
     }
-    eventually(SETTLED, || async {
-        let seen = target.ids_seen();
-        let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains(*id)).collect();
-        missing
-            .is_empty()
-            .then_some(())
-            .ok_or(format!("not delivered yet: {missing:?}"))
-    })
-    .await;
+    wait_until_seen(&target, &ids).await;
     wait_for_queue(
         app.amqp_connection().await,
         &queue,
@@ -494,28 +467,8 @@ async fn a_blocked_publish_connection_answers_503_at_once_while_consumers_keep_d
     assert_eq!(view["state"], "running", "{view}");
 
     proxy.unblock();
-    let after = eventually(SETTLED, || async {
-        let response = app
-            .post_json(
-                "/messagePublish",
-                &json!({ "queueName": queue, "message": { "after": "the alarm" } }),
-            )
-            .await;
-        match response.status() {
-            StatusCode::ACCEPTED => Ok(response.json::<Value>().await.expect("JSON")),
-            other => Err(format!("publish answered {other}")),
-        }
-    })
-    .await;
-    let after_id = after["messageId"].as_str().expect("a messageId").to_owned();
-    eventually(SETTLED, || async {
-        target
-            .ids_seen()
-            .contains(&after_id)
-            .then_some(())
-            .ok_or("not delivered yet".to_owned())
-    })
-    .await;
+    let after = publish_once_accepted(&app, &queue, json!({ "after": "the alarm" })).await;
+    wait_until_seen(&target, &[after]).await;
 
     target.stop().await;
     app.cleanup().await;
@@ -537,30 +490,8 @@ async fn a_force_closed_publish_connection_is_reopened_without_touching_the_cons
 
     // Publishing works again, and the consumer, on the same connection as
     // before, delivers what was published.
-    let id = eventually(SETTLED, || async {
-        let response = app
-            .post_json(
-                "/messagePublish",
-                &json!({ "queueName": queue, "message": { "n": 1 } }),
-            )
-            .await;
-        match response.status() {
-            StatusCode::ACCEPTED => Ok(response.json::<Value>().await.expect("JSON")["messageId"]
-                .as_str()
-                .expect("a messageId")
-                .to_owned()),
-            other => Err(format!("publish answered {other}")),
-        }
-    })
-    .await;
-    eventually(SETTLED, || async {
-        target
-            .ids_seen()
-            .contains(&id)
-            .then_some(())
-            .ok_or("not delivered yet".to_owned())
-    })
-    .await;
+    let id = publish_once_accepted(&app, &queue, json!({ "n": 1 })).await;
+    wait_until_seen(&target, &[id]).await;
     assert_eq!(
         broker_connection(&app.consume_connection_name(), None).await,
         consume_before

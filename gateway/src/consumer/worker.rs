@@ -13,7 +13,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -26,6 +25,7 @@ use super::settle::{attempt_of, AckWindow, Settled, Settler};
 use super::stats::{ConsumerState, ConsumerStats};
 use super::supervisor::{ConsumerSpec, DRAIN_TIMEOUT};
 use super::target::{DeliveryOutcome, DeliveryTarget, IncomingMessage};
+use crate::connection::reconnect_backoff;
 use crate::{Broker, BrokerError, ConsumerLease};
 
 /// Most deliveries acked by one `multiple` ack.
@@ -52,14 +52,7 @@ enum SessionEnd {
 
 impl ConsumerWorker {
     pub async fn run(self, cancel: CancellationToken) {
-        let new_backoff = || {
-            backon::ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(250))
-                .with_max_delay(Duration::from_secs(5))
-                .with_jitter()
-                .without_max_times()
-                .build()
-        };
+        let new_backoff = || reconnect_backoff(Duration::from_millis(250), Duration::from_secs(5));
         let mut backoff = new_backoff();
         // Held until the consumer stops: its place on a consume connection.
         let lease = self.broker.consumer_lease();

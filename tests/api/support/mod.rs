@@ -227,6 +227,27 @@ pub fn binary_messages(label: &str, n: usize) -> Vec<TestMessage> {
 /// persistent, on a confirming channel; returns once the broker confirmed
 /// them all.
 pub async fn publish_confirmed(connection: &Connection, queue: &str, messages: &[TestMessage]) {
+    let with_properties: Vec<(&[u8], BasicProperties)> = messages
+        .iter()
+        .map(|message| {
+            let properties = BasicProperties::default()
+                .with_message_id(message.id.clone().into())
+                .with_content_type(message.content_type.clone().into())
+                .with_delivery_mode(2);
+            (message.body.as_slice(), properties)
+        })
+        .collect();
+    publish_with_properties(connection, queue, with_properties).await;
+}
+
+/// Publishes each body with its properties to `queue` through the default
+/// exchange, on a confirming channel; returns once the broker confirmed
+/// them all.
+pub async fn publish_with_properties(
+    connection: &Connection,
+    queue: &str,
+    messages: Vec<(&[u8], BasicProperties)>,
+) {
     let channel = connection
         .create_channel()
         .await
@@ -236,11 +257,7 @@ pub async fn publish_confirmed(connection: &Connection, queue: &str, messages: &
         .await
         .expect("publisher confirms");
     let mut confirms = Vec::with_capacity(messages.len());
-    for message in messages {
-        let properties = BasicProperties::default()
-            .with_message_id(message.id.clone().into())
-            .with_content_type(message.content_type.clone().into())
-            .with_delivery_mode(2);
+    for (body, properties) in messages {
         confirms.push(
             channel
                 .basic_publish(
@@ -250,7 +267,7 @@ pub async fn publish_confirmed(connection: &Connection, queue: &str, messages: &
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    &message.body,
+                    body,
                     properties,
                 )
                 .await
@@ -336,7 +353,19 @@ pub fn management_request(
 }
 
 pub async fn management_get(http: &reqwest::Client, path: &str) -> Value {
-    let response = management_request(http, reqwest::Method::GET, path)
+    let request = management_request(http, reqwest::Method::GET, path);
+    let response = management_send(request, path).await;
+    response.json().await.expect("management API JSON")
+}
+
+/// PUT `body` to a management-API path; asserts success.
+pub async fn management_put(http: &reqwest::Client, path: &str, body: &Value) {
+    let request = management_request(http, reqwest::Method::PUT, path).json(body);
+    management_send(request, path).await;
+}
+
+async fn management_send(request: reqwest::RequestBuilder, path: &str) -> Response {
+    let response = request
         .send()
         .await
         .unwrap_or_else(|e| panic!("management API {path}: {e}"));
@@ -345,7 +374,7 @@ pub async fn management_get(http: &reqwest::Client, path: &str) -> Value {
         "management API {path}: {}",
         response.status()
     );
-    response.json().await.expect("management API JSON")
+    response
 }
 
 /// The broker's name (`"127.0.0.1:x -> 127.0.0.1:5672"`) of the connection

@@ -46,17 +46,8 @@ pub(super) fn retry_copy(
     reason: &str,
     frame_max: Option<u32>,
 ) -> CopyFit {
-    let full = with_headers(
-        original,
-        message,
-        &[
-            (
-                headers::ATTEMPT,
-                AMQPValue::LongLongInt(i64::from(message.attempt) + 1),
-            ),
-            (headers::LAST_ERROR, text(reason, MAX_REASON_BYTES)),
-        ],
-    );
+    let extra = attempt_and_error(message.attempt + 1, reason);
+    let full = with_headers(original, message, &extra);
     fit(full, original, message, reason, frame_max)
 }
 
@@ -67,26 +58,24 @@ pub(super) fn dead_letter_copy(
     reason: &str,
     frame_max: Option<u32>,
 ) -> CopyFit {
-    let full = with_headers(
-        original,
-        message,
-        &[
-            (
-                headers::ATTEMPT,
-                AMQPValue::LongLongInt(i64::from(message.attempt)),
-            ),
-            (headers::LAST_ERROR, text(reason, MAX_REASON_BYTES)),
-            (
-                headers::DEAD_LETTERED_AT,
-                text(&chrono::Utc::now().to_rfc3339(), MAX_REASON_BYTES),
-            ),
-            (
-                headers::QUEUE,
-                text(message.queue.as_str(), MAX_REASON_BYTES),
-            ),
-        ],
-    );
+    let mut extra = attempt_and_error(message.attempt, reason);
+    extra.push((
+        headers::DEAD_LETTERED_AT,
+        text(&chrono::Utc::now().to_rfc3339(), MAX_REASON_BYTES),
+    ));
+    extra.push((
+        headers::QUEUE,
+        text(message.queue.as_str(), MAX_REASON_BYTES),
+    ));
+    let full = with_headers(original, message, &extra);
     fit(full, original, message, reason, frame_max)
+}
+
+fn attempt_and_error(attempt: u32, reason: &str) -> Vec<(&'static str, AMQPValue)> {
+    vec![
+        (headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
+        (headers::LAST_ERROR, text(reason, MAX_REASON_BYTES)),
+    ]
 }
 
 /// `full` if it fits, else the first trimmed step that does.
@@ -163,33 +152,24 @@ pub(crate) fn kept_properties(
             }
         }
     }
-    if let Some(v) = original.content_type() {
-        copy = copy.with_content_type(v.clone());
+    macro_rules! keep {
+        ($($get:ident => $set:ident),* $(,)?) => {
+            $(if let Some(v) = original.$get() {
+                copy = copy.$set(v.to_owned());
+            })*
+        };
     }
-    if let Some(v) = original.content_encoding() {
-        copy = copy.with_content_encoding(v.clone());
-    }
-    if let Some(v) = original.priority() {
-        copy = copy.with_priority(*v);
-    }
-    if let Some(v) = original.correlation_id() {
-        copy = copy.with_correlation_id(v.clone());
-    }
-    if let Some(v) = original.reply_to() {
-        copy = copy.with_reply_to(v.clone());
-    }
-    if let Some(v) = original.timestamp() {
-        copy = copy.with_timestamp(*v);
-    }
-    if let Some(v) = original.kind() {
-        copy = copy.with_type(v.clone());
-    }
-    if let Some(v) = original.app_id() {
-        copy = copy.with_app_id(v.clone());
-    }
-    if let Some(v) = original.cluster_id() {
-        copy = copy.with_cluster_id(v.clone());
-    }
+    keep!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        timestamp => with_timestamp,
+        kind => with_type,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id,
+    );
     copy
 }
 
@@ -229,14 +209,6 @@ mod tests {
             .with_correlation_id("c-9".into())
     }
 
-    fn header_names(properties: &BasicProperties) -> Vec<String> {
-        properties
-            .headers()
-            .as_ref()
-            .map(|t| t.inner().keys().map(|k| k.to_string()).collect())
-            .unwrap_or_default()
-    }
-
     #[test]
     fn copies_drop_user_id_and_expiration_and_keep_the_rest() {
         let CopyFit::Fits(copy) = dead_letter_copy(
@@ -254,7 +226,7 @@ mod tests {
             Some("c-9")
         );
         assert_eq!(copy.message_id().as_ref().map(|c| c.as_str()), Some("m-1"));
-        let names = header_names(&copy);
+        let names = headers::names(&copy);
         for name in ["big", headers::ATTEMPT, headers::LAST_ERROR, headers::QUEUE] {
             assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
         }
@@ -272,7 +244,7 @@ mod tests {
             panic!("the full copy does not fit");
         };
         assert!(header_frame_size(&copy) <= frame_max as usize);
-        let gateway_headers: Vec<String> = header_names(&copy)
+        let gateway_headers: Vec<String> = headers::names(&copy)
             .into_iter()
             .filter(|n| headers::is_reserved(n))
             .collect();
@@ -296,7 +268,9 @@ mod tests {
             panic!("no room for bookkeeping");
         };
         assert!(header_frame_size(&copy) <= frame_max as usize);
-        assert!(header_names(&copy).iter().all(|n| !headers::is_reserved(n)));
+        assert!(headers::names(&copy)
+            .iter()
+            .all(|n| !headers::is_reserved(n)));
     }
 
     #[test]
@@ -310,6 +284,6 @@ mod tests {
             panic!("cannot fit");
         };
         assert!(header_frame_size(&copy) <= 4_096);
-        assert_eq!(header_names(&copy), [headers::LAST_ERROR]);
+        assert_eq!(headers::names(&copy), [headers::LAST_ERROR]);
     }
 }

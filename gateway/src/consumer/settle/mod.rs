@@ -277,15 +277,7 @@ pub(crate) async fn hand_back(acker: &lapin::acker::Acker) {
 
 /// Reads the attempt number a copy carries; an original is attempt 1.
 pub(crate) fn attempt_of(properties: &BasicProperties) -> u32 {
-    let Some(table) = properties.headers() else {
-        return 1;
-    };
-    let value = table
-        .inner()
-        .iter()
-        .find(|(k, _)| k.as_str() == headers::ATTEMPT)
-        .map(|(_, v)| v);
-    let n = match value {
+    let n = match headers::value(properties, headers::ATTEMPT) {
         Some(AMQPValue::LongLongInt(n)) => *n,
         Some(AMQPValue::LongInt(n)) => i64::from(*n),
         Some(AMQPValue::ShortInt(n)) => i64::from(*n),
