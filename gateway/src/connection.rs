@@ -262,13 +262,9 @@ impl Broker {
         let slot = &slots[index];
         slot.leases.fetch_add(1, Ordering::SeqCst);
         ConsumerLease {
-            link: slot.connection.clone(),
+            connection: slot.connection.clone(),
             leases: slot.leases.clone(),
         }
-    }
-
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.inner.shutdown.clone()
     }
 
     /// Resolves once the shutdown token fired and every connection is
@@ -289,19 +285,19 @@ fn slot_with_room(counts: &[usize], per_connection: usize) -> Option<usize> {
 
 /// One consumer's place on a consume connection; gives it back on drop.
 pub struct ConsumerLease {
-    link: NamedConnection,
+    connection: NamedConnection,
     leases: Arc<AtomicUsize>,
 }
 
 impl ConsumerLease {
     /// The consume connection this consumer uses, to wait for it.
     pub fn subscribe(&self) -> watch::Receiver<Link> {
-        self.link.link.clone()
+        self.connection.link.clone()
     }
 
     /// A new channel on this consumer's consume connection.
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
-        self.link.channel().await
+        self.connection.channel().await
     }
 }
 

@@ -11,7 +11,9 @@ pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// Ready when the broker connection is up and the store answers a ping.
+/// Ready when every broker connection (publishing and consuming) is up and
+/// the store answers a ping. A publish connection the broker merely blocks
+/// (a resource alarm) is up: consumers keep draining, publishes answer 503.
 #[utoipa::path(get, path = "/ready", tag = "health",
     responses(
         (status = 200, description = "Broker and store are up", example = json!({"status": "ready", "broker": "up", "store": "up"})),
@@ -32,7 +34,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         ),
         (false, true) => (
             "broker_unavailable",
-            "the broker connection is down; the gateway is reconnecting",
+            "a broker connection (publishing or consuming) is down; the gateway is reconnecting",
         ),
         _ => ("store_unavailable", "the store (MongoDB) does not answer"),
     };
