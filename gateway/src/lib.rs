@@ -7,7 +7,6 @@ pub mod connection;
 pub mod consumer;
 pub mod dead_letters;
 pub mod error;
-pub mod frame;
 pub mod headers;
 pub mod message_size;
 pub mod metrics;

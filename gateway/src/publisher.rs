@@ -68,7 +68,7 @@ impl Publisher {
         }
     }
 
-    /// The frame size copies must fit (see `crate::frame`); `None` while
+    /// The frame size copies must fit (see `crate::message_size`); `None` while
     /// the publish connection is down.
     pub fn frame_max(&self) -> Option<u32> {
         self.broker.publish_frame_max()
@@ -84,7 +84,7 @@ impl Publisher {
             return Err(BrokerError::Blocked);
         }
         if let Some(frame_max) = self.broker.publish_frame_max() {
-            crate::frame::check_fits(&message.properties, frame_max)?;
+            crate::message_size::check_fits(&message.properties, frame_max)?;
         }
         // Any free slot; if none is free, wait for the next one in turn.
         let start = self.next.fetch_add(1, Ordering::Relaxed);

@@ -314,10 +314,10 @@ async fn a_dead_letter_copy_that_would_not_fit_a_frame_is_trimmed_and_no_connect
             .with_delivery_mode(2)
             .with_headers(table)
     };
-    let overhead = gateway::frame::header_frame_size(&with_header(0));
+    let overhead = gateway::message_size::header_frame_size(&with_header(0));
     let properties = with_header(frame_max - ROOM_FOR_A_SHORT_REASON - overhead);
     assert_eq!(
-        gateway::frame::header_frame_size(&properties),
+        gateway::message_size::header_frame_size(&properties),
         frame_max - ROOM_FOR_A_SHORT_REASON
     );
     publish_raw(

@@ -19,8 +19,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 
 use crate::consumer::target::IncomingMessage;
-use crate::frame::header_frame_size;
 use crate::headers;
+use crate::message_size::header_frame_size;
 
 /// Longest error text carried in a full copy's header.
 const MAX_REASON_BYTES: usize = 1_000;
