@@ -1,15 +1,28 @@
-//! `Json<T>`: the request-body extractor every route uses. It answers with
-//! the contract's error body, names the offending field
-//! (`durable: invalid type: string "x", expected a boolean`), and enforces
-//! `MAX_BODY_BYTES` and the JSON content type.
+//! The extractors routes use for what a caller sends: `Json<T>` for the
+//! body and `Query<T>` for the query string. Both answer with the contract's
+//! error body and name the offending field (`field `durable`: invalid type:
+//! string "x", expected a boolean`, `query `limit`: invalid digit found in
+//! string`). `Json` also enforces `MAX_BODY_BYTES`, the JSON content type,
+//! objects where structs are expected, and a deadline for the body to
+//! arrive.
+
+mod objects_only;
+
+use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::error::PayloadError;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
-use futures_util::future::LocalBoxFuture;
+use futures_util::future::{ready, LocalBoxFuture, Ready};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use objects_only::ObjectsOnly;
+
+/// How long a request body may take to arrive once the headers are in: a
+/// client that declares a `Content-Length` and sends less would otherwise
+/// hold a connection and a worker for as long as the socket lives.
+pub const BODY_READ_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The body limit, put in app data at start-up.
 #[derive(Clone, Copy)]
@@ -42,7 +55,15 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
             if declared_length.is_some_and(|n| n > limit) {
                 return Err(too_large(limit));
             }
-            let bytes = body.await.map_err(|e| match e.as_error::<PayloadError>() {
+            let bytes = tokio::time::timeout(BODY_READ_DEADLINE, body)
+                .await
+                .map_err(|_| {
+                    ApiError::RequestTimeout(format!(
+                        "the request body did not arrive within {} s; send as many bytes as Content-Length declares",
+                        BODY_READ_DEADLINE.as_secs()
+                    ))
+                })?
+                .map_err(|e| match e.as_error::<PayloadError>() {
                 Some(PayloadError::Overflow) => too_large(limit),
                 _ => match e.as_response_error().status_code().as_u16() {
                     413 => too_large(limit),
@@ -63,10 +84,11 @@ fn too_large(limit: usize) -> ApiError {
     ))
 }
 
-/// Deserializes `bytes`, naming the field that did not fit.
+/// Deserializes `bytes`, naming the field that did not fit. Every struct
+/// must be written as a JSON object (see `objects_only`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = serde_path_to_error::deserialize::<_, T>(&mut de);
+    let parsed = serde_path_to_error::deserialize::<_, T>(ObjectsOnly(&mut de));
     match parsed {
         Ok(value) => match de.end() {
             Ok(()) => Ok(value),
@@ -89,9 +111,35 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
 }
 
+/// The query string, deserialized into `T`.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest for Query<T> {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(parse_query(req.query_string()).map(Query))
+    }
+}
+
+/// Deserializes a query string, naming the parameter that did not fit.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let de = serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize::<_, T>(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        ApiError::BadRequest(if path == "." || path.is_empty() {
+            format!("the query string does not fit: {inner}")
+        } else {
+            format!("query `{path}`: {inner}")
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_json;
+    use super::{parse_json, parse_query};
     use crate::error::ApiError;
 
     #[derive(Debug, serde::Deserialize)]
@@ -113,6 +161,30 @@ mod tests {
     fn wrong_types_name_the_field() {
         let m = message(parse_json(br#"{"queueName":"q","durable":"yes"}"#));
         assert!(m.starts_with("field `durable`"), "{m}");
+    }
+
+    #[test]
+    fn a_struct_sent_as_an_array_is_refused() {
+        let m = message(parse_json(br#"["q", true]"#));
+        assert!(m.contains("a JSON object"), "{m}");
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Paging {
+        limit: Option<u16>,
+    }
+
+    #[test]
+    fn query_errors_name_the_parameter() {
+        let m = match parse_query::<Paging>("limit=abc") {
+            Err(ApiError::BadRequest(m)) => m,
+            other => panic!("expected a bad request, got {other:?}"),
+        };
+        assert!(m.starts_with("query `limit`"), "{m}");
+        assert!(matches!(parse_query::<Paging>("limit=5"), Ok(Paging { limit: Some(5) })));
+        assert!(parse_query::<Paging>("limt=5").is_err());
     }
 
     #[test]

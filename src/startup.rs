@@ -8,8 +8,10 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use actix_web::dev::Server;
-use actix_web::middleware::from_fn;
+use actix_web::body::BoxBody;
+use actix_web::dev::{Server, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::{from_fn, ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use std::sync::Arc;
 
@@ -21,7 +23,7 @@ use services::{ConsumerRegistry, ManagementClient, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::extract::BodyLimit;
 use crate::routes;
 use crate::state::AppState;
@@ -172,6 +174,16 @@ impl Application {
                 .app_data(authenticator.clone())
                 .app_data(BodyLimit(body_limit))
                 .app_data(web::PayloadConfig::new(body_limit))
+                .app_data(web::PathConfig::default().error_handler(|err, _| {
+                    ApiError::BadRequest(format!("the path does not fit: {err}")).into()
+                }))
+                .app_data(web::QueryConfig::default().error_handler(|err, _| {
+                    ApiError::BadRequest(format!("the query string does not fit: {err}")).into()
+                }))
+                .app_data(web::JsonConfig::default().error_handler(|err, _| {
+                    ApiError::BadRequest(format!("the body does not fit: {err}")).into()
+                }))
+                .wrap(ErrorHandlers::new().default_handler(contract_body))
                 .configure(routes::configure)
                 .default_service(web::to(not_found))
         })
@@ -254,6 +266,43 @@ async fn bootstrap_store(store: &Store, settings: &Settings, shutdown: Cancellat
             }
         }
     });
+}
+
+/// Safety net for error answers made below the routes (actix's own
+/// extractors and payload handling): any 4xx / 5xx that is not already
+/// JSON gets the contract's body, with the status kept and the code it
+/// implies.
+fn contract_body<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = res
+        .response()
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let message = match res.response().error() {
+        Some(err) => err.to_string(),
+        None => status
+            .canonical_reason()
+            .unwrap_or("the request failed")
+            .to_owned(),
+    };
+    let (req, old) = res.into_parts();
+    let mut new = HttpResponse::build(status);
+    for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(value) = old.headers().get(&name) {
+            new.insert_header((name, value.clone()));
+        }
+    }
+    let new: HttpResponse<BoxBody> = new.json(ErrorBody {
+        error: ErrorCode::for_status(status),
+        message: &message,
+    });
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, new).map_into_right_body(),
+    ))
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

@@ -9,7 +9,7 @@ use services::Role;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
-use crate::extract::Json;
+use crate::extract::{Json, Query};
 use crate::state::AppState;
 
 const DEFAULT_PEEK: usize = 50;
@@ -40,7 +40,7 @@ pub async fn get_dead_letters(
     caller: Viewer,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    query: web::Query<PeekQuery>,
+    Query(query): Query<PeekQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let queue = QueueName::parse(path.into_inner())?;
     let limit = query.limit.unwrap_or(DEFAULT_PEEK);

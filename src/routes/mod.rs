@@ -14,57 +14,81 @@ pub mod publish;
 pub mod queues;
 pub mod seeds;
 
-use actix_web::web;
+use actix_web::http::Method;
+use actix_web::{web, FromRequest, Handler, Responder};
 
+use crate::error::ApiError;
+
+/// Every route, each a resource that answers its one method and 405 (with
+/// `Allow`) to any other.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health::health))
-        .route("/ready", web::get().to(health::ready))
-        .route("/createQueue", web::post().to(queues::create_queue))
-        .route("/getQueues", web::get().to(queues::get_queues))
-        .route("/getQueue/{queueName}", web::get().to(queues::get_queue))
-        .route("/deleteQueue", web::post().to(queues::delete_queue))
-        .route(
-            "/createExchange",
-            web::post().to(exchanges::create_exchange),
-        )
-        .route("/bindQueue", web::post().to(exchanges::bind_queue))
-        .route("/messagePublish", web::post().to(publish::message_publish))
-        .route(
-            "/createConsumer",
-            web::post().to(consumers::create_consumer),
-        )
-        .route("/getConsumers", web::get().to(consumers::get_consumers))
-        .route(
-            "/getConsumer/{consumerId}",
-            web::get().to(consumers::get_consumer),
-        )
-        .route(
-            "/deleteConsumer",
-            web::post().to(consumers::delete_consumer),
-        )
-        .route(
+    cfg.service(get("/health", health::health))
+        .service(get("/ready", health::ready))
+        .service(post("/createQueue", queues::create_queue))
+        .service(get("/getQueues", queues::get_queues))
+        .service(get("/getQueue/{queueName}", queues::get_queue))
+        .service(post("/deleteQueue", queues::delete_queue))
+        .service(post("/createExchange", exchanges::create_exchange))
+        .service(post("/bindQueue", exchanges::bind_queue))
+        .service(post("/messagePublish", publish::message_publish))
+        .service(post("/createConsumer", consumers::create_consumer))
+        .service(get("/getConsumers", consumers::get_consumers))
+        .service(get("/getConsumer/{consumerId}", consumers::get_consumer))
+        .service(post("/deleteConsumer", consumers::delete_consumer))
+        .service(get(
             "/getDeadLetters/{queueName}",
-            web::get().to(dead_letters::get_dead_letters),
-        )
-        .route(
+            dead_letters::get_dead_letters,
+        ))
+        .service(post(
             "/replayDeadLetters",
-            web::post().to(dead_letters::replay_dead_letters),
-        )
-        .route(
-            "/getConnections",
-            web::get().to(connections::get_connections),
-        )
-        .route("/createApiKey", web::post().to(api_keys::create_api_key))
-        .route("/getApiKeys", web::get().to(api_keys::get_api_keys))
-        .route("/deleteApiKey", web::post().to(api_keys::delete_api_key))
-        .route("/metrics", web::get().to(metrics::metrics))
-        .route("/users", web::post().to(seeds::create_user))
-        .route("/users/{email}", web::get().to(seeds::get_user))
-        .route("/reports", web::post().to(seeds::create_report))
-        .route("/reports/{idReporte}", web::get().to(seeds::get_report))
-        .route("/jobs/scrape", web::post().to(seeds::create_scrape_job))
-        .route("/jobs/{jobId}", web::get().to(seeds::get_job))
-        .route("/openapi.json", web::get().to(docs::openapi_json))
-        .route("/docs", web::get().to(docs::docs_page))
-        .route(&docs::redoc_path(), web::get().to(docs::redoc_js));
+            dead_letters::replay_dead_letters,
+        ))
+        .service(get("/getConnections", connections::get_connections))
+        .service(post("/createApiKey", api_keys::create_api_key))
+        .service(get("/getApiKeys", api_keys::get_api_keys))
+        .service(post("/deleteApiKey", api_keys::delete_api_key))
+        .service(get("/metrics", metrics::metrics))
+        .service(post("/users", seeds::create_user))
+        .service(get("/users/{email}", seeds::get_user))
+        .service(post("/reports", seeds::create_report))
+        .service(get("/reports/{idReporte}", seeds::get_report))
+        .service(post("/jobs/scrape", seeds::create_scrape_job))
+        .service(get("/jobs/{jobId}", seeds::get_job))
+        .service(get("/openapi.json", docs::openapi_json))
+        .service(get("/docs", docs::docs_page))
+        .service(get(&docs::redoc_path(), docs::redoc_js));
+}
+
+fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    only(Method::GET, "GET", path, handler)
+}
+
+fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    only(Method::POST, "POST", path, handler)
+}
+
+fn only<F, Args>(method: Method, allow: &'static str, path: &str, handler: F) -> actix_web::Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    web::resource(path)
+        .route(web::method(method).to(handler))
+        .default_service(web::to(move |req: actix_web::HttpRequest| async move {
+            Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed {
+                method: req.method().to_string(),
+                allow,
+            })
+        }))
 }
