@@ -10,10 +10,10 @@ use utoipa::ToSchema;
 
 /// The body of every non-2xx answer; `/openapi.json` documents this type.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody<'a> {
+pub struct ErrorBody {
     pub error: ErrorCode,
     /// A sentence a person can act on; names the field when one is wrong.
-    pub message: &'a str,
+    pub message: String,
 }
 
 /// The contract's error codes, one per kind of failure.
@@ -121,14 +121,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        let mut message = self.to_string();
         if let ApiError::Internal(detail) = self {
             // The detail is for whoever fixes the bug, not for the caller.
             tracing::error!(%detail, "internal error");
-            return middlewares::error_response(
-                self.status_code(),
-                self.code(),
-                "the gateway failed to answer this request; the failure is logged under this request's x-request-id",
-            );
+            message = "the gateway failed to answer this request; the failure is logged under this request's x-request-id".into();
         }
         let mut response = HttpResponse::build(self.status_code());
         match self {
@@ -144,7 +141,7 @@ impl ResponseError for ApiError {
         }
         response.json(ErrorBody {
             error: self.code(),
-            message: &self.to_string(),
+            message,
         })
     }
 }

@@ -298,7 +298,7 @@ fn contract_body<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerRe
     }
     let new: HttpResponse<BoxBody> = new.json(ErrorBody {
         error: ErrorCode::for_status(status),
-        message: &message,
+        message,
     });
     Ok(ErrorHandlerResponse::Response(
         ServiceResponse::new(req, new).map_into_right_body(),

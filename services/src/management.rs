@@ -105,7 +105,7 @@ struct RawClientProperties {
     connection_name: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionInfo {
     pub connection_id: String,
@@ -136,7 +136,7 @@ pub struct RawQueue {
 }
 
 /// One row of `/getQueues`: a main queue with its companions folded in.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueRow {
     pub queue_name: String,

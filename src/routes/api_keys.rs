@@ -103,7 +103,7 @@ pub struct DeletedApiKey {
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 201, description = "The key, shown this once", body = CreatedApiKey),
-        (status = 400, description = "Invalid name or role", body = crate::openapi::ErrorBodySchema)))]
+        (status = 400, description = "Invalid name or role", body = crate::error::ErrorBody)))]
 pub async fn create_api_key(
     _: Admin,
     state: web::Data<AppState>,
@@ -137,8 +137,8 @@ pub async fn get_api_keys(_: Admin, state: web::Data<AppState>) -> Result<HttpRe
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "Revoked: refused on every replica within 5 s", body = DeletedApiKey),
-        (status = 400, description = "`keyId` is not a key id", body = crate::openapi::ErrorBodySchema),
-        (status = 404, description = "No key with this id", body = crate::openapi::ErrorBodySchema)))]
+        (status = 400, description = "`keyId` is not a key id", body = crate::error::ErrorBody),
+        (status = 404, description = "No key with this id", body = crate::error::ErrorBody)))]
 pub async fn delete_api_key(
     _: Admin,
     state: web::Data<AppState>,

@@ -9,8 +9,8 @@ use crate::state::AppState;
 #[utoipa::path(get, path = "/getConnections", tag = "connections",
     security(("basic" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = Vec<crate::openapi::ConnectionSchema>),
-        (status = 503, description = "The management API is unreachable", body = crate::openapi::ErrorBodySchema)))]
+        (status = 200, body = Vec<services::ConnectionInfo>),
+        (status = 503, description = "The management API is unreachable", body = crate::error::ErrorBody)))]
 pub async fn get_connections(
     _: Viewer,
     state: web::Data<AppState>,

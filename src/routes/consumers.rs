@@ -25,47 +25,86 @@ const MAX_PREFETCH: u16 = 1_000;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateConsumerRequest {
+    #[schema(min_length = 1, max_length = 240, pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$")]
     pub queue_name: String,
+    /// 1 to 100 characters; default `<queueName>-consumer`.
+    #[schema(min_length = 1, max_length = 100)]
     pub consumer_name: Option<String>,
     /// Default: `{"type":"http","url": DEFAULT_TARGET_URL}`.
-    #[schema(value_type = Option<Object>)]
     pub target: Option<TargetRequest>,
     /// Deliveries worked on at once, 1 to 1000; default 10.
+    #[schema(minimum = 1, maximum = 1000)]
     pub prefetch: Option<u16>,
-    #[schema(value_type = Option<Object>)]
     pub retry: Option<RetryRequest>,
     /// `whsec_` + base64 of 24 to 64 random bytes; never shown again.
+    #[schema(pattern = "^whsec_")]
     pub signing_secret: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Where deliveries go: an HTTP endpoint, or a built-in handler.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum TargetRequest {
     Http(HttpTargetRequest),
     Builtin(BuiltinTargetRequest),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpTargetRequest {
+    /// http(s), with a host on FORWARD_ALLOWED_HOSTS when that is set; no
+    /// credentials in the URL.
+    #[schema(min_length = 1)]
     pub url: String,
+    /// POST (default), PUT or PATCH.
     pub method: Option<String>,
     pub headers: Option<BTreeMap<String, String>>,
+    /// 1 to 300000; default 10000.
+    #[schema(minimum = 1, maximum = 300000)]
     pub timeout_ms: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BuiltinTargetRequest {
-    pub handler: BuiltinHandler,
+    pub handler: BuiltinHandlerName,
 }
 
-#[derive(Debug, Deserialize)]
+/// The built-in handlers a consumer may hand deliveries to.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BuiltinHandlerName {
+    User,
+    Report,
+    Scrape,
+}
+
+impl From<BuiltinHandlerName> for BuiltinHandler {
+    fn from(name: BuiltinHandlerName) -> Self {
+        match name {
+            BuiltinHandlerName::User => BuiltinHandler::User,
+            BuiltinHandlerName::Report => BuiltinHandler::Report,
+            BuiltinHandlerName::Scrape => BuiltinHandler::Scrape,
+        }
+    }
+}
+
+/// Unset fields keep their defaults; `maxDelayMs` must be at least
+/// `initialDelayMs`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryRequest {
+    /// 1 to 100; default 5.
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<u32>,
+    /// 1 to 86400000; default 1000.
+    #[schema(minimum = 1, maximum = 86400000)]
     pub initial_delay_ms: Option<u64>,
+    /// 1 to 10; default 2.
+    #[schema(minimum = 1, maximum = 10)]
     pub multiplier: Option<f64>,
+    /// Up to 86400000; default 300000.
+    #[schema(minimum = 1, maximum = 86400000)]
     pub max_delay_ms: Option<u64>,
 }
 
@@ -104,9 +143,7 @@ fn parse_definition(
         .map(|n| n.trim().to_owned())
         .unwrap_or_else(|| format!("{queue}-consumer"));
     if consumer_name.is_empty() || consumer_name.chars().count() > 100 {
-        return Err(ApiError::BadRequest(
-            "field `consumerName`: 1 to 100 characters".into(),
-        ));
+        return Err(FieldError::new("consumerName", "1 to 100 characters").into());
     }
     let allowed = state.settings.forward_allowed_hosts.as_deref();
     let target = match request.target {
@@ -121,13 +158,13 @@ fn parse_definition(
             .map_err(ApiError::BadRequest)?,
         ),
         Some(TargetRequest::Builtin(builtin)) => TargetSpec::Builtin {
-            handler: builtin.handler,
+            handler: builtin.handler.into(),
         },
         None => {
             let default = state.settings.default_target_url.as_ref().ok_or_else(|| {
-                ApiError::BadRequest(
-                    "field `target`: required, since DEFAULT_TARGET_URL is not set on this gateway"
-                        .into(),
+                FieldError::new(
+                    "target",
+                    "required, since DEFAULT_TARGET_URL is not set on this gateway",
                 )
             })?;
             TargetSpec::Http(
@@ -138,9 +175,7 @@ fn parse_definition(
     };
     let prefetch = request.prefetch.unwrap_or(DEFAULT_PREFETCH);
     if !(1..=MAX_PREFETCH).contains(&prefetch) {
-        return Err(ApiError::BadRequest(format!(
-            "field `prefetch`: between 1 and {MAX_PREFETCH}"
-        )));
+        return Err(FieldError::new("prefetch", format!("between 1 and {MAX_PREFETCH}")).into());
     }
     let retry = match request.retry {
         Some(retry) => retry.into_policy()?,
@@ -170,9 +205,9 @@ fn parse_definition(
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 201, description = "Stored and started", example = json!({"message": "Consumer has been created successfully.", "consumerId": "0b6f…"})),
-        (status = 400, description = "Invalid target, secret, prefetch or retry policy", body = crate::openapi::ErrorBodySchema),
-        (status = 404, description = "No such queue", body = crate::openapi::ErrorBodySchema),
-        (status = 409, description = "This gateway already runs MAX_CONSUMERS consumers", body = crate::openapi::ErrorBodySchema)))]
+        (status = 400, description = "Invalid target, secret, prefetch or retry policy", body = crate::error::ErrorBody),
+        (status = 404, description = "No such queue", body = crate::error::ErrorBody),
+        (status = 409, description = "This gateway already runs MAX_CONSUMERS consumers", body = crate::error::ErrorBody)))]
 pub async fn create_consumer(
     _: Admin,
     state: web::Data<AppState>,
@@ -230,7 +265,7 @@ pub async fn get_consumers(
 #[utoipa::path(get, path = "/getConsumer/{consumerId}", tag = "consumers",
     security(("basic" = []), ("bearer" = [])),
     params(("consumerId" = String, Path)),
-    responses((status = 200), (status = 404, body = crate::openapi::ErrorBodySchema)))]
+    responses((status = 200), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_consumer(
     caller: Viewer,
     state: web::Data<AppState>,
@@ -249,6 +284,7 @@ pub struct DeleteConsumerRequest {
     /// One consumer, or
     pub consumer_id: Option<String>,
     /// every consumer on this queue.
+    #[schema(min_length = 1, max_length = 240, pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$")]
     pub queue_name: Option<String>,
 }
 
@@ -256,7 +292,7 @@ pub struct DeleteConsumerRequest {
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "Stopped; in-flight deliveries were settled or handed back", example = json!({"message": "Consumer has been deleted successfully.", "deleted": 1})),
-        (status = 404, body = crate::openapi::ErrorBodySchema)))]
+        (status = 404, body = crate::error::ErrorBody)))]
 pub async fn delete_consumer(
     _: Admin,
     state: web::Data<AppState>,

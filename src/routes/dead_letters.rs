@@ -5,7 +5,7 @@ use gateway::{DeadLetter, QueueName};
 use middlewares::{Admin, Viewer};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use services::Role;
+use services::{FieldError, Role};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
@@ -21,6 +21,7 @@ const MAX_REPLAY: usize = 100_000;
 #[serde(deny_unknown_fields)]
 pub struct PeekQuery {
     /// 1 to 1000, default 50.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -35,7 +36,7 @@ fn payload_value(letter: &DeadLetter) -> Value {
     params(("queueName" = String, Path), PeekQuery),
     responses(
         (status = 200, description = "Oldest first; the messages stay in the dead-letter queue. `payload` only for the admin and publisher roles"),
-        (status = 404, body = crate::openapi::ErrorBodySchema)))]
+        (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_dead_letters(
     caller: Viewer,
     state: web::Data<AppState>,
@@ -45,9 +46,7 @@ pub async fn get_dead_letters(
     let queue = QueueName::parse(path.into_inner())?;
     let limit = query.limit.unwrap_or(DEFAULT_PEEK);
     if !(1..=MAX_PEEK).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "query `limit`: between 1 and {MAX_PEEK}"
-        )));
+        return Err(FieldError::new("limit", format!("between 1 and {MAX_PEEK}")).into());
     }
     let letters = state.dead_letters.peek(&queue, limit).await?;
     // Payloads are what the messages are about (personal data, in the
@@ -75,8 +74,10 @@ pub async fn get_dead_letters(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplayRequest {
+    #[schema(min_length = 1, max_length = 240, pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$")]
     pub queue_name: String,
-    /// Default 1000.
+    /// 1 to 100000, default 1000.
+    #[schema(minimum = 1, maximum = 100000)]
     pub limit: Option<usize>,
 }
 
@@ -84,7 +85,7 @@ pub struct ReplayRequest {
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "Moved back to the main queue with attempts reset", example = json!({"replayed": 3})),
-        (status = 404, body = crate::openapi::ErrorBodySchema)))]
+        (status = 404, body = crate::error::ErrorBody)))]
 pub async fn replay_dead_letters(
     _: Admin,
     state: web::Data<AppState>,
@@ -93,9 +94,7 @@ pub async fn replay_dead_letters(
     let queue = QueueName::parse(body.queue_name)?;
     let limit = body.limit.unwrap_or(DEFAULT_REPLAY);
     if !(1..=MAX_REPLAY).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "field `limit`: between 1 and {MAX_REPLAY}"
-        )));
+        return Err(FieldError::new("limit", format!("between 1 and {MAX_REPLAY}")).into());
     }
     if state.topology.queue_counts(queue.as_str()).await?.is_none() {
         return Err(ApiError::NotFound(format!("no queue named `{queue}`")));

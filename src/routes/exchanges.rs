@@ -14,13 +14,34 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateExchangeRequest {
+    /// 1 to 255 bytes; not `amq.`-prefixed, no control characters.
+    #[schema(min_length = 1, max_length = 255, pattern = r"^(?!amq\.)[^\u0000-\u001f\u007f-\u009f]+$")]
     pub exchange_name: String,
-    /// `direct`, `fanout`, `topic` or `headers`.
     #[serde(rename = "type")]
-    #[schema(value_type = String, example = "topic")]
-    pub kind: ExchangeKind,
+    pub kind: ExchangeType,
     /// Default true.
     pub durable: Option<bool>,
+}
+
+/// The exchange types a caller may ask for.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeType {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+impl From<ExchangeType> for ExchangeKind {
+    fn from(kind: ExchangeType) -> Self {
+        match kind {
+            ExchangeType::Direct => ExchangeKind::Direct,
+            ExchangeType::Fanout => ExchangeKind::Fanout,
+            ExchangeType::Topic => ExchangeKind::Topic,
+            ExchangeType::Headers => ExchangeKind::Headers,
+        }
+    }
 }
 
 #[utoipa::path(post, path = "/createExchange", tag = "exchanges", request_body = CreateExchangeRequest,
@@ -28,7 +49,7 @@ pub struct CreateExchangeRequest {
     responses(
         (status = 201, description = "Created"),
         (status = 200, description = "Already there with the same arguments"),
-        (status = 409, description = "Exists with another type or durability", body = crate::openapi::ErrorBodySchema)))]
+        (status = 409, description = "Exists with another type or durability", body = crate::error::ErrorBody)))]
 pub async fn create_exchange(
     _: Admin,
     state: web::Data<AppState>,
@@ -36,7 +57,7 @@ pub async fn create_exchange(
 ) -> Result<HttpResponse, ApiError> {
     let spec = ExchangeSpec {
         name: ExchangeName::parse(body.exchange_name)?,
-        kind: body.kind,
+        kind: body.kind.into(),
         durable: body.durable.unwrap_or(true),
     };
     let outcome = state.topology.declare_exchange(&spec).await?;
@@ -53,9 +74,12 @@ pub async fn create_exchange(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BindQueueRequest {
+    #[schema(min_length = 1, max_length = 240, pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$")]
     pub queue_name: String,
+    #[schema(min_length = 1, max_length = 255, pattern = r"^(?!amq\.)[^\u0000-\u001f\u007f-\u009f]+$")]
     pub exchange_name: String,
-    /// Default "".
+    /// Default "". At most 255 bytes.
+    #[schema(max_length = 255)]
     pub routing_key: Option<String>,
 }
 
@@ -63,7 +87,7 @@ pub struct BindQueueRequest {
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 201, description = "Bound"),
-        (status = 404, description = "No such queue or exchange", body = crate::openapi::ErrorBodySchema)))]
+        (status = 404, description = "No such queue or exchange", body = crate::error::ErrorBody)))]
 pub async fn bind_queue(
     _: Admin,
     state: web::Data<AppState>,

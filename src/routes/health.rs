@@ -17,7 +17,7 @@ pub async fn health() -> HttpResponse {
 #[utoipa::path(get, path = "/ready", tag = "health",
     responses(
         (status = 200, description = "Broker and store are up", example = json!({"status": "ready", "broker": "up", "store": "up"})),
-        (status = 503, description = "Something is down; the body names it", body = crate::openapi::ErrorBodySchema)))]
+        (status = 503, description = "Something is down; the body names it", body = crate::error::ErrorBody)))]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let broker_up = state.broker.is_up();
     let store_up = state.store_up().await;

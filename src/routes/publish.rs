@@ -198,10 +198,10 @@ fn check_builtin_queue(
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 202, description = "The broker confirmed the message", example = json!({"message": "Message has been published successfully.", "messageId": "3f1c…"})),
-        (status = 400, description = "Invalid destination, message, id or headers (headers over MAX_HEADER_BYTES encoded)", body = crate::openapi::ErrorBodySchema),
-        (status = 403, description = "A built-in queue, and the caller is not an admin", body = crate::openapi::ErrorBodySchema),
-        (status = 404, description = "No queue would receive it", body = crate::openapi::ErrorBodySchema),
-        (status = 503, description = "Broker down", body = crate::openapi::ErrorBodySchema)))]
+        (status = 400, description = "Invalid destination, message, id or headers (headers over MAX_HEADER_BYTES encoded)", body = crate::error::ErrorBody),
+        (status = 403, description = "A built-in queue, and the caller is not an admin", body = crate::error::ErrorBody),
+        (status = 404, description = "No queue would receive it", body = crate::error::ErrorBody),
+        (status = 503, description = "Broker down", body = crate::error::ErrorBody)))]
 pub async fn message_publish(
     caller: Publisher,
     state: web::Data<AppState>,

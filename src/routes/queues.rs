@@ -5,6 +5,7 @@ use gateway::{DeclareOutcome, QueueName, QueueSpec, QueueType};
 use middlewares::{Admin, Viewer};
 use serde::Deserialize;
 use serde_json::json;
+use services::FieldError;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
@@ -14,18 +15,38 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateQueueRequest {
-    /// 1 to 255 bytes; not `amq.`-prefixed, not ending in `.dlq`.
+    /// 1 to 240 bytes (room for the companions' suffixes); not
+    /// `amq.`-prefixed, not ending in `.dlq`, no `.retry.`, no control
+    /// characters.
+    #[schema(min_length = 1, max_length = 240, pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$")]
     pub queue_name: String,
     /// Default true.
     pub durable: Option<bool>,
     /// `classic` (default) or `quorum` (needs `durable`).
-    #[schema(value_type = Option<String>, example = "classic")]
-    pub queue_type: Option<QueueType>,
+    pub queue_type: Option<QueueTypeName>,
     pub message_ttl_ms: Option<u32>,
+    #[schema(minimum = 1)]
     pub max_length: Option<u32>,
     /// Default true: also create `<queue>.dlq` and route expired or
     /// overflowing messages there.
     pub dead_letter: Option<bool>,
+}
+
+/// The queue types a caller may ask for.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueTypeName {
+    Classic,
+    Quorum,
+}
+
+impl From<QueueTypeName> for QueueType {
+    fn from(name: QueueTypeName) -> Self {
+        match name {
+            QueueTypeName::Classic => QueueType::Classic,
+            QueueTypeName::Quorum => QueueType::Quorum,
+        }
+    }
 }
 
 impl TryFrom<CreateQueueRequest> for QueueSpec {
@@ -35,20 +56,20 @@ impl TryFrom<CreateQueueRequest> for QueueSpec {
         let spec = QueueSpec {
             name: QueueName::parse(req.queue_name)?,
             durable: req.durable.unwrap_or(true),
-            queue_type: req.queue_type.unwrap_or(QueueType::Classic),
+            queue_type: req.queue_type.map_or(QueueType::Classic, QueueType::from),
             message_ttl_ms: req.message_ttl_ms,
             max_length: req.max_length,
             dead_letter: req.dead_letter.unwrap_or(true),
         };
         if spec.queue_type == QueueType::Quorum && !spec.durable {
-            return Err(ApiError::BadRequest(
-                "field `durable`: quorum queues are always durable; drop `durable: false`".into(),
-            ));
+            return Err(FieldError::new(
+                "durable",
+                "quorum queues are always durable; drop `durable: false`",
+            )
+            .into());
         }
         if spec.max_length == Some(0) {
-            return Err(ApiError::BadRequest(
-                "field `maxLength`: must be at least 1".into(),
-            ));
+            return Err(FieldError::new("maxLength", "must be at least 1").into());
         }
         Ok(spec)
     }
@@ -59,8 +80,8 @@ impl TryFrom<CreateQueueRequest> for QueueSpec {
     responses(
         (status = 201, description = "Created", example = json!({"message": "Queue has been created successfully.", "queueName": "orders"})),
         (status = 200, description = "Already there with the same arguments; nothing changed"),
-        (status = 400, description = "Invalid name or arguments", body = crate::openapi::ErrorBodySchema),
-        (status = 409, description = "Exists with other arguments", body = crate::openapi::ErrorBodySchema)))]
+        (status = 400, description = "Invalid name or arguments", body = crate::error::ErrorBody),
+        (status = 409, description = "Exists with other arguments", body = crate::error::ErrorBody)))]
 pub async fn create_queue(
     _: Admin,
     state: web::Data<AppState>,
@@ -80,7 +101,7 @@ pub async fn create_queue(
 
 #[utoipa::path(get, path = "/getQueues", tag = "queues",
     security(("basic" = []), ("bearer" = [])),
-    responses((status = 200, description = "The vhost's queues, companions folded into their main queue", body = Vec<crate::openapi::QueueRowSchema>)))]
+    responses((status = 200, description = "The vhost's queues, companions folded into their main queue", body = Vec<services::QueueRow>)))]
 pub async fn get_queues(_: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.management.queues().await?))
 }
@@ -89,8 +110,8 @@ pub async fn get_queues(_: Viewer, state: web::Data<AppState>) -> Result<HttpRes
     security(("basic" = []), ("bearer" = [])),
     params(("queueName" = String, Path)),
     responses(
-        (status = 200, body = crate::openapi::QueueRowSchema),
-        (status = 404, body = crate::openapi::ErrorBodySchema)))]
+        (status = 200, body = services::QueueRow),
+        (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_queue(
     _: Viewer,
     state: web::Data<AppState>,
@@ -110,6 +131,7 @@ pub async fn get_queue(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeleteQueueRequest {
+    #[schema(min_length = 1, max_length = 240, pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$")]
     pub queue_name: String,
     /// Refuse while the queue or its dead letters hold messages.
     pub if_empty: Option<bool>,
@@ -119,8 +141,8 @@ pub struct DeleteQueueRequest {
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "Deleted with its dead-letter companion"),
-        (status = 404, body = crate::openapi::ErrorBodySchema),
-        (status = 409, description = "Consumers are registered on it, or `ifEmpty` and it holds messages", body = crate::openapi::ErrorBodySchema)))]
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "Consumers are registered on it, or `ifEmpty` and it holds messages", body = crate::error::ErrorBody)))]
 pub async fn delete_queue(
     _: Admin,
     state: web::Data<AppState>,

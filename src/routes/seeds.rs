@@ -24,10 +24,13 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
-    pub nombre: Option<String>,
-    pub apellido: Option<String>,
+    #[schema(min_length = 1)]
+    pub nombre: String,
+    #[schema(min_length = 1)]
+    pub apellido: String,
     /// Must contain `@`; stored trimmed and lower-cased.
-    pub email: Option<String>,
+    #[schema(min_length = 3)]
+    pub email: String,
     /// ISO-8601: `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SS` or RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fecha_nacimiento: Option<String>,
@@ -42,9 +45,11 @@ pub struct CreateUserRequest {
 #[serde(deny_unknown_fields)]
 pub struct CreateReportRequest {
     /// The author's `user_id`.
-    pub id_usuario: Option<i64>,
-    pub tipo_reporte: Option<i64>,
-    pub descripcion: Option<String>,
+    #[schema(minimum = 1)]
+    pub id_usuario: i64,
+    pub tipo_reporte: i64,
+    #[schema(min_length = 1)]
+    pub descripcion: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ubicacion: Option<String>,
 }
@@ -135,9 +140,9 @@ async fn publish(
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 202, description = "A `user.create` event is on the users queue", example = json!({"status": "queued", "email": "john@example.com"})),
-        (status = 400, description = "A field is missing or invalid; the message names it", body = crate::openapi::ErrorBodySchema),
-        (status = 404, description = "The built-in users queue does not exist", body = crate::openapi::ErrorBodySchema),
-        (status = 503, description = "Broker down", body = crate::openapi::ErrorBodySchema)))]
+        (status = 400, description = "A field is missing or invalid; the message names it", body = crate::error::ErrorBody),
+        (status = 404, description = "The built-in users queue does not exist", body = crate::error::ErrorBody),
+        (status = 503, description = "Broker down", body = crate::error::ErrorBody)))]
 pub async fn create_user(
     _: Publisher,
     state: web::Data<AppState>,
@@ -164,9 +169,9 @@ pub async fn create_user(
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 202, description = "A `report.create` event is on the reports queue", example = json!({"status": "queued", "id_reporte": "5b0c…"})),
-        (status = 400, description = "A field is missing or invalid; the message names it", body = crate::openapi::ErrorBodySchema),
-        (status = 404, description = "The built-in reports queue does not exist", body = crate::openapi::ErrorBodySchema),
-        (status = 503, description = "Broker down", body = crate::openapi::ErrorBodySchema)))]
+        (status = 400, description = "A field is missing or invalid; the message names it", body = crate::error::ErrorBody),
+        (status = 404, description = "The built-in reports queue does not exist", body = crate::error::ErrorBody),
+        (status = 503, description = "Broker down", body = crate::error::ErrorBody)))]
 pub async fn create_report(
     _: Publisher,
     state: web::Data<AppState>,
@@ -187,10 +192,10 @@ pub async fn create_report(
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 202, description = "The job is recorded as queued and on the scrape queue", example = json!({"status": "queued", "job_id": "987f…"})),
-        (status = 400, description = "A field is invalid; the message names it", body = crate::openapi::ErrorBodySchema),
-        (status = 409, description = "A job with this `job_id` already exists", body = crate::openapi::ErrorBodySchema),
-        (status = 404, description = "The built-in scrape queue does not exist", body = crate::openapi::ErrorBodySchema),
-        (status = 503, description = "Broker or store down", body = crate::openapi::ErrorBodySchema)))]
+        (status = 400, description = "A field is invalid; the message names it", body = crate::error::ErrorBody),
+        (status = 409, description = "A job with this `job_id` already exists", body = crate::error::ErrorBody),
+        (status = 404, description = "The built-in scrape queue does not exist", body = crate::error::ErrorBody),
+        (status = 503, description = "Broker or store down", body = crate::error::ErrorBody)))]
 pub async fn create_scrape_job(
     _: Publisher,
     state: web::Data<AppState>,
@@ -231,7 +236,7 @@ pub async fn create_scrape_job(
     params(("email" = String, Path)),
     responses(
         (status = 200, description = "The stored user, with the seed's field names", example = json!({"user_id": 1, "nombre": "John", "apellido": "Doe", "email": "john@example.com", "fecha_nacimiento": "1990-01-01T00:00:00", "fecha_creacion": "2025-01-01T10:00:00.000Z", "calificacion": 5.0, "numero_reportes": 0, "url_foto_perfil": null, "biografia": null})),
-        (status = 404, body = crate::openapi::ErrorBodySchema)))]
+        (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_user(
     _: Viewer,
     state: web::Data<AppState>,
@@ -249,7 +254,7 @@ pub async fn get_user(
     params(("idReporte" = String, Path)),
     responses(
         (status = 200, description = "The stored report, with the seed's field names", example = json!({"id_reporte": "5b0c…", "id_usuario": 1, "tipo_reporte": 1, "descripcion": "…", "ubicacion": null, "visibilidad": 1.0, "fecha_creacion": "2025-01-01T10:00:00.000Z"})),
-        (status = 404, body = crate::openapi::ErrorBodySchema)))]
+        (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_report(
     _: Viewer,
     state: web::Data<AppState>,
@@ -269,7 +274,7 @@ pub async fn get_report(
     params(("jobId" = String, Path)),
     responses(
         (status = 200, description = "queued → running → completed | failed", example = json!({"job_id": "987f…", "status": "completed", "results": [{"url": "https://example.com/", "httpStatus": 200, "title": "Example", "description": null, "links": ["https://example.com/about"], "emails": ["info@example.com"], "error": null}], "error": null})),
-        (status = 404, body = crate::openapi::ErrorBodySchema)))]
+        (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_job(
     _: Viewer,
     state: web::Data<AppState>,
