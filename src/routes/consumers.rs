@@ -43,31 +43,24 @@ pub struct CreateConsumerRequest {
 
 /// Where deliveries go: an HTTP endpoint, or a built-in handler.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum TargetRequest {
-    Http(HttpTargetRequest),
-    Builtin(BuiltinTargetRequest),
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpTargetRequest {
-    /// http(s), with a host on FORWARD_ALLOWED_HOSTS when that is set; no
-    /// credentials in the URL.
-    #[schema(min_length = 1)]
-    pub url: String,
-    /// POST (default), PUT or PATCH.
-    pub method: Option<String>,
-    pub headers: Option<BTreeMap<String, String>>,
-    /// 1 to 300000; default 10000.
-    #[schema(minimum = 1, maximum = 300000)]
-    pub timeout_ms: Option<u64>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BuiltinTargetRequest {
-    pub handler: BuiltinHandlerName,
+    Http {
+        /// http(s), with a host on FORWARD_ALLOWED_HOSTS when that is set;
+        /// no credentials in the URL.
+        #[schema(min_length = 1)]
+        url: String,
+        /// POST (default), PUT or PATCH.
+        method: Option<String>,
+        headers: Option<BTreeMap<String, String>>,
+        /// 1 to 300000; default 10000.
+        #[serde(rename = "timeoutMs")]
+        #[schema(minimum = 1, maximum = 300000)]
+        timeout_ms: Option<u64>,
+    },
+    Builtin {
+        handler: BuiltinHandlerName,
+    },
 }
 
 /// The built-in handlers a consumer may hand deliveries to.
@@ -147,18 +140,23 @@ fn parse_definition(
     }
     let allowed = state.settings.forward_allowed_hosts.as_deref();
     let target = match request.target {
-        Some(TargetRequest::Http(http)) => TargetSpec::Http(
+        Some(TargetRequest::Http {
+            url,
+            method,
+            headers,
+            timeout_ms,
+        }) => TargetSpec::Http(
             HttpTarget::parse(
-                &http.url,
-                http.method.as_deref(),
-                http.headers.unwrap_or_default(),
-                http.timeout_ms,
+                &url,
+                method.as_deref(),
+                headers.unwrap_or_default(),
+                timeout_ms,
                 allowed,
             )
             .map_err(ApiError::BadRequest)?,
         ),
-        Some(TargetRequest::Builtin(builtin)) => TargetSpec::Builtin {
-            handler: builtin.handler.into(),
+        Some(TargetRequest::Builtin { handler }) => TargetSpec::Builtin {
+            handler: handler.into(),
         },
         None => {
             let default = state.settings.default_target_url.as_ref().ok_or_else(|| {

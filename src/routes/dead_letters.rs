@@ -33,7 +33,7 @@ fn payload_value(letter: &DeadLetter) -> Value {
 
 #[utoipa::path(get, path = "/getDeadLetters/{queueName}", tag = "dead letters",
     security(("basic" = []), ("bearer" = [])),
-    params(("queueName" = String, Path), PeekQuery),
+    params(("queueName" = String, Path, min_length = 1, max_length = 240, pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$"), PeekQuery),
     responses(
         (status = 200, description = "Oldest first; the messages stay in the dead-letter queue. `payload` only for the admin and publisher roles"),
         (status = 404, body = crate::error::ErrorBody)))]

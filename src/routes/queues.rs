@@ -24,8 +24,11 @@ pub struct CreateQueueRequest {
     pub durable: Option<bool>,
     /// `classic` (default) or `quorum` (needs `durable`).
     pub queue_type: Option<QueueTypeName>,
+    /// 0 to 4294967295.
+    #[schema(format = Int64, minimum = 0, maximum = 4294967295_u64)]
     pub message_ttl_ms: Option<u32>,
-    #[schema(minimum = 1)]
+    /// 1 to 4294967295.
+    #[schema(format = Int64, minimum = 1, maximum = 4294967295_u64)]
     pub max_length: Option<u32>,
     /// Default true: also create `<queue>.dlq` and route expired or
     /// overflowing messages there.
@@ -108,7 +111,7 @@ pub async fn get_queues(_: Viewer, state: web::Data<AppState>) -> Result<HttpRes
 
 #[utoipa::path(get, path = "/getQueue/{queueName}", tag = "queues",
     security(("basic" = []), ("bearer" = [])),
-    params(("queueName" = String, Path)),
+    params(("queueName" = String, Path, min_length = 1, max_length = 240, pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$")),
     responses(
         (status = 200, body = services::QueueRow),
         (status = 404, body = crate::error::ErrorBody)))]

@@ -61,9 +61,10 @@ pub struct ScrapeJobRequest {
     /// The caller's own id for the job (1 to 255 bytes); one already used
     /// is refused with 409. A new UUID when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 255)]
     pub job_id: Option<String>,
+    /// Any JSON value; kept on the job record.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
     pub user_id: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub industry: Option<String>,
@@ -81,6 +82,7 @@ pub struct ScrapeJobRequest {
     /// http(s) pages to fetch (at most 100); their title, description,
     /// links and e-mail addresses become the job's results.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 100)]
     pub urls: Option<Vec<String>>,
 }
 

@@ -2,6 +2,7 @@
 //! the real RabbitMQ and a real MongoDB-wire server.
 
 mod amqp_connections;
+mod api_fuzz;
 mod api_keys;
 mod auth;
 mod bad_input;

@@ -1,0 +1,186 @@
+//! API fuzzing: a bounded schemathesis run (PyPI `schemathesis`, installed
+//! into the project's `.venv` by `./run.sh test`) over `/openapi.json`, with
+//! every check and admin credentials. It passes when no request gets a
+//! server error and every answer matches the spec (status, content type,
+//! body schema, `Allow` on 405, rejection of schema-violating input).
+//!
+//! The fuzzed gateway runs against a RabbitMQ vhost of its own (schemathesis
+//! creates queues and exchanges under names nobody can predict) and its own
+//! database; both are deleted afterwards, also when the run fails.
+//!
+//! It never sends traffic off this machine: consumer targets and scrape URLs
+//! are allowed only on 127.0.0.1 (`FORWARD_ALLOWED_HOSTS`,
+//! `SCRAPE_ALLOWED_HOSTS`, checked on the host name before any lookup or
+//! connection), forwards redirect nowhere, and there is no
+//! `DEFAULT_TARGET_URL`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::spawn_app_with;
+use crate::support::{env_or, management_request, percent_encode};
+
+/// Cases per operation and phase, and the run's time budget: about a
+/// minute in all.
+const MAX_EXAMPLES: &str = "25";
+const MAX_SECONDS: u64 = 60;
+/// Fixed, so a failure can be replayed (`--seed` is in the output).
+const SEED: &str = "8";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_and_no_answer_off_the_spec() {
+    let schemathesis = schemathesis_binary();
+    let vhost = OwnVhost::create().await;
+    let app = spawn_app_with(&[
+        ("AMQP_URL", vhost.amqp_url.as_str()),
+        ("FORWARD_ALLOWED_HOSTS", "127.0.0.1"),
+        ("FORWARD_DENY_PRIVATE", "true"),
+        ("SCRAPE_ALLOWED_HOSTS", "127.0.0.1"),
+        // The seed routes publish to the built-in queues, so make them.
+        ("BUILTIN_CONSUMERS", "true"),
+    ])
+    .await;
+    let workdir = std::env::temp_dir().join(format!("workerrmq-fuzz-{}", app.instance_id));
+    std::fs::create_dir_all(&workdir).expect("a working directory for schemathesis");
+
+    let run = tokio::process::Command::new(&schemathesis)
+        .arg("--no-color")
+        .arg("--config-file")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api/schemathesis.toml"))
+        .arg("run")
+        .arg(app.url("/openapi.json"))
+        .args(["--checks", "all"])
+        .args(["--auth", &format!("{}:{}", app.admin_user, app.admin_password)])
+        .args(["--max-examples", MAX_EXAMPLES])
+        .args(["--max-time", &MAX_SECONDS.to_string()])
+        .args(["--seed", SEED])
+        // One worker: the machine has two cores for everything, and
+        // hypothesis' source inspection is not thread-safe on Python 3.11.
+        .args(["--workers", "1"])
+        .args(["--request-timeout", "20"])
+        .args(["--suppress-health-check", "too_slow"])
+        // Hypothesis keeps its example database in the working directory.
+        .current_dir(&workdir)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let outcome = tokio::time::timeout(Duration::from_secs(MAX_SECONDS + 180), run).await;
+    let _ = std::fs::remove_dir_all(&workdir);
+    app.cleanup().await;
+    drop(vhost);
+
+    let output = outcome
+        .expect("schemathesis finished within its time budget and three minutes more")
+        .expect("schemathesis runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    if !stderr.trim().is_empty() {
+        eprintln!("{stderr}");
+    }
+    let summary = stdout
+        .lines()
+        .rev()
+        .find(|line| line.starts_with("====="))
+        .unwrap_or("(no summary line)");
+    assert!(
+        output.status.success(),
+        "schemathesis found problems ({}): {summary}",
+        output.status
+    );
+}
+
+/// `.venv/bin/schemathesis` of this checkout, or a failure saying how to
+/// get it.
+fn schemathesis_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/schemathesis");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `./run.sh test` once (it installs schemathesis into .venv), \
+         or `.venv/bin/pip install schemathesis` yourself",
+        path.display()
+    );
+    path
+}
+
+/// A RabbitMQ vhost made for one test through the management API, with
+/// the AMQP user allowed in; deleted, with everything in it, on drop.
+struct OwnVhost {
+    name: String,
+    amqp_url: String,
+}
+
+impl OwnVhost {
+    async fn create() -> OwnVhost {
+        let name = format!("workerrmq-fuzz-{}", uuid::Uuid::new_v4().simple());
+        let mut amqp = url::Url::parse(&env_or(
+            "AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        ))
+        .expect("AMQP_URL is a URL");
+        let user = match amqp.username() {
+            "" => "guest".to_owned(),
+            user => user.to_owned(),
+        };
+        amqp.set_path(&format!("/{name}"));
+        let vhost = OwnVhost {
+            name,
+            amqp_url: amqp.to_string(),
+        };
+        let http = crate::support::management_client();
+        let encoded = percent_encode(&vhost.name);
+        for (path, body) in [
+            (format!("/api/vhosts/{encoded}"), json!({})),
+            (
+                format!("/api/permissions/{encoded}/{}", percent_encode(&user)),
+                json!({ "configure": ".*", "write": ".*", "read": ".*" }),
+            ),
+        ] {
+            let response = management_request(&http, reqwest::Method::PUT, &path)
+                .json(&body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+            assert!(
+                response.status().is_success(),
+                "PUT {path}: {}",
+                response.status()
+            );
+        }
+        vhost
+    }
+}
+
+impl Drop for OwnVhost {
+    /// Runs on a runtime of its own, as `Drop` cannot await; reports a
+    /// failure instead of panicking (it may run while a test unwinds).
+    fn drop(&mut self) {
+        let path = format!("/api/vhosts/{}", percent_encode(&self.name));
+        let outcome = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let http = crate::support::management_client();
+                let response = management_request(&http, reqwest::Method::DELETE, &path)
+                    .send()
+                    .await
+                    .map_err(|e| format!("DELETE {path}: {e}"))?;
+                match response.status().as_u16() {
+                    200..=299 | 404 => Ok(()),
+                    status => Err(format!("DELETE {path}: {status}")),
+                }
+            })
+        })
+        .join();
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => eprintln!("could not delete the fuzzing vhost: {err}"),
+            Err(_) => eprintln!("deleting the fuzzing vhost panicked"),
+        }
+    }
+}
