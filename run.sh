@@ -12,6 +12,7 @@
 #   rabbitmq management plugin enabled, and its API answers
 #   mongodb                   something answers at MONGODB_URI, else SecantusDB
 #                             (PyPI `secantusdb`, project-local .venv) is started
+#   schemathesis              (test only) the pinned API fuzzer in .venv
 #   .env                      has an ADMIN_PASSWORD (generated once, printed once)
 #
 # Settings come from the environment, then .env, then the defaults of
@@ -33,8 +34,10 @@ usage: ./run.sh [test [ARGS...]] | --help
   ./run.sh test [ARGS] the same set-up, then cargo fmt --all -- --check,
                        cargo clippy --workspace --all-targets -- -D warnings,
                        and cargo nextest run --workspace --no-fail-fast ARGS
-                       (cargo test --workspace ARGS without cargo-nextest);
-                       a SecantusDB started for the tests is stopped at the end
+                       (cargo test --workspace ARGS without cargo-nextest),
+                       among them a schemathesis run over /openapi.json
+                       (installed into .venv, pinned); a SecantusDB started
+                       for the tests is stopped at the end
   ./run.sh --help      this text
 
 Settings are read from the environment, then .env (see .env.example).
@@ -271,32 +274,52 @@ stop_started_mongo() {
     STARTED_MONGO_PID=""
 }
 
+# Makes sure the project-local .venv exists; says what it did in VENV_HOW.
+VENV_HOW=""
+ensure_venv() {
+    [[ -x .venv/bin/python ]] && return
+    command -v python3 >/dev/null 2>&1 || die "venv: needs python3 (3.10+) to create .venv"
+    if ! python3 -m venv .venv >.data/venv.log 2>&1; then
+        [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 ||
+            die "venv: python3 -m venv failed (see .data/venv.log); install python3-venv"
+        {
+            apt-get update -q &&
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
+        } >>.data/venv.log 2>&1 || die "venv: apt-get install python3-venv failed; see .data/venv.log"
+        rm -rf .venv
+        python3 -m venv .venv >>.data/venv.log 2>&1 || die "venv: python3 -m venv failed; see .data/venv.log"
+    fi
+    VENV_HOW="created .venv, "
+}
+
 # Makes sure .venv has SecantusDB; prints one line.
 ensure_secantus() {
-    local how
     if [[ -x .venv/bin/python ]] && .venv/bin/python -c 'import secantus' 2>/dev/null; then
         step "secantusdb: present in .venv ($(secantus_version))"
         return
     fi
-    if [[ ! -x .venv/bin/python ]]; then
-        command -v python3 >/dev/null 2>&1 || die "secantusdb: needs python3 (3.10+) to create .venv"
-        if ! python3 -m venv .venv >.data/venv.log 2>&1; then
-            [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 ||
-                die "secantusdb: python3 -m venv failed (see .data/venv.log); install python3-venv"
-            {
-                apt-get update -q &&
-                    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
-            } >>.data/venv.log 2>&1 || die "secantusdb: apt-get install python3-venv failed; see .data/venv.log"
-            rm -rf .venv
-            python3 -m venv .venv >>.data/venv.log 2>&1 || die "secantusdb: python3 -m venv failed; see .data/venv.log"
-        fi
-        how="created .venv, installed"
-    else
-        how="installed"
-    fi
+    ensure_venv
     .venv/bin/pip install -q --pre secantusdb >.data/pip.log 2>&1 ||
         die "secantusdb: pip install secantusdb failed; see .data/pip.log"
-    step "secantusdb: $how $(secantus_version) into .venv"
+    step "secantusdb: ${VENV_HOW}installed $(secantus_version) into .venv"
+}
+
+# The API fuzzer the test suite runs (tests/api/api_fuzz.rs), pinned so a
+# new release cannot change what the suite checks without a commit.
+SCHEMATHESIS_VERSION=4.32.5
+
+# Makes sure .venv has that schemathesis; prints one line.
+ensure_schemathesis() {
+    local have
+    have=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null) || have=""
+    if [[ $have == "$SCHEMATHESIS_VERSION" ]]; then
+        step "schemathesis: present in .venv ($have)"
+        return
+    fi
+    ensure_venv
+    .venv/bin/pip install -q "schemathesis==$SCHEMATHESIS_VERSION" >.data/pip-schemathesis.log 2>&1 ||
+        die "schemathesis: pip install schemathesis==$SCHEMATHESIS_VERSION failed; see .data/pip-schemathesis.log"
+    step "schemathesis: ${VENV_HOW}installed $SCHEMATHESIS_VERSION into .venv"
 }
 
 secantus_version() {
@@ -373,6 +396,12 @@ else
         done
         step "mongodb: $what"
     fi
+fi
+
+# -------------------------------------------------------------- schemathesis --
+
+if [[ $MODE == test ]]; then
+    ensure_schemathesis
 fi
 
 # ---------------------------------------------------------------------- .env --
