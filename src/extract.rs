@@ -183,7 +183,10 @@ mod tests {
             other => panic!("expected a bad request, got {other:?}"),
         };
         assert!(m.starts_with("query `limit`"), "{m}");
-        assert!(matches!(parse_query::<Paging>("limit=5"), Ok(Paging { limit: Some(5) })));
+        assert!(matches!(
+            parse_query::<Paging>("limit=5"),
+            Ok(Paging { limit: Some(5) })
+        ));
         assert!(parse_query::<Paging>("limt=5").is_err());
     }
 

@@ -45,10 +45,7 @@ impl Modify for StandardAnswers {
 fn add_standard_answers(operation: &mut Operation) {
     let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
     let has_body = operation.request_body.is_some();
-    let has_params = operation
-        .parameters
-        .as_ref()
-        .is_some_and(|p| !p.is_empty());
+    let has_params = operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
     let mut add = |status: &str, description: &str| {
         operation
             .responses
@@ -57,7 +54,10 @@ fn add_standard_answers(operation: &mut Operation) {
             .or_insert_with(|| error_answer(description));
     };
     if has_body || has_params {
-        add("400", "The request does not fit; the message names the field");
+        add(
+            "400",
+            "The request does not fit; the message names the field",
+        );
     }
     if has_body {
         add("413", "The body is larger than MAX_BODY_BYTES");

@@ -335,7 +335,12 @@ mod tests {
             r#"{"name":"q","retry":{"maxAttempts":3},"list":[{"maxAttempts":1}],"any":[1,{"a":[2]}]}"#,
         )
         .expect("valid");
-        assert_eq!(parsed.retry, Some(Inner { max_attempts: Some(3) }));
+        assert_eq!(
+            parsed.retry,
+            Some(Inner {
+                max_attempts: Some(3)
+            })
+        );
         assert_eq!(parsed.list.map(|l| l.len()), Some(1));
     }
 

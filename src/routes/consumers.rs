@@ -25,7 +25,11 @@ const MAX_PREFETCH: u16 = 1_000;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateConsumerRequest {
-    #[schema(min_length = 1, max_length = 240, pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 240,
+        pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub queue_name: String,
     /// 1 to 100 characters; default `<queueName>-consumer`.
     #[schema(min_length = 1, max_length = 100)]
@@ -282,7 +286,11 @@ pub struct DeleteConsumerRequest {
     /// One consumer, or
     pub consumer_id: Option<String>,
     /// every consumer on this queue.
-    #[schema(min_length = 1, max_length = 240, pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 240,
+        pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub queue_name: Option<String>,
 }
 

@@ -15,7 +15,11 @@ use crate::state::AppState;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateExchangeRequest {
     /// 1 to 255 bytes; not `amq.`-prefixed, no control characters.
-    #[schema(min_length = 1, max_length = 255, pattern = r"^(?!amq\.)[^\u0000-\u001f\u007f-\u009f]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^(?!amq\.)[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub exchange_name: String,
     #[serde(rename = "type")]
     pub kind: ExchangeType,
@@ -74,9 +78,17 @@ pub async fn create_exchange(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BindQueueRequest {
-    #[schema(min_length = 1, max_length = 240, pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 240,
+        pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub queue_name: String,
-    #[schema(min_length = 1, max_length = 255, pattern = r"^(?!amq\.)[^\u0000-\u001f\u007f-\u009f]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^(?!amq\.)[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub exchange_name: String,
     /// Default "". At most 255 bytes.
     #[schema(max_length = 255)]

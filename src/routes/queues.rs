@@ -18,7 +18,11 @@ pub struct CreateQueueRequest {
     /// 1 to 240 bytes (room for the companions' suffixes); not
     /// `amq.`-prefixed, not ending in `.dlq`, no `.retry.`, no control
     /// characters.
-    #[schema(min_length = 1, max_length = 240, pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 240,
+        pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub queue_name: String,
     /// Default true.
     pub durable: Option<bool>,
@@ -134,7 +138,11 @@ pub async fn get_queue(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeleteQueueRequest {
-    #[schema(min_length = 1, max_length = 240, pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 240,
+        pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub queue_name: String,
     /// Refuse while the queue or its dead letters hold messages.
     pub if_empty: Option<bool>,

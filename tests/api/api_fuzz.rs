@@ -53,7 +53,10 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_spec() {
         .arg("run")
         .arg(app.url("/openapi.json"))
         .args(["--checks", "all"])
-        .args(["--auth", &format!("{}:{}", app.admin_user, app.admin_password)])
+        .args([
+            "--auth",
+            &format!("{}:{}", app.admin_user, app.admin_password),
+        ])
         .args(["--max-examples", MAX_EXAMPLES])
         .args(["--max-time", &MAX_SECONDS.to_string()])
         .args(["--seed", SEED])
@@ -116,11 +119,9 @@ struct OwnVhost {
 impl OwnVhost {
     async fn create() -> OwnVhost {
         let name = format!("workerrmq-fuzz-{}", uuid::Uuid::new_v4().simple());
-        let mut amqp = url::Url::parse(&env_or(
-            "AMQP_URL",
-            "amqp://guest:guest@127.0.0.1:5672/%2f",
-        ))
-        .expect("AMQP_URL is a URL");
+        let mut amqp =
+            url::Url::parse(&env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"))
+                .expect("AMQP_URL is a URL");
         let user = match amqp.username() {
             "" => "guest".to_owned(),
             user => user.to_owned(),
@@ -183,4 +184,99 @@ impl Drop for OwnVhost {
             Err(_) => eprintln!("deleting the fuzzing vhost panicked"),
         }
     }
+}
+
+/// The spec says what the API answers: every error answer a route can give,
+/// the enums and bounds the handlers enforce, and which fields are
+/// required. What schemathesis checks is only as good as this.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_documents_errors_enums_bounds_and_required_fields() {
+    let app = crate::helpers::spawn_app().await;
+    let spec = crate::helpers::assert_json(
+        app.request_anonymous(reqwest::Method::GET, "/openapi.json", None)
+            .await,
+        reqwest::StatusCode::OK,
+    )
+    .await;
+    let schemas = &spec["components"]["schemas"];
+
+    let paths = spec["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("a path item") {
+            let answers = operation["responses"].as_object().expect("responses");
+            let mut expected = Vec::new();
+            if operation["security"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty())
+            {
+                expected.extend(["401", "403"]);
+            }
+            if operation.get("requestBody").is_some() {
+                expected.extend(["400", "413", "415"]);
+            }
+            for status in expected {
+                assert!(
+                    answers.contains_key(status),
+                    "{method} {path} does not document {status}"
+                );
+            }
+            for (status, answer) in answers {
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert_eq!(
+                        answer["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+
+    for (schema, values) in [
+        ("QueueTypeName", json!(["classic", "quorum"])),
+        (
+            "ExchangeType",
+            json!(["direct", "fanout", "topic", "headers"]),
+        ),
+        ("RoleName", json!(["admin", "publisher", "viewer"])),
+        ("BuiltinHandlerName", json!(["user", "report", "scrape"])),
+    ] {
+        assert_eq!(schemas[schema]["enum"], values, "{schema}");
+    }
+    assert!(schemas["ErrorCode"]["enum"]
+        .as_array()
+        .expect("error codes")
+        .contains(&json!("method_not_allowed")));
+
+    let prefetch = &schemas["CreateConsumerRequest"]["properties"]["prefetch"];
+    assert_eq!(
+        (&prefetch["minimum"], &prefetch["maximum"]),
+        (&json!(1), &json!(1000))
+    );
+    let limit = spec["paths"]["/getDeadLetters/{queueName}"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .expect("a limit parameter");
+    assert_eq!(
+        (&limit["schema"]["minimum"], &limit["schema"]["maximum"]),
+        (&json!(1), &json!(1000))
+    );
+
+    for (schema, required) in [
+        ("CreateUserRequest", json!(["nombre", "apellido", "email"])),
+        (
+            "CreateReportRequest",
+            json!(["id_usuario", "tipo_reporte", "descripcion"]),
+        ),
+        ("CreateQueueRequest", json!(["queueName"])),
+    ] {
+        assert_eq!(schemas[schema]["required"], required, "{schema}");
+    }
+    // The answer types are the real ones, not hand copies.
+    for schema in ["QueueRow", "ConnectionInfo", "ErrorBody"] {
+        assert!(schemas[schema].is_object(), "{schema} is missing");
+    }
+    app.cleanup().await;
 }

@@ -1,9 +1,11 @@
 //! Bad input gets a clear 4xx and changes nothing.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{assert_error, spawn_app, spawn_app_with, TestApp};
 
@@ -162,5 +164,132 @@ async fn invalid_and_reserved_queue_names_are_refused() {
         .difference(&server_named_before)
         .collect();
     assert!(new.is_empty(), "server-named queues appeared: {new:?}");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_string_errors_get_the_contract_body_naming_the_parameter() {
+    let app = spawn_app().await;
+    let queue = app.unique_queue("peek");
+    app.create_queue(&queue, json!({})).await;
+
+    for (query, names) in [
+        ("limit=abc", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("lim=5", "lim"),
+    ] {
+        let body = assert_error(
+            app.get(&format!("/getDeadLetters/{queue}?{query}")).await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        )
+        .await;
+        let message = body["message"].as_str().expect("a message");
+        assert!(message.contains(names), "{query}: {message}");
+    }
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_array_is_not_taken_for_an_object() {
+    let app = spawn_app().await;
+    let queue = app.unique_queue("array");
+
+    // serde would read these as the request struct's fields, in order.
+    let body = assert_error(
+        app.post_raw(
+            "/createQueue",
+            Some("application/json"),
+            json!([queue, true]).to_string(),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    let message = body["message"].as_str().expect("a message");
+    assert!(message.contains("a JSON object"), "{message}");
+    assert!(!app.queue_exists(&queue).await);
+
+    // Nested objects too.
+    app.create_queue(&queue, json!({})).await;
+    let body = assert_error(
+        app.post_json(
+            "/createConsumer",
+            &json!({
+                "queueName": queue,
+                "target": { "type": "builtin", "handler": "user" },
+                "retry": [3, 1000],
+            }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    let message = body["message"].as_str().expect("a message");
+    assert!(message.contains("retry"), "{message}");
+    let consumers =
+        crate::helpers::assert_json(app.get("/getConsumers").await, StatusCode::OK).await;
+    assert_eq!(consumers, json!([]), "no consumer was made");
+    app.cleanup().await;
+}
+
+/// Sends `head` and `body_part` on a raw connection and returns the status,
+/// the JSON body and how long the answer took; the connection must be
+/// closed by the server.
+async fn raw_exchange(app: &TestApp, head: String, body_part: &str) -> (u16, Value, Duration) {
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("a connection to the app");
+    let started = Instant::now();
+    stream
+        .write_all(format!("{head}{body_part}").as_bytes())
+        .await
+        .expect("the request is sent");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(40), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes the connection within 40 s")
+        .expect("the answer is read");
+    let elapsed = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let body = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("the body is not JSON ({e}): {body:?}"));
+    (status, body, elapsed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_shorter_than_its_content_length_is_not_waited_for_forever() {
+    let app = spawn_app().await;
+    let queue = app.unique_queue("slow");
+    let partial = format!(r#"{{"queueName": "{queue}""#);
+    let head = format!(
+        "POST /createQueue HTTP/1.1\r\nHost: test\r\nAuthorization: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        app.admin_auth(),
+        partial.len() + 100
+    );
+
+    let (status, body, elapsed) = raw_exchange(&app, head, &partial).await;
+
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(body["error"], "request_timeout", "{body}");
+    assert!(
+        elapsed >= Duration::from_secs(9) && elapsed < Duration::from_secs(30),
+        "answered after {elapsed:?}, expected about 10 s"
+    );
+    assert!(!app.queue_exists(&queue).await);
     app.cleanup().await;
 }
