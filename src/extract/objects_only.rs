@@ -1,9 +1,13 @@
-//! A deserializer wrapper that holds every struct to the JSON it is written
-//! as: an object. serde's derived structs also take a sequence of their
-//! fields in order (`["orders", true]` would be a `CreateQueueRequest`),
-//! which no client means and no schema documents. The wrapper reaches every
-//! nesting level (options, map values, sequence elements, enum contents),
-//! so `{"retry": [5, 1000]}` is refused like a top-level array.
+//! A deserializer wrapper that reads request bodies as JSON means them, at
+//! every nesting level (options, map values, sequence elements, enum
+//! contents):
+//! - a struct must be written as an object. serde's derived structs also
+//!   take a sequence of their fields in order (`["orders", true]` would be
+//!   a `CreateQueueRequest`), which no client means and no schema documents;
+//! - an integer may be written with a zero fraction (`5.0`): JSON has one
+//!   number type, and JSON Schema's `integer` (what `/openapi.json` says)
+//!   counts `5.0` as one. Other fractions and out-of-range values are still
+//!   refused by the integer type itself.
 
 use std::fmt;
 
@@ -24,7 +28,15 @@ impl de::Expected for AnObject {
 macro_rules! forward_deserialize {
     ($($method:ident),* $(,)?) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-            self.0.$method(Wrap { inner: visitor, struct_expected: false })
+            self.0.$method(wrap(visitor))
+        }
+    )*};
+}
+
+macro_rules! forward_deserialize_integer {
+    ($($method:ident),* $(,)?) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+            self.0.$method(Wrap { integer_expected: true, ..wrap(visitor) })
         }
     )*};
 }
@@ -32,9 +44,7 @@ macro_rules! forward_deserialize {
 impl<'de, D: Deserializer<'de>> Deserializer<'de> for ObjectsOnly<D> {
     type Error = D::Error;
 
-    forward_deserialize!(
-        deserialize_any,
-        deserialize_bool,
+    forward_deserialize_integer!(
         deserialize_i8,
         deserialize_i16,
         deserialize_i32,
@@ -45,6 +55,11 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for ObjectsOnly<D> {
         deserialize_u32,
         deserialize_u64,
         deserialize_u128,
+    );
+
+    forward_deserialize!(
+        deserialize_any,
+        deserialize_bool,
         deserialize_f32,
         deserialize_f64,
         deserialize_char,
@@ -103,8 +118,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for ObjectsOnly<D> {
             name,
             fields,
             Wrap {
-                inner: visitor,
                 struct_expected: true,
+                ..wrap(visitor)
             },
         )
     }
@@ -127,6 +142,7 @@ fn wrap<V>(inner: V) -> Wrap<V> {
     Wrap {
         inner,
         struct_expected: false,
+        integer_expected: false,
     }
 }
 
@@ -134,7 +150,12 @@ fn wrap<V>(inner: V) -> Wrap<V> {
 struct Wrap<V> {
     inner: V,
     struct_expected: bool,
+    integer_expected: bool,
 }
+
+/// 2^64 and -2^63, the first values past the integer types' range.
+const U64_END: f64 = 18_446_744_073_709_551_616.0;
+const I64_START: f64 = -9_223_372_036_854_775_808.0;
 
 macro_rules! forward_visit {
     ($($method:ident($ty:ty)),* $(,)?) => {$(
@@ -164,7 +185,6 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Wrap<V> {
         visit_u64(u64),
         visit_u128(u128),
         visit_f32(f32),
-        visit_f64(f64),
         visit_char(char),
         visit_str(&str),
         visit_borrowed_str(&'de str),
@@ -173,6 +193,18 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Wrap<V> {
         visit_borrowed_bytes(&'de [u8]),
         visit_byte_buf(Vec<u8>),
     );
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        if self.integer_expected && v.fract() == 0.0 {
+            if (0.0..U64_END).contains(&v) {
+                return self.inner.visit_u64(v as u64);
+            }
+            if (I64_START..0.0).contains(&v) {
+                return self.inner.visit_i64(v as i64);
+            }
+        }
+        self.inner.visit_f64(v)
+    }
 
     fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
         self.inner.visit_none()
@@ -296,8 +328,8 @@ impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for Variant<A> {
         self.0.struct_variant(
             fields,
             Wrap {
-                inner: visitor,
                 struct_expected: true,
+                ..wrap(visitor)
             },
         )
     }
@@ -342,6 +374,35 @@ mod tests {
             })
         );
         assert_eq!(parsed.list.map(|l| l.len()), Some(1));
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Counts {
+        small: Option<u16>,
+        signed: Option<i64>,
+        ratio: Option<f64>,
+    }
+
+    fn counts(json: &str) -> Result<Counts, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(json);
+        Counts::deserialize(ObjectsOnly(&mut de))
+    }
+
+    #[test]
+    fn integers_may_have_a_zero_fraction_and_nothing_else() {
+        let parsed = counts(r#"{"small": 5.0, "signed": -3.0, "ratio": 2.0}"#).expect("valid");
+        assert_eq!(
+            (parsed.small, parsed.signed, parsed.ratio),
+            (Some(5), Some(-3), Some(2.0))
+        );
+        for json in [
+            r#"{"small": 5.5}"#,
+            r#"{"small": 70000.0}"#,
+            r#"{"small": -1.0}"#,
+            r#"{"signed": 1e300}"#,
+        ] {
+            assert!(counts(json).is_err(), "{json}");
+        }
     }
 
     #[test]

@@ -25,14 +25,27 @@ use crate::state::AppState;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PublishRequest {
     /// Publish straight to this queue, or
+    #[schema(
+        min_length = 1,
+        max_length = 240,
+        pattern = r"^(?!amq\.)(?!.*\.retry\.)(?!.*\.dlq$)[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub queue_name: Option<String>,
     /// to this exchange, with `routingKey`.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^(?!amq\.)[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub exchange: Option<String>,
+    #[schema(max_length = 255)]
     pub routing_key: Option<String>,
     /// Any JSON but null; published exactly as sent, as `application/json`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value, required = true)]
     pub message: Option<Box<RawValue>>,
-    /// Default: a new UUID. Becomes `webhook-id` when forwarded.
+    /// Default: a new UUID. Becomes `webhook-id` when forwarded. 1 to 255
+    /// bytes.
+    #[schema(min_length = 1, max_length = 255)]
     pub message_id: Option<String>,
     /// String, number or boolean values.
     #[schema(value_type = Option<Object>)]

@@ -237,6 +237,33 @@ async fn a_json_array_is_not_taken_for_an_object() {
     app.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integers_written_with_a_zero_fraction_are_integers() {
+    let app = spawn_app().await;
+    let queue = app.unique_queue("fraction");
+
+    // JSON has one number type; the spec says `integer`, which counts 100.0.
+    app.create_queue(&queue, json!({ "maxLength": 100.0 }))
+        .await;
+    assert!(app.queue_exists(&queue).await);
+
+    let other = app.unique_queue("fraction-half");
+    let body = assert_error(
+        app.post_json(
+            "/createQueue",
+            &json!({ "queueName": other, "maxLength": 100.5 }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    let message = body["message"].as_str().expect("a message");
+    assert!(message.contains("maxLength"), "{message}");
+    assert!(!app.queue_exists(&other).await);
+    app.cleanup().await;
+}
+
 /// Sends `head` and `body_part` on a raw connection and returns the status,
 /// the JSON body and how long the answer took; the connection must be
 /// closed by the server.
