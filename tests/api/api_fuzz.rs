@@ -72,9 +72,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_spec() {
         .output();
     let outcome = tokio::time::timeout(Duration::from_secs(MAX_SECONDS + 180), run).await;
     let _ = std::fs::remove_dir_all(&workdir);
-    app.cleanup().await;
-    drop(vhost);
-
+    // The run's own report first, so it shows whatever happens next.
     let output = outcome
         .expect("schemathesis finished within its time budget and three minutes more")
         .expect("schemathesis runs");
@@ -84,6 +82,9 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_spec() {
     if !stderr.trim().is_empty() {
         eprintln!("{stderr}");
     }
+    app.cleanup().await;
+    drop(vhost);
+
     let summary = stdout
         .lines()
         .rev()
