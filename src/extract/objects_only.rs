@@ -153,9 +153,11 @@ struct Wrap<V> {
     integer_expected: bool,
 }
 
-/// 2^64 and -2^63, the first values past the integer types' range.
-const U64_END: f64 = 18_446_744_073_709_551_616.0;
-const I64_START: f64 = -9_223_372_036_854_775_808.0;
+/// 2^53: up to it every integer has its own `f64`. Past it a float cannot
+/// say which integer was written: serde_json reads an integer literal
+/// beyond 64 bits (`-9223372036854775809`) as the nearest float, which
+/// would otherwise pass for `i64::MIN`.
+const EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
 
 macro_rules! forward_visit {
     ($($method:ident($ty:ty)),* $(,)?) => {$(
@@ -195,13 +197,12 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Wrap<V> {
     );
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        if self.integer_expected && v.fract() == 0.0 {
-            if (0.0..U64_END).contains(&v) {
-                return self.inner.visit_u64(v as u64);
-            }
-            if (I64_START..0.0).contains(&v) {
-                return self.inner.visit_i64(v as i64);
-            }
+        if self.integer_expected && v.fract() == 0.0 && v.abs() <= EXACT_INTEGERS {
+            return if v >= 0.0 {
+                self.inner.visit_u64(v as u64)
+            } else {
+                self.inner.visit_i64(v as i64)
+            };
         }
         self.inner.visit_f64(v)
     }
@@ -400,6 +401,9 @@ mod tests {
             r#"{"small": 70000.0}"#,
             r#"{"small": -1.0}"#,
             r#"{"signed": 1e300}"#,
+            r#"{"signed": -9223372036854775809}"#,
+            r#"{"signed": 9223372036854775808}"#,
+            r#"{"signed": 9007199254740994.0}"#,
         ] {
             assert!(counts(json).is_err(), "{json}");
         }

@@ -261,6 +261,22 @@ async fn integers_written_with_a_zero_fraction_are_integers() {
     let message = body["message"].as_str().expect("a message");
     assert!(message.contains("maxLength"), "{message}");
     assert!(!app.queue_exists(&other).await);
+
+    // An integer literal beyond 64 bits reaches serde as the nearest float,
+    // -2^63 here: still not an i64.
+    let body = assert_error(
+        app.post_raw(
+            "/reports",
+            Some("application/json"),
+            r#"{"id_usuario": 1, "tipo_reporte": -9223372036854775809, "descripcion": "x"}"#,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    let message = body["message"].as_str().expect("a message");
+    assert!(message.contains("tipo_reporte"), "{message}");
     app.cleanup().await;
 }
 
