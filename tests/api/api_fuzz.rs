@@ -240,7 +240,7 @@ async fn the_spec_documents_errors_enums_bounds_and_required_fields() {
             "ExchangeType",
             json!(["direct", "fanout", "topic", "headers"]),
         ),
-        ("RoleName", json!(["admin", "publisher", "viewer"])),
+        ("Role", json!(["viewer", "publisher", "admin"])),
         ("BuiltinHandlerName", json!(["user", "report", "scrape"])),
     ] {
         assert_eq!(schemas[schema]["enum"], values, "{schema}");
