@@ -66,7 +66,7 @@ pub enum ApiError {
     NotFound(String),
     /// The path exists, the method does not; `allow` lists those that do.
     #[error("{method} is not allowed here; use {allow}")]
-    MethodNotAllowed { method: String, allow: &'static str },
+    MethodNotAllowed { method: String, allow: String },
     /// The body did not arrive in time.
     #[error("{0}")]
     RequestTimeout(String),
@@ -130,7 +130,7 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         match self {
             ApiError::MethodNotAllowed { allow, .. } => {
-                response.insert_header((header::ALLOW, *allow));
+                response.insert_header((header::ALLOW, allow.as_str()));
             }
             // The rest of the body may still be on its way; this connection
             // cannot carry another request.

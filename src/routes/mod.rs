@@ -22,73 +22,108 @@ use crate::error::ApiError;
 /// Every route, each a resource that answers its one method and 405 (with
 /// `Allow`) to any other.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(get("/health", health::health))
-        .service(get("/ready", health::ready))
-        .service(post("/createQueue", queues::create_queue))
-        .service(get("/getQueues", queues::get_queues))
-        .service(get("/getQueue/{queueName}", queues::get_queue))
-        .service(post("/deleteQueue", queues::delete_queue))
-        .service(post("/createExchange", exchanges::create_exchange))
-        .service(post("/bindQueue", exchanges::bind_queue))
-        .service(post("/messagePublish", publish::message_publish))
-        .service(post("/createConsumer", consumers::create_consumer))
-        .service(get("/getConsumers", consumers::get_consumers))
-        .service(get("/getConsumer/{consumerId}", consumers::get_consumer))
-        .service(post("/deleteConsumer", consumers::delete_consumer))
-        .service(get(
+    cfg.service(route(Method::GET, "/health", health::health))
+        .service(route(Method::GET, "/ready", health::ready))
+        .service(route(Method::POST, "/createQueue", queues::create_queue))
+        .service(route(Method::GET, "/getQueues", queues::get_queues))
+        .service(route(
+            Method::GET,
+            "/getQueue/{queueName}",
+            queues::get_queue,
+        ))
+        .service(route(Method::POST, "/deleteQueue", queues::delete_queue))
+        .service(route(
+            Method::POST,
+            "/createExchange",
+            exchanges::create_exchange,
+        ))
+        .service(route(Method::POST, "/bindQueue", exchanges::bind_queue))
+        .service(route(
+            Method::POST,
+            "/messagePublish",
+            publish::message_publish,
+        ))
+        .service(route(
+            Method::POST,
+            "/createConsumer",
+            consumers::create_consumer,
+        ))
+        .service(route(
+            Method::GET,
+            "/getConsumers",
+            consumers::get_consumers,
+        ))
+        .service(route(
+            Method::GET,
+            "/getConsumer/{consumerId}",
+            consumers::get_consumer,
+        ))
+        .service(route(
+            Method::POST,
+            "/deleteConsumer",
+            consumers::delete_consumer,
+        ))
+        .service(route(
+            Method::GET,
             "/getDeadLetters/{queueName}",
             dead_letters::get_dead_letters,
         ))
-        .service(post(
+        .service(route(
+            Method::POST,
             "/replayDeadLetters",
             dead_letters::replay_dead_letters,
         ))
-        .service(get("/getConnections", connections::get_connections))
-        .service(post("/createApiKey", api_keys::create_api_key))
-        .service(get("/getApiKeys", api_keys::get_api_keys))
-        .service(post("/deleteApiKey", api_keys::delete_api_key))
-        .service(get("/metrics", metrics::metrics))
-        .service(post("/users", seeds::create_user))
-        .service(get("/users/{email}", seeds::get_user))
-        .service(post("/reports", seeds::create_report))
-        .service(get("/reports/{idReporte}", seeds::get_report))
-        .service(post("/jobs/scrape", seeds::create_scrape_job))
-        .service(get("/jobs/{jobId}", seeds::get_job))
-        .service(get("/openapi.json", docs::openapi_json))
-        .service(get("/docs", docs::docs_page))
-        .service(get(&docs::redoc_path(), docs::redoc_js));
+        .service(route(
+            Method::GET,
+            "/getConnections",
+            connections::get_connections,
+        ))
+        .service(route(
+            Method::POST,
+            "/createApiKey",
+            api_keys::create_api_key,
+        ))
+        .service(route(Method::GET, "/getApiKeys", api_keys::get_api_keys))
+        .service(route(
+            Method::POST,
+            "/deleteApiKey",
+            api_keys::delete_api_key,
+        ))
+        .service(route(Method::GET, "/metrics", metrics::metrics))
+        .service(route(Method::POST, "/users", seeds::create_user))
+        .service(route(Method::GET, "/users/{email}", seeds::get_user))
+        .service(route(Method::POST, "/reports", seeds::create_report))
+        .service(route(
+            Method::GET,
+            "/reports/{idReporte}",
+            seeds::get_report,
+        ))
+        .service(route(
+            Method::POST,
+            "/jobs/scrape",
+            seeds::create_scrape_job,
+        ))
+        .service(route(Method::GET, "/jobs/{jobId}", seeds::get_job))
+        .service(route(Method::GET, "/openapi.json", docs::openapi_json))
+        .service(route(Method::GET, "/docs", docs::docs_page))
+        .service(route(Method::GET, &docs::redoc_path(), docs::redoc_js));
 }
 
-fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+/// `path` answering `method` with `handler`, and any other method with 405.
+fn route<F, Args>(method: Method, path: &str, handler: F) -> actix_web::Resource
 where
     F: Handler<Args>,
     Args: FromRequest + 'static,
     F::Output: Responder + 'static,
 {
-    only(Method::GET, "GET", path, handler)
-}
-
-fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: Handler<Args>,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    only(Method::POST, "POST", path, handler)
-}
-
-fn only<F, Args>(method: Method, allow: &'static str, path: &str, handler: F) -> actix_web::Resource
-where
-    F: Handler<Args>,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
+    let allow = method.to_string();
     web::resource(path)
         .route(web::method(method).to(handler))
-        .default_service(web::to(move |req: actix_web::HttpRequest| async move {
-            Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed {
+        .default_service(web::to(move |req: actix_web::HttpRequest| {
+            let refused = ApiError::MethodNotAllowed {
                 method: req.method().to_string(),
-                allow,
-            })
+                allow: allow.clone(),
+            };
+            async move { Err::<actix_web::HttpResponse, _>(refused) }
         }))
 }

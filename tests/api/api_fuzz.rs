@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::helpers::spawn_app_with;
-use crate::support::{env_or, management_request, percent_encode};
+use crate::support::{env_or, management_put, management_request, percent_encode};
 
 /// Cases per operation and phase, and the run's time budget: about a
 /// minute in all.
@@ -135,24 +135,13 @@ impl OwnVhost {
         };
         let http = crate::support::management_client();
         let encoded = percent_encode(&vhost.name);
-        for (path, body) in [
-            (format!("/api/vhosts/{encoded}"), json!({})),
-            (
-                format!("/api/permissions/{encoded}/{}", percent_encode(&user)),
-                json!({ "configure": ".*", "write": ".*", "read": ".*" }),
-            ),
-        ] {
-            let response = management_request(&http, reqwest::Method::PUT, &path)
-                .json(&body)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
-            assert!(
-                response.status().is_success(),
-                "PUT {path}: {}",
-                response.status()
-            );
-        }
+        management_put(&http, &format!("/api/vhosts/{encoded}"), &json!({})).await;
+        management_put(
+            &http,
+            &format!("/api/permissions/{encoded}/{}", percent_encode(&user)),
+            &json!({ "configure": ".*", "write": ".*", "read": ".*" }),
+        )
+        .await;
         vhost
     }
 }
