@@ -11,10 +11,6 @@ use utoipa::{Modify, OpenApi};
 use crate::error::{ErrorBody, ErrorCode};
 use crate::routes;
 
-/// The name route annotations on other branches use for the error body;
-/// the same type, so the spec still says `ErrorBody`.
-pub type ErrorBodySchema = ErrorBody;
-
 struct SecuritySchemes;
 
 impl Modify for SecuritySchemes {
