@@ -115,8 +115,7 @@ impl Settings {
             .map_err(|e| problem("AMQP_URL", format!("not a valid AMQP URL: {e}")))?;
 
         let management_raw = or("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672");
-        let management_url =
-            parse_http_url(&management_raw).map_err(|e| problem("RABBITMQ_MANAGEMENT_URL", e))?;
+        let management_url = parse_http_url("RABBITMQ_MANAGEMENT_URL", &management_raw)?;
 
         let mongodb_uri = or("MONGODB_URI", "mongodb://127.0.0.1:27017");
         if !(mongodb_uri.starts_with("mongodb://") || mongodb_uri.starts_with("mongodb+srv://")) {
@@ -141,7 +140,7 @@ impl Settings {
         })?;
 
         let default_target_url = var("DEFAULT_TARGET_URL")
-            .map(|raw| parse_http_url(&raw).map_err(|e| problem("DEFAULT_TARGET_URL", e)))
+            .map(|raw| parse_http_url("DEFAULT_TARGET_URL", &raw))
             .transpose()?;
 
         let forward_allowed_hosts =
@@ -279,8 +278,8 @@ fn boolean(
     }
 }
 
-fn parse_http_url(raw: &str) -> Result<url::Url, String> {
-    services::network::http_url(raw).map_err(|problem| format!("`{raw}` {problem}"))
+fn parse_http_url(variable: &'static str, raw: &str) -> Result<url::Url, ConfigError> {
+    services::network::http_url(raw).map_err(|why| problem(variable, format!("`{raw}` {why}")))
 }
 
 #[cfg(test)]

@@ -190,7 +190,7 @@ impl From<services::RegistryError> for ApiError {
     fn from(err: services::RegistryError) -> Self {
         match err {
             services::RegistryError::Store(e) => e.into(),
-            services::RegistryError::Invalid(m) => ApiError::BadRequest(m),
+            services::RegistryError::Invalid(e) => e.into(),
         }
     }
 }

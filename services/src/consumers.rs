@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::forwarder::HttpForwarder;
 use crate::targets::{BuiltinHandler, SigningSecret, TargetSpec};
-use crate::{Store, StoreError};
+use crate::{FieldError, Store, StoreError};
 
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 /// A consumer deleted here is not restarted by a reconcile pass that read
@@ -68,8 +68,8 @@ pub struct ConsumerView {
 pub enum RegistryError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
 }
 
 /// Why `create_within` did not create the consumer.
@@ -253,7 +253,7 @@ impl ConsumerRegistry {
                 Err(problem) => {
                     if self
                         .unstartable
-                        .insert(id.to_string(), problem.clone())
+                        .insert(id.to_string(), problem.to_string())
                         .is_none()
                     {
                         tracing::warn!(consumer_id = %id, %problem, "stored consumer cannot run here");
@@ -292,10 +292,15 @@ impl ConsumerRegistry {
     fn runnable(
         &self,
         definition: &ConsumerDefinition,
-    ) -> Result<(ConsumerSpec, Arc<dyn DeliveryTarget>), String> {
-        let id = ConsumerId::parse(&definition.consumer_id)
-            .ok_or_else(|| format!("consumer id `{}` is not a UUID", definition.consumer_id))?;
-        let queue = QueueName::parse(definition.queue_name.clone()).map_err(|e| e.to_string())?;
+    ) -> Result<(ConsumerSpec, Arc<dyn DeliveryTarget>), FieldError> {
+        let id = ConsumerId::parse(&definition.consumer_id).ok_or_else(|| {
+            FieldError::new(
+                "consumerId",
+                format!("`{}` is not a UUID", definition.consumer_id),
+            )
+        })?;
+        let queue = QueueName::parse(definition.queue_name.clone())
+            .map_err(|e| FieldError::new("queueName", e.to_string()))?;
         let target: Arc<dyn DeliveryTarget> = match &definition.target {
             TargetSpec::Http(http) => {
                 // Re-checked here too: the allow-list may have changed since.
@@ -307,10 +312,12 @@ impl ConsumerRegistry {
                     .transpose()?;
                 Arc::new(HttpForwarder::new(self.http.clone(), http, secret)?)
             }
-            TargetSpec::Builtin { handler } => self
-                .builtins
-                .target(*handler)
-                .ok_or_else(|| format!("the built-in handler `{handler:?}` is not available"))?,
+            TargetSpec::Builtin { handler } => self.builtins.target(*handler).ok_or_else(|| {
+                FieldError::new(
+                    "target.handler",
+                    format!("the built-in handler `{handler:?}` is not available"),
+                )
+            })?,
         };
         Ok((
             ConsumerSpec {

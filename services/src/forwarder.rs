@@ -18,6 +18,7 @@ use reqwest::StatusCode;
 
 use crate::network::{with_causes, AddressGuard, AddressNotAllowed};
 use crate::targets::{HttpTarget, SigningSecret};
+use crate::FieldError;
 
 /// Response bodies are read (so the connection can be reused) up to this
 /// much, then dropped.
@@ -68,21 +69,28 @@ impl HttpForwarder {
         client: ForwardClient,
         target: &HttpTarget,
         secret: Option<SigningSecret>,
-    ) -> Result<Self, String> {
-        let url = reqwest::Url::parse(&target.url).map_err(|e| format!("target.url: {e}"))?;
+    ) -> Result<Self, FieldError> {
+        let url = reqwest::Url::parse(&target.url)
+            .map_err(|e| FieldError::new("target.url", e.to_string()))?;
         if let Some(guard) = &client.guard {
             guard.check_url(&url).map_err(|refused| {
-                format!("target.url: {refused} (FORWARD_DENY_PRIVATE refuses loopback, private and link-local addresses)")
+                FieldError::new("target.url", format!("{refused} (FORWARD_DENY_PRIVATE refuses loopback, private and link-local addresses)"))
             })?;
         }
-        let method = reqwest::Method::from_bytes(target.method.as_bytes())
-            .map_err(|_| format!("target.method: `{}`", target.method))?;
+        let method = reqwest::Method::from_bytes(target.method.as_bytes()).map_err(|_| {
+            FieldError::new(
+                "target.method",
+                format!("`{}` is not a method", target.method),
+            )
+        })?;
         let mut headers = HeaderMap::new();
         for (name, value) in &target.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("target.headers: `{name}`"))?;
-            let value =
-                HeaderValue::from_str(value).map_err(|_| format!("target.headers.{name}"))?;
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                FieldError::new("target.headers", format!("`{name}` is not a header name"))
+            })?;
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                FieldError::new(format!("target.headers.{name}"), "not a valid header value")
+            })?;
             headers.insert(name, value);
         }
         Ok(Self {

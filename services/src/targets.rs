@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::network::{host_listed, http_url, url_host};
+use crate::FieldError;
 
 /// Header names the forwarder sets itself; a target may not override them.
 pub const RESERVED_HEADERS: &[&str] = &[
@@ -58,16 +59,21 @@ const MAX_TIMEOUT_MS: u64 = 300_000;
 pub struct TargetUrl(url::Url);
 
 impl TargetUrl {
-    pub fn parse(raw: &str, allowed_hosts: Option<&[String]>) -> Result<Self, String> {
-        let url = http_url(raw).map_err(|problem| format!("target.url: the URL {problem}"))?;
+    pub fn parse(raw: &str, allowed_hosts: Option<&[String]>) -> Result<Self, FieldError> {
+        let url = http_url(raw)
+            .map_err(|problem| FieldError::new("target.url", format!("the URL {problem}")))?;
         if !url.username().is_empty() || url.password().is_some() {
-            return Err("target.url: put credentials in target.headers, not in the URL".into());
+            return Err(FieldError::new(
+                "target.url",
+                "put credentials in target.headers, not in the URL",
+            ));
         }
         if let Some(allowed) = allowed_hosts {
             let host = url_host(&url).unwrap_or_default();
             if !host_listed(allowed, &host) {
-                return Err(format!(
-                    "target.url: host `{host}` is not in FORWARD_ALLOWED_HOSTS"
+                return Err(FieldError::new(
+                    "target.url",
+                    format!("host `{host}` is not in FORWARD_ALLOWED_HOSTS"),
                 ));
             }
         }
@@ -87,29 +93,39 @@ impl HttpTarget {
         headers: BTreeMap<String, String>,
         timeout_ms: Option<u64>,
         allowed_hosts: Option<&[String]>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, FieldError> {
         let url = TargetUrl::parse(url, allowed_hosts)?;
         let method = method.unwrap_or("POST").to_ascii_uppercase();
         if !matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
-            return Err(format!(
-                "target.method: `{method}` cannot carry a body; use POST, PUT or PATCH"
+            return Err(FieldError::new(
+                "target.method",
+                format!("`{method}` cannot carry a body; use POST, PUT or PATCH"),
             ));
         }
         for (name, value) in &headers {
             let lower = name.to_ascii_lowercase();
             if RESERVED_HEADERS.contains(&lower.as_str()) || gateway::headers::is_reserved(&lower) {
-                return Err(format!(
-                    "target.headers: `{name}` is set by the gateway itself"
+                return Err(FieldError::new(
+                    "target.headers",
+                    format!("`{name}` is set by the gateway itself"),
                 ));
             }
-            reqwest::header::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("target.headers: `{name}` is not a valid header name"))?;
-            reqwest::header::HeaderValue::from_str(value)
-                .map_err(|_| format!("target.headers.{name}: not a valid header value"))?;
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                FieldError::new(
+                    "target.headers",
+                    format!("`{name}` is not a valid header name"),
+                )
+            })?;
+            reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+                FieldError::new(format!("target.headers.{name}"), "not a valid header value")
+            })?;
         }
         let timeout_ms = timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
         if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
-            return Err(format!("target.timeoutMs: between 1 and {MAX_TIMEOUT_MS}"));
+            return Err(FieldError::new(
+                "target.timeoutMs",
+                format!("between 1 and {MAX_TIMEOUT_MS}"),
+            ));
         }
         Ok(Self {
             url: url.as_url().to_string(),
@@ -138,20 +154,25 @@ impl PartialEq for SigningSecret {
 impl Eq for SigningSecret {}
 
 impl SigningSecret {
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
         let encoded = raw.strip_prefix("whsec_").ok_or_else(|| {
-            "signingSecret: must be `whsec_` followed by base64 of 24 to 64 random bytes"
-                .to_string()
+            FieldError::new(
+                "signingSecret",
+                "must be `whsec_` followed by base64 of 24 to 64 random bytes",
+            )
         })?;
         let key = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .map_err(|_| {
-                "signingSecret: the part after `whsec_` is not valid base64".to_string()
+                FieldError::new(
+                    "signingSecret",
+                    "the part after `whsec_` is not valid base64",
+                )
             })?;
         if !(24..=64).contains(&key.len()) {
-            return Err(format!(
-                "signingSecret: the key must be 24 to 64 bytes, this one is {}",
-                key.len()
+            return Err(FieldError::new(
+                "signingSecret",
+                format!("the key must be 24 to 64 bytes, this one is {}", key.len()),
             ));
         }
         Ok(Self {
@@ -195,7 +216,8 @@ mod tests {
         let allowed = vec!["api.example.com".to_string()];
         assert!(TargetUrl::parse("https://api.example.com/x", Some(&allowed)).is_ok());
         let err = TargetUrl::parse("http://169.254.169.254/", Some(&allowed)).unwrap_err();
-        assert!(err.contains("FORWARD_ALLOWED_HOSTS"), "{err}");
+        assert_eq!(err.field, "target.url");
+        assert!(err.problem.contains("FORWARD_ALLOWED_HOSTS"), "{err}");
     }
 
     #[test]

@@ -149,16 +149,13 @@ fn parse_definition(
             method,
             headers,
             timeout_ms,
-        }) => TargetSpec::Http(
-            HttpTarget::parse(
-                &url,
-                method.as_deref(),
-                headers.unwrap_or_default(),
-                timeout_ms,
-                allowed,
-            )
-            .map_err(ApiError::BadRequest)?,
-        ),
+        }) => TargetSpec::Http(HttpTarget::parse(
+            &url,
+            method.as_deref(),
+            headers.unwrap_or_default(),
+            timeout_ms,
+            allowed,
+        )?),
         Some(TargetRequest::Builtin { handler }) => TargetSpec::Builtin {
             handler: handler.into(),
         },
@@ -170,8 +167,9 @@ fn parse_definition(
                 )
             })?;
             TargetSpec::Http(
-                HttpTarget::parse(default.as_str(), None, BTreeMap::new(), None, allowed)
-                    .map_err(|m| ApiError::BadRequest(format!("DEFAULT_TARGET_URL: {m}")))?,
+                HttpTarget::parse(default.as_str(), None, BTreeMap::new(), None, allowed).map_err(
+                    |e| ApiError::BadRequest(format!("DEFAULT_TARGET_URL: {}", e.problem)),
+                )?,
             )
         }
     };
@@ -188,7 +186,7 @@ fn parse_definition(
         .map(|raw| {
             SigningSecret::parse(&raw)
                 .map(|s| s.expose().to_owned())
-                .map_err(ApiError::BadRequest)
+                .map_err(ApiError::from)
         })
         .transpose()?;
     Ok(ConsumerDefinition {

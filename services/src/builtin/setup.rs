@@ -144,7 +144,7 @@ impl BuiltinSetup {
             // reconciler runs it.
             Err(RegistryError::Store(StoreError::Duplicate(_))) => Ok(()),
             Err(RegistryError::Store(err)) => Err(err.into()),
-            Err(RegistryError::Invalid(reason)) => Err(SetupError::Invalid(reason)),
+            Err(RegistryError::Invalid(reason)) => Err(SetupError::Invalid(reason.to_string())),
         }
     }
 
