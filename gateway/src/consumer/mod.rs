@@ -2,6 +2,7 @@
 //! channel with its own prefetch, handing every delivery to a
 //! `DeliveryTarget` and settling it by the outcome.
 //!
+//! - `spec`: a consumer's id and the spec the engine runs it with.
 //! - `supervisor`: the `ConsumerSupervisor` (a `DashMap` of running
 //!   consumers): start, stop with a drain, what the API reads.
 //! - `worker`: each consumer's task loop on its own channel of a consume
@@ -16,6 +17,7 @@
 
 mod retry;
 mod settle;
+mod spec;
 pub mod stats;
 mod supervisor;
 mod target;
@@ -23,6 +25,7 @@ mod worker;
 
 pub use retry::{RetryPolicy, RetryPolicyError, DELAY_LADDER_MS};
 pub(crate) use settle::{attempt_of, hand_back, kept_properties};
+pub use spec::{ConsumerId, ConsumerSpec};
 pub use stats::{ConsumerState, ConsumerStats, StatsSnapshot};
-pub use supervisor::{ConsumerId, ConsumerSpec, ConsumerSupervisor};
+pub use supervisor::ConsumerSupervisor;
 pub use target::{DeliveryOutcome, DeliveryTarget, IncomingMessage};

@@ -2,7 +2,6 @@
 //! task each (`worker`), tracked in a `DashMap`: starting, stopping with a
 //! drain, and what `/getConsumers` reads of them.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,58 +10,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::settle::Settler;
+use super::spec::{ConsumerId, ConsumerSpec};
 use super::stats::ConsumerStats;
 use super::target::DeliveryTarget;
-use super::worker::ConsumerWorker;
-use super::RetryPolicy;
+use super::worker::{ConsumerWorker, DRAIN_TIMEOUT};
 use crate::metrics::{ConsumerLabels, DeliveryMetrics};
-use crate::{Broker, Publisher, QueueName, Topology};
-
-/// How long a stopping consumer waits for in-flight deliveries.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(transparent)]
-pub struct ConsumerId(String);
-
-impl ConsumerId {
-    pub fn new() -> Self {
-        Self(uuid::Uuid::new_v4().to_string())
-    }
-
-    /// Accepts only the ids this gateway mints (UUIDs), so anything else is
-    /// a clean 404 rather than a lookup.
-    pub fn parse(raw: &str) -> Option<Self> {
-        uuid::Uuid::parse_str(raw)
-            .ok()
-            .map(|u| Self(u.hyphenated().to_string()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Default for ConsumerId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for ConsumerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ConsumerSpec {
-    pub id: ConsumerId,
-    pub queue: QueueName,
-    /// Deliveries worked on at once; at least 1.
-    pub prefetch: u16,
-    pub retry: RetryPolicy,
-}
+use crate::{Broker, Publisher, Topology};
 
 struct RunningConsumer {
     spec: Arc<ConsumerSpec>,

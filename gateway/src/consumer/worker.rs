@@ -22,13 +22,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::settle::{attempt_of, AckWindow, Settled, Settler};
+use super::spec::ConsumerSpec;
 use super::stats::{ConsumerState, ConsumerStats};
-use super::supervisor::{ConsumerSpec, DRAIN_TIMEOUT};
 use super::target::{DeliveryOutcome, DeliveryTarget, IncomingMessage};
 use crate::connection::reconnect_backoff;
 use crate::{Broker, BrokerError, ConsumerLease};
 
 /// Most deliveries acked by one `multiple` ack.
+/// How long a stopping consumer waits for in-flight deliveries.
+pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 const ACK_BATCH: usize = 50;
 /// Longest an ack waits for company while other deliveries are in flight.
 const ACK_DELAY: Duration = Duration::from_millis(5);

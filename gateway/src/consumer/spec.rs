@@ -1,0 +1,50 @@
+//! What a consumer is to the engine: its id and the spec it runs with. The
+//! supervisor starts workers from a spec; the worker reads it while it runs.
+
+use std::fmt;
+
+use super::RetryPolicy;
+use crate::QueueName;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct ConsumerId(String);
+
+impl ConsumerId {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Accepts only the ids this gateway mints (UUIDs), so anything else is
+    /// a clean 404 rather than a lookup.
+    pub fn parse(raw: &str) -> Option<Self> {
+        uuid::Uuid::parse_str(raw)
+            .ok()
+            .map(|u| Self(u.hyphenated().to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for ConsumerId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for ConsumerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub id: ConsumerId,
+    pub queue: QueueName,
+    /// Deliveries worked on at once; at least 1.
+    pub prefetch: u16,
+    pub retry: RetryPolicy,
+}
