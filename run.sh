@@ -277,7 +277,10 @@ stop_started_mongo() {
 # Makes sure the project-local .venv exists; says what it did in VENV_HOW.
 VENV_HOW=""
 ensure_venv() {
-    [[ -x .venv/bin/python ]] && return
+    if [[ -x .venv/bin/python ]]; then
+        VENV_HOW=""
+        return
+    fi
     command -v python3 >/dev/null 2>&1 || die "venv: needs python3 (3.10+) to create .venv"
     if ! python3 -m venv .venv >.data/venv.log 2>&1; then
         [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 ||
@@ -292,8 +295,11 @@ ensure_venv() {
     VENV_HOW="created .venv, "
 }
 
-# Makes sure .venv has SecantusDB; prints one line.
+# Makes sure .venv has SecantusDB; prints one line, the first time only.
+SECANTUS_READY=""
 ensure_secantus() {
+    [[ -n $SECANTUS_READY ]] && return
+    SECANTUS_READY=1
     if [[ -x .venv/bin/python ]] && .venv/bin/python -c 'import secantus' 2>/dev/null; then
         step "secantusdb: present in .venv ($(secantus_version))"
         return
