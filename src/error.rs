@@ -181,7 +181,11 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(%detail, "store unavailable");
                 ApiError::StoreUnavailable(STORE_DOWN.into())
             }
-            StoreError::Duplicate(m) => ApiError::Conflict(m),
+            // The driver's text names the collection, index and key value.
+            StoreError::Duplicate(detail) => {
+                tracing::debug!(%detail, "duplicate key");
+                ApiError::Conflict("a record with that key already exists".into())
+            }
         }
     }
 }

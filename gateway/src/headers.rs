@@ -50,12 +50,23 @@ pub fn names(properties: &BasicProperties) -> Vec<String> {
 
 /// Whether `name` (any case) is one of the gateway's own headers.
 pub fn is_reserved(name: &str) -> bool {
-    name.len() >= PREFIX.len() && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
+    // Bytes, not a `str` slice: a name from outside may put a multi-byte
+    // character across the prefix's end.
+    name.as_bytes()
+        .get(..PREFIX.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(PREFIX.as_bytes()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_with_multibyte_characters_are_judged_without_panicking() {
+        assert!(!is_reserved("aéééééé"));
+        assert!(!is_reserved("x-workerrmqé"));
+        assert!(is_reserved("X-WorkerRMQ-é"));
+    }
 
     #[test]
     fn every_gateway_header_carries_the_prefix() {

@@ -301,6 +301,12 @@ impl ConsumerRegistry {
         })?;
         let queue = QueueName::parse(definition.queue_name.clone())
             .map_err(|e| FieldError::new("queueName", e.to_string()))?;
+        // Stored definitions were validated when written, but the store is
+        // outside this process: a bad policy (a zero delay) must not run.
+        definition
+            .retry
+            .validate()
+            .map_err(|e| FieldError::new("retry", e.to_string()))?;
         let target: Arc<dyn DeliveryTarget> = match &definition.target {
             TargetSpec::Http(http) => {
                 // Re-checked here too: the allow-list may have changed since.

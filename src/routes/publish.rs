@@ -112,6 +112,15 @@ impl ParsedPublish {
             Some(id) if id.is_empty() || id.len() > 255 => {
                 return Err(FieldError::new("messageId", "1 to 255 bytes").into())
             }
+            // It becomes the `webhook-id` header of every forward: anything
+            // a header cannot carry would dead-letter the message later.
+            Some(id) if !id.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => {
+                return Err(FieldError::new(
+                    "messageId",
+                    "printable ASCII only (it becomes the webhook-id header)",
+                )
+                .into())
+            }
             Some(id) => id,
             None => uuid::Uuid::new_v4().to_string(),
         };

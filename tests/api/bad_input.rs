@@ -336,3 +336,47 @@ async fn a_body_shorter_than_its_content_length_is_not_waited_for_forever() {
     assert!(!app.queue_exists(&queue).await);
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_and_message_ids_from_outside_are_judged_without_a_panic() {
+    let app = spawn_app().await;
+    let queue = app.unique_queue("odd_names");
+    app.create_queue(&queue, json!({})).await;
+
+    // Its 12th byte falls inside `é`: slicing the name as text at the
+    // reserved prefix's length used to panic the request.
+    let accepted = app
+        .post_json(
+            "/messagePublish",
+            &json!({ "queueName": queue, "message": 1, "headers": { "aéééééé": "x" } }),
+        )
+        .await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    assert_eq!(app.message_count(&queue).await, Some(1));
+
+    // A message id becomes the webhook-id header: one no header can carry
+    // is refused now, not dead-lettered at its first forward.
+    let body = assert_error(
+        app.post_json(
+            "/messagePublish",
+            &json!({ "queueName": queue, "message": 2, "messageId": "line\nbreak" }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("messageId"),
+        "{body}"
+    );
+    assert_eq!(
+        app.message_count(&queue).await,
+        Some(1),
+        "nothing published"
+    );
+    app.cleanup().await;
+}

@@ -451,3 +451,38 @@ async fn a_burst_of_wrong_passwords_runs_bcrypt_at_most_once_per_core() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_distinct_wrong_passwords_at_once_from_one_address_gets_at_most_ten_checks() {
+    let app = spawn_app().await;
+    let admin_key = bearer(&app.create_api_key("admin").await);
+    let bcrypt_before = metric(&app, &admin_key, BCRYPT_RUNS).await;
+
+    // 40 distinct wrong passwords sent at once: before checks under way
+    // counted, every one passed the gate before the first failure was
+    // recorded, and each cost a bcrypt run.
+    let attacker = client_from(3);
+    let attempts = (0..40u8).map(|n| {
+        let (app, attacker) = (&app, &attacker);
+        async move {
+            let wrong = basic_auth(&app.admin_user, &format!("at-once-{n}"));
+            get_as(attacker, app, "/getQueues", &wrong).await.status()
+        }
+    });
+    let statuses = futures_util::future::join_all(attempts).await;
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let throttled = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(refused + throttled, 40, "{statuses:?}");
+    assert!(refused <= 10, "{refused} checks ran: {statuses:?}");
+    assert!(
+        metric(&app, &admin_key, BCRYPT_RUNS).await - bcrypt_before <= 10,
+        "at most the throttle's limit of bcrypt runs"
+    );
+    app.cleanup().await;
+}

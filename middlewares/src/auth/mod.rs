@@ -149,7 +149,18 @@ impl Authenticator {
                 pending: &self.pending,
                 key,
             };
-            flight.get_or_init(|| self.check(header)).await.clone()
+            flight
+                .get_or_init(|| async {
+                    // Only a check that runs takes a slot; requests with the
+                    // same header wait on it for free.
+                    let _slot = self
+                        .throttle
+                        .begin_check(client)
+                        .map_err(|retry_after| AuthError::TooManyFailures { retry_after })?;
+                    self.check(header).await
+                })
+                .await
+                .clone()
         };
         match checked {
             Ok((principal, ttl)) => {

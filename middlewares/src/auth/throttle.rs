@@ -6,6 +6,11 @@
 //! reset it: otherwise one valid key would let its holder guess at others.
 //! IPv6 clients are counted per /64, the block one host usually controls.
 //!
+//! Checks under way count as failures until they are judged: a burst of
+//! distinct wrong credentials sent at once from one address gets at most
+//! `max_failures` checks (bcrypt runs) in all, the rest 429, instead of every
+//! one passing the gate before the first failure is recorded.
+//!
 //! Memory is bounded: at `capacity` clients, expired windows are dropped,
 //! then clients not (yet) refused; if every tracked client is refused, a new
 //! address is not tracked. Its requests then still meet the negative cache
@@ -46,14 +51,79 @@ struct Window {
 pub struct FailureThrottle {
     settings: ThrottleSettings,
     clients: DashMap<IpAddr, Window>,
+    /// Checks under way per client; an entry lives only while one runs, so
+    /// this holds at most one entry per request in flight.
+    checking: DashMap<IpAddr, u32>,
 }
+
+/// A check under way for one client; it stops counting when dropped.
+pub struct CheckSlot<'a> {
+    throttle: &'a FailureThrottle,
+    client: Option<IpAddr>,
+}
+
+impl Drop for CheckSlot<'_> {
+    fn drop(&mut self) {
+        let Some(key) = self.client else { return };
+        let emptied = match self.throttle.checking.get_mut(&key) {
+            Some(mut n) => {
+                *n = n.saturating_sub(1);
+                *n == 0
+            }
+            None => false,
+        };
+        if emptied {
+            self.throttle.checking.remove_if(&key, |_, n| *n == 0);
+        }
+    }
+}
+
+/// When the failures so far cannot tell how long to wait (the client is
+/// refused for checks under way, not for failures), come back after this.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl FailureThrottle {
     pub fn new(settings: ThrottleSettings) -> Self {
         Self {
             settings,
             clients: DashMap::new(),
+            checking: DashMap::new(),
         }
+    }
+
+    /// Takes a slot for one check by `client`, or says how long it must
+    /// wait: refused when its failures in the window plus its checks under
+    /// way reach `max_failures`.
+    pub fn begin_check(&self, client: Option<IpAddr>) -> Result<CheckSlot<'_>, Duration> {
+        let free = CheckSlot {
+            throttle: self,
+            client: None,
+        };
+        let Some(client) = client else {
+            return Ok(free);
+        };
+        if self.settings.max_failures == 0 {
+            return Ok(free);
+        }
+        if let Some(wait) = self.refused_for(client) {
+            return Err(wait);
+        }
+        let key = client_key(client);
+        let now = Instant::now();
+        let failures = self
+            .clients
+            .get(&key)
+            .filter(|w| w.opened + self.settings.window > now)
+            .map_or(0, |w| w.failures);
+        let mut checking = self.checking.entry(key).or_insert(0);
+        if failures.saturating_add(*checking) >= self.settings.max_failures {
+            return Err(BUSY_RETRY_AFTER);
+        }
+        *checking += 1;
+        Ok(CheckSlot {
+            throttle: self,
+            client: Some(key),
+        })
     }
 
     /// How long `client` must still wait, when it is refused now.
@@ -207,6 +277,28 @@ mod tests {
         }
         assert!(t.refused_at(ip("192.0.2.1"), now).is_some());
         assert!(t.refused_at(ip("192.0.2.2"), now).is_some());
+    }
+
+    #[test]
+    fn checks_under_way_count_until_they_are_judged() {
+        let t = throttle(3, 100);
+        let client = Some(ip("10.0.0.1"));
+        let first = t.begin_check(client).expect("a slot");
+        let second = t.begin_check(client).expect("a slot");
+        t.record_failure(ip("10.0.0.1"));
+        assert!(
+            t.begin_check(client).is_err(),
+            "one failure and two checks under way reach the limit of 3"
+        );
+        assert!(
+            t.begin_check(Some(ip("10.0.0.2"))).is_ok(),
+            "others are not held up"
+        );
+        drop(first);
+        drop(second);
+        let third = t.begin_check(client).expect("the slots came back");
+        drop(third);
+        assert!(t.checking.is_empty(), "no entry outlives its checks");
     }
 
     #[test]
