@@ -116,6 +116,8 @@ fn error_answer(description: &str) -> RefOr<Response> {
         routes::consumers::get_consumers,
         routes::consumers::get_consumer,
         routes::consumers::delete_consumer,
+        routes::flow_control::pause_consumer,
+        routes::flow_control::resume_consumer,
         routes::dead_letters::get_dead_letters,
         routes::dead_letters::replay_dead_letters,
         routes::connections::get_connections,

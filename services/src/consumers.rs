@@ -2,10 +2,12 @@
 //! running tasks in the gateway's `ConsumerSupervisor`.
 //!
 //! Every replica reconciles the two every `RECONCILE_EVERY`: it starts the
-//! stored consumers it does not run and stops the ones no longer stored.
-//! That alone gives restart recovery (the first pass runs at start-up) and
-//! convergence across replicas within seconds, with no extra broadcast to
-//! keep consistent. A local create or delete takes effect at once.
+//! stored consumers it does not run, stops the ones no longer stored, and
+//! pauses or resumes each as its stored `paused` flag says. That alone
+//! gives restart recovery (the first pass runs at start-up; a paused
+//! consumer is registered paused and never consumes) and convergence
+//! across replicas within seconds, with no extra broadcast to keep
+//! consistent. A local create, delete, pause or resume takes effect at once.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use dashmap::DashMap;
 use futures_util::TryStreamExt;
 use gateway::consumer::{ConsumerState, StatsSnapshot};
 use gateway::{
-    ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryTarget, QueueName, RetryPolicy,
+    ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryTarget, Flow, QueueName, RetryPolicy,
 };
 use mongodb::bson::{doc, DateTime};
 use mongodb::Collection;
@@ -46,6 +48,20 @@ pub struct ConsumerDefinition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_secret: Option<String>,
     pub created_at: DateTime,
+    /// Paused through `/pauseConsumer`: no replica takes its deliveries.
+    /// Absent in definitions stored before pausing existed.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+impl ConsumerDefinition {
+    fn flow(&self) -> Flow {
+        if self.paused {
+            Flow::Paused
+        } else {
+            Flow::Consuming
+        }
+    }
 }
 
 /// A consumer as `/getConsumers` shows it: no secret, header values hidden.
@@ -136,7 +152,7 @@ impl ConsumerRegistry {
             .insert_one(&definition)
             .await
             .map_err(StoreError::from)?;
-        self.supervisor.start(spec, target);
+        self.supervisor.start(spec, target, definition.flow());
         tracing::info!(consumer_id = %definition.consumer_id, queue = %definition.queue_name, "consumer created");
         Ok(self.view(definition))
     }
@@ -204,6 +220,40 @@ impl ConsumerRegistry {
         Ok(deleted)
     }
 
+    /// Pauses the consumer everywhere: stores the flag, then pauses it
+    /// here, returning once its in-flight deliveries here are settled.
+    /// The other replicas follow on their next reconcile pass. `false`
+    /// when no such consumer is stored.
+    pub async fn pause(&self, id: &ConsumerId) -> Result<bool, RegistryError> {
+        self.set_flow(id, Flow::Paused).await
+    }
+
+    /// Resumes the consumer everywhere, as `pause` pauses it.
+    pub async fn resume(&self, id: &ConsumerId) -> Result<bool, RegistryError> {
+        self.set_flow(id, Flow::Consuming).await
+    }
+
+    async fn set_flow(&self, id: &ConsumerId, flow: Flow) -> Result<bool, RegistryError> {
+        let paused = flow == Flow::Paused;
+        let matched = self
+            .collection
+            .update_one(
+                doc! { "_id": id.as_str() },
+                doc! { "$set": { "paused": paused } },
+            )
+            .await
+            .map_err(StoreError::from)?
+            .matched_count;
+        if matched == 0 {
+            return Ok(false);
+        }
+        // Not registered here (yet): the next reconcile pass registers it
+        // as stored.
+        self.supervisor.set_flow(id, flow).await;
+        tracing::info!(consumer_id = %id, paused, "consumer flow changed");
+        Ok(true)
+    }
+
     async fn all_definitions(&self) -> Result<Vec<ConsumerDefinition>, StoreError> {
         Ok(self.collection.find(doc! {}).await?.try_collect().await?)
     }
@@ -223,15 +273,19 @@ impl ConsumerRegistry {
             .map(|d| self.view(d)))
     }
 
-    /// One pass: start what is stored and not running, stop what runs and
-    /// is no longer stored.
+    /// One pass: start what is stored and not registered, pause or resume
+    /// what is registered as its stored flag says, stop what is registered
+    /// and no longer stored.
     pub async fn reconcile(&self) -> Result<(), RegistryError> {
-        // Only consumers already running before the store was read may be
-        // stopped: one created meanwhile is missing from the read, not gone.
+        // Only consumers already registered before the store was read may
+        // be stopped: one created meanwhile is missing from the read, not
+        // gone.
         let running_before = self.supervisor.ids();
+        let read_at = Instant::now();
         let definitions = self.all_definitions().await?;
         self.tombstones.retain(|_, at| at.elapsed() < TOMBSTONE_TTL);
         let mut wanted = HashSet::new();
+        let mut follow = Vec::new();
         for definition in &definitions {
             if self.tombstones.contains_key(&definition.consumer_id) {
                 continue;
@@ -240,13 +294,14 @@ impl ConsumerRegistry {
                 continue;
             };
             wanted.insert(id.clone());
-            if self.supervisor.is_running(&id) {
+            if self.supervisor.is_registered(&id) {
+                follow.push((id, definition.flow()));
                 continue;
             }
             match self.runnable(definition) {
                 Ok((spec, target)) => {
-                    if self.supervisor.start(spec, target) {
-                        tracing::info!(consumer_id = %id, queue = %definition.queue_name, "consumer resumed");
+                    if self.supervisor.start(spec, target, definition.flow()) {
+                        tracing::info!(consumer_id = %id, queue = %definition.queue_name, paused = definition.paused, "consumer registered from the store");
                     }
                     self.unstartable.remove(id.as_str());
                 }
@@ -261,6 +316,13 @@ impl ConsumerRegistry {
                 }
             }
         }
+        // At once: a pause waits for its consumer's drain.
+        futures_util::future::join_all(
+            follow
+                .iter()
+                .map(|(id, flow)| self.supervisor.follow(id, *flow, read_at)),
+        )
+        .await;
         for id in running_before {
             if !wanted.contains(&id) {
                 tracing::info!(consumer_id = %id, "consumer no longer stored; stopping");
@@ -341,8 +403,14 @@ impl ConsumerRegistry {
         let stats = id.as_ref().and_then(|id| self.supervisor.stats(id));
         let (state, snapshot) = match stats {
             Some(stats) => (stats.state(), stats.snapshot()),
+            // Not registered here (it cannot run here, or this replica has
+            // not read it yet): paused is still what it is everywhere.
             None => (
-                ConsumerState::Stopped,
+                if definition.paused {
+                    ConsumerState::Paused
+                } else {
+                    ConsumerState::Stopped
+                },
                 gateway::consumer::ConsumerStats::default().snapshot(),
             ),
         };

@@ -198,6 +198,7 @@ fn parse_definition(
         retry,
         signing_secret,
         created_at: services::store::DateTime::now(),
+        paused: false,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod consumers;
 pub mod dead_letters;
 pub mod docs;
 pub mod exchanges;
+pub mod flow_control;
 pub mod health;
 pub mod metrics;
 pub mod publish;
@@ -62,6 +63,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             Method::POST,
             "/deleteConsumer",
             consumers::delete_consumer,
+        ))
+        .service(route(
+            Method::POST,
+            "/pauseConsumer",
+            flow_control::pause_consumer,
+        ))
+        .service(route(
+            Method::POST,
+            "/resumeConsumer",
+            flow_control::resume_consumer,
         ))
         .service(route(
             Method::GET,

@@ -3,8 +3,9 @@
 //! `DeliveryTarget` and settling it by the outcome.
 //!
 //! - `spec`: a consumer's id and the spec the engine runs it with.
-//! - `supervisor`: the `ConsumerSupervisor` (a `DashMap` of running
-//!   consumers): start, stop with a drain, what the API reads.
+//! - `supervisor`: the `ConsumerSupervisor` (a `DashMap` of registered
+//!   consumers): start, pause and resume, stop with a drain, what the API
+//!   reads.
 //! - `worker`: each consumer's task loop on its own channel of a consume
 //!   connection, which reconnects on its own.
 //! - `target`: what a delivery is handed to, and the `DeliveryOutcome` it
@@ -27,5 +28,5 @@ pub use retry::{RetryPolicy, RetryPolicyError, DELAY_LADDER_MS};
 pub(crate) use settle::{attempt_of, hand_back, kept_properties};
 pub use spec::{ConsumerId, ConsumerSpec};
 pub use stats::{ConsumerState, ConsumerStats, StatsSnapshot};
-pub use supervisor::ConsumerSupervisor;
+pub use supervisor::{ConsumerSupervisor, Flow};
 pub use target::{DeliveryOutcome, DeliveryTarget, IncomingMessage};

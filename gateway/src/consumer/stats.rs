@@ -17,6 +17,8 @@ use crate::metrics::{latency_histogram, ConsumerLabels, DeliveryMetrics};
 #[serde(rename_all = "lowercase")]
 pub enum ConsumerState {
     Running,
+    /// Registered, its AMQP consumer cancelled: messages wait in the queue.
+    Paused,
     Reconnecting,
     Stopped,
 }
@@ -65,6 +67,7 @@ pub struct StatsSnapshot {
 const RECONNECTING: u8 = 0;
 const RUNNING: u8 = 1;
 const STOPPED: u8 = 2;
+const PAUSED: u8 = 3;
 
 impl ConsumerStats {
     pub fn registered(metrics: &DeliveryMetrics, labels: &ConsumerLabels) -> Self {
@@ -85,6 +88,7 @@ impl ConsumerStats {
         match self.state.load(Ordering::Relaxed) {
             RECONNECTING => ConsumerState::Reconnecting,
             RUNNING => ConsumerState::Running,
+            PAUSED => ConsumerState::Paused,
             _ => ConsumerState::Stopped,
         }
     }
@@ -94,6 +98,7 @@ impl ConsumerStats {
             ConsumerState::Reconnecting => RECONNECTING,
             ConsumerState::Running => RUNNING,
             ConsumerState::Stopped => STOPPED,
+            ConsumerState::Paused => PAUSED,
         };
         self.state.store(raw, Ordering::Relaxed);
     }

@@ -1,9 +1,16 @@
-//! `ConsumerSupervisor`: the running consumers of this gateway, one tokio
-//! task each (`worker`), tracked in a `DashMap`: starting, stopping with a
-//! drain, and what `/getConsumers` reads of them.
+//! `ConsumerSupervisor`: the consumers registered on this gateway, tracked
+//! in a `DashMap`, each running as one tokio task (`worker`) unless paused:
+//! starting, pausing and resuming, stopping with a drain, and what
+//! `/getConsumers` reads of them.
+//!
+//! A paused consumer stays registered (its spec, target and counters kept)
+//! with no worker: pausing stops the worker with the same drain as a stop
+//! (basic.cancel, in-flight deliveries settled, the rest handed back), and
+//! resuming starts a new one. Transitions of one consumer take turns on its
+//! own lock, so a pause draining and a resume cannot interleave.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
@@ -11,17 +18,49 @@ use tracing::Instrument;
 
 use super::settle::Settler;
 use super::spec::{ConsumerId, ConsumerSpec};
-use super::stats::ConsumerStats;
+use super::stats::{ConsumerState, ConsumerStats};
 use super::target::DeliveryTarget;
 use super::worker::{ConsumerWorker, DRAIN_TIMEOUT};
 use crate::metrics::{ConsumerLabels, DeliveryMetrics};
 use crate::{Broker, Publisher, Topology};
 
-struct RunningConsumer {
+/// Whether a registered consumer takes deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Consuming,
+    Paused,
+}
+
+struct RegisteredConsumer {
     spec: Arc<ConsumerSpec>,
     stats: Arc<ConsumerStats>,
+    target: Arc<dyn DeliveryTarget>,
+    /// `None` while paused.
+    worker: Option<RunningWorker>,
+    /// Held through a pause, resume or stop of this consumer; holds when
+    /// an explicit `set_flow` last changed it, so `follow` can tell a stale
+    /// reading of the store from a fresh one.
+    transitions: Arc<tokio::sync::Mutex<Option<Instant>>>,
+}
+
+struct RunningWorker {
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningWorker {
+    /// Cancels the worker and waits until its in-flight deliveries are
+    /// settled or handed back.
+    async fn stop(self, id: &ConsumerId) {
+        self.cancel.cancel();
+        // The task bounds its own drain; this bound only guards a stuck one.
+        if tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(5), self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(consumer_id = %id, "consumer did not stop in time");
+        }
+    }
 }
 
 pub struct ConsumerSupervisor {
@@ -29,7 +68,7 @@ pub struct ConsumerSupervisor {
     topology: Topology,
     publisher: Arc<Publisher>,
     instance_id: String,
-    consumers: DashMap<ConsumerId, RunningConsumer>,
+    consumers: DashMap<ConsumerId, RegisteredConsumer>,
     metrics: Arc<DeliveryMetrics>,
     /// Set by `stop_all`: a reconcile pass or start-up step still running
     /// then must not start consumers that would never be drained.
@@ -61,10 +100,11 @@ impl ConsumerSupervisor {
         }
     }
 
-    /// Starts the consumer unless one with its id already runs here.
-    /// Returns whether it was started.
-    pub fn start(&self, spec: ConsumerSpec, target: Arc<dyn DeliveryTarget>) -> bool {
-        if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+    /// Registers the consumer unless one with its id already is, running
+    /// or `Flow::Paused` (registered, but takes no delivery). Returns
+    /// whether it was registered.
+    pub fn start(&self, spec: ConsumerSpec, target: Arc<dyn DeliveryTarget>, flow: Flow) -> bool {
+        if self.is_closing() {
             return false;
         }
         let entry = match self.consumers.entry(spec.id.clone()) {
@@ -73,11 +113,34 @@ impl ConsumerSupervisor {
         };
         let spec = Arc::new(spec);
         let stats = Arc::new(ConsumerStats::registered(&self.metrics, &labels_of(&spec)));
+        let worker = match flow {
+            Flow::Consuming => Some(self.spawn_worker(&spec, &stats, &target)),
+            Flow::Paused => {
+                stats.set_state(ConsumerState::Paused);
+                None
+            }
+        };
+        entry.insert(RegisteredConsumer {
+            spec,
+            stats,
+            target,
+            worker,
+            transitions: Arc::new(tokio::sync::Mutex::new(None)),
+        });
+        true
+    }
+
+    fn spawn_worker(
+        &self,
+        spec: &Arc<ConsumerSpec>,
+        stats: &Arc<ConsumerStats>,
+        target: &Arc<dyn DeliveryTarget>,
+    ) -> RunningWorker {
         let cancel = CancellationToken::new();
         let worker = ConsumerWorker {
             spec: spec.clone(),
             broker: self.broker.clone(),
-            target,
+            target: target.clone(),
             settler: Arc::new(Settler::new(
                 self.publisher.clone(),
                 self.topology.clone(),
@@ -92,30 +155,83 @@ impl ConsumerSupervisor {
         let task = self
             .runtime
             .spawn(worker.run(cancel.clone()).instrument(span));
-        entry.insert(RunningConsumer {
-            spec,
-            stats,
-            cancel,
-            task,
-        });
+        RunningWorker { cancel, task }
+    }
+
+    /// Pauses or resumes the consumer as asked here (the API). A pause
+    /// returns once the in-flight deliveries are settled or handed back.
+    /// Returns whether the consumer is registered here.
+    pub async fn set_flow(&self, id: &ConsumerId, flow: Flow) -> bool {
+        self.transition(id, flow, None).await
+    }
+
+    /// Pauses or resumes the consumer as the store said at `read_at`,
+    /// unless `set_flow` changed it since: that store reading may predate
+    /// the change. Returns whether the consumer is registered here.
+    pub async fn follow(&self, id: &ConsumerId, flow: Flow, read_at: Instant) -> bool {
+        self.transition(id, flow, Some(read_at)).await
+    }
+
+    async fn transition(&self, id: &ConsumerId, flow: Flow, read_at: Option<Instant>) -> bool {
+        let Some(gate) = self.consumers.get(id).map(|c| c.transitions.clone()) else {
+            return false;
+        };
+        let mut changed_at = gate.lock().await;
+        match read_at {
+            Some(read_at) if changed_at.is_some_and(|at| at > read_at) => return true,
+            Some(_) => {}
+            None => *changed_at = Some(Instant::now()),
+        }
+        match flow {
+            Flow::Paused => {
+                let worker = {
+                    let Some(mut consumer) = self.consumers.get_mut(id) else {
+                        return false;
+                    };
+                    consumer.stats.set_state(ConsumerState::Paused);
+                    consumer.worker.take()
+                };
+                if let Some(worker) = worker {
+                    worker.stop(id).await;
+                    tracing::info!(consumer_id = %id, "consumer paused");
+                }
+                // Again: a session starting while the cancel arrived may
+                // have reported itself running.
+                if let Some(consumer) = self.consumers.get(id) {
+                    consumer.stats.set_state(ConsumerState::Paused);
+                }
+            }
+            Flow::Consuming => {
+                let Some(mut consumer) = self.consumers.get_mut(id) else {
+                    return false;
+                };
+                if consumer.worker.is_none() && !self.is_closing() {
+                    consumer.stats.set_state(ConsumerState::Reconnecting);
+                    let worker =
+                        self.spawn_worker(&consumer.spec, &consumer.stats, &consumer.target);
+                    consumer.worker = Some(worker);
+                    tracing::info!(consumer_id = %id, "consumer resumed");
+                }
+            }
+        }
         true
     }
 
-    /// Stops the consumer and waits until its in-flight deliveries are
-    /// settled or handed back. Returns whether it was running here.
+    /// Unregisters the consumer, after its in-flight deliveries are settled
+    /// or handed back. Returns whether it was registered here.
     pub async fn stop(&self, id: &ConsumerId) -> bool {
-        let Some((_, running)) = self.consumers.remove(id) else {
+        let Some(gate) = self.consumers.get(id).map(|c| c.transitions.clone()) else {
             return false;
         };
-        running.cancel.cancel();
-        // The task bounds its own drain; this bound only guards a stuck one.
-        if tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(5), running.task)
-            .await
-            .is_err()
-        {
-            tracing::warn!(consumer_id = %id, "consumer did not stop in time");
+        let _turn = gate.lock().await;
+        let Some((_, consumer)) = self.consumers.remove(id) else {
+            return false;
+        };
+        if let Some(worker) = consumer.worker {
+            worker.stop(id).await;
         }
-        self.metrics.forget(&labels_of(&running.spec));
+        consumer.stats.set_state(ConsumerState::Stopped);
+        self.metrics.forget(&labels_of(&consumer.spec));
         true
     }
 
@@ -127,11 +243,17 @@ impl ConsumerSupervisor {
         futures_util::future::join_all(ids.iter().map(|id| self.stop(id))).await;
     }
 
+    fn is_closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Every registered consumer, paused ones included.
     pub fn ids(&self) -> Vec<ConsumerId> {
         self.consumers.iter().map(|e| e.key().clone()).collect()
     }
 
-    pub fn is_running(&self, id: &ConsumerId) -> bool {
+    /// Whether the consumer is registered here, running or paused.
+    pub fn is_registered(&self, id: &ConsumerId) -> bool {
         self.consumers.contains_key(id)
     }
 
@@ -139,7 +261,7 @@ impl ConsumerSupervisor {
         self.consumers.get(id).map(|c| c.stats.clone())
     }
 
-    /// Every running consumer's spec and stats.
+    /// Every registered consumer's spec and stats.
     pub fn all(&self) -> Vec<(Arc<ConsumerSpec>, Arc<ConsumerStats>)> {
         self.consumers
             .iter()

@@ -82,7 +82,10 @@ impl ConsumerWorker {
                 }
             }
         }
-        self.stats.set_state(ConsumerState::Stopped);
+        // Whoever cancelled it (a stop, a pause) says what it is now.
+        if !cancel.is_cancelled() {
+            self.stats.set_state(ConsumerState::Stopped);
+        }
         tracing::info!("consumer stopped");
     }
 

@@ -134,6 +134,7 @@ impl BuiltinSetup {
             retry: BUILTIN_RETRY,
             signing_secret: None,
             created_at: crate::store::DateTime::now(),
+            paused: false,
         };
         match self.registry.create(definition).await {
             Ok(view) => {
