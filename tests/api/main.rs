@@ -12,6 +12,7 @@ mod consumer_api;
 mod credentials;
 mod delivery;
 mod exchanges;
+mod flow_control;
 mod health;
 mod helpers;
 mod least_privilege;
