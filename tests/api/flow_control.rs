@@ -367,6 +367,17 @@ async fn pause_and_resume_refuse_bad_input_change_nothing_and_are_idempotent() {
             "not_found",
         )
         .await;
+        assert_error(
+            app.request_anonymous(
+                reqwest::Method::POST,
+                path,
+                Some(&json!({ "consumerId": consumer })),
+            )
+            .await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        )
+        .await;
         let viewer = app.create_api_key("viewer").await;
         assert_error(
             app.post_json_with_auth(path, &json!({ "consumerId": consumer }), &bearer(&viewer))
@@ -416,6 +427,16 @@ async fn pause_and_resume_refuse_bad_input_change_nothing_and_are_idempotent() {
             "{path}: {operation}"
         );
     }
+
+    // A paused consumer is deleted like any other.
+    pause(&api, &consumer).await;
+    api.delete_consumer(&consumer).await;
+    assert_error(
+        api.get(&format!("/getConsumer/{consumer}")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
 
     target.stop().await;
     app.cleanup().await;
