@@ -427,6 +427,16 @@ async fn pause_and_resume_refuse_bad_input_change_nothing_and_are_idempotent() {
             "{path}: {operation}"
         );
     }
+    let schemas = &spec["components"]["schemas"];
+    assert_eq!(
+        schemas["ConsumerFlowRequest"]["required"],
+        json!(["consumerId"]),
+        "{schemas}"
+    );
+    assert!(
+        schemas["ConsumerFlowChanged"]["properties"]["consumerId"].is_object(),
+        "{schemas}"
+    );
 
     // A paused consumer is deleted like any other.
     pause(&api, &consumer).await;
