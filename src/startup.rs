@@ -128,6 +128,13 @@ impl Application {
             Arc::new(builtins),
         ));
         registry.spawn_reconciler(shutdown.clone());
+        // Rate-limited consumers share their rate by the live replicas.
+        services::replicas::ReplicaHeartbeat::new(
+            &store,
+            settings.instance_id.clone(),
+            registry.supervisor().live_replicas().clone(),
+        )
+        .spawn(shutdown.clone());
         // Built-in queues and consumers (and the handlers' indexes); in the
         // background when the broker or store is not there yet.
         BuiltinSetup {

@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use futures_util::TryStreamExt;
 use gateway::consumer::{ConsumerState, StatsSnapshot};
 use gateway::{
-    ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryTarget, Flow, QueueName, RetryPolicy,
+    Concurrency, ConsumerId, RatePerSec, ConsumerSpec, ConsumerSupervisor, DeliveryTarget, Flow, QueueName, RetryPolicy,
 };
 use mongodb::bson::{doc, DateTime};
 use mongodb::Collection;
@@ -52,9 +52,34 @@ pub struct ConsumerDefinition {
     /// Absent in definitions stored before pausing existed.
     #[serde(default)]
     pub paused: bool,
+    /// Target calls at once per replica; absent: the prefetch. Absent in
+    /// definitions stored before limits existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u16>,
+    /// Deliveries started per second by all replicas together; absent: no
+    /// limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_sec: Option<f64>,
 }
 
 impl ConsumerDefinition {
+    /// The concurrency and rate limit as the engine runs them, checked:
+    /// the store is outside this process.
+    pub fn limits(&self) -> Result<(Concurrency, Option<RatePerSec>), FieldError> {
+        let prefetch = self.prefetch.max(1);
+        let concurrency = match self.concurrency {
+            Some(value) => Concurrency::within(value, prefetch)
+                .map_err(|e| FieldError::new("concurrency", e.to_string()))?,
+            None => Concurrency::of_prefetch(prefetch),
+        };
+        let rate = self
+            .rate_limit_per_sec
+            .map(RatePerSec::new)
+            .transpose()
+            .map_err(|e| FieldError::new("rateLimitPerSec", e.to_string()))?;
+        Ok((concurrency, rate))
+    }
+
     fn flow(&self) -> Flow {
         if self.paused {
             Flow::Paused
@@ -74,6 +99,11 @@ pub struct ConsumerView {
     pub target: TargetSpec,
     pub prefetch: u16,
     pub retry: RetryPolicy,
+    /// Target calls at once per replica (the prefetch unless set lower).
+    pub concurrency: u16,
+    /// Deliveries started per second by all replicas together; `null`: no
+    /// limit.
+    pub rate_limit_per_sec: Option<f64>,
     pub signed: bool,
     pub state: ConsumerState,
     pub stats: StatsSnapshot,
@@ -387,12 +417,15 @@ impl ConsumerRegistry {
                 )
             })?,
         };
+        let (concurrency, rate_limit) = definition.limits()?;
         Ok((
             ConsumerSpec {
                 id,
                 queue,
                 prefetch: definition.prefetch.max(1),
                 retry: definition.retry,
+                concurrency,
+                rate_limit,
             },
             target,
         ))
@@ -427,6 +460,11 @@ impl ConsumerRegistry {
             target,
             prefetch: definition.prefetch,
             retry: definition.retry,
+            concurrency: definition
+                .concurrency
+                .unwrap_or(definition.prefetch)
+                .min(definition.prefetch),
+            rate_limit_per_sec: definition.rate_limit_per_sec,
             signed: definition.signing_secret.is_some(),
             state,
             stats: snapshot,

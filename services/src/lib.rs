@@ -7,6 +7,7 @@ pub mod consumers;
 pub mod forwarder;
 pub mod management;
 pub mod network;
+pub mod replicas;
 pub mod store;
 pub mod targets;
 pub mod validation;

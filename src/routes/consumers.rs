@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use actix_web::{web, HttpResponse};
-use gateway::{ConsumerId, QueueName, RetryPolicy, RetryPolicyError};
+use gateway::{Concurrency, ConsumerId, QueueName, RatePerSec, RetryPolicy, RetryPolicyError};
 use middlewares::{Admin, Viewer};
 use serde::Deserialize;
 use serde_json::json;
@@ -39,6 +39,14 @@ pub struct CreateConsumerRequest {
     /// Deliveries worked on at once, 1 to 1000; default 10.
     #[schema(minimum = 1, maximum = 1000)]
     pub prefetch: Option<u16>,
+    /// Target calls at once per replica, 1 to `prefetch`; default
+    /// `prefetch`. Deliveries beyond it wait in the prefetch window.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub concurrency: Option<u16>,
+    /// Deliveries started per second by the consumer as a whole, 0.1 to
+    /// 100000; each live replica takes an equal share. Default: no limit.
+    #[schema(minimum = 0.1, maximum = 100000)]
+    pub rate_limit_per_sec: Option<f64>,
     pub retry: Option<RetryRequest>,
     /// `whsec_` + base64 of 24 to 64 random bytes; never shown again.
     #[schema(pattern = "^whsec_")]
@@ -177,6 +185,18 @@ fn parse_definition(
     if !(1..=MAX_PREFETCH).contains(&prefetch) {
         return Err(FieldError::new("prefetch", format!("between 1 and {MAX_PREFETCH}")).into());
     }
+    let concurrency = request
+        .concurrency
+        .map(|value| Concurrency::within(value, prefetch))
+        .transpose()
+        .map_err(|e| FieldError::new("concurrency", e.to_string()))?
+        .map(Concurrency::get);
+    let rate_limit_per_sec = request
+        .rate_limit_per_sec
+        .map(RatePerSec::new)
+        .transpose()
+        .map_err(|e| FieldError::new("rateLimitPerSec", e.to_string()))?
+        .map(RatePerSec::get);
     let retry = match request.retry {
         Some(retry) => retry.into_policy()?,
         None => RetryPolicy::default(),
@@ -199,6 +219,8 @@ fn parse_definition(
         signing_secret,
         created_at: services::store::DateTime::now(),
         paused: false,
+        concurrency,
+        rate_limit_per_sec,
     })
 }
 
@@ -206,7 +228,7 @@ fn parse_definition(
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 201, description = "Stored and started", example = json!({"message": "Consumer has been created successfully.", "consumerId": "0b6f…"})),
-        (status = 400, description = "Invalid target, secret, prefetch or retry policy", body = crate::error::ErrorBody),
+        (status = 400, description = "Invalid target, secret, prefetch, concurrency, rateLimitPerSec or retry policy", body = crate::error::ErrorBody),
         (status = 404, description = "No such queue", body = crate::error::ErrorBody),
         (status = 409, description = "This gateway already runs MAX_CONSUMERS consumers", body = crate::error::ErrorBody)))]
 pub async fn create_consumer(

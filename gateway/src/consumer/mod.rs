@@ -10,12 +10,15 @@
 //!   connection, which reconnects on its own.
 //! - `target`: what a delivery is handed to, and the `DeliveryOutcome` it
 //!   answers with.
+//! - `limits`: concurrency and rate limits, and the gate the worker
+//!   passes before taking each delivery.
 //! - `retry`: the backoff policy, as waiting in broker-side delay queues.
 //! - `settle`: **where a delivery is acked** (`AckWindow`, in it) — after
 //!   a 2xx, or after the broker confirmed its retry or dead-letter copy.
 //!   Nowhere else. Also what the copies carry.
 //! - `stats`: live counters read by `/getConsumers` and `/metrics`.
 
+mod limits;
 mod retry;
 mod settle;
 mod spec;
@@ -24,6 +27,7 @@ mod supervisor;
 mod target;
 mod worker;
 
+pub use limits::{Concurrency, LimitError, LiveReplicas, RatePerSec};
 pub use retry::{RetryPolicy, RetryPolicyError, DELAY_LADDER_MS};
 pub(crate) use settle::{attempt_of, hand_back, kept_properties};
 pub use spec::{ConsumerId, ConsumerSpec};

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::limits::{Concurrency, RatePerSec};
 use super::RetryPolicy;
 use crate::QueueName;
 
@@ -47,4 +48,8 @@ pub struct ConsumerSpec {
     /// Deliveries worked on at once; at least 1.
     pub prefetch: u16,
     pub retry: RetryPolicy,
+    /// Target calls at once on this replica; at most `prefetch`.
+    pub concurrency: Concurrency,
+    /// Deliveries started per second by the consumer on all replicas.
+    pub rate_limit: Option<RatePerSec>,
 }

@@ -16,6 +16,7 @@ use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::limits::LiveReplicas;
 use super::settle::Settler;
 use super::spec::{ConsumerId, ConsumerSpec};
 use super::stats::{ConsumerState, ConsumerStats};
@@ -78,6 +79,8 @@ pub struct ConsumerSupervisor {
     /// would otherwise live on that actix worker's runtime and be dropped,
     /// undrained, when the worker stops at SIGTERM.
     runtime: tokio::runtime::Handle,
+    /// Each rate-limited consumer takes its share of the rate by this.
+    live_replicas: LiveReplicas,
 }
 
 impl ConsumerSupervisor {
@@ -97,6 +100,7 @@ impl ConsumerSupervisor {
             metrics,
             closing: std::sync::atomic::AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
+            live_replicas: LiveReplicas::new(),
         }
     }
 
@@ -149,6 +153,7 @@ impl ConsumerSupervisor {
             )),
             stats: stats.clone(),
             consumer_tag: format!("workerrmq-{}-{}", self.instance_id, spec.id),
+            live_replicas: self.live_replicas.clone(),
         };
         // No parent: a consumer created by a request outlives its span.
         let span = tracing::info_span!(parent: None, "consumer", consumer_id = %spec.id, queue = %spec.queue);
@@ -245,6 +250,12 @@ impl ConsumerSupervisor {
 
     fn is_closing(&self) -> bool {
         self.closing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The live replica count rate limits are shared by; whoever counts
+    /// replicas keeps it current.
+    pub fn live_replicas(&self) -> &LiveReplicas {
+        &self.live_replicas
     }
 
     /// Every registered consumer, paused ones included.

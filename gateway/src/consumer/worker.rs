@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::limits::{CallSlot, DeliveryGate, LiveReplicas};
 use super::settle::{attempt_of, AckWindow, Settled, Settler};
 use super::spec::ConsumerSpec;
 use super::stats::{ConsumerState, ConsumerStats};
@@ -47,6 +48,7 @@ pub(super) struct ConsumerWorker {
     pub settler: Arc<Settler>,
     pub stats: Arc<ConsumerStats>,
     pub consumer_tag: String,
+    pub live_replicas: LiveReplicas,
 }
 
 enum SessionEnd {
@@ -118,6 +120,12 @@ impl ConsumerWorker {
         let mut flush_timer = Box::pin(tokio::time::sleep(ACK_DELAY));
         let mut timer_armed = false;
         let mut straggler_check = tokio::time::interval(STRAGGLER_WAIT);
+        // Concurrency and rate: a delivery is taken only once this opens.
+        let mut gate = DeliveryGate::new(
+            self.spec.concurrency,
+            self.spec.rate_limit,
+            &self.live_replicas,
+        );
         let end = loop {
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(SessionEnd::Cancelled),
@@ -152,10 +160,11 @@ impl ConsumerWorker {
                         break Err(BrokerError::from(err));
                     }
                 }
-                next = deliveries.next() => match next {
+                _ = gate.opened(), if !gate.is_open() => {}
+                next = deliveries.next(), if gate.is_open() => match next {
                     Some(Ok(delivery)) => {
                         acks.track(delivery.delivery_tag);
-                        in_flight.spawn(self.handle(delivery));
+                        in_flight.spawn(self.handle(delivery, gate.start()));
                     }
                     Some(Err(err)) => break Err(BrokerError::from(err)),
                     None => break Err(BrokerError::Unavailable(
@@ -203,6 +212,7 @@ impl ConsumerWorker {
     fn handle(
         &self,
         delivery: Delivery,
+        call_slot: Option<CallSlot>,
     ) -> impl std::future::Future<Output = (u64, Settled)> + Send + 'static {
         let message = IncomingMessage {
             queue: self.spec.queue.clone(),
@@ -246,6 +256,7 @@ impl ConsumerWorker {
                         retry_after: None,
                     }
                 });
+            drop(call_slot);
             stats.target_answered(started.elapsed());
             let settled = settler.settle(&delivery, &message, outcome).await;
             match settled {

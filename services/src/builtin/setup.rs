@@ -135,6 +135,8 @@ impl BuiltinSetup {
             signing_secret: None,
             created_at: crate::store::DateTime::now(),
             paused: false,
+            concurrency: None,
+            rate_limit_per_sec: None,
         };
         match self.registry.create(definition).await {
             Ok(view) => {
