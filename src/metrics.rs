@@ -27,6 +27,7 @@ pub struct AppMetrics {
     pub publish_seconds: Histogram,
     broker_up: Gauge,
     store_up: Gauge,
+    live_replicas: Gauge,
 }
 
 impl Default for AppMetrics {
@@ -66,6 +67,12 @@ impl AppMetrics {
             "1 when the store answered a ping",
             store_up.clone(),
         );
+        let live_replicas = Gauge::default();
+        registry.register(
+            "workerrmq_live_replicas",
+            "Gateway replicas seen alive in the store; rate limits are shared among them",
+            live_replicas.clone(),
+        );
         Self {
             registry,
             delivery,
@@ -74,7 +81,13 @@ impl AppMetrics {
             publish_seconds,
             broker_up,
             store_up,
+            live_replicas,
         }
+    }
+
+    pub fn set_live_replicas(&self, live: usize) {
+        self.live_replicas
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
     }
 
     pub fn render(&self, broker_up: bool, store_up: bool) -> String {

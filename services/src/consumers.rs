@@ -17,7 +17,8 @@ use dashmap::DashMap;
 use futures_util::TryStreamExt;
 use gateway::consumer::{ConsumerState, StatsSnapshot};
 use gateway::{
-    Concurrency, ConsumerId, RatePerSec, ConsumerSpec, ConsumerSupervisor, DeliveryTarget, Flow, QueueName, RetryPolicy,
+    Concurrency, ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryTarget, Flow, QueueName,
+    RatePerSec, RetryPolicy,
 };
 use mongodb::bson::{doc, DateTime};
 use mongodb::Collection;

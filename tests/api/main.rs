@@ -22,6 +22,7 @@ mod not_found;
 mod publish;
 mod publish_limits;
 mod queues;
+mod rate_limits;
 mod resilience;
 mod retries;
 mod support;
