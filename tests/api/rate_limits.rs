@@ -283,5 +283,26 @@ async fn bad_limits_are_refused_naming_the_field_and_nothing_is_created() {
     assert_eq!(view["concurrency"], 5, "{view}");
     assert_eq!(view["rateLimitPerSec"], 0.1, "{view}");
 
+    // The OpenAPI spec states the bounds, from the request type itself.
+    let spec = assert_json(
+        app.request_anonymous(reqwest::Method::GET, "/openapi.json", None)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let fields = &spec["components"]["schemas"]["CreateConsumerRequest"]["properties"];
+    let bounds = |field: &str| {
+        (
+            fields[field]["minimum"].as_f64(),
+            fields[field]["maximum"].as_f64(),
+        )
+    };
+    assert_eq!(bounds("concurrency"), (Some(1.0), Some(1000.0)), "{fields}");
+    assert_eq!(
+        bounds("rateLimitPerSec"),
+        (Some(0.1), Some(100_000.0)),
+        "{fields}"
+    );
+
     app.cleanup().await;
 }
