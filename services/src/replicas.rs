@@ -19,6 +19,8 @@ use crate::{Store, StoreError};
 
 pub const BEAT_EVERY: Duration = Duration::from_secs(2);
 pub const LIVE_WITHIN: Duration = Duration::from_secs(10);
+/// Records not refreshed for this long are deleted.
+const FORGET_AFTER: Duration = Duration::from_secs(3_600);
 
 pub struct ReplicaHeartbeat {
     collection: Collection<Document>,
@@ -51,6 +53,14 @@ impl ReplicaHeartbeat {
         let live = self
             .collection
             .count_documents(doc! { "lastSeenAt": { "$gte": since } })
+            .await?;
+        // Records of replicas long gone (killed, never shut down) would
+        // otherwise pile up; any replica may sweep them.
+        let long_gone = DateTime::from_millis(
+            now.timestamp_millis() - i64::try_from(FORGET_AFTER.as_millis()).unwrap_or(i64::MAX),
+        );
+        self.collection
+            .delete_many(doc! { "lastSeenAt": { "$lt": long_gone } })
             .await?;
         Ok(usize::try_from(live).unwrap_or(usize::MAX).max(1))
     }
