@@ -121,7 +121,7 @@ impl ConsumerWorker {
         let mut timer_armed = false;
         let mut straggler_check = tokio::time::interval(STRAGGLER_WAIT);
         // Concurrency and rate: a delivery is taken only once this opens.
-        let mut gate = DeliveryGate::new(
+        let mut limits = DeliveryGate::new(
             self.spec.concurrency,
             self.spec.rate_limit,
             &self.live_replicas,
@@ -160,11 +160,11 @@ impl ConsumerWorker {
                         break Err(BrokerError::from(err));
                     }
                 }
-                _ = gate.opened(), if !gate.is_open() => {}
-                next = deliveries.next(), if gate.is_open() => match next {
+                _ = limits.opened(), if !limits.is_open() => {}
+                next = deliveries.next(), if limits.is_open() => match next {
                     Some(Ok(delivery)) => {
                         acks.track(delivery.delivery_tag);
-                        in_flight.spawn(self.handle(delivery, gate.start()));
+                        in_flight.spawn(self.handle(delivery, limits.start()));
                     }
                     Some(Err(err)) => break Err(BrokerError::from(err)),
                     None => break Err(BrokerError::Unavailable(
