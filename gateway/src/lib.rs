@@ -16,8 +16,9 @@ pub mod topology;
 
 pub use connection::{parse_amqp_url, AmqpUrlParts, Broker, BrokerSettings, ConsumerLease};
 pub use consumer::{
-    Concurrency, ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryOutcome, DeliveryTarget,
-    Flow, IncomingMessage, LimitError, LiveReplicas, RatePerSec, RetryPolicy, RetryPolicyError,
+    CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, CircuitState, Concurrency,
+    ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryOutcome, DeliveryTarget, Flow,
+    IncomingMessage, LimitError, LiveReplicas, RatePerSec, RetryPolicy, RetryPolicyError,
 };
 pub use dead_letters::{DeadLetter, DeadLetters};
 pub use error::BrokerError;

@@ -26,6 +26,7 @@ pub struct DeliveryMetrics {
     pub retried: Family<ConsumerLabels, Counter>,
     pub dead_lettered: Family<ConsumerLabels, Counter>,
     pub in_flight: Family<ConsumerLabels, Gauge>,
+    pub circuit_openings: Family<ConsumerLabels, Counter>,
     pub target_seconds: Family<ConsumerLabels, Histogram, fn() -> Histogram>,
 }
 
@@ -43,6 +44,7 @@ impl DeliveryMetrics {
             retried: Family::default(),
             dead_lettered: Family::default(),
             in_flight: Family::default(),
+            circuit_openings: Family::default(),
             target_seconds: Family::new_with_constructor(latency_histogram),
         }
     }
@@ -74,6 +76,11 @@ impl DeliveryMetrics {
             self.in_flight.clone(),
         );
         registry.register(
+            "workerrmq_circuit_openings",
+            "Times a consumer's circuit breaker opened",
+            self.circuit_openings.clone(),
+        );
+        registry.register(
             "workerrmq_target_round_trip_seconds",
             "Time from handing a delivery to its target until the target answered",
             self.target_seconds.clone(),
@@ -87,6 +94,7 @@ impl DeliveryMetrics {
         self.retried.remove(labels);
         self.dead_lettered.remove(labels);
         self.in_flight.remove(labels);
+        self.circuit_openings.remove(labels);
         self.target_seconds.remove(labels);
     }
 }

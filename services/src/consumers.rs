@@ -17,8 +17,8 @@ use dashmap::DashMap;
 use futures_util::TryStreamExt;
 use gateway::consumer::{ConsumerState, StatsSnapshot};
 use gateway::{
-    Concurrency, ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryTarget, Flow, QueueName,
-    RatePerSec, RetryPolicy,
+    CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, Concurrency, ConsumerId,
+    ConsumerSpec, ConsumerSupervisor, DeliveryTarget, Flow, QueueName, RatePerSec, RetryPolicy,
 };
 use mongodb::bson::{doc, DateTime};
 use mongodb::Collection;
@@ -61,6 +61,10 @@ pub struct ConsumerDefinition {
     /// limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_sec: Option<f64>,
+    /// `None` (stored `null`, or absent in definitions stored before the
+    /// breaker existed): no breaker.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerPolicy>,
 }
 
 impl ConsumerDefinition {
@@ -105,8 +109,12 @@ pub struct ConsumerView {
     /// Deliveries started per second by all replicas together; `null`: no
     /// limit.
     pub rate_limit_per_sec: Option<f64>,
+    /// `null` when the consumer has no circuit breaker.
+    pub circuit_breaker: Option<CircuitBreakerPolicy>,
     pub signed: bool,
     pub state: ConsumerState,
+    /// This replica's circuit; `null` without a breaker.
+    pub circuit: Option<CircuitSnapshot>,
     pub stats: StatsSnapshot,
     pub created_at: String,
 }
@@ -400,6 +408,9 @@ impl ConsumerRegistry {
             .retry
             .validate()
             .map_err(|e| FieldError::new("retry", e.to_string()))?;
+        if let Some(policy) = &definition.circuit_breaker {
+            policy.validate().map_err(circuit_breaker_field_error)?;
+        }
         let target: Arc<dyn DeliveryTarget> = match &definition.target {
             TargetSpec::Http(http) => {
                 // Re-checked here too: the allow-list may have changed since.
@@ -427,6 +438,7 @@ impl ConsumerRegistry {
                 retry: definition.retry,
                 concurrency,
                 rate_limit,
+                circuit_breaker: definition.circuit_breaker,
             },
             target,
         ))
@@ -435,6 +447,10 @@ impl ConsumerRegistry {
     fn view(&self, definition: ConsumerDefinition) -> ConsumerView {
         let id = ConsumerId::parse(&definition.consumer_id);
         let stats = id.as_ref().and_then(|id| self.supervisor.stats(id));
+        let circuit = match (&id, definition.circuit_breaker) {
+            (Some(id), Some(_)) => self.supervisor.circuit(id).or(Some(CLOSED)),
+            _ => None,
+        };
         let (state, snapshot) = match stats {
             Some(stats) => (stats.state(), stats.snapshot()),
             // Not registered here (it cannot run here, or this replica has
@@ -466,8 +482,10 @@ impl ConsumerRegistry {
                 .unwrap_or(definition.prefetch)
                 .min(definition.prefetch),
             rate_limit_per_sec: definition.rate_limit_per_sec,
+            circuit_breaker: definition.circuit_breaker,
             signed: definition.signing_secret.is_some(),
             state,
+            circuit,
             stats: snapshot,
             created_at: definition
                 .created_at
@@ -475,6 +493,24 @@ impl ConsumerRegistry {
                 .unwrap_or_default(),
         }
     }
+}
+
+/// The circuit of a consumer not registered here.
+const CLOSED: CircuitSnapshot = CircuitSnapshot {
+    state: gateway::CircuitState::Closed,
+    consecutive_failures: 0,
+    opened_at: None,
+    next_probe_at: None,
+};
+
+/// The API's name for the broken bound: `circuitBreaker.failureThreshold`, …
+pub fn circuit_breaker_field_error(err: CircuitBreakerPolicyError) -> FieldError {
+    let field = match err {
+        CircuitBreakerPolicyError::FailureThreshold { .. } => "failureThreshold",
+        CircuitBreakerPolicyError::OpenMs { .. } => "openMs",
+        CircuitBreakerPolicyError::MaxOpenMs { .. } => "maxOpenMs",
+    };
+    FieldError::new(field, err.to_string()).within("circuitBreaker")
 }
 
 /// For a gateway run without the built-in handlers.

@@ -14,8 +14,8 @@ pub mod validation;
 
 pub use builtin::{BuiltinHandlers, ScrapeSettings};
 pub use consumers::{
-    BuiltinTargets, CappedCreateError, ConsumerDefinition, ConsumerRegistry, ConsumerView,
-    RegistryError,
+    circuit_breaker_field_error, BuiltinTargets, CappedCreateError, ConsumerDefinition,
+    ConsumerRegistry, ConsumerView, RegistryError,
 };
 pub use forwarder::HttpForwarder;
 pub use management::{ConnectionInfo, ManagementClient, ManagementError, QueueRow};

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use actix_web::{web, HttpResponse};
-use gateway::{Concurrency, ConsumerId, QueueName, RatePerSec, RetryPolicy, RetryPolicyError};
+use gateway::{
+    CircuitBreakerPolicy, Concurrency, ConsumerId, QueueName, RatePerSec, RetryPolicy,
+    RetryPolicyError,
+};
 use middlewares::{Admin, Viewer};
 use serde::Deserialize;
 use serde_json::json;
@@ -48,6 +51,11 @@ pub struct CreateConsumerRequest {
     #[schema(minimum = 0.1, maximum = 100000)]
     pub rate_limit_per_sec: Option<f64>,
     pub retry: Option<RetryRequest>,
+    /// On when absent, with the defaults; `null` or `{"enabled": false}`
+    /// turns it off.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<CircuitBreakerRequest>, nullable)]
+    pub circuit_breaker: Option<Option<CircuitBreakerRequest>>,
     /// `whsec_` + base64 of 24 to 64 random bytes; never shown again.
     #[schema(pattern = "^whsec_")]
     pub signing_secret: Option<String>,
@@ -111,6 +119,65 @@ pub struct RetryRequest {
     /// Up to 86400000; default 300000.
     #[schema(minimum = 1, maximum = 86400000)]
     pub max_delay_ms: Option<u64>,
+}
+
+/// Keeps `null` apart from absent: `Some(None)` for `null`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// After `failureThreshold` retryable failures in a row (408, 429, 5xx,
+/// connection error, timeout) the consumer stops taking deliveries and
+/// hands the failing ones back unspent; after `openMs` it tries one; a
+/// failed probe doubles the wait, up to `maxOpenMs`. Unset fields keep
+/// their defaults.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CircuitBreakerRequest {
+    /// `false` turns the breaker off; default `true`.
+    pub enabled: Option<bool>,
+    /// 1 to 10000; default 10.
+    #[schema(minimum = 1, maximum = 10000)]
+    pub failure_threshold: Option<u32>,
+    /// 1 to 86400000; default 30000.
+    #[schema(minimum = 1, maximum = 86400000)]
+    pub open_ms: Option<u64>,
+    /// `openMs` to 86400000; default 600000.
+    #[schema(minimum = 1, maximum = 86400000)]
+    pub max_open_ms: Option<u64>,
+}
+
+impl CircuitBreakerRequest {
+    fn into_policy(self) -> Result<Option<CircuitBreakerPolicy>, FieldError> {
+        if self.enabled == Some(false) {
+            return Ok(None);
+        }
+        let defaults = CircuitBreakerPolicy::default();
+        let policy = CircuitBreakerPolicy {
+            failure_threshold: self.failure_threshold.unwrap_or(defaults.failure_threshold),
+            open_ms: self.open_ms.unwrap_or(defaults.open_ms),
+            max_open_ms: self.max_open_ms.unwrap_or(defaults.max_open_ms),
+        };
+        policy
+            .validate()
+            .map_err(services::circuit_breaker_field_error)?;
+        Ok(Some(policy))
+    }
+}
+
+/// Absent: on, with the defaults; `null`: off.
+fn circuit_breaker_of(
+    request: Option<Option<CircuitBreakerRequest>>,
+) -> Result<Option<CircuitBreakerPolicy>, FieldError> {
+    match request {
+        None => Ok(Some(CircuitBreakerPolicy::default())),
+        Some(None) => Ok(None),
+        Some(Some(request)) => request.into_policy(),
+    }
 }
 
 impl RetryRequest {
@@ -201,6 +268,7 @@ fn parse_definition(
         Some(retry) => retry.into_policy()?,
         None => RetryPolicy::default(),
     };
+    let circuit_breaker = circuit_breaker_of(request.circuit_breaker)?;
     let signing_secret = request
         .signing_secret
         .map(|raw| {
@@ -221,6 +289,7 @@ fn parse_definition(
         paused: false,
         concurrency,
         rate_limit_per_sec,
+        circuit_breaker,
     })
 }
 
@@ -360,6 +429,53 @@ pub async fn delete_consumer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn circuit_breaker_is_on_by_default_and_null_or_disabled_turns_it_off() {
+        let parse = |body: serde_json::Value| {
+            let request: CreateConsumerRequest =
+                serde_json::from_value(body).expect("a create request");
+            circuit_breaker_of(request.circuit_breaker)
+        };
+        assert_eq!(
+            parse(json!({ "queueName": "q" })),
+            Ok(Some(CircuitBreakerPolicy::default()))
+        );
+        assert_eq!(
+            parse(json!({ "queueName": "q", "circuitBreaker": null })),
+            Ok(None)
+        );
+        assert_eq!(
+            parse(json!({ "queueName": "q", "circuitBreaker": { "enabled": false } })),
+            Ok(None)
+        );
+        assert_eq!(
+            parse(
+                json!({ "queueName": "q", "circuitBreaker": { "failureThreshold": 3, "openMs": 2000 } })
+            ),
+            Ok(Some(CircuitBreakerPolicy {
+                failure_threshold: 3,
+                open_ms: 2_000,
+                max_open_ms: 600_000
+            }))
+        );
+        let cases = [
+            (
+                json!({ "failureThreshold": 0 }),
+                "circuitBreaker.failureThreshold",
+            ),
+            (json!({ "openMs": 0 }), "circuitBreaker.openMs"),
+            (
+                json!({ "openMs": 5000, "maxOpenMs": 4000 }),
+                "circuitBreaker.maxOpenMs",
+            ),
+        ];
+        for (body, field) in cases {
+            let err = parse(json!({ "queueName": "q", "circuitBreaker": body }))
+                .expect_err("out of bounds");
+            assert_eq!(err.field, field, "{body}");
+        }
+    }
 
     #[test]
     fn retry_policy_errors_name_the_api_field() {

@@ -7,6 +7,7 @@ mod api_keys;
 mod auth;
 mod bad_input;
 mod builtin;
+mod circuit_breaker;
 mod connections;
 mod consumer_api;
 mod credentials;

@@ -365,6 +365,8 @@ async fn distinct_retry_after_values_make_no_more_delay_queues_than_the_ladder_h
             json!({
                 "prefetch": 1000,
                 "retry": { "maxAttempts": 5, "initialDelayMs": 1000, "multiplier": 2, "maxDelayMs": MAX_DELAY_MS },
+                // Every first answer fails on purpose; a breaker would stop them.
+                "circuitBreaker": null,
             }),
         )
         .await;

@@ -413,6 +413,8 @@ async fn a_force_closed_broker_connection_is_resumed_without_losing_messages() {
             json!({
                 "prefetch": 10,
                 "retry": { "maxAttempts": 10, "initialDelayMs": 200, "multiplier": 2, "maxDelayMs": 1000 },
+                // 300 failures in a row are the point here, not a sick target.
+                "circuitBreaker": null,
             }),
         )
         .await;

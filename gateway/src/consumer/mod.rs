@@ -12,12 +12,15 @@
 //!   answers with.
 //! - `limits`: concurrency and rate limits, and the gate the worker
 //!   passes before taking each delivery.
+//! - `breaker`: the circuit breaker: stop taking deliveries while a target
+//!   keeps failing, hand the failures back unspent, probe, close.
 //! - `retry`: the backoff policy, as waiting in broker-side delay queues.
 //! - `settle`: **where a delivery is acked** (`AckWindow`, in it) — after
 //!   a 2xx, or after the broker confirmed its retry or dead-letter copy.
 //!   Nowhere else. Also what the copies carry.
 //! - `stats`: live counters read by `/getConsumers` and `/metrics`.
 
+mod breaker;
 mod limits;
 mod retry;
 mod settle;
@@ -27,6 +30,9 @@ mod supervisor;
 mod target;
 mod worker;
 
+pub use breaker::{
+    CircuitBreaker, CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, CircuitState,
+};
 pub use limits::{Concurrency, LimitError, LiveReplicas, RatePerSec};
 pub use retry::{RetryPolicy, RetryPolicyError, DELAY_LADDER_MS};
 pub(crate) use settle::{attempt_of, hand_back, kept_properties};

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::limits::{Concurrency, RatePerSec};
-use super::RetryPolicy;
+use super::{CircuitBreakerPolicy, RetryPolicy};
 use crate::QueueName;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -52,4 +52,6 @@ pub struct ConsumerSpec {
     pub concurrency: Concurrency,
     /// Deliveries started per second by the consumer on all replicas.
     pub rate_limit: Option<RatePerSec>,
+    /// `None`: no breaker, every failure is retried.
+    pub circuit_breaker: Option<CircuitBreakerPolicy>,
 }

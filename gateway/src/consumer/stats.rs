@@ -21,6 +21,10 @@ pub enum ConsumerState {
     Paused,
     Reconnecting,
     Stopped,
+    /// Its circuit breaker opened: no deliveries taken until a probe
+    /// succeeds.
+    #[serde(rename = "circuit_open")]
+    CircuitOpen,
 }
 
 pub struct ConsumerStats {
@@ -68,6 +72,7 @@ const RECONNECTING: u8 = 0;
 const RUNNING: u8 = 1;
 const STOPPED: u8 = 2;
 const PAUSED: u8 = 3;
+const CIRCUIT_OPEN: u8 = 4;
 
 impl ConsumerStats {
     pub fn registered(metrics: &DeliveryMetrics, labels: &ConsumerLabels) -> Self {
@@ -89,6 +94,7 @@ impl ConsumerStats {
             RECONNECTING => ConsumerState::Reconnecting,
             RUNNING => ConsumerState::Running,
             PAUSED => ConsumerState::Paused,
+            CIRCUIT_OPEN => ConsumerState::CircuitOpen,
             _ => ConsumerState::Stopped,
         }
     }
@@ -99,6 +105,7 @@ impl ConsumerStats {
             ConsumerState::Running => RUNNING,
             ConsumerState::Stopped => STOPPED,
             ConsumerState::Paused => PAUSED,
+            ConsumerState::CircuitOpen => CIRCUIT_OPEN,
         };
         self.state.store(raw, Ordering::Relaxed);
     }

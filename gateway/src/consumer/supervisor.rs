@@ -16,6 +16,7 @@ use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::breaker::{CircuitBreaker, CircuitSnapshot};
 use super::limits::LiveReplicas;
 use super::settle::Settler;
 use super::spec::{ConsumerId, ConsumerSpec};
@@ -36,6 +37,9 @@ struct RegisteredConsumer {
     spec: Arc<ConsumerSpec>,
     stats: Arc<ConsumerStats>,
     target: Arc<dyn DeliveryTarget>,
+    /// Kept here, not in the worker, so an open circuit stays open across
+    /// a pause and a reconnect.
+    breaker: Option<Arc<CircuitBreaker>>,
     /// `None` while paused.
     worker: Option<RunningWorker>,
     /// Held through a pause, resume or stop of this consumer; holds when
@@ -116,9 +120,14 @@ impl ConsumerSupervisor {
             dashmap::Entry::Vacant(v) => v,
         };
         let spec = Arc::new(spec);
-        let stats = Arc::new(ConsumerStats::registered(&self.metrics, &labels_of(&spec)));
+        let labels = labels_of(&spec);
+        let stats = Arc::new(ConsumerStats::registered(&self.metrics, &labels));
+        let breaker = spec.circuit_breaker.map(|policy| {
+            let openings = self.metrics.circuit_openings.get_or_create_owned(&labels);
+            Arc::new(CircuitBreaker::new(policy, openings))
+        });
         let worker = match flow {
-            Flow::Consuming => Some(self.spawn_worker(&spec, &stats, &target)),
+            Flow::Consuming => Some(self.spawn_worker(&spec, &stats, &target, &breaker)),
             Flow::Paused => {
                 stats.set_state(ConsumerState::Paused);
                 None
@@ -128,6 +137,7 @@ impl ConsumerSupervisor {
             spec,
             stats,
             target,
+            breaker,
             worker,
             transitions: Arc::new(tokio::sync::Mutex::new(None)),
         });
@@ -139,6 +149,7 @@ impl ConsumerSupervisor {
         spec: &Arc<ConsumerSpec>,
         stats: &Arc<ConsumerStats>,
         target: &Arc<dyn DeliveryTarget>,
+        breaker: &Option<Arc<CircuitBreaker>>,
     ) -> RunningWorker {
         let cancel = CancellationToken::new();
         let worker = ConsumerWorker {
@@ -152,6 +163,7 @@ impl ConsumerSupervisor {
                 stats.clone(),
             )),
             stats: stats.clone(),
+            breaker: breaker.clone(),
             consumer_tag: format!("workerrmq-{}-{}", self.instance_id, spec.id),
             live_replicas: self.live_replicas.clone(),
         };
@@ -212,8 +224,12 @@ impl ConsumerSupervisor {
                 };
                 if consumer.worker.is_none() && !self.is_closing() {
                     consumer.stats.set_state(ConsumerState::Reconnecting);
-                    let worker =
-                        self.spawn_worker(&consumer.spec, &consumer.stats, &consumer.target);
+                    let worker = self.spawn_worker(
+                        &consumer.spec,
+                        &consumer.stats,
+                        &consumer.target,
+                        &consumer.breaker,
+                    );
                     consumer.worker = Some(worker);
                     tracing::info!(consumer_id = %id, "consumer resumed");
                 }
@@ -270,6 +286,14 @@ impl ConsumerSupervisor {
 
     pub fn stats(&self, id: &ConsumerId) -> Option<Arc<ConsumerStats>> {
         self.consumers.get(id).map(|c| c.stats.clone())
+    }
+
+    /// The consumer's circuit here; `None` when it has no breaker or is not
+    /// registered here.
+    pub fn circuit(&self, id: &ConsumerId) -> Option<CircuitSnapshot> {
+        self.consumers
+            .get(id)
+            .and_then(|c| c.breaker.as_ref().map(|b| b.snapshot(Instant::now())))
     }
 
     /// Every registered consumer's spec and stats.

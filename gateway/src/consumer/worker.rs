@@ -21,8 +21,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::breaker::{self, Admission, CircuitBreaker, Gate, GateEnd};
 use super::limits::{CallSlot, DeliveryGate, LiveReplicas};
-use super::settle::{attempt_of, AckWindow, Settled, Settler};
+use super::settle::{attempt_of, hand_back, AckWindow, Settled, Settler};
 use super::spec::ConsumerSpec;
 use super::stats::{ConsumerState, ConsumerStats};
 use super::target::{DeliveryOutcome, DeliveryTarget, IncomingMessage};
@@ -47,12 +48,15 @@ pub(super) struct ConsumerWorker {
     pub target: Arc<dyn DeliveryTarget>,
     pub settler: Arc<Settler>,
     pub stats: Arc<ConsumerStats>,
+    pub breaker: Option<Arc<CircuitBreaker>>,
     pub consumer_tag: String,
     pub live_replicas: LiveReplicas,
 }
 
 enum SessionEnd {
     Cancelled,
+    /// The circuit breaker opened, or its probe closed it: start over.
+    Circuit,
 }
 
 impl ConsumerWorker {
@@ -63,16 +67,25 @@ impl ConsumerWorker {
         let lease = self.broker.consumer_lease();
         let mut link = lease.subscribe();
         loop {
-            self.stats.set_state(ConsumerState::Reconnecting);
+            let Some(admission) =
+                breaker::admission(self.breaker.as_deref(), &self.stats, &cancel).await
+            else {
+                break;
+            };
+            if admission == Admission::All {
+                self.stats.set_state(ConsumerState::Reconnecting);
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 ready = link.wait_for(|l| l.connection.is_some()) => if ready.is_err() { break },
             }
+            let gate = Gate::new(self.breaker.clone(), admission);
             match self
-                .session(&lease, &cancel, &mut backoff, new_backoff)
+                .session(&lease, &cancel, gate, &mut backoff, new_backoff)
                 .await
             {
                 Ok(SessionEnd::Cancelled) => break,
+                Ok(SessionEnd::Circuit) => {}
                 Err(err) => {
                     tracing::warn!(error = %err, "consumer session ended; resuming");
                     self.stats.record_error(err.to_string());
@@ -95,12 +108,16 @@ impl ConsumerWorker {
         &self,
         lease: &ConsumerLease,
         cancel: &CancellationToken,
+        mut gate: Gate,
         backoff: &mut B,
         new_backoff: impl Fn() -> B,
     ) -> Result<SessionEnd, BrokerError> {
         let channel = lease.channel().await?;
         channel
-            .basic_qos(self.spec.prefetch, BasicQosOptions::default())
+            .basic_qos(
+                gate.prefetch(self.spec.prefetch),
+                BasicQosOptions::default(),
+            )
             .await?;
         let mut deliveries = channel
             .basic_consume(
@@ -110,10 +127,17 @@ impl ConsumerWorker {
                 FieldTable::default(),
             )
             .await?;
-        self.stats.set_state(ConsumerState::Running);
+        // A half-open probe is not running yet: the state stays
+        // `circuit_open` until the probe closes the circuit.
+        if gate.admission() == Admission::All {
+            self.stats.set_state(ConsumerState::Running);
+        }
         *backoff = new_backoff();
-        tracing::info!(prefetch = self.spec.prefetch, "consuming");
+        tracing::info!(prefetch = self.spec.prefetch, admission = ?gate.admission(), "consuming");
 
+        // Deliveries that arrived while the circuit was open: never handed
+        // to the target, handed back to the queue when the session ends.
+        let mut held: Vec<Delivery> = Vec::new();
         let mut in_flight: JoinSet<(u64, Settled)> = JoinSet::new();
         let mut acks = AckWindow::new(self.stats.clone());
         let batch = usize::from(self.spec.prefetch / 2).clamp(1, ACK_BATCH);
@@ -129,6 +153,12 @@ impl ConsumerWorker {
         let end = loop {
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(SessionEnd::Cancelled),
+                ended = gate.ended() => {
+                    if let GateEnd::Opened = ended {
+                        self.stats.set_state(ConsumerState::CircuitOpen);
+                    }
+                    break Ok(SessionEnd::Circuit);
+                }
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                     let mut joined = vec![done];
                     while let Some(done) = in_flight.try_join_next() {
@@ -164,7 +194,11 @@ impl ConsumerWorker {
                 next = deliveries.next(), if limits.is_open() => match next {
                     Some(Ok(delivery)) => {
                         acks.track(delivery.delivery_tag);
-                        in_flight.spawn(self.handle(delivery, limits.start()));
+                        if gate.admit() {
+                            in_flight.spawn(self.handle(delivery, limits.start()));
+                        } else {
+                            held.push(delivery);
+                        }
                     }
                     Some(Err(err)) => break Err(BrokerError::from(err)),
                     None => break Err(BrokerError::Unavailable(
@@ -174,11 +208,17 @@ impl ConsumerWorker {
             }
         };
 
-        if matches!(end, Ok(SessionEnd::Cancelled)) {
+        if end.is_ok() {
             // No new deliveries; let the ones in hand finish.
             let _ = channel
                 .basic_cancel(&self.consumer_tag, BasicCancelOptions::default())
                 .await;
+            // Not a multiple ack's business: they are in flight to the
+            // window until nacked here.
+            for delivery in held.drain(..) {
+                hand_back(&delivery.acker).await;
+                acks.settled(delivery.delivery_tag, Settled::HandedBack);
+            }
             let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
                 while let Some(done) = in_flight.join_next().await {
                     if settle_joined(&mut acks, vec![done]).is_err() {
@@ -240,6 +280,7 @@ impl ConsumerWorker {
         let target = self.target.clone();
         let settler = self.settler.clone();
         let stats = self.stats.clone();
+        let breaker = self.breaker.clone();
         async move {
             let _in_flight = InFlightGuard::new(stats.clone());
             let started = std::time::Instant::now();
@@ -258,7 +299,15 @@ impl ConsumerWorker {
                 });
             drop(call_slot);
             stats.target_answered(started.elapsed());
-            let settled = settler.settle(&delivery, &message, outcome).await;
+            let settled = breaker::settle_through(
+                breaker.as_deref(),
+                &settler,
+                &stats,
+                &delivery,
+                &message,
+                outcome,
+            )
+            .await;
             match settled {
                 Settled::Acked => tracing::debug!("delivered"),
                 Settled::Retried { delay_ms } => tracing::info!(delay_ms, "retry scheduled"),

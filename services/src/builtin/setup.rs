@@ -137,6 +137,9 @@ impl BuiltinSetup {
             paused: false,
             concurrency: None,
             rate_limit_per_sec: None,
+            // A built-in handler fails on the store, not on a remote
+            // endpoint; its retries wait in the broker as before.
+            circuit_breaker: None,
         };
         match self.registry.create(definition).await {
             Ok(view) => {

@@ -1,0 +1,288 @@
+//! The circuit breaker: a target that keeps failing stops getting
+//! deliveries, the messages wait in the queue with their attempts unspent,
+//! a probe after `openMs` closes the circuit again; `null` turns it off;
+//! bad settings are refused and named.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_error, spawn_app};
+use crate::support::target_server::{Reply, TargetServer};
+use crate::support::{binary_messages, publish_confirmed, queue_counts, wait_for_queue, Api};
+
+const OPEN_MS: u64 = 2_000;
+
+/// The value of the first sample line starting with `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_target_opens_the_circuit_messages_wait_unspent_and_a_probe_closes_it() {
+    let app = spawn_app().await;
+    let api = Api::of(&app);
+    let target = TargetServer::start().await;
+    target.set_default(Reply::status(503));
+    let queue = app.unique_queue("breaker");
+    api.create_queue(&queue).await;
+    let consumer = api
+        .create_http_consumer(
+            &queue,
+            &target.url("/sick"),
+            json!({
+                "prefetch": 1,
+                "retry": { "maxAttempts": 5, "initialDelayMs": 1000, "multiplier": 2, "maxDelayMs": 1000 },
+                "circuitBreaker": { "failureThreshold": 3, "openMs": OPEN_MS },
+            }),
+        )
+        .await;
+    let view = api
+        .wait_for_consumer(&consumer, Duration::from_secs(5), "running", |v| {
+            v["state"] == "running"
+        })
+        .await;
+    assert_eq!(
+        view["circuitBreaker"],
+        json!({ "failureThreshold": 3, "openMs": OPEN_MS, "maxOpenMs": 600000 }),
+        "{view}"
+    );
+    assert_eq!(
+        view["circuit"],
+        json!({ "state": "closed", "consecutiveFailures": 0 }),
+        "{view}"
+    );
+
+    let messages = binary_messages("breaker", 5);
+    let amqp = app.amqp_connection().await;
+    publish_confirmed(amqp, &queue, &messages).await;
+
+    let open = api
+        .wait_for_consumer(&consumer, Duration::from_secs(10), "circuit_open", |v| {
+            v["state"] == "circuit_open"
+        })
+        .await;
+    let opened_at = Instant::now();
+    let failed = target.requests();
+    assert_eq!(failed.len(), 3, "the circuit opens at the third failure");
+    assert_eq!(open["circuit"]["state"], "open", "{open}");
+    assert_eq!(open["circuit"]["consecutiveFailures"], 3, "{open}");
+    assert!(open["circuit"]["openedAt"].is_string(), "{open}");
+    assert!(open["circuit"]["nextProbeAt"].is_string(), "{open}");
+    // The two failures before the opening were ordinary retries; the one
+    // that opened it was handed back, its attempt unspent.
+    assert_eq!(open["stats"]["retried"], 2, "{open}");
+    assert_eq!(open["stats"]["deadLettered"], 0, "{open}");
+
+    // Open: no call for 1.5 s; every message back in the main queue (the
+    // two retry copies come home after their 1 s), no consumer on it.
+    let mut all_waiting = false;
+    while opened_at.elapsed() < Duration::from_millis(1_500) {
+        assert_eq!(
+            target.request_count(),
+            3,
+            "the target was called while the circuit was open"
+        );
+        if !all_waiting {
+            all_waiting = queue_counts(amqp, &queue).await == Some((5, 0));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !all_waiting {
+        wait_for_queue(
+            amqp,
+            &queue,
+            Duration::from_secs(3),
+            "holding all 5 messages with no consumer",
+            |m, c| m == 5 && c == 0,
+        )
+        .await;
+    }
+    assert_eq!(
+        queue_counts(amqp, &format!("{queue}.retry.1000")).await,
+        Some((0, 0)),
+        "no retry copy waits"
+    );
+    assert!(
+        matches!(
+            queue_counts(amqp, &format!("{queue}.dlq")).await,
+            None | Some((0, _))
+        ),
+        "nothing dead-lettered"
+    );
+
+    target.set_default(Reply::ok());
+    let recovered_at = Instant::now();
+    let ids: BTreeSet<String> = messages.iter().map(|m| m.id.clone()).collect();
+    target
+        .wait_for_delivered(
+            &ids,
+            Duration::from_millis(OPEN_MS) + Duration::from_secs(5),
+        )
+        .await;
+    let view = api
+        .wait_for_consumer(&consumer, Duration::from_secs(5), "running", |v| {
+            v["state"] == "running" && v["stats"]["acked"] == 5
+        })
+        .await;
+    eprintln!(
+        "all {} delivered {:?} after the target recovered",
+        ids.len(),
+        recovered_at.elapsed()
+    );
+    assert_eq!(
+        view["circuit"],
+        json!({ "state": "closed", "consecutiveFailures": 0 }),
+        "{view}"
+    );
+    assert_eq!(
+        view["stats"]["retried"], 2,
+        "no retry copy since the opening: {view}"
+    );
+    assert_eq!(view["stats"]["deadLettered"], 0, "{view}");
+
+    // Each message arrives with the attempts it had spent: the two retried
+    // before the opening at attempt 2, every other one at attempt 1.
+    let retried_before: BTreeSet<String> = failed[..2].iter().map(|r| r.webhook_id()).collect();
+    let delivered: BTreeMap<String, u32> = target
+        .requests()
+        .iter()
+        .filter(|r| r.answered == 200)
+        .map(|r| (r.webhook_id(), r.attempt()))
+        .collect();
+    for id in &ids {
+        let expected = if retried_before.contains(id) { 2 } else { 1 };
+        assert_eq!(delivered.get(id), Some(&expected), "{id}: {delivered:?}");
+    }
+    // Not one delivery with a spent attempt after the opening.
+    let after_open: Vec<u32> = target.requests()[3..].iter().map(|r| r.attempt()).collect();
+    assert!(after_open.iter().all(|a| *a <= 2), "{after_open:?}");
+    wait_for_queue(amqp, &queue, Duration::from_secs(5), "empty", |m, _| m == 0).await;
+
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    let openings = sample(
+        &metrics,
+        &format!(
+            "workerrmq_circuit_openings_total{{consumer_id=\"{consumer}\",queue=\"{queue}\"}}"
+        ),
+    );
+    assert!(openings.is_some_and(|n| n >= 1.0), "{openings:?}");
+
+    target.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_null_or_disabled_circuit_breaker_lets_every_failure_take_its_course() {
+    let app = spawn_app().await;
+    let api = Api::of(&app);
+    let target = TargetServer::start().await;
+    target.set_default(Reply::status(503));
+    // Beyond the default threshold (10): an enabled breaker would open.
+    const MESSAGES: usize = 12;
+    let mut consumers = Vec::new();
+    for (label, setting) in [("null", Value::Null), ("off", json!({ "enabled": false }))] {
+        let queue = app.unique_queue(label);
+        api.create_queue(&queue).await;
+        let consumer = api
+            .create_http_consumer(
+                &queue,
+                &target.url(&format!("/{label}")),
+                json!({ "prefetch": 1, "retry": { "maxAttempts": 1 }, "circuitBreaker": setting }),
+            )
+            .await;
+        api.wait_for_consumer(&consumer, Duration::from_secs(5), "running", |v| {
+            v["state"] == "running"
+        })
+        .await;
+        publish_confirmed(
+            app.amqp_connection().await,
+            &queue,
+            &binary_messages(label, MESSAGES),
+        )
+        .await;
+        consumers.push(consumer);
+    }
+    for consumer in &consumers {
+        let view = api
+            .wait_for_consumer(
+                consumer,
+                Duration::from_secs(20),
+                "all dead-lettered",
+                |v| v["stats"]["deadLettered"] == MESSAGES as u64,
+            )
+            .await;
+        assert_eq!(view["state"], "running", "{view}");
+        assert_eq!(view["circuitBreaker"], Value::Null, "{view}");
+        assert_eq!(view["circuit"], Value::Null, "{view}");
+    }
+    assert_eq!(target.request_count(), 2 * MESSAGES);
+
+    target.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_settings_are_checked_and_named_and_on_by_default() {
+    let app = spawn_app().await;
+    let api = Api::of(&app);
+    let queue = app.unique_queue("cb-input");
+    api.create_queue(&queue).await;
+    let target = json!({ "type": "http", "url": "http://127.0.0.1:9/hook" });
+    let cases = [
+        (json!({ "failureTreshold": 3 }), "failureTreshold"),
+        (
+            json!({ "failureThreshold": 0 }),
+            "circuitBreaker.failureThreshold",
+        ),
+        (
+            json!({ "failureThreshold": -1 }),
+            "circuitBreaker.failureThreshold",
+        ),
+        (json!({ "openMs": 0 }), "circuitBreaker.openMs"),
+        (
+            json!({ "openMs": 5000, "maxOpenMs": 4000 }),
+            "circuitBreaker.maxOpenMs",
+        ),
+        (
+            json!({ "maxOpenMs": 86_400_001u64 }),
+            "circuitBreaker.maxOpenMs",
+        ),
+        (json!({ "enabled": "no" }), "circuitBreaker.enabled"),
+        (json!(5), "circuitBreaker"),
+    ];
+    for (setting, field) in cases {
+        let body = assert_error(
+            api.post(
+                "/createConsumer",
+                &json!({ "queueName": queue, "target": target, "circuitBreaker": setting }),
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        )
+        .await;
+        let message = body["message"].as_str().expect("a message");
+        assert!(message.contains(field), "{setting} → {message}");
+    }
+    let stored = crate::helpers::assert_json(api.get("/getConsumers").await, StatusCode::OK).await;
+    assert_eq!(stored, json!([]), "a refused consumer was stored");
+
+    // Absent: on, with the documented defaults.
+    let consumer = api
+        .create_http_consumer(&queue, "http://127.0.0.1:9/hook", json!({}))
+        .await;
+    let view = api.consumer(&consumer).await;
+    assert_eq!(
+        view["circuitBreaker"],
+        json!({ "failureThreshold": 10, "openMs": 30000, "maxOpenMs": 600000 }),
+        "{view}"
+    );
+    assert_eq!(view["circuit"]["state"], "closed", "{view}");
+    app.cleanup().await;
+}
