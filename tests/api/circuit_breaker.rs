@@ -286,3 +286,101 @@ async fn circuit_breaker_settings_are_checked_and_named_and_on_by_default() {
     assert_eq!(view["circuit"]["state"], "closed", "{view}");
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_wins_over_an_open_circuit_and_a_resume_probes_again() {
+    let app = spawn_app().await;
+    let api = Api::of(&app);
+    let target = TargetServer::start().await;
+    target.set_default(Reply::status(503));
+    let queue = app.unique_queue("cb-pause");
+    api.create_queue(&queue).await;
+    let consumer = api
+        .create_http_consumer(
+            &queue,
+            &target.url("/sick"),
+            json!({ "prefetch": 1, "circuitBreaker": { "failureThreshold": 1, "openMs": 1000 } }),
+        )
+        .await;
+    api.wait_for_consumer(&consumer, Duration::from_secs(5), "running", |v| {
+        v["state"] == "running"
+    })
+    .await;
+    let message = binary_messages("cb-pause", 1).remove(0);
+    let amqp = app.amqp_connection().await;
+    publish_confirmed(amqp, &queue, std::slice::from_ref(&message)).await;
+    api.wait_for_consumer(&consumer, Duration::from_secs(10), "circuit_open", |v| {
+        v["state"] == "circuit_open"
+    })
+    .await;
+    crate::helpers::assert_json(
+        api.post("/pauseConsumer", &json!({ "consumerId": consumer }))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    target.set_default(Reply::ok());
+
+    // Past the probe time, paused still: no probe, no consumer on the queue.
+    let paused_at = Instant::now();
+    while paused_at.elapsed() < Duration::from_millis(2_500) {
+        assert_eq!(api.consumer(&consumer).await["state"], "paused");
+        assert_eq!(target.request_count(), 1, "a paused consumer probed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(queue_counts(amqp, &queue).await, Some((1, 0)));
+
+    crate::helpers::assert_json(
+        api.post("/resumeConsumer", &json!({ "consumerId": consumer }))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    target
+        .wait_for_delivered(
+            &BTreeSet::from([message.id.clone()]),
+            Duration::from_secs(5),
+        )
+        .await;
+    let view = api
+        .wait_for_consumer(&consumer, Duration::from_secs(5), "running", |v| {
+            v["state"] == "running" && v["stats"]["acked"] == 1
+        })
+        .await;
+    assert_eq!(view["circuit"]["state"], "closed", "{view}");
+    let attempts: Vec<u32> = target.requests().iter().map(|r| r.attempt()).collect();
+    assert_eq!(attempts, [1, 1], "the handed-back message kept its attempt");
+
+    target.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_spec_lists_the_circuit_breaker_from_the_request_type() {
+    let app = spawn_app().await;
+    let spec = crate::helpers::assert_json(
+        app.request_anonymous(reqwest::Method::GET, "/openapi.json", None)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let schemas = &spec["components"]["schemas"];
+    let field = &schemas["CreateConsumerRequest"]["properties"]["circuitBreaker"];
+    assert!(field.is_object(), "{}", schemas["CreateConsumerRequest"]);
+    assert!(
+        field.to_string().contains("CircuitBreakerRequest"),
+        "{field}"
+    );
+    let breaker = &schemas["CircuitBreakerRequest"];
+    for property in ["enabled", "failureThreshold", "openMs", "maxOpenMs"] {
+        assert!(
+            breaker["properties"][property].is_object(),
+            "{property}: {breaker}"
+        );
+    }
+    assert_eq!(
+        breaker["properties"]["failureThreshold"]["minimum"], 1,
+        "{breaker}"
+    );
+    app.cleanup().await;
+}
