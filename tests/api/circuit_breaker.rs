@@ -384,3 +384,61 @@ async fn the_openapi_spec_lists_the_circuit_breaker_from_the_request_type() {
     );
     app.cleanup().await;
 }
+
+/// `nextProbeAt − openedAt` of an open circuit, in ms.
+fn open_wait_ms(view: &Value) -> i64 {
+    let at = |field: &str| {
+        chrono::DateTime::parse_from_rfc3339(view["circuit"][field].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{field} is not RFC 3339 ({e}): {view}"))
+    };
+    (at("nextProbeAt") - at("openedAt")).num_milliseconds()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_probe_opens_the_circuit_again_for_twice_as_long() {
+    let app = spawn_app().await;
+    let api = Api::of(&app);
+    let target = TargetServer::start().await;
+    target.set_default(Reply::status(503));
+    let queue = app.unique_queue("cb-probe");
+    api.create_queue(&queue).await;
+    let consumer = api
+        .create_http_consumer(
+            &queue,
+            &target.url("/sick"),
+            json!({ "prefetch": 5, "circuitBreaker": { "failureThreshold": 1, "openMs": 1000, "maxOpenMs": 1500 } }),
+        )
+        .await;
+    api.wait_for_consumer(&consumer, Duration::from_secs(5), "running", |v| {
+        v["state"] == "running"
+    })
+    .await;
+    let message = binary_messages("cb-probe", 1).remove(0);
+    publish_confirmed(
+        app.amqp_connection().await,
+        &queue,
+        std::slice::from_ref(&message),
+    )
+    .await;
+
+    let first = api
+        .wait_for_consumer(&consumer, Duration::from_secs(10), "open", |v| {
+            v["circuit"]["state"] == "open"
+        })
+        .await;
+    assert_eq!(open_wait_ms(&first), 1_000, "{first}");
+    // The probe fails: open again, for 2 × 1000 capped at maxOpenMs.
+    let second = api
+        .wait_for_consumer(&consumer, Duration::from_secs(10), "re-opened", |v| {
+            v["circuit"]["state"] == "open" && v["circuit"]["consecutiveFailures"] == 2
+        })
+        .await;
+    assert_eq!(open_wait_ms(&second), 1_500, "{second}");
+    assert_eq!(second["state"], "circuit_open", "{second}");
+    let attempts: Vec<u32> = target.requests().iter().map(|r| r.attempt()).collect();
+    assert_eq!(attempts, [1, 1], "the probe came with the attempt unspent");
+    assert_eq!(second["stats"]["retried"], 0, "{second}");
+
+    target.stop().await;
+    app.cleanup().await;
+}
