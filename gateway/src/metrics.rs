@@ -15,6 +15,29 @@ pub struct ConsumerLabels {
     pub queue: String,
 }
 
+/// One series per consumer and state: 1 for the state it is in, 0 for the
+/// others, so `workerrmq_consumer_state{state="circuit_open"} == 1` finds
+/// the consumers whose circuit is open.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerStateLabels {
+    pub consumer_id: String,
+    pub queue: String,
+    pub state: &'static str,
+}
+
+/// The states the gauge reports, by their API names.
+pub const GAUGED_STATES: [&str; 4] = ["running", "paused", "circuit_open", "reconnecting"];
+
+impl ConsumerStateLabels {
+    pub fn of(labels: &ConsumerLabels, state: &'static str) -> Self {
+        Self {
+            consumer_id: labels.consumer_id.clone(),
+            queue: labels.queue.clone(),
+            state,
+        }
+    }
+}
+
 /// 0.5 ms to ~16 s.
 pub fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -27,6 +50,7 @@ pub struct DeliveryMetrics {
     pub dead_lettered: Family<ConsumerLabels, Counter>,
     pub in_flight: Family<ConsumerLabels, Gauge>,
     pub circuit_openings: Family<ConsumerLabels, Counter>,
+    pub state: Family<ConsumerStateLabels, Gauge>,
     pub target_seconds: Family<ConsumerLabels, Histogram, fn() -> Histogram>,
 }
 
@@ -45,6 +69,7 @@ impl DeliveryMetrics {
             dead_lettered: Family::default(),
             in_flight: Family::default(),
             circuit_openings: Family::default(),
+            state: Family::default(),
             target_seconds: Family::new_with_constructor(latency_histogram),
         }
     }
@@ -81,6 +106,11 @@ impl DeliveryMetrics {
             self.circuit_openings.clone(),
         );
         registry.register(
+            "workerrmq_consumer_state",
+            "1 for the state each consumer is in (running, paused, circuit_open, reconnecting), 0 for the others",
+            self.state.clone(),
+        );
+        registry.register(
             "workerrmq_target_round_trip_seconds",
             "Time from handing a delivery to its target until the target answered",
             self.target_seconds.clone(),
@@ -95,6 +125,9 @@ impl DeliveryMetrics {
         self.dead_lettered.remove(labels);
         self.in_flight.remove(labels);
         self.circuit_openings.remove(labels);
+        for state in GAUGED_STATES {
+            self.state.remove(&ConsumerStateLabels::of(labels, state));
+        }
         self.target_seconds.remove(labels);
     }
 }

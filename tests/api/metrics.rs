@@ -100,3 +100,61 @@ async fn counters_move_with_real_deliveries() {
     target.stop().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_gauge_follows_a_consumer_through_pause_and_resume() {
+    let app = spawn_app().await;
+    let target = TargetServer::start().await;
+    let queue = app.unique_queue("gauged");
+    app.create_queue(&queue, json!({})).await;
+    let created = app
+        .post_json(
+            "/createConsumer",
+            &json!({ "queueName": queue, "target": { "type": "http", "url": target.url("/hook") } }),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let consumer_id = created.json::<serde_json::Value>().await.expect("JSON")["consumerId"]
+        .as_str()
+        .expect("consumerId")
+        .to_owned();
+    let gauge = |state: &str| {
+        format!(
+            "workerrmq_consumer_state{{consumer_id=\"{consumer_id}\",queue=\"{queue}\",state=\"{state}\"}}"
+        )
+    };
+    // Exactly `expected` reads 1, every other state 0.
+    let in_state = |expected: &'static str| {
+        let app = &app;
+        let gauge = &gauge;
+        async move {
+            let text = app
+                .get("/metrics")
+                .await
+                .text()
+                .await
+                .map_err(|e| e.to_string())?;
+            for state in ["running", "paused", "circuit_open", "reconnecting"] {
+                let want = if state == expected { 1.0 } else { 0.0 };
+                let got = sample(&text, &gauge(state));
+                if got != Some(want) {
+                    return Err(format!("{state}: {got:?}, want {want}"));
+                }
+            }
+            Ok(())
+        }
+    };
+
+    eventually(Duration::from_secs(10), || in_state("running")).await;
+    let paused = app
+        .post_json("/pauseConsumer", &json!({ "consumerId": consumer_id }))
+        .await;
+    assert_eq!(paused.status(), StatusCode::OK);
+    eventually(Duration::from_secs(10), || in_state("paused")).await;
+    let resumed = app
+        .post_json("/resumeConsumer", &json!({ "consumerId": consumer_id }))
+        .await;
+    assert_eq!(resumed.status(), StatusCode::OK);
+    eventually(Duration::from_secs(10), || in_state("running")).await;
+    app.cleanup().await;
+}

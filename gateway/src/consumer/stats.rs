@@ -11,7 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 
-use crate::metrics::{latency_histogram, ConsumerLabels, DeliveryMetrics};
+use crate::metrics::{
+    latency_histogram, ConsumerLabels, ConsumerStateLabels, DeliveryMetrics, GAUGED_STATES,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,6 +31,8 @@ pub enum ConsumerState {
 
 pub struct ConsumerStats {
     state: AtomicU8,
+    /// `workerrmq_consumer_state`, in `GAUGED_STATES` order.
+    state_gauges: [Gauge; 4],
     delivered: Counter,
     acked: Counter,
     retried: Counter,
@@ -44,6 +48,7 @@ impl Default for ConsumerStats {
     fn default() -> Self {
         Self {
             state: AtomicU8::new(STOPPED),
+            state_gauges: Default::default(),
             delivered: Counter::default(),
             acked: Counter::default(),
             retried: Counter::default(),
@@ -76,8 +81,15 @@ const CIRCUIT_OPEN: u8 = 4;
 
 impl ConsumerStats {
     pub fn registered(metrics: &DeliveryMetrics, labels: &ConsumerLabels) -> Self {
+        let state_gauges = GAUGED_STATES.map(|state| {
+            metrics
+                .state
+                .get_or_create_owned(&ConsumerStateLabels::of(labels, state))
+        });
+        state_gauges[3].set(1);
         Self {
             state: AtomicU8::new(RECONNECTING),
+            state_gauges,
             delivered: metrics.delivered.get_or_create_owned(labels),
             acked: metrics.acked.get_or_create_owned(labels),
             retried: metrics.retried.get_or_create_owned(labels),
@@ -108,6 +120,16 @@ impl ConsumerStats {
             ConsumerState::CircuitOpen => CIRCUIT_OPEN,
         };
         self.state.store(raw, Ordering::Relaxed);
+        let gauged = match state {
+            ConsumerState::Running => Some(0),
+            ConsumerState::Paused => Some(1),
+            ConsumerState::CircuitOpen => Some(2),
+            ConsumerState::Reconnecting => Some(3),
+            ConsumerState::Stopped => None,
+        };
+        for (n, gauge) in self.state_gauges.iter().enumerate() {
+            gauge.set(i64::from(gauged == Some(n)));
+        }
     }
 
     pub(crate) fn delivery_started(&self) {
