@@ -65,6 +65,11 @@ pub struct ConsumerDefinition {
     /// breaker existed): no breaker.
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreakerPolicy>,
+    /// Bumped by every `/updateConsumer`; a replica running an older one
+    /// applies the stored definition. Absent (0) in definitions stored
+    /// before updates existed.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl ConsumerDefinition {
@@ -137,6 +142,17 @@ pub enum CappedCreateError {
     Registry(#[from] RegistryError),
 }
 
+/// What `ConsumerRegistry::update` did.
+#[derive(Debug)]
+pub enum UpdateOutcome {
+    /// Stored and applied here; the new definition as `/getConsumer` shows it.
+    Updated(Box<ConsumerView>),
+    /// No such consumer is stored (any more).
+    NotFound,
+    /// Another update was stored since the base was read; nothing changed.
+    Conflict,
+}
+
 /// Builds the targets of built-in handlers; supplied by the binary.
 pub trait BuiltinTargets: Send + Sync {
     fn target(&self, handler: BuiltinHandler) -> Option<Arc<dyn DeliveryTarget>>;
@@ -191,7 +207,8 @@ impl ConsumerRegistry {
             .insert_one(&definition)
             .await
             .map_err(StoreError::from)?;
-        self.supervisor.start(spec, target, definition.flow());
+        self.supervisor
+            .start(spec, target, definition.flow(), definition.revision);
         tracing::info!(consumer_id = %definition.consumer_id, queue = %definition.queue_name, "consumer created");
         Ok(self.view(definition))
     }
@@ -333,13 +350,21 @@ impl ConsumerRegistry {
                 continue;
             };
             wanted.insert(id.clone());
-            if self.supervisor.is_registered(&id) {
-                follow.push((id, definition.flow()));
+            if let Some(running) = self.supervisor.revision(&id) {
+                let changed = if definition.revision > running {
+                    self.runnable_or_report(&id, definition)
+                } else {
+                    None
+                };
+                follow.push((id, definition.flow(), changed, definition.revision));
                 continue;
             }
             match self.runnable(definition) {
                 Ok((spec, target)) => {
-                    if self.supervisor.start(spec, target, definition.flow()) {
+                    if self
+                        .supervisor
+                        .start(spec, target, definition.flow(), definition.revision)
+                    {
                         tracing::info!(consumer_id = %id, queue = %definition.queue_name, paused = definition.paused, "consumer registered from the store");
                     }
                     self.unstartable.remove(id.as_str());
@@ -355,12 +380,15 @@ impl ConsumerRegistry {
                 }
             }
         }
-        // At once: a pause waits for its consumer's drain.
-        futures_util::future::join_all(
-            follow
-                .iter()
-                .map(|(id, flow)| self.supervisor.follow(id, *flow, read_at)),
-        )
+        // At once: a pause or an update waits for its consumer's drain.
+        futures_util::future::join_all(follow.into_iter().map(
+            |(id, flow, changed, revision)| async move {
+                if let Some((spec, target)) = changed {
+                    self.supervisor.replace(spec, target, revision).await;
+                }
+                self.supervisor.follow(&id, flow, read_at).await;
+            },
+        ))
         .await;
         for id in running_before {
             if !wanted.contains(&id) {
@@ -369,6 +397,92 @@ impl ConsumerRegistry {
             }
         }
         Ok(())
+    }
+
+    /// The engine's parts for `definition`, or `None` after reporting (once)
+    /// why it cannot run here.
+    fn runnable_or_report(
+        &self,
+        id: &ConsumerId,
+        definition: &ConsumerDefinition,
+    ) -> Option<(ConsumerSpec, Arc<dyn DeliveryTarget>)> {
+        match self.runnable(definition) {
+            Ok(parts) => {
+                self.unstartable.remove(id.as_str());
+                Some(parts)
+            }
+            Err(problem) => {
+                if self
+                    .unstartable
+                    .insert(id.to_string(), problem.to_string())
+                    .is_none()
+                {
+                    tracing::warn!(consumer_id = %id, %problem, "stored consumer cannot run here");
+                }
+                None
+            }
+        }
+    }
+
+    /// The stored definition, secret included: the base an update changes.
+    pub async fn definition(
+        &self,
+        id: &ConsumerId,
+    ) -> Result<Option<ConsumerDefinition>, RegistryError> {
+        Ok(self
+            .collection
+            .find_one(doc! { "_id": id.as_str() })
+            .await
+            .map_err(StoreError::from)?)
+    }
+
+    /// Stores `next` in place of the definition at `next.revision - 1`,
+    /// then applies it here, returning once the old worker's in-flight
+    /// deliveries are settled and the new one started. The other replicas
+    /// follow on their next reconcile pass. The stored paused flag is kept
+    /// as it is now, whatever `next` says.
+    pub async fn update(&self, next: ConsumerDefinition) -> Result<UpdateOutcome, RegistryError> {
+        let (spec, target) = self.runnable(&next)?;
+        let id = spec.id.clone();
+        let mut stored = mongodb::bson::to_document(&next)
+            .map_err(|e| StoreError::Unavailable(format!("encoding the definition: {e}")))?;
+        stored.remove("_id");
+        stored.remove("paused");
+        stored.remove("createdAt");
+        let unset = if next.signing_secret.is_none() {
+            doc! { "signingSecret": "" }
+        } else {
+            doc! {}
+        };
+        let mut change = doc! { "$set": stored };
+        if !unset.is_empty() {
+            change.insert("$unset", unset);
+        }
+        let previous = i64::try_from(next.revision.saturating_sub(1)).unwrap_or(i64::MAX);
+        let base_filter = if previous == 0 {
+            // Stored before revisions existed: absent, or 0.
+            doc! { "_id": id.as_str(), "$or": [ { "revision": { "$exists": false } }, { "revision": 0_i64 } ] }
+        } else {
+            doc! { "_id": id.as_str(), "revision": previous }
+        };
+        let matched = self
+            .collection
+            .update_one(base_filter, change)
+            .await
+            .map_err(StoreError::from)?
+            .matched_count;
+        if matched == 0 {
+            return Ok(match self.definition(&id).await? {
+                Some(_) => UpdateOutcome::Conflict,
+                None => UpdateOutcome::NotFound,
+            });
+        }
+        self.supervisor.replace(spec, target, next.revision).await;
+        tracing::info!(consumer_id = %id, revision = next.revision, "consumer updated");
+        Ok(match self.get(&id).await? {
+            Some(view) => UpdateOutcome::Updated(Box::new(view)),
+            None => UpdateOutcome::NotFound,
+        })
     }
 
     /// Reconciles now and then every `RECONCILE_EVERY` until shutdown.

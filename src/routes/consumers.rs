@@ -122,7 +122,7 @@ pub struct RetryRequest {
 }
 
 /// Keeps `null` apart from absent: `Some(None)` for `null`.
-fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+pub(super) fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -152,11 +152,13 @@ pub struct CircuitBreakerRequest {
 }
 
 impl CircuitBreakerRequest {
-    fn into_policy(self) -> Result<Option<CircuitBreakerPolicy>, FieldError> {
+    fn into_policy(
+        self,
+        defaults: CircuitBreakerPolicy,
+    ) -> Result<Option<CircuitBreakerPolicy>, FieldError> {
         if self.enabled == Some(false) {
             return Ok(None);
         }
-        let defaults = CircuitBreakerPolicy::default();
         let policy = CircuitBreakerPolicy {
             failure_threshold: self.failure_threshold.unwrap_or(defaults.failure_threshold),
             open_ms: self.open_ms.unwrap_or(defaults.open_ms),
@@ -169,20 +171,22 @@ impl CircuitBreakerRequest {
     }
 }
 
-/// Absent: on, with the defaults; `null`: off.
+/// Absent: `current` kept (for a new consumer: on, with the defaults);
+/// `null`: off; an object: its fields over `current`'s (or the defaults).
 fn circuit_breaker_of(
     request: Option<Option<CircuitBreakerRequest>>,
+    current: Option<CircuitBreakerPolicy>,
 ) -> Result<Option<CircuitBreakerPolicy>, FieldError> {
     match request {
-        None => Ok(Some(CircuitBreakerPolicy::default())),
+        None => Ok(current),
         Some(None) => Ok(None),
-        Some(Some(request)) => request.into_policy(),
+        Some(Some(request)) => request.into_policy(current.unwrap_or_default()),
     }
 }
 
 impl RetryRequest {
-    fn into_policy(self) -> Result<RetryPolicy, ApiError> {
-        let defaults = RetryPolicy::default();
+    /// Unset fields keep `defaults`'.
+    fn into_policy(self, defaults: RetryPolicy) -> Result<RetryPolicy, ApiError> {
         let policy = RetryPolicy {
             max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
             initial_delay_ms: self.initial_delay_ms.unwrap_or(defaults.initial_delay_ms),
@@ -205,92 +209,152 @@ fn retry_field_error(err: RetryPolicyError) -> FieldError {
     FieldError::new(field, err.to_string()).within("retry")
 }
 
-fn parse_definition(
+/// The settable parts of a consumer, as `/createConsumer` and
+/// `/updateConsumer` both take them: `None` keeps what the base has;
+/// `Some(None)` (an explicit `null`) clears what may be cleared.
+pub(super) struct ConsumerSettings {
+    pub(super) consumer_name: Option<String>,
+    pub(super) target: Option<TargetRequest>,
+    pub(super) prefetch: Option<u16>,
+    pub(super) concurrency: Option<u16>,
+    pub(super) rate_limit_per_sec: Option<Option<f64>>,
+    pub(super) retry: Option<RetryRequest>,
+    pub(super) circuit_breaker: Option<Option<CircuitBreakerRequest>>,
+    pub(super) signing_secret: Option<Option<String>>,
+}
+
+/// Writes `settings` over `base`, checking the result as a whole: the one
+/// validation both create and update run. Returns the changed definition;
+/// `base` itself is never half-changed.
+pub(super) fn apply_settings(
     state: &AppState,
-    request: CreateConsumerRequest,
+    settings: ConsumerSettings,
+    base: &ConsumerDefinition,
 ) -> Result<ConsumerDefinition, ApiError> {
-    let queue = QueueName::parse(request.queue_name)?;
-    let consumer_name = request
-        .consumer_name
-        .map(|n| n.trim().to_owned())
-        .unwrap_or_else(|| format!("{queue}-consumer"));
-    if consumer_name.is_empty() || consumer_name.chars().count() > 100 {
+    let mut next = base.clone();
+    if let Some(name) = settings.consumer_name {
+        next.consumer_name = name.trim().to_owned();
+    }
+    if next.consumer_name.is_empty() || next.consumer_name.chars().count() > 100 {
         return Err(FieldError::new("consumerName", "1 to 100 characters").into());
     }
     let allowed = state.settings.forward_allowed_hosts.as_deref();
-    let target = match request.target {
+    match settings.target {
         Some(TargetRequest::Http {
             url,
             method,
             headers,
             timeout_ms,
-        }) => TargetSpec::Http(HttpTarget::parse(
-            &url,
-            method.as_deref(),
-            headers.unwrap_or_default(),
-            timeout_ms,
-            allowed,
-        )?),
-        Some(TargetRequest::Builtin { handler }) => TargetSpec::Builtin {
-            handler: handler.into(),
-        },
-        None => {
-            let default = state.settings.default_target_url.as_ref().ok_or_else(|| {
-                FieldError::new(
-                    "target",
-                    "required, since DEFAULT_TARGET_URL is not set on this gateway",
-                )
-            })?;
-            TargetSpec::Http(
-                HttpTarget::parse(default.as_str(), None, BTreeMap::new(), None, allowed).map_err(
-                    |e| ApiError::BadRequest(format!("DEFAULT_TARGET_URL: {}", e.problem)),
-                )?,
-            )
+        }) => {
+            next.target = TargetSpec::Http(HttpTarget::parse(
+                &url,
+                method.as_deref(),
+                headers.unwrap_or_default(),
+                timeout_ms,
+                allowed,
+            )?)
         }
-    };
-    let prefetch = request.prefetch.unwrap_or(DEFAULT_PREFETCH);
-    if !(1..=MAX_PREFETCH).contains(&prefetch) {
+        Some(TargetRequest::Builtin { handler }) => {
+            next.target = TargetSpec::Builtin {
+                handler: handler.into(),
+            }
+        }
+        None => {}
+    }
+    if let Some(prefetch) = settings.prefetch {
+        next.prefetch = prefetch;
+    }
+    if !(1..=MAX_PREFETCH).contains(&next.prefetch) {
         return Err(FieldError::new("prefetch", format!("between 1 and {MAX_PREFETCH}")).into());
     }
-    let concurrency = request
+    if let Some(concurrency) = settings.concurrency {
+        next.concurrency = Some(concurrency);
+    }
+    // Checked against the prefetch as it will be, given or kept.
+    next.concurrency = next
         .concurrency
-        .map(|value| Concurrency::within(value, prefetch))
+        .map(|value| Concurrency::within(value, next.prefetch))
         .transpose()
         .map_err(|e| FieldError::new("concurrency", e.to_string()))?
         .map(Concurrency::get);
-    let rate_limit_per_sec = request
+    if let Some(rate) = settings.rate_limit_per_sec {
+        next.rate_limit_per_sec = rate;
+    }
+    next.rate_limit_per_sec = next
         .rate_limit_per_sec
         .map(RatePerSec::new)
         .transpose()
         .map_err(|e| FieldError::new("rateLimitPerSec", e.to_string()))?
         .map(RatePerSec::get);
-    let retry = match request.retry {
-        Some(retry) => retry.into_policy()?,
-        None => RetryPolicy::default(),
+    if let Some(retry) = settings.retry {
+        next.retry = retry.into_policy(base.retry)?;
+    }
+    next.circuit_breaker = circuit_breaker_of(settings.circuit_breaker, base.circuit_breaker)?;
+    if let Some(secret) = settings.signing_secret {
+        next.signing_secret = secret
+            .map(|raw| {
+                SigningSecret::parse(&raw)
+                    .map(|s| s.expose().to_owned())
+                    .map_err(ApiError::from)
+            })
+            .transpose()?;
+    }
+    Ok(next)
+}
+
+fn parse_definition(
+    state: &AppState,
+    request: CreateConsumerRequest,
+) -> Result<ConsumerDefinition, ApiError> {
+    let queue = QueueName::parse(request.queue_name)?;
+    let target = match request.target {
+        Some(_) => None,
+        None => Some(default_target(state)?),
     };
-    let circuit_breaker = circuit_breaker_of(request.circuit_breaker)?;
-    let signing_secret = request
-        .signing_secret
-        .map(|raw| {
-            SigningSecret::parse(&raw)
-                .map(|s| s.expose().to_owned())
-                .map_err(ApiError::from)
-        })
-        .transpose()?;
-    Ok(ConsumerDefinition {
+    let base = ConsumerDefinition {
         consumer_id: ConsumerId::new().to_string(),
-        consumer_name,
+        consumer_name: format!("{queue}-consumer"),
         queue_name: queue.to_string(),
-        target,
-        prefetch,
-        retry,
-        signing_secret,
+        // Replaced below when the request names one.
+        target: target.unwrap_or(TargetSpec::Builtin {
+            handler: BuiltinHandler::User,
+        }),
+        prefetch: DEFAULT_PREFETCH,
+        retry: RetryPolicy::default(),
+        signing_secret: None,
         created_at: services::store::DateTime::now(),
         paused: false,
-        concurrency,
-        rate_limit_per_sec,
-        circuit_breaker,
-    })
+        concurrency: None,
+        rate_limit_per_sec: None,
+        circuit_breaker: Some(CircuitBreakerPolicy::default()),
+        revision: 0,
+    };
+    let settings = ConsumerSettings {
+        consumer_name: request.consumer_name,
+        target: request.target,
+        prefetch: request.prefetch,
+        concurrency: request.concurrency,
+        rate_limit_per_sec: request.rate_limit_per_sec.map(Some),
+        retry: request.retry,
+        circuit_breaker: request.circuit_breaker,
+        signing_secret: request.signing_secret.map(Some),
+    };
+    apply_settings(state, settings, &base)
+}
+
+/// `DEFAULT_TARGET_URL`, for a consumer created without a target.
+fn default_target(state: &AppState) -> Result<TargetSpec, ApiError> {
+    let allowed = state.settings.forward_allowed_hosts.as_deref();
+    let default = state.settings.default_target_url.as_ref().ok_or_else(|| {
+        FieldError::new(
+            "target",
+            "required, since DEFAULT_TARGET_URL is not set on this gateway",
+        )
+    })?;
+    Ok(TargetSpec::Http(
+        HttpTarget::parse(default.as_str(), None, BTreeMap::new(), None, allowed)
+            .map_err(|e| ApiError::BadRequest(format!("DEFAULT_TARGET_URL: {}", e.problem)))?,
+    ))
 }
 
 #[utoipa::path(post, path = "/createConsumer", tag = "consumers", request_body = CreateConsumerRequest,
@@ -435,7 +499,7 @@ mod tests {
         let parse = |body: serde_json::Value| {
             let request: CreateConsumerRequest =
                 serde_json::from_value(body).expect("a create request");
-            circuit_breaker_of(request.circuit_breaker)
+            circuit_breaker_of(request.circuit_breaker, Some(CircuitBreakerPolicy::default()))
         };
         assert_eq!(
             parse(json!({ "queueName": "q" })),
@@ -493,7 +557,7 @@ mod tests {
         ];
         for (body, field) in cases {
             let err = request(body.clone())
-                .into_policy()
+                .into_policy(RetryPolicy::default())
                 .expect_err("out of bounds");
             let message = err.to_string();
             assert!(

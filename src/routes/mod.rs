@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod publish;
 pub mod queues;
 pub mod seeds;
+pub mod update_consumer;
 
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, Handler, Responder};
@@ -63,6 +64,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             Method::POST,
             "/deleteConsumer",
             consumers::delete_consumer,
+        ))
+        .service(route(
+            Method::POST,
+            "/updateConsumer",
+            update_consumer::update_consumer,
         ))
         .service(route(
             Method::POST,

@@ -42,6 +42,8 @@ struct RegisteredConsumer {
     breaker: Option<Arc<CircuitBreaker>>,
     /// `None` while paused.
     worker: Option<RunningWorker>,
+    /// The stored definition's revision this runs; an update bumps it.
+    revision: u64,
     /// Held through a pause, resume or stop of this consumer; holds when
     /// an explicit `set_flow` last changed it, so `follow` can tell a stale
     /// reading of the store from a fresh one.
@@ -111,7 +113,13 @@ impl ConsumerSupervisor {
     /// Registers the consumer unless one with its id already is, running
     /// or `Flow::Paused` (registered, but takes no delivery). Returns
     /// whether it was registered.
-    pub fn start(&self, spec: ConsumerSpec, target: Arc<dyn DeliveryTarget>, flow: Flow) -> bool {
+    pub fn start(
+        &self,
+        spec: ConsumerSpec,
+        target: Arc<dyn DeliveryTarget>,
+        flow: Flow,
+        revision: u64,
+    ) -> bool {
         if self.is_closing() {
             return false;
         }
@@ -139,8 +147,75 @@ impl ConsumerSupervisor {
             target,
             breaker,
             worker,
+            revision,
             transitions: Arc::new(tokio::sync::Mutex::new(None)),
         });
+        true
+    }
+
+    /// The stored revision the consumer runs here; `None` when it is not
+    /// registered here.
+    pub fn revision(&self, id: &ConsumerId) -> Option<u64> {
+        self.consumers.get(id).map(|c| c.revision)
+    }
+
+    /// Runs the consumer with a changed definition, unless it already runs
+    /// `revision` or a later one. The old worker stops first with its
+    /// drain (in-flight deliveries finish under the old settings and are
+    /// settled, the rest handed back), so the new one, on a new channel
+    /// with the new prefetch, never sees a delivery the old one still
+    /// holds. Paused stays paused; the counters stay, and so does the
+    /// breaker's state when its policy did not change. Returns whether the
+    /// consumer is registered here.
+    pub async fn replace(
+        &self,
+        spec: ConsumerSpec,
+        target: Arc<dyn DeliveryTarget>,
+        revision: u64,
+    ) -> bool {
+        let id = spec.id.clone();
+        let Some(gate) = self.consumers.get(&id).map(|c| c.transitions.clone()) else {
+            return false;
+        };
+        let _turn = gate.lock().await;
+        let old_worker = {
+            let Some(mut consumer) = self.consumers.get_mut(&id) else {
+                return false;
+            };
+            if consumer.revision >= revision {
+                return true;
+            }
+            consumer.worker.take()
+        };
+        let was_consuming = old_worker.is_some();
+        if let Some(worker) = old_worker {
+            worker.stop(&id).await;
+        }
+        let Some(mut consumer) = self.consumers.get_mut(&id) else {
+            return false;
+        };
+        let labels = labels_of(&spec);
+        let breaker = match (&consumer.breaker, spec.circuit_breaker) {
+            (Some(kept), Some(policy)) if consumer.spec.circuit_breaker == Some(policy) => {
+                Some(kept.clone())
+            }
+            (_, policy) => policy.map(|policy| {
+                let openings = self.metrics.circuit_openings.get_or_create_owned(&labels);
+                Arc::new(CircuitBreaker::new(policy, openings))
+            }),
+        };
+        let spec = Arc::new(spec);
+        consumer.spec = spec.clone();
+        consumer.target = target;
+        consumer.breaker = breaker;
+        consumer.revision = revision;
+        if was_consuming && !self.is_closing() {
+            consumer.stats.set_state(ConsumerState::Reconnecting);
+            let worker =
+                self.spawn_worker(&spec, &consumer.stats, &consumer.target, &consumer.breaker);
+            consumer.worker = Some(worker);
+        }
+        tracing::info!(consumer_id = %id, revision, "consumer definition applied");
         true
     }
 
