@@ -449,11 +449,14 @@ impl ConsumerRegistry {
         stored.remove("_id");
         stored.remove("paused");
         stored.remove("createdAt");
-        let unset = if next.signing_secret.is_none() {
-            doc! { "signingSecret": "" }
-        } else {
-            doc! {}
-        };
+        // Optional fields left out of `stored` when `None` must go from the
+        // store too, or the old value would stay.
+        let mut unset = mongodb::bson::Document::new();
+        for optional in ["signingSecret", "concurrency", "rateLimitPerSec"] {
+            if !stored.contains_key(optional) {
+                unset.insert(optional, "");
+            }
+        }
         let mut change = doc! { "$set": stored };
         if !unset.is_empty() {
             change.insert("$unset", unset);

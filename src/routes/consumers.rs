@@ -499,7 +499,10 @@ mod tests {
         let parse = |body: serde_json::Value| {
             let request: CreateConsumerRequest =
                 serde_json::from_value(body).expect("a create request");
-            circuit_breaker_of(request.circuit_breaker, Some(CircuitBreakerPolicy::default()))
+            circuit_breaker_of(
+                request.circuit_breaker,
+                Some(CircuitBreakerPolicy::default()),
+            )
         };
         assert_eq!(
             parse(json!({ "queueName": "q" })),

@@ -94,7 +94,11 @@ pub async fn update_consumer(
 ) -> Result<HttpResponse, ApiError> {
     let (id, settings) = body.into_parts()?;
     let not_found = || ApiError::NotFound(format!("no consumer with id `{id}`"));
-    let base = state.registry.definition(&id).await?.ok_or_else(not_found)?;
+    let base = state
+        .registry
+        .definition(&id)
+        .await?
+        .ok_or_else(not_found)?;
     let mut next = apply_settings(&state, settings, &base)?;
     next.revision = base.revision + 1;
     match state.registry.update(next).await? {

@@ -27,3 +27,4 @@ mod rate_limits;
 mod resilience;
 mod retries;
 mod support;
+mod update_consumer;
