@@ -3,11 +3,13 @@
 //!
 //! Every replica reconciles the two every `RECONCILE_EVERY`: it starts the
 //! stored consumers it does not run, stops the ones no longer stored, and
-//! pauses or resumes each as its stored `paused` flag says. That alone
+//! pauses or resumes each as its stored `paused` flag says, and applies a
+//! definition whose `revision` is newer than the one it runs. That alone
 //! gives restart recovery (the first pass runs at start-up; a paused
 //! consumer is registered paused and never consumes) and convergence
 //! across replicas within seconds, with no extra broadcast to keep
-//! consistent. A local create, delete, pause or resume takes effect at once.
+//! consistent. A local create, delete, pause, resume or update takes
+//! effect at once.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -238,28 +238,8 @@ pub(super) fn apply_settings(
     if next.consumer_name.is_empty() || next.consumer_name.chars().count() > 100 {
         return Err(FieldError::new("consumerName", "1 to 100 characters").into());
     }
-    let allowed = state.settings.forward_allowed_hosts.as_deref();
-    match settings.target {
-        Some(TargetRequest::Http {
-            url,
-            method,
-            headers,
-            timeout_ms,
-        }) => {
-            next.target = TargetSpec::Http(HttpTarget::parse(
-                &url,
-                method.as_deref(),
-                headers.unwrap_or_default(),
-                timeout_ms,
-                allowed,
-            )?)
-        }
-        Some(TargetRequest::Builtin { handler }) => {
-            next.target = TargetSpec::Builtin {
-                handler: handler.into(),
-            }
-        }
-        None => {}
+    if let Some(target) = settings.target {
+        next.target = parse_target(state, target)?;
     }
     if let Some(prefetch) = settings.prefetch {
         next.prefetch = prefetch;
@@ -308,17 +288,14 @@ fn parse_definition(
 ) -> Result<ConsumerDefinition, ApiError> {
     let queue = QueueName::parse(request.queue_name)?;
     let target = match request.target {
-        Some(_) => None,
-        None => Some(default_target(state)?),
+        Some(target) => parse_target(state, target)?,
+        None => default_target(state)?,
     };
     let base = ConsumerDefinition {
         consumer_id: ConsumerId::new().to_string(),
         consumer_name: format!("{queue}-consumer"),
         queue_name: queue.to_string(),
-        // Replaced below when the request names one.
-        target: target.unwrap_or(TargetSpec::Builtin {
-            handler: BuiltinHandler::User,
-        }),
+        target,
         prefetch: DEFAULT_PREFETCH,
         retry: RetryPolicy::default(),
         signing_secret: None,
@@ -331,7 +308,7 @@ fn parse_definition(
     };
     let settings = ConsumerSettings {
         consumer_name: request.consumer_name,
-        target: request.target,
+        target: None,
         prefetch: request.prefetch,
         concurrency: request.concurrency,
         rate_limit_per_sec: request.rate_limit_per_sec.map(Some),
@@ -340,6 +317,27 @@ fn parse_definition(
         signing_secret: request.signing_secret.map(Some),
     };
     apply_settings(state, settings, &base)
+}
+
+fn parse_target(state: &AppState, request: TargetRequest) -> Result<TargetSpec, ApiError> {
+    let allowed = state.settings.forward_allowed_hosts.as_deref();
+    Ok(match request {
+        TargetRequest::Http {
+            url,
+            method,
+            headers,
+            timeout_ms,
+        } => TargetSpec::Http(HttpTarget::parse(
+            &url,
+            method.as_deref(),
+            headers.unwrap_or_default(),
+            timeout_ms,
+            allowed,
+        )?),
+        TargetRequest::Builtin { handler } => TargetSpec::Builtin {
+            handler: handler.into(),
+        },
+    })
 }
 
 /// `DEFAULT_TARGET_URL`, for a consumer created without a target.

@@ -378,3 +378,47 @@ async fn an_update_changes_only_the_fields_given_and_keeps_a_pause() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_openapi_spec_lists_update_consumer_with_its_request_type() {
+    let app = spawn_app().await;
+    let spec = assert_json(
+        app.request_anonymous(reqwest::Method::GET, "/openapi.json", None)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let operation = &spec["paths"]["/updateConsumer"]["post"];
+    assert!(
+        operation["requestBody"]
+            .to_string()
+            .contains("UpdateConsumerRequest"),
+        "{operation}"
+    );
+    for status in ["200", "400", "404"] {
+        assert!(
+            operation["responses"][status].is_object(),
+            "{status}: {operation}"
+        );
+    }
+    let request = &spec["components"]["schemas"]["UpdateConsumerRequest"];
+    assert_eq!(request["required"], json!(["consumerId"]), "{request}");
+    for property in [
+        "consumerId",
+        "consumerName",
+        "target",
+        "prefetch",
+        "concurrency",
+        "rateLimitPerSec",
+        "retry",
+        "circuitBreaker",
+        "signingSecret",
+    ] {
+        assert!(
+            request["properties"][property].is_object(),
+            "{property}: {request}"
+        );
+    }
+    assert!(request["properties"]["queueName"].is_null(), "{request}");
+    app.cleanup().await;
+}

@@ -1,12 +1,13 @@
 //! `ConsumerSupervisor`: the consumers registered on this gateway, tracked
 //! in a `DashMap`, each running as one tokio task (`worker`) unless paused:
-//! starting, pausing and resuming, stopping with a drain, and what
-//! `/getConsumers` reads of them.
+//! starting, pausing and resuming, replacing a changed definition,
+//! stopping with a drain, and what `/getConsumers` reads of them.
 //!
 //! A paused consumer stays registered (its spec, target and counters kept)
 //! with no worker: pausing stops the worker with the same drain as a stop
 //! (basic.cancel, in-flight deliveries settled, the rest handed back), and
-//! resuming starts a new one. Transitions of one consumer take turns on its
+//! resuming starts a new one; a changed definition is applied the same
+//! way, old worker drained before the new one starts. Transitions of one consumer take turns on its
 //! own lock, so a pause draining and a resume cannot interleave.
 
 use std::sync::Arc;
