@@ -7,8 +7,9 @@
 //! with no worker: pausing stops the worker with the same drain as a stop
 //! (basic.cancel, in-flight deliveries settled, the rest handed back), and
 //! resuming starts a new one; a changed definition is applied the same
-//! way, old worker drained before the new one starts. Transitions of one consumer take turns on its
-//! own lock, so a pause draining and a resume cannot interleave.
+//! way, the old worker drained before the new one starts. Transitions of
+//! one consumer take turns on its own lock, so a pause draining and a
+//! resume (or an update) cannot interleave.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
