@@ -61,9 +61,8 @@ async fn consumer_on(
 ) -> (Api, String, String) {
     let api = Api::of(app);
     let queue = app.unique_queue(label);
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(&queue, &target.url(path), json!({ "prefetch": 5 }))
+        .queue_with_consumer(&queue, &target.url(path), json!({ "prefetch": 5 }))
         .await;
     api.wait_for_consumer(&consumer, SETTLED, "running", |v| v["state"] == "running")
         .await;

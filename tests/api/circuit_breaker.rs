@@ -11,17 +11,11 @@ use serde_json::{json, Value};
 
 use crate::helpers::{assert_error, spawn_app};
 use crate::support::target_server::{Reply, TargetServer};
-use crate::support::{binary_messages, publish_confirmed, queue_counts, wait_for_queue, Api};
+use crate::support::{
+    binary_messages, metric_sample as sample, publish_confirmed, queue_counts, wait_for_queue, Api,
+};
 
 const OPEN_MS: u64 = 2_000;
-
-/// The value of the first sample line starting with `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_target_opens_the_circuit_messages_wait_unspent_and_a_probe_closes_it() {
@@ -30,9 +24,8 @@ async fn a_failing_target_opens_the_circuit_messages_wait_unspent_and_a_probe_cl
     let target = TargetServer::start().await;
     target.set_default(Reply::status(503));
     let queue = app.unique_queue("breaker");
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(
+        .queue_with_consumer(
             &queue,
             &target.url("/sick"),
             json!({
@@ -188,9 +181,8 @@ async fn a_null_or_disabled_circuit_breaker_lets_every_failure_take_its_course()
     let mut consumers = Vec::new();
     for (label, setting) in [("null", Value::Null), ("off", json!({ "enabled": false }))] {
         let queue = app.unique_queue(label);
-        api.create_queue(&queue).await;
         let consumer = api
-            .create_http_consumer(
+            .queue_with_consumer(
                 &queue,
                 &target.url(&format!("/{label}")),
                 json!({ "prefetch": 1, "retry": { "maxAttempts": 1 }, "circuitBreaker": setting }),
@@ -294,9 +286,8 @@ async fn a_pause_wins_over_an_open_circuit_and_a_resume_probes_again() {
     let target = TargetServer::start().await;
     target.set_default(Reply::status(503));
     let queue = app.unique_queue("cb-pause");
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(
+        .queue_with_consumer(
             &queue,
             &target.url("/sick"),
             json!({ "prefetch": 1, "circuitBreaker": { "failureThreshold": 1, "openMs": 1000 } }),
@@ -401,13 +392,11 @@ async fn a_failed_probe_opens_the_circuit_again_for_twice_as_long() {
     let target = TargetServer::start().await;
     target.set_default(Reply::status(503));
     let queue = app.unique_queue("cb-probe");
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(
+        .queue_with_consumer(
             &queue,
             &target.url("/sick"),
-            json!({ "prefetch": 5, "circuitBreaker": { "failureThreshold": 1, "openMs": 1000, "maxOpenMs": 1500 } }),
-        )
+            json!({ "prefetch": 5, "circuitBreaker": { "failureThreshold": 1, "openMs": 1000, "maxOpenMs": 1500 } }))
         .await;
     api.wait_for_consumer(&consumer, Duration::from_secs(5), "running", |v| {
         v["state"] == "running"

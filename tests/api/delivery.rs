@@ -26,9 +26,8 @@ async fn binary_messages_reach_the_target_byte_for_byte_and_are_all_acked() {
     let api = Api::of(&app);
     let target = TargetServer::start().await;
     let queue = app.unique_queue("bytes");
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(&queue, &target.url("/hook"), json!({}))
+        .queue_with_consumer(&queue, &target.url("/hook"), json!({}))
         .await;
     api.wait_for_consumer(&consumer, Duration::from_secs(5), "running", is_running)
         .await;
@@ -239,9 +238,8 @@ async fn one_slow_delivery_does_not_hold_up_the_rest_of_the_prefetch_window() {
         Reply::ok(),
     );
     let queue = app.unique_queue("straggler");
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(&queue, &target.url("/hook"), json!({ "prefetch": 3 }))
+        .queue_with_consumer(&queue, &target.url("/hook"), json!({ "prefetch": 3 }))
         .await;
     api.wait_for_consumer(&consumer, Duration::from_secs(5), "running", is_running)
         .await;

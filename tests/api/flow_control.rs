@@ -106,9 +106,8 @@ async fn messages_published_while_paused_wait_in_the_queue_and_arrive_once_after
     let api = Api::of(&app);
     let target = TargetServer::start().await;
     let queue = app.unique_queue("paused");
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(&queue, &target.url("/paused"), json!({}))
+        .queue_with_consumer(&queue, &target.url("/paused"), json!({}))
         .await;
     api.wait_for_consumer(&consumer, CONVERGENCE, "running", is_running)
         .await;
@@ -170,9 +169,8 @@ async fn pausing_mid_delivery_lets_the_held_deliveries_finish_and_acks_them() {
     let target = TargetServer::start().await;
     target.set_default(Reply::ok().after(Duration::from_millis(1_500)));
     let queue = app.unique_queue("held");
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(&queue, &target.url("/held"), json!({ "prefetch": 5 }))
+        .queue_with_consumer(&queue, &target.url("/held"), json!({ "prefetch": 5 }))
         .await;
     api.wait_for_consumer(&consumer, CONVERGENCE, "running", is_running)
         .await;
@@ -259,23 +257,10 @@ async fn a_pause_on_one_replica_stops_delivery_on_the_other_within_5_s() {
     let b = deployment.start_gateway(&deployment.instance_id("b")).await;
     let target = TargetServer::start().await;
     let queue = deployment.queue("replicas");
-    a.api.create_queue(&queue).await;
-    let consumer = a
-        .api
-        .create_http_consumer(&queue, &target.url("/replicas"), json!({}))
-        .await;
-    b.api
-        .wait_for_consumer(&consumer, CONVERGENCE, "running on B", is_running)
+    let consumer = deployment
+        .consumer_on_both(&a, &b, &queue, &target.url("/replicas"), json!({}))
         .await;
     let amqp = deployment.amqp().await;
-    wait_for_queue(
-        amqp,
-        &queue,
-        CONVERGENCE,
-        "consumed by both replicas",
-        |_, consumers| consumers == 2,
-    )
-    .await;
 
     pause(&a.api, &consumer).await;
     let paused_at = Instant::now();
@@ -329,9 +314,8 @@ async fn pause_and_resume_refuse_bad_input_change_nothing_and_are_idempotent() {
     let api = Api::of(&app);
     let target = TargetServer::start().await;
     let queue = app.unique_queue("input");
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(&queue, &target.url("/input"), json!({}))
+        .queue_with_consumer(&queue, &target.url("/input"), json!({}))
         .await;
     api.wait_for_consumer(&consumer, CONVERGENCE, "running", is_running)
         .await;

@@ -6,15 +6,9 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{assert_error, eventually, spawn_app};
+use crate::support::metric_sample as sample;
 use crate::support::target_server::{Reply, TargetServer};
-
-/// The value of the first sample line starting with `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use crate::support::Api;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_with_real_deliveries() {
@@ -106,18 +100,10 @@ async fn the_state_gauge_follows_a_consumer_through_pause_and_resume() {
     let app = spawn_app().await;
     let target = TargetServer::start().await;
     let queue = app.unique_queue("gauged");
-    app.create_queue(&queue, json!({})).await;
-    let created = app
-        .post_json(
-            "/createConsumer",
-            &json!({ "queueName": queue, "target": { "type": "http", "url": target.url("/hook") } }),
-        )
+    let api = Api::of(&app);
+    let consumer_id = api
+        .queue_with_consumer(&queue, &target.url("/hook"), json!({}))
         .await;
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let consumer_id = created.json::<serde_json::Value>().await.expect("JSON")["consumerId"]
-        .as_str()
-        .expect("consumerId")
-        .to_owned();
     let gauge = |state: &str| {
         format!(
             "workerrmq_consumer_state{{consumer_id=\"{consumer_id}\",queue=\"{queue}\",state=\"{state}\"}}"

@@ -64,9 +64,8 @@ async fn oversized_headers_are_refused_and_the_broker_connection_is_untouched() 
     let target = TargetServer::start().await;
     // A consumer on another queue, delivering before and after.
     let consumed = app.unique_queue("consumed");
-    api.create_queue(&consumed).await;
     let consumer = api
-        .create_http_consumer(&consumed, &target.url("/hook"), json!({}))
+        .queue_with_consumer(&consumed, &target.url("/hook"), json!({}))
         .await;
     api.wait_for_consumer(&consumer, Duration::from_secs(10), "running", |v| {
         v["state"] == "running"
@@ -357,9 +356,8 @@ async fn distinct_retry_after_values_make_no_more_delay_queues_than_the_ladder_h
         .collect();
     target.script("/hostile", replies, Reply::ok());
     let queue = app.unique_queue("hostile");
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(
+        .queue_with_consumer(
             &queue,
             &target.url("/hostile"),
             json!({

@@ -56,9 +56,8 @@ async fn concurrency_caps_the_target_calls_in_flight() {
     let target = TargetServer::start().await;
     target.set_default(Reply::ok().after(Duration::from_millis(300)));
     let queue = app.unique_queue("concurrency");
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(
+        .queue_with_consumer(
             &queue,
             &target.url("/slow"),
             json!({ "prefetch": 10, "concurrency": 2 }),
@@ -110,9 +109,8 @@ async fn the_rate_limit_spaces_deliveries_out() {
     let api = Api::of(&app);
     let target = TargetServer::start().await;
     let queue = app.unique_queue("rate");
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(
+        .queue_with_consumer(
             &queue,
             &target.url("/rate"),
             json!({ "prefetch": 50, "rateLimitPerSec": 20 }),
@@ -177,27 +175,16 @@ async fn two_replicas_share_the_rate_of_one_consumer() {
     }
     let target = TargetServer::start().await;
     let queue = deployment.queue("shared-rate");
-    a.api.create_queue(&queue).await;
-    let consumer = a
-        .api
-        .create_http_consumer(
+    deployment
+        .consumer_on_both(
+            &a,
+            &b,
             &queue,
             &target.url("/shared"),
             json!({ "prefetch": 50, "rateLimitPerSec": 20 }),
         )
         .await;
-    b.api
-        .wait_for_consumer(&consumer, CONVERGENCE, "running on B", is_running)
-        .await;
     let amqp = deployment.amqp().await;
-    wait_for_queue(
-        amqp,
-        &queue,
-        CONVERGENCE,
-        "consumed by both replicas",
-        |_, consumers| consumers == 2,
-    )
-    .await;
 
     let messages = binary_messages("shared", 200);
     publish_confirmed(amqp, &queue, &messages).await;

@@ -405,9 +405,8 @@ async fn a_force_closed_broker_connection_is_resumed_without_losing_messages() {
         Reply::ok().after(HOLD),
     );
     let queue = app.unique_queue("forced");
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(
+        .queue_with_consumer(
             &queue,
             &target.url("/forced"),
             json!({
@@ -513,9 +512,8 @@ async fn deleting_a_consumer_mid_stream_settles_or_hands_back_every_message() {
     let target = TargetServer::start().await;
     target.set_default(Reply::ok().after(HOLD));
     let queue = app.unique_queue("deleted");
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(&queue, &target.url("/deleted"), json!({ "prefetch": 10 }))
+        .queue_with_consumer(&queue, &target.url("/deleted"), json!({ "prefetch": 10 }))
         .await;
     api.wait_for_consumer(&consumer, CONVERGENCE, "running", is_running)
         .await;

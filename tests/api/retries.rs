@@ -23,9 +23,8 @@ async fn consumer_on(
 ) -> (Api, String, String) {
     let api = Api::of(app);
     let queue = app.unique_queue(label);
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(&queue, &target.url(path), extra)
+        .queue_with_consumer(&queue, &target.url(path), extra)
         .await;
     api.wait_for_consumer(&consumer, Duration::from_secs(5), "running", |v| {
         v["state"] == "running"

@@ -230,9 +230,8 @@ async fn bad_updates_are_refused_naming_the_field_and_change_nothing() {
     let api = Api::of(&app);
     let target = TargetServer::start().await;
     let queue = app.unique_queue("update-bad");
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(
+        .queue_with_consumer(
             &queue,
             &target.url("/bad"),
             json!({ "prefetch": 5, "concurrency": 4, "rateLimitPerSec": 50 }),
@@ -311,9 +310,8 @@ async fn an_update_changes_only_the_fields_given_and_keeps_a_pause() {
     let api = Api::of(&app);
     let target = TargetServer::start().await;
     let queue = app.unique_queue("update-partial");
-    api.create_queue(&queue).await;
     let consumer = api
-        .create_http_consumer(
+        .queue_with_consumer(
             &queue,
             &target.url("/partial"),
             json!({ "prefetch": 8, "concurrency": 4, "rateLimitPerSec": 50,

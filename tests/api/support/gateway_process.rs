@@ -181,6 +181,40 @@ impl Drop for Deployment {
     }
 }
 
+/// How long a consumer created on one replica may take to run on another.
+const ON_BOTH: Duration = Duration::from_secs(5);
+
+impl Deployment {
+    /// Creates `queue` and an HTTP consumer on it through `a` (`extra` are
+    /// more create fields), then waits until it runs on `b` too and the
+    /// broker lists both replicas' consumers: where two-replica tests start.
+    pub async fn consumer_on_both(
+        &self,
+        a: &GatewayProcess,
+        b: &GatewayProcess,
+        queue: &str,
+        url: &str,
+        extra: serde_json::Value,
+    ) -> String {
+        a.api.create_queue(queue).await;
+        let consumer = a.api.create_http_consumer(queue, url, extra).await;
+        b.api
+            .wait_for_consumer(&consumer, ON_BOTH, "running on the second replica", |v| {
+                v["state"] == "running"
+            })
+            .await;
+        super::wait_for_queue(
+            self.amqp().await,
+            queue,
+            ON_BOTH,
+            "consumed by both replicas",
+            |_, consumers| consumers == 2,
+        )
+        .await;
+        consumer
+    }
+}
+
 pub struct GatewayProcess {
     child: Child,
     pub instance_id: String,

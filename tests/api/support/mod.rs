@@ -173,6 +173,12 @@ impl Api {
             .map(|r| r.status().as_u16())
     }
 
+    /// Creates `queue` and an HTTP consumer on it; the consumer's id.
+    pub async fn queue_with_consumer(&self, queue: &str, url: &str, extra: Value) -> String {
+        self.create_queue(queue).await;
+        self.create_http_consumer(queue, url, extra).await
+    }
+
     /// Polls GET /getConsumer/{id} until `check` accepts the view.
     pub async fn wait_for_consumer(
         &self,
@@ -195,6 +201,15 @@ impl Api {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The value of the first `/metrics` sample line starting with `series`
+/// (a name with its labels, as the text writes them).
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// A message as the tests publish it with plain AMQP.
