@@ -18,7 +18,7 @@ use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::breaker::{CircuitBreaker, CircuitSnapshot};
+use super::breaker::{CircuitBreaker, CircuitBreakerPolicy, CircuitSnapshot};
 use super::limits::LiveReplicas;
 use super::settle::Settler;
 use super::spec::{ConsumerId, ConsumerSpec};
@@ -132,10 +132,9 @@ impl ConsumerSupervisor {
         let spec = Arc::new(spec);
         let labels = labels_of(&spec);
         let stats = Arc::new(ConsumerStats::registered(&self.metrics, &labels));
-        let breaker = spec.circuit_breaker.map(|policy| {
-            let openings = self.metrics.circuit_openings.get_or_create_owned(&labels);
-            Arc::new(CircuitBreaker::new(policy, openings))
-        });
+        let breaker = spec
+            .circuit_breaker
+            .map(|policy| self.new_breaker(&labels, policy));
         let worker = match flow {
             Flow::Consuming => Some(self.spawn_worker(&spec, &stats, &target, &breaker)),
             Flow::Paused => {
@@ -201,10 +200,7 @@ impl ConsumerSupervisor {
             (Some(kept), Some(policy)) if consumer.spec.circuit_breaker == Some(policy) => {
                 Some(kept.clone())
             }
-            (_, policy) => policy.map(|policy| {
-                let openings = self.metrics.circuit_openings.get_or_create_owned(&labels);
-                Arc::new(CircuitBreaker::new(policy, openings))
-            }),
+            (_, policy) => policy.map(|policy| self.new_breaker(&labels, policy)),
         };
         let spec = Arc::new(spec);
         consumer.spec = spec.clone();
@@ -212,13 +208,34 @@ impl ConsumerSupervisor {
         consumer.breaker = breaker;
         consumer.revision = revision;
         if was_consuming && !self.is_closing() {
-            consumer.stats.set_state(ConsumerState::Reconnecting);
-            let worker =
-                self.spawn_worker(&spec, &consumer.stats, &consumer.target, &consumer.breaker);
-            consumer.worker = Some(worker);
+            self.restart_worker(&mut consumer);
         }
         tracing::info!(consumer_id = %id, revision, "consumer definition applied");
         true
+    }
+
+    /// A breaker whose openings count in this consumer's series.
+    fn new_breaker(
+        &self,
+        labels: &ConsumerLabels,
+        policy: CircuitBreakerPolicy,
+    ) -> Arc<CircuitBreaker> {
+        let openings = self.metrics.circuit_openings.get_or_create_owned(labels);
+        Arc::new(CircuitBreaker::new(policy, openings))
+    }
+
+    /// Gives a registered consumer without a worker (paused, or between
+    /// two definitions) a new one, with its current spec, counters and
+    /// breaker.
+    fn restart_worker(&self, consumer: &mut RegisteredConsumer) {
+        consumer.stats.set_state(ConsumerState::Reconnecting);
+        let worker = self.spawn_worker(
+            &consumer.spec,
+            &consumer.stats,
+            &consumer.target,
+            &consumer.breaker,
+        );
+        consumer.worker = Some(worker);
     }
 
     fn spawn_worker(
@@ -300,14 +317,7 @@ impl ConsumerSupervisor {
                     return false;
                 };
                 if consumer.worker.is_none() && !self.is_closing() {
-                    consumer.stats.set_state(ConsumerState::Reconnecting);
-                    let worker = self.spawn_worker(
-                        &consumer.spec,
-                        &consumer.stats,
-                        &consumer.target,
-                        &consumer.breaker,
-                    );
-                    consumer.worker = Some(worker);
+                    self.restart_worker(&mut consumer);
                     tracing::info!(consumer_id = %id, "consumer resumed");
                 }
             }
