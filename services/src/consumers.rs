@@ -21,6 +21,7 @@ use gateway::consumer::{ConsumerState, StatsSnapshot};
 use gateway::{
     CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, Concurrency, ConsumerId,
     ConsumerSpec, ConsumerSupervisor, DeliveryTarget, Flow, QueueName, RatePerSec, RetryPolicy,
+    RetryPolicyError,
 };
 use mongodb::bson::{doc, DateTime};
 use mongodb::Collection;
@@ -523,10 +524,7 @@ impl ConsumerRegistry {
             .map_err(|e| FieldError::new("queueName", e.to_string()))?;
         // Stored definitions were validated when written, but the store is
         // outside this process: a bad policy (a zero delay) must not run.
-        definition
-            .retry
-            .validate()
-            .map_err(|e| FieldError::new("retry", e.to_string()))?;
+        definition.retry.validate().map_err(retry_field_error)?;
         if let Some(policy) = &definition.circuit_breaker {
             policy.validate().map_err(circuit_breaker_field_error)?;
         }
@@ -623,6 +621,18 @@ const CLOSED: CircuitSnapshot = CircuitSnapshot {
 };
 
 /// The API's name for the broken bound: `circuitBreaker.failureThreshold`, …
+/// A retry policy's error, named by the API's field (`retry.maxAttempts`):
+/// the gateway knows no HTTP field names.
+pub fn retry_field_error(err: RetryPolicyError) -> FieldError {
+    let field = match err {
+        RetryPolicyError::MaxAttempts { .. } => "maxAttempts",
+        RetryPolicyError::InitialDelay { .. } => "initialDelayMs",
+        RetryPolicyError::Multiplier { .. } => "multiplier",
+        RetryPolicyError::MaxDelay { .. } => "maxDelayMs",
+    };
+    FieldError::new(field, err.to_string()).within("retry")
+}
+
 pub fn circuit_breaker_field_error(err: CircuitBreakerPolicyError) -> FieldError {
     let field = match err {
         CircuitBreakerPolicyError::FailureThreshold { .. } => "failureThreshold",

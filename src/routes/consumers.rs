@@ -4,10 +4,7 @@
 use std::collections::BTreeMap;
 
 use actix_web::{web, HttpResponse};
-use gateway::{
-    CircuitBreakerPolicy, Concurrency, ConsumerId, QueueName, RatePerSec, RetryPolicy,
-    RetryPolicyError,
-};
+use gateway::{CircuitBreakerPolicy, ConsumerId, QueueName, RetryPolicy};
 use middlewares::{Admin, Viewer};
 use serde::Deserialize;
 use serde_json::json;
@@ -193,22 +190,12 @@ impl RetryRequest {
             multiplier: self.multiplier.unwrap_or(defaults.multiplier),
             max_delay_ms: self.max_delay_ms.unwrap_or(defaults.max_delay_ms),
         };
-        policy.validate().map_err(retry_field_error)?;
+        policy.validate().map_err(services::retry_field_error)?;
         Ok(policy)
     }
 }
 
 /// The API's name for the broken bound: `retry.maxAttempts`, …
-fn retry_field_error(err: RetryPolicyError) -> FieldError {
-    let field = match err {
-        RetryPolicyError::MaxAttempts { .. } => "maxAttempts",
-        RetryPolicyError::InitialDelay { .. } => "initialDelayMs",
-        RetryPolicyError::Multiplier { .. } => "multiplier",
-        RetryPolicyError::MaxDelay { .. } => "maxDelayMs",
-    };
-    FieldError::new(field, err.to_string()).within("retry")
-}
-
 /// The settable parts of a consumer, as `/createConsumer` and
 /// `/updateConsumer` both take them: `None` keeps what the base has;
 /// `Some(None)` (an explicit `null`) clears what may be cleared.
@@ -250,22 +237,12 @@ pub(super) fn apply_settings(
     if let Some(concurrency) = settings.concurrency {
         next.concurrency = Some(concurrency);
     }
-    // Checked against the prefetch as it will be, given or kept.
-    next.concurrency = next
-        .concurrency
-        .map(|value| Concurrency::within(value, next.prefetch))
-        .transpose()
-        .map_err(|e| FieldError::new("concurrency", e.to_string()))?
-        .map(Concurrency::get);
     if let Some(rate) = settings.rate_limit_per_sec {
         next.rate_limit_per_sec = rate;
     }
-    next.rate_limit_per_sec = next
-        .rate_limit_per_sec
-        .map(RatePerSec::new)
-        .transpose()
-        .map_err(|e| FieldError::new("rateLimitPerSec", e.to_string()))?
-        .map(RatePerSec::get);
+    // Checked as the engine will run them: the concurrency against the
+    // prefetch as it will be, given or kept.
+    next.limits()?;
     if let Some(retry) = settings.retry {
         next.retry = retry.into_policy(base.retry)?;
     }
