@@ -126,6 +126,7 @@ fn error_answer(description: &str) -> RefOr<Response> {
         routes::api_keys::get_api_keys,
         routes::api_keys::delete_api_key,
         routes::metrics::metrics,
+        routes::whoami::whoami,
         routes::seeds::create_user,
         routes::seeds::get_user,
         routes::seeds::create_report,

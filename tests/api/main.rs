@@ -11,6 +11,7 @@ mod circuit_breaker;
 mod connections;
 mod consumer_api;
 mod credentials;
+mod dashboard;
 mod delivery;
 mod exchanges;
 mod flow_control;
