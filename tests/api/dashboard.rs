@@ -58,8 +58,9 @@ async fn go(browser: &Browser, hash: &str) {
 }
 
 /// No request to another origin, and no console error beyond `allowed`
-/// (substrings of the entries a test causes on purpose).
-async fn assert_stays_home_and_quiet(browser: &Browser, app: &TestApp, allowed: &[&str]) {
+/// (substrings of the entries a test causes on purpose); returns how many
+/// allowed entries there were.
+async fn assert_stays_home_and_quiet(browser: &Browser, app: &TestApp, allowed: &[&str]) -> usize {
     let urls = browser.requested_urls().await;
     assert!(
         urls.iter().any(|u| u.starts_with(&app.address)),
@@ -80,13 +81,13 @@ async fn assert_stays_home_and_quiet(browser: &Browser, app: &TestApp, allowed: 
         elsewhere.is_empty(),
         "requests outside the origin: {elsewhere:?}"
     );
-    let errors: Vec<String> = browser
+    let (expected, errors): (Vec<String>, Vec<String>) = browser
         .console_errors()
         .await
         .into_iter()
-        .filter(|e| !allowed.iter().any(|a| e.contains(a)))
-        .collect();
+        .partition(|e| allowed.iter().any(|a| e.contains(a)));
     assert!(errors.is_empty(), "console errors: {errors:#?}");
+    expected.len()
 }
 
 #[tokio::test]
@@ -145,6 +146,12 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
         .await;
     browser
         .fill(
+            &format!(r#"{form} input[name="consumerName"]"#),
+            "orders-webhook",
+        )
+        .await;
+    browser
+        .fill(
             &format!(r#"{form} input[name="targetUrl"]"#),
             &target.url("/hook"),
         )
@@ -153,7 +160,7 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
         .click(&format!(r#"{form} button[type="submit"]"#))
         .await;
     let row_of_queue = format!(
-        r#"Array.from(document.querySelectorAll('[data-testid="consumers"] tr[data-consumer-id]')).find(r => r.cells[1].textContent === {})"#,
+        r#"Array.from(document.querySelectorAll('[data-testid="consumers"] tr[data-consumer-id]')).find(r => r.querySelector('[data-field="queue"]').textContent === {})"#,
         js(&queue)
     );
     let consumer = browser
@@ -166,6 +173,7 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
     let consumer = consumer.as_str().expect("a consumer id").to_owned();
     let view = api.consumer(&consumer).await;
     assert_eq!(view["queueName"], queue.as_str(), "{view}");
+    assert_eq!(view["consumerName"], "orders-webhook", "{view}");
     assert_eq!(view["target"]["url"], target.url("/hook"), "{view}");
     let row = format!(r#"document.querySelector('tr[data-consumer-id="{consumer}"]')"#);
 
@@ -308,7 +316,7 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
         )
         .await;
 
-    assert_stays_home_and_quiet(&browser, &app, &[]).await;
+    assert_eq!(assert_stays_home_and_quiet(&browser, &app, &[]).await, 0);
     browser.close().await;
     app.cleanup().await;
 }
@@ -398,13 +406,15 @@ async fn a_viewer_gets_no_admin_controls_and_a_wrong_password_gets_the_error_ban
     .await;
     assert_eq!(whoami["role"], "viewer", "{whoami}");
 
-    // Only the refused sign-in may have logged (its 401).
-    assert_stays_home_and_quiet(
+    // Only the refused sign-in may have logged: its 401, which also shows
+    // the console log is read at all.
+    let refusals = assert_stays_home_and_quiet(
         &browser,
         &app,
         &["/whoami - Failed to load resource: the server responded with a status of 401"],
     )
     .await;
+    assert_eq!(refusals, 1, "the wrong password's 401 in the console log");
     browser.close().await;
     app.cleanup().await;
 }

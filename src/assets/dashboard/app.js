@@ -344,6 +344,8 @@ views.overview = {
     this.store = card("store", "Store");
     this.queues = card("queues", "Queues");
     this.consumers = card("consumers", "Consumers");
+    this.running = el("div.sub");
+    this.consumers.after(this.running);
     this.forwarded = card("forwarded", "Forwarded / s");
     this.retried = card("retried", "Retried / s");
     this.dead = card("dead-lettered", "Dead-lettered / s");
@@ -378,7 +380,8 @@ views.overview = {
     setBadge(this.store, ready.store);
     setText(this.queues, fmt(queues.length));
     const running = consumers.filter((c) => c.state === "running").length;
-    setText(this.consumers, `${fmt(consumers.length)} (${fmt(running)} running)`);
+    setText(this.consumers, fmt(consumers.length));
+    setText(this.running, `${fmt(running)} running`);
     const latest = history.latest();
     setText(this.forwarded, fmtRate(latest.forwarded));
     setText(this.retried, fmtRate(latest.retried));
@@ -533,7 +536,7 @@ views.consumers = {
     this.body = el("tbody");
     root.append(el("div.table-wrap", {}, el("table", { "data-testid": "consumers" },
       el("thead", {}, el("tr", {},
-        el("th", {}, "Name"), el("th", {}, "Queue"), el("th", {}, "Target"), el("th", {}, "State"),
+        el("th", {}, "Consumer / queue"), el("th", {}, "Target"), el("th", {}, "State"),
         el("th.num", {}, "In flight"), el("th.num", {}, "Acked"), el("th.num", {}, "Acked / s"),
         el("th.num", {}, "Retried"), el("th.num", {}, "Dead-lettered"), el("th", {}, "Last error"),
         el("th", {}, el("span.muted", {}, "Actions")))),
@@ -574,16 +577,17 @@ views.consumers = {
         }, "Delete"));
       }
       return el("tr", { "data-consumer-id": c.consumerId },
-        el("td.name"), el("td"), el("td.target"), el("td.state"),
+        el("td.name", {}, el("span", { "data-field": "name" }), el("span.sub", { "data-field": "queue" })),
+        el("td.target"), el("td.state"),
         el("td.num", { "data-field": "in-flight" }), el("td.num", { "data-field": "acked" }),
         el("td.num", { "data-field": "acked-rate" }), el("td.num", { "data-field": "retried" }),
         el("td.num", { "data-field": "dead-lettered" }), el("td.error-text", { "data-field": "last-error" }),
         actions);
     }, (row, c) => {
-      const [name, queue, target, state, inFlight, acked, rate, retried, dead, error, actions] = row.cells;
+      const [name, target, state, inFlight, acked, rate, retried, dead, error, actions] = row.cells;
       row.dataset.state = c.state;
-      setText(name, c.consumerName);
-      setText(queue, c.queueName);
+      setText(name.firstChild, c.consumerName);
+      setText(name.lastChild, c.queueName);
       setText(target, targetText(c.target));
       setBadge(state, c.state);
       setText(inFlight, fmt(c.stats.inFlight));
@@ -601,7 +605,7 @@ views.consumers = {
       const resume = $('[data-action="resume"]', actions);
       if (pause) pause.hidden = paused;
       if (resume) resume.hidden = !paused;
-    }, 11, "No consumers yet.");
+    }, 10, "No consumers yet.");
   },
 };
 
@@ -660,7 +664,8 @@ views["dead-letters"] = {
     }
     if (!this.queue) return;
     const row = queues.find((q) => q.queueName === this.queue);
-    setText(this.total, fmt(row ? row.deadLetterMessages : 0));
+    // The broker's statistics lag a few seconds behind what the peek shows.
+    setText(this.total, fmt(Math.max(letters.length, row ? row.deadLetterMessages : 0)));
     syncRows(this.body, letters, (l) => l.messageId, (l) => el("tr", { "data-message-id": l.messageId },
       el("td.name", {}, l.messageId), el("td.num", {}, fmt(l.attempts)), el("td.error-text", {}, l.lastError || ""),
       el("td", { title: l.deadLetteredAt || "" }), el("td.payload", {}, payloadPreview(l))),

@@ -89,7 +89,7 @@ fn free_port() -> u16 {
 }
 
 impl Browser {
-    /// Starts chromedriver and a headless Chromium at 1280×800.
+    /// Starts chromedriver and a headless Chromium, its page 1280×800.
     pub async fn start(name: &str) -> Browser {
         let chromium = env_or("CHROMIUM_BIN", "/usr/bin/chromium");
         let chromedriver = env_or("CHROMEDRIVER_BIN", "/usr/bin/chromedriver");
@@ -119,14 +119,17 @@ impl Browser {
                 panic!("{message}");
             }
         };
-        Browser {
+        let browser = Browser {
             client,
             name: name.to_owned(),
             driver,
             profile,
             console: Mutex::new(Vec::new()),
             performance: Mutex::new(Vec::new()),
-        }
+        };
+        // The page's own size, whatever the headless window's frame takes.
+        browser.viewport(1280, 800, false).await;
+        browser
     }
 
     /// Opens `url` and waits for the page to have loaded.
