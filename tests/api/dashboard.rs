@@ -189,6 +189,18 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
         )
         .await;
     assert_eq!(target.ids_delivered().len(), 50);
+    // The target's round trip, estimated from /metrics: "<p50> / <p99>".
+    let took = browser
+        .wait_for(
+            UI,
+            "the consumer's p50 / p99",
+            &format!(
+                r#"const t = {row}.querySelector('[data-field="latency"]').textContent;
+                   return / s \/ | ms \/ /.test(t) ? t : null"#
+            ),
+        )
+        .await;
+    assert!(took.as_str().is_some_and(|t| t.contains(" / ")), "{took}");
     browser.screenshot("consumers").await;
 
     // Paused from the page: the row says so, and so does the API.

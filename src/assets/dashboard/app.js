@@ -325,6 +325,82 @@ function sparkline(values) {
   return node;
 }
 
+// ------------------------------------------------------------- latency --
+
+const LATENCY_SERIES = "workerrmq_target_round_trip_seconds_bucket{";
+const LATENCY_WINDOW_MS = 60 * 1000;
+
+/** Each consumer's cumulative target round-trip buckets from /metrics:
+ *  Map(consumerId -> [[upper bound in s, count], …]) in bound order. */
+function parseBuckets(text) {
+  const byConsumer = new Map();
+  for (const line of text.split("\n")) {
+    if (!line.startsWith(LATENCY_SERIES)) continue;
+    const close = line.lastIndexOf("}");
+    const labels = {};
+    for (const m of line.slice(LATENCY_SERIES.length, close).matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) {
+      labels[m[1]] = m[2];
+    }
+    const count = Number(line.slice(close + 1).trim().split(" ")[0]);
+    const bound = labels.le === "+Inf" ? Infinity : Number(labels.le);
+    if (!labels.consumer_id || Number.isNaN(bound) || Number.isNaN(count)) continue;
+    if (!byConsumer.has(labels.consumer_id)) byConsumer.set(labels.consumer_id, []);
+    byConsumer.get(labels.consumer_id).push([bound, count]);
+  }
+  for (const buckets of byConsumer.values()) buckets.sort((a, b) => a[0] - b[0]);
+  return byConsumer;
+}
+
+/** The q-quantile of cumulative buckets, interpolated within the bucket it
+ *  falls in (as Prometheus' histogram_quantile does); null without data. */
+function bucketQuantile(q, buckets) {
+  const total = buckets.length ? buckets[buckets.length - 1][1] : 0;
+  if (!total) return null;
+  const rank = q * total;
+  let lower = 0;
+  let below = 0;
+  for (const [bound, count] of buckets) {
+    if (count >= rank) {
+      if (bound === Infinity) return lower;
+      return lower + (bound - lower) * ((rank - below) / Math.max(count - below, 1e-9));
+    }
+    lower = bound;
+    below = count;
+  }
+  return lower;
+}
+
+/** p50 / p99 per consumer over the last minute of polls, or since the
+ *  gateway started when the minute saw no round trip. */
+const latency = {
+  snapshots: [], // { t, buckets }
+  record(text) {
+    const now = Date.now();
+    this.snapshots.push({ t: now, buckets: parseBuckets(text) });
+    while (this.snapshots.length > 1 && this.snapshots[0].t < now - LATENCY_WINDOW_MS) this.snapshots.shift();
+  },
+  of(id) {
+    if (!this.snapshots.length) return null;
+    const latest = this.snapshots[this.snapshots.length - 1].buckets.get(id);
+    if (!latest) return null;
+    const oldest = this.snapshots[0].buckets.get(id);
+    let buckets = latest;
+    if (oldest && oldest.length === latest.length) {
+      const window = latest.map(([bound, count], i) => [bound, count - oldest[i][1]]);
+      if (window[window.length - 1][1] > 0) buckets = window;
+    }
+    const p50 = bucketQuantile(0.5, buckets);
+    return p50 === null ? null : { p50, p99: bucketQuantile(0.99, buckets) };
+  },
+  reset() { this.snapshots = []; },
+};
+
+function fmtSeconds(s) {
+  if (s >= 1) return `${rateFormat.format(s)} s`;
+  const ms = s * 1000;
+  return ms < 10 ? `${rateFormat.format(ms)} ms` : `${fmt(Math.round(ms))} ms`;
+}
+
 // --------------------------------------------------------------- views --
 
 /** Each view builds its skeleton once (`mount`) and fills it on every poll
@@ -537,14 +613,20 @@ views.consumers = {
     root.append(el("div.table-wrap", {}, el("table", { "data-testid": "consumers" },
       el("thead", {}, el("tr", {},
         el("th", {}, "Consumer / queue"), el("th", {}, "Target"), el("th", {}, "State"),
-        el("th.num", {}, "In flight"), el("th.num", {}, "Acked"), el("th.num", {}, "Acked / s"),
+        el("th.num", {}, "In flight"), el("th.num", {}, "Acked"), el("th.num", {}, "Acked/s"),
+        el("th.num", { title: "Target round trip over the last minute, estimated from /metrics" }, "p50 / p99"),
         el("th.num", {}, "Retried"), el("th.num", {}, "Dead-lettered"), el("th", {}, "Last error"),
         el("th", {}, el("span.muted", {}, "Actions")))),
       this.body)));
-    root.append(el("p.hint", {}, "Counts are this gateway's since it started; target latency (p50/p99) is on /metrics."));
+    root.append(el("p.hint", {}, "Counts are this gateway's since it started; p50 / p99 is the target's round trip over the last minute (since start when the minute had none), estimated from /metrics."));
   },
   async load() {
-    return this.queueList ? api("GET", "getQueues") : null;
+    const [queues, metrics] = await Promise.all([
+      this.queueList ? api("GET", "getQueues") : null,
+      api("GET", "metrics"),
+    ]);
+    latency.record(metrics);
+    return queues;
   },
   update(queues, consumers) {
     if (queues && this.queueList) {
@@ -580,11 +662,12 @@ views.consumers = {
         el("td.name", {}, el("span", { "data-field": "name" }), el("span.sub", { "data-field": "queue" })),
         el("td.target"), el("td.state"),
         el("td.num", { "data-field": "in-flight" }), el("td.num", { "data-field": "acked" }),
-        el("td.num", { "data-field": "acked-rate" }), el("td.num", { "data-field": "retried" }),
+        el("td.num", { "data-field": "acked-rate" }), el("td.num", { "data-field": "latency" }),
+        el("td.num", { "data-field": "retried" }),
         el("td.num", { "data-field": "dead-lettered" }), el("td.error-text", { "data-field": "last-error" }),
         actions);
     }, (row, c) => {
-      const [name, target, state, inFlight, acked, rate, retried, dead, error, actions] = row.cells;
+      const [name, target, state, inFlight, acked, rate, latencyCell, retried, dead, error, actions] = row.cells;
       row.dataset.state = c.state;
       setText(name.firstChild, c.consumerName);
       setText(name.lastChild, c.queueName);
@@ -595,6 +678,8 @@ views.consumers = {
       const series = history.perConsumer.get(c.consumerId) || [];
       const latest = series.length ? series[series.length - 1] : 0;
       rate.replaceChildren(fmtRate(latest), sparkline(series));
+      const took = latency.of(c.consumerId);
+      setText(latencyCell, took ? `${fmtSeconds(took.p50)} / ${fmtSeconds(took.p99)}` : "–");
       setText(retried, fmt(c.stats.retried));
       setText(dead, fmt(c.stats.deadLettered));
       setText(error, c.stats.lastError ? `${c.stats.lastError} (${ago(c.stats.lastErrorAt)})` : "");
@@ -605,7 +690,7 @@ views.consumers = {
       const resume = $('[data-action="resume"]', actions);
       if (pause) pause.hidden = paused;
       if (resume) resume.hidden = !paused;
-    }, 10, "No consumers yet.");
+    }, 11, "No consumers yet.");
   },
 };
 
@@ -835,6 +920,7 @@ function enter(who) {
   setText($("#who-name"), who.name);
   setText($("#who-role"), who.role);
   history.reset();
+  latency.reset();
   detectReplicas().finally(show);
 }
 
