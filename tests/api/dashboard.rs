@@ -203,6 +203,16 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
     assert!(took.as_str().is_some_and(|t| t.contains(" / ")), "{took}");
     browser.screenshot("consumers").await;
 
+    // A reload lands on the same view, still signed in (sessionStorage).
+    browser.client.refresh().await.expect("the page reloads");
+    browser
+        .wait_for(
+            UI,
+            "the consumers view again after a reload",
+            &format!("return location.hash === '#/consumers' && !!{row}"),
+        )
+        .await;
+
     // Paused from the page: the row says so, and so does the API.
     browser
         .click(&format!(
@@ -286,6 +296,62 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
             &format!("return {letters}.length === 0"),
         )
         .await;
+
+    // The broker's connections include this gateway's own.
+    go(&browser, "#/connections").await;
+    browser
+        .wait_for(
+            UI,
+            "the gateway's publish connection",
+            &format!(
+                r#"return Array.from(document.querySelectorAll('[data-testid="connections"] tr[data-connection]'))
+                   .some(r => r.cells[0].textContent === {})"#,
+                js(&app.publish_connection_name())
+            ),
+        )
+        .await;
+
+    // Deleting a queue asks first, then it is gone from the page and the
+    // broker.
+    let spare = app.unique_queue("console-spare");
+    api.create_queue(&spare).await;
+    go(&browser, "#/queues").await;
+    let spare_row = format!(
+        r#"document.querySelector('[data-testid="queues"] tr[data-queue={}]')"#,
+        js(&spare)
+    );
+    browser
+        .wait_for(
+            UI,
+            "the spare queue's row",
+            &format!("return !!{spare_row}"),
+        )
+        .await;
+    browser
+        .eval(&format!(
+            r#"{spare_row}.querySelector('[data-action="delete"]').click(); return true"#
+        ))
+        .await;
+    browser
+        .wait_for(
+            UI,
+            "the confirmation dialog",
+            "return document.querySelector('#confirm').open",
+        )
+        .await;
+    assert!(
+        app.queue_exists(&spare).await,
+        "nothing deleted before the confirmation"
+    );
+    browser.click("#confirm-ok").await;
+    browser
+        .wait_for(
+            UI,
+            "the spare queue's row gone",
+            &format!("return !{spare_row}"),
+        )
+        .await;
+    assert!(!app.queue_exists(&spare).await, "deleted on the broker");
 
     // The overview: status, counts and the rates chart.
     go(&browser, "#/overview").await;
@@ -418,15 +484,37 @@ async fn a_viewer_gets_no_admin_controls_and_a_wrong_password_gets_the_error_ban
     .await;
     assert_eq!(whoami["role"], "viewer", "{whoami}");
 
-    // Only the refused sign-in may have logged: its 401, which also shows
-    // the console log is read at all.
+    // A revoked key: the next data call answers 401 and the page returns
+    // to the sign-in form, saying why.
+    let key_id = viewer_key
+        .split('_')
+        .nth(1)
+        .expect("wrmq_<keyId>_<secret>")
+        .to_owned();
+    assert_json(
+        api.post("/deleteApiKey", &json!({ "keyId": key_id })).await,
+        reqwest::StatusCode::OK,
+    )
+    .await;
+    browser
+        .wait_for(
+            UI,
+            "the sign-in form once the key is revoked",
+            r#"return document.querySelector('#signin').offsetParent !== null
+               && document.querySelector('[data-testid="error"]').offsetParent !== null
+               && sessionStorage.length === 0"#,
+        )
+        .await;
+
+    // Only the refusals may have logged: the wrong password's 401 (which
+    // also shows the console log is read at all) and the revoked key's.
     let refusals = assert_stays_home_and_quiet(
         &browser,
         &app,
-        &["/whoami - Failed to load resource: the server responded with a status of 401"],
+        &["Failed to load resource: the server responded with a status of 401"],
     )
     .await;
-    assert_eq!(refusals, 1, "the wrong password's 401 in the console log");
+    assert!(refusals >= 2, "the 401s in the console log: {refusals}");
     browser.close().await;
     app.cleanup().await;
 }
