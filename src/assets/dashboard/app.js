@@ -520,7 +520,7 @@ views.queues = {
       el("thead", {}, el("tr", {},
         el("th", {}, "Name"), el("th", {}, "Type"), el("th.num", {}, "Ready"), el("th.num", {}, "Unacked"),
         el("th.num", {}, "Retrying"), el("th.num", {}, "Dead letters"), el("th.num", {}, "Consumers"),
-        el("th", {}, el("span.muted", {}, "Actions")))),
+        allows("publisher") ? el("th", {}, el("span.muted", {}, "Actions")) : null)),
       this.body)));
   },
   async load() {
@@ -559,7 +559,7 @@ views.queues = {
         el("td.name", {}, q.queueName), el("td", {}, q.queueType),
         el("td.num", { "data-field": "ready" }), el("td.num", { "data-field": "unacked" }),
         el("td.num", { "data-field": "retrying" }), el("td.num", { "data-field": "dead-letters" }, deadLink),
-        el("td.num", { "data-field": "consumers" }), actions);
+        el("td.num", { "data-field": "consumers" }), allows("publisher") ? actions : null);
     }, (row, q) => {
       const [, , ready, unacked, retrying, dead, consumers] = row.cells;
       setText(ready, fmt(q.messagesReady));
@@ -567,7 +567,7 @@ views.queues = {
       setText(retrying, fmt(q.retryingMessages));
       setText(dead.firstChild, fmt(q.deadLetterMessages));
       setText(consumers, fmt(q.consumers));
-    }, 8, "No queues yet.");
+    }, allows("publisher") ? 8 : 7, "No queues yet.");
   },
 };
 
@@ -616,7 +616,7 @@ views.consumers = {
         el("th.num", {}, "In flight"), el("th.num", {}, "Acked"), el("th.num", {}, "Acked/s"),
         el("th.num", { title: "Target round trip over the last minute, estimated from /metrics" }, "p50 / p99"),
         el("th.num", {}, "Retried"), el("th.num", {}, "Dead-lettered"), el("th", {}, "Last error"),
-        el("th", {}, el("span.muted", {}, "Actions")))),
+        allows("admin") ? el("th", {}, el("span.muted", {}, "Actions")) : null)),
       this.body)));
     root.append(el("p.hint", {}, "Counts are this gateway's since it started; p50 / p99 is the target's round trip over the last minute (since start when the minute had none), estimated from /metrics."));
   },
@@ -665,7 +665,7 @@ views.consumers = {
         el("td.num", { "data-field": "acked-rate" }), el("td.num", { "data-field": "latency" }),
         el("td.num", { "data-field": "retried" }),
         el("td.num", { "data-field": "dead-lettered" }), el("td.error-text", { "data-field": "last-error" }),
-        actions);
+        allows("admin") ? actions : null);
     }, (row, c) => {
       const [name, target, state, inFlight, acked, rate, latencyCell, retried, dead, error, actions] = row.cells;
       row.dataset.state = c.state;
@@ -686,11 +686,11 @@ views.consumers = {
       error.title = c.stats.lastErrorAt || "";
       // Only the control that applies: resume for a paused consumer.
       const paused = c.state === "paused";
-      const pause = $('[data-action="pause"]', actions);
-      const resume = $('[data-action="resume"]', actions);
-      if (pause) pause.hidden = paused;
-      if (resume) resume.hidden = !paused;
-    }, 11, "No consumers yet.");
+      if (actions) {
+        $('[data-action="pause"]', actions).hidden = paused;
+        $('[data-action="resume"]', actions).hidden = !paused;
+      }
+    }, allows("admin") ? 11 : 10, "No consumers yet.");
   },
 };
 
@@ -800,7 +800,8 @@ views.replicas = {
       el("p.hint", {}, "The gateways sharing this store, by their last heartbeat."),
       el("div.table-wrap", {}, el("table", { "data-testid": "replicas" },
         el("thead", {}, el("tr", {}, el("th", {}, "Instance"), el("th", {}, "Version"), el("th", {}, "Started"),
-          el("th", {}, "Last seen"), el("th", {}, "Broker node"), el("th.num", {}, "Consumers"))),
+          el("th", {}, "Last seen"), el("th", {}, "Broker node"), el("th.num", {}, "Consumers"),
+          el("th.num", {}, "In flight"))),
         this.body)));
   },
   async load() {
@@ -809,14 +810,15 @@ views.replicas = {
   update(replicas) {
     syncRows(this.body, replicas, (r) => r.instanceId,
       (r) => el("tr", { "data-instance-id": r.instanceId },
-        el("td.name", {}, r.instanceId), el("td"), el("td"), el("td"), el("td"), el("td.num")),
+        el("td.name", {}, r.instanceId), el("td"), el("td"), el("td"), el("td"), el("td.num"), el("td.num")),
       (row, r) => {
         setText(row.cells[1], r.version || "");
         setText(row.cells[2], r.startedAt ? new Date(r.startedAt).toLocaleString() : "");
         setText(row.cells[3], ago(r.lastSeenAt));
         setText(row.cells[4], r.brokerNode || "");
         setText(row.cells[5], fmt(Array.isArray(r.consumers) ? r.consumers.length : r.consumers));
-      }, 6, "No replicas reported.");
+        setText(row.cells[6], fmt(r.inFlight));
+      }, 7, "No replicas reported.");
   },
 };
 
