@@ -242,7 +242,8 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
     // the page, the messages reach the target again.
     let failing = app.unique_queue("console-dead");
     target.script("/reject", vec![], Reply::status(400));
-    api.queue_with_consumer(&failing, &target.url("/reject"), json!({}))
+    let refusing = api
+        .queue_with_consumer(&failing, &target.url("/reject"), json!({}))
         .await;
     let mut published = Vec::new();
     for n in 0..3 {
@@ -266,6 +267,21 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
     published.sort();
     assert_eq!(shown, json!(published));
     browser.screenshot("dead-letters").await;
+    // The API says when the last error happened, which the overview's
+    // "consumers in trouble" goes by.
+    let stats = api.consumer(&refusing).await["stats"].clone();
+    let at = stats["lastErrorAt"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .unwrap_or_else(|| panic!("no RFC 3339 lastErrorAt: {stats}"));
+    let age = chrono::Utc::now().signed_duration_since(at);
+    assert!(age < chrono::Duration::seconds(60), "{stats}");
+    assert!(
+        stats["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("400")),
+        "{stats}"
+    );
 
     target.script("/reject", vec![], Reply::ok());
     browser
@@ -378,11 +394,40 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
     browser.color_scheme("light").await;
     browser.viewport(1280, 800, false).await;
 
-    // The Replicas tab needs the fleet API, which this gateway lacks.
-    let replicas = browser
+    // The Replicas tab is there exactly when the gateway has the fleet API.
+    let spec = assert_json(
+        app.request_anonymous(reqwest::Method::GET, "/openapi.json", None)
+            .await,
+        reqwest::StatusCode::OK,
+    )
+    .await;
+    let tab_hidden = browser
         .eval(r#"return document.querySelector('#nav a[data-view="replicas"]').hidden"#)
         .await;
-    assert_eq!(replicas, true, "no Replicas tab without GET /getReplicas");
+    if spec["paths"]["/getReplicas"].is_object() {
+        assert_eq!(tab_hidden, false, "a Replicas tab with GET /getReplicas");
+        go(&browser, "#/replicas").await;
+        browser
+            .wait_for(
+                UI,
+                "this gateway among the replicas",
+                &format!(
+                    r#"return !!document.querySelector('[data-testid="replicas"] tr[data-instance-id={}]')"#,
+                    js(&app.instance_id)
+                ),
+            )
+            .await;
+    } else {
+        assert_eq!(tab_hidden, true, "no Replicas tab without GET /getReplicas");
+        go(&browser, "#/replicas").await;
+        browser
+            .wait_for(
+                UI,
+                "#/replicas falls back to the overview",
+                r#"return !!document.querySelector('[data-testid="trouble"]')"#,
+            )
+            .await;
+    }
 
     // Signing out forgets the credentials and shows the form again.
     browser.click("#sign-out").await;
@@ -562,5 +607,7 @@ async fn the_console_is_served_without_credentials_under_a_self_only_policy() {
         .request_anonymous(reqwest::Method::GET, "/whoami", None)
         .await;
     assert_eq!(data.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let who = assert_json(app.get("/whoami").await, reqwest::StatusCode::OK).await;
+    assert_eq!(who, json!({ "name": app.admin_user, "role": "admin" }));
     app.cleanup().await;
 }
