@@ -313,6 +313,38 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
         )
         .await;
 
+    // "Publish a test message" from the queues view reaches the target.
+    go(&browser, "#/queues").await;
+    let failing_row = format!(
+        r#"document.querySelector('[data-testid="queues"] tr[data-queue={}]')"#,
+        js(&failing)
+    );
+    browser
+        .wait_for(
+            UI,
+            "the refusing queue's row",
+            &format!("return !!{failing_row}"),
+        )
+        .await;
+    browser
+        .eval(&format!(
+            r#"{failing_row}.querySelector('[data-action="publish"]').click(); return true"#
+        ))
+        .await;
+    crate::helpers::eventually(DELIVERY, || async {
+        let tests = target
+            .requests_to("/reject")
+            .iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains("workerrmq console"))
+            .count();
+        if tests == 1 {
+            Ok(())
+        } else {
+            Err(format!("{tests} test messages at the target"))
+        }
+    })
+    .await;
+
     // The broker's connections include this gateway's own.
     go(&browser, "#/connections").await;
     browser
