@@ -13,6 +13,7 @@ mod consumer_api;
 mod credentials;
 mod delivery;
 mod exchanges;
+mod fleet;
 mod flow_control;
 mod health;
 mod helpers;
