@@ -46,8 +46,8 @@ impl ConsumerCounts {
         *self != Self::IDLE
     }
 
-    fn totals(&self) -> Totals {
-        Totals {
+    fn totals(&self) -> CounterTotals {
+        CounterTotals {
             delivered: self.delivered,
             acked: self.acked,
             retried: self.retried,
@@ -91,7 +91,7 @@ impl ReplicaRecord {
 /// replicas.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Totals {
+pub struct CounterTotals {
     pub delivered: u64,
     pub acked: u64,
     pub retried: u64,
@@ -99,8 +99,8 @@ pub struct Totals {
     pub in_flight: u64,
 }
 
-impl Totals {
-    fn add(&mut self, other: Totals) {
+impl CounterTotals {
+    fn add(&mut self, other: CounterTotals) {
         self.delivered = self.delivered.saturating_add(other.delivered);
         self.acked = self.acked.saturating_add(other.acked);
         self.retried = self.retried.saturating_add(other.retried);
@@ -135,8 +135,8 @@ impl ReplicaConsumerStats {
         }
     }
 
-    fn totals(&self) -> Totals {
-        Totals {
+    fn totals(&self) -> CounterTotals {
+        CounterTotals {
             delivered: self.delivered,
             acked: self.acked,
             retried: self.retried,
@@ -208,7 +208,7 @@ impl OtherReplicas {
             .collect();
         replicas.push(ReplicaConsumerStats::new(own.instance_id, own.counts));
         replicas.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
-        let mut sum = Totals::default();
+        let mut sum = CounterTotals::default();
         for replica in &replicas {
             sum.add(replica.totals());
         }
@@ -249,7 +249,7 @@ pub struct ReplicaView {
     pub consumers: Option<u64>,
     /// Its counters summed over its consumers, as of its latest heartbeat;
     /// `null` for a replica older than the fleet view.
-    pub totals: Option<Totals>,
+    pub totals: Option<CounterTotals>,
     /// Whether it is the replica that answered.
     pub this_replica: bool,
 }
@@ -260,7 +260,7 @@ pub fn replica_views(records: Vec<ReplicaRecord>, own_instance_id: &str) -> Vec<
         .into_iter()
         .map(|record| {
             let totals = record.reports_counters().then(|| {
-                let mut sum = Totals::default();
+                let mut sum = CounterTotals::default();
                 for counts in record.consumers.values() {
                     sum.add(counts.totals());
                 }
@@ -408,7 +408,7 @@ mod tests {
         assert_eq!(views.len(), 2);
         assert_eq!(views[0].instance_id, "a");
         assert!(!views[0].this_replica);
-        assert_eq!(views[0].totals, Some(Totals::default()));
+        assert_eq!(views[0].totals, Some(CounterTotals::default()));
         let b = &views[1];
         assert!(b.this_replica);
         assert_eq!(b.consumers, Some(2));
