@@ -116,6 +116,10 @@ async fn both_replicas_show_the_fleets_sums_and_a_killed_one_drops_out() {
             .unwrap_or_else(|| panic!("{consumer} not listed: {listed}"));
         summed_over(row, &both).unwrap_or_else(|e| panic!("/getConsumers: {e}"));
     }
+    eprintln!(
+        "both replicas showed the fleet's sums {:?} after the last delivery",
+        delivered_at.elapsed()
+    );
 
     let rows = replicas(&b.api).await;
     assert_eq!(instance_ids(&rows), both, "{rows:?}");
