@@ -125,6 +125,7 @@ fn error_answer(description: &str) -> RefOr<Response> {
         routes::api_keys::create_api_key,
         routes::api_keys::get_api_keys,
         routes::api_keys::delete_api_key,
+        routes::replicas::get_replicas,
         routes::metrics::metrics,
         routes::whoami::whoami,
         routes::seeds::create_user,

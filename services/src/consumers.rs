@@ -10,14 +10,18 @@
 //! across replicas within seconds, with no extra broadcast to keep
 //! consistent. A local create, delete, pause, resume or update takes
 //! effect at once.
+//!
+//! The views it answers with carry each consumer's counters summed over
+//! the live replicas (`crate::fleet`): this replica's live numbers plus
+//! the others' from their latest heartbeats.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use futures_util::TryStreamExt;
-use gateway::consumer::{ConsumerState, StatsSnapshot};
+use gateway::consumer::{ConsumerState, ConsumerStats};
 use gateway::{
     CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, Concurrency, ConsumerId,
     ConsumerSpec, ConsumerSupervisor, DeliveryTarget, Flow, QueueName, RatePerSec, RetryPolicy,
@@ -28,7 +32,9 @@ use mongodb::Collection;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::fleet::{ConsumerCounts, FleetStats, OtherReplicas, OwnShare, ReplicaView};
 use crate::forwarder::HttpForwarder;
+use crate::replicas::{ConsumerCounters, ReplicaRecords};
 use crate::targets::{BuiltinHandler, SigningSecret, TargetSpec};
 use crate::{FieldError, Store, StoreError};
 
@@ -123,7 +129,8 @@ pub struct ConsumerView {
     pub state: ConsumerState,
     /// This replica's circuit; `null` without a breaker.
     pub circuit: Option<CircuitSnapshot>,
-    pub stats: StatsSnapshot,
+    /// Summed over the live replicas, each one's share in `replicas`.
+    pub stats: FleetStats,
     pub created_at: String,
 }
 
@@ -173,6 +180,8 @@ pub struct ConsumerRegistry {
     /// Makes count-then-insert in `create_within` one step here, so
     /// concurrent creates cannot overshoot the cap together.
     capped_creates: tokio::sync::Mutex<()>,
+    /// The other replicas' heartbeats, for fleet-wide counters.
+    replicas: ReplicaRecords,
 }
 
 impl ConsumerRegistry {
@@ -192,6 +201,7 @@ impl ConsumerRegistry {
             tombstones: DashMap::new(),
             unstartable: DashMap::new(),
             capped_creates: tokio::sync::Mutex::new(()),
+            replicas: ReplicaRecords::new(store),
         }
     }
 
@@ -213,7 +223,13 @@ impl ConsumerRegistry {
         self.supervisor
             .start(spec, target, definition.flow(), definition.revision);
         tracing::info!(consumer_id = %definition.consumer_id, queue = %definition.queue_name, "consumer created");
-        Ok(self.view(definition))
+        // Stored and started: a failed read of the heartbeats must not
+        // make it look as if it were not.
+        let others = self.other_replicas().await.unwrap_or_else(|err| {
+            tracing::debug!(error = %err, "replica heartbeats unreadable; answering with this replica's share");
+            OtherReplicas::default()
+        });
+        Ok(self.view(definition, &others))
     }
 
     /// `create`, unless `limit` consumers are already registered or
@@ -320,16 +336,39 @@ impl ConsumerRegistry {
     pub async fn list(&self) -> Result<Vec<ConsumerView>, RegistryError> {
         let mut definitions = self.all_definitions().await?;
         definitions.sort_by_key(|d| d.created_at);
-        Ok(definitions.into_iter().map(|d| self.view(d)).collect())
+        let others = self.other_replicas().await?;
+        Ok(definitions
+            .into_iter()
+            .map(|d| self.view(d, &others))
+            .collect())
     }
 
     pub async fn get(&self, id: &ConsumerId) -> Result<Option<ConsumerView>, RegistryError> {
-        Ok(self
+        let Some(definition) = self
             .collection
             .find_one(doc! { "_id": id.as_str() })
             .await
             .map_err(StoreError::from)?
-            .map(|d| self.view(d)))
+        else {
+            return Ok(None);
+        };
+        let others = self.other_replicas().await?;
+        Ok(Some(self.view(definition, &others)))
+    }
+
+    /// The live replicas, from their heartbeats, as `/getReplicas` lists
+    /// them.
+    pub async fn replicas(&self) -> Result<Vec<ReplicaView>, RegistryError> {
+        let records = self.replicas.live().await?;
+        Ok(crate::fleet::replica_views(
+            records,
+            self.supervisor.instance_id(),
+        ))
+    }
+
+    async fn other_replicas(&self) -> Result<OtherReplicas, StoreError> {
+        let records = self.replicas.live().await?;
+        Ok(OtherReplicas::new(records, self.supervisor.instance_id()))
     }
 
     /// One pass: start what is stored and not registered, pause or resume
@@ -561,7 +600,7 @@ impl ConsumerRegistry {
         ))
     }
 
-    fn view(&self, definition: ConsumerDefinition) -> ConsumerView {
+    fn view(&self, definition: ConsumerDefinition, others: &OtherReplicas) -> ConsumerView {
         let id = ConsumerId::parse(&definition.consumer_id);
         let stats = id.as_ref().and_then(|id| self.supervisor.stats(id));
         let circuit = match (&id, definition.circuit_breaker) {
@@ -578,9 +617,23 @@ impl ConsumerRegistry {
                 } else {
                     ConsumerState::Stopped
                 },
-                gateway::consumer::ConsumerStats::default().snapshot(),
+                ConsumerStats::default().snapshot(),
             ),
         };
+        let own = OwnShare {
+            instance_id: self.supervisor.instance_id().to_owned(),
+            counts: ConsumerCounts {
+                delivered: snapshot.delivered,
+                acked: snapshot.acked,
+                retried: snapshot.retried,
+                dead_lettered: snapshot.dead_lettered,
+                in_flight: snapshot.in_flight,
+                state,
+            },
+            last_error: snapshot.last_error,
+            last_delivery_at: snapshot.last_delivery_at,
+        };
+        let stats = others.fleet_stats(&definition.consumer_id, own);
         let mut target = definition.target;
         if let TargetSpec::Http(http) = &mut target {
             for value in http.headers.values_mut() {
@@ -603,12 +656,61 @@ impl ConsumerRegistry {
             signed: definition.signing_secret.is_some(),
             state,
             circuit,
-            stats: snapshot,
+            stats,
             created_at: definition
                 .created_at
                 .try_to_rfc3339_string()
                 .unwrap_or_default(),
         }
+    }
+}
+
+impl ConsumerCounters for ConsumerRegistry {
+    fn registered(&self) -> usize {
+        self.supervisor.registered()
+    }
+
+    /// The registered consumers that are not `IDLE`, and the stored ones
+    /// that cannot run here, as stopped (left out, they would read as
+    /// running).
+    fn worth_reporting(&self) -> HashMap<String, ConsumerCounts> {
+        let mut reported: HashMap<String, ConsumerCounts> = self
+            .supervisor
+            .all()
+            .into_iter()
+            .filter_map(|(spec, stats)| {
+                let counts = counts_of(&stats);
+                counts
+                    .worth_reporting()
+                    .then(|| (spec.id.to_string(), counts))
+            })
+            .collect();
+        for entry in self.unstartable.iter() {
+            let not_here = ConsumerId::parse(entry.key())
+                .is_some_and(|id| !self.supervisor.is_registered(&id));
+            if not_here {
+                reported.insert(
+                    entry.key().clone(),
+                    ConsumerCounts {
+                        state: ConsumerState::Stopped,
+                        ..ConsumerCounts::IDLE
+                    },
+                );
+            }
+        }
+        reported
+    }
+}
+
+fn counts_of(stats: &ConsumerStats) -> ConsumerCounts {
+    let snapshot = stats.snapshot();
+    ConsumerCounts {
+        delivered: snapshot.delivered,
+        acked: snapshot.acked,
+        retried: snapshot.retried,
+        dead_lettered: snapshot.dead_lettered,
+        in_flight: snapshot.in_flight,
+        state: stats.state(),
     }
 }
 

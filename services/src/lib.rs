@@ -4,6 +4,7 @@
 
 pub mod builtin;
 pub mod consumers;
+pub mod fleet;
 pub mod forwarder;
 pub mod management;
 pub mod network;

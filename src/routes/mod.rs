@@ -14,6 +14,7 @@ pub mod health;
 pub mod metrics;
 pub mod publish;
 pub mod queues;
+pub mod replicas;
 pub mod seeds;
 pub mod update_consumer;
 pub mod whoami;
@@ -108,6 +109,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/deleteApiKey",
             api_keys::delete_api_key,
         ))
+        .service(route(Method::GET, "/getReplicas", replicas::get_replicas))
         .service(route(Method::GET, "/metrics", metrics::metrics))
         .service(route(Method::POST, "/users", seeds::create_user))
         .service(route(Method::GET, "/users/{email}", seeds::get_user))

@@ -14,6 +14,7 @@ mod credentials;
 mod dashboard;
 mod delivery;
 mod exchanges;
+mod fleet;
 mod flow_control;
 mod health;
 mod helpers;
