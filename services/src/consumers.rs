@@ -631,6 +631,7 @@ impl ConsumerRegistry {
                 state,
             },
             last_error: snapshot.last_error,
+            last_error_at: snapshot.last_error_at,
             last_delivery_at: snapshot.last_delivery_at,
         };
         let stats = others.fleet_stats(&definition.consumer_id, own);

@@ -158,6 +158,8 @@ pub struct FleetStats {
     pub in_flight: u64,
     /// The answering replica's.
     pub last_error: Option<String>,
+    /// When the answering replica's `last_error` happened (RFC 3339).
+    pub last_error_at: Option<String>,
     /// The answering replica's.
     pub last_delivery_at: Option<String>,
     /// Ordered by instance id.
@@ -169,6 +171,7 @@ pub struct OwnShare {
     pub instance_id: String,
     pub counts: ConsumerCounts,
     pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
     pub last_delivery_at: Option<String>,
 }
 
@@ -219,6 +222,7 @@ impl OtherReplicas {
             dead_lettered: sum.dead_lettered,
             in_flight: sum.in_flight,
             last_error: own.last_error,
+            last_error_at: own.last_error_at,
             last_delivery_at: own.last_delivery_at,
             replicas,
         }
@@ -321,6 +325,7 @@ mod tests {
             instance_id: "b".into(),
             counts,
             last_error: Some("boom".into()),
+            last_error_at: Some("2026-01-01T00:00:00+00:00".into()),
             last_delivery_at: None,
         }
     }

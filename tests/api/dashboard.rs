@@ -449,6 +449,7 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
                 ),
             )
             .await;
+        browser.screenshot("replicas").await;
     } else {
         assert_eq!(tab_hidden, true, "no Replicas tab without GET /getReplicas");
         go(&browser, "#/replicas").await;

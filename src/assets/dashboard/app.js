@@ -797,11 +797,11 @@ views.replicas = {
   mount(root) {
     this.body = el("tbody");
     root.append(el("h1", {}, "Replicas"),
-      el("p.hint", {}, "The gateways sharing this store, by their last heartbeat."),
+      el("p.hint", {}, "The gateways sharing this store, seen by their heartbeat in the last 10 s; counters as of each one's latest beat."),
       el("div.table-wrap", {}, el("table", { "data-testid": "replicas" },
         el("thead", {}, el("tr", {}, el("th", {}, "Instance"), el("th", {}, "Version"), el("th", {}, "Started"),
           el("th", {}, "Last seen"), el("th", {}, "Broker node"), el("th.num", {}, "Consumers"),
-          el("th.num", {}, "In flight"))),
+          el("th.num", {}, "In flight"), el("th.num", {}, "Acked"), el("th.num", {}, "Dead-lettered"))),
         this.body)));
   },
   async load() {
@@ -810,15 +810,20 @@ views.replicas = {
   update(replicas) {
     syncRows(this.body, replicas, (r) => r.instanceId,
       (r) => el("tr", { "data-instance-id": r.instanceId },
-        el("td.name", {}, r.instanceId), el("td"), el("td"), el("td"), el("td"), el("td.num"), el("td.num")),
+        el("td.name", {}, r.instanceId, r.thisReplica ? el("span.sub", {}, "this replica (answering)") : null),
+        el("td"), el("td"), el("td"), el("td"), el("td.num"), el("td.num"), el("td.num"), el("td.num")),
       (row, r) => {
-        setText(row.cells[1], r.version || "");
+        const totals = r.totals || {};
+        setText(row.cells[1], r.version || "unknown");
         setText(row.cells[2], r.startedAt ? new Date(r.startedAt).toLocaleString() : "");
         setText(row.cells[3], ago(r.lastSeenAt));
+        row.cells[3].title = r.lastSeenAt || "";
         setText(row.cells[4], r.brokerNode || "");
         setText(row.cells[5], fmt(Array.isArray(r.consumers) ? r.consumers.length : r.consumers));
-        setText(row.cells[6], fmt(r.inFlight));
-      }, 7, "No replicas reported.");
+        setText(row.cells[6], fmt(totals.inFlight ?? r.inFlight));
+        setText(row.cells[7], fmt(totals.acked));
+        setText(row.cells[8], fmt(totals.deadLettered));
+      }, 9, "No replicas reported.");
   },
 };
 
