@@ -618,7 +618,7 @@ views.consumers = {
         el("th.num", {}, "Retried"), el("th.num", {}, "Dead-lettered"), el("th", {}, "Last error"),
         allows("admin") ? el("th", {}, el("span.muted", {}, "Actions")) : null)),
       this.body)));
-    root.append(el("p.hint", {}, "Counts are this gateway's since it started; p50 / p99 is the target's round trip over the last minute (since start when the minute had none), estimated from /metrics."));
+    root.append(el("p.hint", {}, "Counts are summed over the live replicas; the last error and p50 / p99 (the target's round trip over the last minute, estimated from /metrics) are this replica's."));
   },
   async load() {
     const [queues, metrics] = await Promise.all([
