@@ -16,7 +16,7 @@ pub mod topology;
 
 pub use connection::{parse_amqp_url, AmqpUrlParts, Broker, BrokerSettings, ConsumerLease};
 pub use consumer::{
-    CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, CircuitState, Concurrency,
+    Batch, BatchOutcome, BatchPolicy, BatchPolicyError, CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, CircuitState, Concurrency,
     ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryOutcome, DeliveryTarget, Flow,
     IncomingMessage, LimitError, LiveReplicas, RatePerSec, RetryPolicy, RetryPolicyError,
 };

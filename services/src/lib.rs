@@ -14,7 +14,7 @@ pub mod validation;
 
 pub use builtin::{BuiltinHandlers, ScrapeSettings};
 pub use consumers::{
-    circuit_breaker_field_error, retry_field_error, BuiltinTargets, CappedCreateError,
+    batch_field_error, circuit_breaker_field_error, BatchSettings, retry_field_error, BuiltinTargets, CappedCreateError,
     ConsumerDefinition, ConsumerRegistry, ConsumerView, RegistryError, UpdateOutcome,
 };
 pub use forwarder::HttpForwarder;
