@@ -19,9 +19,9 @@ use dashmap::DashMap;
 use futures_util::TryStreamExt;
 use gateway::consumer::{ConsumerState, StatsSnapshot};
 use gateway::{
-    BatchPolicy, BatchPolicyError, CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, Concurrency, ConsumerId,
-    ConsumerSpec, ConsumerSupervisor, DeliveryTarget, Flow, QueueName, RatePerSec, RetryPolicy,
-    RetryPolicyError,
+    BatchPolicy, BatchPolicyError, CircuitBreakerPolicy, CircuitBreakerPolicyError,
+    CircuitSnapshot, Concurrency, ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryTarget,
+    Flow, QueueName, RatePerSec, RetryPolicy, RetryPolicyError,
 };
 use mongodb::bson::{doc, DateTime};
 use mongodb::Collection;

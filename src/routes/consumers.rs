@@ -9,8 +9,8 @@ use middlewares::{Admin, Viewer};
 use serde::Deserialize;
 use serde_json::json;
 use services::{
-    BatchSettings, BuiltinHandler, ConsumerDefinition, ConsumerView, FieldError, HttpTarget, Role, SigningSecret,
-    TargetSpec,
+    BatchSettings, BuiltinHandler, ConsumerDefinition, ConsumerView, FieldError, HttpTarget, Role,
+    SigningSecret, TargetSpec,
 };
 use utoipa::ToSchema;
 
@@ -96,9 +96,8 @@ fn batch_of(
     let Some(request) = request else {
         return Ok(None);
     };
-    let required = |field: &str| {
-        FieldError::new(field, "required to turn batch delivery on").within("batch")
-    };
+    let required =
+        |field: &str| FieldError::new(field, "required to turn batch delivery on").within("batch");
     Ok(Some(BatchSettings {
         max_messages: request
             .max_messages

@@ -12,7 +12,8 @@ use services::{FieldError, UpdateOutcome};
 use utoipa::ToSchema;
 
 use super::consumers::{
-    apply_settings, present, BatchRequest, CircuitBreakerRequest, ConsumerSettings, RetryRequest, TargetRequest,
+    apply_settings, present, BatchRequest, CircuitBreakerRequest, ConsumerSettings, RetryRequest,
+    TargetRequest,
 };
 use crate::error::ApiError;
 use crate::extract::Json;

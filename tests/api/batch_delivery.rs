@@ -89,11 +89,7 @@ fn ids_of(messages: &[TestMessage]) -> BTreeSet<String> {
 
 /// Every element of every request to `path`, in arrival order.
 fn all_elements(target: &TargetServer, path: &str) -> Vec<Element> {
-    target
-        .requests_to(path)
-        .iter()
-        .flat_map(elements)
-        .collect()
+    target.requests_to(path).iter().flat_map(elements).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,10 +194,8 @@ async fn a_signed_batch_verifies_over_the_whole_body() {
         .await;
     let mut ids = ids_of(&messages);
     ids.insert(json_id.clone());
-    api.wait_for_consumer(&consumer, DEADLINE, "acked 5", |v| {
-        v["stats"]["acked"] == 5
-    })
-    .await;
+    api.wait_for_consumer(&consumer, DEADLINE, "acked 5", |v| v["stats"]["acked"] == 5)
+        .await;
 
     let requests = target.requests_to("/signed");
     let other_key: [u8; 32] = rand::random();
@@ -250,9 +244,7 @@ async fn a_batch_answer_retries_and_rejects_the_ids_it_names_and_acks_the_rest()
     let id = |i: usize| format!("{run}-id-{i}");
     target.script(
         "/mixed",
-        vec![Reply::ok().with_body(
-            &json!({ "retry": [id(3)], "reject": [id(7)] }).to_string(),
-        )],
+        vec![Reply::ok().with_body(&json!({ "retry": [id(3)], "reject": [id(7)] }).to_string())],
         Reply::ok(),
     );
     let (api, queue, consumer) = batch_consumer(
@@ -329,9 +321,7 @@ async fn a_503_retries_every_message_of_the_batch() {
     publish_confirmed(app.amqp_connection().await, &queue, &messages).await;
 
     let view = api
-        .wait_for_consumer(&consumer, DEADLINE, "5 acked", |v| {
-            v["stats"]["acked"] == 5
-        })
+        .wait_for_consumer(&consumer, DEADLINE, "5 acked", |v| v["stats"]["acked"] == 5)
         .await;
     assert_eq!(view["stats"]["retried"], 5, "{view}");
     assert_eq!(view["stats"]["deadLettered"], 0, "{view}");
@@ -339,7 +329,10 @@ async fn a_503_retries_every_message_of_the_batch() {
     let elements_seen = all_elements(&target, "/busy");
     let mut attempts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for element in elements_seen {
-        attempts.entry(element.id).or_default().push(element.attempt);
+        attempts
+            .entry(element.id)
+            .or_default()
+            .push(element.attempt);
     }
     assert_eq!(
         attempts.keys().cloned().collect::<BTreeSet<_>>(),
@@ -386,10 +379,8 @@ async fn a_batch_smaller_than_max_messages_goes_out_after_max_wait() {
         waited >= Duration::from_millis(700),
         "sent {waited:?} after the publish, before maxWaitMs"
     );
-    api.wait_for_consumer(&consumer, DEADLINE, "acked 3", |v| {
-        v["stats"]["acked"] == 3
-    })
-    .await;
+    api.wait_for_consumer(&consumer, DEADLINE, "acked 3", |v| v["stats"]["acked"] == 3)
+        .await;
     let requests = target.requests_to("/partial");
     assert_eq!(requests.len(), 1, "the three together");
     let ids: BTreeSet<String> = elements(&requests[0]).into_iter().map(|e| e.id).collect();
@@ -417,10 +408,22 @@ async fn bad_batch_settings_are_refused_naming_the_field_and_change_nothing() {
         body
     };
     let cases = [
-        (json!({ "batch": { "maxMessages": 0, "maxWaitMs": 5 } }), "batch.maxMessages"),
-        (json!({ "prefetch": 1000, "batch": { "maxMessages": 1001, "maxWaitMs": 5 } }), "batch.maxMessages"),
-        (json!({ "batch": { "maxMessages": 5, "maxWaitMs": 10001 } }), "batch.maxWaitMs"),
-        (json!({ "prefetch": 10, "batch": { "maxMessages": 50, "maxWaitMs": 5 } }), "batch.maxMessages"),
+        (
+            json!({ "batch": { "maxMessages": 0, "maxWaitMs": 5 } }),
+            "batch.maxMessages",
+        ),
+        (
+            json!({ "prefetch": 1000, "batch": { "maxMessages": 1001, "maxWaitMs": 5 } }),
+            "batch.maxMessages",
+        ),
+        (
+            json!({ "batch": { "maxMessages": 5, "maxWaitMs": 10001 } }),
+            "batch.maxWaitMs",
+        ),
+        (
+            json!({ "prefetch": 10, "batch": { "maxMessages": 50, "maxWaitMs": 5 } }),
+            "batch.maxMessages",
+        ),
         (json!({ "batch": { "maxMessages": 5 } }), "batch.maxWaitMs"),
     ];
     for (extra, field) in cases {
@@ -465,8 +468,14 @@ async fn bad_batch_settings_are_refused_naming_the_field_and_change_nothing() {
     let before = api.consumer(&consumer).await;
     for (change, field) in [
         (json!({ "prefetch": 10 }), "batch.maxMessages"),
-        (json!({ "batch": { "maxMessages": 101 } }), "batch.maxMessages"),
-        (json!({ "batch": { "maxWaitMs": 20000 } }), "batch.maxWaitMs"),
+        (
+            json!({ "batch": { "maxMessages": 101 } }),
+            "batch.maxMessages",
+        ),
+        (
+            json!({ "batch": { "maxWaitMs": 20000 } }),
+            "batch.maxWaitMs",
+        ),
     ] {
         let mut body = change.clone();
         body["consumerId"] = json!(consumer);
@@ -497,7 +506,10 @@ async fn bad_batch_settings_are_refused_naming_the_field_and_change_nothing() {
         StatusCode::OK,
     )
     .await;
-    assert_eq!(updated["batch"], json!({ "maxMessages": 50, "maxWaitMs": 40 }));
+    assert_eq!(
+        updated["batch"],
+        json!({ "maxMessages": 50, "maxWaitMs": 40 })
+    );
     let updated = assert_json(
         api.post(
             "/updateConsumer",
@@ -594,10 +606,19 @@ async fn the_openapi_spec_lists_the_batch_field() {
     let schemas = &spec["components"]["schemas"];
     for request in ["CreateConsumerRequest", "UpdateConsumerRequest"] {
         let field = &schemas[request]["properties"]["batch"];
-        assert!(field.to_string().contains("BatchRequest"), "{request}: {field}");
+        assert!(
+            field.to_string().contains("BatchRequest"),
+            "{request}: {field}"
+        );
     }
     let batch = &schemas["BatchRequest"];
-    assert_eq!(batch["properties"]["maxMessages"]["maximum"], 1000, "{batch}");
-    assert_eq!(batch["properties"]["maxWaitMs"]["maximum"], 10000, "{batch}");
+    assert_eq!(
+        batch["properties"]["maxMessages"]["maximum"], 1000,
+        "{batch}"
+    );
+    assert_eq!(
+        batch["properties"]["maxWaitMs"]["maximum"], 10000,
+        "{batch}"
+    );
     app.cleanup().await;
 }

@@ -52,7 +52,11 @@ pub enum BatchPolicyError {
 
 impl BatchPolicy {
     /// `max_messages` 1–1000 and at most `prefetch`; `max_wait_ms` 0–10000.
-    pub fn new(max_messages: u64, max_wait_ms: u64, prefetch: u16) -> Result<Self, BatchPolicyError> {
+    pub fn new(
+        max_messages: u64,
+        max_wait_ms: u64,
+        prefetch: u16,
+    ) -> Result<Self, BatchPolicyError> {
         if !MAX_MESSAGES.contains(&max_messages) {
             return Err(BatchPolicyError::MaxMessages {
                 value: max_messages,
@@ -208,8 +212,7 @@ pub(super) async fn run(
         let (settler, stats) = (&parts.settler, &parts.stats);
         async move {
             let settled =
-                breaker::settle_unless_open(open, settler, stats, delivery, message, outcome)
-                    .await;
+                breaker::settle_unless_open(open, settler, stats, delivery, message, outcome).await;
             log_settled(settled);
             (delivery.delivery_tag, settled)
         }

@@ -43,9 +43,9 @@ pub(super) fn body(messages: &[IncomingMessage]) -> Vec<u8> {
                 attempt: message.attempt,
                 content_type: message.content_type.as_deref(),
                 payload: json,
-                payload_base64: json.is_none().then(|| {
-                    base64::engine::general_purpose::STANDARD.encode(&message.payload)
-                }),
+                payload_base64: json
+                    .is_none()
+                    .then(|| base64::engine::general_purpose::STANDARD.encode(&message.payload)),
             }
         })
         .collect();
@@ -159,13 +159,22 @@ mod tests {
             matches!(outcome.messages[1], DeliveryOutcome::Reject { .. }),
             "reject wins"
         );
-        assert!(matches!(outcome.messages[2], DeliveryOutcome::Reject { .. }));
+        assert!(matches!(
+            outcome.messages[2],
+            DeliveryOutcome::Reject { .. }
+        ));
         let only_retry = after_success("batch", &messages, Some(br#"{"retry": ["a"]}"#));
         assert!(matches!(
             only_retry.messages[0],
             DeliveryOutcome::Retry { .. }
         ));
-        for whole in [None, Some(&b""[..]), Some(&b"ok"[..]), Some(&b"[1]"[..]), Some(&b"{}"[..])] {
+        for whole in [
+            None,
+            Some(&b""[..]),
+            Some(&b"ok"[..]),
+            Some(&b"[1]"[..]),
+            Some(&b"{}"[..]),
+        ] {
             let outcome = after_success("batch", &messages, whole);
             assert!(
                 outcome
