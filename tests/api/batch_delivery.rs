@@ -622,3 +622,45 @@ async fn the_openapi_spec_lists_the_batch_field() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_guard_refuses_a_batch_target_resolving_inside() {
+    let app = crate::helpers::spawn_app_with(&[("FORWARD_DENY_PRIVATE", "true")]).await;
+    let api = Api::of(&app);
+    let target = TargetServer::start().await;
+    let queue = app.unique_queue("guarded");
+    api.create_queue(&queue).await;
+    // A name resolving to loopback: refused when connecting, so every
+    // message of the batch is dead-lettered at once and nothing arrives.
+    let port = target.base_url.rsplit(':').next().expect("a port");
+    api.create_http_consumer(
+        &queue,
+        &format!("http://localhost:{port}/hook"),
+        json!({ "prefetch": 10, "batch": { "maxMessages": 10, "maxWaitMs": 100 },
+                "retry": { "maxAttempts": 5, "initialDelayMs": 60000 } }),
+    )
+    .await;
+    let messages = binary_messages("guarded", 3);
+    publish_confirmed(app.amqp_connection().await, &queue, &messages).await;
+    let dead = crate::helpers::eventually(DEADLINE, || async {
+        let dead = api.dead_letters(&queue).await;
+        if dead.len() == 3 {
+            Ok(dead)
+        } else {
+            Err(format!("{} of 3 dead-lettered", dead.len()))
+        }
+    })
+    .await;
+    for letter in &dead {
+        assert!(
+            letter["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("not allowed")),
+            "{letter}"
+        );
+        assert_eq!(letter["attempts"], 1, "{letter}");
+    }
+    assert_eq!(target.request_count(), 0, "a refused target was reached");
+    target.stop().await;
+    app.cleanup().await;
+}
