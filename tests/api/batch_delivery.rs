@@ -664,3 +664,54 @@ async fn the_network_guard_refuses_a_batch_target_resolving_inside() {
     target.stop().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_breaker_counts_a_failed_batch_as_one_failure() {
+    let app = spawn_app().await;
+    let target = TargetServer::start().await;
+    target.set_default(Reply::status(503));
+    let queue_label = "tripping";
+    let api = Api::of(&app);
+    let queue = app.unique_queue(queue_label);
+    api.create_queue(&queue).await;
+    let messages = binary_messages(queue_label, 30);
+    publish_confirmed(app.amqp_connection().await, &queue, &messages).await;
+    // One batch in flight at a time (prefetch = maxMessages).
+    let consumer = api
+        .create_http_consumer(
+            &queue,
+            &target.url("/down"),
+            json!({ "prefetch": 10, "batch": { "maxMessages": 10, "maxWaitMs": 100 },
+                    "retry": { "maxAttempts": 5, "initialDelayMs": 60000 },
+                    "circuitBreaker": { "failureThreshold": 3, "openMs": 60000 } }),
+        )
+        .await;
+    let view = api
+        .wait_for_consumer(&consumer, DEADLINE, "circuit open", |v| {
+            v["state"] == "circuit_open"
+        })
+        .await;
+    assert_eq!(
+        view["circuit"]["consecutiveFailures"], 3,
+        "three batches, three failures: {view}"
+    );
+    assert_eq!(target.request_count(), 3, "no request once it opened");
+    // The first two batches spent an attempt; the third went back unspent.
+    let view = api
+        .wait_for_consumer(&consumer, DEADLINE, "settled", |v| {
+            v["stats"]["inFlight"] == 0
+        })
+        .await;
+    assert_eq!(view["stats"]["retried"], 20, "{view}");
+    assert_eq!(view["stats"]["deadLettered"], 0, "{view}");
+    wait_for_queue(
+        app.amqp_connection().await,
+        &queue,
+        Duration::from_secs(10),
+        "the third batch back in the queue",
+        |m, _| m == 10,
+    )
+    .await;
+    target.stop().await;
+    app.cleanup().await;
+}
