@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use futures_util::{FutureExt, Stream, StreamExt};
 use lapin::message::Delivery;
 use tokio::time::{Instant, Sleep};
 use tracing::Instrument;
@@ -25,6 +25,7 @@ use super::limits::CallSlot;
 use super::settle::{Settled, Settler};
 use super::stats::ConsumerStats;
 use super::target::{Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget};
+use crate::BrokerError;
 
 /// Bounds of `maxMessages`.
 pub const MAX_MESSAGES: std::ops::RangeInclusive<u64> = 1..=1_000;
@@ -122,6 +123,34 @@ impl Batcher {
             }
         }
         self.pending.push(delivery);
+    }
+
+    /// Adds the deliveries `stream` already holds, without waiting, until
+    /// the batch is full. `admit` sees each first and returns the ones for
+    /// the target (it keeps the others). A broken or ended stream is an
+    /// error (`ended` says how to report the end).
+    pub fn fill<S>(
+        &mut self,
+        stream: &mut S,
+        ended: fn() -> BrokerError,
+        mut admit: impl FnMut(Delivery) -> Option<Delivery>,
+    ) -> Result<(), BrokerError>
+    where
+        S: Stream<Item = Result<Delivery, lapin::Error>> + Unpin,
+    {
+        while !self.is_full() {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(delivery))) => {
+                    if let Some(delivery) = admit(delivery) {
+                        self.push(delivery);
+                    }
+                }
+                Some(Some(Err(err))) => return Err(BrokerError::from(err)),
+                Some(None) => return Err(ended()),
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     pub fn is_full(&self) -> bool {

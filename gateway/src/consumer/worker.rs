@@ -224,29 +224,24 @@ impl ConsumerWorker {
                             gathered.push(delivery);
                             // Whatever else the broker already sent joins
                             // this batch, so a busy queue fills it at once.
-                            while !gathered.is_full() {
-                                match deliveries.next().now_or_never() {
-                                    Some(Some(Ok(more))) => {
-                                        acks.track(more.delivery_tag);
-                                        if gate.admit() {
-                                            gathered.push(more);
-                                        } else {
-                                            held.push(more);
-                                        }
-                                    }
-                                    // An error or the end shows again on
-                                    // the next poll of the stream.
-                                    _ => break,
+                            let filled = gathered.fill(&mut deliveries, consumer_ended, |more| {
+                                acks.track(more.delivery_tag);
+                                if gate.admit() {
+                                    Some(more)
+                                } else {
+                                    held.push(more);
+                                    None
                                 }
+                            });
+                            if let Err(err) = filled {
+                                break Err(err);
                             }
                         } else {
                             in_flight.spawn(self.handle(delivery, limits.start()));
                         }
                     }
                     Some(Err(err)) => break Err(BrokerError::from(err)),
-                    None => break Err(BrokerError::Unavailable(
-                        "the broker ended the consumer (was the queue deleted?)".into(),
-                    )),
+                    None => break Err(consumer_ended()),
                 },
             }
         };
@@ -405,6 +400,10 @@ impl ConsumerWorker {
         }
         .instrument(span)
     }
+}
+
+fn consumer_ended() -> BrokerError {
+    BrokerError::Unavailable("the broker ended the consumer (was the queue deleted?)".into())
 }
 
 /// Acks at once when `ack_batch` are ready or nothing else is in flight
