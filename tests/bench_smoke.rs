@@ -34,6 +34,8 @@ fn every_bench_scenario_runs_and_reports_its_figures() {
         ("forward", "ceiling_msgs_per_s"),
         ("forward", "ceiling_batched_msgs_per_s"),
         ("forward", "ratio_batched"),
+        ("forward-batch", "gateway_msgs_per_s"),
+        ("forward-batch", "ratio_batched"),
         ("publish", "gateway_req_per_s"),
         ("publish", "raw_msgs_per_s"),
         ("publish", "p99_ms"),

@@ -23,9 +23,9 @@ use dashmap::DashMap;
 use futures_util::TryStreamExt;
 use gateway::consumer::{ConsumerState, ConsumerStats};
 use gateway::{
-    CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, Concurrency, ConsumerId,
-    ConsumerSpec, ConsumerSupervisor, DeliveryTarget, Flow, QueueName, RatePerSec, RetryPolicy,
-    RetryPolicyError,
+    BatchPolicy, BatchPolicyError, CircuitBreakerPolicy, CircuitBreakerPolicyError,
+    CircuitSnapshot, Concurrency, ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryTarget,
+    Flow, QueueName, RatePerSec, RetryPolicy, RetryPolicyError,
 };
 use mongodb::bson::{doc, DateTime};
 use mongodb::Collection;
@@ -79,6 +79,20 @@ pub struct ConsumerDefinition {
     /// before updates existed.
     #[serde(default)]
     pub revision: u64,
+    /// Batch delivery; absent: one request per delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSettings>,
+}
+
+/// A batch consumer's settings as stored and shown; the engine runs the
+/// checked `BatchPolicy` made of them (`ConsumerDefinition::batch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchSettings {
+    /// Most messages in one request.
+    pub max_messages: u64,
+    /// Longest the oldest message of a batch waits for the batch to fill.
+    pub max_wait_ms: u64,
 }
 
 impl ConsumerDefinition {
@@ -97,6 +111,27 @@ impl ConsumerDefinition {
             .transpose()
             .map_err(|e| FieldError::new("rateLimitPerSec", e.to_string()))?;
         Ok((concurrency, rate))
+    }
+
+    /// The batch policy as the engine runs it, checked against the
+    /// prefetch: the store is outside this process.
+    pub fn batch(&self) -> Result<Option<BatchPolicy>, FieldError> {
+        let Some(settings) = self.batch else {
+            return Ok(None);
+        };
+        if !matches!(self.target, TargetSpec::Http(_)) {
+            return Err(FieldError::new(
+                "batch",
+                "batch delivery is for HTTP targets; a built-in handler takes one message at a time",
+            ));
+        }
+        BatchPolicy::new(
+            settings.max_messages,
+            settings.max_wait_ms,
+            self.prefetch.max(1),
+        )
+        .map(Some)
+        .map_err(batch_field_error)
     }
 
     fn flow(&self) -> Flow {
@@ -125,6 +160,8 @@ pub struct ConsumerView {
     pub rate_limit_per_sec: Option<f64>,
     /// `null` when the consumer has no circuit breaker.
     pub circuit_breaker: Option<CircuitBreakerPolicy>,
+    /// `null`: one request per delivery.
+    pub batch: Option<BatchSettings>,
     pub signed: bool,
     pub state: ConsumerState,
     /// This replica's circuit; `null` without a breaker.
@@ -494,7 +531,7 @@ impl ConsumerRegistry {
         // Optional fields left out of `stored` when `None` must go from the
         // store too, or the old value would stay.
         let mut unset = mongodb::bson::Document::new();
-        for optional in ["signingSecret", "concurrency", "rateLimitPerSec"] {
+        for optional in ["signingSecret", "concurrency", "rateLimitPerSec", "batch"] {
             if !stored.contains_key(optional) {
                 unset.insert(optional, "");
             }
@@ -586,6 +623,7 @@ impl ConsumerRegistry {
             })?,
         };
         let (concurrency, rate_limit) = definition.limits()?;
+        let batch = definition.batch()?;
         Ok((
             ConsumerSpec {
                 id,
@@ -595,6 +633,7 @@ impl ConsumerRegistry {
                 concurrency,
                 rate_limit,
                 circuit_breaker: definition.circuit_breaker,
+                batch,
             },
             target,
         ))
@@ -654,6 +693,7 @@ impl ConsumerRegistry {
                 .min(definition.prefetch),
             rate_limit_per_sec: definition.rate_limit_per_sec,
             circuit_breaker: definition.circuit_breaker,
+            batch: definition.batch,
             signed: definition.signing_secret.is_some(),
             state,
             circuit,
@@ -743,6 +783,17 @@ pub fn circuit_breaker_field_error(err: CircuitBreakerPolicyError) -> FieldError
         CircuitBreakerPolicyError::MaxOpenMs { .. } => "maxOpenMs",
     };
     FieldError::new(field, err.to_string()).within("circuitBreaker")
+}
+
+/// A batch policy's error, named by the API's field (`batch.maxMessages`).
+pub fn batch_field_error(err: BatchPolicyError) -> FieldError {
+    let field = match err {
+        BatchPolicyError::MaxMessages { .. } | BatchPolicyError::AbovePrefetch { .. } => {
+            "maxMessages"
+        }
+        BatchPolicyError::MaxWaitMs { .. } => "maxWaitMs",
+    };
+    FieldError::new(field, err.to_string()).within("batch")
 }
 
 /// For a gateway run without the built-in handlers.

@@ -6,6 +6,7 @@ mod api_fuzz;
 mod api_keys;
 mod auth;
 mod bad_input;
+mod batch_delivery;
 mod builtin;
 mod circuit_breaker;
 mod connections;

@@ -1,7 +1,7 @@
 //! `bench`: the gateway measured beside the broker's own ceiling, in one
 //! run on one machine.
 //!
-//! `cargo run --release --bin bench -- [all|forward|publish|latency|scale]
+//! `cargo run --release --bin bench -- [all|forward|forward-batch|publish|latency|scale]
 //! [--messages N] [--duration SECONDS] [--consumers N] [--smoke]`
 //!
 //! It starts what it needs besides RabbitMQ and the store: the gateway (this
@@ -62,16 +62,18 @@ fn parse_options() -> Result<Options, String> {
                 options.rate = 200;
                 options.consumers = 20;
             }
-            "all" | "forward" | "publish" | "latency" | "scale" => options.scenarios.push(arg),
+            "all" | "forward" | "forward-batch" | "publish" | "latency" | "scale" => {
+                options.scenarios.push(arg)
+            }
             "-h" | "--help" => {
-                println!("usage: bench [all|forward|publish|latency|scale]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--smoke] [--output PATH]");
+                println!("usage: bench [all|forward|forward-batch|publish|latency|scale]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--smoke] [--output PATH]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument `{other}` (try --help)")),
         }
     }
     if options.scenarios.is_empty() || options.scenarios.iter().any(|s| s == "all") {
-        options.scenarios = ["forward", "publish", "latency", "scale"]
+        options.scenarios = ["forward", "forward-batch", "publish", "latency", "scale"]
             .map(String::from)
             .to_vec();
     }
@@ -117,6 +119,7 @@ async fn run(options: Options) -> Result<(), String> {
             eprintln!("== {scenario}");
             let value = match scenario.as_str() {
                 "forward" => scenarios::forward(&options, &gateway, &sink).await?,
+                "forward-batch" => scenarios::forward_batch(&options, &gateway, &sink).await?,
                 "publish" => scenarios::publish(&options, &gateway).await?,
                 "latency" => scenarios::latency(&options, &gateway, &sink).await?,
                 "scale" => scenarios::scale(&options, &gateway, &sink).await?,
@@ -215,6 +218,22 @@ fn print_table(report: &Value) {
     );
     row("forward", "ratio", "ratio vs ack-each");
     row("forward", "ratio_batched", "ratio vs batched (target 0.45)");
+    row(
+        "forward-batch",
+        "gateway_msgs_per_s",
+        "batch consumer msgs/s",
+    );
+    row("forward-batch", "mean_batch", "messages per request");
+    row(
+        "forward-batch",
+        "ceiling_batched_msgs_per_s",
+        "raw lapin, prefetch 500, msgs/s",
+    );
+    row(
+        "forward-batch",
+        "ratio_batched",
+        "ratio vs batched (target 0.80)",
+    );
     row(
         "publish",
         "gateway_req_per_s",
