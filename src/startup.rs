@@ -72,7 +72,9 @@ impl Application {
         let broker = Broker::start(
             // `-publish` and `-consume` are appended per connection.
             BrokerSettings::new(
-                settings.amqp_url.expose().to_owned(),
+                // Each replica its own order, so a fleet spreads over the
+                // nodes of a cluster.
+                settings.amqp_urls.shuffled(),
                 format!("workerrmq-{}", settings.instance_id),
             ),
             FIRST_BROKER_CONNECT,
@@ -91,7 +93,7 @@ impl Application {
             .map_err(|e| StartupError::HttpClient(e.to_string()))?;
         let management = ManagementClient::new(
             http,
-            settings.management_url.clone(),
+            settings.management_urls.shuffled(),
             settings.management_user.clone(),
             settings.management_password.expose().into(),
             settings.vhost.clone(),

@@ -121,7 +121,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         db_name: settings.mongodb_db.clone(),
         instance_id: settings.instance_id.clone(),
         prefix,
-        amqp_url: settings.amqp_url.expose().to_owned(),
+        amqp_url: settings.amqp_urls.first().as_str().to_owned(),
         vhost_path: url::form_urlencoded::byte_serialize(settings.vhost.as_bytes()).collect(),
         mongodb_uri,
         queues: Mutex::new(BTreeSet::new()),
