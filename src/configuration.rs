@@ -78,6 +78,10 @@ pub struct Settings {
     /// Names this process in its AMQP connection, so replicas can be told
     /// apart in `/getConnections`.
     pub instance_id: String,
+    /// `DEFAULT_QUEUE_TYPE`: the type of queues created without one (the
+    /// built-in ones included), and of companions whose main queue's type
+    /// the management API cannot tell.
+    pub default_queue_type: gateway::QueueType,
 }
 
 /// The management API's base URLs, one or more (a cluster's nodes), each an
@@ -232,6 +236,16 @@ impl Settings {
         let auth_max_failures = number(&var, "AUTH_MAX_FAILURES", 10, 0..=1_000_000)?;
         let auth_failure_window_secs = number(&var, "AUTH_FAILURE_WINDOW_SECS", 60, 1..=86_400)?;
 
+        let default_queue_type = match var("DEFAULT_QUEUE_TYPE") {
+            None => gateway::QueueType::Classic,
+            Some(raw) => gateway::QueueType::parse(&raw).ok_or_else(|| {
+                problem(
+                    "DEFAULT_QUEUE_TYPE",
+                    format!("`{}` is neither `classic` nor `quorum`", raw.trim()),
+                )
+            })?,
+        };
+
         let instance_id = var("INSTANCE_ID").unwrap_or_else(|| {
             let short = uuid::Uuid::new_v4().simple().to_string();
             short[..8].to_owned()
@@ -277,6 +291,7 @@ impl Settings {
             auth_max_failures: auth_max_failures as u32,
             auth_failure_window: std::time::Duration::from_secs(auth_failure_window_secs),
             instance_id,
+            default_queue_type,
         })
     }
 }
@@ -377,6 +392,7 @@ mod tests {
             ("SCRAPE_TIMEOUT_MS", "soon"),
             ("MAX_HEADER_BYTES", "131072"),
             ("MAX_CONSUMERS", "0"),
+            ("DEFAULT_QUEUE_TYPE", "stream"),
         ];
         for (key, value) in cases {
             let err = settings(&[("ADMIN_PASSWORD", "pw"), (key, value)]).unwrap_err();
@@ -421,6 +437,14 @@ mod tests {
         let one = settings(&[("ADMIN_PASSWORD", "pw")]).unwrap();
         assert_eq!(one.amqp_urls.len(), 1);
         assert_eq!(one.management_urls.as_slice().len(), 1);
+    }
+
+    #[test]
+    fn the_default_queue_type_is_classic_unless_set() {
+        let s = settings(&[("ADMIN_PASSWORD", "pw")]).unwrap();
+        assert_eq!(s.default_queue_type, gateway::QueueType::Classic);
+        let s = settings(&[("ADMIN_PASSWORD", "pw"), ("DEFAULT_QUEUE_TYPE", "Quorum")]).unwrap();
+        assert_eq!(s.default_queue_type, gateway::QueueType::Quorum);
     }
 
     #[test]

@@ -101,12 +101,20 @@ impl Application {
 
         let metrics = Arc::new(crate::metrics::AppMetrics::new());
         let publisher = Arc::new(Publisher::new(broker.clone()));
-        let supervisor = Arc::new(ConsumerSupervisor::new(
-            broker.clone(),
-            publisher.clone(),
-            settings.instance_id.clone(),
-            metrics.delivery.clone(),
-        ));
+        let supervisor = Arc::new(
+            ConsumerSupervisor::new(
+                broker.clone(),
+                publisher.clone(),
+                settings.instance_id.clone(),
+                metrics.delivery.clone(),
+            )
+            // Companions take their main queue's type, as the management
+            // API tells it.
+            .with_companion_types(gateway::CompanionTypes::new(
+                settings.default_queue_type,
+                Some(Arc::new(management.clone())),
+            )),
+        );
         let forward_client = services::forwarder::http_client(
             settings.forward_deny_private,
             settings.forward_allowed_hosts.as_deref(),
@@ -145,6 +153,7 @@ impl Application {
             store: store.clone(),
             prefix: settings.builtin_queue_prefix.clone(),
             declare_consumers: settings.builtin_consumers,
+            queue_type: settings.default_queue_type,
         }
         .bootstrap(shutdown.clone())
         .await;

@@ -18,6 +18,11 @@ pub const DEAD_LETTERED_AT: &str = "x-workerrmq-dead-lettered-at";
 /// The main queue a dead letter came from; on a forwarded request, the
 /// queue it was consumed from.
 pub const QUEUE: &str = "x-workerrmq-queue";
+/// Set by quorum queues on a redelivery: how many times the broker
+/// delivered this message before without an outcome (a nack with requeue,
+/// a channel or connection lost). It belongs to the delivery, not to the
+/// message: copies do not carry it on.
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
 
 /// A header's value, if the message has it.
 pub fn value<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {

@@ -4,6 +4,7 @@
 //! consumer supervisor. It knows nothing of HTTP routes or MongoDB.
 
 pub mod addresses;
+pub mod companion_types;
 pub mod connection;
 pub mod consumer;
 pub mod dead_letters;
@@ -16,6 +17,7 @@ pub mod publisher;
 pub mod topology;
 
 pub use addresses::{AmqpUrl, AmqpUrlParts, AmqpUrls, AmqpUrlsError};
+pub use companion_types::{CompanionTypes, QueueTypeSource};
 pub use connection::{Broker, BrokerSettings, ConnectionNode, ConsumerLease};
 pub use consumer::{
     CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, CircuitState, Concurrency,

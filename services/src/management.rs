@@ -277,6 +277,19 @@ impl ManagementClient {
         Ok(rows.into_iter().map(|(_, row)| row).collect())
     }
 
+    /// The type (`classic`, `quorum`, `stream`) of one queue of the vhost;
+    /// `Ok(None)` when there is no such queue.
+    pub async fn queue_type(&self, queue: &str) -> Result<Option<String>, ManagementError> {
+        match self
+            .get::<RawQueue>(&["api", "queues", &self.vhost, queue])
+            .await
+        {
+            Ok(raw) => Ok(Some(raw.queue_type.unwrap_or_else(|| "classic".into()))),
+            Err(ManagementError::Status { status }) if status == StatusCode::NOT_FOUND => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     pub async fn queues(&self) -> Result<Vec<QueueRow>, ManagementError> {
         let raw: Vec<RawQueue> = self.get(&["api", "queues", &self.vhost]).await?;
         Ok(fold_companions(raw))
@@ -324,6 +337,21 @@ fn row_of(queue: &RawQueue) -> QueueRow {
         durable: queue.durable,
         queue_type: queue.queue_type.clone().unwrap_or_else(|| "classic".into()),
         dead_letter_messages: 0,
+    }
+}
+
+/// The consumer engine asks it which type a queue's companions take.
+#[async_trait::async_trait]
+impl gateway::QueueTypeSource for ManagementClient {
+    async fn queue_type(&self, queue: &QueueName) -> Option<gateway::QueueType> {
+        match ManagementClient::queue_type(self, queue.as_str()).await {
+            Ok(Some(name)) => gateway::QueueType::parse(&name),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(%queue, error = %err, "cannot tell the queue's type; its companions take DEFAULT_QUEUE_TYPE for now");
+                None
+            }
+        }
     }
 }
 
