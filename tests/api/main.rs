@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod builtin;
 mod circuit_breaker;
+mod cluster;
 mod connections;
 mod consumer_api;
 mod credentials;
