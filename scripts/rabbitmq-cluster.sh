@@ -92,6 +92,13 @@ log.file.level = warning
 log.console = false
 EOF
     printf '[rabbitmq_management].\n' >"$dir/enabled_plugins"
+    # At-least-once dead-lettering (the quorum delay queues' hop back to
+    # their main queue) re-sends what the target queue did not confirm after
+    # this long; the default, 3 minutes, would hold a retry caught by a node
+    # crash that long. Not settable in rabbitmq.conf.
+    cat >"$dir/advanced.config" <<'EOF'
+[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}].
+EOF
     # Read instead of /etc/rabbitmq/rabbitmq-env.conf (which names the
     # system node); distribution stays on the loopback like the system one.
     cat >"$dir/rabbitmq-env.conf" <<'EOF'
