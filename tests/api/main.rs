@@ -13,6 +13,7 @@ mod connections;
 mod consumer_api;
 mod credentials;
 mod delivery;
+mod delivery_count;
 mod exchanges;
 mod flow_control;
 mod health;
