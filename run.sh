@@ -15,6 +15,11 @@
 #   schemathesis              (test only) the pinned API fuzzer in .venv
 #   chromium                  (test only) Chromium and chromedriver for the
 #                             console's browser tests (apt-get when missing)
+#   rabbitmq cluster          (test only) the three-node test cluster of
+#                             scripts/rabbitmq-cluster.sh, started in the
+#                             background while the build runs, waited for
+#                             before the tests, stopped at the end (only when
+#                             this run started it)
 #   .env                      has an ADMIN_PASSWORD (generated once, printed once)
 #
 # Settings come from the environment, then .env, then the defaults of
@@ -174,6 +179,53 @@ EOF
 AMQP_URL_VALUE=$(setting AMQP_URL 'amqp://guest:guest@127.0.0.1:5672/%2f')
 MANAGEMENT_URL_VALUE=$(setting RABBITMQ_MANAGEMENT_URL 'http://127.0.0.1:15672')
 MONGODB_URI_VALUE=$(setting MONGODB_URI 'mongodb://127.0.0.1:27017')
+
+# ------------------------------------------------------ rabbitmq test cluster --
+
+# The cluster tests (tests/api/cluster.rs) need the three-node cluster of
+# scripts/rabbitmq-cluster.sh. It takes tens of seconds to start, so a test
+# run starts it first, in the background, and waits for it only before the
+# tests; a cluster that was already running is left running.
+CLUSTER_PID="" CLUSTER_STARTED="" CLUSTER_LOG=.data/rabbitmq-cluster-start.log
+
+cluster_running() {
+    [[ $(scripts/rabbitmq-cluster.sh status 2>/dev/null | grep -c 'running, clustered, AMQP answers') -eq 3 ]]
+}
+
+stop_started_cluster() {
+    [[ -n $CLUSTER_STARTED ]] || return 0
+    CLUSTER_STARTED=""
+    if [[ -n $CLUSTER_PID ]] && kill -0 "$CLUSTER_PID" 2>/dev/null; then
+        wait "$CLUSTER_PID" 2>/dev/null || true
+    fi
+    scripts/rabbitmq-cluster.sh stop >>"$CLUSTER_LOG" 2>&1 || true
+    step "rabbitmq cluster: stopped the test cluster started for this run"
+}
+
+# Every exit of a test run stops what the run started (the cluster, a
+# SecantusDB); each is a no-op when this run did not start it.
+on_exit() {
+    stop_started_cluster
+    if [[ -n ${STARTED_MONGO_PID-} ]]; then
+        stop_started_mongo
+    fi
+}
+
+if [[ $MODE == test ]]; then
+    if cluster_running; then
+        step "rabbitmq cluster: running (wrmq1..3@localhost, AMQP 5691-5693; left running)"
+    elif [[ $(id -un) != root && $(id -un) != rabbitmq ]] || ! command -v rabbitmq-server >/dev/null 2>&1; then
+        warn "rabbitmq cluster: cannot start it here (needs rabbitmq-server, run as root or rabbitmq); the cluster tests will fail"
+    else
+        mkdir -p .data
+        scripts/rabbitmq-cluster.sh start >"$CLUSTER_LOG" 2>&1 &
+        CLUSTER_PID=$! CLUSTER_STARTED=1
+        trap on_exit EXIT
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
+        step "rabbitmq cluster: starting in the background (log $CLUSTER_LOG)"
+    fi
+fi
 
 # ------------------------------------------------------------------ rabbitmq --
 
@@ -384,7 +436,7 @@ else
             pid=$(<"$MONGO_PIDFILE")
             STARTED_MONGO_PID=$pid
             if [[ $MODE == test ]]; then
-                trap stop_started_mongo EXIT
+                trap on_exit EXIT
                 trap 'exit 130' INT
                 trap 'exit 143' TERM
             fi
@@ -477,6 +529,17 @@ cargo fmt --all -- --check || failed+=(fmt)
 
 step "test: cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings || failed+=(clippy)
+
+if [[ -n $CLUSTER_PID ]]; then
+    cluster_wait_began=$SECONDS
+    if wait "$CLUSTER_PID"; then
+        step "rabbitmq cluster: up ($(tail -n 1 "$CLUSTER_LOG" | sed 's/^rabbitmq-cluster: //'); waited $((SECONDS - cluster_wait_began)) s after fmt and clippy)"
+    else
+        warn "rabbitmq cluster: did not start; see $CLUSTER_LOG (the cluster tests will fail)"
+        failed+=(cluster)
+    fi
+    CLUSTER_PID=""
+fi
 
 if cargo nextest --version >/dev/null 2>&1; then
     step "test: cargo nextest run --workspace --no-fail-fast${*:+ $*}"
