@@ -69,6 +69,23 @@ case "${1-}" in
         ;;
 esac
 
+# Debian's rabbitmq-server drops to the rabbitmq user through `su`, whose PAM
+# session resets the open-files limit to 1,024; a broker with thousands of
+# queues or connections runs out of descriptors (emfile) and falls over. As
+# root, drop to rabbitmq without PAM so the raised limit is inherited.
+start_system_rabbitmq() {
+    if [[ $(id -u) -eq 0 ]] && id -u rabbitmq >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1; then
+        (
+            ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+            cd /var/lib/rabbitmq &&
+                setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
+                    env HOME=/var/lib/rabbitmq rabbitmq-server -detached
+        )
+    else
+        rabbitmq-server -detached
+    fi
+}
+
 step() { printf '==> %s\n' "$*"; }
 warn() { printf '==> warning: %s\n' "$*" >&2; }
 die() {
@@ -257,7 +274,7 @@ else
         did="installed with apt-get, "
     fi
     if ! port_open "$AMQP_HOST" "$AMQP_PORT"; then
-        rabbitmq-server -detached >.data/rabbitmq-start.log 2>&1 ||
+        start_system_rabbitmq >.data/rabbitmq-start.log 2>&1 ||
             die "rabbitmq: rabbitmq-server -detached failed; see .data/rabbitmq-start.log"
     fi
     deadline=$((SECONDS + 60))
