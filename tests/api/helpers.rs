@@ -57,7 +57,7 @@ pub struct TestApp {
     amqp_url: String,
     /// The app's vhost, percent-encoded for management-API paths.
     vhost_path: String,
-    /// The management API the app was pointed at (its first URL).
+    /// The management API of the test's broker (its first URL).
     management_base: String,
     /// Where the test's database lives, whatever the app was pointed at.
     mongodb_uri: String,
@@ -125,7 +125,14 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         prefix,
         amqp_url: settings.amqp_urls.first().as_str().to_owned(),
         vhost_path: url::form_urlencoded::byte_serialize(settings.vhost.as_bytes()).collect(),
-        management_base: settings.management_urls.as_slice()[0].to_string(),
+        // The test's broker, not the app's setting: a test may point the app
+        // at a management API that does not answer, and still cleans up.
+        management_base: env_or("RABBITMQ_MANAGEMENT_URL", DEFAULT_MANAGEMENT_URL)
+            .split(',')
+            .next()
+            .unwrap_or(DEFAULT_MANAGEMENT_URL)
+            .trim()
+            .to_owned(),
         mongodb_uri,
         queues: Mutex::new(BTreeSet::new()),
         exchanges: Mutex::new(BTreeSet::new()),
