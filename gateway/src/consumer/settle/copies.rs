@@ -7,11 +7,11 @@
 //! publisher's per-message `expiration`, so a copy cannot quietly vanish from
 //! a delay or dead-letter queue (RabbitMQ's own dead-lettering drops it too).
 //! A retry copy carries the gateway's own instead: its delay, the same as the
-//! delay queue's `x-message-ttl`. On RabbitMQ 3.10 a quorum delay queue
-//! expires messages only from its head, and after its leader's node stops
-//! the head can come out of the new leader's state without the queue-level
-//! expiry, holding every message behind it; the per-message one is set from
-//! the message's own properties at enqueue, so it does not depend on that.
+//! delay queue's `x-message-ttl`. A RabbitMQ 3.10 quorum delay queue expires
+//! only from its head, and after its leader's node stopped the new leader's
+//! head was seen without the queue-level expiry, holding every retry behind
+//! it for good; with the per-message expiry as well, it was not (README,
+//! Scale-out).
 //!
 //! A copy whose header frame would exceed the negotiated `frame_max` would
 //! make the broker close the publish connection, and the original would come
