@@ -3,9 +3,15 @@
 //! A copy keeps what the original carried (content type, correlation id,
 //! the publisher's headers, …) and adds the gateway's bookkeeping headers.
 //! It leaves out `user_id`, which the broker only accepts from a connection
-//! of that very user (the gateway publishes copies as itself), and any
-//! per-message `expiration`, so a copy cannot quietly vanish from a delay or
-//! dead-letter queue (RabbitMQ's own dead-lettering drops it too).
+//! of that very user (the gateway publishes copies as itself), and the
+//! publisher's per-message `expiration`, so a copy cannot quietly vanish from
+//! a delay or dead-letter queue (RabbitMQ's own dead-lettering drops it too).
+//! A retry copy carries the gateway's own instead: its delay, the same as the
+//! delay queue's `x-message-ttl`. A RabbitMQ 3.10 quorum delay queue expires
+//! only from its head, and after its leader's node stopped the new leader's
+//! head was seen without the queue-level expiry, holding every retry behind
+//! it for good; with the per-message expiry as well, it was not (README,
+//! Scale-out).
 //!
 //! A copy whose header frame would exceed the negotiated `frame_max` would
 //! make the broker close the publish connection, and the original would come
@@ -39,15 +45,17 @@ pub(super) enum CopyFit {
     Trimmed(BasicProperties),
 }
 
-/// The copy for attempt `message.attempt + 1`, on its way to a delay queue.
+/// The copy for attempt `message.attempt + 1`, on its way to the delay
+/// queue of `delay_ms`, expiring after that delay.
 pub(super) fn retry_copy(
     original: &BasicProperties,
     message: &IncomingMessage,
     reason: &str,
+    delay_ms: u64,
     frame_max: Option<u32>,
 ) -> CopyFit {
     let extra = attempt_and_error(message.attempt + 1, reason);
-    let full = with_headers(original, message, &extra);
+    let full = with_headers(original, message, &extra).with_expiration(delay_ms.to_string().into());
     fit(full, original, message, reason, frame_max)
 }
 
@@ -245,6 +253,24 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_copy_expires_after_its_delay_not_the_publishers_expiration() {
+        let CopyFit::Fits(copy) = retry_copy(
+            &original_with_header_of(10),
+            &message(),
+            "boom",
+            30_000,
+            Some(131_072),
+        ) else {
+            panic!("a small copy fits");
+        };
+        assert_eq!(
+            copy.expiration().as_ref().map(|e| e.as_str()),
+            Some("30000")
+        );
+        assert_eq!(copy.user_id(), &None);
+    }
+
+    #[test]
     fn a_copy_over_the_frame_keeps_one_short_reason_header() {
         let frame_max = 4_096u32;
         // The original fits with room for a short header, not for all.
@@ -275,7 +301,8 @@ mod tests {
             size += 1;
         }
         let original = original_with_header_of(size).with_message_id("m-1".into());
-        let CopyFit::Trimmed(copy) = retry_copy(&original, &message(), "boom", Some(frame_max))
+        let CopyFit::Trimmed(copy) =
+            retry_copy(&original, &message(), "boom", 2_000, Some(frame_max))
         else {
             panic!("no room for bookkeeping");
         };

@@ -136,7 +136,13 @@ impl Settler {
             } if message.attempt < self.policy.max_attempts => {
                 self.stats.record_error(&reason);
                 let delay = self.policy.delay_before(message.attempt + 1, retry_after);
-                match retry_copy(&delivery.properties, message, &reason, frame_max) {
+                match retry_copy(
+                    &delivery.properties,
+                    message,
+                    &reason,
+                    delay.as_millis() as u64,
+                    frame_max,
+                ) {
                     CopyFit::Fits(properties) => self
                         .copy_to_delay_queue(delivery, message, properties, delay)
                         .await
