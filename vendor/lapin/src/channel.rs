@@ -59,6 +59,10 @@ pub struct Channel {
     executor: Arc<dyn FullExecutor + Send + Sync>,
     channel_closer: Option<Arc<ChannelCloser>>,
     connection_closer: Option<Arc<ConnectionCloser>>,
+    /// Held from taking a publish's delivery tag to queueing its frames,
+    /// so concurrent publishes reach the wire in tag order (workerrmq
+    /// patch, see PATCH.md).
+    publish_order: Arc<parking_lot::Mutex<()>>,
 }
 
 impl PartialEq for Channel {
@@ -124,6 +128,7 @@ impl Channel {
             executor,
             channel_closer,
             connection_closer,
+            publish_order: Arc::default(),
         }
     }
 
@@ -267,6 +272,7 @@ impl Channel {
             executor: self.executor.clone(),
             channel_closer: None,
             connection_closer: self.connection_closer.clone(),
+            publish_order: self.publish_order.clone(),
         }
     }
 
@@ -331,6 +337,18 @@ impl Channel {
             .await
     }
 
+    /// Calls `listener` with every message the broker returns on this
+    /// channel (`basic.return`), as soon as its last frame is read, so
+    /// before the `basic.ack` that follows it. The returned message also
+    /// goes, as before, to whichever publisher confirm completes next: with
+    /// several mandatory publishes in flight that need not be its own, and
+    /// a listener that recognises the message (by its properties) is how a
+    /// caller tells which publish came back. Replaces an earlier listener.
+    /// (workerrmq patch, see PATCH.md.)
+    pub fn on_return<F: Fn(&BasicReturnMessage) + Send + Sync + 'static>(&self, listener: F) {
+        self.returned_messages.set_listener(Arc::new(listener));
+    }
+
     pub async fn wait_for_confirms(&self) -> Result<Vec<BasicReturnMessage>> {
         if let Some(last_pending) = self.acknowledgements.get_last_pending() {
             trace!("Waiting for pending confirms");
@@ -376,13 +394,35 @@ impl Channel {
         self.wake();
     }
 
-    async fn send_method_frame_with_body(
+    /// A publish: its delivery tag (in confirm mode) and its frames queued
+    /// under one lock. Taken apart, two publishes racing on two threads
+    /// could queue their frames in the other order than their tags, and
+    /// the broker, which numbers messages as they arrive, would confirm
+    /// each under the other's tag (workerrmq patch, see PATCH.md).
+    pub(crate) async fn send_publish(
         &self,
         method: AMQPClass,
         payload: &[u8],
         properties: BasicProperties,
-        publisher_confirms_result: Option<PublisherConfirm>,
     ) -> Result<PublisherConfirm> {
+        let (publisher_confirms_result, promise) = {
+            let _order = self.publish_order.lock();
+            let publisher_confirms_result = self.before_basic_publish();
+            let promise = self.queue_method_frame_with_body(method, payload, properties);
+            (publisher_confirms_result, promise)
+        };
+        self.wake();
+        promise.await?;
+        Ok(publisher_confirms_result
+            .unwrap_or_else(|| PublisherConfirm::not_requested(self.returned_messages.clone())))
+    }
+
+    fn queue_method_frame_with_body(
+        &self,
+        method: AMQPClass,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Promise<()> {
         let class_id = method.get_amqp_class_id();
         let header = AMQPContentHeader {
             class_id,
@@ -403,11 +443,7 @@ impl Channel {
         );
 
         trace!(channel=%self.id, "send_frames");
-        let promise = self.frames.push_frames(frames);
-        self.wake();
-        promise.await?;
-        Ok(publisher_confirms_result
-            .unwrap_or_else(|| PublisherConfirm::not_requested(self.returned_messages.clone())))
+        self.frames.push_frames(frames)
     }
 
     fn handle_invalid_contents(

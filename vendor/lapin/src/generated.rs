@@ -633,7 +633,6 @@ impl Channel {
             return Err(Error::InvalidChannelState(self.status.state()));
         }
 
-        let start_hook_res = self.before_basic_publish();
         let BasicPublishOptions {
             mandatory,
             immediate,
@@ -647,8 +646,8 @@ impl Channel {
             },
         ));
 
-        self.send_method_frame_with_body(method, payload, properties, start_hook_res)
-            .await
+        // workerrmq patch: the delivery tag is taken in `send_publish`.
+        self.send_publish(method, payload, properties).await
     }
     fn receive_basic_return(&self, method: protocol::basic::Return) -> Result<()> {
         if !self.status.can_receive_messages() {
