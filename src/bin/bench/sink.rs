@@ -1,6 +1,7 @@
 //! A minimal fast HTTP sink: answers 204 to everything, counts requests and,
 //! for the latency scenario, records publish-to-sink time from the
-//! `sent_ns` the payload carries.
+//! `sent_ns` the payload carries. A slow sink (`start_with_delay`) answers
+//! each request after a fixed delay, for `slow-target`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 #[derive(Default)]
 pub struct SinkState {
     pub received: AtomicU64,
+    pub delay: Duration,
     pub latencies_ns: Mutex<Vec<u64>>,
 }
 
@@ -32,6 +34,9 @@ struct Stamp {
 }
 
 async fn receive(state: web::Data<SinkState>, body: web::Bytes) -> HttpResponse {
+    if !state.delay.is_zero() {
+        tokio::time::sleep(state.delay).await;
+    }
     if body.starts_with(b"{\"sent_ns\"") {
         if let Ok(Stamp {
             sent_ns: Some(sent),
@@ -49,7 +54,14 @@ async fn receive(state: web::Data<SinkState>, body: web::Bytes) -> HttpResponse 
 
 impl Sink {
     pub async fn start() -> Result<Sink, String> {
-        let state = Arc::new(SinkState::default());
+        Self::start_with_delay(Duration::ZERO).await
+    }
+
+    pub async fn start_with_delay(delay: Duration) -> Result<Sink, String> {
+        let state = Arc::new(SinkState {
+            delay,
+            ..SinkState::default()
+        });
         let data = web::Data::from(state.clone());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();

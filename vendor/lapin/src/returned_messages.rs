@@ -4,7 +4,7 @@ use crate::{
 };
 use parking_lot::Mutex;
 use std::{collections::VecDeque, fmt, sync::Arc};
-use tracing::{trace, warn};
+use tracing::trace;
 
 /// Called with every message the broker returns, when its last frame is
 /// read: before any frame that follows it on the wire (workerrmq patch).
@@ -126,7 +126,8 @@ impl Inner {
     }
 
     fn queue_returned(&mut self, message: BasicReturnMessage, confirm_mode: bool) {
-        warn!(?message, "Server returned us a message");
+        // workerrmq patch: trace, not warn: the message carries its whole payload.
+        trace!(?message, "Server returned us a message");
         if confirm_mode {
             self.waiting_messages.push_back(message);
         } else {
