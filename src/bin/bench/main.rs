@@ -162,11 +162,11 @@ async fn run(options: Options) -> Result<(), String> {
         Ok(n) => eprintln!("cleanup: deleted {n} queues left by this run"),
         Err(e) => eprintln!("cleanup: {e}"),
     }
-    outcome?;
-
+    // The scenarios that finished are reported even when a later one failed.
     let report = json!({
         "machine": machine().await,
         "scenarios": Value::Object(results),
+        "failed": outcome.as_ref().err(),
     });
     print_table(&report);
     std::fs::write(
@@ -175,7 +175,7 @@ async fn run(options: Options) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot write {}: {e}", options.output))?;
     println!("\nwrote {}", options.output);
-    Ok(())
+    outcome
 }
 
 async fn machine() -> Value {
