@@ -310,6 +310,7 @@ fn print_table(report: &Value) {
     row("fanin", "gateway_msgs_per_s", "100 queues, gateway msgs/s");
     row("fanin", "raw_msgs_per_s", "100 plain consumers msgs/s");
     row("fanin", "ratio", "ratio (target 0.6)");
+    row("fanin", "ratio_from_first", "ratio from the first delivery");
     row(
         "slow-target",
         "gateway_msgs_per_s",
@@ -321,4 +322,9 @@ fn print_table(report: &Value) {
         "bound prefetch / latency msgs/s",
     );
     row("slow-target", "ratio", "ratio (target 0.9)");
+    row(
+        "slow-target",
+        "ratio_from_first",
+        "ratio from the first delivery",
+    );
 }

@@ -12,6 +12,9 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 #[derive(Default)]
 pub struct SinkState {
     pub received: AtomicU64,
+    /// When the first request since the last reset came (ns since the
+    /// epoch; 0: none yet), for rates taken from the first delivery.
+    pub first_ns: AtomicU64,
     pub delay: Duration,
     pub latencies_ns: Mutex<Vec<u64>>,
 }
@@ -34,6 +37,9 @@ struct Stamp {
 }
 
 async fn receive(state: web::Data<SinkState>, body: web::Bytes) -> HttpResponse {
+    let _ = state
+        .first_ns
+        .compare_exchange(0, now_ns(), Ordering::Relaxed, Ordering::Relaxed);
     if !state.delay.is_zero() {
         tokio::time::sleep(state.delay).await;
     }
@@ -89,9 +95,15 @@ impl Sink {
 
     pub fn reset(&self) {
         self.state.received.store(0, Ordering::Relaxed);
+        self.state.first_ns.store(0, Ordering::Relaxed);
         if let Ok(mut l) = self.state.latencies_ns.lock() {
             l.clear();
         }
+    }
+
+    /// Time since the first request after the last reset.
+    pub fn since_first(&self) -> Duration {
+        Duration::from_nanos(now_ns().saturating_sub(self.state.first_ns.load(Ordering::Relaxed)))
     }
 
     /// Waits until the sink has seen `n` requests, or fails after `limit`.
