@@ -13,6 +13,8 @@
 #   mongodb                   something answers at MONGODB_URI, else SecantusDB
 #                             (PyPI `secantusdb`, project-local .venv) is started
 #   schemathesis              (test only) the pinned API fuzzer in .venv
+#   chromium                  (test only) Chromium and chromedriver for the
+#                             console's browser tests (apt-get when missing)
 #   .env                      has an ADMIN_PASSWORD (generated once, printed once)
 #
 # Settings come from the environment, then .env, then the defaults of
@@ -408,6 +410,28 @@ fi
 
 if [[ $MODE == test ]]; then
     ensure_schemathesis
+fi
+
+# ------------------------------------------------------------------ chromium --
+
+# The console's browser tests (tests/api/dashboard.rs) drive Debian's
+# Chromium headless through chromedriver; CHROMIUM_BIN / CHROMEDRIVER_BIN
+# point the tests at others.
+if [[ $MODE == test ]]; then
+    chromium_bin=${CHROMIUM_BIN:-/usr/bin/chromium}
+    chromedriver_bin=${CHROMEDRIVER_BIN:-/usr/bin/chromedriver}
+    if [[ -x $chromium_bin && -x $chromedriver_bin ]]; then
+        step "chromium: present ($("$chromedriver_bin" --version 2>/dev/null | cut -d' ' -f1-2))"
+    else
+        [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 ||
+            die "chromium: missing; install it (sudo apt-get install -y chromium chromium-driver) and re-run"
+        {
+            apt-get update -q &&
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+        } >.data/apt-chromium.log 2>&1 ||
+            die "chromium: apt-get install chromium chromium-driver failed; see .data/apt-chromium.log"
+        step "chromium: installed with apt-get ($("$chromedriver_bin" --version 2>/dev/null | cut -d' ' -f1-2))"
+    fi
 fi
 
 # ---------------------------------------------------------------------- .env --

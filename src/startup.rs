@@ -128,11 +128,14 @@ impl Application {
             Arc::new(builtins),
         ));
         registry.spawn_reconciler(shutdown.clone());
-        // Rate-limited consumers share their rate by the live replicas.
+        // Rate-limited consumers share their rate by the live replicas;
+        // `/getReplicas` and the fleet-wide counters read the beats.
         services::replicas::ReplicaHeartbeat::new(
             &store,
             settings.instance_id.clone(),
             registry.supervisor().live_replicas().clone(),
+            registry.clone(),
+            Box::new(configured_node(settings.amqp_url.expose())),
         )
         .spawn(shutdown.clone());
         // Built-in queues and consumers (and the handlers' indexes); in the
@@ -233,6 +236,20 @@ impl Application {
         tracing::info!("stopped");
         result
     }
+}
+
+/// The broker node as configured: `host:port` of `AMQP_URL`, whichever
+/// node the connection is on.
+fn configured_node(amqp_url: &str) -> impl Fn() -> Option<String> + Send + Sync {
+    let node = url::Url::parse(amqp_url).ok().and_then(|url| {
+        let default_port = if url.scheme() == "amqps" { 5671 } else { 5672 };
+        Some(format!(
+            "{}:{}",
+            url.host_str()?,
+            url.port().unwrap_or(default_port)
+        ))
+    });
+    move || node.clone()
 }
 
 /// Indexes and the bootstrap admin. Tried once now so a fresh gateway can

@@ -35,6 +35,8 @@ fn every_bench_scenario_runs_and_reports_its_figures() {
         ("forward", "ceiling_batched_msgs_per_s"),
         ("forward", "ratio_batched"),
         ("forward", "bridge_msgs_per_s"),
+        ("forward-batch", "gateway_msgs_per_s"),
+        ("forward-batch", "ratio_batched"),
         ("publish", "gateway_req_per_s_64"),
         ("publish", "raw_msgs_per_s_64"),
         ("publish", "p99_ms_64"),

@@ -18,6 +18,8 @@ pub const DEAD_LETTERED_AT: &str = "x-workerrmq-dead-lettered-at";
 /// The main queue a dead letter came from; on a forwarded request, the
 /// queue it was consumed from.
 pub const QUEUE: &str = "x-workerrmq-queue";
+/// On a batch request: how many messages its body holds.
+pub const BATCH_SIZE: &str = "x-workerrmq-batch-size";
 
 /// A header's value, if the message has it.
 pub fn value<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {

@@ -16,9 +16,10 @@ pub mod topology;
 
 pub use connection::{parse_amqp_url, AmqpUrlParts, Broker, BrokerSettings, ConsumerLease};
 pub use consumer::{
-    CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, CircuitState, Concurrency,
-    ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryOutcome, DeliveryTarget, Flow,
-    IncomingMessage, LimitError, LiveReplicas, RatePerSec, RetryPolicy, RetryPolicyError,
+    Batch, BatchOutcome, BatchPolicy, BatchPolicyError, CircuitBreakerPolicy,
+    CircuitBreakerPolicyError, CircuitSnapshot, CircuitState, Concurrency, ConsumerId,
+    ConsumerSpec, ConsumerSupervisor, DeliveryOutcome, DeliveryTarget, Flow, IncomingMessage,
+    LimitError, LiveReplicas, RatePerSec, RetryPolicy, RetryPolicyError,
 };
 pub use dead_letters::{DeadLetter, DeadLetters};
 pub use error::BrokerError;

@@ -10,25 +10,31 @@
 //! across replicas within seconds, with no extra broadcast to keep
 //! consistent. A local create, delete, pause, resume or update takes
 //! effect at once.
+//!
+//! The views it answers with carry each consumer's counters summed over
+//! the live replicas (`crate::fleet`): this replica's live numbers plus
+//! the others' from their latest heartbeats.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use futures_util::TryStreamExt;
-use gateway::consumer::{ConsumerState, StatsSnapshot};
+use gateway::consumer::{ConsumerState, ConsumerStats};
 use gateway::{
-    CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, Concurrency, ConsumerId,
-    ConsumerSpec, ConsumerSupervisor, DeliveryTarget, Flow, QueueName, RatePerSec, RetryPolicy,
-    RetryPolicyError,
+    BatchPolicy, BatchPolicyError, CircuitBreakerPolicy, CircuitBreakerPolicyError,
+    CircuitSnapshot, Concurrency, ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryTarget,
+    Flow, QueueName, RatePerSec, RetryPolicy, RetryPolicyError,
 };
 use mongodb::bson::{doc, DateTime};
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::fleet::{ConsumerCounts, FleetStats, OtherReplicas, OwnShare, ReplicaView};
 use crate::forwarder::HttpForwarder;
+use crate::replicas::{ConsumerCounters, ReplicaRecords};
 use crate::targets::{BuiltinHandler, SigningSecret, TargetSpec};
 use crate::{FieldError, Store, StoreError};
 
@@ -73,6 +79,20 @@ pub struct ConsumerDefinition {
     /// before updates existed.
     #[serde(default)]
     pub revision: u64,
+    /// Batch delivery; absent: one request per delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSettings>,
+}
+
+/// A batch consumer's settings as stored and shown; the engine runs the
+/// checked `BatchPolicy` made of them (`ConsumerDefinition::batch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchSettings {
+    /// Most messages in one request.
+    pub max_messages: u64,
+    /// Longest the oldest message of a batch waits for the batch to fill.
+    pub max_wait_ms: u64,
 }
 
 impl ConsumerDefinition {
@@ -91,6 +111,27 @@ impl ConsumerDefinition {
             .transpose()
             .map_err(|e| FieldError::new("rateLimitPerSec", e.to_string()))?;
         Ok((concurrency, rate))
+    }
+
+    /// The batch policy as the engine runs it, checked against the
+    /// prefetch: the store is outside this process.
+    pub fn batch(&self) -> Result<Option<BatchPolicy>, FieldError> {
+        let Some(settings) = self.batch else {
+            return Ok(None);
+        };
+        if !matches!(self.target, TargetSpec::Http(_)) {
+            return Err(FieldError::new(
+                "batch",
+                "batch delivery is for HTTP targets; a built-in handler takes one message at a time",
+            ));
+        }
+        BatchPolicy::new(
+            settings.max_messages,
+            settings.max_wait_ms,
+            self.prefetch.max(1),
+        )
+        .map(Some)
+        .map_err(batch_field_error)
     }
 
     fn flow(&self) -> Flow {
@@ -119,11 +160,14 @@ pub struct ConsumerView {
     pub rate_limit_per_sec: Option<f64>,
     /// `null` when the consumer has no circuit breaker.
     pub circuit_breaker: Option<CircuitBreakerPolicy>,
+    /// `null`: one request per delivery.
+    pub batch: Option<BatchSettings>,
     pub signed: bool,
     pub state: ConsumerState,
     /// This replica's circuit; `null` without a breaker.
     pub circuit: Option<CircuitSnapshot>,
-    pub stats: StatsSnapshot,
+    /// Summed over the live replicas, each one's share in `replicas`.
+    pub stats: FleetStats,
     pub created_at: String,
 }
 
@@ -173,6 +217,8 @@ pub struct ConsumerRegistry {
     /// Makes count-then-insert in `create_within` one step here, so
     /// concurrent creates cannot overshoot the cap together.
     capped_creates: tokio::sync::Mutex<()>,
+    /// The other replicas' heartbeats, for fleet-wide counters.
+    replicas: ReplicaRecords,
 }
 
 impl ConsumerRegistry {
@@ -192,6 +238,7 @@ impl ConsumerRegistry {
             tombstones: DashMap::new(),
             unstartable: DashMap::new(),
             capped_creates: tokio::sync::Mutex::new(()),
+            replicas: ReplicaRecords::new(store),
         }
     }
 
@@ -213,7 +260,13 @@ impl ConsumerRegistry {
         self.supervisor
             .start(spec, target, definition.flow(), definition.revision);
         tracing::info!(consumer_id = %definition.consumer_id, queue = %definition.queue_name, "consumer created");
-        Ok(self.view(definition))
+        // Stored and started: a failed read of the heartbeats must not
+        // make it look as if it were not.
+        let others = self.other_replicas().await.unwrap_or_else(|err| {
+            tracing::debug!(error = %err, "replica heartbeats unreadable; answering with this replica's share");
+            OtherReplicas::default()
+        });
+        Ok(self.view(definition, &others))
     }
 
     /// `create`, unless `limit` consumers are already registered or
@@ -320,16 +373,39 @@ impl ConsumerRegistry {
     pub async fn list(&self) -> Result<Vec<ConsumerView>, RegistryError> {
         let mut definitions = self.all_definitions().await?;
         definitions.sort_by_key(|d| d.created_at);
-        Ok(definitions.into_iter().map(|d| self.view(d)).collect())
+        let others = self.other_replicas().await?;
+        Ok(definitions
+            .into_iter()
+            .map(|d| self.view(d, &others))
+            .collect())
     }
 
     pub async fn get(&self, id: &ConsumerId) -> Result<Option<ConsumerView>, RegistryError> {
-        Ok(self
+        let Some(definition) = self
             .collection
             .find_one(doc! { "_id": id.as_str() })
             .await
             .map_err(StoreError::from)?
-            .map(|d| self.view(d)))
+        else {
+            return Ok(None);
+        };
+        let others = self.other_replicas().await?;
+        Ok(Some(self.view(definition, &others)))
+    }
+
+    /// The live replicas, from their heartbeats, as `/getReplicas` lists
+    /// them.
+    pub async fn replicas(&self) -> Result<Vec<ReplicaView>, RegistryError> {
+        let records = self.replicas.live().await?;
+        Ok(crate::fleet::replica_views(
+            records,
+            self.supervisor.instance_id(),
+        ))
+    }
+
+    async fn other_replicas(&self) -> Result<OtherReplicas, StoreError> {
+        let records = self.replicas.live().await?;
+        Ok(OtherReplicas::new(records, self.supervisor.instance_id()))
     }
 
     /// One pass: start what is stored and not registered, pause or resume
@@ -455,7 +531,7 @@ impl ConsumerRegistry {
         // Optional fields left out of `stored` when `None` must go from the
         // store too, or the old value would stay.
         let mut unset = mongodb::bson::Document::new();
-        for optional in ["signingSecret", "concurrency", "rateLimitPerSec"] {
+        for optional in ["signingSecret", "concurrency", "rateLimitPerSec", "batch"] {
             if !stored.contains_key(optional) {
                 unset.insert(optional, "");
             }
@@ -547,6 +623,7 @@ impl ConsumerRegistry {
             })?,
         };
         let (concurrency, rate_limit) = definition.limits()?;
+        let batch = definition.batch()?;
         Ok((
             ConsumerSpec {
                 id,
@@ -556,12 +633,13 @@ impl ConsumerRegistry {
                 concurrency,
                 rate_limit,
                 circuit_breaker: definition.circuit_breaker,
+                batch,
             },
             target,
         ))
     }
 
-    fn view(&self, definition: ConsumerDefinition) -> ConsumerView {
+    fn view(&self, definition: ConsumerDefinition, others: &OtherReplicas) -> ConsumerView {
         let id = ConsumerId::parse(&definition.consumer_id);
         let stats = id.as_ref().and_then(|id| self.supervisor.stats(id));
         let circuit = match (&id, definition.circuit_breaker) {
@@ -578,9 +656,24 @@ impl ConsumerRegistry {
                 } else {
                     ConsumerState::Stopped
                 },
-                gateway::consumer::ConsumerStats::default().snapshot(),
+                ConsumerStats::default().snapshot(),
             ),
         };
+        let own = OwnShare {
+            instance_id: self.supervisor.instance_id().to_owned(),
+            counts: ConsumerCounts {
+                delivered: snapshot.delivered,
+                acked: snapshot.acked,
+                retried: snapshot.retried,
+                dead_lettered: snapshot.dead_lettered,
+                in_flight: snapshot.in_flight,
+                state,
+            },
+            last_error: snapshot.last_error,
+            last_error_at: snapshot.last_error_at,
+            last_delivery_at: snapshot.last_delivery_at,
+        };
+        let stats = others.fleet_stats(&definition.consumer_id, own);
         let mut target = definition.target;
         if let TargetSpec::Http(http) = &mut target {
             for value in http.headers.values_mut() {
@@ -600,15 +693,65 @@ impl ConsumerRegistry {
                 .min(definition.prefetch),
             rate_limit_per_sec: definition.rate_limit_per_sec,
             circuit_breaker: definition.circuit_breaker,
+            batch: definition.batch,
             signed: definition.signing_secret.is_some(),
             state,
             circuit,
-            stats: snapshot,
+            stats,
             created_at: definition
                 .created_at
                 .try_to_rfc3339_string()
                 .unwrap_or_default(),
         }
+    }
+}
+
+impl ConsumerCounters for ConsumerRegistry {
+    fn registered(&self) -> usize {
+        self.supervisor.registered()
+    }
+
+    /// The registered consumers that are not `IDLE`, and the stored ones
+    /// that cannot run here, as stopped (left out, they would read as
+    /// running).
+    fn worth_reporting(&self) -> HashMap<String, ConsumerCounts> {
+        let mut reported: HashMap<String, ConsumerCounts> = self
+            .supervisor
+            .all()
+            .into_iter()
+            .filter_map(|(spec, stats)| {
+                let counts = counts_of(&stats);
+                counts
+                    .worth_reporting()
+                    .then(|| (spec.id.to_string(), counts))
+            })
+            .collect();
+        for entry in self.unstartable.iter() {
+            let not_here = ConsumerId::parse(entry.key())
+                .is_some_and(|id| !self.supervisor.is_registered(&id));
+            if not_here {
+                reported.insert(
+                    entry.key().clone(),
+                    ConsumerCounts {
+                        state: ConsumerState::Stopped,
+                        ..ConsumerCounts::IDLE
+                    },
+                );
+            }
+        }
+        reported
+    }
+}
+
+fn counts_of(stats: &ConsumerStats) -> ConsumerCounts {
+    let snapshot = stats.snapshot();
+    ConsumerCounts {
+        delivered: snapshot.delivered,
+        acked: snapshot.acked,
+        retried: snapshot.retried,
+        dead_lettered: snapshot.dead_lettered,
+        in_flight: snapshot.in_flight,
+        state: stats.state(),
     }
 }
 
@@ -640,6 +783,17 @@ pub fn circuit_breaker_field_error(err: CircuitBreakerPolicyError) -> FieldError
         CircuitBreakerPolicyError::MaxOpenMs { .. } => "maxOpenMs",
     };
     FieldError::new(field, err.to_string()).within("circuitBreaker")
+}
+
+/// A batch policy's error, named by the API's field (`batch.maxMessages`).
+pub fn batch_field_error(err: BatchPolicyError) -> FieldError {
+    let field = match err {
+        BatchPolicyError::MaxMessages { .. } | BatchPolicyError::AbovePrefetch { .. } => {
+            "maxMessages"
+        }
+        BatchPolicyError::MaxWaitMs { .. } => "maxWaitMs",
+    };
+    FieldError::new(field, err.to_string()).within("batch")
 }
 
 /// For a gateway run without the built-in handlers.

@@ -9,10 +9,15 @@
 //! when the consumer is built, a name resolving inside when it is
 //! connected to (the delivery is dead-lettered). Outcome reasons end up in
 //! `lastError` and dead-letter headers, so they never carry the URL.
+//!
+//! A batch consumer's requests go the same way, through the same client,
+//! guard, headers and signature (`batch` holds their body and answer).
+
+mod batch;
 
 use std::time::Duration;
 
-use gateway::{DeliveryOutcome, DeliveryTarget, IncomingMessage};
+use gateway::{Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget, IncomingMessage};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
@@ -141,20 +146,80 @@ impl DeliveryTarget for HttpForwarder {
                 }
                 classify(status, retry_after)
             }
-            // The guard refused the address: it will not change by itself.
-            Err(err) if AddressNotAllowed::caused(&err) => DeliveryOutcome::Reject {
-                reason: "target address not allowed (FORWARD_DENY_PRIVATE)".into(),
-            },
-            // A message whose id or content type cannot be a header value
-            // will never go out: no use retrying it.
-            Err(err) if err.is_builder() => DeliveryOutcome::Reject {
-                reason: format!("the request could not be built: {}", err.without_url()),
-            },
-            Err(err) => DeliveryOutcome::Retry {
-                reason: describe(err),
-                retry_after: None,
-            },
+            Err(err) => not_sent(err),
         }
+    }
+
+    /// One request for the whole batch: a JSON array body, `webhook-id` the
+    /// batch's id, the signature over the whole body.
+    async fn deliver_batch(&self, batch: &Batch) -> BatchOutcome {
+        let timestamp = chrono::Utc::now().timestamp();
+        let body = batch::body(&batch.messages);
+        let mut request = self
+            .client
+            .request(self.method.clone(), self.url.clone())
+            .timeout(self.timeout)
+            .header(CONTENT_TYPE, "application/json")
+            .headers(self.headers.clone())
+            .header("webhook-id", &batch.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(gateway::headers::QUEUE, batch.queue.as_str())
+            .header(
+                gateway::headers::BATCH_SIZE,
+                batch.messages.len().to_string(),
+            );
+        if let Some(secret) = &self.secret {
+            request = request.header(
+                "webhook-signature",
+                secret.sign(&batch.id, timestamp, &body),
+            );
+        }
+        let n = batch.messages.len();
+        match request.body(body).send().await {
+            Ok(mut response) => {
+                let status = response.status();
+                if !status.is_success() {
+                    let retry_after = retry_after(response.headers());
+                    drain(&mut response, MAX_RESPONSE_DRAIN).await;
+                    return BatchOutcome::all(classify(status, retry_after), n);
+                }
+                let answer = drain(&mut response, batch::MAX_ANSWER_BYTES).await;
+                batch::after_success(&batch.id, &batch.messages, answer.as_deref())
+            }
+            Err(err) => BatchOutcome::all(not_sent(err), n),
+        }
+    }
+}
+
+/// Reads up to `limit` bytes of the answer (so the connection can be
+/// reused); `None` when it is longer or breaks off.
+async fn drain(response: &mut reqwest::Response, limit: usize) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() <= limit => body.extend_from_slice(&chunk),
+            Ok(None) => return Some(body),
+            _ => return None,
+        }
+    }
+}
+
+/// The outcome of a request that got no answer.
+fn not_sent(err: reqwest::Error) -> DeliveryOutcome {
+    match err {
+        // The guard refused the address: it will not change by itself.
+        err if AddressNotAllowed::caused(&err) => DeliveryOutcome::Reject {
+            reason: "target address not allowed (FORWARD_DENY_PRIVATE)".into(),
+        },
+        // A message whose id or content type cannot be a header value
+        // will never go out: no use retrying it.
+        err if err.is_builder() => DeliveryOutcome::Reject {
+            reason: format!("the request could not be built: {}", err.without_url()),
+        },
+        err => DeliveryOutcome::Retry {
+            reason: describe(err),
+            retry_after: None,
+        },
     }
 }
 

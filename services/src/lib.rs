@@ -4,6 +4,7 @@
 
 pub mod builtin;
 pub mod consumers;
+pub mod fleet;
 pub mod forwarder;
 pub mod management;
 pub mod network;
@@ -14,8 +15,9 @@ pub mod validation;
 
 pub use builtin::{BuiltinHandlers, ScrapeSettings};
 pub use consumers::{
-    circuit_breaker_field_error, retry_field_error, BuiltinTargets, CappedCreateError,
-    ConsumerDefinition, ConsumerRegistry, ConsumerView, RegistryError, UpdateOutcome,
+    batch_field_error, circuit_breaker_field_error, retry_field_error, BatchSettings,
+    BuiltinTargets, CappedCreateError, ConsumerDefinition, ConsumerRegistry, ConsumerView,
+    RegistryError, UpdateOutcome,
 };
 pub use forwarder::HttpForwarder;
 pub use management::{ConnectionInfo, ManagementClient, ManagementError, QueueRow};

@@ -1,66 +1,106 @@
-//! The replica heartbeat: each gateway upserts `{_id: instanceId,
-//! lastSeenAt}` into the `replicas` collection every `BEAT_EVERY` and
-//! counts the replicas seen within `LIVE_WITHIN` (itself included, so at
-//! least 1) into the supervisor's `LiveReplicas`, by which rate-limited
-//! consumers share out their rate.
+//! The replica heartbeat: each gateway upserts its `ReplicaRecord`
+//! (`crate::fleet`: instance id, version, start time, broker node, its
+//! consumers' counters) into the `replicas` collection every `BEAT_EVERY`
+//! and counts the replicas seen within `LIVE_WITHIN` (itself included, so
+//! at least 1) into the supervisor's `LiveReplicas`, by which rate-limited
+//! consumers share out their rate. `ReplicaRecords` reads the live ones
+//! back for `/getReplicas` and the fleet-wide consumer counters.
 //!
 //! A replica that stops beating drops out of the count within
 //! `LIVE_WITHIN`; one that shuts down cleanly removes its record at once.
 //! While the store is unreachable the last count stands.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use gateway::LiveReplicas;
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::Collection;
 use tokio_util::sync::CancellationToken;
 
+use crate::fleet::{ConsumerCounts, ReplicaRecord};
 use crate::{Store, StoreError};
 
 pub const BEAT_EVERY: Duration = Duration::from_secs(2);
 pub const LIVE_WITHIN: Duration = Duration::from_secs(10);
 /// Records not refreshed for this long are deleted.
 const FORGET_AFTER: Duration = Duration::from_secs(3_600);
+const COLLECTION: &str = "replicas";
+
+/// The broker node this replica's connection is on (`host:port`), asked at
+/// every beat; `None` when not connected or not known.
+pub type BrokerNode = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// The consumers a beat reports: the heartbeat needs their counters, not
+/// the registry or the supervisor behind them.
+pub trait ConsumerCounters: Send + Sync {
+    /// Consumers registered here, paused ones included.
+    fn registered(&self) -> usize;
+    /// By consumer id, every consumer here whose counts are
+    /// `ConsumerCounts::worth_reporting`; the others are `IDLE`.
+    fn worth_reporting(&self) -> HashMap<String, ConsumerCounts>;
+}
 
 pub struct ReplicaHeartbeat {
     collection: Collection<Document>,
     instance_id: String,
+    started_at: DateTime,
     live: LiveReplicas,
+    consumers: Arc<dyn ConsumerCounters>,
+    broker_node: BrokerNode,
 }
 
 impl ReplicaHeartbeat {
-    pub fn new(store: &Store, instance_id: String, live: LiveReplicas) -> Self {
+    pub fn new(
+        store: &Store,
+        instance_id: String,
+        live: LiveReplicas,
+        consumers: Arc<dyn ConsumerCounters>,
+        broker_node: BrokerNode,
+    ) -> Self {
         Self {
-            collection: store.database().collection("replicas"),
+            collection: store.database().collection(COLLECTION),
             instance_id,
+            started_at: DateTime::now(),
             live,
+            consumers,
+            broker_node,
+        }
+    }
+
+    /// What this replica's record says now.
+    fn record(&self, now: DateTime) -> ReplicaRecord {
+        ReplicaRecord {
+            instance_id: self.instance_id.clone(),
+            last_seen_at: now,
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            started_at: Some(self.started_at),
+            broker_node: (self.broker_node)(),
+            consumer_count: Some(u64::try_from(self.consumers.registered()).unwrap_or(u64::MAX)),
+            consumers: self.consumers.worth_reporting(),
         }
     }
 
     /// Records this replica as alive now and returns how many are.
     pub async fn beat(&self) -> Result<usize, StoreError> {
         let now = DateTime::now();
+        let mut fields = mongodb::bson::to_document(&self.record(now))
+            .map_err(|e| StoreError::Unavailable(format!("encoding the heartbeat: {e}")))?;
+        fields.remove("_id");
         self.collection
-            .update_one(
-                doc! { "_id": &self.instance_id },
-                doc! { "$set": { "lastSeenAt": now } },
-            )
+            .update_one(doc! { "_id": &self.instance_id }, doc! { "$set": fields })
             .upsert(true)
             .await?;
-        let since = DateTime::from_millis(
-            now.timestamp_millis() - i64::try_from(LIVE_WITHIN.as_millis()).unwrap_or(i64::MAX),
-        );
         let live = self
             .collection
-            .count_documents(doc! { "lastSeenAt": { "$gte": since } })
+            .count_documents(doc! { "lastSeenAt": { "$gte": before(now, LIVE_WITHIN) } })
             .await?;
         // Records of replicas long gone (killed, never shut down) would
         // otherwise pile up; any replica may sweep them.
-        let long_gone = DateTime::from_millis(
-            now.timestamp_millis() - i64::try_from(FORGET_AFTER.as_millis()).unwrap_or(i64::MAX),
-        );
         self.collection
-            .delete_many(doc! { "lastSeenAt": { "$lt": long_gone } })
+            .delete_many(doc! { "lastSeenAt": { "$lt": before(now, FORGET_AFTER) } })
             .await?;
         Ok(usize::try_from(live).unwrap_or(usize::MAX).max(1))
     }
@@ -92,4 +132,48 @@ impl ReplicaHeartbeat {
                 .await;
         })
     }
+}
+
+/// Reads the heartbeat records back.
+#[derive(Clone)]
+pub struct ReplicaRecords {
+    collection: Collection<Document>,
+}
+
+impl ReplicaRecords {
+    pub fn new(store: &Store) -> Self {
+        Self {
+            collection: store.database().collection(COLLECTION),
+        }
+    }
+
+    /// The records of the replicas seen within `LIVE_WITHIN`. A record that
+    /// does not read as one (the store is outside this process) is skipped.
+    pub async fn live(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
+        let since = before(DateTime::now(), LIVE_WITHIN);
+        let documents: Vec<Document> = self
+            .collection
+            .find(doc! { "lastSeenAt": { "$gte": since } })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(documents
+            .into_iter()
+            .filter_map(|document| {
+                let id = document.get("_id").cloned();
+                mongodb::bson::from_document(document)
+                    .map_err(|err| {
+                        tracing::debug!(error = %err, ?id, "unreadable replica record skipped")
+                    })
+                    .ok()
+            })
+            .collect())
+    }
+}
+
+fn before(now: DateTime, span: Duration) -> DateTime {
+    DateTime::from_millis(
+        now.timestamp_millis()
+            .saturating_sub(i64::try_from(span.as_millis()).unwrap_or(i64::MAX)),
+    )
 }

@@ -9,8 +9,8 @@ use middlewares::{Admin, Viewer};
 use serde::Deserialize;
 use serde_json::json;
 use services::{
-    BuiltinHandler, ConsumerDefinition, ConsumerView, FieldError, HttpTarget, Role, SigningSecret,
-    TargetSpec,
+    BatchSettings, BuiltinHandler, ConsumerDefinition, ConsumerView, FieldError, HttpTarget, Role,
+    SigningSecret, TargetSpec,
 };
 use utoipa::ToSchema;
 
@@ -56,6 +56,58 @@ pub struct CreateConsumerRequest {
     /// `whsec_` + base64 of 24 to 64 random bytes; never shown again.
     #[schema(pattern = "^whsec_")]
     pub signing_secret: Option<String>,
+    /// Batch delivery (HTTP targets): up to `maxMessages` messages in one
+    /// request. Absent or `null`: one request per message.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<BatchRequest>, nullable)]
+    pub batch: Option<Option<BatchRequest>>,
+}
+
+/// Up to `maxMessages` messages go in one request, sent when the batch is
+/// full or when its oldest message has waited `maxWaitMs`. The body is a
+/// JSON array of `{"id", "attempt", "contentType", "payload" |
+/// "payloadBase64"}`; `webhook-id` is the batch's id and the signature
+/// covers the whole body; `x-workerrmq-batch-size` says how many. A 2xx
+/// delivers the batch, except the ids its body lists in `{"retry": [...],
+/// "reject": [...]}`; 408, 429 and 5xx retry every message; any other status
+/// dead-letters them all. Both fields are needed to turn batching on; on
+/// update, an unset field keeps its value.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to 1000, and at most `prefetch`.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_messages: Option<u64>,
+    /// 0 to 10000.
+    #[schema(minimum = 0, maximum = 10000)]
+    pub max_wait_ms: Option<u64>,
+}
+
+/// Absent: `current` kept; `null`: off; an object: its fields over
+/// `current`'s, both needed when there is none. Checked against the
+/// prefetch with the rest of the definition (`ConsumerDefinition::batch`).
+fn batch_of(
+    request: Option<Option<BatchRequest>>,
+    current: Option<BatchSettings>,
+) -> Result<Option<BatchSettings>, FieldError> {
+    let Some(request) = request else {
+        return Ok(current);
+    };
+    let Some(request) = request else {
+        return Ok(None);
+    };
+    let required =
+        |field: &str| FieldError::new(field, "required to turn batch delivery on").within("batch");
+    Ok(Some(BatchSettings {
+        max_messages: request
+            .max_messages
+            .or(current.map(|c| c.max_messages))
+            .ok_or_else(|| required("maxMessages"))?,
+        max_wait_ms: request
+            .max_wait_ms
+            .or(current.map(|c| c.max_wait_ms))
+            .ok_or_else(|| required("maxWaitMs"))?,
+    }))
 }
 
 /// Where deliveries go: an HTTP endpoint, or a built-in handler.
@@ -208,6 +260,7 @@ pub(super) struct ConsumerSettings {
     pub(super) retry: Option<RetryRequest>,
     pub(super) circuit_breaker: Option<Option<CircuitBreakerRequest>>,
     pub(super) signing_secret: Option<Option<String>>,
+    pub(super) batch: Option<Option<BatchRequest>>,
 }
 
 /// Writes `settings` over `base`, checking the result as a whole: the one
@@ -247,6 +300,9 @@ pub(super) fn apply_settings(
         next.retry = retry.into_policy(base.retry)?;
     }
     next.circuit_breaker = circuit_breaker_of(settings.circuit_breaker, base.circuit_breaker)?;
+    // Checked against the prefetch and target as they will be.
+    next.batch = batch_of(settings.batch, base.batch)?;
+    next.batch()?;
     if let Some(secret) = settings.signing_secret {
         next.signing_secret = secret
             .map(|raw| {
@@ -282,6 +338,7 @@ fn parse_definition(
         rate_limit_per_sec: None,
         circuit_breaker: Some(CircuitBreakerPolicy::default()),
         revision: 0,
+        batch: None,
     };
     let settings = ConsumerSettings {
         consumer_name: request.consumer_name,
@@ -292,6 +349,7 @@ fn parse_definition(
         retry: request.retry,
         circuit_breaker: request.circuit_breaker,
         signing_secret: request.signing_secret.map(Some),
+        batch: request.batch,
     };
     apply_settings(state, settings, &base)
 }
@@ -336,7 +394,7 @@ fn default_target(state: &AppState) -> Result<TargetSpec, ApiError> {
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 201, description = "Stored and started", example = json!({"message": "Consumer has been created successfully.", "consumerId": "0b6f…"})),
-        (status = 400, description = "Invalid target, secret, prefetch, concurrency, rateLimitPerSec or retry policy", body = crate::error::ErrorBody),
+        (status = 400, description = "Invalid target, secret, prefetch, concurrency, rateLimitPerSec, retry policy or batch", body = crate::error::ErrorBody),
         (status = 404, description = "No such queue", body = crate::error::ErrorBody),
         (status = 409, description = "This gateway already runs MAX_CONSUMERS consumers", body = crate::error::ErrorBody)))]
 pub async fn create_consumer(

@@ -5,6 +5,7 @@
 pub mod api_keys;
 pub mod connections;
 pub mod consumers;
+pub mod dashboard;
 pub mod dead_letters;
 pub mod docs;
 pub mod exchanges;
@@ -13,8 +14,10 @@ pub mod health;
 pub mod metrics;
 pub mod publish;
 pub mod queues;
+pub mod replicas;
 pub mod seeds;
 pub mod update_consumer;
+pub mod whoami;
 
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, Handler, Responder};
@@ -106,6 +109,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/deleteApiKey",
             api_keys::delete_api_key,
         ))
+        .service(route(Method::GET, "/getReplicas", replicas::get_replicas))
         .service(route(Method::GET, "/metrics", metrics::metrics))
         .service(route(Method::POST, "/users", seeds::create_user))
         .service(route(Method::GET, "/users/{email}", seeds::get_user))
@@ -123,7 +127,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(route(Method::GET, "/jobs/{jobId}", seeds::get_job))
         .service(route(Method::GET, "/openapi.json", docs::openapi_json))
         .service(route(Method::GET, "/docs", docs::docs_page))
-        .service(route(Method::GET, &docs::redoc_path(), docs::redoc_js));
+        .service(route(Method::GET, &docs::redoc_path(), docs::redoc_js))
+        .service(route(Method::GET, "/whoami", whoami::whoami))
+        .service(route(Method::GET, "/", dashboard::root))
+        .service(route(Method::GET, "/dashboard", dashboard::page))
+        .service(route(Method::GET, "/dashboard/app.js", dashboard::script))
+        .service(route(Method::GET, "/dashboard/app.css", dashboard::styles));
 }
 
 /// `path` answering `method` with `handler`, and any other method with 405.

@@ -12,7 +12,8 @@ use services::{FieldError, UpdateOutcome};
 use utoipa::ToSchema;
 
 use super::consumers::{
-    apply_settings, present, CircuitBreakerRequest, ConsumerSettings, RetryRequest, TargetRequest,
+    apply_settings, present, BatchRequest, CircuitBreakerRequest, ConsumerSettings, RetryRequest,
+    TargetRequest,
 };
 use crate::error::ApiError;
 use crate::extract::Json;
@@ -54,6 +55,11 @@ pub struct UpdateConsumerRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, nullable, pattern = "^whsec_")]
     pub signing_secret: Option<Option<String>>,
+    /// Unset fields keep their current values; `null` turns batch delivery
+    /// off. `maxMessages` is checked against the prefetch as it will be.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<BatchRequest>, nullable)]
+    pub batch: Option<Option<BatchRequest>>,
 }
 
 impl UpdateConsumerRequest {
@@ -75,6 +81,7 @@ impl UpdateConsumerRequest {
                 retry: self.retry,
                 circuit_breaker: self.circuit_breaker,
                 signing_secret: self.signing_secret,
+                batch: self.batch,
             },
         ))
     }

@@ -97,7 +97,7 @@ async fn binary_messages_reach_the_target_byte_for_byte_and_are_all_acked() {
 
 /// Standard Webhooks: `v1,` + base64(HMAC-SHA256(key, "{id}.{ts}.{body}")),
 /// computed here independently of the gateway's code.
-fn expected_signature(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
+pub(crate) fn expected_signature(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
     mac.update(format!("{id}.{timestamp}.").as_bytes());
     mac.update(body);

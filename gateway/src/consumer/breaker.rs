@@ -285,13 +285,30 @@ pub(super) async fn settle_through(
     message: &IncomingMessage,
     outcome: DeliveryOutcome,
 ) -> Settled {
-    if let Some(breaker) = breaker {
-        let state = breaker.record(Verdict::of(&outcome), Instant::now());
-        if let (CircuitState::Open, DeliveryOutcome::Retry { reason, .. }) = (state, &outcome) {
-            stats.record_error(format!("circuit open: {reason}"));
-            hand_back(&delivery.acker).await;
-            return Settled::HandedBack;
-        }
+    let open = record_request(breaker, &outcome);
+    settle_unless_open(open, settler, stats, delivery, message, outcome).await
+}
+
+/// Records one request's verdict (a single delivery, or a whole batch: one
+/// request, one verdict); returns whether the circuit is open after it.
+pub(super) fn record_request(breaker: Option<&CircuitBreaker>, outcome: &DeliveryOutcome) -> bool {
+    breaker.is_some_and(|b| b.record(Verdict::of(outcome), Instant::now()) == CircuitState::Open)
+}
+
+/// Settles one message's outcome; with the circuit `open`, a retryable
+/// failure goes back to the queue unspent instead.
+pub(super) async fn settle_unless_open(
+    open: bool,
+    settler: &Settler,
+    stats: &ConsumerStats,
+    delivery: &Delivery,
+    message: &IncomingMessage,
+    outcome: DeliveryOutcome,
+) -> Settled {
+    if let (true, DeliveryOutcome::Retry { reason, .. }) = (open, &outcome) {
+        stats.record_error(format!("circuit open: {reason}"));
+        hand_back(&delivery.acker).await;
+        return Settled::HandedBack;
     }
     settler.settle(delivery, message, outcome).await
 }

@@ -10,6 +10,8 @@
 //!   connection, which reconnects on its own.
 //! - `target`: what a delivery is handed to, and the `DeliveryOutcome` it
 //!   answers with.
+//! - `batch`: batch delivery (opt-in): gathering deliveries into one
+//!   request, and settling each message by the batch's answer.
 //! - `limits`: concurrency and rate limits, and the gate the worker
 //!   passes before taking each delivery.
 //! - `breaker`: the circuit breaker: stop taking deliveries while a target
@@ -20,6 +22,7 @@
 //!   Nowhere else. Also what the copies carry.
 //! - `stats`: live counters read by `/getConsumers` and `/metrics`.
 
+mod batch;
 mod breaker;
 mod limits;
 mod retry;
@@ -30,6 +33,7 @@ mod supervisor;
 mod target;
 mod worker;
 
+pub use batch::{BatchPolicy, BatchPolicyError};
 pub use breaker::{
     CircuitBreaker, CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, CircuitState,
 };
@@ -39,4 +43,4 @@ pub(crate) use settle::{attempt_of, hand_back, kept_properties};
 pub use spec::{ConsumerId, ConsumerSpec};
 pub use stats::{ConsumerState, ConsumerStats, StatsSnapshot};
 pub use supervisor::{ConsumerSupervisor, Flow};
-pub use target::{DeliveryOutcome, DeliveryTarget, IncomingMessage};
+pub use target::{Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget, IncomingMessage};

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::batch::BatchPolicy;
 use super::limits::{Concurrency, RatePerSec};
 use super::{CircuitBreakerPolicy, RetryPolicy};
 use crate::QueueName;
@@ -54,4 +55,6 @@ pub struct ConsumerSpec {
     pub rate_limit: Option<RatePerSec>,
     /// `None`: no breaker, every failure is retried.
     pub circuit_breaker: Option<CircuitBreakerPolicy>,
+    /// `None`: one request per delivery.
+    pub batch: Option<BatchPolicy>,
 }

@@ -9,13 +9,13 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::{
     latency_histogram, ConsumerLabels, ConsumerStateLabels, DeliveryMetrics, GAUGED_STATES,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsumerState {
     Running,
@@ -40,7 +40,8 @@ pub struct ConsumerStats {
     in_flight: Gauge,
     target_seconds: Histogram,
     last_delivery_at_ms: AtomicI64,
-    last_error: Mutex<Option<String>>,
+    /// The last error with when it happened.
+    last_error: Mutex<Option<(String, chrono::DateTime<chrono::Utc>)>>,
 }
 
 impl Default for ConsumerStats {
@@ -70,6 +71,9 @@ pub struct StatsSnapshot {
     pub dead_lettered: u64,
     pub in_flight: u64,
     pub last_error: Option<String>,
+    /// When `last_error` happened (RFC 3339), so a console can tell a
+    /// fresh failure from an old one.
+    pub last_error_at: Option<String>,
     pub last_delivery_at: Option<String>,
 }
 
@@ -161,19 +165,21 @@ impl ConsumerStats {
 
     pub(crate) fn record_error(&self, error: impl Into<String>) {
         if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(error.into());
+            *last = Some((error.into(), chrono::Utc::now()));
         }
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
         let last_ms = self.last_delivery_at_ms.load(Ordering::Relaxed);
+        let last_error = self.last_error.lock().ok().and_then(|e| e.clone());
         StatsSnapshot {
             delivered: self.delivered.get(),
             acked: self.acked.get(),
             retried: self.retried.get(),
             dead_lettered: self.dead_lettered.get(),
             in_flight: self.in_flight.get().max(0) as u64,
-            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+            last_error_at: last_error.as_ref().map(|(_, at)| at.to_rfc3339()),
+            last_error: last_error.map(|(error, _)| error),
             last_delivery_at: (last_ms > 0)
                 .then(|| chrono::DateTime::from_timestamp_millis(last_ms))
                 .flatten()

@@ -361,9 +361,19 @@ impl ConsumerSupervisor {
         &self.live_replicas
     }
 
+    /// The `INSTANCE_ID` this supervisor's consumers run under.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
     /// Every registered consumer, paused ones included.
     pub fn ids(&self) -> Vec<ConsumerId> {
         self.consumers.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// How many consumers are registered here, paused ones included.
+    pub fn registered(&self) -> usize {
+        self.consumers.len()
     }
 
     /// Whether the consumer is registered here, running or paused.

@@ -1,4 +1,5 @@
-//! What a consumer hands each delivery to, and what it answers.
+//! What a consumer hands each delivery (or batch of deliveries) to, and
+//! what it answers.
 
 use std::time::Duration;
 
@@ -32,7 +33,51 @@ pub enum DeliveryOutcome {
     Reject { reason: String },
 }
 
+/// Deliveries handed over in one request (batch delivery).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Fresh for every request, retries included: what `webhook-id` says.
+    pub id: String,
+    pub queue: QueueName,
+    pub messages: Vec<IncomingMessage>,
+}
+
+/// The verdict on one batch request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// The request's own: what the circuit breaker counts, once per batch.
+    pub request: DeliveryOutcome,
+    /// Each message's, in the order the batch holds them.
+    pub messages: Vec<DeliveryOutcome>,
+}
+
+impl BatchOutcome {
+    /// The same outcome for the request and for each of its `n` messages.
+    pub fn all(outcome: DeliveryOutcome, n: usize) -> Self {
+        Self {
+            messages: vec![outcome.clone(); n],
+            request: outcome,
+        }
+    }
+}
+
 #[async_trait::async_trait]
 pub trait DeliveryTarget: Send + Sync + 'static {
     async fn deliver(&self, message: &IncomingMessage) -> DeliveryOutcome;
+
+    /// Hands over a whole batch. By default one message after another, for
+    /// targets with no batch form of their own; the request's verdict is
+    /// then the first failure worth retrying, else a success.
+    async fn deliver_batch(&self, batch: &Batch) -> BatchOutcome {
+        let mut messages = Vec::with_capacity(batch.messages.len());
+        for message in &batch.messages {
+            messages.push(self.deliver(message).await);
+        }
+        let request = messages
+            .iter()
+            .find(|o| matches!(o, DeliveryOutcome::Retry { .. }))
+            .cloned()
+            .unwrap_or(DeliveryOutcome::Delivered);
+        BatchOutcome { request, messages }
+    }
 }

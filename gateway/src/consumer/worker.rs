@@ -9,6 +9,10 @@
 //! broker redelivers what it had not settled. Cancelling it stops new
 //! deliveries, lets in-flight ones finish within `DRAIN_TIMEOUT`, and closes
 //! the channel, which hands any still unsettled ones back to the queue.
+//!
+//! A batch consumer (`spec.batch`) gathers deliveries in a `Batcher` instead
+//! and sends each batch as one request (`batch`); deliveries gathered but
+//! not yet sent when the session ends are handed back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,19 +25,20 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::batch::{self, BatchRun, Batcher};
 use super::breaker::{self, Admission, CircuitBreaker, Gate, GateEnd};
 use super::limits::{CallSlot, DeliveryGate, LiveReplicas};
 use super::settle::{attempt_of, hand_back, AckWindow, Settled, Settler};
 use super::spec::ConsumerSpec;
 use super::stats::{ConsumerState, ConsumerStats};
-use super::target::{DeliveryOutcome, DeliveryTarget, IncomingMessage};
+use super::target::{Batch, DeliveryOutcome, DeliveryTarget, IncomingMessage};
 use crate::connection::reconnect_backoff;
 use crate::{Broker, BrokerError, ConsumerLease};
 
-/// Most deliveries acked by one `multiple` ack.
 /// How long a stopping consumer waits for in-flight deliveries.
 pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most deliveries acked by one `multiple` ack.
 const ACK_BATCH: usize = 50;
 /// Longest an ack waits for company while other deliveries are in flight.
 const ACK_DELAY: Duration = Duration::from_millis(5);
@@ -139,8 +144,14 @@ impl ConsumerWorker {
         // to the target, handed back to the queue when the session ends.
         let mut held: Vec<Delivery> = Vec::new();
         let mut in_flight: JoinSet<(u64, Settled)> = JoinSet::new();
+        // Batch consumers only: the batch being gathered, and those sent.
+        let mut batcher = self
+            .spec
+            .batch
+            .map(|policy| Batcher::new(policy, gate.prefetch(self.spec.prefetch)));
+        let mut batches: JoinSet<Vec<(u64, Settled)>> = JoinSet::new();
         let mut acks = AckWindow::new(self.stats.clone());
-        let batch = usize::from(self.spec.prefetch / 2).clamp(1, ACK_BATCH);
+        let ack_batch = usize::from(self.spec.prefetch / 2).clamp(1, ACK_BATCH);
         let mut flush_timer = Box::pin(tokio::time::sleep(ACK_DELAY));
         let mut timer_armed = false;
         let mut straggler_check = tokio::time::interval(STRAGGLER_WAIT);
@@ -151,6 +162,14 @@ impl ConsumerWorker {
             &self.live_replicas,
         );
         let end = loop {
+            // A gathered batch goes out once the limits let one more
+            // request start: a batch is one request to them.
+            if let Some(gathered) = batcher.as_mut() {
+                if gathered.ready() && limits.is_open() {
+                    let deliveries = gathered.take();
+                    batches.spawn(self.handle_batch(deliveries, limits.start()));
+                }
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(SessionEnd::Cancelled),
                 ended = gate.ended() => {
@@ -167,18 +186,21 @@ impl ConsumerWorker {
                     if let Err(err) = settle_joined(&mut acks, joined) {
                         break Err(err);
                     }
-                    // Ack now when a batch is full or nothing else is in
-                    // flight; otherwise within ACK_DELAY.
-                    if acks.ready() >= batch || (acks.ready() > 0 && in_flight.is_empty()) {
-                        if let Err(err) = acks.flush(&channel).await {
-                            break Err(BrokerError::from(err));
-                        }
-                        timer_armed = false;
-                    } else if acks.ready() > 0 && !timer_armed {
-                        flush_timer.as_mut().reset(tokio::time::Instant::now() + ACK_DELAY);
-                        timer_armed = true;
+                    let idle = in_flight.is_empty() && batches.is_empty();
+                    if let Err(err) = ack_or_arm(&mut acks, &channel, ack_batch, idle, flush_timer.as_mut(), &mut timer_armed).await {
+                        break Err(err);
                     }
                 }
+                Some(done) = batches.join_next(), if !batches.is_empty() => {
+                    if let Err(err) = settle_joined_batch(&mut acks, done) {
+                        break Err(err);
+                    }
+                    let idle = in_flight.is_empty() && batches.is_empty();
+                    if let Err(err) = ack_or_arm(&mut acks, &channel, ack_batch, idle, flush_timer.as_mut(), &mut timer_armed).await {
+                        break Err(err);
+                    }
+                }
+                _ = batch::expired(batcher.as_mut()), if batcher.as_ref().is_some_and(Batcher::waiting) => {}
                 _ = &mut flush_timer, if timer_armed => {
                     timer_armed = false;
                     if let Err(err) = acks.flush(&channel).await {
@@ -191,19 +213,35 @@ impl ConsumerWorker {
                     }
                 }
                 _ = limits.opened(), if !limits.is_open() => {}
-                next = deliveries.next(), if limits.is_open() => match next {
+                // One delivery at a time takes a call slot; a batch
+                // consumer gathers until its batch is full instead.
+                next = deliveries.next(), if batcher.as_ref().map_or(limits.is_open(), |b| !b.is_full()) => match next {
                     Some(Ok(delivery)) => {
                         acks.track(delivery.delivery_tag);
-                        if gate.admit() {
-                            in_flight.spawn(self.handle(delivery, limits.start()));
-                        } else {
+                        if !gate.admit() {
                             held.push(delivery);
+                        } else if let Some(gathered) = batcher.as_mut() {
+                            gathered.push(delivery);
+                            // Whatever else the broker already sent joins
+                            // this batch, so a busy queue fills it at once.
+                            let filled = gathered.fill(&mut deliveries, consumer_ended, |more| {
+                                acks.track(more.delivery_tag);
+                                if gate.admit() {
+                                    Some(more)
+                                } else {
+                                    held.push(more);
+                                    None
+                                }
+                            });
+                            if let Err(err) = filled {
+                                break Err(err);
+                            }
+                        } else {
+                            in_flight.spawn(self.handle(delivery, limits.start()));
                         }
                     }
                     Some(Err(err)) => break Err(BrokerError::from(err)),
-                    None => break Err(BrokerError::Unavailable(
-                        "the broker ended the consumer (was the queue deleted?)".into(),
-                    )),
+                    None => break Err(consumer_ended()),
                 },
             }
         };
@@ -215,13 +253,20 @@ impl ConsumerWorker {
                 .await;
             // Not a multiple ack's business: they are in flight to the
             // window until nacked here.
-            for delivery in held.drain(..) {
+            // Nor are the deliveries gathered for a batch not yet sent.
+            let gathered = batcher.as_mut().map(Batcher::take).unwrap_or_default();
+            for delivery in held.drain(..).chain(gathered) {
                 hand_back(&delivery.acker).await;
                 acks.settled(delivery.delivery_tag, Settled::HandedBack);
             }
             let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
                 while let Some(done) = in_flight.join_next().await {
                     if settle_joined(&mut acks, vec![done]).is_err() {
+                        break;
+                    }
+                }
+                while let Some(done) = batches.join_next().await {
+                    if settle_joined_batch(&mut acks, done).is_err() {
                         break;
                     }
                 }
@@ -237,11 +282,13 @@ impl ConsumerWorker {
             if drained.is_err() {
                 tracing::warn!(
                     unsettled = in_flight.len(),
+                    unsettled_batches = batches.len(),
                     "drain timed out; handing the rest back to the queue"
                 );
             }
         }
         in_flight.abort_all();
+        batches.abort_all();
         // Closing the channel returns every unsettled delivery to the queue.
         if channel.status().connected() {
             let _ = channel.close(200, "consumer stopped").await;
@@ -249,12 +296,9 @@ impl ConsumerWorker {
         end
     }
 
-    fn handle(
-        &self,
-        delivery: Delivery,
-        call_slot: Option<CallSlot>,
-    ) -> impl std::future::Future<Output = (u64, Settled)> + Send + 'static {
-        let message = IncomingMessage {
+    /// A delivery as the target sees it.
+    fn incoming(&self, delivery: &Delivery) -> IncomingMessage {
+        IncomingMessage {
             queue: self.spec.queue.clone(),
             message_id: delivery
                 .properties
@@ -269,7 +313,15 @@ impl ConsumerWorker {
                 .map(|ct| ct.to_string()),
             attempt: attempt_of(&delivery.properties),
             payload: delivery.data.clone(),
-        };
+        }
+    }
+
+    fn handle(
+        &self,
+        delivery: Delivery,
+        call_slot: Option<CallSlot>,
+    ) -> impl std::future::Future<Output = (u64, Settled)> + Send + 'static {
+        let message = self.incoming(&delivery);
         let span = tracing::info_span!(
             "delivery",
             consumer_id = %self.spec.id,
@@ -308,16 +360,84 @@ impl ConsumerWorker {
                 outcome,
             )
             .await;
-            match settled {
-                Settled::Acked => tracing::debug!("delivered"),
-                Settled::Retried { delay_ms } => tracing::info!(delay_ms, "retry scheduled"),
-                Settled::DeadLettered => tracing::info!("dead-lettered"),
-                Settled::HandedBack => tracing::warn!("handed back to the queue"),
-            }
+            batch::log_settled(settled);
             (delivery.delivery_tag, settled)
         }
         .instrument(span)
     }
+
+    /// One batch: one request for every delivery in it, each settled by its
+    /// own outcome.
+    fn handle_batch(
+        &self,
+        deliveries: Vec<Delivery>,
+        call_slot: Option<CallSlot>,
+    ) -> impl std::future::Future<Output = Vec<(u64, Settled)>> + Send + 'static {
+        let batch = Batch {
+            id: uuid::Uuid::new_v4().to_string(),
+            queue: self.spec.queue.clone(),
+            messages: deliveries.iter().map(|d| self.incoming(d)).collect(),
+        };
+        let span = tracing::info_span!(
+            "batch",
+            consumer_id = %self.spec.id,
+            queue = %self.spec.queue,
+            batch_id = %batch.id,
+            size = batch.messages.len(),
+        );
+        let parts = BatchRun {
+            target: self.target.clone(),
+            settler: self.settler.clone(),
+            stats: self.stats.clone(),
+            breaker: self.breaker.clone(),
+        };
+        let stats = self.stats.clone();
+        async move {
+            let _in_flight: Vec<InFlightGuard> = (0..deliveries.len())
+                .map(|_| InFlightGuard::new(stats.clone()))
+                .collect();
+            batch::run(parts, batch, deliveries, call_slot).await
+        }
+        .instrument(span)
+    }
+}
+
+fn consumer_ended() -> BrokerError {
+    BrokerError::Unavailable("the broker ended the consumer (was the queue deleted?)".into())
+}
+
+/// Acks at once when `ack_batch` are ready or nothing else is in flight
+/// (`idle`); otherwise arms the timer to ack within `ACK_DELAY`.
+async fn ack_or_arm(
+    acks: &mut AckWindow,
+    channel: &lapin::Channel,
+    ack_batch: usize,
+    idle: bool,
+    flush_timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    timer_armed: &mut bool,
+) -> Result<(), BrokerError> {
+    let ready = acks.ready();
+    if ready >= ack_batch || (ready > 0 && idle) {
+        acks.flush(channel).await?;
+        *timer_armed = false;
+    } else if ready > 0 && !*timer_armed {
+        flush_timer.reset(tokio::time::Instant::now() + ACK_DELAY);
+        *timer_armed = true;
+    }
+    Ok(())
+}
+
+/// Records a finished batch task, as `settle_joined` does one delivery's.
+fn settle_joined_batch(
+    acks: &mut AckWindow,
+    done: Result<Vec<(u64, Settled)>, tokio::task::JoinError>,
+) -> Result<(), BrokerError> {
+    let settled =
+        done.map_err(|err| BrokerError::Unavailable(format!("a batch task failed: {err}")))?;
+    for (tag, settled) in settled {
+        acks.settled(tag, settled);
+    }
+    Ok(())
 }
 
 /// Records finished delivery tasks. A task that did not finish (it cannot

@@ -140,6 +140,7 @@ impl BuiltinSetup {
             // A built-in handler fails on the store, not on a remote
             // endpoint; its retries wait in the broker as before.
             circuit_breaker: None,
+            batch: None,
             revision: 0,
         };
         match self.registry.create(definition).await {

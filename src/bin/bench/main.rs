@@ -1,8 +1,8 @@
 //! `bench`: the gateway measured beside the broker's own ceiling, in one
 //! run on one machine.
 //!
-//! `cargo run --release --bin bench -- [all|forward|publish|latency|scale|
-//! fanin|slow-target] [--messages N] [--duration SECONDS] [--consumers N]
+//! `cargo run --release --bin bench -- [all|forward|forward-batch|publish|
+//! latency|scale|fanin|slow-target] [--messages N] [--duration SECONDS] [--consumers N]
 //! [--mqb PATH] [--smoke]`
 //!
 //! It starts what it needs besides RabbitMQ and the store: the gateway (this
@@ -71,11 +71,10 @@ fn parse_options() -> Result<Options, String> {
                 options.rate = 200;
                 options.consumers = 20;
             }
-            "all" | "forward" | "publish" | "latency" | "scale" | "fanin" | "slow-target" => {
-                options.scenarios.push(arg)
-            }
+            "all" | "forward" | "forward-batch" | "publish" | "latency" | "scale" | "fanin"
+            | "slow-target" => options.scenarios.push(arg),
             "-h" | "--help" => {
-                println!("usage: bench [all|forward|publish|latency|scale|fanin|slow-target]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--mqb PATH] [--smoke] [--output PATH]");
+                println!("usage: bench [all|forward|forward-batch|publish|latency|scale|fanin|slow-target]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--mqb PATH] [--smoke] [--output PATH]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument `{other}` (try --help)")),
@@ -84,6 +83,7 @@ fn parse_options() -> Result<Options, String> {
     if options.scenarios.is_empty() || options.scenarios.iter().any(|s| s == "all") {
         options.scenarios = [
             "forward",
+            "forward-batch",
             "publish",
             "latency",
             "scale",
@@ -143,6 +143,7 @@ async fn run(options: Options) -> Result<(), String> {
             eprintln!("== {scenario}");
             let value = match scenario.as_str() {
                 "forward" => scenarios::forward(&options, &gateway, &sink).await?,
+                "forward-batch" => scenarios::forward_batch(&options, &gateway, &sink).await?,
                 "publish" => publish::publish(&options, &gateway).await?,
                 "latency" => scenarios::latency(&options, &gateway, &sink).await?,
                 "scale" => scenarios::scale(&options, &gateway, &sink).await?,
@@ -257,6 +258,22 @@ fn print_table(report: &Value) {
     );
     row("forward", "mqb_msgs_per_s", "mq-bridge msgs/s");
     row("forward", "ratio_mqb", "ratio vs mq-bridge");
+    row(
+        "forward-batch",
+        "gateway_msgs_per_s",
+        "batch consumer msgs/s",
+    );
+    row("forward-batch", "mean_batch", "messages per request");
+    row(
+        "forward-batch",
+        "ceiling_batched_msgs_per_s",
+        "raw lapin, prefetch 500, msgs/s",
+    );
+    row(
+        "forward-batch",
+        "ratio_batched",
+        "ratio vs batched (target 0.80)",
+    );
     for c in [64, 256] {
         let key = |k: &str| format!("{k}_{c}");
         let label = |l: &str| format!("{l} @{c} conns");

@@ -13,6 +13,9 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 
+mod forward_batch;
+pub use forward_batch::forward_batch;
+
 use crate::gateway_process::GatewayProcess;
 use crate::sink::{now_ns, Sink};
 use crate::Options;

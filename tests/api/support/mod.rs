@@ -3,6 +3,7 @@
 //! consumer API, and plain-AMQP / management-API helpers to look behind it.
 
 pub mod amqp_proxy;
+pub mod browser;
 pub mod gateway_process;
 pub mod target_server;
 

@@ -20,6 +20,8 @@ pub struct Reply {
     pub delay: Duration,
     /// A `Retry-After` header value to send.
     pub retry_after: Option<String>,
+    /// The answer's body; empty when `None`.
+    pub body: Option<String>,
 }
 
 impl Reply {
@@ -28,6 +30,7 @@ impl Reply {
             status,
             delay: Duration::ZERO,
             retry_after: None,
+            body: None,
         }
     }
 
@@ -43,6 +46,12 @@ impl Reply {
 
     pub fn with_retry_after(mut self, value: &str) -> Self {
         self.retry_after = Some(value.to_owned());
+        self
+    }
+
+    /// The same reply, answered with this body.
+    pub fn with_body(mut self, body: &str) -> Self {
+        self.body = Some(body.to_owned());
         self
     }
 }
@@ -301,7 +310,7 @@ async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared
     if let Some(retry_after) = &reply.retry_after {
         response.insert_header(("retry-after", retry_after.as_str()));
     }
-    response.body("")
+    response.body(reply.body.unwrap_or_default())
 }
 
 /// Counts a request as in flight until it is answered or its client gave

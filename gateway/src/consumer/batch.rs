@@ -1,0 +1,295 @@
+//! Batch delivery, opt-in per consumer: up to `maxMessages` deliveries go to
+//! the target in one request, sent when the batch is full or when its oldest
+//! delivery has waited `maxWait`.
+//!
+//! - `BatchPolicy`: the two bounds, only ever built checked (and never above
+//!   the prefetch, or a batch could never fill).
+//! - `Batcher`: the deliveries a session gathers for the next batch. The
+//!   worker stops taking deliveries while it is full, so a batch never holds
+//!   more than the prefetch allows.
+//! - `run`: one batch's request and the settling of every message in it.
+//!   Nothing is acked here: each message's outcome goes back to the worker's
+//!   `AckWindow` (settle), so a message's ack waits for its batch's outcome.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{FutureExt, Stream, StreamExt};
+use lapin::message::Delivery;
+use tokio::time::{Instant, Sleep};
+use tracing::Instrument;
+
+use super::breaker::{self, CircuitBreaker};
+use super::limits::CallSlot;
+use super::settle::{Settled, Settler};
+use super::stats::ConsumerStats;
+use super::target::{Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget};
+use crate::BrokerError;
+
+/// Bounds of `maxMessages`.
+pub const MAX_MESSAGES: std::ops::RangeInclusive<u64> = 1..=1_000;
+/// Bounds of `maxWaitMs`.
+pub const MAX_WAIT_MS: std::ops::RangeInclusive<u64> = 0..=10_000;
+
+/// How a batch consumer gathers its deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPolicy {
+    max_messages: u16,
+    max_wait: Duration,
+}
+
+/// Which bound of a `BatchPolicy` is broken. Callers name the field in
+/// their own vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BatchPolicyError {
+    #[error("between {} and {}, not {value}", MAX_MESSAGES.start(), MAX_MESSAGES.end())]
+    MaxMessages { value: u64 },
+    #[error("between {} and {} ms, not {value}", MAX_WAIT_MS.start(), MAX_WAIT_MS.end())]
+    MaxWaitMs { value: u64 },
+    #[error("at most the prefetch ({prefetch}), not {value}: a batch larger than the prefetch could never fill")]
+    AbovePrefetch { value: u64, prefetch: u16 },
+}
+
+impl BatchPolicy {
+    /// `max_messages` 1–1000 and at most `prefetch`; `max_wait_ms` 0–10000.
+    pub fn new(
+        max_messages: u64,
+        max_wait_ms: u64,
+        prefetch: u16,
+    ) -> Result<Self, BatchPolicyError> {
+        if !MAX_MESSAGES.contains(&max_messages) {
+            return Err(BatchPolicyError::MaxMessages {
+                value: max_messages,
+            });
+        }
+        if !MAX_WAIT_MS.contains(&max_wait_ms) {
+            return Err(BatchPolicyError::MaxWaitMs { value: max_wait_ms });
+        }
+        if max_messages > u64::from(prefetch) {
+            return Err(BatchPolicyError::AbovePrefetch {
+                value: max_messages,
+                prefetch,
+            });
+        }
+        Ok(Self {
+            // Within 1..=1000, checked above.
+            max_messages: max_messages as u16,
+            max_wait: Duration::from_millis(max_wait_ms),
+        })
+    }
+
+    pub fn max_messages(self) -> u16 {
+        self.max_messages
+    }
+
+    pub fn max_wait(self) -> Duration {
+        self.max_wait
+    }
+}
+
+/// The deliveries gathered for the next batch.
+pub(super) struct Batcher {
+    capacity: usize,
+    max_wait: Duration,
+    pending: Vec<Delivery>,
+    /// Fires `max_wait` after the first delivery of the batch.
+    timer: Pin<Box<Sleep>>,
+    /// The oldest delivery has waited long enough: send what there is.
+    due: bool,
+}
+
+impl Batcher {
+    /// At most `prefetch` per batch: a half-open probe session runs with
+    /// prefetch 1, and its one delivery must not wait for company.
+    pub fn new(policy: BatchPolicy, prefetch: u16) -> Self {
+        let capacity = usize::from(policy.max_messages.min(prefetch).max(1));
+        Self {
+            capacity,
+            max_wait: policy.max_wait,
+            pending: Vec::with_capacity(capacity),
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            due: false,
+        }
+    }
+
+    pub fn push(&mut self, delivery: Delivery) {
+        if self.pending.is_empty() {
+            if self.max_wait.is_zero() {
+                self.due = true;
+            } else {
+                self.timer.as_mut().reset(Instant::now() + self.max_wait);
+                self.due = false;
+            }
+        }
+        self.pending.push(delivery);
+    }
+
+    /// Adds the deliveries `stream` already holds, without waiting, until
+    /// the batch is full. `admit` sees each first and returns the ones for
+    /// the target (it keeps the others). A broken or ended stream is an
+    /// error (`ended` says how to report the end).
+    pub fn fill<S>(
+        &mut self,
+        stream: &mut S,
+        ended: fn() -> BrokerError,
+        mut admit: impl FnMut(Delivery) -> Option<Delivery>,
+    ) -> Result<(), BrokerError>
+    where
+        S: Stream<Item = Result<Delivery, lapin::Error>> + Unpin,
+    {
+        while !self.is_full() {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(delivery))) => {
+                    if let Some(delivery) = admit(delivery) {
+                        self.push(delivery);
+                    }
+                }
+                Some(Some(Err(err))) => return Err(BrokerError::from(err)),
+                Some(None) => return Err(ended()),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.pending.len() >= self.capacity
+    }
+
+    /// Whether the batch should go out (once the limits let it).
+    pub fn ready(&self) -> bool {
+        !self.pending.is_empty() && (self.due || self.is_full())
+    }
+
+    /// Whether the timer is worth waiting for.
+    pub fn waiting(&self) -> bool {
+        !self.pending.is_empty() && !self.due
+    }
+
+    /// Resolves when the oldest delivery has waited `max_wait`.
+    /// Cancel-safe: the timer keeps its deadline.
+    pub async fn expired(&mut self) {
+        self.timer.as_mut().await;
+        self.due = true;
+    }
+
+    /// The batch to send; the next one starts empty.
+    pub fn take(&mut self) -> Vec<Delivery> {
+        self.due = false;
+        std::mem::replace(&mut self.pending, Vec::with_capacity(self.capacity))
+    }
+}
+
+/// `batcher.expired()`, or never without a batcher.
+pub(super) async fn expired(batcher: Option<&mut Batcher>) {
+    match batcher {
+        Some(batcher) => batcher.expired().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What `run` needs of its consumer.
+pub(super) struct BatchRun {
+    pub target: Arc<dyn DeliveryTarget>,
+    pub settler: Arc<Settler>,
+    pub stats: Arc<ConsumerStats>,
+    pub breaker: Option<Arc<CircuitBreaker>>,
+}
+
+/// Sends one batch and settles each of its messages by the outcome; returns
+/// each delivery's tag with what it became, for the `AckWindow`.
+pub(super) async fn run(
+    parts: BatchRun,
+    batch: Batch,
+    deliveries: Vec<Delivery>,
+    call_slot: Option<CallSlot>,
+) -> Vec<(u64, Settled)> {
+    let started = std::time::Instant::now();
+    // A target that panics gets a retry like any failure (see the worker).
+    let outcome = std::panic::AssertUnwindSafe(parts.target.deliver_batch(&batch))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!("the batch's handler panicked");
+            BatchOutcome::all(
+                DeliveryOutcome::Retry {
+                    reason: "the handler panicked".into(),
+                    retry_after: None,
+                },
+                batch.messages.len(),
+            )
+        });
+    drop(call_slot);
+    parts.stats.target_answered(started.elapsed());
+    tracing::debug!(request = ?outcome.request, "batch answered");
+    let open = breaker::record_request(parts.breaker.as_deref(), &outcome.request);
+    let Batch { messages, .. } = batch;
+    let mut outcomes = outcome.messages.into_iter();
+    let settling = deliveries.iter().zip(&messages).map(|(delivery, message)| {
+        // A target that answered for fewer messages than it was sent: the
+        // rest are tried again.
+        let outcome = outcomes.next().unwrap_or_else(|| DeliveryOutcome::Retry {
+            reason: "the target gave no outcome for this message".into(),
+            retry_after: None,
+        });
+        let span = tracing::info_span!(
+            "delivery",
+            message_id = %message.message_id,
+            attempt = message.attempt,
+        );
+        let (settler, stats) = (&parts.settler, &parts.stats);
+        async move {
+            let settled =
+                breaker::settle_unless_open(open, settler, stats, delivery, message, outcome).await;
+            log_settled(settled);
+            (delivery.delivery_tag, settled)
+        }
+        .instrument(span)
+    });
+    // Each copy waits for its own confirm; together, not one by one.
+    futures_util::future::join_all(settling).await
+}
+
+/// One line per settled message, as for a single delivery.
+pub(super) fn log_settled(settled: Settled) {
+    match settled {
+        Settled::Acked => tracing::debug!("delivered"),
+        Settled::Retried { delay_ms } => tracing::info!(delay_ms, "retry scheduled"),
+        Settled::DeadLettered => tracing::info!("dead-lettered"),
+        Settled::HandedBack => tracing::warn!("handed back to the queue"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_checked_and_the_batch_fits_the_prefetch() {
+        assert!(BatchPolicy::new(1, 0, 1).is_ok());
+        assert!(BatchPolicy::new(1_000, 10_000, 1_000).is_ok());
+        assert_eq!(
+            BatchPolicy::new(0, 5, 10),
+            Err(BatchPolicyError::MaxMessages { value: 0 })
+        );
+        assert_eq!(
+            BatchPolicy::new(1_001, 5, 1_000),
+            Err(BatchPolicyError::MaxMessages { value: 1_001 })
+        );
+        assert_eq!(
+            BatchPolicy::new(10, 10_001, 10),
+            Err(BatchPolicyError::MaxWaitMs { value: 10_001 })
+        );
+        assert_eq!(
+            BatchPolicy::new(50, 5, 10),
+            Err(BatchPolicyError::AbovePrefetch {
+                value: 50,
+                prefetch: 10
+            })
+        );
+        let policy = BatchPolicy::new(100, 5, 500).unwrap();
+        assert_eq!(policy.max_messages(), 100);
+        assert_eq!(policy.max_wait(), Duration::from_millis(5));
+    }
+}
