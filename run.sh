@@ -15,6 +15,11 @@
 #   schemathesis              (test only) the pinned API fuzzer in .venv
 #   chromium                  (test only) Chromium and chromedriver for the
 #                             console's browser tests (apt-get when missing)
+#   rabbitmq cluster          (test only) the three-node test cluster of
+#                             scripts/rabbitmq-cluster.sh, started in the
+#                             background while the build runs, waited for
+#                             before the tests, stopped at the end (only when
+#                             this run started it)
 #   .env                      has an ADMIN_PASSWORD (generated once, printed once)
 #
 # Settings come from the environment, then .env, then the defaults of
@@ -63,6 +68,23 @@ case "${1-}" in
         exit 2
         ;;
 esac
+
+# Debian's rabbitmq-server drops to the rabbitmq user through `su`, whose PAM
+# session resets the open-files limit to 1,024; a broker with thousands of
+# queues or connections runs out of descriptors (emfile) and falls over. As
+# root, drop to rabbitmq without PAM so the raised limit is inherited.
+start_system_rabbitmq() {
+    if [[ $(id -u) -eq 0 ]] && id -u rabbitmq >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1; then
+        (
+            ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+            cd /var/lib/rabbitmq &&
+                setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
+                    env HOME=/var/lib/rabbitmq rabbitmq-server -detached
+        )
+    else
+        rabbitmq-server -detached
+    fi
+}
 
 step() { printf '==> %s\n' "$*"; }
 warn() { printf '==> warning: %s\n' "$*" >&2; }
@@ -175,6 +197,53 @@ AMQP_URL_VALUE=$(setting AMQP_URL 'amqp://guest:guest@127.0.0.1:5672/%2f')
 MANAGEMENT_URL_VALUE=$(setting RABBITMQ_MANAGEMENT_URL 'http://127.0.0.1:15672')
 MONGODB_URI_VALUE=$(setting MONGODB_URI 'mongodb://127.0.0.1:27017')
 
+# ------------------------------------------------------ rabbitmq test cluster --
+
+# The cluster tests (tests/api/cluster.rs) need the three-node cluster of
+# scripts/rabbitmq-cluster.sh. It takes tens of seconds to start, so a test
+# run starts it first, in the background, and waits for it only before the
+# tests; a cluster that was already running is left running.
+CLUSTER_PID="" CLUSTER_STARTED="" CLUSTER_LOG=.data/rabbitmq-cluster-start.log
+
+cluster_running() {
+    [[ $(scripts/rabbitmq-cluster.sh status 2>/dev/null | grep -c 'running, clustered, AMQP answers') -eq 3 ]]
+}
+
+stop_started_cluster() {
+    [[ -n $CLUSTER_STARTED ]] || return 0
+    CLUSTER_STARTED=""
+    if [[ -n $CLUSTER_PID ]] && kill -0 "$CLUSTER_PID" 2>/dev/null; then
+        wait "$CLUSTER_PID" 2>/dev/null || true
+    fi
+    scripts/rabbitmq-cluster.sh stop >>"$CLUSTER_LOG" 2>&1 || true
+    step "rabbitmq cluster: stopped the test cluster started for this run"
+}
+
+# Every exit of a test run stops what the run started (the cluster, a
+# SecantusDB); each is a no-op when this run did not start it.
+on_exit() {
+    stop_started_cluster
+    if [[ -n ${STARTED_MONGO_PID-} ]]; then
+        stop_started_mongo
+    fi
+}
+
+if [[ $MODE == test ]]; then
+    if cluster_running; then
+        step "rabbitmq cluster: running (wrmq1..3@localhost, AMQP 5691-5693; left running)"
+    elif [[ $(id -un) != root && $(id -un) != rabbitmq ]] || ! command -v rabbitmq-server >/dev/null 2>&1; then
+        warn "rabbitmq cluster: cannot start it here (needs rabbitmq-server, run as root or rabbitmq); the cluster tests will fail"
+    else
+        mkdir -p .data
+        scripts/rabbitmq-cluster.sh start >"$CLUSTER_LOG" 2>&1 &
+        CLUSTER_PID=$! CLUSTER_STARTED=1
+        trap on_exit EXIT
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
+        step "rabbitmq cluster: starting in the background (log $CLUSTER_LOG)"
+    fi
+fi
+
 # ------------------------------------------------------------------ rabbitmq --
 
 if [[ $AMQP_URL_VALUE == amqps://* ]]; then
@@ -205,7 +274,7 @@ else
         did="installed with apt-get, "
     fi
     if ! port_open "$AMQP_HOST" "$AMQP_PORT"; then
-        rabbitmq-server -detached >.data/rabbitmq-start.log 2>&1 ||
+        start_system_rabbitmq >.data/rabbitmq-start.log 2>&1 ||
             die "rabbitmq: rabbitmq-server -detached failed; see .data/rabbitmq-start.log"
     fi
     deadline=$((SECONDS + 60))
@@ -384,7 +453,7 @@ else
             pid=$(<"$MONGO_PIDFILE")
             STARTED_MONGO_PID=$pid
             if [[ $MODE == test ]]; then
-                trap stop_started_mongo EXIT
+                trap on_exit EXIT
                 trap 'exit 130' INT
                 trap 'exit 143' TERM
             fi
@@ -477,6 +546,17 @@ cargo fmt --all -- --check || failed+=(fmt)
 
 step "test: cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings || failed+=(clippy)
+
+if [[ -n $CLUSTER_PID ]]; then
+    cluster_wait_began=$SECONDS
+    if wait "$CLUSTER_PID"; then
+        step "rabbitmq cluster: up ($(tail -n 1 "$CLUSTER_LOG" | sed 's/^rabbitmq-cluster: //'); waited $((SECONDS - cluster_wait_began)) s after fmt and clippy)"
+    else
+        warn "rabbitmq cluster: did not start; see $CLUSTER_LOG (the cluster tests will fail)"
+        failed+=(cluster)
+    fi
+    CLUSTER_PID=""
+fi
 
 if cargo nextest --version >/dev/null 2>&1; then
     step "test: cargo nextest run --workspace --no-fail-fast${*:+ $*}"

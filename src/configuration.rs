@@ -33,8 +33,11 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind_addr: String,
-    pub amqp_url: Secret,
-    pub management_url: url::Url,
+    /// `AMQP_URL`: one URL or a comma-separated list (a cluster's nodes),
+    /// in the order given; the broker takes them shuffled.
+    pub amqp_urls: gateway::AmqpUrls,
+    /// `RABBITMQ_MANAGEMENT_URL`: likewise one or a comma-separated list.
+    pub management_urls: ManagementUrls,
     pub management_user: String,
     pub management_password: Secret,
     pub vhost: String,
@@ -75,6 +78,52 @@ pub struct Settings {
     /// Names this process in its AMQP connection, so replicas can be told
     /// apart in `/getConnections`.
     pub instance_id: String,
+    /// `DEFAULT_QUEUE_TYPE`: the type of queues created without one (the
+    /// built-in ones included), and of companions whose main queue's type
+    /// the management API cannot tell.
+    pub default_queue_type: gateway::QueueType,
+}
+
+/// The management API's base URLs, one or more (a cluster's nodes), each an
+/// http(s) URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagementUrls(Vec<url::Url>);
+
+impl ManagementUrls {
+    const VARIABLE: &'static str = "RABBITMQ_MANAGEMENT_URL";
+
+    /// A comma-separated list; every entry must be an http(s) URL.
+    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
+        let entries: Vec<&str> = raw.split(',').map(str::trim).collect();
+        let count = entries.len();
+        let mut urls = Vec::with_capacity(count);
+        for (index, entry) in entries.into_iter().enumerate() {
+            if entry.is_empty() {
+                return Err(problem(
+                    Self::VARIABLE,
+                    format!("entry {} of {count} is empty (a stray comma?)", index + 1),
+                ));
+            }
+            let url = services::network::http_url(entry).map_err(|why| {
+                problem(
+                    Self::VARIABLE,
+                    format!("entry {} of {count}, `{entry}`, {why}", index + 1),
+                )
+            })?;
+            urls.push(url);
+        }
+        Ok(Self(urls))
+    }
+
+    pub fn as_slice(&self) -> &[url::Url] {
+        &self.0
+    }
+
+    /// The same URLs in a random order, this replica's, so the replicas'
+    /// management calls spread over the nodes.
+    pub fn shuffled(&self) -> Vec<url::Url> {
+        gateway::addresses::shuffled(&self.0)
+    }
 }
 
 /// The most `MAX_HEADER_BYTES` may be: RabbitMQ's default frame_max
@@ -110,12 +159,13 @@ impl Settings {
             .parse::<std::net::SocketAddr>()
             .map_err(|e| problem("BIND_ADDR", format!("`{bind_addr}` is not host:port ({e})")))?;
 
-        let amqp_url = or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
-        let amqp = gateway::parse_amqp_url(&amqp_url)
-            .map_err(|e| problem("AMQP_URL", format!("not a valid AMQP URL: {e}")))?;
+        let amqp_urls =
+            gateway::AmqpUrls::parse(&or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"))
+                .map_err(|e| problem("AMQP_URL", e.to_string()))?;
+        let amqp = amqp_urls.parts().clone();
 
-        let management_raw = or("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672");
-        let management_url = parse_http_url("RABBITMQ_MANAGEMENT_URL", &management_raw)?;
+        let management_urls =
+            ManagementUrls::parse(&or("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672"))?;
 
         let mongodb_uri = or("MONGODB_URI", "mongodb://127.0.0.1:27017");
         if !(mongodb_uri.starts_with("mongodb://") || mongodb_uri.starts_with("mongodb+srv://")) {
@@ -186,6 +236,16 @@ impl Settings {
         let auth_max_failures = number(&var, "AUTH_MAX_FAILURES", 10, 0..=1_000_000)?;
         let auth_failure_window_secs = number(&var, "AUTH_FAILURE_WINDOW_SECS", 60, 1..=86_400)?;
 
+        let default_queue_type = match var("DEFAULT_QUEUE_TYPE") {
+            None => gateway::QueueType::Classic,
+            Some(raw) => gateway::QueueType::parse(&raw).ok_or_else(|| {
+                problem(
+                    "DEFAULT_QUEUE_TYPE",
+                    format!("`{}` is neither `classic` nor `quorum`", raw.trim()),
+                )
+            })?,
+        };
+
         let instance_id = var("INSTANCE_ID").unwrap_or_else(|| {
             let short = uuid::Uuid::new_v4().simple().to_string();
             short[..8].to_owned()
@@ -210,8 +270,8 @@ impl Settings {
                 var("RABBITMQ_MANAGEMENT_PASSWORD").unwrap_or(amqp.password),
             ),
             vhost: amqp.vhost,
-            amqp_url: Secret::new(amqp_url),
-            management_url,
+            amqp_urls,
+            management_urls,
             mongodb_uri: Secret::new(mongodb_uri),
             mongodb_db,
             admin_user: or("ADMIN_USER", "admin"),
@@ -231,6 +291,7 @@ impl Settings {
             auth_max_failures: auth_max_failures as u32,
             auth_failure_window: std::time::Duration::from_secs(auth_failure_window_secs),
             instance_id,
+            default_queue_type,
         })
     }
 }
@@ -318,6 +379,9 @@ mod tests {
         let cases = [
             ("BIND_ADDR", "nope"),
             ("AMQP_URL", "http://x"),
+            ("AMQP_URL", "amqp://a/%2f,,amqp://b/%2f"),
+            ("RABBITMQ_MANAGEMENT_URL", "http://a:15672,ftp://b"),
+            ("RABBITMQ_MANAGEMENT_URL", "http://a:15672,"),
             ("MAX_BODY_BYTES", "-3"),
             ("LOG_FORMAT", "xml"),
             ("BUILTIN_CONSUMERS", "maybe"),
@@ -328,6 +392,7 @@ mod tests {
             ("SCRAPE_TIMEOUT_MS", "soon"),
             ("MAX_HEADER_BYTES", "131072"),
             ("MAX_CONSUMERS", "0"),
+            ("DEFAULT_QUEUE_TYPE", "stream"),
         ];
         for (key, value) in cases {
             let err = settings(&[("ADMIN_PASSWORD", "pw"), (key, value)]).unwrap_err();
@@ -349,6 +414,37 @@ mod tests {
             let err = settings(&[("ADMIN_PASSWORD", "pw"), (key, value)]).unwrap_err();
             assert_eq!(err.variable, key, "{key}={value}");
         }
+    }
+
+    #[test]
+    fn broker_and_management_urls_take_comma_separated_lists() {
+        let s = settings(&[
+            ("ADMIN_PASSWORD", "pw"),
+            (
+                "AMQP_URL",
+                "amqp://u:p@127.0.0.1:5691/%2f, amqp://u:p@127.0.0.1:5692/%2f",
+            ),
+            (
+                "RABBITMQ_MANAGEMENT_URL",
+                "http://127.0.0.1:15691,http://127.0.0.1:15692",
+            ),
+        ])
+        .unwrap();
+        let nodes: Vec<&str> = s.amqp_urls.iter().map(|u| u.node()).collect();
+        assert_eq!(nodes, ["127.0.0.1:5691", "127.0.0.1:5692"]);
+        assert_eq!(s.management_urls.as_slice().len(), 2);
+        assert_eq!(s.management_user, "u");
+        let one = settings(&[("ADMIN_PASSWORD", "pw")]).unwrap();
+        assert_eq!(one.amqp_urls.len(), 1);
+        assert_eq!(one.management_urls.as_slice().len(), 1);
+    }
+
+    #[test]
+    fn the_default_queue_type_is_classic_unless_set() {
+        let s = settings(&[("ADMIN_PASSWORD", "pw")]).unwrap();
+        assert_eq!(s.default_queue_type, gateway::QueueType::Classic);
+        let s = settings(&[("ADMIN_PASSWORD", "pw"), ("DEFAULT_QUEUE_TYPE", "Quorum")]).unwrap();
+        assert_eq!(s.default_queue_type, gateway::QueueType::Quorum);
     }
 
     #[test]

@@ -72,7 +72,9 @@ impl Application {
         let broker = Broker::start(
             // `-publish` and `-consume` are appended per connection.
             BrokerSettings::new(
-                settings.amqp_url.expose().to_owned(),
+                // Each replica its own order, so a fleet spreads over the
+                // nodes of a cluster.
+                settings.amqp_urls.shuffled(),
                 format!("workerrmq-{}", settings.instance_id),
             ),
             FIRST_BROKER_CONNECT,
@@ -91,7 +93,7 @@ impl Application {
             .map_err(|e| StartupError::HttpClient(e.to_string()))?;
         let management = ManagementClient::new(
             http,
-            settings.management_url.clone(),
+            settings.management_urls.shuffled(),
             settings.management_user.clone(),
             settings.management_password.expose().into(),
             settings.vhost.clone(),
@@ -99,12 +101,20 @@ impl Application {
 
         let metrics = Arc::new(crate::metrics::AppMetrics::new());
         let publisher = Arc::new(Publisher::new(broker.clone()));
-        let supervisor = Arc::new(ConsumerSupervisor::new(
-            broker.clone(),
-            publisher.clone(),
-            settings.instance_id.clone(),
-            metrics.delivery.clone(),
-        ));
+        let supervisor = Arc::new(
+            ConsumerSupervisor::new(
+                broker.clone(),
+                publisher.clone(),
+                settings.instance_id.clone(),
+                metrics.delivery.clone(),
+            )
+            // Companions take their main queue's type, as the management
+            // API tells it.
+            .with_companion_types(gateway::CompanionTypes::new(
+                settings.default_queue_type,
+                Some(Arc::new(management.clone())),
+            )),
+        );
         let forward_client = services::forwarder::http_client(
             settings.forward_deny_private,
             settings.forward_allowed_hosts.as_deref(),
@@ -135,7 +145,10 @@ impl Application {
             settings.instance_id.clone(),
             registry.supervisor().live_replicas().clone(),
             registry.clone(),
-            Box::new(configured_node(settings.amqp_url.expose())),
+            Box::new({
+                let broker = broker.clone();
+                move || broker.broker_node()
+            }),
         )
         .spawn(shutdown.clone());
         // Built-in queues and consumers (and the handlers' indexes); in the
@@ -146,6 +159,7 @@ impl Application {
             store: store.clone(),
             prefix: settings.builtin_queue_prefix.clone(),
             declare_consumers: settings.builtin_consumers,
+            queue_type: settings.default_queue_type,
         }
         .bootstrap(shutdown.clone())
         .await;
@@ -236,20 +250,6 @@ impl Application {
         tracing::info!("stopped");
         result
     }
-}
-
-/// The broker node as configured: `host:port` of `AMQP_URL`, whichever
-/// node the connection is on.
-fn configured_node(amqp_url: &str) -> impl Fn() -> Option<String> + Send + Sync {
-    let node = url::Url::parse(amqp_url).ok().and_then(|url| {
-        let default_port = if url.scheme() == "amqps" { 5671 } else { 5672 };
-        Some(format!(
-            "{}:{}",
-            url.host_str()?,
-            url.port().unwrap_or(default_port)
-        ))
-    });
-    move || node.clone()
 }
 
 /// Indexes and the bootstrap admin. Tried once now so a fresh gateway can

@@ -15,9 +15,16 @@
 //!
 //! `Broker` is a cheap handle. A background task owns each connection: it
 //! connects, publishes the live connection on a watch channel, waits for it
-//! to break, and reconnects with exponential backoff until shutdown. Callers
-//! never hold a connection across a reconnect; they ask for a fresh channel
-//! or watch the link (`ConsumerLease::subscribe`) to resume.
+//! to break, and reconnects until shutdown. Callers never hold a connection
+//! across a reconnect; they ask for a fresh channel or watch the link
+//! (`ConsumerLease::subscribe`) to resume.
+//!
+//! With several broker addresses (the nodes of a cluster, `AmqpUrls`), every
+//! connection of a replica starts on the first of the replica's shuffled
+//! list; a connection that breaks, or that cannot be made, moves on to the
+//! next address right away, and backs off (exponentially, jittered) only
+//! when a whole round of addresses failed. A dead node therefore costs a
+//! reconnect to its neighbour, well under a second, not a backoff.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +35,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::addresses::AmqpUrls;
 use crate::BrokerError;
 
 /// Consumer channels on one consume connection before another one opens:
@@ -37,7 +45,8 @@ pub const CONSUMER_CHANNELS_PER_CONNECTION: usize = 1_000;
 
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
-    pub url: String,
+    /// Tried in this order (`AmqpUrls::shuffled` gives a replica its own).
+    pub urls: AmqpUrls,
     /// The base of the client-provided names shown in the management UI and
     /// `/getConnections` (`<base>-publish`, `<base>-consume`, …), so
     /// operators can tell replicas and roles apart.
@@ -48,9 +57,9 @@ pub struct BrokerSettings {
 }
 
 impl BrokerSettings {
-    pub fn new(url: String, connection_name: String) -> Self {
+    pub fn new(urls: AmqpUrls, connection_name: String) -> Self {
         Self {
-            url,
+            urls,
             connection_name,
             consumer_channels_per_connection: CONSUMER_CHANNELS_PER_CONNECTION,
         }
@@ -76,25 +85,57 @@ impl BrokerSettings {
 pub struct Link {
     pub connection: Option<Arc<Connection>>,
     pub generation: u64,
+    /// `host:port` of the node the connection is on (`None` when down).
+    pub node: Option<String>,
+}
+
+/// One connection's name and the node it is on, for `/ready`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionNode {
+    pub name: String,
+    /// `host:port`; `None` while it is down (reconnecting).
+    pub node: Option<String>,
 }
 
 /// One named connection kept open by its own reconnect loop.
 #[derive(Clone)]
 struct NamedConnection {
+    name: String,
     link: watch::Receiver<Link>,
     stopped: CancellationToken,
 }
 
 impl NamedConnection {
-    fn start(url: String, name: String, shutdown: CancellationToken) -> Self {
+    fn start(urls: AmqpUrls, name: String, shutdown: CancellationToken) -> Self {
         let (tx, rx) = watch::channel(Link::default());
         let stopped = CancellationToken::new();
         let loop_stopped = stopped.clone();
+        let loop_name = name.clone();
         tokio::spawn(async move {
-            connection_loop(url, name, tx, shutdown).await;
+            connection_loop(urls, loop_name, tx, shutdown).await;
             loop_stopped.cancel();
         });
-        Self { link: rx, stopped }
+        Self {
+            name,
+            link: rx,
+            stopped,
+        }
+    }
+
+    /// The node this connection is on, while it is up.
+    fn node(&self) -> Option<String> {
+        let link = self.link.borrow();
+        match &link.connection {
+            Some(c) if c.status().connected() => link.node.clone(),
+            _ => None,
+        }
+    }
+
+    fn described(&self) -> ConnectionNode {
+        ConnectionNode {
+            name: self.name.clone(),
+            node: self.node(),
+        }
     }
 
     async fn first_connect(&self, within: Duration) {
@@ -147,12 +188,12 @@ impl Broker {
         shutdown: CancellationToken,
     ) -> Broker {
         let publish = NamedConnection::start(
-            settings.url.clone(),
+            settings.urls.clone(),
             settings.publish_connection_name(),
             shutdown.clone(),
         );
         let consume = NamedConnection::start(
-            settings.url.clone(),
+            settings.urls.clone(),
             settings.consume_connection_name(0),
             shutdown.clone(),
         );
@@ -191,6 +232,23 @@ impl Broker {
     /// Every connection of this gateway is up: publishing and consuming.
     pub fn is_up(&self) -> bool {
         self.inner.publish.is_up() && self.consume_connections().iter().all(|c| c.is_up())
+    }
+
+    /// The address (`host:port`) of the node the first consume connection
+    /// is on, `None` while it is disconnected: the replica's broker node,
+    /// as the fleet's heartbeat reports it.
+    pub fn broker_node(&self) -> Option<String> {
+        self.consume_connections()
+            .first()
+            .and_then(NamedConnection::node)
+    }
+
+    /// Every connection of this gateway with the node it is on: the publish
+    /// connection first, then the consume connections in order.
+    pub fn connection_nodes(&self) -> Vec<ConnectionNode> {
+        std::iter::once(self.inner.publish.described())
+            .chain(self.consume_connections().iter().map(|c| c.described()))
+            .collect()
     }
 
     /// The broker told the publish connection to stop publishing
@@ -250,7 +308,7 @@ impl Broker {
                 tracing::info!(connection = %name, "opening another consume connection");
                 slots.push(ConsumeSlot {
                     connection: NamedConnection::start(
-                        self.inner.settings.url.clone(),
+                        self.inner.settings.urls.clone(),
                         name,
                         self.inner.shutdown.clone(),
                     ),
@@ -318,8 +376,25 @@ pub(crate) fn reconnect_backoff(min: Duration, max: Duration) -> impl Iterator<I
         .build()
 }
 
+/// How long one connection attempt may take before the next address is
+/// tried: a node that drops packets instead of refusing must not hold the
+/// failover up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn connect(url: &str, name: &str) -> Result<Connection, String> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(name.to_owned().into())
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+    }
+}
+
 async fn connection_loop(
-    url: String,
+    urls: AmqpUrls,
     name: String,
     tx: watch::Sender<Link>,
     shutdown: CancellationToken,
@@ -327,17 +402,19 @@ async fn connection_loop(
     let new_backoff = || reconnect_backoff(Duration::from_millis(200), Duration::from_secs(10));
     let mut backoff = new_backoff();
     let mut generation = 0u64;
+    // The address to try next, and how many in a row have failed.
+    let mut index = 0usize;
+    let mut failed_in_a_row = 0usize;
     loop {
         if shutdown.is_cancelled() {
             break;
         }
-        let properties = ConnectionProperties::default()
-            .with_connection_name(name.clone().into())
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio);
-        match Connection::connect(&url, properties).await {
+        let url = urls.get(index);
+        let node = url.node().to_owned();
+        match connect(url.as_str(), &name).await {
             Ok(connection) => {
                 backoff = new_backoff();
+                failed_in_a_row = 0;
                 generation += 1;
                 let lost = Arc::new(Notify::new());
                 let notify = lost.clone();
@@ -347,10 +424,11 @@ async fn connection_loop(
                     notify.notify_one();
                 });
                 let connection = Arc::new(connection);
-                tracing::info!(connection = %name, generation, "connected to the broker");
+                tracing::info!(connection = %name, node = %node, generation, "connected to the broker");
                 tx.send_replace(Link {
                     connection: Some(connection.clone()),
                     generation,
+                    node: Some(node.clone()),
                 });
                 // `on_error` is not called when the server closes the
                 // connection normally (reply code 200), so look as well.
@@ -366,10 +444,10 @@ async fn connection_loop(
                 tokio::select! {
                     _ = lost.notified() => {}
                     _ = closed => {
-                        tracing::warn!(connection = %name, "broker connection closed");
+                        tracing::warn!(connection = %name, node = %node, "broker connection closed");
                     }
                     _ = shutdown.cancelled() => {
-                        tx.send_replace(Link { connection: None, generation });
+                        tx.send_replace(Link { connection: None, generation, node: None });
                         // A blocked connection writes nothing, the close
                         // included: do not wait on it for ever.
                         let _ = tokio::time::timeout(
@@ -383,11 +461,21 @@ async fn connection_loop(
                 tx.send_replace(Link {
                     connection: None,
                     generation,
+                    node: None,
                 });
+                // The node we were on is likely the one in trouble.
+                index += 1;
             }
             Err(err) => {
+                index += 1;
+                failed_in_a_row += 1;
+                if failed_in_a_row < urls.len() {
+                    tracing::warn!(connection = %name, node = %node, error = %err, next = %urls.get(index).node(), "cannot connect to the broker; trying the next node");
+                    continue;
+                }
+                failed_in_a_row = 0;
                 let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-                tracing::warn!(connection = %name, error = %err, retry_in_ms = delay.as_millis() as u64, "cannot connect to the broker");
+                tracing::warn!(connection = %name, node = %node, error = %err, retry_in_ms = delay.as_millis() as u64, "cannot connect to the broker");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => break,
@@ -398,41 +486,14 @@ async fn connection_loop(
     tracing::info!(connection = %name, "broker connection loop stopped");
 }
 
-/// What the management API needs to know from the AMQP URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AmqpUrlParts {
-    pub user: String,
-    pub password: String,
-    pub vhost: String,
-}
-
-/// Parses an AMQP URL exactly as the connection will, so a malformed one is
-/// reported at start-up rather than on the first reconnect.
-pub fn parse_amqp_url(url: &str) -> Result<AmqpUrlParts, String> {
-    let uri: lapin::uri::AMQPUri = url.parse()?;
-    Ok(AmqpUrlParts {
-        user: uri.authority.userinfo.username,
-        password: uri.authority.userinfo.password,
-        vhost: uri.vhost,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn amqp_urls_give_credentials_and_vhost() {
-        let parts = parse_amqp_url("amqp://guest:secret@127.0.0.1:5672/%2f").unwrap();
-        assert_eq!(parts.user, "guest");
-        assert_eq!(parts.password, "secret");
-        assert_eq!(parts.vhost, "/");
-        assert!(parse_amqp_url("http://nope").is_err());
-    }
-
-    #[test]
     fn connections_are_named_by_role() {
-        let settings = BrokerSettings::new(String::new(), "workerrmq-a".into());
+        let urls = AmqpUrls::parse("amqp://127.0.0.1:5672/%2f").unwrap();
+        let settings = BrokerSettings::new(urls, "workerrmq-a".into());
         assert_eq!(settings.publish_connection_name(), "workerrmq-a-publish");
         assert_eq!(settings.consume_connection_name(0), "workerrmq-a-consume");
         assert_eq!(settings.consume_connection_name(1), "workerrmq-a-consume-2");

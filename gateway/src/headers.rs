@@ -20,6 +20,11 @@ pub const DEAD_LETTERED_AT: &str = "x-workerrmq-dead-lettered-at";
 pub const QUEUE: &str = "x-workerrmq-queue";
 /// On a batch request: how many messages its body holds.
 pub const BATCH_SIZE: &str = "x-workerrmq-batch-size";
+/// Set by quorum queues on a redelivery: how many times the broker
+/// delivered this message before without an outcome (a nack with requeue,
+/// a channel or connection lost). It belongs to the delivery, not to the
+/// message: copies do not carry it on.
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
 
 /// A header's value, if the message has it.
 pub fn value<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {

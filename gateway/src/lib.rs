@@ -3,6 +3,8 @@
 //! companions, exchanges, bindings), the confirming publisher and the
 //! consumer supervisor. It knows nothing of HTTP routes or MongoDB.
 
+pub mod addresses;
+pub mod companion_types;
 pub mod connection;
 pub mod consumer;
 pub mod dead_letters;
@@ -14,7 +16,9 @@ pub mod names;
 pub mod publisher;
 pub mod topology;
 
-pub use connection::{parse_amqp_url, AmqpUrlParts, Broker, BrokerSettings, ConsumerLease};
+pub use addresses::{AmqpUrl, AmqpUrlParts, AmqpUrls, AmqpUrlsError};
+pub use companion_types::{CompanionTypes, QueueTypeSource};
+pub use connection::{Broker, BrokerSettings, ConnectionNode, ConsumerLease};
 pub use consumer::{
     Batch, BatchOutcome, BatchPolicy, BatchPolicyError, CircuitBreakerPolicy,
     CircuitBreakerPolicyError, CircuitSnapshot, CircuitState, Concurrency, ConsumerId,

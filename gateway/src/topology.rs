@@ -8,6 +8,14 @@
 //! arguments pointing at it, so messages that expire or overflow end up
 //! there too. Delay queues (`<queue>.retry.<ms>`) are declared on demand by
 //! the consumer engine.
+//!
+//! Companions take the main queue's type (`companion_types`). Quorum delay
+//! queues hand their messages back with at-least-once dead-lettering
+//! (`x-dead-letter-strategy: at-least-once`, which needs `x-overflow:
+//! reject-publish`): the broker keeps a message in the delay queue until the
+//! main queue has confirmed it, so a retry survives a node crash at the
+//! instant it expires. Classic dead-lettering, the only kind classic queues
+//! have, is at-most-once.
 
 use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -22,6 +30,31 @@ use crate::{Broker, BrokerError, ExchangeName, QueueName, RoutingKey};
 pub enum QueueType {
     Classic,
     Quorum,
+}
+
+impl QueueType {
+    /// `classic` or `quorum` (any case); `None` for anything else.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "classic" => Some(Self::Classic),
+            "quorum" => Some(Self::Quorum),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
+
+    fn other(self) -> Self {
+        match self {
+            Self::Classic => Self::Quorum,
+            Self::Quorum => Self::Classic,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +88,43 @@ impl QueueSpec {
         }
         args
     }
+}
+
+/// Arguments every companion of a main queue of `queue_type` has.
+fn companion_arguments(queue_type: QueueType) -> FieldTable {
+    let mut args = FieldTable::default();
+    if queue_type == QueueType::Quorum {
+        args.insert("x-queue-type".into(), long_string("quorum"));
+    }
+    args
+}
+
+/// A delay queue's arguments: hold each message `delay_ms`, then
+/// dead-letter it back to `main`; quorum ones at-least-once.
+fn retry_queue_arguments(main: &QueueName, delay_ms: u64, queue_type: QueueType) -> FieldTable {
+    let mut args = companion_arguments(queue_type);
+    args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(delay_ms as i64),
+    );
+    args.insert("x-dead-letter-exchange".into(), long_string(""));
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        long_string(main.as_str()),
+    );
+    if queue_type == QueueType::Quorum {
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
+        // At-least-once is ignored under the default `drop-head`.
+        args.insert("x-overflow".into(), long_string("reject-publish"));
+    }
+    // Messages leave after `delay_ms`; the margin keeps the queue alive
+    // well past the last one even on a slow broker.
+    let expires = delay_ms.saturating_mul(2).saturating_add(600_000);
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(expires as i64));
+    args
 }
 
 fn long_string(s: &str) -> AMQPValue {
@@ -183,8 +253,9 @@ impl Topology {
     /// queue by closing the channel, and lapin logs every such close at
     /// ERROR: callers that need no `DeclareOutcome` (start-up) use this.
     pub async fn ensure_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
-        let spec = spec.clone();
+        let declared = spec.clone();
         self.on_fresh_channel(|ch| async move {
+            let spec = declared;
             ch.queue_declare(
                 spec.name.as_str(),
                 QueueDeclareOptions {
@@ -194,49 +265,77 @@ impl Topology {
                 spec.arguments(),
             )
             .await?;
-            if spec.dead_letter {
-                declare_dead_letter_on(&ch, &spec.name.dead_letter_queue()).await?;
-            }
             Ok(())
         })
-        .await
+        .await?;
+        if spec.dead_letter {
+            self.declare_dead_letter_queue(&spec.name.dead_letter_queue(), spec.queue_type)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Declares `<queue>.dlq` as `/createQueue` does, for consumers on
-    /// queues that were created without `deadLetter`.
-    pub async fn declare_dead_letter_queue(&self, name: &str) -> Result<(), BrokerError> {
-        let name = name.to_owned();
-        self.on_fresh_channel(|ch| async move { declare_dead_letter_on(&ch, &name).await })
+    /// queues that were created without `deadLetter`. `queue_type` is the
+    /// main queue's; a `.dlq` that exists with the other type is used as
+    /// it is.
+    pub async fn declare_dead_letter_queue(
+        &self,
+        name: &str,
+        queue_type: QueueType,
+    ) -> Result<(), BrokerError> {
+        self.declare_companion(name, queue_type, companion_arguments)
             .await
+            .map(|_| ())
     }
 
     /// Declares a delay queue that hands every message back to `main` after
     /// `delay_ms`. It deletes itself once unused for a while, so delays that
-    /// are no longer configured do not pile up as queues.
+    /// are no longer configured do not pile up as queues. `queue_type` is
+    /// the main queue's; one that exists with the other type is used as it
+    /// is. Returns its name and the type it has.
     pub async fn declare_retry_queue(
         &self,
         main: &QueueName,
         delay_ms: u64,
-    ) -> Result<String, BrokerError> {
+        queue_type: QueueType,
+    ) -> Result<(String, QueueType), BrokerError> {
         let name = main.retry_queue(delay_ms);
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt(delay_ms as i64),
-        );
-        args.insert("x-dead-letter-exchange".into(), long_string(""));
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            long_string(main.as_str()),
-        );
-        // Messages leave after `delay_ms`; the margin keeps the queue alive
-        // well past the last one even on a slow broker.
-        let expires = delay_ms.saturating_mul(2).saturating_add(600_000);
-        args.insert("x-expires".into(), AMQPValue::LongLongInt(expires as i64));
-        let declared = name.clone();
+        let declared = self
+            .declare_companion(&name, queue_type, |t| {
+                retry_queue_arguments(main, delay_ms, t)
+            })
+            .await?;
+        Ok((name, declared))
+    }
+
+    /// Declares a companion with `queue_type`'s arguments; when the broker
+    /// says it exists with other ones, once more with the other type's (a
+    /// companion another replica declared while it took the default).
+    async fn declare_companion(
+        &self,
+        name: &str,
+        queue_type: QueueType,
+        arguments: impl Fn(QueueType) -> FieldTable,
+    ) -> Result<QueueType, BrokerError> {
+        match self.declare_durable(name, arguments(queue_type)).await {
+            Err(BrokerError::Conflict(reason)) => {
+                let other = queue_type.other();
+                tracing::debug!(queue = name, %reason, wanted = queue_type.as_str(), "companion exists with other arguments; declaring it as {}", other.as_str());
+                self.declare_durable(name, arguments(other))
+                    .await
+                    .map(|()| other)
+                    .map_err(|_| BrokerError::Conflict(reason))
+            }
+            other => other.map(|()| queue_type),
+        }
+    }
+
+    async fn declare_durable(&self, name: &str, args: FieldTable) -> Result<(), BrokerError> {
+        let name = name.to_owned();
         self.on_fresh_channel(|ch| async move {
             ch.queue_declare(
-                &declared,
+                &name,
                 QueueDeclareOptions {
                     durable: true,
                     ..QueueDeclareOptions::default()
@@ -246,8 +345,7 @@ impl Topology {
             .await
             .map(|_| ())
         })
-        .await?;
-        Ok(name)
+        .await
     }
 
     /// Deletes the queue and its dead-letter companion. With `if_empty`,
@@ -343,18 +441,4 @@ impl Topology {
         })
         .await
     }
-}
-
-async fn declare_dead_letter_on(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
-    channel
-        .queue_declare(
-            name,
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map(|_| ())
 }

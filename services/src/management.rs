@@ -2,6 +2,8 @@
 //! cannot tell (connections, per-queue statistics across the vhost).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use gateway::QueueName;
 use reqwest::StatusCode;
@@ -58,10 +60,15 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// Several base URLs (the nodes of a cluster) are tried in order: a request
+/// that finds its node unreachable goes to the next, and the one that
+/// answered is where the next request starts.
 #[derive(Clone)]
 pub struct ManagementClient {
     http: reqwest::Client,
-    base: url::Url,
+    bases: Arc<[url::Url]>,
+    /// Index into `bases` of the node that answered last.
+    current: Arc<AtomicUsize>,
     user: String,
     password: SecretString,
     vhost: String,
@@ -70,7 +77,10 @@ pub struct ManagementClient {
 impl std::fmt::Debug for ManagementClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ManagementClient")
-            .field("base", &self.base.as_str())
+            .field(
+                "bases",
+                &self.bases.iter().map(url::Url::as_str).collect::<Vec<_>>(),
+            )
             .field("user", &self.user)
             .field("password", &self.password)
             .field("vhost", &self.vhost)
@@ -152,24 +162,34 @@ pub struct QueueRow {
 }
 
 impl ManagementClient {
+    /// `bases` in the order to try them; an empty list is taken as the
+    /// default `http://127.0.0.1:15672`.
     pub fn new(
         http: reqwest::Client,
-        base: url::Url,
+        bases: Vec<url::Url>,
         user: String,
         password: SecretString,
         vhost: String,
     ) -> Self {
+        let bases: Arc<[url::Url]> = if bases.is_empty() {
+            Arc::from(vec![
+                url::Url::parse("http://127.0.0.1:15672").expect("a valid URL")
+            ])
+        } else {
+            Arc::from(bases)
+        };
         Self {
             http,
-            base,
+            bases,
+            current: Arc::new(AtomicUsize::new(0)),
             user,
             password,
             vhost,
         }
     }
 
-    fn url(&self, segments: &[&str]) -> Result<url::Url, ManagementError> {
-        let mut url = self.base.clone();
+    fn url(base: &url::Url, segments: &[&str]) -> Result<url::Url, ManagementError> {
+        let mut url = base.clone();
         url.path_segments_mut()
             .map_err(|_| ManagementError::BadBaseUrl)?
             .pop_if_empty()
@@ -177,13 +197,44 @@ impl ManagementClient {
         Ok(url)
     }
 
+    /// GET from the node that answered last, moving on to the next while
+    /// nodes are unreachable.
     async fn get<T: serde::de::DeserializeOwned>(
         &self,
         segments: &[&str],
     ) -> Result<T, ManagementError> {
+        let count = self.bases.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for step in 0..count {
+            let index = (start + step) % count;
+            match self.get_from(&self.bases[index], segments).await {
+                Err(err @ ManagementError::Unreachable { .. }) => {
+                    let base = &self.bases[index];
+                    tracing::warn!(
+                        node = %format!("{}:{}", base.host_str().unwrap_or_default(), base.port_or_known_default().unwrap_or_default()),
+                        error = %err,
+                        "management API node unreachable; trying the next"
+                    );
+                    last = Some(err);
+                }
+                answer => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return answer;
+                }
+            }
+        }
+        Err(last.unwrap_or(ManagementError::BadBaseUrl))
+    }
+
+    async fn get_from<T: serde::de::DeserializeOwned>(
+        &self,
+        base: &url::Url,
+        segments: &[&str],
+    ) -> Result<T, ManagementError> {
         let response = self
             .http
-            .get(self.url(segments)?)
+            .get(Self::url(base, segments)?)
             .basic_auth(&self.user, Some(self.password.expose_secret()))
             .send()
             .await?;
@@ -224,6 +275,19 @@ impl ManagementClient {
             .collect();
         rows.sort_by_key(|(at, _)| *at);
         Ok(rows.into_iter().map(|(_, row)| row).collect())
+    }
+
+    /// The type (`classic`, `quorum`, `stream`) of one queue of the vhost;
+    /// `Ok(None)` when there is no such queue.
+    pub async fn queue_type(&self, queue: &str) -> Result<Option<String>, ManagementError> {
+        match self
+            .get::<RawQueue>(&["api", "queues", &self.vhost, queue])
+            .await
+        {
+            Ok(raw) => Ok(Some(raw.queue_type.unwrap_or_else(|| "classic".into()))),
+            Err(ManagementError::Status { status }) if status == StatusCode::NOT_FOUND => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     pub async fn queues(&self) -> Result<Vec<QueueRow>, ManagementError> {
@@ -276,6 +340,21 @@ fn row_of(queue: &RawQueue) -> QueueRow {
     }
 }
 
+/// The consumer engine asks it which type a queue's companions take.
+#[async_trait::async_trait]
+impl gateway::QueueTypeSource for ManagementClient {
+    async fn queue_type(&self, queue: &QueueName) -> Option<gateway::QueueType> {
+        match ManagementClient::queue_type(self, queue.as_str()).await {
+            Ok(Some(name)) => gateway::QueueType::parse(&name),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(%queue, error = %err, "cannot tell the queue's type; its companions take DEFAULT_QUEUE_TYPE for now");
+                None
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,7 +375,7 @@ mod tests {
     fn debug_output_never_shows_the_password() {
         let client = ManagementClient::new(
             reqwest::Client::new(),
-            url::Url::parse("http://127.0.0.1:15672").unwrap(),
+            vec![url::Url::parse("http://127.0.0.1:15672").unwrap()],
             "guest".into(),
             "s3cret-password".into(),
             "/".into(),

@@ -26,7 +26,9 @@ pub struct CreateQueueRequest {
     pub queue_name: String,
     /// Default true.
     pub durable: Option<bool>,
-    /// `classic` (default) or `quorum` (needs `durable`).
+    /// `classic` or `quorum` (needs `durable`); `DEFAULT_QUEUE_TYPE`
+    /// (`classic` unless set) when left out. A quorum queue's companions
+    /// (`.dlq`, delay queues) are quorum queues too.
     pub queue_type: Option<QueueTypeName>,
     /// 0 to 4294967295.
     #[schema(format = Int64, minimum = 0, maximum = 4294967295_u64)]
@@ -56,14 +58,15 @@ impl From<QueueTypeName> for QueueType {
     }
 }
 
-impl TryFrom<CreateQueueRequest> for QueueSpec {
-    type Error = ApiError;
-
-    fn try_from(req: CreateQueueRequest) -> Result<Self, ApiError> {
+impl CreateQueueRequest {
+    /// The spec to declare; `default_type` (`DEFAULT_QUEUE_TYPE`) when the
+    /// request names no type.
+    fn into_spec(self, default_type: QueueType) -> Result<QueueSpec, ApiError> {
+        let req = self;
         let spec = QueueSpec {
             name: QueueName::parse(req.queue_name)?,
             durable: req.durable.unwrap_or(true),
-            queue_type: req.queue_type.map_or(QueueType::Classic, QueueType::from),
+            queue_type: req.queue_type.map_or(default_type, QueueType::from),
             message_ttl_ms: req.message_ttl_ms,
             max_length: req.max_length,
             dead_letter: req.dead_letter.unwrap_or(true),
@@ -71,7 +74,7 @@ impl TryFrom<CreateQueueRequest> for QueueSpec {
         if spec.queue_type == QueueType::Quorum && !spec.durable {
             return Err(FieldError::new(
                 "durable",
-                "quorum queues are always durable; drop `durable: false`",
+                "quorum queues (`queueType`, or DEFAULT_QUEUE_TYPE when it is left out) are always durable; drop `durable: false`",
             )
             .into());
         }
@@ -94,7 +97,7 @@ pub async fn create_queue(
     state: web::Data<AppState>,
     Json(body): Json<CreateQueueRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let spec = QueueSpec::try_from(body)?;
+    let spec = body.into_spec(state.settings.default_queue_type)?;
     let outcome = state.topology.declare_queue(&spec).await?;
     let body = json!({
         "message": "Queue has been created successfully.",

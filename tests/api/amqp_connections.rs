@@ -516,7 +516,11 @@ async fn consumers_past_a_connections_share_get_another_consume_connection() {
     let broker = gateway::Broker::start(
         gateway::BrokerSettings {
             consumer_channels_per_connection: 2,
-            ..gateway::BrokerSettings::new(env_or("AMQP_URL", DEFAULT_AMQP_URL), base.clone())
+            ..gateway::BrokerSettings::new(
+                gateway::AmqpUrls::parse(&env_or("AMQP_URL", DEFAULT_AMQP_URL))
+                    .expect("AMQP_URL is a valid list"),
+                base.clone(),
+            )
         },
         Duration::from_secs(5),
         shutdown.clone(),

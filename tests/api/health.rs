@@ -29,9 +29,23 @@ async fn ready_when_broker_and_store_are_up() {
     )
     .await;
 
+    // One broker address: both connections are on it.
+    let urls = gateway::AmqpUrls::parse(&crate::support::env_or(
+        "AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    ))
+    .expect("AMQP_URL is valid");
+    let node = urls.first().node();
+    let id = &app.instance_id;
     assert_eq!(
         body,
-        json!({ "status": "ready", "broker": "up", "store": "up" })
+        json!({
+            "status": "ready", "broker": "up", "store": "up",
+            "connections": [
+                { "name": format!("workerrmq-{id}-publish"), "node": node },
+                { "name": format!("workerrmq-{id}-consume"), "node": node },
+            ]
+        })
     );
     app.cleanup().await;
 }

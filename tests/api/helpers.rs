@@ -57,6 +57,8 @@ pub struct TestApp {
     amqp_url: String,
     /// The app's vhost, percent-encoded for management-API paths.
     vhost_path: String,
+    /// The management API the app was pointed at (its first URL).
+    management_base: String,
     /// Where the test's database lives, whatever the app was pointed at.
     mongodb_uri: String,
     queues: Mutex<BTreeSet<String>>,
@@ -121,8 +123,9 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         db_name: settings.mongodb_db.clone(),
         instance_id: settings.instance_id.clone(),
         prefix,
-        amqp_url: settings.amqp_url.expose().to_owned(),
+        amqp_url: settings.amqp_urls.first().as_str().to_owned(),
         vhost_path: url::form_urlencoded::byte_serialize(settings.vhost.as_bytes()).collect(),
+        management_base: settings.management_urls.as_slice()[0].to_string(),
         mongodb_uri,
         queues: Mutex::new(BTreeSet::new()),
         exchanges: Mutex::new(BTreeSet::new()),
@@ -404,6 +407,7 @@ impl TestApp {
     pub async fn broker_queues(&self) -> Vec<Value> {
         management_list(
             &self.http,
+            &self.management_base,
             &self.vhost_path,
             "queues",
             "name,durable,exclusive",
@@ -429,6 +433,8 @@ impl TestApp {
             exchanges: self.exchanges.lock().unwrap().clone(),
             amqp_url: self.amqp_url.clone(),
             vhost_path: self.vhost_path.clone(),
+            management_base: self.management_base.clone(),
+            restore: Vec::new(),
             mongodb_uri: self.mongodb_uri.clone(),
             db_name: self.db_name.clone(),
         }
@@ -453,9 +459,16 @@ pub(crate) struct CleanupPlan {
     exchanges: BTreeSet<String>,
     amqp_url: String,
     vhost_path: String,
+    management_base: String,
+    /// Run first: what a test changed on the broker itself (a stopped
+    /// cluster node) is put back before its queues are deleted.
+    restore: Vec<RestoreStep>,
     mongodb_uri: String,
     db_name: String,
 }
+
+/// A blocking step that puts something back; `Err` says what stays broken.
+pub(crate) type RestoreStep = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 impl CleanupPlan {
     /// Everything under `prefix`, and the database `db_name`.
@@ -471,6 +484,8 @@ impl CleanupPlan {
             exchanges: BTreeSet::new(),
             amqp_url,
             vhost_path: crate::support::VHOST_PATH.to_owned(),
+            management_base: env_or("RABBITMQ_MANAGEMENT_URL", DEFAULT_MANAGEMENT_URL),
+            restore: Vec::new(),
             mongodb_uri,
             db_name,
         }
@@ -494,7 +509,39 @@ impl CleanupPlan {
         }
     }
 
-    pub(crate) async fn run(self) -> Result<(), String> {
+    /// The broker's management API at `base` instead of the environment's.
+    pub(crate) fn with_management(mut self, base: String) -> Self {
+        self.management_base = base;
+        self
+    }
+
+    /// `steps` run before anything else.
+    pub(crate) fn restoring(mut self, steps: Vec<RestoreStep>) -> Self {
+        self.restore = steps;
+        self
+    }
+
+    pub(crate) async fn run(mut self) -> Result<(), String> {
+        let mut restore_failures = Vec::new();
+        for step in std::mem::take(&mut self.restore) {
+            let outcome = tokio::task::spawn_blocking(step)
+                .await
+                .unwrap_or_else(|e| Err(format!("the restore step panicked: {e}")));
+            if let Err(err) = outcome {
+                restore_failures.push(err);
+            }
+        }
+        let outcome = self.remove_everything().await;
+        if !restore_failures.is_empty() {
+            return Err(format!(
+                "could not restore: {}",
+                restore_failures.join("; ")
+            ));
+        }
+        outcome
+    }
+
+    async fn remove_everything(self) -> Result<(), String> {
         // What the test registered, its companions, and whatever else the
         // broker holds under the test's prefix (retry queues, …).
         let http = reqwest::Client::builder()
@@ -506,14 +553,14 @@ impl CleanupPlan {
             queues.insert(format!("{queue}.dlq"));
         }
         queues.extend(
-            management_names(&http, &self.vhost_path, "queues")
+            management_names(&http, &self.management_base, &self.vhost_path, "queues")
                 .await
                 .into_iter()
                 .filter(|name| name.starts_with(&self.prefix)),
         );
         let mut exchanges = self.exchanges.clone();
         exchanges.extend(
-            management_names(&http, &self.vhost_path, "exchanges")
+            management_names(&http, &self.management_base, &self.vhost_path, "exchanges")
                 .await
                 .into_iter()
                 .filter(|name| name.starts_with(&self.prefix)),
@@ -577,8 +624,7 @@ pub fn is_not_found(err: &lapin::Error) -> bool {
     )
 }
 
-async fn management_get(http: &reqwest::Client, path: &str) -> Value {
-    let base = env_or("RABBITMQ_MANAGEMENT_URL", DEFAULT_MANAGEMENT_URL);
+async fn management_get(http: &reqwest::Client, base: &str, path: &str) -> Value {
     let user = env_or("RABBITMQ_MANAGEMENT_USER", "guest");
     let password = env_or("RABBITMQ_MANAGEMENT_PASSWORD", "guest");
     let response = http
@@ -597,18 +643,25 @@ async fn management_get(http: &reqwest::Client, path: &str) -> Value {
 
 async fn management_list(
     http: &reqwest::Client,
+    base: &str,
     vhost_path: &str,
     kind: &str,
     columns: &str,
 ) -> Vec<Value> {
-    match management_get(http, &format!("/api/{kind}/{vhost_path}?columns={columns}")).await {
+    let path = format!("/api/{kind}/{vhost_path}?columns={columns}");
+    match management_get(http, base, &path).await {
         Value::Array(rows) => rows,
         other => panic!("management API /api/{kind}: not a list: {other}"),
     }
 }
 
-async fn management_names(http: &reqwest::Client, vhost_path: &str, kind: &str) -> Vec<String> {
-    management_list(http, vhost_path, kind, "name")
+async fn management_names(
+    http: &reqwest::Client,
+    base: &str,
+    vhost_path: &str,
+    kind: &str,
+) -> Vec<String> {
+    management_list(http, base, vhost_path, kind, "name")
         .await
         .iter()
         .filter_map(|row| row["name"].as_str().map(str::to_owned))

@@ -25,6 +25,7 @@ use super::spec::{ConsumerId, ConsumerSpec};
 use super::stats::{ConsumerState, ConsumerStats};
 use super::target::DeliveryTarget;
 use super::worker::{ConsumerWorker, DRAIN_TIMEOUT};
+use crate::companion_types::CompanionTypes;
 use crate::metrics::{ConsumerLabels, DeliveryMetrics};
 use crate::{Broker, Publisher, Topology};
 
@@ -79,6 +80,8 @@ pub struct ConsumerSupervisor {
     instance_id: String,
     consumers: DashMap<ConsumerId, RegisteredConsumer>,
     metrics: Arc<DeliveryMetrics>,
+    /// The type of the companions the consumers declare on demand.
+    companion_types: CompanionTypes,
     /// Set by `stop_all`: a reconcile pass or start-up step still running
     /// then must not start consumers that would never be drained.
     closing: std::sync::atomic::AtomicBool,
@@ -93,6 +96,13 @@ pub struct ConsumerSupervisor {
 
 impl ConsumerSupervisor {
     /// Must be called within the runtime the consumers are to run on.
+    /// Companions of the queues consumed take their main queue's type as
+    /// `types` tells it (classic, unless set).
+    pub fn with_companion_types(mut self, types: CompanionTypes) -> Self {
+        self.companion_types = types;
+        self
+    }
+
     pub fn new(
         broker: Broker,
         publisher: Arc<Publisher>,
@@ -106,6 +116,7 @@ impl ConsumerSupervisor {
             instance_id,
             consumers: DashMap::new(),
             metrics,
+            companion_types: CompanionTypes::default(),
             closing: std::sync::atomic::AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
             live_replicas: LiveReplicas::new(),
@@ -255,6 +266,7 @@ impl ConsumerSupervisor {
                 self.topology.clone(),
                 spec.retry,
                 stats.clone(),
+                self.companion_types.clone(),
             )),
             stats: stats.clone(),
             breaker: breaker.clone(),

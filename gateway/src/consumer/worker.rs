@@ -28,7 +28,7 @@ use tracing::Instrument;
 use super::batch::{self, BatchRun, Batcher};
 use super::breaker::{self, Admission, CircuitBreaker, Gate, GateEnd};
 use super::limits::{CallSlot, DeliveryGate, LiveReplicas};
-use super::settle::{attempt_of, hand_back, AckWindow, Settled, Settler};
+use super::settle::{attempt_of, delivery_attempt, hand_back, AckWindow, Settled, Settler};
 use super::spec::ConsumerSpec;
 use super::stats::{ConsumerState, ConsumerStats};
 use super::target::{Batch, DeliveryOutcome, DeliveryTarget, IncomingMessage};
@@ -311,7 +311,7 @@ impl ConsumerWorker {
                 .content_type()
                 .as_ref()
                 .map(|ct| ct.to_string()),
-            attempt: attempt_of(&delivery.properties),
+            attempt: delivery_attempt(&delivery.properties),
             payload: delivery.data.clone(),
         }
     }
@@ -335,6 +335,22 @@ impl ConsumerWorker {
         let breaker = self.breaker.clone();
         async move {
             let _in_flight = InFlightGuard::new(stats.clone());
+            // Past its attempts only through the broker's redeliveries (a
+            // message that crashed the gateway, say): it does not reach
+            // the target again.
+            if message.attempt > settler.policy.max_attempts {
+                let reason = format!(
+                    "gave up after {} attempt(s): the broker redelivered it without an outcome ({} {})",
+                    message.attempt,
+                    crate::headers::DELIVERY_COUNT,
+                    message.attempt - attempt_of(&delivery.properties)
+                );
+                let settled = settler
+                    .settle(&delivery, &message, DeliveryOutcome::Reject { reason })
+                    .await;
+                tracing::info!(?settled, "dead-lettered after the broker's redeliveries");
+                return (delivery.delivery_tag, settled);
+            }
             let started = std::time::Instant::now();
             // A target that panics gets a retry like any failure, so a
             // poison message ends in the dead-letter queue after its

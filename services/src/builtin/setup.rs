@@ -81,6 +81,8 @@ pub struct BuiltinSetup {
     /// `BUILTIN_CONSUMERS`: declare the queues and register the consumers,
     /// not only the indexes.
     pub declare_consumers: bool,
+    /// `DEFAULT_QUEUE_TYPE`: the built-in queues' type.
+    pub queue_type: QueueType,
 }
 
 impl BuiltinSetup {
@@ -103,7 +105,7 @@ impl BuiltinSetup {
         let spec = QueueSpec {
             name: queue.clone(),
             durable: true,
-            queue_type: QueueType::Classic,
+            queue_type: self.queue_type,
             message_ttl_ms: None,
             max_length: None,
             dead_letter: true,

@@ -17,7 +17,7 @@ use lapin::Connection;
 use tokio::sync::OnceCell;
 
 use super::{env_or, Api};
-use crate::helpers::{basic_auth, connection_properties, CleanupPlan, TEST_DB_PREFIX};
+use crate::helpers::{basic_auth, connection_properties, CleanupPlan, RestoreStep, TEST_DB_PREFIX};
 
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const DEFAULT_MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
@@ -32,6 +32,7 @@ const GATEWAY_VARIABLES: &[&str] = &[
     "BIND_ADDR",
     "BUILTIN_CONSUMERS",
     "BUILTIN_QUEUE_PREFIX",
+    "DEFAULT_QUEUE_TYPE",
     "DEFAULT_TARGET_URL",
     "FORWARD_ALLOWED_HOSTS",
     "INSTANCE_ID",
@@ -50,8 +51,12 @@ pub struct Deployment {
     pub db_name: String,
     admin_password: String,
     amqp_url: String,
+    /// `None`: the environment's (`RABBITMQ_MANAGEMENT_URL`).
+    management_url: Option<String>,
     mongodb_uri: String,
     amqp: OnceCell<Connection>,
+    /// Run first by the cleanup, even after a panic (`restore_on_cleanup`).
+    restore: std::sync::Mutex<Vec<RestoreStep>>,
     cleaned_up: bool,
 }
 
@@ -63,10 +68,29 @@ impl Deployment {
             db_name: format!("{TEST_DB_PREFIX}p{id}"),
             admin_password: uuid::Uuid::new_v4().simple().to_string(),
             amqp_url: env_or("AMQP_URL", DEFAULT_AMQP_URL),
+            management_url: None,
             mongodb_uri: env_or("MONGODB_URI", DEFAULT_MONGODB_URI),
             amqp: OnceCell::new(),
+            restore: std::sync::Mutex::new(Vec::new()),
             cleaned_up: false,
         }
+    }
+
+    /// A deployment on another broker: `amqp_url` (one URL) for the test's
+    /// own connection and the cleanup, `management_url` for the cleanup's
+    /// look at what is left. Gateways get their broker lists through
+    /// `start_gateway_with`'s variables.
+    pub fn on_broker(amqp_url: &str, management_url: &str) -> Deployment {
+        let mut deployment = Deployment::new();
+        deployment.amqp_url = amqp_url.to_owned();
+        deployment.management_url = Some(management_url.to_owned());
+        deployment
+    }
+
+    /// `step` runs when the deployment is cleaned up (or dropped by a
+    /// panicking test), before its queues are deleted.
+    pub fn restore_on_cleanup(&self, step: impl FnOnce() -> Result<(), String> + Send + 'static) {
+        self.restore.lock().unwrap().push(Box::new(step));
     }
 
     /// A queue name under this deployment's prefix.
@@ -164,12 +188,17 @@ impl Deployment {
     }
 
     fn plan(&self) -> CleanupPlan {
-        CleanupPlan::under_prefix(
+        let plan = CleanupPlan::under_prefix(
             self.prefix.clone(),
             self.amqp_url.clone(),
             self.mongodb_uri.clone(),
             self.db_name.clone(),
         )
+        .restoring(std::mem::take(&mut *self.restore.lock().unwrap()));
+        match &self.management_url {
+            Some(base) => plan.with_management(base.clone()),
+            None => plan,
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod amqp_proxy;
 pub mod browser;
+pub mod cluster;
 pub mod gateway_process;
 pub mod target_server;
 
@@ -64,6 +65,18 @@ impl Api {
             .send()
             .await
             .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// POST that hands back a failure to answer instead of failing the
+    /// test: for a gateway that may be failing over.
+    pub async fn try_post(&self, path: &str, body: &Value) -> Result<Response, reqwest::Error> {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header(AUTHORIZATION, &self.auth)
+            .json(body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
     }
 
     pub async fn get(&self, path: &str) -> Response {
@@ -361,6 +374,16 @@ pub fn management_request(
     path: &str,
 ) -> reqwest::RequestBuilder {
     let base = env_or("RABBITMQ_MANAGEMENT_URL", MANAGEMENT_URL);
+    management_request_at(http, &base, method, path)
+}
+
+/// `management_request` to the management API at `base`.
+pub fn management_request_at(
+    http: &reqwest::Client,
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
     http.request(method, format!("{}{path}", base.trim_end_matches('/')))
         .basic_auth(
             env_or("RABBITMQ_MANAGEMENT_USER", "guest"),

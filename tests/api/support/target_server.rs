@@ -100,6 +100,8 @@ struct Script {
 
 struct Shared {
     default: Mutex<Reply>,
+    /// What a request carrying `x-workerrmq-attempt: 1` answers, when set.
+    first_attempt: Mutex<Option<Reply>>,
     scripts: Mutex<HashMap<String, Script>>,
     requests: Mutex<Vec<Recorded>>,
     in_flight: AtomicUsize,
@@ -135,6 +137,7 @@ impl TargetServer {
         let port = listener.local_addr().expect("a local address").port();
         let shared = Arc::new(Shared {
             default: Mutex::new(Reply::ok()),
+            first_attempt: Mutex::new(None),
             scripts: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
@@ -171,6 +174,12 @@ impl TargetServer {
     /// What every path without a script of its own answers.
     pub fn set_default(&self, reply: Reply) {
         *self.shared.default.lock().unwrap() = reply;
+    }
+
+    /// Every message's first attempt (`x-workerrmq-attempt: 1`) answers
+    /// `reply`, whatever the path; later attempts answer as scripted.
+    pub fn set_first_attempt(&self, reply: Reply) {
+        *self.shared.first_attempt.lock().unwrap() = Some(reply);
     }
 
     /// `path` answers `replies` in order, then `then` for ever.
@@ -281,7 +290,15 @@ impl TargetServer {
 async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
     let received_at = Instant::now();
     let path = request.path().to_owned();
-    let reply = shared.next_reply(&path);
+    let first_attempt = request
+        .headers()
+        .get("x-workerrmq-attempt")
+        .is_some_and(|a| a.as_bytes() == b"1");
+    let on_first = shared.first_attempt.lock().unwrap().clone();
+    let reply = match on_first {
+        Some(reply) if first_attempt => reply,
+        _ => shared.next_reply(&path),
+    };
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in request.headers() {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();

@@ -141,6 +141,18 @@ pub(crate) fn kept_properties(
     message_id: Option<&str>,
     table: FieldTable,
 ) -> BasicProperties {
+    // A stale broker count on a copy would read as redeliveries of it.
+    let table = if table.contains_key(headers::DELIVERY_COUNT) {
+        let mut kept = FieldTable::default();
+        for (name, value) in table.inner() {
+            if name.as_str() != headers::DELIVERY_COUNT {
+                kept.insert(name.clone(), value.clone());
+            }
+        }
+        kept
+    } else {
+        table
+    };
     let mut copy = BasicProperties::default()
         .with_delivery_mode(2)
         .with_headers(table);

@@ -45,7 +45,11 @@ use copies::{dead_letter_copy, retry_copy, CopyFit};
 use super::stats::ConsumerStats;
 use super::target::{DeliveryOutcome, IncomingMessage};
 use super::RetryPolicy;
-use crate::{headers, BrokerError, OutgoingMessage, PublishOutcome, Publisher, Topology};
+use crate::companion_types::CompanionTypes;
+use crate::{
+    headers, BrokerError, OutgoingMessage, PublishOutcome, Publisher, QueueName, QueueType,
+    Topology,
+};
 
 /// Pause before handing back a delivery whose copy failed, so a broken
 /// delay queue cannot turn into a hot redelivery loop.
@@ -79,6 +83,10 @@ pub(crate) struct Settler {
     /// not count as use for a delay queue's `x-expires`; declaring does, so
     /// a queue in use is declared again every `REDECLARE_EVERY`.
     declared: DashMap<String, Instant>,
+    /// How to learn the type the companions take (the main queue's).
+    companion_types: CompanionTypes,
+    /// The main queue's type once learnt; until then the default is used.
+    main_type: std::sync::OnceLock<QueueType>,
 }
 
 impl Settler {
@@ -87,6 +95,7 @@ impl Settler {
         topology: Topology,
         policy: RetryPolicy,
         stats: Arc<ConsumerStats>,
+        companion_types: CompanionTypes,
     ) -> Self {
         Self {
             publisher,
@@ -94,6 +103,19 @@ impl Settler {
             policy,
             stats,
             declared: DashMap::new(),
+            companion_types,
+            main_type: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The type `main`'s companions are declared with.
+    async fn companion_type(&self, main: &QueueName) -> QueueType {
+        if let Some(known) = self.main_type.get() {
+            return *known;
+        }
+        match self.companion_types.known(main).await {
+            Some(known) => *self.main_type.get_or_init(|| known),
+            None => self.companion_types.default_type(),
         }
     }
 
@@ -177,7 +199,10 @@ impl Settler {
         let queue_name = message.queue.dead_letter_queue();
         let dlq = queue_name.clone();
         self.publish_copy(&queue_name, &delivery.data, properties, || async {
-            self.topology.declare_dead_letter_queue(&dlq).await
+            let queue_type = self.companion_type(&message.queue).await;
+            self.topology
+                .declare_dead_letter_queue(&dlq, queue_type)
+                .await
         })
         .await
         .map(|()| Settled::DeadLettered)
@@ -193,8 +218,9 @@ impl Settler {
         let delay_ms = delay.as_millis() as u64;
         let queue_name = message.queue.retry_queue(delay_ms);
         self.publish_copy(&queue_name, &delivery.data, properties, || async {
+            let queue_type = self.companion_type(&message.queue).await;
             self.topology
-                .declare_retry_queue(&message.queue, delay_ms)
+                .declare_retry_queue(&message.queue, delay_ms, queue_type)
                 .await
                 .map(|_| ())
         })
@@ -277,15 +303,83 @@ pub(crate) async fn hand_back(acker: &lapin::acker::Acker) {
 
 /// Reads the attempt number a copy carries; an original is attempt 1.
 pub(crate) fn attempt_of(properties: &BasicProperties) -> u32 {
-    let n = match headers::value(properties, headers::ATTEMPT) {
-        Some(AMQPValue::LongLongInt(n)) => *n,
-        Some(AMQPValue::LongInt(n)) => i64::from(*n),
-        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
-        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
-        Some(AMQPValue::ShortShortInt(n)) => i64::from(*n),
-        Some(AMQPValue::ShortUInt(n)) => i64::from(*n),
-        Some(AMQPValue::ShortShortUInt(n)) => i64::from(*n),
-        _ => 1,
+    whole_number(properties, headers::ATTEMPT).map_or(1, |n| n.clamp(1, i64::from(u32::MAX)) as u32)
+}
+
+/// The attempt a delivery is: the gateway's count (`attempt_of`) plus the
+/// deliveries the broker made of this very message before without an
+/// outcome (`x-delivery-count`, quorum queues). A message that kills the
+/// gateway, or that the broker takes back on a consumer timeout, so counts
+/// its attempts like one the target failed, and reaches `maxAttempts`.
+pub(crate) fn delivery_attempt(properties: &BasicProperties) -> u32 {
+    let redeliveries = whole_number(properties, headers::DELIVERY_COUNT)
+        .map_or(0, |n| n.clamp(0, i64::from(u32::MAX)) as u32);
+    attempt_of(properties).saturating_add(redeliveries)
+}
+
+fn whole_number(properties: &BasicProperties, header: &str) -> Option<i64> {
+    let n = match headers::value(properties, header)? {
+        AMQPValue::LongLongInt(n) => *n,
+        AMQPValue::LongInt(n) => i64::from(*n),
+        AMQPValue::ShortInt(n) => i64::from(*n),
+        AMQPValue::LongUInt(n) => i64::from(*n),
+        AMQPValue::ShortShortInt(n) => i64::from(*n),
+        AMQPValue::ShortUInt(n) => i64::from(*n),
+        AMQPValue::ShortShortUInt(n) => i64::from(*n),
+        _ => return None,
     };
-    n.clamp(1, i64::from(u32::MAX)) as u32
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::FieldTable;
+
+    fn with(headers: &[(&str, AMQPValue)]) -> BasicProperties {
+        let mut table = FieldTable::default();
+        for (name, value) in headers {
+            table.insert((*name).into(), value.clone());
+        }
+        BasicProperties::default().with_headers(table)
+    }
+
+    #[test]
+    fn broker_redeliveries_count_as_attempts() {
+        assert_eq!(delivery_attempt(&BasicProperties::default()), 1);
+        assert_eq!(
+            delivery_attempt(&with(&[(
+                headers::DELIVERY_COUNT,
+                AMQPValue::LongLongInt(2)
+            )])),
+            3
+        );
+        assert_eq!(
+            delivery_attempt(&with(&[
+                (headers::ATTEMPT, AMQPValue::LongLongInt(3)),
+                (headers::DELIVERY_COUNT, AMQPValue::LongInt(1)),
+            ])),
+            4
+        );
+        assert_eq!(
+            delivery_attempt(&with(&[(
+                headers::DELIVERY_COUNT,
+                AMQPValue::LongLongInt(-5)
+            )])),
+            1,
+            "nonsense counts nothing"
+        );
+    }
+
+    #[test]
+    fn copies_do_not_carry_the_brokers_count() {
+        let original = with(&[
+            (headers::DELIVERY_COUNT, AMQPValue::LongLongInt(4)),
+            ("app", AMQPValue::LongLongInt(1)),
+        ]);
+        let copy = kept_properties(&original, None, original.headers().clone().unwrap());
+        let table = copy.headers().clone().unwrap();
+        assert!(!table.contains_key(headers::DELIVERY_COUNT));
+        assert!(table.contains_key("app"));
+    }
 }
