@@ -34,11 +34,15 @@ fn every_bench_scenario_runs_and_reports_its_figures() {
         ("forward", "ceiling_msgs_per_s"),
         ("forward", "ceiling_batched_msgs_per_s"),
         ("forward", "ratio_batched"),
+        ("forward", "bridge_msgs_per_s"),
         ("forward-batch", "gateway_msgs_per_s"),
         ("forward-batch", "ratio_batched"),
-        ("publish", "gateway_req_per_s"),
-        ("publish", "raw_msgs_per_s"),
-        ("publish", "p99_ms"),
+        ("publish", "gateway_req_per_s_64"),
+        ("publish", "raw_msgs_per_s_64"),
+        ("publish", "p99_ms_64"),
+        ("publish", "p999_ms_256"),
+        ("fanin", "ratio"),
+        ("slow-target", "ratio"),
         ("latency", "p99_ms"),
         ("scale", "create_all_s"),
         ("scale", "rss_after_mib"),
@@ -46,7 +50,8 @@ fn every_bench_scenario_runs_and_reports_its_figures() {
         let value = s[scenario][key].as_f64().unwrap_or(-1.0);
         assert!(value > 0.0, "{scenario}.{key} = {value}");
     }
-    assert_eq!(s["publish"]["errors"].as_u64(), Some(0));
+    assert_eq!(s["publish"]["errors_64"].as_u64(), Some(0));
+    assert_eq!(s["publish"]["errors_256"].as_u64(), Some(0));
     assert_eq!(s["scale"]["consumers"].as_u64(), Some(20));
     assert!(report["machine"]["cores"].as_u64().unwrap_or(0) > 0);
 }

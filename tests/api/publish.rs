@@ -2,6 +2,7 @@ use futures_util::future::join_all;
 use lapin::types::AMQPValue;
 use reqwest::StatusCode;
 use serde_json::json;
+use std::time::Duration;
 
 use crate::helpers::{assert_error, assert_json, spawn_app};
 
@@ -239,5 +240,63 @@ async fn concurrent_publishes_each_get_their_own_answer() {
         assert_eq!(status, expected, "publish {i}");
     }
     assert_eq!(app.message_count(&queue).await, Some(100));
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_publishes_a_random_third_unroutable_each_get_their_own_answer() {
+    // On the gateway's shared publish channels, 1,000 requests at a time (a
+    // connection each: the test and the app share one process and its open
+    // file limit): a 202 must be a stored message and a 404 one the broker
+    // returned, whatever the interleaving. Message ids repeat (each used four times, to the queue
+    // and to the missing queue alike), so publishes with the same id to the
+    // same place are in flight together too.
+    use futures_util::StreamExt;
+    use rand::seq::SliceRandom;
+
+    const PUBLISHES: usize = 10_000;
+    let app = spawn_app().await;
+    let queue = app.unique_queue("many");
+    let missing = app.unique_queue("nowhere");
+    app.create_queue(&queue, json!({})).await;
+    let mut unroutable = vec![false; PUBLISHES];
+    unroutable[..PUBLISHES / 3].fill(true);
+    unroutable.shuffle(&mut rand::thread_rng());
+
+    let publishes = unroutable.iter().enumerate().map(|(i, &unroutable)| {
+        let app = &app;
+        let target = if unroutable { &missing } else { &queue };
+        let body = json!({
+            "queueName": target,
+            "message": { "i": i },
+            "messageId": format!("m-{}", i % (PUBLISHES / 4)),
+        });
+        async move {
+            let response = app.post_json("/messagePublish", &body).await;
+            (i, response.status())
+        }
+    });
+    let all = futures_util::stream::iter(publishes)
+        .buffer_unordered(1_000)
+        .collect::<Vec<_>>();
+    let answers = tokio::time::timeout(Duration::from_secs(120), all)
+        .await
+        .expect("10,000 publishes answered within 120 s");
+
+    for (i, status) in answers {
+        let expected = if unroutable[i] {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::ACCEPTED
+        };
+        assert_eq!(status, expected, "publish {i}");
+    }
+    let routable = unroutable.iter().filter(|&&u| !u).count();
+    assert_eq!(app.message_count(&queue).await, Some(routable as u32));
+    assert_eq!(
+        app.message_count(&missing).await,
+        None,
+        "the unroutable publishes created nothing"
+    );
     app.cleanup().await;
 }

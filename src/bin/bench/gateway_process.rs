@@ -45,6 +45,7 @@ pub struct GatewayProcess {
     pub base: String,
     pub password: String,
     pub db: String,
+    pub instance_id: String,
     pub http: reqwest::Client,
 }
 
@@ -79,6 +80,7 @@ impl GatewayProcess {
             base: format!("http://127.0.0.1:{port}"),
             password,
             db,
+            instance_id: format!("bench-{suffix}"),
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(128)
                 .build()

@@ -1,14 +1,19 @@
 //! `bench`: the gateway measured beside the broker's own ceiling, in one
 //! run on one machine.
 //!
-//! `cargo run --release --bin bench -- [all|forward|forward-batch|publish|latency|scale]
-//! [--messages N] [--duration SECONDS] [--consumers N] [--smoke]`
+//! `cargo run --release --bin bench -- [all|forward|forward-batch|publish|
+//! latency|scale|fanin|slow-target] [--messages N] [--duration SECONDS] [--consumers N]
+//! [--mqb PATH] [--smoke]`
 //!
 //! It starts what it needs besides RabbitMQ and the store: the gateway (this
 //! same binary re-run as a child process, so its RSS is its own) and a
 //! minimal HTTP sink. It prints one table and writes `bench-results.json`.
 
+mod cleanup;
 mod gateway_process;
+mod load_shapes;
+mod peers;
+mod publish;
 mod scenarios;
 mod sink;
 
@@ -25,6 +30,8 @@ pub struct Options {
     pub rate: u64,
     pub consumers: usize,
     pub output: String,
+    /// mq-bridge's `mqb`, for its `forward` row: `--mqb PATH` or on `PATH`.
+    pub mqb: Option<String>,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -37,6 +44,7 @@ fn parse_options() -> Result<Options, String> {
         rate: 1_000,
         consumers: 1_000,
         output: "bench-results.json".into(),
+        mqb: None,
     };
     let number = |flag: &str, raw: Option<String>| -> Result<u64, String> {
         raw.and_then(|r| r.parse().ok())
@@ -55,6 +63,7 @@ fn parse_options() -> Result<Options, String> {
             "--rate" => options.rate = number("--rate", args.next())?,
             "--consumers" => options.consumers = number("--consumers", args.next())? as usize,
             "--output" => options.output = args.next().ok_or("--output needs a path")?,
+            "--mqb" => options.mqb = Some(args.next().ok_or("--mqb needs a path")?),
             "--smoke" => {
                 options.messages = 300;
                 options.publishes = 300;
@@ -62,20 +71,35 @@ fn parse_options() -> Result<Options, String> {
                 options.rate = 200;
                 options.consumers = 20;
             }
-            "all" | "forward" | "forward-batch" | "publish" | "latency" | "scale" => {
-                options.scenarios.push(arg)
-            }
+            "all" | "forward" | "forward-batch" | "publish" | "latency" | "scale" | "fanin"
+            | "slow-target" => options.scenarios.push(arg),
             "-h" | "--help" => {
-                println!("usage: bench [all|forward|forward-batch|publish|latency|scale]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--smoke] [--output PATH]");
+                println!("usage: bench [all|forward|forward-batch|publish|latency|scale|fanin|slow-target]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--mqb PATH] [--smoke] [--output PATH]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument `{other}` (try --help)")),
         }
     }
     if options.scenarios.is_empty() || options.scenarios.iter().any(|s| s == "all") {
-        options.scenarios = ["forward", "forward-batch", "publish", "latency", "scale"]
-            .map(String::from)
-            .to_vec();
+        options.scenarios = [
+            "forward",
+            "forward-batch",
+            "publish",
+            "latency",
+            "scale",
+            "fanin",
+            "slow-target",
+        ]
+        .map(String::from)
+        .to_vec();
+    }
+    if options.mqb.is_none() {
+        options.mqb = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("mqb"))
+                .find(|path| path.is_file())
+                .map(|path| path.display().to_string())
+        });
     }
     Ok(options)
 }
@@ -120,9 +144,11 @@ async fn run(options: Options) -> Result<(), String> {
             let value = match scenario.as_str() {
                 "forward" => scenarios::forward(&options, &gateway, &sink).await?,
                 "forward-batch" => scenarios::forward_batch(&options, &gateway, &sink).await?,
-                "publish" => scenarios::publish(&options, &gateway).await?,
+                "publish" => publish::publish(&options, &gateway).await?,
                 "latency" => scenarios::latency(&options, &gateway, &sink).await?,
                 "scale" => scenarios::scale(&options, &gateway, &sink).await?,
+                "fanin" => load_shapes::fanin(&options, &gateway, &sink).await?,
+                "slow-target" => load_shapes::slow_target(&options, &gateway).await?,
                 _ => unreachable!("parse_options only accepts known scenarios"),
             };
             results.insert(scenario.clone(), value);
@@ -131,11 +157,17 @@ async fn run(options: Options) -> Result<(), String> {
     }
     .await;
     gateway.stop().await;
-    outcome?;
-
+    // Whatever failed, this run's queues go (the gateway is down by now).
+    match cleanup::delete_run_queues().await {
+        Ok(0) => {}
+        Ok(n) => eprintln!("cleanup: deleted {n} queues left by this run"),
+        Err(e) => eprintln!("cleanup: {e}"),
+    }
+    // The scenarios that finished are reported even when a later one failed.
     let report = json!({
         "machine": machine().await,
         "scenarios": Value::Object(results),
+        "failed": outcome.as_ref().err(),
     });
     print_table(&report);
     std::fs::write(
@@ -144,7 +176,7 @@ async fn run(options: Options) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot write {}: {e}", options.output))?;
     println!("\nwrote {}", options.output);
-    Ok(())
+    outcome
 }
 
 async fn machine() -> Value {
@@ -194,11 +226,11 @@ fn print_table(report: &Value) {
         None => "-".into(),
     };
     println!("\nmachine: {}", report["machine"]);
-    println!("{:<10} {:<34} {:>14}", "scenario", "measure", "value");
+    println!("{:<11} {:<44} {:>12}", "scenario", "measure", "value");
     let row = |scenario: &str, key: &str, label: &str| {
-        if !s[scenario].is_null() {
+        if !s[scenario].is_null() && !s[scenario][key].is_null() {
             println!(
-                "{:<10} {:<34} {:>14}",
+                "{:<11} {:<44} {:>12}",
                 scenario,
                 label,
                 f(&s[scenario][key])
@@ -218,6 +250,14 @@ fn print_table(report: &Value) {
     );
     row("forward", "ratio", "ratio vs ack-each");
     row("forward", "ratio_batched", "ratio vs batched (target 0.45)");
+    row("forward", "bridge_msgs_per_s", "minimal bridge msgs/s");
+    row(
+        "forward",
+        "ratio_bridge",
+        "ratio vs minimal bridge (target 0.95)",
+    );
+    row("forward", "mqb_msgs_per_s", "mq-bridge msgs/s");
+    row("forward", "ratio_mqb", "ratio vs mq-bridge");
     row(
         "forward-batch",
         "gateway_msgs_per_s",
@@ -234,26 +274,74 @@ fn print_table(report: &Value) {
         "ratio_batched",
         "ratio vs batched (target 0.80)",
     );
+    for c in [64, 256] {
+        let key = |k: &str| format!("{k}_{c}");
+        let label = |l: &str| format!("{l} @{c} conns");
+        row(
+            "publish",
+            &key("gateway_req_per_s"),
+            &label("gateway req/s"),
+        );
+        row(
+            "publish",
+            &key("raw_msgs_per_s"),
+            &label("raw lapin confirms msgs/s"),
+        );
+        row("publish", &key("ratio"), &label("ratio (target 0.75)"));
+        row("publish", &key("p50_ms"), &label("p50 ms"));
+        let p99 = if c == 64 {
+            "p99 ms (target < 15)"
+        } else {
+            "p99 ms"
+        };
+        row("publish", &key("p99_ms"), &label(p99));
+        row("publish", &key("p999_ms"), &label("p999 ms"));
+        row("publish", &key("errors"), &label("errors (target 0)"));
+    }
+    row("publish", "wrk_req_per_s", "wrk -t2 -c128 req/s");
+    row("publish", "wrk_p50_ms", "wrk -t2 -c128 p50 ms");
     row(
         "publish",
-        "gateway_req_per_s",
-        "gateway /messagePublish req/s",
+        "wrk_p99_ms",
+        "wrk -t2 -c128 p99 ms (target < 40)",
     );
-    row("publish", "raw_msgs_per_s", "raw lapin confirms msgs/s");
-    row("publish", "ratio", "ratio (target 0.50)");
-    row("publish", "p50_ms", "p50 ms");
-    row("publish", "p99_ms", "p99 ms");
-    row("publish", "errors", "errors");
+    row("publish", "wrk_errors", "wrk -t2 -c128 errors (target 0)");
     row("latency", "rate", "msgs/s offered");
     row("latency", "p50_ms", "publish-to-sink p50 ms");
     row("latency", "p99_ms", "publish-to-sink p99 ms (< 20)");
     row("latency", "max_ms", "publish-to-sink max ms");
     row("scale", "consumers", "consumers");
-    row("scale", "create_all_s", "create all, s (< 10)");
+    row("scale", "create_all_s", "create all, s (< 30 for 10,000)");
+    row("scale", "running", "running (target: all)");
+    row(
+        "scale",
+        "consume_connections",
+        "gateway consume connections",
+    );
     row("scale", "create_p50_ms", "one create p50 ms");
     row("scale", "create_p99_ms", "one create p99 ms");
     row("scale", "create_max_ms", "one create max ms");
     row("scale", "rss_before_mib", "gateway RSS before, MiB");
-    row("scale", "rss_after_mib", "gateway RSS after, MiB (< 100)");
+    row("scale", "rss_after_mib", "gateway RSS after, MiB (< 200)");
     row("scale", "kib_per_consumer", "KiB per idle consumer");
+    row("fanin", "gateway_msgs_per_s", "100 queues, gateway msgs/s");
+    row("fanin", "raw_msgs_per_s", "100 plain consumers msgs/s");
+    row("fanin", "ratio", "ratio (target 0.6)");
+    row("fanin", "ratio_from_first", "ratio from the first delivery");
+    row(
+        "slow-target",
+        "gateway_msgs_per_s",
+        "20 ms sink, gateway msgs/s",
+    );
+    row(
+        "slow-target",
+        "bound_msgs_per_s",
+        "bound prefetch / latency msgs/s",
+    );
+    row("slow-target", "ratio", "ratio (target 0.9)");
+    row(
+        "slow-target",
+        "ratio_from_first",
+        "ratio from the first delivery",
+    );
 }

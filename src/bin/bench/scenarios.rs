@@ -2,8 +2,6 @@
 //! a plain lapin peer doing the same work on an identical queue, so the
 //! ratio is taken in the same run on the same machine.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -22,23 +20,27 @@ use crate::gateway_process::GatewayProcess;
 use crate::sink::{now_ns, Sink};
 use crate::Options;
 
-const PREFETCH: u16 = 100;
-const BATCH_ACK_EVERY: u64 = 50;
-const CONCURRENCY: usize = 64;
+pub(crate) const PREFETCH: u16 = 100;
+pub(crate) const BATCH_ACK_EVERY: u64 = 50;
 
-fn suffix() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+/// This run's tag (see `cleanup`) and a random part.
+pub(crate) fn suffix() -> String {
+    format!(
+        "{}{}",
+        crate::cleanup::run_tag(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
 }
 
-fn per_second(n: usize, took: Duration) -> f64 {
+pub(crate) fn per_second(n: usize, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64().max(1e-9)
 }
 
-fn round(x: f64) -> f64 {
+pub(crate) fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -46,11 +48,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-async fn amqp() -> Result<Connection, String> {
-    let url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+pub(crate) fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub(crate) async fn amqp() -> Result<Connection, String> {
     Connection::connect(
-        &url,
+        &amqp_url(),
         ConnectionProperties::default()
             .with_connection_name("workerrmq-bench-peer".into())
             .with_executor(tokio_executor_trait::Tokio::current())
@@ -60,7 +64,7 @@ async fn amqp() -> Result<Connection, String> {
     .map_err(|e| format!("cannot connect to RabbitMQ: {e}"))
 }
 
-async fn declare(channel: &Channel, queue: &str) -> Result<(), String> {
+pub(crate) async fn declare(channel: &Channel, queue: &str) -> Result<(), String> {
     channel
         .queue_declare(
             queue,
@@ -75,25 +79,25 @@ async fn declare(channel: &Channel, queue: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-async fn delete(channel: &Channel, queue: &str) {
+pub(crate) async fn delete(channel: &Channel, queue: &str) {
     let _ = channel
         .queue_delete(queue, QueueDeleteOptions::default())
         .await;
 }
 
-fn kib_payload() -> Vec<u8> {
+pub(crate) fn kib_payload() -> Vec<u8> {
     let pad = "x".repeat(1024 - 12);
     format!("{{\"pad\":\"{pad}\"}}").into_bytes()
 }
 
-fn persistent() -> BasicProperties {
+pub(crate) fn persistent() -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
 }
 
 /// Publishes `n` persistent messages and waits for every confirm.
-async fn preload(
+pub(crate) async fn preload(
     connection: &Connection,
     queue: &str,
     n: usize,
@@ -183,7 +187,7 @@ async fn raw_consume(
     Ok(rate)
 }
 
-async fn wait_acked(
+pub(crate) async fn wait_acked(
     gateway: &GatewayProcess,
     consumer_id: &str,
     n: u64,
@@ -252,6 +256,22 @@ pub async fn forward(
         ceilings.push(raw_consume(&connection, &raw, n, batch).await?);
         delete(&channel, &raw).await;
     }
+    let bridge_queue = format!("bench_bridge_{}", suffix());
+    declare(&channel, &bridge_queue).await?;
+    preload(&connection, &bridge_queue, n, &payload).await?;
+    let bridge = crate::peers::bridge(&connection, &bridge_queue, n, PREFETCH, sink).await?;
+    delete(&channel, &bridge_queue).await;
+    let mq_bridge = match &options.mqb {
+        Some(mqb) => {
+            let queue = format!("bench_mqb_{}", suffix());
+            declare(&channel, &queue).await?;
+            preload(&connection, &queue, n, &payload).await?;
+            let rate = crate::peers::mq_bridge(mqb, &amqp_url(), &queue, n, sink, limit).await;
+            delete(&channel, &queue).await;
+            Some(rate?)
+        }
+        None => None,
+    };
     let _ = connection.close(200, "done").await;
     let (ceiling, batched) = (ceilings[0], ceilings[1]);
     Ok(json!({
@@ -259,130 +279,13 @@ pub async fn forward(
         "gateway_msgs_per_s": round(gateway_rate),
         "ceiling_msgs_per_s": round(ceiling),
         "ceiling_batched_msgs_per_s": round(batched),
+        "bridge_msgs_per_s": round(bridge),
+        "mqb_msgs_per_s": mq_bridge.map(round),
         "ratio": round(gateway_rate / ceiling),
         "ratio_batched": round(gateway_rate / batched),
-    }))
-}
-
-pub async fn publish(options: &Options, gateway: &GatewayProcess) -> Result<Value, String> {
-    let total = options.publishes;
-    let queue = format!("bench_pub_{}", suffix());
-    gateway
-        .post("/createQueue", &json!({ "queueName": queue }))
-        .await?;
-    let key = gateway
-        .post(
-            "/createApiKey",
-            &json!({ "name": "bench", "role": "publisher" }),
-        )
-        .await?["apiKey"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let message = json!({ "order": 42, "note": "x".repeat(200) });
-    let body = Arc::new(json!({ "queueName": queue, "message": message }));
-
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(CONCURRENCY)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let url = Arc::new(format!("{}/messagePublish", gateway.base));
-    let next = Arc::new(AtomicUsize::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let (client, url, next, errors, body, key) = (
-            client.clone(),
-            url.clone(),
-            next.clone(),
-            errors.clone(),
-            body.clone(),
-            key.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                let t = Instant::now();
-                let ok = client
-                    .post(url.as_str())
-                    .bearer_auth(&key)
-                    .json(body.as_ref())
-                    .send()
-                    .await
-                    .map(|r| r.status() == reqwest::StatusCode::ACCEPTED)
-                    .unwrap_or(false);
-                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-                if !ok {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            latencies
-        }));
-    }
-    let mut latencies = Vec::with_capacity(total);
-    for task in tasks {
-        latencies.extend(task.await.map_err(|e| e.to_string())?);
-    }
-    let gateway_rate = per_second(total, started.elapsed());
-    latencies.sort_by(|a, b| a.total_cmp(b));
-
-    // The same publishes from a plain lapin publisher with confirms.
-    let payload = Arc::new(serde_json::to_vec(&message).map_err(|e| e.to_string())?);
-    let connection = amqp().await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| e.to_string())?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let (channel, next, payload, queue) = (
-            channel.clone(),
-            next.clone(),
-            payload.clone(),
-            queue.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                let confirm = channel
-                    .basic_publish(
-                        "",
-                        &queue,
-                        BasicPublishOptions::default(),
-                        &payload,
-                        persistent(),
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                confirm.await.map_err(|e| e.to_string())?;
-            }
-            Ok::<(), String>(())
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
-    }
-    let raw_rate = per_second(total, started.elapsed());
-    let _ = connection.close(200, "done").await;
-    gateway
-        .post("/deleteQueue", &json!({ "queueName": queue }))
-        .await?;
-
-    Ok(json!({
-        "requests": total,
-        "concurrency": CONCURRENCY,
-        "gateway_req_per_s": round(gateway_rate),
-        "raw_msgs_per_s": round(raw_rate),
-        "ratio": round(gateway_rate / raw_rate),
-        "p50_ms": round(percentile(&latencies, 0.50)),
-        "p99_ms": round(percentile(&latencies, 0.99)),
-        "errors": errors.load(Ordering::Relaxed),
+        "ratio_bridge": round(gateway_rate / bridge),
+        "ratio_mqb": mq_bridge.map(|m| round(gateway_rate / m)),
+        "target_bridge": 0.95,
     }))
 }
 
@@ -464,7 +367,7 @@ pub async fn latency(
 }
 
 /// Runs `work` for every item with at most `limit` at once.
-async fn for_each_limited<T, F, Fut>(
+pub(crate) async fn for_each_limited<T, F, Fut>(
     items: Vec<T>,
     limit: usize,
     work: F,
@@ -516,20 +419,21 @@ pub async fn scale(
     let mut create_ms: Vec<f64> = took.iter().filter_map(Value::as_f64).collect();
     create_ms.sort_by(|a, b| a.total_cmp(b));
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let running = loop {
         let consumers = gateway.get("/getConsumers").await?;
         let running = consumers.as_array().map_or(0, |all| {
             all.iter().filter(|c| c["state"] == "running").count()
         });
         if running >= n {
-            break;
+            break running;
         }
         if Instant::now() > deadline {
             return Err(format!("{running} of {n} consumers running after 60 s"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
     let rss_after = gateway.rss_mib();
+    let consume_connections = consume_connections(gateway).await;
     for_each_limited(queues.clone(), 16, |q| async move {
         gateway
             .post("/deleteConsumer", &json!({ "queueName": q }))
@@ -544,6 +448,8 @@ pub async fn scale(
     .await?;
     Ok(json!({
         "consumers": n,
+        "running": running,
+        "consume_connections": consume_connections,
         "create_all_s": round(create_all.as_secs_f64()),
         "create_p50_ms": round(percentile(&create_ms, 0.50)),
         "create_p99_ms": round(percentile(&create_ms, 0.99)),
@@ -552,4 +458,30 @@ pub async fn scale(
         "rss_after_mib": round(rss_after),
         "kib_per_consumer": round((rss_after - rss_before) * 1024.0 / n as f64),
     }))
+}
+
+/// The gateway's consume connections the broker sees (by client-provided
+/// name), or `None` when the management API does not answer.
+async fn consume_connections(gateway: &GatewayProcess) -> Option<usize> {
+    let connections: Value = reqwest::Client::new()
+        .get("http://127.0.0.1:15672/api/connections?columns=client_properties")
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let prefix = format!("workerrmq-{}-consume", gateway.instance_id);
+    Some(
+        connections
+            .as_array()?
+            .iter()
+            .filter(|c| {
+                c["client_properties"]["connection_name"]
+                    .as_str()
+                    .is_some_and(|name| name.starts_with(&prefix))
+            })
+            .count(),
+    )
 }

@@ -1,6 +1,7 @@
 //! A minimal fast HTTP sink: answers 204 to everything, counts requests and,
 //! for the latency scenario, records publish-to-sink time from the
-//! `sent_ns` the payload carries.
+//! `sent_ns` the payload carries. A slow sink (`start_with_delay`) answers
+//! each request after a fixed delay, for `slow-target`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,10 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 #[derive(Default)]
 pub struct SinkState {
     pub received: AtomicU64,
+    /// When the first request since the last reset came (ns since the
+    /// epoch; 0: none yet), for rates taken from the first delivery.
+    pub first_ns: AtomicU64,
+    pub delay: Duration,
     pub latencies_ns: Mutex<Vec<u64>>,
 }
 
@@ -32,6 +37,12 @@ struct Stamp {
 }
 
 async fn receive(state: web::Data<SinkState>, body: web::Bytes) -> HttpResponse {
+    let _ = state
+        .first_ns
+        .compare_exchange(0, now_ns(), Ordering::Relaxed, Ordering::Relaxed);
+    if !state.delay.is_zero() {
+        tokio::time::sleep(state.delay).await;
+    }
     if body.starts_with(b"{\"sent_ns\"") {
         if let Ok(Stamp {
             sent_ns: Some(sent),
@@ -49,7 +60,14 @@ async fn receive(state: web::Data<SinkState>, body: web::Bytes) -> HttpResponse 
 
 impl Sink {
     pub async fn start() -> Result<Sink, String> {
-        let state = Arc::new(SinkState::default());
+        Self::start_with_delay(Duration::ZERO).await
+    }
+
+    pub async fn start_with_delay(delay: Duration) -> Result<Sink, String> {
+        let state = Arc::new(SinkState {
+            delay,
+            ..SinkState::default()
+        });
         let data = web::Data::from(state.clone());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
@@ -77,9 +95,15 @@ impl Sink {
 
     pub fn reset(&self) {
         self.state.received.store(0, Ordering::Relaxed);
+        self.state.first_ns.store(0, Ordering::Relaxed);
         if let Ok(mut l) = self.state.latencies_ns.lock() {
             l.clear();
         }
+    }
+
+    /// Time since the first request after the last reset.
+    pub fn since_first(&self) -> Duration {
+        Duration::from_nanos(now_ns().saturating_sub(self.state.first_ns.load(Ordering::Relaxed)))
     }
 
     /// Waits until the sink has seen `n` requests, or fails after `limit`.

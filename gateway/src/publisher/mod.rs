@@ -1,0 +1,256 @@
+//! Publishing with publisher confirms, many publishes in flight on a few
+//! shared channels.
+//!
+//! A publish is answered only from its own confirm, and as unroutable only
+//! for its own `basic.return`: `channel` matches each return to its publish
+//! (lapin alone would hand it to whichever confirm completes next). A
+//! publish runs in a task of its own up to its confirm, even when its
+//! caller stops waiting (a client that went away, a blocked connection), so
+//! the key its return would be matched by stays taken until then. A channel
+//! the broker closes (say, ACCESS_REFUSED) fails the publishes in flight on
+//! it, which are answered `Unavailable`; the next publish opens a new one.
+//!
+//! The channels live on the gateway's publish connection. Two things never
+//! reach them: a message whose properties would not fit in one frame (the
+//! broker would close the connection, `FrameTooLarge`), and any message
+//! while the broker blocks the connection (`connection.blocked`: a memory or
+//! disk alarm), which is answered `Blocked` at once instead of hanging until
+//! the alarm clears.
+
+mod channel;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::BasicPublishOptions;
+use lapin::publisher_confirm::Confirmation;
+use lapin::BasicProperties;
+use tokio::sync::{Mutex, Notify};
+
+use crate::{Broker, BrokerError};
+use channel::{PublishChannel, ReturnKey};
+
+/// Channels publishes are spread over, opened on first use. Each carries
+/// any number of publishes at once; more than one spreads the work over
+/// the broker's channel processes.
+const CHANNELS: usize = 4;
+/// A confirm that does not come (a broker in trouble) ends in an answer
+/// rather than a hung request.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a publish waiting for its confirm looks whether the broker
+/// has blocked the connection meanwhile.
+const BLOCKED_CHECK: Duration = Duration::from_millis(50);
+
+#[derive(Clone)]
+pub struct OutgoingMessage<'a> {
+    /// `""` is the default exchange, which routes by queue name.
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub payload: &'a [u8],
+    pub properties: BasicProperties,
+    /// Ask the broker to hand the message back when no queue would take it.
+    pub mandatory: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// The broker confirmed it: the message is its responsibility now.
+    Confirmed,
+    /// A mandatory publish that no queue would receive; nothing was stored.
+    Unroutable,
+}
+
+pub struct Publisher {
+    channels: Arc<Channels>,
+}
+
+/// A publish, owned, for its task.
+struct Job {
+    exchange: String,
+    routing_key: String,
+    payload: Vec<u8>,
+    properties: BasicProperties,
+    mandatory: bool,
+}
+
+struct Channels {
+    broker: Broker,
+    slots: Vec<Mutex<Option<Arc<PublishChannel>>>>,
+    next: AtomicUsize,
+    /// Fired whenever a publish gives its key back, for a publish waiting
+    /// because its key was taken on every channel.
+    released: Notify,
+}
+
+impl Publisher {
+    pub fn new(broker: Broker) -> Self {
+        Self {
+            channels: Arc::new(Channels {
+                broker,
+                slots: (0..CHANNELS).map(|_| Mutex::new(None)).collect(),
+                next: AtomicUsize::new(0),
+                released: Notify::new(),
+            }),
+        }
+    }
+
+    /// The frame size copies must fit (see `crate::message_size`); `None` while
+    /// the publish connection is down.
+    pub fn frame_max(&self) -> Option<u32> {
+        self.channels.broker.publish_frame_max()
+    }
+
+    /// Publishes and waits for the broker's confirm. `Ok(Confirmed)` is the
+    /// only answer after which the caller may consider the message safe.
+    pub async fn publish(
+        &self,
+        message: OutgoingMessage<'_>,
+    ) -> Result<PublishOutcome, BrokerError> {
+        if self.channels.broker.publishing_blocked() {
+            return Err(BrokerError::Blocked);
+        }
+        if let Some(frame_max) = self.channels.broker.publish_frame_max() {
+            crate::message_size::check_fits(&message.properties, frame_max)?;
+        }
+        let job = Job {
+            exchange: message.exchange.to_owned(),
+            routing_key: message.routing_key.to_owned(),
+            payload: message.payload.to_vec(),
+            properties: message.properties,
+            mandatory: message.mandatory,
+        };
+        let channels = self.channels.clone();
+        let task = tokio::spawn(async move { channels.publish(job).await });
+        // Blocked or timed out, the caller is answered now; the task still
+        // runs to its confirm. A message left this way may be stored once
+        // the block lifts; the caller was told it is not (at least once).
+        self.unless_blocked(async {
+            task.await.unwrap_or_else(|err| {
+                Err(BrokerError::Unavailable(format!(
+                    "the publish did not finish: {err}"
+                )))
+            })
+        })
+        .await
+    }
+
+    /// Runs a step that waits for the broker, giving up when the broker
+    /// blocks the publish connection meanwhile, or after `CONFIRM_TIMEOUT`.
+    async fn unless_blocked<T>(
+        &self,
+        step: impl std::future::Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        let blocked = async {
+            let mut check = tokio::time::interval(BLOCKED_CHECK);
+            while !self.channels.broker.publishing_blocked() {
+                check.tick().await;
+            }
+        };
+        tokio::select! {
+            result = tokio::time::timeout(CONFIRM_TIMEOUT, step) => result.unwrap_or_else(|_| {
+                Err(BrokerError::Unavailable(
+                    "the broker did not answer in time".into(),
+                ))
+            }),
+            () = blocked => Err(BrokerError::Blocked),
+        }
+    }
+}
+
+impl Channels {
+    async fn publish(&self, job: Job) -> Result<PublishOutcome, BrokerError> {
+        let key = ReturnKey::of_publish(&job.exchange, &job.routing_key, &job.properties);
+        let channel = tokio::time::timeout(CONFIRM_TIMEOUT, self.claim(&key))
+            .await
+            .map_err(|_| {
+                BrokerError::Unavailable("no publish channel was free in time".into())
+            })??;
+        let confirmed = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+            Ok::<_, BrokerError>(
+                channel
+                    .channel()
+                    .basic_publish(
+                        &job.exchange,
+                        &job.routing_key,
+                        BasicPublishOptions {
+                            mandatory: job.mandatory,
+                            ..BasicPublishOptions::default()
+                        },
+                        &job.payload,
+                        job.properties,
+                    )
+                    .await?
+                    .await?,
+            )
+        })
+        .await;
+        let confirmation = match confirmed {
+            Ok(confirmed) => {
+                // The return, if any, came before the confirm: the mark is
+                // final. An error means the channel is gone, keys and all.
+                let returned = channel.release(&key);
+                self.released.notify_waiters();
+                (confirmed?, returned)
+            }
+            Err(_) => {
+                // A confirm (or return) may still come, and with the key
+                // given back it could be matched to a later publish: close
+                // the channel instead, keys and all; the next publish
+                // opens another.
+                let lapin_channel = channel.channel().clone();
+                tokio::spawn(async move {
+                    let _ = lapin_channel
+                        .close(200, "publish not confirmed in time")
+                        .await;
+                });
+                return Err(BrokerError::Unavailable(
+                    "the broker did not answer in time".into(),
+                ));
+            }
+        };
+        match confirmation {
+            // lapin may attach someone else's return to this confirm; only
+            // our own mark counts.
+            (Confirmation::Ack(_), false) => Ok(PublishOutcome::Confirmed),
+            (Confirmation::Ack(_), true) => Ok(PublishOutcome::Unroutable),
+            (Confirmation::Nack(_), _) => Err(BrokerError::Nacked),
+            (Confirmation::NotRequested, _) => Err(BrokerError::Unavailable(
+                "the publish channel is not in confirm mode".into(),
+            )),
+        }
+    }
+
+    /// A channel on which `key` is now taken by this publish. Every other
+    /// publish with the same key in flight on every channel (the same
+    /// message id to the same place, twice at once): wait for one to end.
+    async fn claim(&self, key: &ReturnKey) -> Result<Arc<PublishChannel>, BrokerError> {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let start = self.next.fetch_add(1, Ordering::Relaxed);
+            for i in 0..CHANNELS {
+                let channel = self.channel((start + i) % CHANNELS).await?;
+                if channel.claim(key) {
+                    return Ok(channel);
+                }
+            }
+            released.await;
+        }
+    }
+
+    /// The channel in `slot`, opening a new one when there is none yet or
+    /// the last one was closed.
+    async fn channel(&self, slot: usize) -> Result<Arc<PublishChannel>, BrokerError> {
+        let mut slot = self.slots[slot].lock().await;
+        match slot.as_ref() {
+            Some(channel) if channel.is_open() => Ok(channel.clone()),
+            _ => {
+                let channel = Arc::new(PublishChannel::open(&self.broker).await?);
+                *slot = Some(channel.clone());
+                Ok(channel)
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The peers the gateway is measured against, besides the raw consumers in
+//! `scenarios`: the minimal in-process bridge (what one HTTP request per
+//! message allows), mq-bridge when an `mqb` binary is given, and many
+//! plain consumers in one process for `fanin`.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::sync::mpsc;
+
+use crate::sink::Sink;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+async fn consuming_channel(
+    connection: &Connection,
+    queue: &str,
+    prefetch: u16,
+) -> Result<(Channel, lapin::Consumer), String> {
+    let channel = connection.create_channel().await.map_err(err)?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(err)?;
+    let consumer = channel
+        .basic_consume(
+            queue,
+            "bench-peer",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err)?;
+    Ok((channel, consumer))
+}
+
+/// Acks the longest run of finished delivery tags from the first with one
+/// `multiple` ack, after taking every finish that is already waiting.
+async fn coalesce_acks(
+    channel: Channel,
+    mut finished: mpsc::UnboundedReceiver<u64>,
+    n: usize,
+) -> Result<(), String> {
+    let mut done = BTreeSet::new();
+    let mut acked = 0u64;
+    while let Some(tag) = finished.recv().await {
+        done.insert(tag);
+        while let Ok(tag) = finished.try_recv() {
+            done.insert(tag);
+        }
+        let mut upto = acked;
+        while done.remove(&(upto + 1)) {
+            upto += 1;
+        }
+        if upto > acked {
+            channel
+                .basic_ack(upto, BasicAckOptions { multiple: true })
+                .await
+                .map_err(err)?;
+            acked = upto;
+        }
+        if acked as usize >= n {
+            break;
+        }
+    }
+    let _ = channel.close(200, "done").await;
+    Ok(())
+}
+
+/// The minimal bridge: a lapin consumer at `prefetch`, every delivery
+/// POSTed at once with a pooled client, acks coalesced. msgs/s over `n`
+/// messages, counted at the sink as for the gateway.
+pub async fn bridge(
+    connection: &Connection,
+    queue: &str,
+    n: usize,
+    prefetch: u16,
+    sink: &Sink,
+) -> Result<f64, String> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::from(prefetch))
+        .build()
+        .map_err(err)?;
+    sink.reset();
+    let started = Instant::now();
+    let (channel, mut consumer) = consuming_channel(connection, queue, prefetch).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let acks = tokio::spawn(coalesce_acks(channel, rx, n));
+    let mut seen = 0;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery.map_err(err)?;
+        let (http, url, tx) = (http.clone(), sink.url.clone(), tx.clone());
+        tokio::spawn(async move {
+            let posted = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(delivery.data)
+                .send()
+                .await;
+            if matches!(posted, Ok(ref r) if r.status().is_success()) {
+                let _ = tx.send(delivery.delivery_tag);
+            }
+        });
+        seen += 1;
+        if seen == n {
+            break;
+        }
+    }
+    sink.wait_for(n as u64, Duration::from_secs(300)).await?;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    acks.await.map_err(err)??;
+    Ok(rate)
+}
+
+/// One plain consumer per queue on one connection, each acking with
+/// `multiple` every `ack_every` deliveries; total msgs/s over all of them.
+pub async fn plain_consumers(
+    connection: &Connection,
+    queues: &[String],
+    per_queue: usize,
+    prefetch: u16,
+    ack_every: u64,
+) -> Result<f64, String> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for queue in queues {
+        let (channel, mut consumer) = consuming_channel(connection, queue, prefetch).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut seen = 0;
+            while let Some(delivery) = consumer.next().await {
+                let delivery = delivery.map_err(err)?;
+                seen += 1;
+                if delivery.delivery_tag % ack_every == 0 || seen == per_queue {
+                    channel
+                        .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
+                        .await
+                        .map_err(err)?;
+                }
+                if seen == per_queue {
+                    break;
+                }
+            }
+            let _ = channel.close(200, "done").await;
+            Ok::<(), String>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(err)??;
+    }
+    Ok((queues.len() * per_queue) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// mq-bridge (`mqb copy`, amqp → http) over `n` messages, msgs/s counted
+/// at the sink; the process is stopped once they are all in.
+pub async fn mq_bridge(
+    mqb: &str,
+    amqp_url: &str,
+    queue: &str,
+    n: usize,
+    sink: &Sink,
+    limit: Duration,
+) -> Result<f64, String> {
+    let base = amqp_url.split('?').next().unwrap_or(amqp_url);
+    let from = format!("{base}?queue={queue}&prefetch_count=100");
+    sink.reset();
+    let started = Instant::now();
+    let mut child = Command::new(mqb)
+        .args(["copy", "--from", &from, "--to", &sink.url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {mqb}: {e}"))?;
+    let arrived = sink.wait_for(n as u64, limit).await;
+    let took = started.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    arrived?;
+    Ok(n as f64 / took.as_secs_f64())
+}

@@ -1,0 +1,265 @@
+//! `publish`: `/messagePublish` at 64 and at 256 keep-alive connections
+//! (p50 / p99 / p999), each against a plain lapin publisher with confirms
+//! at the same concurrency; then, when `wrk` is on `PATH`, `wrk -t2 -c128`
+//! with a 1 KiB body for the load figure.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use serde_json::{json, Value};
+
+use crate::gateway_process::GatewayProcess;
+use crate::scenarios::{amqp, per_second, percentile, persistent, round, suffix};
+use crate::Options;
+
+const CONCURRENCIES: [usize; 2] = [64, 256];
+const TARGET_RATIO: f64 = 0.75;
+const TARGET_P99_MS_64: f64 = 15.0;
+const TARGET_WRK_P99_MS: f64 = 40.0;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// `total` publishes through the gateway, `concurrency` at a time on as
+/// many connections: (req/s, sorted latencies in ms, errors).
+async fn through_gateway(
+    gateway: &GatewayProcess,
+    key: &str,
+    body: &Value,
+    total: usize,
+    concurrency: usize,
+) -> Result<(f64, Vec<f64>, u64), String> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .map_err(err)?;
+    let url = Arc::new(format!("{}/messagePublish", gateway.base));
+    let body = Arc::new(body.clone());
+    let key = Arc::new(key.to_owned());
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, next, errors, body, key) = (
+            client.clone(),
+            url.clone(),
+            next.clone(),
+            errors.clone(),
+            body.clone(),
+            key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let t = Instant::now();
+                let ok = client
+                    .post(url.as_str())
+                    .bearer_auth(key.as_str())
+                    .json(body.as_ref())
+                    .send()
+                    .await
+                    .map(|r| r.status() == reqwest::StatusCode::ACCEPTED)
+                    .unwrap_or(false);
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for task in tasks {
+        latencies.extend(task.await.map_err(err)?);
+    }
+    let rate = per_second(total, started.elapsed());
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    Ok((rate, latencies, errors.load(Ordering::Relaxed)))
+}
+
+/// The same publishes from a plain lapin publisher with confirms, with
+/// `concurrency` publishes in flight on one channel.
+async fn raw_publisher(
+    queue: &str,
+    payload: &[u8],
+    total: usize,
+    concurrency: usize,
+) -> Result<f64, String> {
+    let connection = amqp().await?;
+    let channel = connection.create_channel().await.map_err(err)?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(err)?;
+    let payload = Arc::new(payload.to_vec());
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (channel, next, payload, queue) = (
+            channel.clone(),
+            next.clone(),
+            payload.clone(),
+            queue.to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                channel
+                    .basic_publish(
+                        "",
+                        &queue,
+                        BasicPublishOptions::default(),
+                        &payload,
+                        persistent(),
+                    )
+                    .await
+                    .map_err(err)?
+                    .await
+                    .map_err(err)?;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(err)??;
+    }
+    let rate = per_second(total, started.elapsed());
+    let _ = connection.close(200, "done").await;
+    Ok(rate)
+}
+
+pub async fn publish(options: &Options, gateway: &GatewayProcess) -> Result<Value, String> {
+    let total = options.publishes;
+    let queue = format!("bench_pub_{}", suffix());
+    gateway
+        .post("/createQueue", &json!({ "queueName": queue }))
+        .await?;
+    let key = gateway
+        .post(
+            "/createApiKey",
+            &json!({ "name": format!("bench-{}", suffix()), "role": "publisher" }),
+        )
+        .await?["apiKey"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let message = json!({ "order": 42, "note": "x".repeat(200) });
+    let body = json!({ "queueName": queue, "message": message });
+    let payload = serde_json::to_vec(&message).map_err(err)?;
+
+    let mut result = serde_json::Map::new();
+    result.insert("requests".into(), json!(total));
+    for concurrency in CONCURRENCIES {
+        let (rate, latencies, errors) =
+            through_gateway(gateway, &key, &body, total, concurrency).await?;
+        let raw = raw_publisher(&queue, &payload, total, concurrency).await?;
+        let c = concurrency;
+        result.insert(format!("gateway_req_per_s_{c}"), json!(round(rate)));
+        result.insert(format!("raw_msgs_per_s_{c}"), json!(round(raw)));
+        result.insert(format!("ratio_{c}"), json!(round(rate / raw)));
+        for (name, p) in [("p50", 0.50), ("p99", 0.99), ("p999", 0.999)] {
+            result.insert(
+                format!("{name}_ms_{c}"),
+                json!(round(percentile(&latencies, p))),
+            );
+        }
+        result.insert(format!("errors_{c}"), json!(errors));
+    }
+    result.insert("target_ratio".into(), json!(TARGET_RATIO));
+    result.insert("target_p99_ms_64".into(), json!(TARGET_P99_MS_64));
+    if let Some(wrk) = wrk(options, gateway, &key, &queue).await? {
+        result.extend(wrk);
+        result.insert("target_wrk_p99_ms".into(), json!(TARGET_WRK_P99_MS));
+    }
+    gateway
+        .post("/deleteQueue", &json!({ "queueName": queue }))
+        .await?;
+    Ok(Value::Object(result))
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// `wrk -t2 -c128 -d<duration> --latency` on `/messagePublish` with a
+/// 1 KiB message; `None` without `wrk` on `PATH`.
+async fn wrk(
+    options: &Options,
+    gateway: &GatewayProcess,
+    key: &str,
+    queue: &str,
+) -> Result<Option<serde_json::Map<String, Value>>, String> {
+    if !on_path("wrk") {
+        eprintln!("   (no wrk on PATH: the wrk -c128 row is left out)");
+        return Ok(None);
+    }
+    let body = json!({ "queueName": queue, "message": { "pad": "x".repeat(1024 - 12) } });
+    let script = std::env::temp_dir().join(format!("bench-publish-{}.lua", suffix()));
+    let lua = format!(
+        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {key}\"\nwrk.body = [[{body}]]\n"
+    );
+    std::fs::write(&script, lua).map_err(err)?;
+    let output = tokio::process::Command::new("wrk")
+        .args(["-t2", "-c128", "--latency"])
+        .arg(format!("-d{}s", options.duration.as_secs().max(1)))
+        .arg("-s")
+        .arg(&script)
+        .arg(format!("{}/messagePublish", gateway.base))
+        .output()
+        .await;
+    let _ = std::fs::remove_file(&script);
+    let output = output.map_err(|e| format!("wrk: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(format!("wrk failed: {text}"));
+    }
+    let mut result = serde_json::Map::new();
+    let number_after = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|rest| rest.trim().split([' ', ',']).next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    result.insert(
+        "wrk_req_per_s".into(),
+        json!(number_after("Requests/sec:").map(round)),
+    );
+    for (name, line) in [("p50", "50%"), ("p99", "99%")] {
+        let ms = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(line))
+            .and_then(|v| wrk_ms(v.trim()));
+        result.insert(format!("wrk_{name}_ms"), json!(ms.map(round)));
+    }
+    let non_2xx = number_after("Non-2xx or 3xx responses:").unwrap_or(0.0);
+    let socket_errors: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map(|rest| {
+            rest.split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0);
+    result.insert("wrk_errors".into(), json!(non_2xx + socket_errors));
+    Ok(Some(result))
+}
+
+/// A wrk duration (`812.00us`, `4.12ms`, `1.02s`) in ms.
+fn wrk_ms(value: &str) -> Option<f64> {
+    let (number, scale) = if let Some(n) = value.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = value.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = value.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (value, 1.0)
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
