@@ -151,7 +151,10 @@ impl ConsumerWorker {
             .map(|policy| Batcher::new(policy, gate.prefetch(self.spec.prefetch)));
         let mut batches: JoinSet<Vec<(u64, Settled)>> = JoinSet::new();
         let mut acks = AckWindow::new(self.stats.clone());
-        let ack_batch = usize::from(self.spec.prefetch / 2).clamp(1, ACK_BATCH);
+        let ack_rule = AckRule {
+            batch: usize::from(self.spec.prefetch / 2).clamp(1, ACK_BATCH),
+            prefetch: usize::from(self.spec.prefetch),
+        };
         let mut flush_timer = Box::pin(tokio::time::sleep(ACK_DELAY));
         let mut timer_armed = false;
         let mut straggler_check = tokio::time::interval(STRAGGLER_WAIT);
@@ -187,7 +190,7 @@ impl ConsumerWorker {
                         break Err(err);
                     }
                     let idle = in_flight.is_empty() && batches.is_empty();
-                    if let Err(err) = ack_or_arm(&mut acks, &channel, ack_batch, idle, flush_timer.as_mut(), &mut timer_armed).await {
+                    if let Err(err) = ack_or_arm(&mut acks, &channel, ack_rule, idle, flush_timer.as_mut(), &mut timer_armed).await {
                         break Err(err);
                     }
                 }
@@ -196,7 +199,7 @@ impl ConsumerWorker {
                         break Err(err);
                     }
                     let idle = in_flight.is_empty() && batches.is_empty();
-                    if let Err(err) = ack_or_arm(&mut acks, &channel, ack_batch, idle, flush_timer.as_mut(), &mut timer_armed).await {
+                    if let Err(err) = ack_or_arm(&mut acks, &channel, ack_rule, idle, flush_timer.as_mut(), &mut timer_armed).await {
                         break Err(err);
                     }
                 }
@@ -418,22 +421,37 @@ impl ConsumerWorker {
     }
 }
 
+/// When acks go out: `batch` ready at most per frame, and the channel's
+/// prefetch window (0: unlimited).
+#[derive(Clone, Copy)]
+struct AckRule {
+    batch: usize,
+    prefetch: usize,
+}
+
 fn consumer_ended() -> BrokerError {
     BrokerError::Unavailable("the broker ended the consumer (was the queue deleted?)".into())
 }
 
-/// Acks at once when `ack_batch` are ready or nothing else is in flight
-/// (`idle`); otherwise arms the timer to ack within `ACK_DELAY`.
+/// Acks at once when `window.batch` are ready, when nothing else is in
+/// flight (`idle`), or when the prefetch window is full; otherwise arms
+/// the timer to ack within `ACK_DELAY`.
+///
+/// The full-window rule is for slow targets: there the broker sends
+/// nothing until an ack frees room, so an ack waiting for company idles
+/// the whole window (bench `slow-target`, 20 ms target at prefetch 100:
+/// 0.73 of prefetch ÷ latency before, 0.80 after; `forward` unchanged).
 async fn ack_or_arm(
     acks: &mut AckWindow,
     channel: &lapin::Channel,
-    ack_batch: usize,
+    window: AckRule,
     idle: bool,
     flush_timer: std::pin::Pin<&mut tokio::time::Sleep>,
     timer_armed: &mut bool,
 ) -> Result<(), BrokerError> {
     let ready = acks.ready();
-    if ready >= ack_batch || (ready > 0 && idle) {
+    let window_full = window.prefetch > 0 && acks.unacked() >= window.prefetch;
+    if ready >= window.batch || (ready > 0 && idle) || (window_full && ready > 0) {
         acks.flush(channel).await?;
         *timer_armed = false;
     } else if ready > 0 && !*timer_armed {

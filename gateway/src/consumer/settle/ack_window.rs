@@ -71,6 +71,12 @@ impl AckWindow {
             .count()
     }
 
+    /// Deliveries not yet acked (in flight, or settled and waiting): what
+    /// the broker counts against the prefetch window.
+    pub fn unacked(&self) -> usize {
+        self.outstanding.len()
+    }
+
     /// Settled deliveries waiting behind one still in flight.
     pub fn stragglers(&self) -> usize {
         self.outstanding
