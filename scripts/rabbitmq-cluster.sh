@@ -7,8 +7,9 @@
 #                                        join nodes 2 and 3 to node 1, and wait
 #                                        until all three are clustered and
 #                                        answer AMQP (already running: ok)
-#   scripts/rabbitmq-cluster.sh stop     stop all three nodes (data is kept,
-#                                        so the next start is a restart)
+#   scripts/rabbitmq-cluster.sh stop     stop all three nodes (logs are kept;
+#                                        a start with none running begins a
+#                                        fresh cluster)
 #   scripts/rabbitmq-cluster.sh status   each node's state
 #
 #   node             AMQP   management  distribution
@@ -155,6 +156,19 @@ cmd_start() {
     if all_clustered; then
         say "already running: $(node_name 1), $(node_name 2), $(node_name 3) clustered (AMQP 5691-5693)"
         return 0
+    fi
+    # Nothing running: start a fresh cluster. The test cluster keeps
+    # nothing worth keeping, and restarting old data is fragile (the last
+    # node stopped must start first; a node's feature-flag sync with the
+    # others was seen to crash 3.10.8 on such a restart).
+    local alive=""
+    for i in "${NODES[@]}"; do
+        if vm_alive "$i"; then
+            alive=1
+        fi
+    done
+    if [[ -z $alive ]]; then
+        rm -rf "$BASE"/wrmq*/mnesia
     fi
     mkdir -p "$BASE"
     for i in "${NODES[@]}"; do
