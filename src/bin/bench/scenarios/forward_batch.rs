@@ -5,10 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::Connection;
 use serde_json::{json, Value};
 
 use super::{
@@ -70,7 +66,14 @@ pub async fn forward_batch(
     let raw = format!("bench_rawb_{}", suffix());
     declare(&channel, &raw).await?;
     preload(&connection, &raw, n, &payload).await?;
-    let ceiling = batched_ack_consume(&connection, &raw, n).await?;
+    let ceiling = crate::peers::plain_consumers(
+        &connection,
+        std::slice::from_ref(&raw),
+        n,
+        PREFETCH,
+        BATCH_ACK_EVERY,
+    )
+    .await?;
     delete(&channel, &raw).await;
     let _ = connection.close(200, "done").await;
     Ok(json!({
@@ -84,48 +87,4 @@ pub async fn forward_batch(
         "ceiling_batched_msgs_per_s": round(ceiling),
         "ratio_batched": round(gateway_rate / ceiling),
     }))
-}
-
-/// A plain lapin consumer at `PREFETCH` acking with `multiple` every
-/// `BATCH_ACK_EVERY` deliveries; msgs/s over `n` deliveries.
-async fn batched_ack_consume(
-    connection: &Connection,
-    queue: &str,
-    n: usize,
-) -> Result<f64, String> {
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| e.to_string())?;
-    channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    let mut consumer = channel
-        .basic_consume(
-            queue,
-            "bench-raw-batched",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut seen = 0usize;
-    while let Some(delivery) = consumer.next().await {
-        let delivery = delivery.map_err(|e| e.to_string())?;
-        seen += 1;
-        if delivery.delivery_tag % BATCH_ACK_EVERY == 0 || seen == n {
-            channel
-                .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        if seen == n {
-            break;
-        }
-    }
-    let rate = per_second(n, started.elapsed());
-    let _ = channel.close(200, "done").await;
-    Ok(rate)
 }
