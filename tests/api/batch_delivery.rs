@@ -9,7 +9,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::delivery::expected_signature;
-use crate::helpers::{assert_error, assert_json, spawn_app, TestApp};
+use crate::helpers::{assert_error, assert_json, spawn_app};
+use crate::support::ids_of;
+use crate::support::running_consumer_on;
 use crate::support::target_server::{Recorded, Reply, TargetServer};
 use crate::support::{binary_messages, publish_confirmed, wait_for_queue, Api, TestMessage};
 
@@ -60,31 +62,6 @@ fn payload_bytes(element: &Element) -> Vec<u8> {
             .unwrap_or_else(|e| panic!("payloadBase64 is base64 ({e}): {}", element.raw)),
         None => serde_json::to_vec(&element.raw["payload"]).expect("JSON"),
     }
-}
-
-/// A queue with a batch consumer on `path`, running; `extra` merged into
-/// the `/createConsumer` body.
-async fn batch_consumer(
-    app: &TestApp,
-    target: &TargetServer,
-    label: &str,
-    path: &str,
-    extra: Value,
-) -> (Api, String, String) {
-    let api = Api::of(app);
-    let queue = app.unique_queue(label);
-    let consumer = api
-        .queue_with_consumer(&queue, &target.url(path), extra)
-        .await;
-    api.wait_for_consumer(&consumer, Duration::from_secs(5), "running", |v| {
-        v["state"] == "running"
-    })
-    .await;
-    (api, queue, consumer)
-}
-
-fn ids_of(messages: &[TestMessage]) -> BTreeSet<String> {
-    messages.iter().map(|m| m.id.clone()).collect()
 }
 
 /// Every element of every request to `path`, in arrival order.
@@ -178,7 +155,7 @@ async fn a_signed_batch_verifies_over_the_whole_body() {
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(key)
     );
-    let (api, queue, consumer) = batch_consumer(
+    let (api, queue, consumer) = running_consumer_on(
         &app,
         &target,
         "signed",
@@ -247,7 +224,7 @@ async fn a_batch_answer_retries_and_rejects_the_ids_it_names_and_acks_the_rest()
         vec![Reply::ok().with_body(&json!({ "retry": [id(3)], "reject": [id(7)] }).to_string())],
         Reply::ok(),
     );
-    let (api, queue, consumer) = batch_consumer(
+    let (api, queue, consumer) = running_consumer_on(
         &app,
         &target,
         "mixed",
@@ -308,7 +285,7 @@ async fn a_503_retries_every_message_of_the_batch() {
     let app = spawn_app().await;
     let target = TargetServer::start().await;
     target.script("/busy", vec![Reply::status(503)], Reply::ok());
-    let (api, queue, consumer) = batch_consumer(
+    let (api, queue, consumer) = running_consumer_on(
         &app,
         &target,
         "busy",
@@ -361,7 +338,7 @@ async fn a_503_retries_every_message_of_the_batch() {
 async fn a_batch_smaller_than_max_messages_goes_out_after_max_wait() {
     let app = spawn_app().await;
     let target = TargetServer::start().await;
-    let (api, queue, consumer) = batch_consumer(
+    let (api, queue, consumer) = running_consumer_on(
         &app,
         &target,
         "partial",
@@ -531,7 +508,7 @@ async fn pausing_and_updating_a_batch_consumer_mid_stream_loses_nothing() {
     let app = spawn_app().await;
     let target = TargetServer::start().await;
     target.set_default(Reply::ok().after(Duration::from_millis(100)));
-    let (api, queue, consumer) = batch_consumer(
+    let (api, queue, consumer) = running_consumer_on(
         &app,
         &target,
         "midstream",

@@ -8,7 +8,6 @@
 //! the `rabbitmq-cluster` nextest group (never beside a test that stops a
 //! node).
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Document};
@@ -17,8 +16,9 @@ use serde_json::{json, Value};
 
 use crate::helpers::{assert_error, assert_json, bearer, eventually, spawn_app};
 use crate::support::cluster::{gateway_vars, require_cluster, Node, NODES};
+use crate::support::ids_of;
 use crate::support::target_server::TargetServer;
-use crate::support::{binary_messages, env_or, publish_confirmed, Api, TestMessage};
+use crate::support::{binary_messages, env_or, publish_confirmed, Api};
 
 const MESSAGES: usize = 1_000;
 const ALL_DELIVERED: Duration = Duration::from_secs(60);
@@ -26,10 +26,6 @@ const ALL_DELIVERED: Duration = Duration::from_secs(60);
 const SUMMED_WITHIN: Duration = Duration::from_secs(5);
 /// The contract: a replica killed with SIGKILL is dropped within 15 s.
 const DROPPED_WITHIN: Duration = Duration::from_secs(15);
-
-fn ids_of(messages: &[TestMessage]) -> BTreeSet<String> {
-    messages.iter().map(|m| m.id.clone()).collect()
-}
 
 /// GET /getReplicas; asserts 200 and a plain array.
 async fn replicas(api: &Api) -> Vec<Value> {

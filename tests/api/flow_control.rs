@@ -11,20 +11,15 @@ use serde_json::{json, Value};
 
 use crate::helpers::{assert_error, assert_json, bearer, spawn_app};
 use crate::support::gateway_process::Deployment;
+use crate::support::ids_of;
 use crate::support::target_server::{Reply, TargetServer};
-use crate::support::{
-    binary_messages, publish_confirmed, queue_counts, wait_for_queue, Api, TestMessage,
-};
+use crate::support::{binary_messages, publish_confirmed, queue_counts, wait_for_queue, Api};
 
 /// The contract: every replica follows a pause or resume within 5 s.
 const CONVERGENCE: Duration = Duration::from_secs(5);
 /// How long a paused consumer is watched for deliveries it must not take.
 const QUIET: Duration = Duration::from_secs(3);
 const ALL_DELIVERED: Duration = Duration::from_secs(30);
-
-fn ids_of(messages: &[TestMessage]) -> BTreeSet<String> {
-    messages.iter().map(|m| m.id.clone()).collect()
-}
 
 fn is_running(view: &Value) -> bool {
     view["state"] == "running"

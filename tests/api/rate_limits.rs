@@ -11,15 +11,12 @@ use serde_json::{json, Value};
 
 use crate::helpers::{assert_error, assert_json, spawn_app};
 use crate::support::gateway_process::Deployment;
+use crate::support::ids_of;
 use crate::support::target_server::{Reply, TargetServer};
-use crate::support::{binary_messages, publish_confirmed, wait_for_queue, Api, TestMessage};
+use crate::support::{binary_messages, publish_confirmed, wait_for_queue, Api};
 
 const CONVERGENCE: Duration = Duration::from_secs(5);
 const ALL_DELIVERED: Duration = Duration::from_secs(60);
-
-fn ids_of(messages: &[TestMessage]) -> BTreeSet<String> {
-    messages.iter().map(|m| m.id.clone()).collect()
-}
 
 fn is_running(view: &Value) -> bool {
     view["state"] == "running"

@@ -4,7 +4,6 @@
 //! target, breaks something once some have arrived, and then waits for every
 //! message id to reach the target (at least once).
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,10 +13,11 @@ use serde_json::{json, Value};
 
 use crate::helpers::{assert_error, spawn_app};
 use crate::support::gateway_process::{Deployment, GatewayProcess};
+use crate::support::ids_of;
 use crate::support::target_server::{Reply, TargetServer};
 use crate::support::{
     binary_messages, connection_named, force_close_connection, management_client,
-    publish_confirmed, queue_counts, wait_for_queue, Api, TestMessage,
+    publish_confirmed, queue_counts, wait_for_queue, Api,
 };
 
 /// Each request is held this long, so a stream of messages takes a while.
@@ -28,10 +28,6 @@ const CONVERGENCE: Duration = Duration::from_secs(5);
 
 fn is_running(view: &Value) -> bool {
     view["state"] == "running"
-}
-
-fn ids_of(messages: &[TestMessage]) -> BTreeSet<String> {
-    messages.iter().map(|m| m.id.clone()).collect()
 }
 
 /// A slow-ish target, a queue and a consumer created through `gateway`,

@@ -4,34 +4,14 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::spawn_app;
+use crate::support::running_consumer_on;
 use crate::support::target_server::{Recorded, Reply, TargetServer};
-use crate::support::{binary_messages, publish_confirmed, queue_counts, wait_for_queue, Api};
+use crate::support::{binary_messages, publish_confirmed, queue_counts, wait_for_queue};
 
 const SETTLED_DEADLINE: Duration = Duration::from_secs(20);
-
-/// A queue with an HTTP consumer on `path` of `target`, `extra` merged into
-/// the `/createConsumer` body, running.
-async fn consumer_on(
-    app: &TestApp,
-    target: &TargetServer,
-    label: &str,
-    path: &str,
-    extra: Value,
-) -> (Api, String, String) {
-    let api = Api::of(app);
-    let queue = app.unique_queue(label);
-    let consumer = api
-        .queue_with_consumer(&queue, &target.url(path), extra)
-        .await;
-    api.wait_for_consumer(&consumer, Duration::from_secs(5), "running", |v| {
-        v["state"] == "running"
-    })
-    .await;
-    (api, queue, consumer)
-}
 
 fn attempts(requests: &[Recorded]) -> Vec<u32> {
     requests.iter().map(Recorded::attempt).collect()
@@ -50,7 +30,7 @@ async fn a_failing_target_is_retried_with_backoff_through_the_broker_until_it_an
         vec![Reply::status(503), Reply::status(503)],
         Reply::ok(),
     );
-    let (api, queue, consumer) = consumer_on(
+    let (api, queue, consumer) = running_consumer_on(
         &app,
         &target,
         "flaky",
@@ -134,9 +114,10 @@ async fn retry_after_from_the_target_is_honoured_up_to_max_delay() {
         Reply::ok(),
     );
     let retry = json!({ "retry": { "maxAttempts": 3, "initialDelayMs": 200, "multiplier": 2, "maxDelayMs": 1500 } });
-    let (api, busy_queue, busy) = consumer_on(&app, &target, "busy", "/busy", retry.clone()).await;
+    let (api, busy_queue, busy) =
+        running_consumer_on(&app, &target, "busy", "/busy", retry.clone()).await;
     let (_, overloaded_queue, overloaded) =
-        consumer_on(&app, &target, "overloaded", "/overloaded", retry).await;
+        running_consumer_on(&app, &target, "overloaded", "/overloaded", retry).await;
     let amqp = app.amqp_connection().await;
     for queue in [&busy_queue, &overloaded_queue] {
         publish_confirmed(amqp, queue, &binary_messages("busy", 1)).await;
@@ -172,7 +153,8 @@ async fn a_4xx_is_dead_lettered_at_once_with_the_reason() {
     let app = spawn_app().await;
     let target = TargetServer::start().await;
     target.script("/reject", vec![], Reply::status(400));
-    let (api, queue, consumer) = consumer_on(&app, &target, "reject", "/reject", json!({})).await;
+    let (api, queue, consumer) =
+        running_consumer_on(&app, &target, "reject", "/reject", json!({})).await;
     let message_id = app.publish(&queue, json!({ "bad": true })).await;
 
     let view = api
@@ -220,7 +202,7 @@ async fn a_target_that_always_fails_gets_exactly_max_attempts_then_the_dead_lett
     let app = spawn_app().await;
     let target = TargetServer::start().await;
     target.script("/down", vec![], Reply::status(500));
-    let (api, queue, consumer) = consumer_on(
+    let (api, queue, consumer) = running_consumer_on(
         &app,
         &target,
         "down",
@@ -280,7 +262,7 @@ async fn a_target_slower_than_its_timeout_is_retried() {
         vec![Reply::ok().after(Duration::from_millis(2_000))],
         Reply::ok(),
     );
-    let (api, queue, consumer) = consumer_on(
+    let (api, queue, consumer) = running_consumer_on(
         &app,
         &target,
         "sluggish",
@@ -329,7 +311,8 @@ async fn replayed_dead_letters_are_delivered_once_each() {
     let app = spawn_app().await;
     let target = TargetServer::start().await;
     target.script("/replay", vec![Reply::status(422); 5], Reply::ok());
-    let (api, queue, consumer) = consumer_on(&app, &target, "replay", "/replay", json!({})).await;
+    let (api, queue, consumer) =
+        running_consumer_on(&app, &target, "replay", "/replay", json!({})).await;
     let messages = binary_messages("replay", 5);
     publish_confirmed(app.amqp_connection().await, &queue, &messages).await;
     let ids: BTreeSet<String> = messages.iter().map(|m| m.id.clone()).collect();

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod gateway_process;
 pub mod target_server;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
@@ -19,6 +20,7 @@ use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::helpers::{assert_json, TestApp};
+use target_server::TargetServer;
 
 pub const MANAGEMENT_URL: &str = "http://127.0.0.1:15672";
 /// The vhost of the default AMQP URL as the management API spells it.
@@ -232,6 +234,33 @@ pub struct TestMessage {
     pub id: String,
     pub body: Vec<u8>,
     pub content_type: String,
+}
+
+/// The message ids of `messages`, as a target's deliveries are compared.
+pub fn ids_of(messages: &[TestMessage]) -> BTreeSet<String> {
+    messages.iter().map(|m| m.id.clone()).collect()
+}
+
+/// A queue with an HTTP consumer on `path` of `target`, `extra` merged into
+/// the `/createConsumer` body, running: the API, the queue and the
+/// consumer's id.
+pub async fn running_consumer_on(
+    app: &TestApp,
+    target: &TargetServer,
+    label: &str,
+    path: &str,
+    extra: Value,
+) -> (Api, String, String) {
+    let api = Api::of(app);
+    let queue = app.unique_queue(label);
+    let consumer = api
+        .queue_with_consumer(&queue, &target.url(path), extra)
+        .await;
+    api.wait_for_consumer(&consumer, Duration::from_secs(5), "running", |v| {
+        v["state"] == "running"
+    })
+    .await;
+    (api, queue, consumer)
 }
 
 /// `n` messages with explicit ids and binary (not UTF-8, not JSON) bodies
