@@ -252,21 +252,8 @@ impl ConsumerRegistry {
         &self,
         definition: ConsumerDefinition,
     ) -> Result<ConsumerView, RegistryError> {
-        let (spec, target) = self.runnable(&definition).map_err(RegistryError::Invalid)?;
-        self.collection
-            .insert_one(&definition)
-            .await
-            .map_err(StoreError::from)?;
-        self.supervisor
-            .start(spec, target, definition.flow(), definition.revision);
-        tracing::info!(consumer_id = %definition.consumer_id, queue = %definition.queue_name, "consumer created");
-        // Stored and started: a failed read of the heartbeats must not
-        // make it look as if it were not.
-        let others = self.other_replicas().await.unwrap_or_else(|err| {
-            tracing::debug!(error = %err, "replica heartbeats unreadable; answering with this replica's share");
-            OtherReplicas::default()
-        });
-        Ok(self.view(definition, &others))
+        let runnable = self.store_new(&definition).await?;
+        Ok(self.start_stored(definition, runnable).await)
     }
 
     /// `create`, unless `limit` consumers are already registered or
@@ -279,20 +266,57 @@ impl ConsumerRegistry {
         definition: ConsumerDefinition,
         limit: usize,
     ) -> Result<ConsumerView, CappedCreateError> {
-        let _one_at_a_time = self.capped_creates.lock().await;
-        let stored = self
-            .collection
-            .count_documents(doc! {})
+        let runnable = {
+            // Count and insert as one step; starting it need not wait.
+            let _one_at_a_time = self.capped_creates.lock().await;
+            // The collection's own count: a filtered count walks every
+            // stored definition, which made the 10,000th create slow.
+            let stored = self
+                .collection
+                .estimated_document_count()
+                .await
+                .map_err(StoreError::from)
+                .map_err(RegistryError::from)?;
+            let registered = usize::try_from(stored)
+                .unwrap_or(usize::MAX)
+                .max(self.supervisor.ids().len());
+            if registered >= limit {
+                return Err(CappedCreateError::AtCapacity { limit, registered });
+            }
+            self.store_new(&definition).await?
+        };
+        Ok(self.start_stored(definition, runnable).await)
+    }
+
+    /// Checks that `definition` can run here and stores it.
+    async fn store_new(
+        &self,
+        definition: &ConsumerDefinition,
+    ) -> Result<(ConsumerSpec, Arc<dyn DeliveryTarget>), RegistryError> {
+        let runnable = self.runnable(definition).map_err(RegistryError::Invalid)?;
+        self.collection
+            .insert_one(definition)
             .await
-            .map_err(StoreError::from)
-            .map_err(RegistryError::from)?;
-        let registered = usize::try_from(stored)
-            .unwrap_or(usize::MAX)
-            .max(self.supervisor.ids().len());
-        if registered >= limit {
-            return Err(CappedCreateError::AtCapacity { limit, registered });
-        }
-        Ok(self.create(definition).await?)
+            .map_err(StoreError::from)?;
+        Ok(runnable)
+    }
+
+    /// Starts a stored definition here and answers with its view.
+    async fn start_stored(
+        &self,
+        definition: ConsumerDefinition,
+        (spec, target): (ConsumerSpec, Arc<dyn DeliveryTarget>),
+    ) -> ConsumerView {
+        self.supervisor
+            .start(spec, target, definition.flow(), definition.revision);
+        tracing::info!(consumer_id = %definition.consumer_id, queue = %definition.queue_name, "consumer created");
+        // Stored and started: a failed read of the heartbeats must not
+        // make it look as if it were not.
+        let others = self.other_replicas().await.unwrap_or_else(|err| {
+            tracing::debug!(error = %err, "replica heartbeats unreadable; answering with this replica's share");
+            OtherReplicas::default()
+        });
+        self.view(definition, &others)
     }
 
     pub async fn delete(&self, id: &ConsumerId) -> Result<bool, RegistryError> {

@@ -11,8 +11,8 @@
 //! While the store is unreachable the last count stands.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use gateway::LiveReplicas;
@@ -134,22 +134,49 @@ impl ReplicaHeartbeat {
     }
 }
 
+/// How long a read of the live records is reused. They change once a
+/// `BEAT_EVERY`; without this, creating 10,000 consumers read them 10,000
+/// times.
+const REUSE_FOR: Duration = Duration::from_secs(1);
+
 /// Reads the heartbeat records back.
 #[derive(Clone)]
 pub struct ReplicaRecords {
     collection: Collection<Document>,
+    recent: Arc<Mutex<Option<LastRead>>>,
 }
+
+/// When the live records were read, and what they said.
+type LastRead = (Instant, Vec<ReplicaRecord>);
 
 impl ReplicaRecords {
     pub fn new(store: &Store) -> Self {
         Self {
             collection: store.database().collection(COLLECTION),
+            recent: Arc::default(),
         }
     }
 
-    /// The records of the replicas seen within `LIVE_WITHIN`. A record that
-    /// does not read as one (the store is outside this process) is skipped.
+    /// The records of the replicas seen within `LIVE_WITHIN`, as read at
+    /// most `REUSE_FOR` ago.
     pub async fn live(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
+        if let Ok(recent) = self.recent.lock() {
+            if let Some((at, records)) = recent.as_ref() {
+                if at.elapsed() < REUSE_FOR {
+                    return Ok(records.clone());
+                }
+            }
+        }
+        let records = self.read_live().await?;
+        if let Ok(mut recent) = self.recent.lock() {
+            *recent = Some((Instant::now(), records.clone()));
+        }
+        Ok(records)
+    }
+
+    /// A record that does not read as one (the store is outside this
+    /// process) is skipped.
+    async fn read_live(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
         let since = before(DateTime::now(), LIVE_WITHIN);
         let documents: Vec<Document> = self
             .collection

@@ -65,6 +65,8 @@ impl GatewayProcess {
             .env("ADMIN_PASSWORD", &password)
             .env("MONGODB_DB", &db)
             .env("BUILTIN_CONSUMERS", "false")
+            // `scale --consumers 10000` is past the default cap of 5,000.
+            .env("MAX_CONSUMERS", "1000000")
             .env("INSTANCE_ID", format!("bench-{suffix}"))
             .env("LOG_FORMAT", "json")
             .env(
