@@ -148,8 +148,23 @@ pub async fn slow_target(options: &Options, gateway: &GatewayProcess) -> Result<
     gateway
         .post("/deleteQueue", &json!({ "queueName": queue }))
         .await?;
+    // The minimal bridge on the same sink: what one request per message
+    // gets out of this sink at this prefetch, next to the bound.
+    let bridge_queue = format!("bench_slow_bridge_{}", suffix());
+    let connection = amqp().await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    declare(&channel, &bridge_queue).await?;
+    preload(&connection, &bridge_queue, n, &kib_payload()).await?;
+    let bridge_rate = peers::bridge(&connection, &bridge_queue, n, PREFETCH, &slow).await?;
+    delete(&channel, &bridge_queue).await;
+    let _ = connection.close(200, "done").await;
     let bound = f64::from(PREFETCH) / SLOW_DELAY.as_secs_f64();
     Ok(json!({
+        "bridge_msgs_per_s": round(bridge_rate),
+        "bridge_ratio": round(bridge_rate / bound),
         "messages": n,
         "delay_ms": SLOW_DELAY.as_millis() as u64,
         "prefetch": PREFETCH,

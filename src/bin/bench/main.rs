@@ -341,6 +341,16 @@ fn print_table(report: &Value) {
     row("slow-target", "ratio", "ratio (target 0.9)");
     row(
         "slow-target",
+        "bridge_msgs_per_s",
+        "minimal bridge, same sink, msgs/s",
+    );
+    row(
+        "slow-target",
+        "bridge_ratio",
+        "minimal bridge ratio to the bound",
+    );
+    row(
+        "slow-target",
         "ratio_from_first",
         "ratio from the first delivery",
     );

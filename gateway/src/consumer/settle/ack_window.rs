@@ -71,10 +71,12 @@ impl AckWindow {
             .count()
     }
 
-    /// Deliveries not yet acked (in flight, or settled and waiting): what
-    /// the broker counts against the prefetch window.
-    pub fn unacked(&self) -> usize {
-        self.outstanding.len()
+    /// Deliveries still at their target.
+    pub fn in_flight(&self) -> usize {
+        self.outstanding
+            .iter()
+            .filter(|e| matches!(e.state, EntryState::InFlight))
+            .count()
     }
 
     /// Settled deliveries waiting behind one still in flight.
@@ -167,6 +169,7 @@ mod tests {
         w.settled(2, Settled::Acked);
         w.settled(3, Settled::Acked);
         assert_eq!((w.ready(), w.stragglers()), (0, 2), "1 is still in flight");
+        assert_eq!(w.in_flight(), 3, "1, 4 and 5 are at the target");
         w.settled(1, Settled::Acked);
         assert_eq!((w.ready(), w.stragglers()), (3, 0));
         w.settled(5, Settled::DeadLettered);
