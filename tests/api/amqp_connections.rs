@@ -25,16 +25,18 @@ const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const LISTED: Duration = Duration::from_secs(20);
 const SETTLED: Duration = Duration::from_secs(20);
 
-/// The `/getConnections` row whose `clientName` is `name`, once listed.
+/// The `/getConnections` row whose `clientName` is `name`, once listed
+/// with its state: the management API lists a new connection before its
+/// first statistics, and until then its `state` is null.
 async fn listed_connection(app: &TestApp, name: &str) -> Value {
     eventually(LISTED, || async {
         let rows = assert_json(app.get("/getConnections").await, StatusCode::OK).await;
         rows.as_array()
             .expect("a list")
             .iter()
-            .find(|row| row["clientName"] == name)
+            .find(|row| row["clientName"] == name && !row["state"].is_null())
             .cloned()
-            .ok_or_else(|| format!("no connection named {name} in {rows}"))
+            .ok_or_else(|| format!("no connection named {name} with a state in {rows}"))
     })
     .await
 }

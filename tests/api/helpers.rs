@@ -116,6 +116,8 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         address: format!("http://127.0.0.1:{port}"),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
+            // Below the gateway's 5 s keep-alive: see `support::Api::new`.
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .expect("an HTTP client"),
         admin_user: settings.admin_user.clone(),

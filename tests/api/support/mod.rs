@@ -50,6 +50,11 @@ impl Api {
             auth,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                // The gateway closes a keep-alive connection after 5 s idle
+                // (actix-web's default); a client that keeps one longer can
+                // send on it just as the server closes it and see
+                // "error sending request". Dropping ours first avoids that.
+                .pool_idle_timeout(Duration::from_secs(2))
                 .build()
                 .expect("an HTTP client"),
         }
