@@ -65,6 +65,9 @@ pub struct Settings {
     /// `FORWARD_DENY_PRIVATE`: apply the scrape handler's address guard to
     /// consumer targets too.
     pub forward_deny_private: bool,
+    /// `MAX_CONNECTIONS_PER_TARGET`: requests open to one target origin at
+    /// once, every consumer together.
+    pub max_connections_per_target: usize,
     /// `MAX_HEADER_BYTES`: total encoded message headers `/messagePublish`
     /// accepts.
     pub max_header_bytes: usize,
@@ -228,6 +231,8 @@ impl Settings {
         let scrape_timeout_ms = number(&var, "SCRAPE_TIMEOUT_MS", 10_000, 1..=300_000)?;
         let scrape_job_timeout_ms = number(&var, "SCRAPE_JOB_TIMEOUT_MS", 300_000, 1..=86_400_000)?;
         let forward_deny_private = boolean(&var, "FORWARD_DENY_PRIVATE", false)?;
+        let max_connections_per_target =
+            number(&var, "MAX_CONNECTIONS_PER_TARGET", 256, 1..=65_535)?;
         // Headers travel in one content-header frame with the other
         // properties; RabbitMQ's default frame_max is 131072, and a frame
         // beyond it closes the whole connection. 4 KiB stay for the rest.
@@ -286,6 +291,7 @@ impl Settings {
             scrape_timeout: std::time::Duration::from_millis(scrape_timeout_ms),
             scrape_job_timeout: std::time::Duration::from_millis(scrape_job_timeout_ms),
             forward_deny_private,
+            max_connections_per_target: max_connections_per_target as usize,
             max_header_bytes: max_header_bytes as usize,
             max_consumers: max_consumers as usize,
             auth_max_failures: auth_max_failures as u32,
@@ -392,6 +398,8 @@ mod tests {
             ("SCRAPE_TIMEOUT_MS", "soon"),
             ("MAX_HEADER_BYTES", "131072"),
             ("MAX_CONSUMERS", "0"),
+            ("MAX_CONNECTIONS_PER_TARGET", "0"),
+            ("MAX_CONNECTIONS_PER_TARGET", "65536"),
             ("DEFAULT_QUEUE_TYPE", "stream"),
         ];
         for (key, value) in cases {

@@ -6,6 +6,7 @@ use workerrmq::telemetry;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    workerrmq::allocator::tune();
     let _ = dotenvy::dotenv();
     let settings = match Settings::from_env() {
         Ok(settings) => settings,

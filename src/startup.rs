@@ -118,6 +118,7 @@ impl Application {
         let forward_client = services::forwarder::http_client(
             settings.forward_deny_private,
             settings.forward_allowed_hosts.as_deref(),
+            settings.max_connections_per_target,
         )
         .map_err(|e| StartupError::HttpClient(e.to_string()))?;
         let builtins = BuiltinHandlers::new(

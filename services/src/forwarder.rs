@@ -12,9 +12,16 @@
 //!
 //! A batch consumer's requests go the same way, through the same client,
 //! guard, headers and signature (`batch` holds their body and answer).
+//! Every request first takes a slot of its target's origin
+//! (`target_slots`), so all the consumers aimed at one service share a
+//! bounded set of kept-alive connections to it.
 
 mod batch;
+mod target_slots;
 
+pub use target_slots::{OriginSlots, TargetSlots};
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::{Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget, IncomingMessage};
@@ -35,19 +42,26 @@ pub struct ForwardClient {
     client: reqwest::Client,
     /// `FORWARD_DENY_PRIVATE`: refuse inside addresses.
     guard: Option<AddressGuard>,
+    /// `MAX_CONNECTIONS_PER_TARGET`: requests open to one origin at once.
+    slots: Arc<TargetSlots>,
 }
 
 /// The shared client for every forwarder. With `deny_private`, inside
 /// addresses are refused except for hosts on `allowed_hosts`
-/// (`FORWARD_ALLOWED_HOSTS`, the operator's word).
+/// (`FORWARD_ALLOWED_HOSTS`, the operator's word). At most
+/// `per_target` requests are open to one origin at once.
 pub fn http_client(
     deny_private: bool,
     allowed_hosts: Option<&[String]>,
+    per_target: usize,
 ) -> reqwest::Result<ForwardClient> {
     let guard = deny_private.then(|| AddressGuard::new(allowed_hosts.unwrap_or_default()));
+    let slots = Arc::new(TargetSlots::new(per_target));
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(256)
+        // Every connection a target's slots can have open stays pooled
+        // for the next request instead of being closed and opened again.
+        .pool_max_idle_per_host(slots.limit())
         .connect_timeout(Duration::from_secs(5))
         .user_agent(concat!("workerrmq/", env!("CARGO_PKG_VERSION")));
     if let Some(guard) = &guard {
@@ -57,6 +71,7 @@ pub fn http_client(
     Ok(ForwardClient {
         client: builder.build()?,
         guard,
+        slots,
     })
 }
 
@@ -67,6 +82,7 @@ pub struct HttpForwarder {
     headers: HeaderMap,
     timeout: Duration,
     secret: Option<SigningSecret>,
+    slots: OriginSlots,
 }
 
 impl HttpForwarder {
@@ -99,6 +115,7 @@ impl HttpForwarder {
             headers.insert(name, value);
         }
         Ok(Self {
+            slots: client.slots.of(&url),
             client: client.client,
             method,
             url,
@@ -133,6 +150,8 @@ impl DeliveryTarget for HttpForwarder {
                 secret.sign(&message.message_id, timestamp, &message.payload),
             );
         }
+        // Held until the answer is read: the connection is busy till then.
+        let _slot = self.slots.take().await;
         match request.body(message.payload.clone()).send().await {
             Ok(mut response) => {
                 let status = response.status();
@@ -175,6 +194,7 @@ impl DeliveryTarget for HttpForwarder {
             );
         }
         let n = batch.messages.len();
+        let _slot = self.slots.take().await;
         match request.body(body).send().await {
             Ok(mut response) => {
                 let status = response.status();

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sha2::Sha256;
 
-use crate::helpers::{assert_json, spawn_app};
+use crate::helpers::{assert_json, spawn_app, spawn_app_with};
 use crate::support::target_server::{Reply, TargetServer};
 use crate::support::{binary_messages, publish_confirmed, wait_for_queue, Api};
 
@@ -221,6 +221,47 @@ async fn a_consumer_works_on_up_to_prefetch_deliveries_at_once() {
         v["stats"]["acked"] == 40
     })
     .await;
+
+    target.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_aimed_at_one_target_share_its_connection_limit_and_lose_nothing() {
+    let app = spawn_app_with(&[("MAX_CONNECTIONS_PER_TARGET", "3")]).await;
+    let api = Api::of(&app);
+    let target = TargetServer::start().await;
+    target.set_default(Reply::ok().after(Duration::from_millis(100)));
+
+    // Two consumers, prefetch 10 each, two paths of the same origin: up to
+    // 20 requests at once without the limit.
+    let mut ids = BTreeSet::new();
+    let mut consumers = Vec::new();
+    for (name, path) in [("limit-a", "/a"), ("limit-b", "/b")] {
+        let queue = app.unique_queue(name);
+        api.create_queue(&queue).await;
+        let messages = binary_messages(name, 30);
+        ids.extend(messages.iter().map(|m| m.id.clone()));
+        publish_confirmed(app.amqp_connection().await, &queue, &messages).await;
+        consumers.push(
+            api.create_http_consumer(&queue, &target.url(path), json!({ "prefetch": 10 }))
+                .await,
+        );
+    }
+    target.wait_for_delivered(&ids, DELIVERY_DEADLINE).await;
+
+    let most = target.max_in_flight();
+    assert!(
+        most <= 3,
+        "MAX_CONNECTIONS_PER_TARGET=3, yet the target saw {most} requests at once"
+    );
+    assert_eq!(most, 3, "the limit is used, not undercut");
+    for consumer in &consumers {
+        api.wait_for_consumer(consumer, Duration::from_secs(10), "acked 30", |v| {
+            v["stats"]["acked"] == 30 && v["stats"]["retried"] == 0
+        })
+        .await;
+    }
 
     target.stop().await;
     app.cleanup().await;

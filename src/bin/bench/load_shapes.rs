@@ -17,6 +17,9 @@ use crate::Options;
 
 const FANIN_QUEUES: usize = 100;
 const FANIN_TARGET: f64 = 0.6;
+/// The bridges' requests open to the sink at once: the gateway's default
+/// `MAX_CONNECTIONS_PER_TARGET`.
+const FANIN_BRIDGE_SLOTS: usize = 256;
 const SLOW_DELAY: Duration = Duration::from_millis(20);
 const SLOW_TARGET: f64 = 0.9;
 
@@ -97,6 +100,18 @@ pub async fn fanin(
     preload_all(&raw, per_queue).await?;
     let raw_rate =
         peers::plain_consumers(&connection, &raw, per_queue, PREFETCH, BATCH_ACK_EVERY).await?;
+    // The same queues again, through 100 minimal bridges: what one request
+    // per message allows here with every consumer aimed at one sink.
+    preload_all(&raw, per_queue).await?;
+    let bridge_rate = peers::bridges(
+        &connection,
+        &raw,
+        per_queue,
+        PREFETCH,
+        FANIN_BRIDGE_SLOTS,
+        sink,
+    )
+    .await?;
     for q in &raw {
         delete(&channel, q).await;
     }
@@ -109,6 +124,9 @@ pub async fn fanin(
         "raw_msgs_per_s": round(raw_rate),
         "ratio": round(gateway_rate / raw_rate),
         "ratio_from_first": round(delivery_rate / raw_rate),
+        "bridge_msgs_per_s": round(bridge_rate),
+        "bridge_ratio": round(bridge_rate / raw_rate),
+        "ratio_to_bridge": round(gateway_rate / bridge_rate),
         "target": FANIN_TARGET,
     }))
 }

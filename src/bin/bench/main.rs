@@ -105,6 +105,7 @@ fn parse_options() -> Result<Options, String> {
 }
 
 fn main() -> std::process::ExitCode {
+    workerrmq::allocator::tune();
     if std::env::args().nth(1).as_deref() == Some(gateway_process::CHILD_FLAG) {
         return gateway_process::run_child();
     }
@@ -328,6 +329,9 @@ fn print_table(report: &Value) {
     row("fanin", "raw_msgs_per_s", "100 plain consumers msgs/s");
     row("fanin", "ratio", "ratio (target 0.6)");
     row("fanin", "ratio_from_first", "ratio from the first delivery");
+    row("fanin", "bridge_msgs_per_s", "100 minimal bridges msgs/s");
+    row("fanin", "bridge_ratio", "bridges / plain consumers");
+    row("fanin", "ratio_to_bridge", "gateway / bridges");
     row(
         "slow-target",
         "gateway_msgs_per_s",

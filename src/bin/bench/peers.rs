@@ -1,17 +1,18 @@
 //! The peers the gateway is measured against, besides the raw consumers in
 //! `scenarios`: the minimal in-process bridge (what one HTTP request per
 //! message allows), mq-bridge when an `mqb` binary is given, and many
-//! plain consumers in one process for `fanin`.
+//! plain consumers and many bridges in one process for `fanin`.
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::sink::Sink;
 
@@ -90,14 +91,69 @@ pub async fn bridge(
         .map_err(err)?;
     sink.reset();
     let started = Instant::now();
-    let (channel, mut consumer) = consuming_channel(connection, queue, prefetch).await?;
+    let slots = Arc::new(Semaphore::new(usize::from(prefetch)));
+    let consuming = consuming_channel(connection, queue, prefetch).await?;
+    bridge_queue(consuming, n, http, sink.url.clone(), slots).await?;
+    sink.wait_for(n as u64, Duration::from_secs(300)).await?;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `fanin`'s bridge: one minimal bridge per queue in one process, sharing
+/// one pooled client and at most `per_target` requests open to the sink
+/// (unbounded, 100 × prefetch requests would open thousands of connections
+/// and measure their churn instead). Total msgs/s counted at the sink.
+pub async fn bridges(
+    connection: &Connection,
+    queues: &[String],
+    per_queue: usize,
+    prefetch: u16,
+    per_target: usize,
+    sink: &Sink,
+) -> Result<f64, String> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(per_target)
+        .build()
+        .map_err(err)?;
+    let slots = Arc::new(Semaphore::new(per_target));
+    sink.reset();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for queue in queues {
+        let consuming = consuming_channel(connection, queue, prefetch).await?;
+        tasks.push(tokio::spawn(bridge_queue(
+            consuming,
+            per_queue,
+            http.clone(),
+            sink.url.clone(),
+            slots.clone(),
+        )));
+    }
+    for task in tasks {
+        task.await.map_err(err)??;
+    }
+    let total = queues.len() * per_queue;
+    sink.wait_for(total as u64, Duration::from_secs(300))
+        .await?;
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One bridge on a consuming channel until its `n` deliveries are POSTed
+/// and acked.
+async fn bridge_queue(
+    (channel, mut consumer): (Channel, lapin::Consumer),
+    n: usize,
+    http: reqwest::Client,
+    url: String,
+    slots: Arc<Semaphore>,
+) -> Result<(), String> {
     let (tx, rx) = mpsc::unbounded_channel();
     let acks = tokio::spawn(coalesce_acks(channel, rx, n));
     let mut seen = 0;
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery.map_err(err)?;
-        let (http, url, tx) = (http.clone(), sink.url.clone(), tx.clone());
+        let (http, url, tx, slots) = (http.clone(), url.clone(), tx.clone(), slots.clone());
         tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await;
             let posted = http
                 .post(url)
                 .header("content-type", "application/json")
@@ -113,10 +169,7 @@ pub async fn bridge(
             break;
         }
     }
-    sink.wait_for(n as u64, Duration::from_secs(300)).await?;
-    let rate = n as f64 / started.elapsed().as_secs_f64();
-    acks.await.map_err(err)??;
-    Ok(rate)
+    acks.await.map_err(err)?
 }
 
 /// One plain consumer per queue on one connection, each acking with
