@@ -15,6 +15,8 @@
 //! the live replicas (`crate::fleet`): this replica's live numbers plus
 //! the others' from their latest heartbeats.
 
+mod cap;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -214,9 +216,9 @@ pub struct ConsumerRegistry {
     tombstones: DashMap<String, Instant>,
     /// Definitions that could not be started, so each is reported once.
     unstartable: DashMap<String, String>,
-    /// Makes count-then-insert in `create_within` one step here, so
-    /// concurrent creates cannot overshoot the cap together.
-    capped_creates: tokio::sync::Mutex<()>,
+    /// Whether `create_within` has room, without counting the store each
+    /// time.
+    cap: cap::CreateCap,
     /// The other replicas' heartbeats, for fleet-wide counters.
     replicas: ReplicaRecords,
 }
@@ -237,7 +239,7 @@ impl ConsumerRegistry {
             builtins,
             tombstones: DashMap::new(),
             unstartable: DashMap::new(),
-            capped_creates: tokio::sync::Mutex::new(()),
+            cap: cap::CreateCap::default(),
             replicas: ReplicaRecords::new(store),
         }
     }
@@ -266,25 +268,23 @@ impl ConsumerRegistry {
         definition: ConsumerDefinition,
         limit: usize,
     ) -> Result<ConsumerView, CappedCreateError> {
-        let runnable = {
-            // Count and insert as one step; starting it need not wait.
-            let _one_at_a_time = self.capped_creates.lock().await;
-            // The collection's own count: a filtered count walks every
-            // stored definition, which made the 10,000th create slow.
-            let stored = self
-                .collection
-                .estimated_document_count()
-                .await
-                .map_err(StoreError::from)
-                .map_err(RegistryError::from)?;
-            let registered = usize::try_from(stored)
-                .unwrap_or(usize::MAX)
-                .max(self.supervisor.ids().len());
-            if registered >= limit {
-                return Err(CappedCreateError::AtCapacity { limit, registered });
-            }
-            self.store_new(&definition).await?
-        };
+        let place = self
+            .cap
+            .reserve(limit, self.supervisor.ids().len(), || async {
+                let stored = self.collection.estimated_document_count().await?;
+                Ok::<_, mongodb::error::Error>(usize::try_from(stored).unwrap_or(usize::MAX))
+            })
+            .await
+            .map_err(|refused| match refused {
+                cap::CapError::AtCapacity { registered } => {
+                    CappedCreateError::AtCapacity { limit, registered }
+                }
+                cap::CapError::Count(err) => {
+                    CappedCreateError::Registry(StoreError::from(err).into())
+                }
+            })?;
+        let runnable = self.store_new(&definition).await?;
+        place.stored();
         Ok(self.start_stored(definition, runnable).await)
     }
 
