@@ -294,11 +294,33 @@ impl ConsumerRegistry {
         definition: &ConsumerDefinition,
     ) -> Result<(ConsumerSpec, Arc<dyn DeliveryTarget>), RegistryError> {
         let runnable = self.runnable(definition).map_err(RegistryError::Invalid)?;
-        self.collection
-            .insert_one(definition)
-            .await
-            .map_err(StoreError::from)?;
+        if let Err(err) = self.collection.insert_one(definition).await {
+            let err = StoreError::from(err);
+            if !(matches!(err, StoreError::Duplicate(_)) && self.already_stored(definition).await) {
+                return Err(err.into());
+            }
+            // The driver retries a write after a transient error, and
+            // the first attempt may have landed: the id is ours (a fresh
+            // UUID), so the record with it is this very definition.
+            tracing::info!(consumer_id = %definition.consumer_id, "consumer definition stored by an earlier attempt of the same insert");
+        }
         Ok(runnable)
+    }
+
+    /// Whether the store holds `definition` itself: its id, queue and
+    /// creation time.
+    async fn already_stored(&self, definition: &ConsumerDefinition) -> bool {
+        match self
+            .collection
+            .find_one(doc! { "_id": &definition.consumer_id })
+            .await
+        {
+            Ok(Some(stored)) => {
+                stored.queue_name == definition.queue_name
+                    && stored.created_at == definition.created_at
+            }
+            _ => false,
+        }
     }
 
     /// Starts a stored definition here and answers with its view.
