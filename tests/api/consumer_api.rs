@@ -224,3 +224,31 @@ async fn a_consumer_with_only_a_queue_forwards_to_the_default_target() {
     target.stop().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_are_found_by_queue_through_an_index() {
+    // `deleteConsumer` by queue and `deleteQueue` look consumers up by
+    // queue name; at 10,000 definitions a scan apiece stalled both.
+    let app = spawn_app().await;
+    let client = mongodb::Client::with_uri_str(crate::support::env_or(
+        "MONGODB_URI",
+        "mongodb://127.0.0.1:27017",
+    ))
+    .await
+    .expect("a MongoDB client");
+    let consumers = client
+        .database(&app.db_name)
+        .collection::<mongodb::bson::Document>("consumers");
+    eventually(Duration::from_secs(10), || async {
+        let names = consumers
+            .list_index_names()
+            .await
+            .map_err(|e| e.to_string())?;
+        if names.iter().any(|name| name == "queueName_1") {
+            Ok(())
+        } else {
+            Err(format!("indexes on consumers: {names:?}"))
+        }
+    })
+    .await;
+}

@@ -73,7 +73,13 @@ impl GatewayProcess {
                 "RUST_LOG",
                 std::env::var("BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .stdout(Stdio::null())
+            // Its logs (on stdout) would mix with the table; asked for with
+            // BENCH_GATEWAY_LOG, they go to stderr.
+            .stdout(if std::env::var_os("BENCH_GATEWAY_LOG").is_some() {
+                Stdio::from(std::io::stderr())
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("cannot start the gateway: {e}"))?;

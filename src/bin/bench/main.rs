@@ -297,6 +297,16 @@ fn print_table(report: &Value) {
         };
         row("publish", &key("p99_ms"), &label(p99));
         row("publish", &key("p999_ms"), &label("p999 ms"));
+        row(
+            "publish",
+            &key("raw_p50_ms"),
+            &label("raw lapin confirm p50 ms"),
+        );
+        row(
+            "publish",
+            &key("raw_p99_ms"),
+            &label("raw lapin confirm p99 ms"),
+        );
         row("publish", &key("errors"), &label("errors (target 0)"));
     }
     row("publish", "wrk_req_per_s", "wrk -t2 -c128 req/s");

@@ -82,13 +82,15 @@ async fn through_gateway(
 }
 
 /// The same publishes from a plain lapin publisher with confirms, with
-/// `concurrency` publishes in flight on one channel.
+/// `concurrency` publishes in flight on one channel: (msgs/s, sorted
+/// publish-to-confirm latencies in ms), the floor the gateway's own
+/// latencies stand on.
 async fn raw_publisher(
     queue: &str,
     payload: &[u8],
     total: usize,
     concurrency: usize,
-) -> Result<f64, String> {
+) -> Result<(f64, Vec<f64>), String> {
     let connection = amqp().await?;
     let channel = connection.create_channel().await.map_err(err)?;
     channel
@@ -107,7 +109,9 @@ async fn raw_publisher(
             queue.to_owned(),
         );
         tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < total {
+                let t = Instant::now();
                 channel
                     .basic_publish(
                         "",
@@ -120,16 +124,19 @@ async fn raw_publisher(
                     .map_err(err)?
                     .await
                     .map_err(err)?;
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
             }
-            Ok::<(), String>(())
+            Ok::<Vec<f64>, String>(latencies)
         }));
     }
+    let mut latencies = Vec::with_capacity(total);
     for task in tasks {
-        task.await.map_err(err)??;
+        latencies.extend(task.await.map_err(err)??);
     }
     let rate = per_second(total, started.elapsed());
     let _ = connection.close(200, "done").await;
-    Ok(rate)
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    Ok((rate, latencies))
 }
 
 pub async fn publish(options: &Options, gateway: &GatewayProcess) -> Result<Value, String> {
@@ -156,7 +163,7 @@ pub async fn publish(options: &Options, gateway: &GatewayProcess) -> Result<Valu
     for concurrency in CONCURRENCIES {
         let (rate, latencies, errors) =
             through_gateway(gateway, &key, &body, total, concurrency).await?;
-        let raw = raw_publisher(&queue, &payload, total, concurrency).await?;
+        let (raw, raw_latencies) = raw_publisher(&queue, &payload, total, concurrency).await?;
         let c = concurrency;
         result.insert(format!("gateway_req_per_s_{c}"), json!(round(rate)));
         result.insert(format!("raw_msgs_per_s_{c}"), json!(round(raw)));
@@ -165,6 +172,10 @@ pub async fn publish(options: &Options, gateway: &GatewayProcess) -> Result<Valu
             result.insert(
                 format!("{name}_ms_{c}"),
                 json!(round(percentile(&latencies, p))),
+            );
+            result.insert(
+                format!("raw_{name}_ms_{c}"),
+                json!(round(percentile(&raw_latencies, p))),
             );
         }
         result.insert(format!("errors_{c}"), json!(errors));

@@ -392,6 +392,7 @@ pub async fn scale(
     let n = options.consumers;
     let tag = suffix();
     let queues: Vec<String> = (0..n).map(|i| format!("bench_scale_{tag}_{i}")).collect();
+    let phases = Phases::start();
     for_each_limited(queues.clone(), 16, |q| async move {
         gateway
             .post(
@@ -401,21 +402,32 @@ pub async fn scale(
             .await
     })
     .await?;
+    phases.done(&format!("{n} queues created"));
     let rss_before = gateway.rss_mib();
     let started = Instant::now();
-    let took = for_each_limited(queues.clone(), 16, |q| async move {
-        let t = Instant::now();
-        gateway
-            .post(
-                "/createConsumer",
-                &json!({ "queueName": q, "prefetch": 10,
-                         "target": { "type": "http", "url": sink.url } }),
-            )
-            .await?;
-        Ok(json!(t.elapsed().as_secs_f64() * 1000.0))
+    let created = std::sync::atomic::AtomicUsize::new(0);
+    let took = for_each_limited(queues.clone(), 16, |q| {
+        let created = &created;
+        let phases = &phases;
+        async move {
+            let t = Instant::now();
+            gateway
+                .post(
+                    "/createConsumer",
+                    &json!({ "queueName": q, "prefetch": 10,
+                             "target": { "type": "http", "url": sink.url } }),
+                )
+                .await?;
+            let so_far = created.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if so_far % 1_000 == 0 {
+                phases.progress(&format!("{so_far} consumers created"));
+            }
+            Ok(json!(t.elapsed().as_secs_f64() * 1000.0))
+        }
     })
     .await?;
     let create_all = started.elapsed();
+    phases.done(&format!("{n} consumers created"));
     let mut create_ms: Vec<f64> = took.iter().filter_map(Value::as_f64).collect();
     create_ms.sort_by(|a, b| a.total_cmp(b));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -432,6 +444,7 @@ pub async fn scale(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    phases.done(&format!("{running} consumers running"));
     let rss_after = gateway.rss_mib();
     let consume_connections = consume_connections(gateway).await;
     for_each_limited(queues.clone(), 16, |q| async move {
@@ -440,12 +453,14 @@ pub async fn scale(
             .await
     })
     .await?;
+    phases.done(&format!("{n} consumers deleted"));
     for_each_limited(queues, 16, |q| async move {
         gateway
             .post("/deleteQueue", &json!({ "queueName": q }))
             .await
     })
     .await?;
+    phases.done(&format!("{n} queues deleted"));
     Ok(json!({
         "consumers": n,
         "running": running,
@@ -458,6 +473,40 @@ pub async fn scale(
         "rss_after_mib": round(rss_after),
         "kib_per_consumer": round((rss_after - rss_before) * 1024.0 / n as f64),
     }))
+}
+
+/// Where a long scenario is, on stderr: a stalled run shows its phase.
+struct Phases {
+    started: Instant,
+    last: std::sync::Mutex<Instant>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            last: std::sync::Mutex::new(now),
+        }
+    }
+
+    fn progress(&self, what: &str) {
+        eprintln!("   {:>7.1} s  {what}", self.started.elapsed().as_secs_f64());
+    }
+
+    fn done(&self, what: &str) {
+        let now = Instant::now();
+        let phase = self
+            .last
+            .lock()
+            .map(|mut last| std::mem::replace(&mut *last, now).elapsed())
+            .unwrap_or_default();
+        eprintln!(
+            "   {:>7.1} s  {what} (this phase {:.1} s)",
+            self.started.elapsed().as_secs_f64(),
+            phase.as_secs_f64()
+        );
+    }
 }
 
 /// The gateway's consume connections the broker sees (by client-provided
