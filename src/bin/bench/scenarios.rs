@@ -419,7 +419,7 @@ pub async fn scale(
                 )
                 .await?;
             let so_far = created.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if so_far % 1_000 == 0 {
+            if so_far.is_multiple_of(1_000) {
                 phases.progress(&format!("{so_far} consumers created"));
             }
             Ok(json!(t.elapsed().as_secs_f64() * 1000.0))
