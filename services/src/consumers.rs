@@ -9,13 +9,16 @@
 //! consumer is registered paused and never consumes) and convergence
 //! across replicas within seconds, with no extra broadcast to keep
 //! consistent. A local create, delete, pause, resume or update takes
-//! effect at once.
+//! effect at once. A pass reads every definition only when the change
+//! mark (`changes`) says the store moved since the last full read, or
+//! every `changes::FULL_READ_EVERY`.
 //!
 //! The views it answers with carry each consumer's counters summed over
 //! the live replicas (`crate::fleet`): this replica's live numbers plus
 //! the others' from their latest heartbeats.
 
 mod cap;
+mod changes;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -221,6 +224,10 @@ pub struct ConsumerRegistry {
     cap: cap::CreateCap,
     /// The other replicas' heartbeats, for fleet-wide counters.
     replicas: ReplicaRecords,
+    /// Moved after every write here, so reconcile passes (every
+    /// replica's) can skip reading an unchanged store.
+    changes: Arc<changes::ChangeMark>,
+    last_full_read: changes::LastFullRead,
 }
 
 impl ConsumerRegistry {
@@ -241,6 +248,8 @@ impl ConsumerRegistry {
             unstartable: DashMap::new(),
             cap: cap::CreateCap::default(),
             replicas: ReplicaRecords::new(store),
+            changes: Arc::new(changes::ChangeMark::new(store)),
+            last_full_read: changes::LastFullRead::default(),
         }
     }
 
@@ -304,6 +313,7 @@ impl ConsumerRegistry {
             // UUID), so the record with it is this very definition.
             tracing::info!(consumer_id = %definition.consumer_id, "consumer definition stored by an earlier attempt of the same insert");
         }
+        self.changes.changed();
         Ok(runnable)
     }
 
@@ -350,6 +360,9 @@ impl ConsumerRegistry {
             .await
             .map_err(StoreError::from)?
             .deleted_count;
+        if deleted > 0 {
+            self.changes.changed();
+        }
         let was_running = self.supervisor.stop(id).await;
         Ok(deleted > 0 || was_running)
     }
@@ -405,6 +418,7 @@ impl ConsumerRegistry {
         if matched == 0 {
             return Ok(false);
         }
+        self.changes.changed();
         // Not registered here (yet): the next reconcile pass registers it
         // as stored.
         self.supervisor.set_flow(id, flow).await;
@@ -458,6 +472,15 @@ impl ConsumerRegistry {
     /// what is registered as its stored flag says, stop what is registered
     /// and no longer stored.
     pub async fn reconcile(&self) -> Result<(), RegistryError> {
+        // Before the definitions: a write the read below misses moves the
+        // version past this one.
+        let version = self.changes.version().await?;
+        if !self
+            .last_full_read
+            .due(version, Instant::now(), !self.unstartable.is_empty())
+        {
+            return Ok(());
+        }
         // Only consumers already registered before the store was read may
         // be stopped: one created meanwhile is missing from the read, not
         // gone.
@@ -521,6 +544,7 @@ impl ConsumerRegistry {
                 self.supervisor.stop(&id).await;
             }
         }
+        self.last_full_read.record(version, read_at);
         Ok(())
     }
 
@@ -605,6 +629,7 @@ impl ConsumerRegistry {
                 None => UpdateOutcome::NotFound,
             });
         }
+        self.changes.changed();
         self.supervisor.replace(spec, target, next.revision).await;
         tracing::info!(consumer_id = %id, revision = next.revision, "consumer updated");
         Ok(match self.get(&id).await? {
@@ -613,11 +638,13 @@ impl ConsumerRegistry {
         })
     }
 
-    /// Reconciles now and then every `RECONCILE_EVERY` until shutdown.
+    /// Reconciles now and then every `RECONCILE_EVERY` until shutdown,
+    /// and writes this replica's change marks.
     pub fn spawn_reconciler(
         self: &Arc<Self>,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
+        self.changes.spawn(shutdown.clone());
         let registry = self.clone();
         tokio::spawn(async move {
             loop {

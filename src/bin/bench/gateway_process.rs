@@ -64,6 +64,7 @@ impl GatewayProcess {
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("ADMIN_PASSWORD", &password)
             .env("MONGODB_DB", &db)
+            .env("MONGODB_URI", without_retryable_writes(&store_uri()))
             .env("BUILTIN_CONSUMERS", "false")
             // `scale --consumers 10000` is past the default cap of 5,000.
             .env("MAX_CONSUMERS", "1000000")
@@ -172,10 +173,32 @@ impl GatewayProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let uri =
-            std::env::var("MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into());
-        if let Ok(store) = services::Store::connect(&uri, &self.db).await {
+        if let Ok(store) = services::Store::connect(&store_uri(), &self.db).await {
             let _ = store.database().drop().await;
         }
+    }
+}
+
+fn store_uri() -> String {
+    std::env::var("MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into())
+}
+
+/// `uri` with `retryWrites=false` unless it says otherwise. SecantusDB
+/// presents itself as a replica set, so the driver makes every write
+/// retryable, and SecantusDB keeps every retryable write's reply (up to
+/// 10,000, for 30 minutes), walking them all on each write and sorting
+/// them once full: past ~10,000 writes each write took milliseconds more,
+/// which is the store, not the gateway (mongod keeps one per session).
+fn without_retryable_writes(uri: &str) -> String {
+    if uri.contains("retryWrites") {
+        return uri.to_owned();
+    }
+    let hosts_and_path = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    if uri.contains('?') {
+        format!("{uri}&retryWrites=false")
+    } else if hosts_and_path.contains('/') {
+        format!("{uri}?retryWrites=false")
+    } else {
+        format!("{uri}/?retryWrites=false")
     }
 }
