@@ -2,7 +2,7 @@
 //! run on one machine.
 //!
 //! `cargo run --release --bin bench -- [all|forward|forward-batch|publish|
-//! latency|scale|fanin|slow-target] [--messages N] [--duration SECONDS] [--consumers N]
+//! publish-quorum|latency|scale|fanin|slow-target] [--messages N] [--duration SECONDS] [--consumers N]
 //! [--mqb PATH] [--smoke]`
 //!
 //! It starts what it needs besides RabbitMQ and the store: the gateway (this
@@ -71,10 +71,10 @@ fn parse_options() -> Result<Options, String> {
                 options.rate = 200;
                 options.consumers = 20;
             }
-            "all" | "forward" | "forward-batch" | "publish" | "latency" | "scale" | "fanin"
-            | "slow-target" => options.scenarios.push(arg),
+            "all" | "forward" | "forward-batch" | "publish" | "publish-quorum" | "latency"
+            | "scale" | "fanin" | "slow-target" => options.scenarios.push(arg),
             "-h" | "--help" => {
-                println!("usage: bench [all|forward|forward-batch|publish|latency|scale|fanin|slow-target]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--mqb PATH] [--smoke] [--output PATH]");
+                println!("usage: bench [all|forward|forward-batch|publish|publish-quorum|latency|scale|fanin|slow-target]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--mqb PATH] [--smoke] [--output PATH]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument `{other}` (try --help)")),
@@ -85,6 +85,7 @@ fn parse_options() -> Result<Options, String> {
             "forward",
             "forward-batch",
             "publish",
+            "publish-quorum",
             "latency",
             "scale",
             "fanin",
@@ -145,7 +146,8 @@ async fn run(options: Options) -> Result<(), String> {
             let value = match scenario.as_str() {
                 "forward" => scenarios::forward(&options, &gateway, &sink).await?,
                 "forward-batch" => scenarios::forward_batch(&options, &gateway, &sink).await?,
-                "publish" => publish::publish(&options, &gateway).await?,
+                "publish" => publish::publish(&options, &gateway, "classic").await?,
+                "publish-quorum" => publish::publish(&options, &gateway, "quorum").await?,
                 "latency" => scenarios::latency(&options, &gateway, &sink).await?,
                 "scale" => scenarios::scale(&options, &gateway, &sink).await?,
                 "fanin" => load_shapes::fanin(&options, &gateway, &sink).await?,
@@ -227,11 +229,11 @@ fn print_table(report: &Value) {
         None => "-".into(),
     };
     println!("\nmachine: {}", report["machine"]);
-    println!("{:<11} {:<44} {:>12}", "scenario", "measure", "value");
+    println!("{:<14} {:<44} {:>12}", "scenario", "measure", "value");
     let row = |scenario: &str, key: &str, label: &str| {
         if !s[scenario].is_null() && !s[scenario][key].is_null() {
             println!(
-                "{:<11} {:<44} {:>12}",
+                "{:<14} {:<44} {:>12}",
                 scenario,
                 label,
                 f(&s[scenario][key])
@@ -275,48 +277,52 @@ fn print_table(report: &Value) {
         "ratio_batched",
         "ratio vs batched (target 0.80)",
     );
-    for c in [64, 256] {
-        let key = |k: &str| format!("{k}_{c}");
-        let label = |l: &str| format!("{l} @{c} conns");
+    for publish in ["publish", "publish-quorum"] {
+        for c in [64, 256] {
+            let key = |k: &str| format!("{k}_{c}");
+            let label = |l: &str| format!("{l} @{c} conns");
+            row(publish, &key("gateway_req_per_s"), &label("gateway req/s"));
+            row(
+                publish,
+                &key("raw_msgs_per_s"),
+                &label("raw lapin confirms msgs/s"),
+            );
+            row(publish, &key("ratio"), &label("ratio (target 0.75)"));
+            row(publish, &key("p50_ms"), &label("p50 ms"));
+            let p99 = if c == 64 {
+                "p99 ms (target < 15)"
+            } else {
+                "p99 ms"
+            };
+            row(publish, &key("p99_ms"), &label(p99));
+            row(publish, &key("p999_ms"), &label("p999 ms"));
+            row(
+                publish,
+                &key("raw_p50_ms"),
+                &label("raw lapin confirm p50 ms"),
+            );
+            row(
+                publish,
+                &key("raw_p99_ms"),
+                &label("raw lapin confirm p99 ms"),
+            );
+            row(publish, &key("errors"), &label("errors (target 0)"));
+        }
+        row(publish, "wrk_req_per_s", "wrk -t2 -c128 req/s");
+        row(publish, "wrk_p50_ms", "wrk -t2 -c128 p50 ms");
+        row(publish, "wrk_p99_ms", "wrk -t2 -c128 p99 ms (target < 40)");
+        row(publish, "wrk_errors", "wrk -t2 -c128 errors (target 0)");
         row(
-            "publish",
-            &key("gateway_req_per_s"),
-            &label("gateway req/s"),
+            publish,
+            "raw_128_msgs_per_s",
+            "raw lapin, 128 in flight, wrk's count, msgs/s",
         );
         row(
-            "publish",
-            &key("raw_msgs_per_s"),
-            &label("raw lapin confirms msgs/s"),
+            publish,
+            "raw_128_p99_ms",
+            "raw lapin, 128 in flight, confirm p99 ms",
         );
-        row("publish", &key("ratio"), &label("ratio (target 0.75)"));
-        row("publish", &key("p50_ms"), &label("p50 ms"));
-        let p99 = if c == 64 {
-            "p99 ms (target < 15)"
-        } else {
-            "p99 ms"
-        };
-        row("publish", &key("p99_ms"), &label(p99));
-        row("publish", &key("p999_ms"), &label("p999 ms"));
-        row(
-            "publish",
-            &key("raw_p50_ms"),
-            &label("raw lapin confirm p50 ms"),
-        );
-        row(
-            "publish",
-            &key("raw_p99_ms"),
-            &label("raw lapin confirm p99 ms"),
-        );
-        row("publish", &key("errors"), &label("errors (target 0)"));
     }
-    row("publish", "wrk_req_per_s", "wrk -t2 -c128 req/s");
-    row("publish", "wrk_p50_ms", "wrk -t2 -c128 p50 ms");
-    row(
-        "publish",
-        "wrk_p99_ms",
-        "wrk -t2 -c128 p99 ms (target < 40)",
-    );
-    row("publish", "wrk_errors", "wrk -t2 -c128 errors (target 0)");
     row("latency", "rate", "msgs/s offered");
     row("latency", "p50_ms", "publish-to-sink p50 ms");
     row("latency", "p99_ms", "publish-to-sink p99 ms (< 20)");

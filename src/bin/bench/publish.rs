@@ -1,7 +1,9 @@
 //! `publish`: `/messagePublish` at 64 and at 256 keep-alive connections
 //! (p50 / p99 / p999), each against a plain lapin publisher with confirms
 //! at the same concurrency; then, when `wrk` is on `PATH`, `wrk -t2 -c128`
-//! with a 1 KiB body for the load figure.
+//! with a 1 KiB body for the load figure, and the plain publisher
+//! at that load. `publish` runs on a classic queue, `publish-quorum` on a
+//! quorum queue, whose confirms come sooner and more evenly here.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -139,11 +141,21 @@ async fn raw_publisher(
     Ok((rate, latencies))
 }
 
-pub async fn publish(options: &Options, gateway: &GatewayProcess) -> Result<Value, String> {
+/// The publish rows on a queue of `queue_type` (`classic`, `quorum`): the
+/// gateway and the plain publisher both publish to it, so the broker's
+/// own confirm latency for that type is in both.
+pub async fn publish(
+    options: &Options,
+    gateway: &GatewayProcess,
+    queue_type: &str,
+) -> Result<Value, String> {
     let total = options.publishes;
     let queue = format!("bench_pub_{}", suffix());
     gateway
-        .post("/createQueue", &json!({ "queueName": queue }))
+        .post(
+            "/createQueue",
+            &json!({ "queueName": queue, "queueType": queue_type }),
+        )
         .await?;
     let key = gateway
         .post(
@@ -183,6 +195,21 @@ pub async fn publish(options: &Options, gateway: &GatewayProcess) -> Result<Valu
     result.insert("target_ratio".into(), json!(TARGET_RATIO));
     result.insert("target_p99_ms_64".into(), json!(TARGET_P99_MS_64));
     if let Some(wrk) = wrk(options, gateway, &key, &queue).await? {
+        // The broker's own tail at the same load: as many 1 KiB messages
+        // as wrk got through, 128 in flight, from a plain publisher.
+        let sent = wrk
+            .get("wrk_req_per_s")
+            .and_then(Value::as_f64)
+            .map_or(0, |rate| (rate * options.duration.as_secs_f64()) as usize);
+        if sent > 0 {
+            let payload = serde_json::to_vec(&wrk_message()).map_err(err)?;
+            let (raw, latencies) = raw_publisher(&queue, &payload, sent, 128).await?;
+            result.insert("raw_128_msgs_per_s".into(), json!(round(raw)));
+            result.insert(
+                "raw_128_p99_ms".into(),
+                json!(round(percentile(&latencies, 0.99))),
+            );
+        }
         result.extend(wrk);
         result.insert("target_wrk_p99_ms".into(), json!(TARGET_WRK_P99_MS));
     }
@@ -209,7 +236,7 @@ async fn wrk(
         eprintln!("   (no wrk on PATH: the wrk -c128 row is left out)");
         return Ok(None);
     }
-    let body = json!({ "queueName": queue, "message": { "pad": "x".repeat(1024 - 12) } });
+    let body = json!({ "queueName": queue, "message": wrk_message() });
     let script = std::env::temp_dir().join(format!("bench-publish-{}.lua", suffix()));
     let lua = format!(
         "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {key}\"\nwrk.body = [[{body}]]\n"
@@ -259,6 +286,11 @@ async fn wrk(
         .unwrap_or(0.0);
     result.insert("wrk_errors".into(), json!(non_2xx + socket_errors));
     Ok(Some(result))
+}
+
+/// wrk's message: 1 KiB of JSON.
+fn wrk_message() -> Value {
+    json!({ "pad": "x".repeat(1024 - 12) })
 }
 
 /// A wrk duration (`812.00us`, `4.12ms`, `1.02s`) in ms.

@@ -427,7 +427,8 @@ pub async fn scale(
     })
     .await?;
     let create_all = started.elapsed();
-    phases.done(&format!("{n} consumers created"));
+    let rss_created = gateway.rss_mib();
+    phases.done(&format!("{n} consumers created, RSS {rss_created:.1} MiB"));
     let mut create_ms: Vec<f64> = took.iter().filter_map(Value::as_f64).collect();
     create_ms.sort_by(|a, b| a.total_cmp(b));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -444,8 +445,15 @@ pub async fn scale(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    phases.done(&format!("{running} consumers running"));
+    let rss_listed = gateway.rss_mib();
+    phases.done(&format!(
+        "{running} consumers running, RSS {rss_listed:.1} MiB"
+    ));
+    // The answers to `/getConsumers` (10,000 views) were just freed; the
+    // figure is the consumers' own, so let the allocator give them back.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_after = gateway.rss_mib();
+    phases.done(&format!("RSS {rss_after:.1} MiB"));
     let consume_connections = consume_connections(gateway).await;
     for_each_limited(queues.clone(), 16, |q| async move {
         gateway
