@@ -95,7 +95,8 @@ impl Buffer {
                 if self.end < growth {
                     // Less than half the data is yet to be moved, we can split + copy.
                     let (start, data) = self.memory.split_at_mut(growth);
-                    start[..].copy_from_slice(&data[..self.end])
+                    // (`start[..]` in 2.5.5: the same panic.)
+                    start[..self.end].copy_from_slice(&data[..self.end])
                 } else {
                     // Not enough room to split + copy, we copy each byte one at a time.
                     for i in 0..=self.end {
