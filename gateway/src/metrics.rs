@@ -2,6 +2,8 @@
 //! `ConsumerStats` holds handles into these families, so `/getConsumers`
 //! and `/metrics` read the very same counters.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -9,10 +11,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// Shared strings: each consumer has eleven series, and every family
+/// keeps its own copy of the labels (about 0.8 KiB a consumer as
+/// `String`s, 8 MiB at 10,000 consumers).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsumerLabels {
-    pub consumer_id: String,
-    pub queue: String,
+    pub consumer_id: Arc<str>,
+    pub queue: Arc<str>,
 }
 
 /// One series per consumer and state: 1 for the state it is in, 0 for the
@@ -20,8 +25,8 @@ pub struct ConsumerLabels {
 /// the consumers whose circuit is open.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsumerStateLabels {
-    pub consumer_id: String,
-    pub queue: String,
+    pub consumer_id: Arc<str>,
+    pub queue: Arc<str>,
     pub state: &'static str,
 }
 

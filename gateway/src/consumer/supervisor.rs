@@ -416,7 +416,7 @@ impl ConsumerSupervisor {
 
 fn labels_of(spec: &ConsumerSpec) -> ConsumerLabels {
     ConsumerLabels {
-        consumer_id: spec.id.to_string(),
-        queue: spec.queue.to_string(),
+        consumer_id: spec.id.to_string().into(),
+        queue: spec.queue.to_string().into(),
     }
 }
