@@ -230,15 +230,7 @@ async fn consumers_are_found_by_queue_through_an_index() {
     // `deleteConsumer` by queue and `deleteQueue` look consumers up by
     // queue name; at 10,000 definitions a scan apiece stalled both.
     let app = spawn_app().await;
-    let client = mongodb::Client::with_uri_str(crate::support::env_or(
-        "MONGODB_URI",
-        "mongodb://127.0.0.1:27017",
-    ))
-    .await
-    .expect("a MongoDB client");
-    let consumers = client
-        .database(&app.db_name)
-        .collection::<mongodb::bson::Document>("consumers");
+    let consumers = app.stored("consumers").await;
     eventually(Duration::from_secs(10), || async {
         let names = consumers
             .list_index_names()

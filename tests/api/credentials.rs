@@ -169,15 +169,9 @@ async fn a_key_is_stored_as_the_sha256_of_its_secret_only() {
     assert_eq!(body["keyId"], key_id);
     assert_eq!(secret.len(), 43, "256 bits in base64url: {secret}");
 
-    let client = mongodb::Client::with_uri_str(crate::support::env_or(
-        "MONGODB_URI",
-        "mongodb://127.0.0.1:27017",
-    ))
-    .await
-    .expect("a MongoDB client");
-    let stored = client
-        .database(&app.db_name)
-        .collection::<mongodb::bson::Document>("api_keys")
+    let stored = app
+        .stored("api_keys")
+        .await
         .find_one(mongodb::bson::doc! { "_id": key_id })
         .await
         .expect("the store answers")

@@ -281,6 +281,15 @@ impl TestApp {
 
     /// A queue name of this test's own, removed (with its companions) by
     /// `cleanup`. The same label gives the same name.
+    /// A collection of this app's database, read straight from the store.
+    pub async fn stored(&self, collection: &str) -> mongodb::Collection<mongodb::bson::Document> {
+        mongodb::Client::with_uri_str(&self.mongodb_uri)
+            .await
+            .expect("a MongoDB client")
+            .database(&self.db_name)
+            .collection(collection)
+    }
+
     pub fn unique_queue(&self, label: &str) -> String {
         let name = format!("{}{label}", self.prefix);
         self.queues.lock().unwrap().insert(name.clone());
