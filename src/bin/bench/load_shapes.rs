@@ -157,6 +157,7 @@ pub async fn slow_target(options: &Options, gateway: &GatewayProcess) -> Result<
     let rate = per_second(n, started.elapsed());
     // Without the consumer's creation (a store write) in front.
     let delivery_rate = per_second(n, slow.since_first());
+    let gateway_held_ms = slow.mean_held_ms();
     gateway
         .post(
             "/deleteConsumer",
@@ -177,6 +178,7 @@ pub async fn slow_target(options: &Options, gateway: &GatewayProcess) -> Result<
     declare(&channel, &bridge_queue).await?;
     preload(&connection, &bridge_queue, n, &kib_payload()).await?;
     let bridge_rate = peers::bridge(&connection, &bridge_queue, n, PREFETCH, &slow).await?;
+    let bridge_held_ms = slow.mean_held_ms();
     delete(&channel, &bridge_queue).await;
     let _ = connection.close(200, "done").await;
     let bound = f64::from(PREFETCH) / SLOW_DELAY.as_secs_f64();
@@ -191,6 +193,8 @@ pub async fn slow_target(options: &Options, gateway: &GatewayProcess) -> Result<
         "bound_msgs_per_s": round(bound),
         "ratio": round(rate / bound),
         "ratio_from_first": round(delivery_rate / bound),
+        "sink_held_ms_gateway": round(gateway_held_ms),
+        "sink_held_ms_bridge": round(bridge_held_ms),
         "target": SLOW_TARGET,
     }))
 }

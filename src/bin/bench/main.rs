@@ -374,4 +374,9 @@ fn print_table(report: &Value) {
         "ratio_from_first",
         "ratio from the first delivery",
     );
+    row(
+        "slow-target",
+        "sink_held_ms_gateway",
+        "sink's real hold, gateway run, ms",
+    );
 }
