@@ -11,6 +11,7 @@
 
 mod cleanup;
 mod gateway_process;
+mod lean_http;
 mod load_shapes;
 mod peers;
 mod publish;
