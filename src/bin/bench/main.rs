@@ -317,11 +317,7 @@ fn print_table(report: &Value) {
                 &key("ratio_like"),
                 &label("ratio to that publisher"),
             );
-            row(
-                publish,
-                &key("like_p99_ms"),
-                &label("its confirm p99 ms"),
-            );
+            row(publish, &key("like_p99_ms"), &label("its confirm p99 ms"));
             row(publish, &key("errors"), &label("errors (target 0)"));
         }
         row(publish, "wrk_req_per_s", "wrk -t2 -c128 req/s");
