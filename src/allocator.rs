@@ -16,8 +16,8 @@
 //! Giving freed pages back the moment they were free made a busy gateway
 //! fault them in again, zeroed, a moment later: page faults, page clearing,
 //! unmapping and TLB shoot-downs were ~3.5% of its CPU samples (self time)
-//! in the fanin profile, and fanin
-//! forwarded 20.6–24.9k msg/s with 0 ms against 27.3k / 27.3k with 10 ms.
+//! in the fanin profile, and fanin forwarded 20.6–24.9k msg/s with 0 ms
+//! against 27.3k / 27.3k with 10 ms.
 //! The price is memory an idle gateway keeps: 10,000 idle consumers took
 //! 192–197 MiB instead of 189 (bench `scale --consumers 10000`).
 
