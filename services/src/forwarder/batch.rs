@@ -49,9 +49,23 @@ pub(super) fn body(messages: &[IncomingMessage]) -> Vec<u8> {
             }
         })
         .collect();
+    // Sized up front: a batch body is ~100 KiB, and growing a vector to
+    // that by doubling copies it about twice over.
+    let capacity = messages
+        .iter()
+        .map(|m| m.payload.len() * 4 / 3 + m.message_id.len() + ELEMENT_OVERHEAD)
+        .sum();
+    let mut body = Vec::with_capacity(capacity);
     // Strings, numbers and JSON already checked: nothing here can fail.
-    serde_json::to_vec(&elements).unwrap_or_else(|_| b"[]".to_vec())
+    match serde_json::to_writer(&mut body, &elements) {
+        Ok(()) => body,
+        Err(_) => b"[]".to_vec(),
+    }
 }
+
+/// An element's bytes besides its payload and id: the keys, the attempt and
+/// a content type.
+const ELEMENT_OVERHEAD: usize = 96;
 
 /// What a 2xx answer may ask for; anything else in it is ignored.
 #[derive(Debug, Default, Deserialize)]
