@@ -279,8 +279,6 @@ impl TestApp {
         request.send().await.expect("the request is sent")
     }
 
-    /// A queue name of this test's own, removed (with its companions) by
-    /// `cleanup`. The same label gives the same name.
     /// A collection of this app's database, read straight from the store.
     pub async fn stored(&self, collection: &str) -> mongodb::Collection<mongodb::bson::Document> {
         mongodb::Client::with_uri_str(&self.mongodb_uri)
@@ -290,6 +288,8 @@ impl TestApp {
             .collection(collection)
     }
 
+    /// A queue name of this test's own, removed (with its companions) by
+    /// `cleanup`. The same label gives the same name.
     pub fn unique_queue(&self, label: &str) -> String {
         let name = format!("{}{label}", self.prefix);
         self.queues.lock().unwrap().insert(name.clone());

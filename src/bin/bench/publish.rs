@@ -109,7 +109,8 @@ enum RawMessage {
     /// The message as the gateway publishes it: a message id of its own,
     /// a timestamp, an app id, a header table, and `mandatory` (the
     /// gateway must answer 404 for an unroutable one). RabbitMQ charges
-    /// for these: 15–16k msg/s against 20–21k bare at 64 in flight here.
+    /// for these: 15.3–18.5k msg/s against 17.5–23.5k bare at 64 in flight
+    /// on an empty classic queue here.
     LikeGateway,
 }
 
