@@ -15,6 +15,7 @@ mod lean_http;
 mod load_shapes;
 mod peers;
 mod publish;
+mod publish_bridge;
 mod scenarios;
 mod sink;
 
@@ -110,6 +111,9 @@ fn main() -> std::process::ExitCode {
     workerrmq::allocator::tune();
     if std::env::args().nth(1).as_deref() == Some(gateway_process::CHILD_FLAG) {
         return gateway_process::run_child();
+    }
+    if std::env::args().nth(1).as_deref() == Some(publish_bridge::CHILD_FLAG) {
+        return publish_bridge::run_child();
     }
     let options = match parse_options() {
         Ok(o) => o,
@@ -318,6 +322,14 @@ fn print_table(report: &Value) {
                 &label("ratio to that publisher"),
             );
             row(publish, &key("like_p99_ms"), &label("its confirm p99 ms"));
+            row(
+                publish,
+                &key("bridge_req_per_s"),
+                &label("minimal HTTP bridge req/s"),
+            );
+            row(publish, &key("bridge_ratio"), &label("bridge / raw lapin"));
+            row(publish, &key("ratio_bridge"), &label("gateway / bridge"));
+            row(publish, &key("bridge_p99_ms"), &label("bridge p99 ms"));
             row(publish, &key("errors"), &label("errors (target 0)"));
         }
         row(publish, "wrk_req_per_s", "wrk -t2 -c128 req/s");

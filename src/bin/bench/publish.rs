@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use crate::gateway_process::GatewayProcess;
 use crate::lean_http::{post_request, LeanClient};
+use crate::publish_bridge::PublishBridge;
 use crate::scenarios::{amqp, per_second, percentile, persistent, round, suffix};
 use crate::Options;
 
@@ -29,23 +30,17 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// `total` publishes through the gateway, `concurrency` at a time on as
-/// many keep-alive connections (`lean_http`, the cheapest client this
-/// machine can host): (req/s, sorted latencies in ms, errors).
-async fn through_gateway(
-    gateway: &GatewayProcess,
-    key: &str,
-    body: &Value,
+/// `total` copies of `request` (a whole `POST`) to `address`,
+/// `concurrency` at a time on as many keep-alive connections (`lean_http`,
+/// the cheapest client this machine can host): (req/s, sorted latencies
+/// in ms, answers other than 202).
+async fn through_http(
+    address: SocketAddr,
+    request: Vec<u8>,
     total: usize,
     concurrency: usize,
 ) -> Result<(f64, Vec<f64>, u64), String> {
-    let address: SocketAddr = gateway
-        .base
-        .trim_start_matches("http://")
-        .parse()
-        .map_err(err)?;
-    let body = serde_json::to_vec(body).map_err(err)?;
-    let request = Arc::new(post_request(&address, "/messagePublish", key, &body));
+    let request = Arc::new(request);
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::with_capacity(concurrency);
@@ -217,13 +212,34 @@ pub async fn publish(
     let message = json!({ "order": 42, "note": "x".repeat(200) });
     let body = json!({ "queueName": queue, "message": message });
     let payload = serde_json::to_vec(&message).map_err(err)?;
+    let address: SocketAddr = gateway
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .map_err(err)?;
+    let gateway_request = post_request(
+        &address,
+        "/messagePublish",
+        &key,
+        &serde_json::to_vec(&body).map_err(err)?,
+    );
+    let bridge = PublishBridge::start().await?;
+    let bridge_request = post_request(
+        &bridge.address,
+        &format!("/publish/{queue}"),
+        "none",
+        &payload,
+    );
 
     let mut result = serde_json::Map::new();
     result.insert("requests".into(), json!(total));
     for concurrency in CONCURRENCIES {
         purge(&queue).await?;
         let (rate, latencies, errors) =
-            through_gateway(gateway, &key, &body, total, concurrency).await?;
+            through_http(address, gateway_request.clone(), total, concurrency).await?;
+        purge(&queue).await?;
+        let (bridged, bridge_latencies, bridge_errors) =
+            through_http(bridge.address, bridge_request.clone(), total, concurrency).await?;
         purge(&queue).await?;
         let (raw, raw_latencies) =
             raw_publisher(&queue, &payload, total, concurrency, RawMessage::Bare).await?;
@@ -245,6 +261,14 @@ pub async fn publish(
                 json!(round(percentile(&like_latencies, p))),
             );
         }
+        result.insert(format!("bridge_req_per_s_{c}"), json!(round(bridged)));
+        result.insert(format!("bridge_ratio_{c}"), json!(round(bridged / raw)));
+        result.insert(format!("ratio_bridge_{c}"), json!(round(rate / bridged)));
+        result.insert(
+            format!("bridge_p99_ms_{c}"),
+            json!(round(percentile(&bridge_latencies, 0.99))),
+        );
+        result.insert(format!("bridge_errors_{c}"), json!(bridge_errors));
         result.insert(format!("gateway_req_per_s_{c}"), json!(round(rate)));
         result.insert(format!("raw_msgs_per_s_{c}"), json!(round(raw)));
         result.insert(format!("ratio_{c}"), json!(round(rate / raw)));
