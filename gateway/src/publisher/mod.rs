@@ -122,9 +122,10 @@ impl Publisher {
         };
         let channels = self.channels.clone();
         let task = tokio::spawn(async move { channels.publish(job).await });
-        // Blocked or timed out, the caller is answered now; the task still
-        // runs to its confirm. A message left this way may be stored once
-        // the block lifts; the caller was told it is not (at least once).
+        // Blocked, the caller is answered now; the task still runs to its
+        // confirm or its deadline (`CONFIRM_TIMEOUT`, its own). A message
+        // left this way may be stored once the block lifts; the caller was
+        // told it is not (at least once).
         self.unless_blocked(async {
             task.await.unwrap_or_else(|err| {
                 Err(BrokerError::Unavailable(format!(
@@ -136,23 +137,23 @@ impl Publisher {
     }
 
     /// Runs a step that waits for the broker, giving up when the broker
-    /// blocks the publish connection meanwhile, or after `CONFIRM_TIMEOUT`.
+    /// blocks the publish connection meanwhile. Looked at every
+    /// `BLOCKED_CHECK`: lapin tells no one of a `connection.blocked`.
     async fn unless_blocked<T>(
         &self,
         step: impl std::future::Future<Output = Result<T, BrokerError>>,
     ) -> Result<T, BrokerError> {
         let blocked = async {
-            let mut check = tokio::time::interval(BLOCKED_CHECK);
-            while !self.channels.broker.publishing_blocked() {
-                check.tick().await;
+            loop {
+                tokio::time::sleep(BLOCKED_CHECK).await;
+                if self.channels.broker.publishing_blocked() {
+                    return;
+                }
             }
         };
         tokio::select! {
-            result = tokio::time::timeout(CONFIRM_TIMEOUT, step) => result.unwrap_or_else(|_| {
-                Err(BrokerError::Unavailable(
-                    "the broker did not answer in time".into(),
-                ))
-            }),
+            biased;
+            result = step => result,
             () = blocked => Err(BrokerError::Blocked),
         }
     }
@@ -161,12 +162,15 @@ impl Publisher {
 impl Channels {
     async fn publish(&self, job: Job) -> Result<PublishOutcome, BrokerError> {
         let key = ReturnKey::of_publish(&job.exchange, &job.routing_key, &job.properties);
-        let channel = tokio::time::timeout(CONFIRM_TIMEOUT, self.claim(&key))
+        // One deadline for the claim, the publish and its confirm. The
+        // claim's timer is never armed when a channel is free at once.
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+        let channel = tokio::time::timeout_at(deadline, self.claim(&key))
             .await
             .map_err(|_| {
                 BrokerError::Unavailable("no publish channel was free in time".into())
             })??;
-        let confirmed = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+        let confirmed = tokio::time::timeout_at(deadline, async {
             Ok::<_, BrokerError>(
                 channel
                     .channel()
@@ -225,19 +229,32 @@ impl Channels {
     /// publish with the same key in flight on every channel (the same
     /// message id to the same place, twice at once): wait for one to end.
     async fn claim(&self, key: &ReturnKey) -> Result<Arc<PublishChannel>, BrokerError> {
+        if let Some(channel) = self.try_claim(key).await? {
+            return Ok(channel);
+        }
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
+            // Listening before looking again: a key given back from here
+            // on wakes this publish, one given back before it finds.
             released.as_mut().enable();
-            let start = self.next.fetch_add(1, Ordering::Relaxed);
-            for i in 0..CHANNELS {
-                let channel = self.channel((start + i) % CHANNELS).await?;
-                if channel.claim(key) {
-                    return Ok(channel);
-                }
+            if let Some(channel) = self.try_claim(key).await? {
+                return Ok(channel);
             }
             released.await;
         }
+    }
+
+    /// One pass over the channels, from the next in turn.
+    async fn try_claim(&self, key: &ReturnKey) -> Result<Option<Arc<PublishChannel>>, BrokerError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..CHANNELS {
+            let channel = self.channel((start + i) % CHANNELS).await?;
+            if channel.claim(key) {
+                return Ok(Some(channel));
+            }
+        }
+        Ok(None)
     }
 
     /// The channel in `slot`, opening a new one when there is none yet or
