@@ -12,7 +12,10 @@ pub struct IncomingMessage {
     /// Stable across retries: the message's own id, or one the gateway
     /// assigned at the first delivery and carried on every copy.
     pub message_id: String,
-    pub payload: Vec<u8>,
+    /// The delivery's own bytes, taken from it: cloning is a reference
+    /// count, so the request body and any copy the settler publishes
+    /// share them.
+    pub payload: bytes::Bytes,
     pub content_type: Option<String>,
     /// 1-based.
     pub attempt: u32,

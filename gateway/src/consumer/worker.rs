@@ -299,8 +299,9 @@ impl ConsumerWorker {
         end
     }
 
-    /// A delivery as the target sees it.
-    fn incoming(&self, delivery: &Delivery) -> IncomingMessage {
+    /// A delivery as the target sees it. The payload moves out of the
+    /// delivery (settling reads it from the message).
+    fn incoming(&self, delivery: &mut Delivery) -> IncomingMessage {
         IncomingMessage {
             queue: self.spec.queue.clone(),
             message_id: delivery
@@ -315,16 +316,16 @@ impl ConsumerWorker {
                 .as_ref()
                 .map(|ct| ct.to_string()),
             attempt: delivery_attempt(&delivery.properties),
-            payload: delivery.data.clone(),
+            payload: bytes::Bytes::from(std::mem::take(&mut delivery.data)),
         }
     }
 
     fn handle(
         &self,
-        delivery: Delivery,
+        mut delivery: Delivery,
         call_slot: Option<CallSlot>,
     ) -> impl std::future::Future<Output = (u64, Settled)> + Send + 'static {
-        let message = self.incoming(&delivery);
+        let message = self.incoming(&mut delivery);
         let span = tracing::info_span!(
             "delivery",
             consumer_id = %self.spec.id,
@@ -389,13 +390,13 @@ impl ConsumerWorker {
     /// own outcome.
     fn handle_batch(
         &self,
-        deliveries: Vec<Delivery>,
+        mut deliveries: Vec<Delivery>,
         call_slot: Option<CallSlot>,
     ) -> impl std::future::Future<Output = Vec<(u64, Settled)>> + Send + 'static {
         let batch = Batch {
             id: uuid::Uuid::new_v4().to_string(),
             queue: self.spec.queue.clone(),
-            messages: deliveries.iter().map(|d| self.incoming(d)).collect(),
+            messages: deliveries.iter_mut().map(|d| self.incoming(d)).collect(),
         };
         let span = tracing::info_span!(
             "batch",

@@ -135,7 +135,7 @@ mod tests {
         IncomingMessage {
             queue: QueueName::parse("orders").unwrap(),
             message_id: id.into(),
-            payload: payload.to_vec(),
+            payload: payload.to_vec().into(),
             content_type: Some("application/json".into()),
             attempt: 2,
         }

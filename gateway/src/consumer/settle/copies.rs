@@ -210,7 +210,7 @@ mod tests {
         IncomingMessage {
             queue: QueueName::parse("orders").unwrap(),
             message_id: "m-1".into(),
-            payload: Vec::new(),
+            payload: bytes::Bytes::new(),
             content_type: None,
             attempt: 2,
         }

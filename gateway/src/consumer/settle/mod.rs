@@ -144,7 +144,7 @@ impl Settler {
                     frame_max,
                 ) {
                     CopyFit::Fits(properties) => self
-                        .copy_to_delay_queue(delivery, message, properties, delay)
+                        .copy_to_delay_queue(message, properties, delay)
                         .await
                         .map(|()| Settled::Retried {
                             delay_ms: delay.as_millis() as u64,
@@ -204,7 +204,7 @@ impl Settler {
         };
         let queue_name = message.queue.dead_letter_queue();
         let dlq = queue_name.clone();
-        self.publish_copy(&queue_name, &delivery.data, properties, || async {
+        self.publish_copy(&queue_name, &message.payload, properties, || async {
             let queue_type = self.companion_type(&message.queue).await;
             self.topology
                 .declare_dead_letter_queue(&dlq, queue_type)
@@ -216,14 +216,13 @@ impl Settler {
 
     async fn copy_to_delay_queue(
         &self,
-        delivery: &Delivery,
         message: &IncomingMessage,
         properties: BasicProperties,
         delay: Duration,
     ) -> Result<(), BrokerError> {
         let delay_ms = delay.as_millis() as u64;
         let queue_name = message.queue.retry_queue(delay_ms);
-        self.publish_copy(&queue_name, &delivery.data, properties, || async {
+        self.publish_copy(&queue_name, &message.payload, properties, || async {
             let queue_type = self.companion_type(&message.queue).await;
             self.topology
                 .declare_retry_queue(&message.queue, delay_ms, queue_type)
