@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
+use lapin::options::{BasicPublishOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use serde_json::{json, Value};
@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::gateway_process::GatewayProcess;
 use crate::lean_http::{post_request, LeanClient};
 use crate::publish_bridge::PublishBridge;
-use crate::scenarios::{amqp, per_second, percentile, persistent, round, suffix};
+use crate::scenarios::{amqp, confirm_channel, per_second, percentile, persistent, round, suffix};
 use crate::Options;
 
 const CONCURRENCIES: [usize; 2] = [64, 256];
@@ -113,13 +113,19 @@ impl RawMessage {
     fn properties(self) -> BasicProperties {
         match self {
             RawMessage::Bare => persistent(),
-            RawMessage::LikeGateway => persistent()
-                .with_message_id(uuid::Uuid::new_v4().to_string().into())
-                .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
-                .with_app_id("workerrmq".into())
-                .with_headers(FieldTable::default()),
+            RawMessage::LikeGateway => like_gateway(),
         }
     }
+}
+
+/// What the gateway puts on a message it publishes (`messagePublish`),
+/// a new message id each time.
+pub(crate) fn like_gateway() -> BasicProperties {
+    persistent()
+        .with_message_id(uuid::Uuid::new_v4().to_string().into())
+        .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
+        .with_app_id("workerrmq".into())
+        .with_headers(FieldTable::default())
 }
 
 /// The same publishes from a plain lapin publisher with confirms, with
@@ -134,11 +140,7 @@ async fn raw_publisher(
     message: RawMessage,
 ) -> Result<(f64, Vec<f64>), String> {
     let connection = amqp().await?;
-    let channel = connection.create_channel().await.map_err(err)?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(err)?;
+    let channel = confirm_channel(&connection).await?;
     let payload = Arc::new(payload.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();

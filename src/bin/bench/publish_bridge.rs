@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::publisher_confirm::Confirmation;
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
+use lapin::Channel;
 
-use crate::scenarios::{amqp, persistent};
+use crate::publish::like_gateway;
+use crate::scenarios::{amqp, confirm_channel};
 
 pub const CHILD_FLAG: &str = "__serve_publish_bridge";
 const CHANNELS: usize = 4;
@@ -25,15 +25,6 @@ const CHANNELS: usize = 4;
 struct Bridge {
     channels: Vec<Channel>,
     next: AtomicUsize,
-}
-
-/// What the gateway puts on a message it publishes (`messagePublish`).
-fn like_gateway() -> BasicProperties {
-    persistent()
-        .with_message_id(uuid::Uuid::new_v4().to_string().into())
-        .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
-        .with_app_id("workerrmq".into())
-        .with_headers(FieldTable::default())
 }
 
 async fn publish(
@@ -80,15 +71,7 @@ pub fn run_child() -> std::process::ExitCode {
         let connection = amqp().await?;
         let mut channels = Vec::with_capacity(CHANNELS);
         for _ in 0..CHANNELS {
-            let channel = connection
-                .create_channel()
-                .await
-                .map_err(|e| e.to_string())?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            channels.push(channel);
+            channels.push(confirm_channel(&connection).await?);
         }
         let bridge = web::Data::new(Bridge {
             channels,

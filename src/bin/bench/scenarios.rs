@@ -96,13 +96,8 @@ pub(crate) fn persistent() -> BasicProperties {
         .with_content_type("application/json".into())
 }
 
-/// Publishes `n` persistent messages and waits for every confirm.
-pub(crate) async fn preload(
-    connection: &Connection,
-    queue: &str,
-    n: usize,
-    payload: &[u8],
-) -> Result<(), String> {
+/// A new channel on `connection` in confirm mode.
+pub(crate) async fn confirm_channel(connection: &Connection) -> Result<Channel, String> {
     let channel = connection
         .create_channel()
         .await
@@ -111,6 +106,17 @@ pub(crate) async fn preload(
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(|e| e.to_string())?;
+    Ok(channel)
+}
+
+/// Publishes `n` persistent messages and waits for every confirm.
+pub(crate) async fn preload(
+    connection: &Connection,
+    queue: &str,
+    n: usize,
+    payload: &[u8],
+) -> Result<(), String> {
+    let channel = confirm_channel(connection).await?;
     let mut pending = Vec::with_capacity(1000);
     for i in 0..n {
         let confirm = channel
