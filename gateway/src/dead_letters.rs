@@ -2,18 +2,20 @@
 //!
 //! Peeking takes messages with `basic.get` without acking and then closes
 //! the channel, which puts every one of them back where it was. Replaying
-//! publishes a fresh copy to the main queue (attempts reset), waits for the
-//! confirm, and only then acks the dead letter: none lost, none doubled.
+//! publishes a fresh copy to the main queue (attempts reset) and hands the
+//! dead letter with the copy's fate to `consumer::settle_replayed`, which
+//! acks it only once the copy is confirmed: none lost, none doubled. No ack
+//! goes out from here.
 
 use std::sync::Arc;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::options::BasicGetOptions;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
-use crate::consumer::{hand_back, kept_properties};
+use crate::consumer::{kept_properties, settle_replayed, Replayed};
 use crate::headers;
-use crate::{Broker, BrokerError, OutgoingMessage, PublishOutcome, Publisher, QueueName};
+use crate::{Broker, BrokerError, OutgoingMessage, Publisher, QueueName};
 
 /// A dead letter as the API shows it.
 #[derive(Debug, Clone)]
@@ -95,7 +97,7 @@ impl DeadLetters {
                     break;
                 };
                 let delivery = message.delivery;
-                let outcome = self
+                let copy = self
                     .publisher
                     .publish(OutgoingMessage {
                         exchange: "",
@@ -105,20 +107,12 @@ impl DeadLetters {
                         mandatory: true,
                     })
                     .await;
-                match outcome {
-                    Ok(PublishOutcome::Confirmed) => {
-                        delivery.acker.ack(BasicAckOptions::default()).await?;
-                        replayed += 1;
-                    }
-                    Ok(PublishOutcome::Unroutable) => {
-                        hand_back(&delivery.acker).await;
+                match settle_replayed(&delivery, copy).await? {
+                    Replayed::Moved => replayed += 1,
+                    Replayed::Unroutable => {
                         return Err(BrokerError::NotFound(format!(
                             "no queue named `{queue}` to replay into"
                         )));
-                    }
-                    Err(err) => {
-                        hand_back(&delivery.acker).await;
-                        return Err(err);
                     }
                 }
             }

@@ -7,9 +7,11 @@
 //! - `Batcher`: the deliveries a session gathers for the next batch. The
 //!   worker stops taking deliveries while it is full, so a batch never holds
 //!   more than the prefetch allows.
-//! - `run`: one batch's request and the settling of every message in it.
-//!   Nothing is acked here: each message's outcome goes back to the worker's
-//!   `AckWindow` (settle), so a message's ack waits for its batch's outcome.
+//! - `run`: one batch's request and the settling of every message in it,
+//!   through the circuit breaker only for a consumer configured with one.
+//!   Nothing is acked or logged as settled here: each message is settled
+//!   (and logged) by `settle`, and its outcome goes back to the worker's
+//!   `AckWindow`, so a message's ack waits for its batch's outcome.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,7 +24,8 @@ use tracing::Instrument;
 
 use super::breaker::{self, CircuitBreaker};
 use super::limits::CallSlot;
-use super::settle::{Settled, Settler};
+use super::settle::{delivery_span, Settled, Settler};
+use super::spec::ConsumerId;
 use super::stats::ConsumerStats;
 use super::target::{Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget};
 use crate::BrokerError;
@@ -191,6 +194,7 @@ pub(super) async fn expired(batcher: Option<&mut Batcher>) {
 
 /// What `run` needs of its consumer.
 pub(super) struct BatchRun {
+    pub consumer_id: ConsumerId,
     pub target: Arc<dyn DeliveryTarget>,
     pub settler: Arc<Settler>,
     pub stats: Arc<ConsumerStats>,
@@ -223,7 +227,12 @@ pub(super) async fn run(
     drop(call_slot);
     parts.stats.target_answered(started.elapsed());
     tracing::debug!(request = ?outcome.request, "batch answered");
-    let open = breaker::record_request(parts.breaker.as_deref(), &outcome.request);
+    // The breaker's stage, for a consumer configured with one: one verdict
+    // for the whole request. `None`: no breaker, straight to settling.
+    let circuit_open = parts
+        .breaker
+        .as_ref()
+        .map(|breaker| breaker.record_request(&outcome.request));
     let Batch { messages, .. } = batch;
     let mut outcomes = outcome.messages.into_iter();
     let settling = deliveries.iter().zip(&messages).map(|(delivery, message)| {
@@ -233,32 +242,21 @@ pub(super) async fn run(
             reason: "the target gave no outcome for this message".into(),
             retry_after: None,
         });
-        let span = tracing::info_span!(
-            "delivery",
-            message_id = %message.message_id,
-            attempt = message.attempt,
-        );
-        let (settler, stats) = (&parts.settler, &parts.stats);
+        let span = delivery_span(&parts.consumer_id, message);
+        let settler = &parts.settler;
         async move {
-            let settled =
-                breaker::settle_unless_open(open, settler, stats, delivery, message, outcome).await;
-            log_settled(settled);
+            let settled = match circuit_open {
+                Some(open) => {
+                    breaker::settle_unless_open(open, settler, delivery, message, outcome).await
+                }
+                None => settler.settle(delivery, message, outcome).await,
+            };
             (delivery.delivery_tag, settled)
         }
         .instrument(span)
     });
     // Each copy waits for its own confirm; together, not one by one.
     futures_util::future::join_all(settling).await
-}
-
-/// One line per settled message, as for a single delivery.
-pub(super) fn log_settled(settled: Settled) {
-    match settled {
-        Settled::Acked => tracing::debug!("delivered"),
-        Settled::Retried { delay_ms } => tracing::info!(delay_ms, "retry scheduled"),
-        Settled::DeadLettered => tracing::info!("dead-lettered"),
-        Settled::HandedBack => tracing::warn!("handed back to the queue"),
-    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,12 @@
 //!
 //! The state lives with the registered consumer, so it outlives a pause and
 //! a reconnect; each replica keeps its own.
+//!
+//! It is a stage only a consumer configured with one (`circuitBreaker`)
+//! passes through: between the target's answer and the settling, each
+//! request's verdict is recorded (`CircuitBreaker::record_request`) and
+//! `settle_unless_open` decides between settling and handing back. A
+//! consumer without one goes from the answer straight to `Settler::settle`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::settle::{hand_back, Settled, Settler};
+use super::settle::{Settled, Settler};
 use super::stats::{ConsumerState, ConsumerStats};
 use super::target::{DeliveryOutcome, IncomingMessage};
 
@@ -179,6 +185,13 @@ impl CircuitBreaker {
         self.changes.subscribe()
     }
 
+    /// Records one request's verdict (a single delivery, or a whole batch:
+    /// one request, one verdict); returns whether the circuit is open after
+    /// it.
+    pub(super) fn record_request(&self, outcome: &DeliveryOutcome) -> bool {
+        self.record(Verdict::of(outcome), Instant::now()) == CircuitState::Open
+    }
+
     /// Records one attempt's verdict; returns the state after it.
     pub fn record(&self, verdict: Verdict, now: Instant) -> CircuitState {
         let mut inner = self.lock();
@@ -274,43 +287,24 @@ impl CircuitBreaker {
     }
 }
 
-/// Settles a delivery's outcome, through the breaker when there is one: a
-/// retryable failure while the circuit is open goes back to the queue as
-/// it came, its attempt unspent; anything else is settled as usual.
-pub(super) async fn settle_through(
-    breaker: Option<&CircuitBreaker>,
-    settler: &Settler,
-    stats: &ConsumerStats,
-    delivery: &Delivery,
-    message: &IncomingMessage,
-    outcome: DeliveryOutcome,
-) -> Settled {
-    let open = record_request(breaker, &outcome);
-    settle_unless_open(open, settler, stats, delivery, message, outcome).await
-}
-
-/// Records one request's verdict (a single delivery, or a whole batch: one
-/// request, one verdict); returns whether the circuit is open after it.
-pub(super) fn record_request(breaker: Option<&CircuitBreaker>, outcome: &DeliveryOutcome) -> bool {
-    breaker.is_some_and(|b| b.record(Verdict::of(outcome), Instant::now()) == CircuitState::Open)
-}
-
-/// Settles one message's outcome; with the circuit `open`, a retryable
-/// failure goes back to the queue unspent instead.
+/// The breaker's stage on the way to settling, for a consumer configured
+/// with one (`circuitBreaker`); others settle straight away. With the
+/// circuit `open` (as `CircuitBreaker::record_request` left it), a
+/// retryable failure goes back to the queue unspent; anything else is
+/// settled as usual.
 pub(super) async fn settle_unless_open(
     open: bool,
     settler: &Settler,
-    stats: &ConsumerStats,
     delivery: &Delivery,
     message: &IncomingMessage,
     outcome: DeliveryOutcome,
 ) -> Settled {
-    if let (true, DeliveryOutcome::Retry { reason, .. }) = (open, &outcome) {
-        stats.record_error(format!("circuit open: {reason}"));
-        hand_back(&delivery.acker).await;
-        return Settled::HandedBack;
+    match outcome {
+        DeliveryOutcome::Retry { reason, .. } if open => {
+            settler.hand_back_unspent(delivery, &reason).await
+        }
+        outcome => settler.settle(delivery, message, outcome).await,
     }
-    settler.settle(delivery, message, outcome).await
 }
 
 /// How a session takes deliveries.

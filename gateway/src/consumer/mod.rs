@@ -7,19 +7,25 @@
 //!   consumers): start, pause and resume, stop with a drain, what the API
 //!   reads.
 //! - `worker`: each consumer's task loop on its own channel of a consume
-//!   connection, which reconnects on its own.
+//!   connection, which reconnects on its own; its sessions, step by step,
+//!   and the drain when one is stopped.
 //! - `target`: what a delivery is handed to, and the `DeliveryOutcome` it
 //!   answers with.
 //! - `batch`: batch delivery (opt-in): gathering deliveries into one
 //!   request, and settling each message by the batch's answer.
 //! - `limits`: concurrency and rate limits, and the gate the worker
 //!   passes before taking each delivery.
-//! - `breaker`: the circuit breaker: stop taking deliveries while a target
-//!   keeps failing, hand the failures back unspent, probe, close.
+//! - `breaker`: the circuit breaker, a stage between the target's answer
+//!   and the settling that only consumers configured with one pass through:
+//!   stop taking deliveries while a target keeps failing, hand the failures
+//!   back unspent, probe, close.
 //! - `retry`: the backoff policy, as waiting in broker-side delay queues.
-//! - `settle`: **where a delivery is acked** (`AckWindow`, in it) — after
-//!   a 2xx, or after the broker confirmed its retry or dead-letter copy.
-//!   Nowhere else. Also what the copies carry.
+//! - `settle`: **where a delivery is acked**, and nowhere else: a consumer's
+//!   in `AckWindow::flush` and `AckWindow::ack_stragglers`, after a 2xx or
+//!   after the broker confirmed its retry or dead-letter copy; a replayed
+//!   dead letter in `settle_replayed`, after its copy in the main queue is
+//!   confirmed. Also where deliveries are handed back, what the copies
+//!   carry, and the one log line per settled delivery.
 //! - `stats`: live counters read by `/getConsumers` and `/metrics`.
 
 mod batch;
@@ -39,7 +45,7 @@ pub use breaker::{
 };
 pub use limits::{Concurrency, LimitError, LiveReplicas, RatePerSec};
 pub use retry::{RetryPolicy, RetryPolicyError, DELAY_LADDER_MS};
-pub(crate) use settle::{attempt_of, hand_back, kept_properties};
+pub(crate) use settle::{attempt_of, kept_properties, settle_replayed, Replayed};
 pub use spec::{ConsumerId, ConsumerSpec};
 pub use stats::{ConsumerState, ConsumerStats, StatsSnapshot};
 pub use supervisor::{ConsumerSupervisor, Flow};

@@ -2,13 +2,30 @@
 //! handling of each delivery up to the moment it is settled.
 //!
 //! The worker takes a place on a consume connection (`ConsumerLease`) and
-//! keeps it across reconnects. Each session opens a channel with the
-//! consumer's prefetch and works on up to `prefetch` deliveries at once,
-//! each settled on its own (`settle`); when the channel or connection breaks
-//! the consumer goes to `reconnecting` and starts over with backoff, and the
-//! broker redelivers what it had not settled. Cancelling it stops new
-//! deliveries, lets in-flight ones finish within `DRAIN_TIMEOUT`, and closes
-//! the channel, which hands any still unsettled ones back to the queue.
+//! keeps it across reconnects. Each session (`ConsumerWorker::session`)
+//! reads top to bottom:
+//! 1. `open_channel`: a channel with the consumer's prefetch;
+//! 2. `start_consuming`: basic.consume under the consumer's tag;
+//! 3. `Session::run_until_stop`: up to `prefetch` deliveries at once, each
+//!    settled on its own (`settle`), until a cancel, the circuit breaker or
+//!    a failure ends it;
+//! 4. `Session::drain`, when it ended on purpose, then `Session::close`.
+//!
+//! A delivery's path (`handle`): the target, then, only for a consumer
+//! configured with a circuit breaker, the breaker's stage
+//! (`breaker::settle_unless_open`), then `Settler::settle`, which makes the
+//! outcome safe and logs it; its ack goes out from the session's
+//! `AckWindow`.
+//!
+//! Stopping (a stop, a pause, an update, SIGTERM through
+//! `ConsumerSupervisor::stop_all`) cancels the worker: the session stops
+//! taking deliveries (basic.cancel), hands back the ones never sent to the
+//! target, lets in-flight ones finish and settle within `DRAIN_TIMEOUT`,
+//! acks what is settled, and closes the channel, which hands any still
+//! unsettled ones back to the queue. When the channel or connection breaks
+//! instead, there is nothing to drain: the consumer goes to `reconnecting`
+//! and starts over with backoff, and the broker redelivers what it had not
+//! settled.
 //!
 //! A batch consumer (`spec.batch`) gathers deliveries in a `Batcher` instead
 //! and sends each batch as one request (`batch`); deliveries gathered but
@@ -28,7 +45,7 @@ use tracing::Instrument;
 use super::batch::{self, BatchRun, Batcher};
 use super::breaker::{self, Admission, CircuitBreaker, Gate, GateEnd};
 use super::limits::{CallSlot, DeliveryGate, LiveReplicas};
-use super::settle::{attempt_of, delivery_attempt, hand_back, AckWindow, Settled, Settler};
+use super::settle::{attempt_of, delivery_attempt, delivery_span, AckWindow, Settled, Settler};
 use super::spec::ConsumerSpec;
 use super::stats::{ConsumerState, ConsumerStats};
 use super::target::{Batch, DeliveryOutcome, DeliveryTarget, IncomingMessage};
@@ -109,14 +126,47 @@ impl ConsumerWorker {
         tracing::info!("consumer stopped");
     }
 
+    /// One session on one channel, top to bottom: open the channel, start
+    /// consuming, run until something stops it, and, when it stopped on
+    /// purpose, drain; the channel is closed however it ended.
     async fn session<B: Iterator<Item = Duration>>(
         &self,
         lease: &ConsumerLease,
         cancel: &CancellationToken,
-        mut gate: Gate,
+        gate: Gate,
         backoff: &mut B,
         new_backoff: impl Fn() -> B,
     ) -> Result<SessionEnd, BrokerError> {
+        let channel = self.open_channel(lease, &gate).await?;
+        let mut deliveries = self.start_consuming(&channel).await?;
+        // A half-open probe is not running yet: the state stays
+        // `circuit_open` until the probe closes the circuit.
+        if gate.admission() == Admission::All {
+            self.stats.set_state(ConsumerState::Running);
+        }
+        // Consuming again: the next broken session starts a fresh backoff.
+        *backoff = new_backoff();
+        tracing::info!(prefetch = self.spec.prefetch, admission = ?gate.admission(), "consuming");
+
+        let mut session = Session::new(self, channel, gate);
+        let end = session.run_until_stop(&mut deliveries, cancel).await;
+        // A failed session (its channel, its consumer, an ack) is not
+        // drained: its acks may not go out, and `close` hands every
+        // unsettled delivery back anyway.
+        if end.is_ok() {
+            session.drain().await;
+        }
+        session.close().await;
+        end
+    }
+
+    /// A channel of this consumer's consume connection, with the session's
+    /// prefetch (1 for a half-open probe).
+    async fn open_channel(
+        &self,
+        lease: &ConsumerLease,
+        gate: &Gate,
+    ) -> Result<lapin::Channel, BrokerError> {
         let channel = lease.channel().await?;
         channel
             .basic_qos(
@@ -124,7 +174,16 @@ impl ConsumerWorker {
                 BasicQosOptions::default(),
             )
             .await?;
-        let mut deliveries = channel
+        Ok(channel)
+    }
+
+    /// Subscribes to the queue under this consumer's tag, the one `drain`
+    /// cancels.
+    async fn start_consuming(
+        &self,
+        channel: &lapin::Channel,
+    ) -> Result<lapin::Consumer, BrokerError> {
+        let deliveries = channel
             .basic_consume(
                 self.spec.queue.as_str(),
                 &self.consumer_tag,
@@ -132,171 +191,7 @@ impl ConsumerWorker {
                 FieldTable::default(),
             )
             .await?;
-        // A half-open probe is not running yet: the state stays
-        // `circuit_open` until the probe closes the circuit.
-        if gate.admission() == Admission::All {
-            self.stats.set_state(ConsumerState::Running);
-        }
-        *backoff = new_backoff();
-        tracing::info!(prefetch = self.spec.prefetch, admission = ?gate.admission(), "consuming");
-
-        // Deliveries that arrived while the circuit was open: never handed
-        // to the target, handed back to the queue when the session ends.
-        let mut held: Vec<Delivery> = Vec::new();
-        let mut in_flight: JoinSet<(u64, Settled)> = JoinSet::new();
-        // Batch consumers only: the batch being gathered, and those sent.
-        let mut batcher = self
-            .spec
-            .batch
-            .map(|policy| Batcher::new(policy, gate.prefetch(self.spec.prefetch)));
-        let mut batches: JoinSet<Vec<(u64, Settled)>> = JoinSet::new();
-        let mut acks = AckWindow::new(self.stats.clone());
-        let ack_rule = AckRule {
-            batch: usize::from(self.spec.prefetch / 2).clamp(1, ACK_BATCH),
-            prefetch: usize::from(self.spec.prefetch),
-        };
-        let mut flush_timer = Box::pin(tokio::time::sleep(ACK_DELAY));
-        let mut timer_armed = false;
-        let mut straggler_check = tokio::time::interval(STRAGGLER_WAIT);
-        // Concurrency and rate: a delivery is taken only once this opens.
-        let mut limits = DeliveryGate::new(
-            self.spec.concurrency,
-            self.spec.rate_limit,
-            &self.live_replicas,
-        );
-        let end = loop {
-            // A gathered batch goes out once the limits let one more
-            // request start: a batch is one request to them.
-            if let Some(gathered) = batcher.as_mut() {
-                if gathered.ready() && limits.is_open() {
-                    let deliveries = gathered.take();
-                    batches.spawn(self.handle_batch(deliveries, limits.start()));
-                }
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => break Ok(SessionEnd::Cancelled),
-                ended = gate.ended() => {
-                    if let GateEnd::Opened = ended {
-                        self.stats.set_state(ConsumerState::CircuitOpen);
-                    }
-                    break Ok(SessionEnd::Circuit);
-                }
-                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    let mut joined = vec![done];
-                    while let Some(done) = in_flight.try_join_next() {
-                        joined.push(done);
-                    }
-                    if let Err(err) = settle_joined(&mut acks, joined) {
-                        break Err(err);
-                    }
-                    let idle = in_flight.is_empty() && batches.is_empty();
-                    if let Err(err) = ack_or_arm(&mut acks, &channel, ack_rule, idle, flush_timer.as_mut(), &mut timer_armed).await {
-                        break Err(err);
-                    }
-                }
-                Some(done) = batches.join_next(), if !batches.is_empty() => {
-                    if let Err(err) = settle_joined_batch(&mut acks, done) {
-                        break Err(err);
-                    }
-                    let idle = in_flight.is_empty() && batches.is_empty();
-                    if let Err(err) = ack_or_arm(&mut acks, &channel, ack_rule, idle, flush_timer.as_mut(), &mut timer_armed).await {
-                        break Err(err);
-                    }
-                }
-                _ = batch::expired(batcher.as_mut()), if batcher.as_ref().is_some_and(Batcher::waiting) => {}
-                _ = &mut flush_timer, if timer_armed => {
-                    timer_armed = false;
-                    if let Err(err) = acks.flush(&channel).await {
-                        break Err(BrokerError::from(err));
-                    }
-                }
-                _ = straggler_check.tick(), if acks.stragglers() > 0 => {
-                    if let Err(err) = acks.ack_stragglers(&channel, STRAGGLER_WAIT).await {
-                        break Err(BrokerError::from(err));
-                    }
-                }
-                _ = limits.opened(), if !limits.is_open() => {}
-                // One delivery at a time takes a call slot; a batch
-                // consumer gathers until its batch is full instead.
-                next = deliveries.next(), if batcher.as_ref().map_or(limits.is_open(), |b| !b.is_full()) => match next {
-                    Some(Ok(delivery)) => {
-                        acks.track(delivery.delivery_tag);
-                        if !gate.admit() {
-                            held.push(delivery);
-                        } else if let Some(gathered) = batcher.as_mut() {
-                            gathered.push(delivery);
-                            // Whatever else the broker already sent joins
-                            // this batch, so a busy queue fills it at once.
-                            let filled = gathered.fill(&mut deliveries, consumer_ended, |more| {
-                                acks.track(more.delivery_tag);
-                                if gate.admit() {
-                                    Some(more)
-                                } else {
-                                    held.push(more);
-                                    None
-                                }
-                            });
-                            if let Err(err) = filled {
-                                break Err(err);
-                            }
-                        } else {
-                            in_flight.spawn(self.handle(delivery, limits.start()));
-                        }
-                    }
-                    Some(Err(err)) => break Err(BrokerError::from(err)),
-                    None => break Err(consumer_ended()),
-                },
-            }
-        };
-
-        if end.is_ok() {
-            // No new deliveries; let the ones in hand finish.
-            let _ = channel
-                .basic_cancel(&self.consumer_tag, BasicCancelOptions::default())
-                .await;
-            // Not a multiple ack's business: they are in flight to the
-            // window until nacked here.
-            // Nor are the deliveries gathered for a batch not yet sent.
-            let gathered = batcher.as_mut().map(Batcher::take).unwrap_or_default();
-            for delivery in held.drain(..).chain(gathered) {
-                hand_back(&delivery.acker).await;
-                acks.settled(delivery.delivery_tag, Settled::HandedBack);
-            }
-            let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-                while let Some(done) = in_flight.join_next().await {
-                    if settle_joined(&mut acks, vec![done]).is_err() {
-                        break;
-                    }
-                }
-                while let Some(done) = batches.join_next().await {
-                    if settle_joined_batch(&mut acks, done).is_err() {
-                        break;
-                    }
-                }
-            })
-            .await;
-            let acked = async {
-                acks.flush(&channel).await?;
-                acks.ack_stragglers(&channel, Duration::ZERO).await
-            };
-            if let Err(err) = acked.await {
-                tracing::warn!(error = %err, "final ack failed; the broker will redeliver");
-            }
-            if drained.is_err() {
-                tracing::warn!(
-                    unsettled = in_flight.len(),
-                    unsettled_batches = batches.len(),
-                    "drain timed out; handing the rest back to the queue"
-                );
-            }
-        }
-        in_flight.abort_all();
-        batches.abort_all();
-        // Closing the channel returns every unsettled delivery to the queue.
-        if channel.status().connected() {
-            let _ = channel.close(200, "consumer stopped").await;
-        }
-        end
+        Ok(deliveries)
     }
 
     /// A delivery as the target sees it. The payload moves out of the
@@ -326,13 +221,7 @@ impl ConsumerWorker {
         call_slot: Option<CallSlot>,
     ) -> impl std::future::Future<Output = (u64, Settled)> + Send + 'static {
         let message = self.incoming(&mut delivery);
-        let span = tracing::info_span!(
-            "delivery",
-            consumer_id = %self.spec.id,
-            queue = %self.spec.queue,
-            message_id = %message.message_id,
-            attempt = message.attempt,
-        );
+        let span = delivery_span(&self.spec.id, &message);
         let target = self.target.clone();
         let settler = self.settler.clone();
         let stats = self.stats.clone();
@@ -349,10 +238,10 @@ impl ConsumerWorker {
                     crate::headers::DELIVERY_COUNT,
                     message.attempt - attempt_of(&delivery.properties)
                 );
+                tracing::info!("past its attempts through the broker's redeliveries: dead-lettering it without a call");
                 let settled = settler
                     .settle(&delivery, &message, DeliveryOutcome::Reject { reason })
                     .await;
-                tracing::info!(?settled, "dead-lettered after the broker's redeliveries");
                 return (delivery.delivery_tag, settled);
             }
             let started = std::time::Instant::now();
@@ -371,16 +260,16 @@ impl ConsumerWorker {
                 });
             drop(call_slot);
             stats.target_answered(started.elapsed());
-            let settled = breaker::settle_through(
-                breaker.as_deref(),
-                &settler,
-                &stats,
-                &delivery,
-                &message,
-                outcome,
-            )
-            .await;
-            batch::log_settled(settled);
+            // Only a consumer configured with a circuit breaker passes its
+            // stage; the others settle straight away.
+            let settled = match &breaker {
+                Some(breaker) => {
+                    let open = breaker.record_request(&outcome);
+                    breaker::settle_unless_open(open, &settler, &delivery, &message, outcome)
+                        .await
+                }
+                None => settler.settle(&delivery, &message, outcome).await,
+            };
             (delivery.delivery_tag, settled)
         }
         .instrument(span)
@@ -406,6 +295,7 @@ impl ConsumerWorker {
             size = batch.messages.len(),
         );
         let parts = BatchRun {
+            consumer_id: self.spec.id.clone(),
             target: self.target.clone(),
             settler: self.settler.clone(),
             stats: self.stats.clone(),
@@ -419,6 +309,255 @@ impl ConsumerWorker {
             batch::run(parts, batch, deliveries, call_slot).await
         }
         .instrument(span)
+    }
+}
+
+/// One session's deliveries, from the first taken to the last settled or
+/// handed back. Lives as long as its channel.
+struct Session<'w> {
+    worker: &'w ConsumerWorker,
+    channel: lapin::Channel,
+    /// Which deliveries go to the target (the circuit breaker's say).
+    gate: Gate,
+    /// Concurrency and rate: a delivery is taken only once this opens.
+    limits: DeliveryGate,
+    /// Deliveries that arrived while the circuit was open: never handed
+    /// to the target, handed back to the queue when the session ends.
+    held: Vec<Delivery>,
+    in_flight: JoinSet<(u64, Settled)>,
+    /// Batch consumers only: the batch being gathered, and those sent.
+    batcher: Option<Batcher>,
+    batches: JoinSet<Vec<(u64, Settled)>>,
+    acks: AckWindow,
+    ack_rule: AckRule,
+    flush_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timer_armed: bool,
+    straggler_check: tokio::time::Interval,
+}
+
+impl<'w> Session<'w> {
+    fn new(worker: &'w ConsumerWorker, channel: lapin::Channel, gate: Gate) -> Self {
+        let spec = &worker.spec;
+        Self {
+            worker,
+            channel,
+            limits: DeliveryGate::new(spec.concurrency, spec.rate_limit, &worker.live_replicas),
+            held: Vec::new(),
+            in_flight: JoinSet::new(),
+            batcher: spec
+                .batch
+                .map(|policy| Batcher::new(policy, gate.prefetch(spec.prefetch))),
+            batches: JoinSet::new(),
+            acks: AckWindow::new(worker.stats.clone()),
+            ack_rule: AckRule {
+                batch: usize::from(spec.prefetch / 2).clamp(1, ACK_BATCH),
+                prefetch: usize::from(spec.prefetch),
+            },
+            flush_timer: Box::pin(tokio::time::sleep(ACK_DELAY)),
+            timer_armed: false,
+            straggler_check: tokio::time::interval(STRAGGLER_WAIT),
+            gate,
+        }
+    }
+
+    /// Takes deliveries and settles them until the consumer is cancelled
+    /// (`Ok(Cancelled)`), the circuit breaker wants the session over
+    /// (`Ok(Circuit)`), or the channel, the consumer or an ack fails
+    /// (`Err`).
+    async fn run_until_stop(
+        &mut self,
+        deliveries: &mut lapin::Consumer,
+        cancel: &CancellationToken,
+    ) -> Result<SessionEnd, BrokerError> {
+        loop {
+            self.send_gathered_batch();
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
+                ended = self.gate.ended() => {
+                    if let GateEnd::Opened = ended {
+                        self.worker.stats.set_state(ConsumerState::CircuitOpen);
+                    }
+                    return Ok(SessionEnd::Circuit);
+                }
+                Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    let mut joined = vec![done];
+                    while let Some(done) = self.in_flight.try_join_next() {
+                        joined.push(done);
+                    }
+                    settle_joined(&mut self.acks, joined)?;
+                    self.ack_or_arm().await?;
+                }
+                Some(done) = self.batches.join_next(), if !self.batches.is_empty() => {
+                    settle_joined_batch(&mut self.acks, done)?;
+                    self.ack_or_arm().await?;
+                }
+                _ = batch::expired(self.batcher.as_mut()), if self.batcher.as_ref().is_some_and(Batcher::waiting) => {}
+                _ = &mut self.flush_timer, if self.timer_armed => {
+                    self.timer_armed = false;
+                    self.acks.flush(&self.channel).await?;
+                }
+                _ = self.straggler_check.tick(), if self.acks.stragglers() > 0 => {
+                    self.acks.ack_stragglers(&self.channel, STRAGGLER_WAIT).await?;
+                }
+                _ = self.limits.opened(), if !self.limits.is_open() => {}
+                next = deliveries.next(), if self.taking() => match next {
+                    Some(Ok(delivery)) => self.take(delivery, deliveries)?,
+                    Some(Err(err)) => return Err(BrokerError::from(err)),
+                    None => return Err(consumer_ended()),
+                },
+            }
+        }
+    }
+
+    /// A gathered batch goes out once the limits let one more request
+    /// start: a batch is one request to them.
+    fn send_gathered_batch(&mut self) {
+        if let Some(gathered) = self.batcher.as_mut() {
+            if gathered.ready() && self.limits.is_open() {
+                let deliveries = gathered.take();
+                let call_slot = self.limits.start();
+                self.batches
+                    .spawn(self.worker.handle_batch(deliveries, call_slot));
+            }
+        }
+    }
+
+    /// Whether to take the next delivery: one at a time takes a call slot;
+    /// a batch consumer gathers until its batch is full instead.
+    fn taking(&self) -> bool {
+        self.batcher
+            .as_ref()
+            .map_or(self.limits.is_open(), |b| !b.is_full())
+    }
+
+    /// A delivery the broker sent: to the target, into the batch being
+    /// gathered, or held while the circuit is open.
+    fn take(
+        &mut self,
+        delivery: Delivery,
+        deliveries: &mut lapin::Consumer,
+    ) -> Result<(), BrokerError> {
+        self.acks.track(delivery.delivery_tag);
+        if !self.gate.admit() {
+            self.held.push(delivery);
+            return Ok(());
+        }
+        let Some(gathered) = self.batcher.as_mut() else {
+            let call_slot = self.limits.start();
+            self.in_flight
+                .spawn(self.worker.handle(delivery, call_slot));
+            return Ok(());
+        };
+        gathered.push(delivery);
+        // Whatever else the broker already sent joins this batch, so a
+        // busy queue fills it at once.
+        let (acks, gate, held) = (&mut self.acks, &mut self.gate, &mut self.held);
+        gathered.fill(deliveries, consumer_ended, |more| {
+            acks.track(more.delivery_tag);
+            if gate.admit() {
+                Some(more)
+            } else {
+                held.push(more);
+                None
+            }
+        })
+    }
+
+    /// Acks now, or arms the flush timer (`ack_or_arm`).
+    async fn ack_or_arm(&mut self) -> Result<(), BrokerError> {
+        let idle = self.in_flight.is_empty() && self.batches.is_empty();
+        ack_or_arm(
+            &mut self.acks,
+            &self.channel,
+            self.ack_rule,
+            idle,
+            self.flush_timer.as_mut(),
+            &mut self.timer_armed,
+        )
+        .await
+    }
+
+    /// The shutdown story of a session stopped on purpose (a stop, a pause,
+    /// an update, SIGTERM, or the circuit breaker): take no more
+    /// deliveries, hand back the ones never sent to the target, let the
+    /// in-flight ones finish and settle within `DRAIN_TIMEOUT`, and ack
+    /// what is settled. What does not finish in time goes back to the queue
+    /// when `close` closes the channel.
+    async fn drain(&mut self) {
+        self.stop_taking().await;
+        self.hand_back_unsent().await;
+        let finished = self.finish_in_flight().await;
+        self.ack_settled().await;
+        if !finished {
+            tracing::warn!(
+                unsettled = self.in_flight.len(),
+                unsettled_batches = self.batches.len(),
+                "drain timed out; handing the rest back to the queue"
+            );
+        }
+    }
+
+    /// basic.cancel: the broker sends this consumer nothing more; what it
+    /// sent already is still ours to settle.
+    async fn stop_taking(&self) {
+        let _ = self
+            .channel
+            .basic_cancel(&self.worker.consumer_tag, BasicCancelOptions::default())
+            .await;
+    }
+
+    /// Deliveries never sent to the target: held while the circuit was
+    /// open, or gathered for a batch not yet sent. They stay in flight to
+    /// the ack window, holding back a `multiple` ack behind them, until
+    /// they are handed back here.
+    async fn hand_back_unsent(&mut self) {
+        let gathered = self.batcher.as_mut().map(Batcher::take).unwrap_or_default();
+        for delivery in self.held.drain(..).chain(gathered) {
+            self.acks.hand_back(&delivery).await;
+        }
+    }
+
+    /// Lets the deliveries and batches at the target finish and settle, for
+    /// up to `DRAIN_TIMEOUT`; returns whether they all did.
+    async fn finish_in_flight(&mut self) -> bool {
+        let (in_flight, batches, acks) = (&mut self.in_flight, &mut self.batches, &mut self.acks);
+        tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while let Some(done) = in_flight.join_next().await {
+                if settle_joined(acks, vec![done]).is_err() {
+                    break;
+                }
+            }
+            while let Some(done) = batches.join_next().await {
+                if settle_joined_batch(acks, done).is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// The last acks, stragglers included, before the channel closes:
+    /// closing would hand those deliveries back to be delivered again.
+    async fn ack_settled(&mut self) {
+        let acked = async {
+            self.acks.flush(&self.channel).await?;
+            self.acks.ack_stragglers(&self.channel, Duration::ZERO).await
+        };
+        if let Err(err) = acked.await {
+            tracing::warn!(error = %err, "final ack failed; the broker will redeliver");
+        }
+    }
+
+    /// However the session ended: the tasks still at the target are
+    /// aborted, unsettled, and closing the channel returns every unsettled
+    /// delivery to the queue.
+    async fn close(mut self) {
+        self.in_flight.abort_all();
+        self.batches.abort_all();
+        if self.channel.status().connected() {
+            let _ = self.channel.close(200, "consumer stopped").await;
+        }
     }
 }
 

@@ -1,10 +1,13 @@
 //! `AckWindow`: the acks of one consumer channel, sent in as few frames as
-//! the rule allows. Part of `settle`, the one place deliveries are acked.
+//! the rule allows. Part of `settle`, the one place deliveries are acked:
+//! a consumer's acks go out from `AckWindow::flush` and
+//! `AckWindow::ack_stragglers`, nowhere else.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::Channel;
 
@@ -60,6 +63,13 @@ impl AckWindow {
                 other => EntryState::Settled(other, Instant::now()),
             };
         }
+    }
+
+    /// Hands a delivery that never reached the target back to its queue
+    /// (nack, requeue), so the acks behind it no longer wait for it.
+    pub async fn hand_back(&mut self, delivery: &Delivery) {
+        super::hand_back(&delivery.acker).await;
+        self.settled(delivery.delivery_tag, Settled::HandedBack);
     }
 
     /// Settled deliveries at the front, ready for one `multiple` ack.

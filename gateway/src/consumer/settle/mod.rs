@@ -1,6 +1,20 @@
-//! Settling a delivery: **the one place a delivery is acked** (the acks
-//! themselves go out from `ack_window`, part of this module; nothing outside
-//! it acks a delivery).
+//! Settling a delivery: **the one place a delivery is acked**, or handed
+//! back to its queue. Nothing outside this module acks or nacks.
+//!
+//! Where the acks go out, exactly:
+//! - `AckWindow::flush` (`ack_window`): one `multiple` ack for the settled
+//!   front of a consumer channel.
+//! - `AckWindow::ack_stragglers` (`ack_window`): deliveries settled behind a
+//!   slow one, one by one.
+//! - `settle_replayed` (`replay`): a dead letter replayed to its main queue,
+//!   once the broker confirmed the copy there.
+//!
+//! What makes a consumer's delivery safe to ack is `Settler::settle`; the
+//! nacks (`hand_back`) go out from it (a copy not confirmed), from
+//! `Settler::hand_back_unspent` (the circuit breaker is open), from
+//! `AckWindow::hand_back` (a delivery never sent to the target) and from
+//! `settle_replayed` (a replay copy not confirmed). Every settled outcome is
+//! logged by `log_settled`, in the delivery's span (`delivery_span`).
 //!
 //! At-least-once rests on one rule: the original leaves its queue only once
 //! its outcome is safe.
@@ -9,6 +23,8 @@
 //!   `<queue>.retry.<ms>`, wait for the broker's confirm, then ack.
 //! - `Reject`, or `Retry` out of attempts → publish a copy to `<queue>.dlq`
 //!   with attempts, last error and time, wait for the confirm, then ack.
+//! - A dead letter replayed → publish a fresh copy to the main queue, wait
+//!   for the confirm, then ack the dead letter.
 //!
 //! `Settler::settle` makes the outcome safe and says so; `AckWindow` sends
 //! the acks. Acks are coalesced with `multiple` up to the highest delivery
@@ -28,6 +44,7 @@
 
 mod ack_window;
 mod copies;
+mod replay;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,7 +58,9 @@ use lapin::BasicProperties;
 pub(crate) use ack_window::AckWindow;
 pub(crate) use copies::kept_properties;
 use copies::{dead_letter_copy, retry_copy, CopyFit};
+pub(crate) use replay::{settle_replayed, Replayed};
 
+use super::spec::ConsumerId;
 use super::stats::ConsumerStats;
 use super::target::{DeliveryOutcome, IncomingMessage};
 use super::RetryPolicy;
@@ -122,6 +141,23 @@ impl Settler {
     /// Makes the outcome safe. Does not ack: `AckWindow` does, once every
     /// earlier delivery is settled too.
     pub async fn settle(
+        &self,
+        delivery: &Delivery,
+        message: &IncomingMessage,
+        outcome: DeliveryOutcome,
+    ) -> Settled {
+        log_settled(self.make_safe(delivery, message, outcome).await)
+    }
+
+    /// A retryable failure while the circuit breaker is open: back to the
+    /// queue as it came, no copy made, so its attempt is not spent.
+    pub async fn hand_back_unspent(&self, delivery: &Delivery, reason: &str) -> Settled {
+        self.stats.record_error(format!("circuit open: {reason}"));
+        hand_back(&delivery.acker).await;
+        log_settled(Settled::HandedBack)
+    }
+
+    async fn make_safe(
         &self,
         delivery: &Delivery,
         message: &IncomingMessage,
@@ -295,9 +331,34 @@ impl Settler {
     }
 }
 
+/// The span a delivery is handled and settled in: every line
+/// `log_settled` writes carries which consumer, queue and message it is
+/// about, for a single delivery and for each message of a batch alike.
+pub(crate) fn delivery_span(consumer_id: &ConsumerId, message: &IncomingMessage) -> tracing::Span {
+    tracing::info_span!(
+        "delivery",
+        consumer_id = %consumer_id,
+        queue = %message.queue,
+        message_id = %message.message_id,
+        attempt = message.attempt,
+    )
+}
+
+/// One line per settled delivery, in its `delivery_span`.
+fn log_settled(settled: Settled) -> Settled {
+    match settled {
+        Settled::Acked => tracing::debug!("delivered"),
+        Settled::Retried { delay_ms } => tracing::info!(delay_ms, "retry scheduled"),
+        Settled::DeadLettered => tracing::info!("dead-lettered"),
+        Settled::HandedBack => tracing::warn!("handed back to the queue"),
+    }
+    settled
+}
+
 /// Returns a delivery to its queue, to come again. Failure means the
-/// channel is gone, and the broker returns it anyway.
-pub(crate) async fn hand_back(acker: &lapin::acker::Acker) {
+/// channel is gone, and the broker returns it anyway. Private to `settle`:
+/// a nack, like an ack, is this module's business.
+async fn hand_back(acker: &lapin::acker::Acker) {
     let _ = acker
         .nack(BasicNackOptions {
             requeue: true,
