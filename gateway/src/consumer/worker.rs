@@ -542,7 +542,9 @@ impl<'w> Session<'w> {
     async fn ack_settled(&mut self) {
         let acked = async {
             self.acks.flush(&self.channel).await?;
-            self.acks.ack_stragglers(&self.channel, Duration::ZERO).await
+            self.acks
+                .ack_stragglers(&self.channel, Duration::ZERO)
+                .await
         };
         if let Err(err) = acked.await {
             tracing::warn!(error = %err, "final ack failed; the broker will redeliver");
