@@ -21,11 +21,11 @@
 //!   back unspent, probe, close.
 //! - `retry`: the backoff policy, as waiting in broker-side delay queues.
 //! - `settle`: **where a delivery is acked**, and nowhere else: a consumer's
-//!   in `AckWindow::flush` and `AckWindow::ack_stragglers`, after a 2xx or
-//!   after the broker confirmed its retry or dead-letter copy; a replayed
-//!   dead letter in `settle_replayed`, after its copy in the main queue is
-//!   confirmed. Also where deliveries are handed back, what the copies
-//!   carry, and the one log line per settled delivery.
+//!   deliveries in `AckWindow::flush` and `AckWindow::ack_stragglers`, after
+//!   a 2xx or after the broker confirmed their retry or dead-letter copy; a
+//!   replayed dead letter in `settle_replayed`, after its copy in the main
+//!   queue is confirmed. Also where deliveries are handed back, what the
+//!   copies carry, and the one log line per settled delivery.
 //! - `stats`: live counters read by `/getConsumers` and `/metrics`.
 
 mod batch;

@@ -1,8 +1,8 @@
-//! Settling a dead letter taken for replay (`crate::dead_letters`): the one
-//! ack outside a consumer channel, and it follows the same rule. The dead
-//! letter leaves `<queue>.dlq` only once its fresh copy is confirmed in the
-//! main queue (none lost); otherwise it goes back where it was (none
-//! doubled).
+//! Settling a dead letter taken for replay (`crate::dead_letters`, with
+//! `basic.get`): the one ack not on a consumer's channel, and it follows
+//! the same rule. The dead letter leaves `<queue>.dlq` only once its fresh
+//! copy is confirmed in the main queue (none lost); otherwise it goes back
+//! where it was (none doubled).
 
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
@@ -22,9 +22,10 @@ pub(crate) enum Replayed {
 
 /// Settles `dead_letter` by what became of its replay `copy`: acked after
 /// the broker confirmed the copy, handed back otherwise. A copy that failed
-/// is handed back and its error returned; so is an ack that failed (the
-/// channel is gone and the broker returns the dead letter anyway, its copy
-/// already in the main queue: at least once).
+/// is handed back and its error returned. An ack that failed returns its
+/// error too: the channel is gone, and the broker returns the dead letter
+/// to its queue while its copy is already in the main queue (at least
+/// once, never lost).
 pub(crate) async fn settle_replayed(
     dead_letter: &Delivery,
     copy: Result<PublishOutcome, BrokerError>,
