@@ -123,11 +123,14 @@ fn repository_path(word: &str) -> Option<String> {
     if word.is_empty() || !path_chars || word.starts_with('/') || word.contains("//") {
         return None;
     }
-    if GENERATED
-        .iter()
-        .any(|generated| word == *generated || word.starts_with(generated))
-    {
+    let generated = GENERATED.iter().any(|generated| {
+        word == *generated || (generated.ends_with('/') && word.starts_with(generated))
+    });
+    if generated {
         return None;
+    }
+    if word.ends_with('/') {
+        return Some(word.to_owned());
     }
     let segments: Vec<&str> = word.split('/').filter(|s| !s.is_empty()).collect();
     if segments.len() > 1 {
