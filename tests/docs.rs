@@ -43,7 +43,11 @@ fn every_repository_path_the_docs_name_exists() {
     let mut missing = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).expect("a readable document");
-        let name = file.strip_prefix(root).unwrap_or(file).display().to_string();
+        let name = file
+            .strip_prefix(root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
         for (line, reference) in references(&text) {
             let target = match &reference {
                 Reference::Code(path) => root.join(path),
@@ -141,9 +145,7 @@ fn repository_path(word: &str) -> Option<String> {
         return (!numeric && !mime).then(|| word.to_owned());
     }
     match word.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() && EXTENSIONS.contains(&ext) => {
-            Some(word.to_owned())
-        }
+        Some((stem, ext)) if !stem.is_empty() && EXTENSIONS.contains(&ext) => Some(word.to_owned()),
         _ => None,
     }
 }

@@ -173,7 +173,10 @@ fn parse_section(lines: Vec<(usize, &str)>) -> Walk {
             (None, None) => {}
         }
     }
-    assert!(open.is_none(), "a code block in `## Try it` is never closed");
+    assert!(
+        open.is_none(),
+        "a code block in `## Try it` is never closed"
+    );
 
     let blank_between = |a: &Block, b: &Block| {
         lines
@@ -432,7 +435,10 @@ impl Curl {
                 other => panic!("README line {line}: the test does not know curl's `{other}`"),
             }
         }
-        assert!(!curl.url.is_empty(), "README line {line}: no {README_ADDRESS} URL");
+        assert!(
+            !curl.url.is_empty(),
+            "README line {line}: no {README_ADDRESS} URL"
+        );
         curl.method = match (method, &curl.body) {
             (Some(m), _) => m.parse().expect("an HTTP method"),
             (None, Some(_)) => reqwest::Method::POST,
@@ -717,7 +723,15 @@ fn the_answer_notation_matches_as_the_readme_says() {
             r#"curl -u "admin:$P" -d '{"a":"$P"}' -d "{\"id\":\"${P}\"}""#,
             &vars
         ),
-        ["curl", "-u", "admin:s3cret", "-d", r#"{"a":"$P"}"#, "-d", r#"{"id":"s3cret"}"#]
+        [
+            "curl",
+            "-u",
+            "admin:s3cret",
+            "-d",
+            r#"{"a":"$P"}"#,
+            "-d",
+            r#"{"id":"s3cret"}"#
+        ]
     );
     assert_eq!(
         split_capture("K=$(curl -sS x | jq -r .apiKey)").0,
