@@ -65,6 +65,31 @@ fn every_repository_path_the_docs_name_exists() {
     );
 }
 
+/// The README's Configuration section names every variable `.env.example`
+/// lists, so a setting cannot be added without being documented.
+#[test]
+fn the_readme_configures_every_variable_of_env_example() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let configuration: String = readme
+        .split("\n## ")
+        .find(|section| section.starts_with("Configuration\n"))
+        .expect("README.md has a `## Configuration` section")
+        .to_owned();
+    let example = std::fs::read_to_string(root.join(".env.example")).expect(".env.example");
+    let missing: Vec<&str> = example
+        .lines()
+        .filter_map(|line| line.trim_start_matches('#').split_once('='))
+        .map(|(name, _)| name.trim())
+        .filter(|name| !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .filter(|name| !configuration.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README.md's Configuration does not name {missing:?}"
+    );
+}
+
 #[derive(Debug)]
 enum Reference {
     Code(String),
