@@ -32,4 +32,5 @@ mod rate_limits;
 mod resilience;
 mod retries;
 mod support;
+mod try_it;
 mod update_consumer;
