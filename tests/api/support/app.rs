@@ -1,6 +1,6 @@
-//! The real application in the test process, against the real broker and
-//! store, and the few tools tests need to drive it over HTTP and to look
-//! behind it with a plain AMQP client.
+//! Spawns the real application against the real broker and store, and gives
+//! tests the few tools they need to drive it over HTTP and to look behind it
+//! with a plain AMQP client.
 //!
 //! Isolation: every `TestApp` has its own name prefix (`t<uuid>_`) for queues
 //! and exchanges, its own MongoDB database (`test_<uuid>`) and its own
