@@ -29,6 +29,9 @@ use super::env::{management_url, mongodb_uri, percent_encode, TEST_DB_PREFIX};
 use super::http::{assert_json, basic_auth};
 use super::management::try_management_list;
 
+/// How long the app's tasks may take to go when its runtime shuts down.
+const APP_STOP_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Variables a developer or CI may point at other servers; everything else
 /// the tests set themselves so a local `.env` cannot change what they see.
 const FROM_ENVIRONMENT: &[&str] = &[
@@ -60,6 +63,8 @@ pub struct TestApp {
     queues: Mutex<BTreeSet<String>>,
     exchanges: Mutex<BTreeSet<String>>,
     amqp: OnceCell<Connection>,
+    /// Runs the app; `None` once the drop took it.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -101,11 +106,29 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     }
     let settings =
         Settings::from_lookup(|key| vars.get(key).cloned()).expect("test settings are valid");
-    let app = Application::build(settings.clone())
-        .await
-        .expect("the application starts");
-    let port = app.port();
-    tokio::spawn(app.run_until_stopped());
+    // The app's own runtime, which the drop shuts down before removing
+    // anything: no consumer restarting, no heartbeat or reconcile round of
+    // the app's can make a queue or the database again after the cleanup.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("test-app")
+        .enable_all()
+        .build()
+        .expect("a runtime for the app");
+    let build = Application::build(settings.clone());
+    let started = runtime.spawn(async move {
+        let app = build.await.expect("the application starts");
+        let port = app.port();
+        tokio::spawn(app.run_until_stopped());
+        port
+    });
+    let port = match started.await {
+        Ok(port) => port,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("the application did not start: {e}"),
+        },
+    };
 
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
@@ -129,6 +152,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         queues: Mutex::new(BTreeSet::new()),
         exchanges: Mutex::new(BTreeSet::new()),
         amqp: OnceCell::new(),
+        runtime: Some(runtime),
     }
 }
 
@@ -399,6 +423,14 @@ impl Drop for TestApp {
         // nothing of the test's is exclusive to it, so the plan need not
         // wait for that.
         drop(self.amqp.take());
-        self.cleanup_plan().run_detached();
+        let runtime = self.runtime.take();
+        self.cleanup_plan()
+            .first(Box::new(move || {
+                if let Some(runtime) = runtime {
+                    runtime.shutdown_timeout(APP_STOP_DEADLINE);
+                }
+                Ok(())
+            }))
+            .run_detached();
     }
 }

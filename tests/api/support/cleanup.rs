@@ -29,14 +29,16 @@ pub struct CleanupPlan {
     amqp_url: String,
     vhost_path: String,
     management_base: String,
-    /// Run first: what a test changed on the broker itself (a stopped
-    /// cluster node) is put back before its queues are deleted.
+    /// Run first, in order: what could make objects again is stopped, and
+    /// what a test changed on the broker itself (a stopped cluster node) is
+    /// put back, before its queues are deleted.
     restore: Vec<RestoreStep>,
     mongodb_uri: String,
     db_name: String,
 }
 
-/// A blocking step that puts something back; `Err` says what stays broken.
+/// A blocking step that stops or puts back something; `Err` says what
+/// stays broken.
 pub type RestoreStep = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 impl CleanupPlan {
@@ -82,9 +84,15 @@ impl CleanupPlan {
         self
     }
 
-    /// `steps` run before anything else.
+    /// `steps` run before anything is removed.
     pub fn restoring(mut self, steps: Vec<RestoreStep>) -> Self {
-        self.restore = steps;
+        self.restore.extend(steps);
+        self
+    }
+
+    /// `step` runs before the other steps and before anything is removed.
+    pub fn first(mut self, step: RestoreStep) -> Self {
+        self.restore.insert(0, step);
         self
     }
 
