@@ -23,8 +23,8 @@ pub mod target_server;
 pub mod wait;
 
 pub use amqp::{
-    binary_messages, connection_properties, ids_of, is_not_found, publish_confirmed,
-    publish_with_properties, queue_counts, wait_for_queue, TestMessage,
+    binary_messages, connection_properties, ids_of, publish_confirmed, publish_with_properties,
+    queue_counts, wait_for_queue, TestMessage,
 };
 pub use api::{running_consumer_on, Api};
 pub use app::{spawn_app, spawn_app_with, TestApp};
@@ -32,6 +32,5 @@ pub use env::{amqp_url, amqp_urls, env_or, mongodb_uri, percent_encode};
 pub use http::{assert_error, assert_json, basic_auth, bearer, metric_sample};
 pub use management::{
     connection_named, force_close_connection, management_client, management_get, management_put,
-    management_request,
 };
 pub use wait::eventually;
