@@ -27,7 +27,7 @@ use super::amqp::{connect, is_not_found, queue_counts};
 use super::cleanup::CleanupPlan;
 use super::env::{management_url, mongodb_uri, percent_encode, TEST_DB_PREFIX};
 use super::http::{assert_json, basic_auth};
-use super::management::try_management_list;
+use super::management::management_list;
 
 /// How long the app's tasks may take to go when its runtime shuts down.
 const APP_STOP_DEADLINE: Duration = Duration::from_secs(5);
@@ -381,7 +381,7 @@ impl TestApp {
     /// `name`, `durable` and `exclusive`. The list comes from the broker's
     /// queue table, so a queue shows up as soon as it exists.
     pub async fn broker_queues(&self) -> Vec<Value> {
-        try_management_list(
+        management_list(
             &self.http,
             &self.management_base,
             &self.vhost_path,
@@ -389,7 +389,6 @@ impl TestApp {
             "name,durable,exclusive",
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn cleanup_plan(&self) -> CleanupPlan {

@@ -85,6 +85,19 @@ pub async fn try_management_list(
     }
 }
 
+/// `try_management_list` that fails the test when there is no list.
+pub async fn management_list(
+    http: &reqwest::Client,
+    base: &str,
+    vhost_path: &str,
+    kind: &str,
+    columns: &str,
+) -> Vec<Value> {
+    try_management_list(http, base, vhost_path, kind, columns)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The broker's name (`"127.0.0.1:x -> 127.0.0.1:5672"`) of the connection
 /// whose client-provided name is `client_name`, if it is open.
 pub async fn connection_named(http: &reqwest::Client, client_name: &str) -> Option<String> {
