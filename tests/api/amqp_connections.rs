@@ -9,18 +9,18 @@ use serde_json::{json, Value};
 
 use gateway::headers;
 
-use crate::helpers::{
+use crate::support::amqp_proxy::AmqpProxy;
+use crate::support::cleanup::delete_in_management;
+use crate::support::target_server::{Reply, TargetServer};
+use crate::support::{
+    amqp_url, amqp_urls, connection_named, force_close_connection, management_client,
+    management_put, percent_encode, publish_with_properties, wait_for_queue, Api,
+};
+use crate::support::{
     assert_error, assert_json, connection_properties, eventually, spawn_app, spawn_app_with,
     TestApp,
 };
-use crate::support::amqp_proxy::AmqpProxy;
-use crate::support::target_server::{Reply, TargetServer};
-use crate::support::{
-    connection_named, env_or, force_close_connection, management_client, management_put,
-    management_request, percent_encode, publish_with_properties, wait_for_queue, Api,
-};
 
-const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The management API refreshes its connection list every ~5 s.
 const LISTED: Duration = Duration::from_secs(20);
 const SETTLED: Duration = Duration::from_secs(20);
@@ -154,14 +154,12 @@ async fn publishing_and_consuming_have_their_own_named_connections() {
             .any(|row| row["clientName"] == old_name.as_str()),
         "{rows}"
     );
-    app.cleanup().await;
 }
 
 /// A broker user of the test's own, removed on drop.
 struct BrokerUser {
     name: String,
     password: String,
-    http: reqwest::Client,
 }
 
 impl BrokerUser {
@@ -178,9 +176,7 @@ impl BrokerUser {
             &json!({ "password": password, "tags": "" }),
         )
         .await;
-        let vhost: lapin::uri::AMQPUri = env_or("AMQP_URL", DEFAULT_AMQP_URL)
-            .parse()
-            .expect("a valid AMQP_URL");
+        let vhost: lapin::uri::AMQPUri = amqp_url().parse().expect("a valid AMQP_URL");
         management_put(
             &http,
             &format!(
@@ -191,17 +187,11 @@ impl BrokerUser {
             &json!({ "configure": ".*", "write": ".*", "read": ".*" }),
         )
         .await;
-        BrokerUser {
-            name,
-            password,
-            http,
-        }
+        BrokerUser { name, password }
     }
 
     async fn connect(&self) -> Connection {
-        let base: lapin::uri::AMQPUri = env_or("AMQP_URL", DEFAULT_AMQP_URL)
-            .parse()
-            .expect("a valid AMQP_URL");
+        let base: lapin::uri::AMQPUri = amqp_url().parse().expect("a valid AMQP_URL");
         let url = format!(
             "amqp://{}:{}@{}:{}/{}",
             percent_encode(&self.name),
@@ -218,22 +208,7 @@ impl BrokerUser {
 
 impl Drop for BrokerUser {
     fn drop(&mut self) {
-        let (http, path) = (
-            self.http.clone(),
-            format!("/api/users/{}", percent_encode(&self.name)),
-        );
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async {
-                let _ = management_request(&http, reqwest::Method::DELETE, &path)
-                    .send()
-                    .await;
-            });
-        })
-        .join();
+        delete_in_management(format!("/api/users/{}", percent_encode(&self.name)));
     }
 }
 
@@ -279,7 +254,6 @@ async fn a_message_published_by_another_broker_user_is_dead_lettered_without_its
 
     drop(user);
     target.stop().await;
-    app.cleanup().await;
 }
 
 /// Room left in the original's header frame: enough for one short reason
@@ -376,7 +350,6 @@ async fn a_dead_letter_copy_that_would_not_fit_a_frame_is_trimmed_and_no_connect
     wait_until_seen(&target, &[second]).await;
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 /// RabbitMQ blocks a publishing connection under a memory or disk alarm;
@@ -384,9 +357,7 @@ async fn a_dead_letter_copy_that_would_not_fit_a_frame_is_trimmed_and_no_connect
 /// the shared broker stays untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_publish_connection_answers_503_at_once_while_consumers_keep_draining() {
-    let upstream: lapin::uri::AMQPUri = env_or("AMQP_URL", DEFAULT_AMQP_URL)
-        .parse()
-        .expect("a valid AMQP_URL");
+    let upstream: lapin::uri::AMQPUri = amqp_url().parse().expect("a valid AMQP_URL");
     let instance_id = format!(
         "test-blocked-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -472,8 +443,6 @@ async fn a_blocked_publish_connection_answers_503_at_once_while_consumers_keep_d
     wait_until_seen(&target, &[after]).await;
 
     target.stop().await;
-    app.cleanup().await;
-    drop(proxy);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,7 +470,6 @@ async fn a_force_closed_publish_connection_is_reopened_without_touching_the_cons
     assert_eq!(ready.status(), StatusCode::OK);
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 /// Past its share of consumer channels, a consume connection gets a
@@ -519,8 +487,7 @@ async fn consumers_past_a_connections_share_get_another_consume_connection() {
         gateway::BrokerSettings {
             consumer_channels_per_connection: 2,
             ..gateway::BrokerSettings::new(
-                gateway::AmqpUrls::parse(&env_or("AMQP_URL", DEFAULT_AMQP_URL))
-                    .expect("AMQP_URL is a valid list"),
+                gateway::AmqpUrls::parse(&amqp_urls()).expect("AMQP_URL is a valid list"),
                 base.clone(),
             )
         },

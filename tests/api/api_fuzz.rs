@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::spawn_app_with;
-use crate::support::{env_or, management_put, management_request, percent_encode};
+use crate::support::cleanup::delete_in_management;
+use crate::support::spawn_app_with;
+use crate::support::{amqp_url, env_or, management_put, percent_encode};
 
 /// Cases per operation and phase, and the run's time budget: about a
 /// minute in all.
@@ -89,8 +90,6 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_spec() {
     if !stderr.trim().is_empty() {
         eprintln!("{stderr}");
     }
-    app.cleanup().await;
-    drop(vhost);
 
     let summary = stdout
         .lines()
@@ -127,9 +126,7 @@ struct OwnVhost {
 impl OwnVhost {
     async fn create() -> OwnVhost {
         let name = format!("workerrmq-fuzz-{}", uuid::Uuid::new_v4().simple());
-        let mut amqp =
-            url::Url::parse(&env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"))
-                .expect("AMQP_URL is a URL");
+        let mut amqp = url::Url::parse(&amqp_url()).expect("AMQP_URL is a URL");
         let user = match amqp.username() {
             "" => "guest".to_owned(),
             user => user.to_owned(),
@@ -153,33 +150,8 @@ impl OwnVhost {
 }
 
 impl Drop for OwnVhost {
-    /// Runs on a runtime of its own, as `Drop` cannot await; reports a
-    /// failure instead of panicking (it may run while a test unwinds).
     fn drop(&mut self) {
-        let path = format!("/api/vhosts/{}", percent_encode(&self.name));
-        let outcome = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let http = crate::support::management_client();
-                let response = management_request(&http, reqwest::Method::DELETE, &path)
-                    .send()
-                    .await
-                    .map_err(|e| format!("DELETE {path}: {e}"))?;
-                match response.status().as_u16() {
-                    200..=299 | 404 => Ok(()),
-                    status => Err(format!("DELETE {path}: {status}")),
-                }
-            })
-        })
-        .join();
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => eprintln!("could not delete the fuzzing vhost: {err}"),
-            Err(_) => eprintln!("deleting the fuzzing vhost panicked"),
-        }
+        delete_in_management(format!("/api/vhosts/{}", percent_encode(&self.name)));
     }
 }
 
@@ -188,8 +160,8 @@ impl Drop for OwnVhost {
 /// required. What schemathesis checks is only as good as this.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spec_documents_errors_enums_bounds_and_required_fields() {
-    let app = crate::helpers::spawn_app().await;
-    let spec = crate::helpers::assert_json(
+    let app = crate::support::spawn_app().await;
+    let spec = crate::support::assert_json(
         app.request_anonymous(reqwest::Method::GET, "/openapi.json", None)
             .await,
         reqwest::StatusCode::OK,
@@ -275,5 +247,4 @@ async fn the_spec_documents_errors_enums_bounds_and_required_fields() {
     for schema in ["QueueRow", "ConnectionInfo", "ErrorBody"] {
         assert!(schemas[schema].is_object(), "{schema} is missing");
     }
-    app.cleanup().await;
 }

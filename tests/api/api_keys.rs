@@ -1,7 +1,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_error, assert_json, bearer, spawn_app};
+use crate::support::{assert_error, assert_json, bearer, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_mints_a_key_that_authenticates() {
@@ -43,7 +43,6 @@ async fn an_admin_mints_a_key_that_authenticates() {
         "unauthorized",
     )
     .await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,5 +61,4 @@ async fn keys_need_a_known_role_and_a_name() {
         )
         .await;
     }
-    app.cleanup().await;
 }

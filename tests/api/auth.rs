@@ -3,7 +3,7 @@ use reqwest::header::WWW_AUTHENTICATE;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{
+use crate::support::{
     assert_error, assert_json, basic_auth, bearer, spawn_app, spawn_app_with, TestApp,
 };
 
@@ -99,7 +99,6 @@ async fn protected_routes_refuse_missing_and_wrong_credentials() {
     let exchange = app.unique_exchange("never_created");
     assert!(!app.queue_exists(&queue).await);
     assert!(!app.exchange_exists(&exchange).await);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +115,6 @@ async fn garbage_bearer_keys_and_unknown_schemes_are_refused() {
         let response = app.get_with_auth("/getQueues", &auth).await;
         assert_unauthorized(response, &auth).await;
     }
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +153,6 @@ async fn a_viewer_reads_but_may_not_change_anything() {
 
     assert!(!app.queue_exists(&other).await);
     assert_eq!(app.message_count(&queue).await, Some(0));
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +195,6 @@ async fn a_publisher_publishes_but_may_not_create_queues() {
     )
     .await;
     assert!(!app.queue_exists(&other).await);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +212,6 @@ async fn an_admin_api_key_can_create_queues() {
 
     assert_eq!(body["queueName"], queue.as_str());
     assert!(app.queue_exists(&queue).await);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,5 +246,4 @@ async fn credentials_are_judged_before_the_body_is_read() {
         .await
         .expect("sent");
     assert_eq!(health.status(), StatusCode::OK);
-    app.cleanup().await;
 }

@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{assert_error, spawn_app, spawn_app_with, TestApp};
+use crate::support::{assert_error, spawn_app, spawn_app_with, TestApp};
 
 /// Whether the broker lists a queue of this exact name.
 async fn broker_lists(app: &TestApp, queue: &str) -> bool {
@@ -51,7 +51,6 @@ async fn malformed_json_is_a_bad_request() {
         assert!(message.contains("not valid JSON"), "{message}");
     }
     assert!(!app.queue_exists(&queue).await);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +72,6 @@ async fn a_field_of_the_wrong_type_is_named() {
     let message = body["message"].as_str().expect("a message");
     assert!(message.contains("durable"), "{message}");
     assert!(!app.queue_exists(&queue).await);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +93,6 @@ async fn unknown_fields_are_refused_and_named() {
     let message = body["message"].as_str().expect("a message");
     assert!(message.contains("durible"), "{message}");
     assert!(!app.queue_exists(&queue).await);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +111,6 @@ async fn bodies_that_are_not_declared_json_are_unsupported() {
         .await;
     }
     assert!(!app.queue_exists(&queue).await);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +128,6 @@ async fn oversized_bodies_are_refused() {
     .await;
 
     assert_eq!(app.message_count(&queue).await, Some(0));
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +159,6 @@ async fn invalid_and_reserved_queue_names_are_refused() {
         .difference(&server_named_before)
         .collect();
     assert!(new.is_empty(), "server-named queues appeared: {new:?}");
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +183,6 @@ async fn query_string_errors_get_the_contract_body_naming_the_parameter() {
         let message = body["message"].as_str().expect("a message");
         assert!(message.contains(names), "{query}: {message}");
     }
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,9 +225,8 @@ async fn a_json_array_is_not_taken_for_an_object() {
     let message = body["message"].as_str().expect("a message");
     assert!(message.contains("retry"), "{message}");
     let consumers =
-        crate::helpers::assert_json(app.get("/getConsumers").await, StatusCode::OK).await;
+        crate::support::assert_json(app.get("/getConsumers").await, StatusCode::OK).await;
     assert_eq!(consumers, json!([]), "no consumer was made");
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +269,6 @@ async fn integers_written_with_a_zero_fraction_are_integers() {
     .await;
     let message = body["message"].as_str().expect("a message");
     assert!(message.contains("tipo_reporte"), "{message}");
-    app.cleanup().await;
 }
 
 /// Sends `head` and `body_part` on a raw connection and returns the status,
@@ -334,7 +325,6 @@ async fn a_body_shorter_than_its_content_length_is_not_waited_for_forever() {
         "answered after {elapsed:?}, expected about 10 s"
     );
     assert!(!app.queue_exists(&queue).await);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,5 +368,4 @@ async fn header_names_and_message_ids_from_outside_are_judged_without_a_panic() 
         Some(1),
         "nothing published"
     );
-    app.cleanup().await;
 }

@@ -9,10 +9,10 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::delivery::expected_signature;
-use crate::helpers::{assert_error, assert_json, spawn_app};
 use crate::support::ids_of;
 use crate::support::running_consumer_on;
 use crate::support::target_server::{Recorded, Reply, TargetServer};
+use crate::support::{assert_error, assert_json, spawn_app};
 use crate::support::{binary_messages, publish_confirmed, wait_for_queue, Api, TestMessage};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -143,7 +143,6 @@ async fn a_thousand_messages_arrive_in_at_most_25_requests_each_once() {
     .await;
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,7 +209,6 @@ async fn a_signed_batch_verifies_over_the_whole_body() {
     assert_eq!(arrived, ids);
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +275,6 @@ async fn a_batch_answer_retries_and_rejects_the_ids_it_names_and_acks_the_rest()
     .await;
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +328,6 @@ async fn a_503_retries_every_message_of_the_batch() {
     );
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,7 +360,6 @@ async fn a_batch_smaller_than_max_messages_goes_out_after_max_wait() {
     assert_eq!(ids, ids_of(&messages));
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,7 +495,6 @@ async fn bad_batch_settings_are_refused_naming_the_field_and_change_nothing() {
     assert_eq!(updated["prefetch"], 10, "{updated}");
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,7 +562,6 @@ async fn pausing_and_updating_a_batch_consumer_mid_stream_loses_nothing() {
     .await;
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -597,12 +590,11 @@ async fn the_openapi_spec_lists_the_batch_field() {
         batch["properties"]["maxWaitMs"]["maximum"], 10000,
         "{batch}"
     );
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_network_guard_refuses_a_batch_target_resolving_inside() {
-    let app = crate::helpers::spawn_app_with(&[("FORWARD_DENY_PRIVATE", "true")]).await;
+    let app = crate::support::spawn_app_with(&[("FORWARD_DENY_PRIVATE", "true")]).await;
     let api = Api::of(&app);
     let target = TargetServer::start().await;
     let queue = app.unique_queue("guarded");
@@ -619,7 +611,7 @@ async fn the_network_guard_refuses_a_batch_target_resolving_inside() {
     .await;
     let messages = binary_messages("guarded", 3);
     publish_confirmed(app.amqp_connection().await, &queue, &messages).await;
-    let dead = crate::helpers::eventually(DEADLINE, || async {
+    let dead = crate::support::eventually(DEADLINE, || async {
         let dead = api.dead_letters(&queue).await;
         if dead.len() == 3 {
             Ok(dead)
@@ -639,7 +631,6 @@ async fn the_network_guard_refuses_a_batch_target_resolving_inside() {
     }
     assert_eq!(target.request_count(), 0, "a refused target was reached");
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -690,5 +681,4 @@ async fn the_circuit_breaker_counts_a_failed_batch_as_one_failure() {
     )
     .await;
     target.stop().await;
-    app.cleanup().await;
 }

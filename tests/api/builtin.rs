@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{assert_error, assert_json, eventually, spawn_app_with, TestApp};
+use crate::support::{assert_error, assert_json, eventually, spawn_app_with, TestApp};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -210,8 +210,6 @@ async fn users_are_created_updated_and_deleted_through_the_users_queue() {
             .contains("fecha_nacimiento"),
         "{body}"
     );
-
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,8 +293,6 @@ async fn reports_count_on_their_author_once_per_event() {
         body["message"].as_str().unwrap().contains("descripcion"),
         "{body}"
     );
-
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,8 +359,6 @@ async fn invalid_events_are_dead_lettered_and_the_consumer_goes_on() {
     let consumer = consumer_on(&app, &queue).await.expect("a users consumer");
     assert_eq!(consumer["state"], "running", "{consumer}");
     assert_eq!(consumer["target"]["type"], "builtin", "{consumer}");
-
-    app.cleanup().await;
 }
 
 // --------------------------------------------------------- store outage
@@ -546,7 +540,6 @@ async fn events_published_while_the_store_is_down_are_applied_when_it_is_back() 
         started.elapsed()
     );
 
-    app.cleanup().await;
     store.stop().await;
 }
 
@@ -752,8 +745,6 @@ async fn scrape_jobs_fetch_their_pages_and_record_what_failed() {
     );
     let missing = app.get("/jobs/no-such-job").await;
     assert_error(missing, StatusCode::NOT_FOUND, "not_found").await;
-
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -791,7 +782,6 @@ async fn a_scrape_job_past_its_deadline_completes_with_what_it_has() {
             .is_some_and(|e| e.contains("2 URL(s) were not fetched")),
         "{job}"
     );
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -831,7 +821,6 @@ async fn scrape_jobs_refuse_a_used_job_id_and_keys_the_store_cannot_keep() {
             "{body}: {answer}"
         );
     }
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -891,9 +880,6 @@ async fn builtin_queues_and_consumers_are_made_once_at_start_up() {
         })
         .count();
     assert_eq!(count, 3, "{consumers}");
-
-    replica.cleanup().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -931,5 +917,4 @@ async fn seed_routes_are_documented_and_need_their_queue() {
             "{method} {path} is not documented"
         );
     }
-    app.cleanup().await;
 }

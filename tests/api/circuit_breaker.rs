@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, spawn_app};
 use crate::support::target_server::{Reply, TargetServer};
+use crate::support::{assert_error, spawn_app};
 use crate::support::{
     binary_messages, metric_sample as sample, publish_confirmed, queue_counts, wait_for_queue, Api,
 };
@@ -167,7 +167,6 @@ async fn a_failing_target_opens_the_circuit_messages_wait_unspent_and_a_probe_cl
     assert!(openings.is_some_and(|n| n >= 1.0), "{openings:?}");
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +215,6 @@ async fn a_null_or_disabled_circuit_breaker_lets_every_failure_take_its_course()
     assert_eq!(target.request_count(), 2 * MESSAGES);
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +260,7 @@ async fn circuit_breaker_settings_are_checked_and_named_and_on_by_default() {
         let message = body["message"].as_str().expect("a message");
         assert!(message.contains(field), "{setting} → {message}");
     }
-    let stored = crate::helpers::assert_json(api.get("/getConsumers").await, StatusCode::OK).await;
+    let stored = crate::support::assert_json(api.get("/getConsumers").await, StatusCode::OK).await;
     assert_eq!(stored, json!([]), "a refused consumer was stored");
 
     // Absent: on, with the documented defaults.
@@ -276,7 +274,6 @@ async fn circuit_breaker_settings_are_checked_and_named_and_on_by_default() {
         "{view}"
     );
     assert_eq!(view["circuit"]["state"], "closed", "{view}");
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,7 +301,7 @@ async fn a_pause_wins_over_an_open_circuit_and_a_resume_probes_again() {
         v["state"] == "circuit_open"
     })
     .await;
-    crate::helpers::assert_json(
+    crate::support::assert_json(
         api.post("/pauseConsumer", &json!({ "consumerId": consumer }))
             .await,
         StatusCode::OK,
@@ -321,7 +318,7 @@ async fn a_pause_wins_over_an_open_circuit_and_a_resume_probes_again() {
     }
     assert_eq!(queue_counts(amqp, &queue).await, Some((1, 0)));
 
-    crate::helpers::assert_json(
+    crate::support::assert_json(
         api.post("/resumeConsumer", &json!({ "consumerId": consumer }))
             .await,
         StatusCode::OK,
@@ -343,13 +340,12 @@ async fn a_pause_wins_over_an_open_circuit_and_a_resume_probes_again() {
     assert_eq!(attempts, [1, 1], "the handed-back message kept its attempt");
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_spec_lists_the_circuit_breaker_from_the_request_type() {
     let app = spawn_app().await;
-    let spec = crate::helpers::assert_json(
+    let spec = crate::support::assert_json(
         app.request_anonymous(reqwest::Method::GET, "/openapi.json", None)
             .await,
         StatusCode::OK,
@@ -373,7 +369,6 @@ async fn the_openapi_spec_lists_the_circuit_breaker_from_the_request_type() {
         breaker["properties"]["failureThreshold"]["minimum"], 1,
         "{breaker}"
     );
-    app.cleanup().await;
 }
 
 /// `nextProbeAt − openedAt` of an open circuit, in ms.
@@ -429,5 +424,4 @@ async fn a_failed_probe_opens_the_circuit_again_for_twice_as_long() {
     assert_eq!(second["stats"]["retried"], 0, "{second}");
 
     target.stop().await;
-    app.cleanup().await;
 }

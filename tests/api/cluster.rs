@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_json, eventually, spawn_app_with};
 use crate::support::cluster::{
     gateway_vars, leader_of, management_get_any, queue_info, require_cluster, restore_node,
     stop_node, wait_for_queue_info, wait_until_rejoined, Node, NODES,
@@ -23,6 +22,7 @@ use crate::support::cluster::{
 use crate::support::gateway_process::{Deployment, GatewayProcess};
 use crate::support::target_server::{Reply, TargetServer};
 use crate::support::Api;
+use crate::support::{assert_json, eventually, spawn_app_with};
 
 /// What the issue allows a replica to take to resume after a node's death.
 const RESUME: Duration = Duration::from_secs(5);
@@ -348,7 +348,6 @@ async fn a_node_dying_mid_stream_loses_nothing_and_both_replicas_resume_within_5
 
     a.api.delete_consumer(&consumer).await;
     drop((a, b));
-    deployment.cleanup().await;
     target.stop().await;
 }
 
@@ -446,7 +445,6 @@ async fn a_retry_waiting_in_a_quorum_delay_queue_survives_its_leaders_node_stopp
         .unwrap_or_else(|e| panic!("{e}"));
     gateway.api.delete_consumer(&consumer).await;
     drop(gateway);
-    deployment.cleanup().await;
     target.stop().await;
 }
 
@@ -542,6 +540,5 @@ async fn default_queue_type_quorum_makes_built_in_queues_and_every_companion_quo
     );
 
     api.delete_consumer(&consumer).await;
-    app.cleanup().await;
     target.stop().await;
 }

@@ -3,7 +3,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{assert_json, eventually, spawn_app_with};
+use crate::support::{assert_json, eventually, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_lists_its_own_broker_connection() {
@@ -43,5 +43,4 @@ async fn the_gateway_lists_its_own_broker_connection() {
     );
     assert_eq!(row["user"], "guest", "{row}");
     assert!(matches!(row["channels"], Value::Number(_)), "{row}");
-    app.cleanup().await;
 }

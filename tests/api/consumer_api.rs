@@ -7,8 +7,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_error, assert_json, eventually, spawn_app, spawn_app_with};
 use crate::support::target_server::TargetServer;
+use crate::support::{assert_error, assert_json, eventually, spawn_app, spawn_app_with};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -79,7 +79,6 @@ async fn invalid_consumers_are_refused_and_nothing_is_stored() {
 
     let consumers = assert_json(app.get("/getConsumers").await, StatusCode::OK).await;
     assert_eq!(consumers, json!([]), "a refused consumer was stored");
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,7 +191,6 @@ async fn a_consumer_is_listed_without_its_secrets_and_deleted_on_request() {
     )
     .await;
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +220,6 @@ async fn a_consumer_with_only_a_queue_forwards_to_the_default_target() {
     .await;
     assert_eq!(deleted["deleted"], 1);
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{
+use crate::support::{
     assert_error, assert_json, basic_auth, bearer, eventually, spawn_app, spawn_app_with, TestApp,
 };
 
@@ -129,7 +129,6 @@ async fn after_ten_failures_an_address_gets_429_without_bcrypt_while_a_good_key_
         metric(&app, &admin_key, BCRYPT_RUNS).await,
         bcrypt_before + 10
     );
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +148,6 @@ async fn a_repeated_wrong_password_runs_bcrypt_once() {
         .await;
     }
     assert_eq!(metric(&app, &admin_key, BCRYPT_RUNS).await, before + 1);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +197,6 @@ async fn a_key_is_stored_as_the_sha256_of_its_secret_only() {
             .status(),
         StatusCode::OK
     );
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +276,6 @@ async fn admins_list_keys_without_secrets_and_see_when_they_were_used() {
         let response = request.send().await.expect("sent");
         assert_error(response, StatusCode::FORBIDDEN, "forbidden").await;
     }
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,7 +304,6 @@ async fn deleting_a_key_needs_a_well_formed_id_of_a_key_that_exists() {
         "not_found",
     )
     .await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,8 +357,6 @@ async fn a_revoked_key_is_refused_on_another_replica_within_five_seconds() {
         "not_found",
     )
     .await;
-    second.cleanup().await;
-    first.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,7 +402,6 @@ async fn the_key_routes_are_documented_with_their_real_shapes() {
         "{}",
         schemas["DeleteApiKeyRequest"]
     );
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,7 +435,6 @@ async fn a_burst_of_wrong_passwords_runs_bcrypt_at_most_once_per_core() {
         (1..=cores).contains(&peak),
         "{peak} bcrypt runs at once on {cores} cores"
     );
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -478,5 +469,4 @@ async fn a_burst_of_distinct_wrong_passwords_at_once_from_one_address_gets_at_mo
         metric(&app, &admin_key, BCRYPT_RUNS).await - bcrypt_before <= 10,
         "at most the throttle's limit of bcrypt runs"
     );
-    app.cleanup().await;
 }

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_json, spawn_app, TestApp};
 use crate::support::browser::Browser;
 use crate::support::target_server::{Reply, TargetServer};
 use crate::support::Api;
+use crate::support::{assert_json, spawn_app, TestApp};
 
 /// The issue's bar for a queue made through the API to appear.
 const QUEUE_APPEARS: Duration = Duration::from_secs(3);
@@ -287,7 +287,7 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
     browser
         .click(r#"[data-testid="dead-letters"] [data-action="replay"]"#)
         .await;
-    crate::helpers::eventually(DELIVERY, || async {
+    crate::support::eventually(DELIVERY, || async {
         let mut tries: BTreeMap<String, usize> = BTreeMap::new();
         for request in target.requests_to("/reject") {
             *tries.entry(request.webhook_id()).or_default() += 1;
@@ -331,7 +331,7 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
             r#"{failing_row}.querySelector('[data-action="publish"]').click(); return true"#
         ))
         .await;
-    crate::helpers::eventually(DELIVERY, || async {
+    crate::support::eventually(DELIVERY, || async {
         let tests = target
             .requests_to("/reject")
             .iter()
@@ -474,7 +474,6 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
 
     assert_eq!(assert_stays_home_and_quiet(&browser, &app, &[]).await, 0);
     browser.close().await;
-    app.cleanup().await;
 }
 
 #[tokio::test]
@@ -550,12 +549,12 @@ async fn a_viewer_gets_no_admin_controls_and_a_wrong_password_gets_the_error_ban
         .post_json_with_auth(
             "/pauseConsumer",
             &json!({ "consumerId": consumer }),
-            &crate::helpers::bearer(&viewer_key),
+            &crate::support::bearer(&viewer_key),
         )
         .await;
     assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
     let whoami = assert_json(
-        app.get_with_auth("/whoami", &crate::helpers::bearer(&viewer_key))
+        app.get_with_auth("/whoami", &crate::support::bearer(&viewer_key))
             .await,
         reqwest::StatusCode::OK,
     )
@@ -594,7 +593,6 @@ async fn a_viewer_gets_no_admin_controls_and_a_wrong_password_gets_the_error_ban
     .await;
     assert!(refusals >= 2, "the 401s in the console log: {refusals}");
     browser.close().await;
-    app.cleanup().await;
 }
 
 #[tokio::test]
@@ -642,5 +640,4 @@ async fn the_console_is_served_without_credentials_under_a_self_only_policy() {
     assert_eq!(data.status(), reqwest::StatusCode::UNAUTHORIZED);
     let who = assert_json(app.get("/whoami").await, reqwest::StatusCode::OK).await;
     assert_eq!(who, json!({ "name": app.admin_user, "role": "admin" }));
-    app.cleanup().await;
 }

@@ -10,8 +10,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sha2::Sha256;
 
-use crate::helpers::{assert_json, spawn_app, spawn_app_with};
 use crate::support::target_server::{Reply, TargetServer};
+use crate::support::{assert_json, spawn_app, spawn_app_with};
 use crate::support::{binary_messages, publish_confirmed, wait_for_queue, Api};
 
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(30);
@@ -92,7 +92,6 @@ async fn binary_messages_reach_the_target_byte_for_byte_and_are_all_acked() {
     assert_eq!(ready, 0);
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 /// Standard Webhooks: `v1,` + base64(HMAC-SHA256(key, "{id}.{ts}.{body}")),
@@ -191,7 +190,6 @@ async fn signatures_verify_with_an_independently_computed_hmac() {
     assert_json(refused, StatusCode::BAD_REQUEST).await;
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +221,6 @@ async fn a_consumer_works_on_up_to_prefetch_deliveries_at_once() {
     .await;
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +261,6 @@ async fn consumers_aimed_at_one_target_share_its_connection_limit_and_lose_nothi
     }
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,5 +312,4 @@ async fn one_slow_delivery_does_not_hold_up_the_rest_of_the_prefetch_window() {
     .await;
     assert_eq!(target.requests_to("/hook").len(), 13, "each message once");
     target.stop().await;
-    app.cleanup().await;
 }

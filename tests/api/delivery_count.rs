@@ -9,9 +9,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_json, eventually};
 use crate::support::gateway_process::Deployment;
 use crate::support::target_server::{Reply, TargetServer};
+use crate::support::{assert_json, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_redelivered_by_a_quorum_queue_past_max_attempts_is_dead_lettered_unsent() {
@@ -85,5 +85,4 @@ async fn a_message_redelivered_by_a_quorum_queue_past_max_attempts_is_dead_lette
     restarted.api.delete_consumer(&consumer).await;
     drop(restarted);
     target.stop().await;
-    deployment.cleanup().await;
 }

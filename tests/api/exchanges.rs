@@ -1,7 +1,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_error, assert_json, spawn_app};
+use crate::support::{assert_error, assert_json, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_exchange_is_idempotent_and_conflicts_on_another_type() {
@@ -40,7 +40,6 @@ async fn create_exchange_is_idempotent_and_conflicts_on_another_type() {
         )
         .await;
     assert_eq!(next_created.status(), StatusCode::CREATED);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +58,6 @@ async fn an_unknown_exchange_type_is_a_bad_request() {
     )
     .await;
     assert!(!app.exchange_exists(&exchange).await);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,7 +132,6 @@ async fn bound_queues_receive_what_is_published_to_the_exchange() {
     )
     .await;
     assert_eq!(app.message_count(&queue).await, Some(0));
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,5 +173,4 @@ async fn binding_needs_both_the_queue_and_the_exchange() {
 
     assert!(!app.queue_exists(&missing_queue).await);
     assert!(!app.exchange_exists(&missing_exchange).await);
-    app.cleanup().await;
 }

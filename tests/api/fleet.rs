@@ -14,11 +14,11 @@ use mongodb::bson::{doc, Document};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, assert_json, bearer, eventually, spawn_app};
 use crate::support::cluster::{gateway_vars, require_cluster, Node, NODES};
 use crate::support::ids_of;
 use crate::support::target_server::TargetServer;
-use crate::support::{binary_messages, env_or, publish_confirmed, Api};
+use crate::support::{assert_error, assert_json, bearer, eventually, spawn_app};
+use crate::support::{binary_messages, mongodb_uri, publish_confirmed, Api};
 
 const MESSAGES: usize = 1_000;
 const ALL_DELIVERED: Duration = Duration::from_secs(60);
@@ -162,7 +162,6 @@ async fn both_replicas_show_the_fleets_sums_and_a_killed_one_drops_out() {
 
     drop(a);
     target.stop().await;
-    deployment.cleanup().await;
 }
 
 #[tokio::test]
@@ -194,13 +193,11 @@ async fn get_replicas_needs_credentials_and_a_viewer_may_read_it() {
     assert_eq!(rows[0]["thisReplica"], true, "{rows:?}");
     assert_eq!(rows[0]["consumers"], 0, "{rows:?}");
     assert_eq!(rows[0]["totals"]["acked"], 0, "{rows:?}");
-
-    app.cleanup().await;
 }
 
 /// This replica's heartbeat record, read from the store itself.
 async fn heartbeat_record(db_name: &str, instance_id: &str) -> Option<Document> {
-    let client = mongodb::Client::with_uri_str(env_or("MONGODB_URI", "mongodb://127.0.0.1:27017"))
+    let client = mongodb::Client::with_uri_str(mongodb_uri())
         .await
         .expect("a MongoDB client");
     client
@@ -262,6 +259,4 @@ async fn a_beat_carries_only_the_consumers_that_are_not_idle() {
     .await;
     let view = api.consumer(&consumer).await;
     assert_eq!(view["stats"]["replicas"][0]["state"], "paused", "{view}");
-
-    app.cleanup().await;
 }

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, assert_json, bearer, spawn_app};
 use crate::support::gateway_process::Deployment;
 use crate::support::ids_of;
 use crate::support::target_server::{Reply, TargetServer};
+use crate::support::{assert_error, assert_json, bearer, spawn_app};
 use crate::support::{binary_messages, publish_confirmed, queue_counts, wait_for_queue, Api};
 
 /// The contract: every replica follows a pause or resume within 5 s.
@@ -154,7 +154,6 @@ async fn messages_published_while_paused_wait_in_the_queue_and_arrive_once_after
     assert_each_once(&target, &ids_of(&messages));
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test]
@@ -200,7 +199,6 @@ async fn pausing_mid_delivery_lets_the_held_deliveries_finish_and_acks_them() {
     assert_each_once(&target, &all);
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,7 +240,6 @@ async fn a_gateway_restarted_while_a_consumer_is_paused_keeps_it_paused() {
 
     drop(restarted);
     target.stop().await;
-    deployment.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,7 +297,6 @@ async fn a_pause_on_one_replica_stops_delivery_on_the_other_within_5_s() {
 
     drop((a, b));
     target.stop().await;
-    deployment.cleanup().await;
 }
 
 #[tokio::test]
@@ -428,5 +424,4 @@ async fn pause_and_resume_refuse_bad_input_change_nothing_and_are_idempotent() {
     .await;
 
     target.stop().await;
-    app.cleanup().await;
 }

@@ -1,7 +1,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_error, assert_json, spawn_app, spawn_app_with};
+use crate::support::{assert_error, assert_json, spawn_app, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_answers_ok() {
@@ -15,7 +15,6 @@ async fn health_answers_ok() {
     .await;
 
     assert_eq!(body, json!({ "status": "ok" }));
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,11 +29,7 @@ async fn ready_when_broker_and_store_are_up() {
     .await;
 
     // One broker address: both connections are on it.
-    let urls = gateway::AmqpUrls::parse(&crate::support::env_or(
-        "AMQP_URL",
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-    ))
-    .expect("AMQP_URL is valid");
+    let urls = gateway::AmqpUrls::parse(&crate::support::amqp_urls()).expect("AMQP_URL is valid");
     let node = urls.first().node();
     let id = &app.instance_id;
     assert_eq!(
@@ -47,7 +42,6 @@ async fn ready_when_broker_and_store_are_up() {
             ]
         })
     );
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,5 +71,4 @@ async fn ready_names_the_store_when_it_is_down_and_startup_still_succeeds() {
         "store_unavailable",
     )
     .await;
-    app.cleanup().await;
 }

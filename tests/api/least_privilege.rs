@@ -7,12 +7,12 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{
-    assert_error, assert_json, bearer, eventually, spawn_app, spawn_app_with, TestApp,
-};
 use crate::support::gateway_process::Deployment;
 use crate::support::target_server::{Reply, TargetServer};
 use crate::support::Api;
+use crate::support::{
+    assert_error, assert_json, bearer, eventually, spawn_app, spawn_app_with, TestApp,
+};
 
 const SETTLED_DEADLINE: Duration = Duration::from_secs(15);
 
@@ -64,7 +64,6 @@ async fn viewers_read_dead_letter_metadata_but_not_payloads() {
     assert!(letter["deadLetteredAt"].is_string(), "{letter}");
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,8 +110,6 @@ async fn viewers_see_target_urls_with_query_values_masked() {
             );
         }
     }
-
-    app.cleanup().await;
 }
 
 /// Where a closed local port could show up in a body.
@@ -143,8 +140,6 @@ async fn a_management_api_outage_is_named_without_its_address() {
             "the message says what is down: {body}"
         );
     }
-
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,8 +163,6 @@ async fn a_store_outage_is_named_without_its_address() {
     )
     .await;
     assert_names_no_location(&body);
-
-    app.cleanup().await;
 }
 
 /// The header's value as text; empty when absent.
@@ -219,8 +212,6 @@ async fn docs_load_redoc_from_the_gateway_itself_without_credentials() {
     let bundle = response.text().await.expect("the bundle");
     assert!(bundle.len() > 100_000, "{} bytes", bundle.len());
     assert!(bundle.contains("Redoc"), "not the Redoc bundle");
-
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,5 +273,4 @@ async fn a_clean_first_start_logs_no_error_or_warning() {
     assert!(loud.is_empty(), "a clean first start logged: {loud:#?}");
 
     drop(gateway);
-    deployment.cleanup().await;
 }

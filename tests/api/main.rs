@@ -20,7 +20,6 @@ mod exchanges;
 mod fleet;
 mod flow_control;
 mod health;
-mod helpers;
 mod least_privilege;
 mod metrics;
 mod network_guard;

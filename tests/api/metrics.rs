@@ -5,10 +5,10 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_error, eventually, spawn_app};
 use crate::support::metric_sample as sample;
 use crate::support::target_server::{Reply, TargetServer};
 use crate::support::Api;
+use crate::support::{assert_error, eventually, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_with_real_deliveries() {
@@ -92,7 +92,6 @@ async fn counters_move_with_real_deliveries() {
     let anonymous = reqwest::get(app.url("/metrics")).await.expect("request");
     assert_error(anonymous, StatusCode::UNAUTHORIZED, "unauthorized").await;
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,5 +141,4 @@ async fn the_state_gauge_follows_a_consumer_through_pause_and_resume() {
         .await;
     assert_eq!(resumed.status(), StatusCode::OK);
     eventually(Duration::from_secs(10), || in_state("running")).await;
-    app.cleanup().await;
 }

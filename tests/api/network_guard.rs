@@ -15,9 +15,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::builtin::request_path;
-use crate::helpers::{assert_error, assert_json, eventually, spawn_app_with, TestApp};
 use crate::support::target_server::TargetServer;
 use crate::support::Api;
+use crate::support::{assert_error, assert_json, eventually, spawn_app_with, TestApp};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const ADDRESS_NOT_ALLOWED: &str = "address not allowed";
@@ -149,7 +149,6 @@ async fn scrapes_of_inside_addresses_are_refused_before_any_connection() {
         !error.contains("http://"),
         "the job error names a URL: {error}"
     );
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +173,6 @@ async fn hosts_listed_in_scrape_allowed_hosts_are_fetched() {
     }
     assert!(refused(&results[2]), "{}", results[2]);
     assert_eq!(inside.connections(), 2, "one connection per listed URL");
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +210,6 @@ async fn redirects_from_an_allowed_host_to_an_inside_one_are_refused() {
         1,
         "only the hop to the listed host may connect"
     );
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,7 +269,6 @@ async fn forward_deny_private_refuses_inside_targets() {
     let last_error = stats["lastError"].as_str().unwrap_or_default();
     assert!(!last_error.contains("s3cr3t"), "{stats}");
     assert_eq!(target.request_count(), 0, "a refused target was reached");
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,5 +310,4 @@ async fn delivery_errors_are_stored_without_the_target_url() {
             "a stored error carries the URL: {text}"
         );
     }
-    app.cleanup().await;
 }

@@ -1,6 +1,6 @@
 use reqwest::{Method, StatusCode};
 
-use crate::helpers::{assert_error, spawn_app};
+use crate::support::{assert_error, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_answer_404_with_the_contract_body() {
@@ -25,7 +25,6 @@ async fn unknown_routes_answer_404_with_the_contract_body() {
         "not_found",
     )
     .await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,5 +62,4 @@ async fn a_wrong_method_answers_405_naming_the_allowed_one() {
     }
     // Nothing was done by a request with the wrong method.
     assert!(!app.queue_exists(&queue).await);
-    app.cleanup().await;
 }

@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;
 
-use crate::helpers::{assert_error, assert_json, spawn_app};
+use crate::support::{assert_error, assert_json, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_published_message_arrives_as_sent() {
@@ -66,7 +66,6 @@ async fn a_published_message_arrives_as_sent() {
         app.get_message(&queue).await.is_none(),
         "exactly one message"
     );
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +87,6 @@ async fn without_a_message_id_the_gateway_makes_one() {
         Some(id.as_str())
     );
     assert_eq!(delivered.data, br#""just a string""#);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +105,6 @@ async fn non_persistent_messages_use_delivery_mode_1() {
 
     let delivered = app.get_message(&queue).await.expect("the message").delivery;
     assert_eq!(delivered.properties.delivery_mode(), &Some(1));
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +123,6 @@ async fn publishing_to_a_missing_queue_is_404() {
     )
     .await;
     assert!(!app.queue_exists(&queue).await);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +148,6 @@ async fn publishing_to_a_missing_exchange_is_404_and_breaks_nothing() {
     app.publish(&queue, json!({ "after": true })).await;
     assert_eq!(app.message_count(&queue).await, Some(2));
     assert!(!app.exchange_exists(&exchange).await);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +172,6 @@ async fn a_publish_needs_a_destination_and_a_message() {
         .await;
     }
     assert_eq!(app.message_count(&queue).await, Some(0));
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +201,6 @@ async fn concurrent_publishes_are_all_confirmed_and_all_arrive() {
     let mut expected: Vec<String> = (0..50).map(|n| format!("m-{n}")).collect();
     expected.sort();
     assert_eq!(ids, expected);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,7 +233,6 @@ async fn concurrent_publishes_each_get_their_own_answer() {
         assert_eq!(status, expected, "publish {i}");
     }
     assert_eq!(app.message_count(&queue).await, Some(100));
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,5 +290,4 @@ async fn ten_thousand_concurrent_publishes_a_random_third_unroutable_each_get_th
         None,
         "the unroutable publishes created nothing"
     );
-    app.cleanup().await;
 }

@@ -9,8 +9,8 @@ use lapin::types::AMQPValue;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, assert_json, bearer, eventually, spawn_app, spawn_app_with};
 use crate::support::target_server::{Reply, TargetServer};
+use crate::support::{assert_error, assert_json, bearer, eventually, spawn_app, spawn_app_with};
 use crate::support::{binary_messages, management_client, management_get, publish_confirmed, Api};
 
 /// `MAX_HEADER_BYTES` when not set.
@@ -125,7 +125,6 @@ async fn oversized_headers_are_refused_and_the_broker_connection_is_untouched() 
     );
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +170,6 @@ async fn headers_up_to_max_header_bytes_encoded_are_accepted_one_more_byte_is_no
         Some(&AMQPValue::LongString(fits.as_str().into())),
         "the header arrives whole"
     );
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +194,6 @@ async fn integers_beyond_64_bits_are_published_digit_for_digit() {
         message,
         "the payload is the message as sent"
     );
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,7 +245,6 @@ async fn only_admins_publish_raw_events_to_the_builtin_queues() {
     .await;
     app.publish(&builtin[0], event.clone()).await;
     assert_eq!(app.message_count(&builtin[0]).await, Some(1));
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,7 +278,6 @@ async fn consumers_beyond_max_consumers_are_refused_with_409() {
     api.delete_consumer(&first).await;
     api.create_http_consumer(&queue, "http://127.0.0.1:9/hook", json!({}))
         .await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,7 +314,6 @@ async fn the_builtin_consumers_count_toward_max_consumers_but_always_start() {
     )
     .await;
     assert_mentions(&error, &["runs 3 consumers", "MAX_CONSUMERS"]);
-    app.cleanup().await;
 }
 
 /// Messages answered with a distinct `Retry-After` each.
@@ -410,5 +404,4 @@ async fn distinct_retry_after_values_make_no_more_delay_queues_than_the_ladder_h
     assert_eq!(delays, allowed);
 
     target.stop().await;
-    app.cleanup().await;
 }

@@ -5,7 +5,7 @@ use lapin::BasicProperties;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, assert_json, eventually, spawn_app, TestApp};
+use crate::support::{assert_error, assert_json, eventually, spawn_app, TestApp};
 
 /// Management-API statistics are refreshed every few seconds.
 const STATS_DEADLINE: Duration = Duration::from_secs(20);
@@ -51,7 +51,6 @@ async fn create_queue_creates_it_with_its_dead_letter_companion() {
     )
     .await;
     assert_eq!(again["queueName"], queue.as_str());
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,7 +78,6 @@ async fn create_queue_with_other_arguments_conflicts_and_breaks_nothing() {
     assert_eq!(app.message_count(&queue).await, Some(1));
     let row = queue_row_where(&app, &queue, |_| true).await;
     assert_eq!(row["durable"], true, "{row}");
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +145,6 @@ async fn get_queue_answers_the_contract_row_with_companions_folded_in() {
         !names.contains(&dlq.as_str()),
         "the companion {dlq} has a row of its own"
     );
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +158,6 @@ async fn get_queue_of_an_unknown_queue_is_404() {
         "not_found",
     )
     .await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +181,6 @@ async fn quorum_queues_can_be_created() {
         )
         .await;
     assert_eq!(again.status(), StatusCode::OK);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +208,6 @@ async fn delete_queue_removes_it_and_its_companion() {
     })
     .await;
     assert_error(gone, StatusCode::NOT_FOUND, "not_found").await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +222,6 @@ async fn deleting_a_missing_queue_is_404() {
         "not_found",
     )
     .await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +244,6 @@ async fn delete_if_empty_refuses_a_queue_holding_messages() {
 
     assert_eq!(app.message_count(&queue).await, Some(1));
     assert!(app.queue_exists(&format!("{queue}.dlq")).await);
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,5 +262,4 @@ async fn get_queue_finds_names_that_need_percent_encoding() {
     .await;
 
     assert_eq!(row["queueName"], queue.as_str());
-    app.cleanup().await;
 }

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, assert_json, spawn_app};
 use crate::support::gateway_process::Deployment;
 use crate::support::ids_of;
 use crate::support::target_server::{Reply, TargetServer};
+use crate::support::{assert_error, assert_json, spawn_app};
 use crate::support::{binary_messages, publish_confirmed, wait_for_queue, Api};
 
 const CONVERGENCE: Duration = Duration::from_secs(5);
@@ -97,7 +97,6 @@ async fn concurrency_caps_the_target_calls_in_flight() {
     assert_eq!(listed["concurrency"], 2, "{listed}");
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test]
@@ -143,7 +142,6 @@ async fn the_rate_limit_spaces_deliveries_out() {
     );
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 /// `workerrmq_live_replicas` on this gateway's /metrics.
@@ -205,7 +203,6 @@ async fn two_replicas_share_the_rate_of_one_consumer() {
 
     drop((a, b));
     target.stop().await;
-    deployment.cleanup().await;
 }
 
 #[tokio::test]
@@ -287,6 +284,4 @@ async fn bad_limits_are_refused_naming_the_field_and_nothing_is_created() {
         (Some(0.1), Some(100_000.0)),
         "{fields}"
     );
-
-    app.cleanup().await;
 }

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, spawn_app};
 use crate::support::gateway_process::{Deployment, GatewayProcess};
 use crate::support::ids_of;
 use crate::support::target_server::{Reply, TargetServer};
+use crate::support::{assert_error, spawn_app};
 use crate::support::{
     binary_messages, connection_named, force_close_connection, management_client,
     publish_confirmed, queue_counts, wait_for_queue, Api,
@@ -98,7 +98,6 @@ async fn a_gateway_killed_with_sigkill_resumes_its_consumers_on_restart_and_lose
 
     drop(restarted);
     target.stop().await;
-    deployment.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +148,6 @@ async fn sigterm_mid_stream_exits_cleanly_within_10_s_and_loses_nothing() {
 
     drop(restarted);
     target.stop().await;
-    deployment.cleanup().await;
 }
 
 /// SIGTERM lets the deliveries in hand finish (within the drain bound)
@@ -217,7 +215,6 @@ async fn sigterm_lets_in_flight_deliveries_finish_before_exiting() {
 
     drop(_restarted);
     target.stop().await;
-    deployment.cleanup().await;
 }
 
 /// SIGTERM while the target hangs: the drain is bounded, the deliveries in
@@ -273,7 +270,6 @@ async fn sigterm_with_a_hung_target_hands_the_in_flight_deliveries_back() {
     .await;
 
     target.stop().await;
-    deployment.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,7 +324,6 @@ async fn a_consumer_created_on_one_replica_runs_on_the_other_and_a_delete_stops_
 
     drop((a, b));
     target.stop().await;
-    deployment.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,7 +361,6 @@ async fn when_one_replica_is_killed_mid_stream_the_other_delivers_the_rest() {
 
     drop(b);
     target.stop().await;
-    deployment.cleanup().await;
 }
 
 const READY_POLLERS: usize = 4;
@@ -379,7 +373,7 @@ async fn current_connection(
     client_name: &str,
     not: Option<&str>,
 ) -> String {
-    crate::helpers::eventually(Duration::from_secs(15), || async {
+    crate::support::eventually(Duration::from_secs(15), || async {
         match connection_named(management, client_name).await {
             Some(name) if Some(name.as_str()) != not => Ok(name),
             other => Err(format!("no new connection named {client_name}: {other:?}")),
@@ -498,7 +492,6 @@ async fn a_force_closed_broker_connection_is_resumed_without_losing_messages() {
     .await;
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -559,5 +552,4 @@ async fn deleting_a_consumer_mid_stream_settles_or_hands_back_every_message() {
     .await;
 
     target.stop().await;
-    app.cleanup().await;
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::spawn_app;
 use crate::support::running_consumer_on;
+use crate::support::spawn_app;
 use crate::support::target_server::{Recorded, Reply, TargetServer};
 use crate::support::{binary_messages, publish_confirmed, queue_counts, wait_for_queue};
 
@@ -95,7 +95,6 @@ async fn a_failing_target_is_retried_with_backoff_through_the_broker_until_it_an
     wait_for_queue(amqp, &queue, Duration::from_secs(5), "empty", |m, _| m == 0).await;
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +144,6 @@ async fn retry_after_from_the_target_is_honoured_up_to_max_delay() {
     );
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +192,6 @@ async fn a_4xx_is_dead_lettered_at_once_with_the_reason() {
     .await;
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +247,6 @@ async fn a_target_that_always_fails_gets_exactly_max_attempts_then_the_dead_lett
     );
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,7 +299,6 @@ async fn a_target_slower_than_its_timeout_is_retried() {
     );
 
     target.stop().await;
-    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,5 +368,4 @@ async fn replayed_dead_letters_are_delivered_once_each() {
     );
 
     target.stop().await;
-    app.cleanup().await;
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, assert_json, spawn_app, spawn_app_with};
 use crate::support::target_server::{Reply, TargetServer};
+use crate::support::{assert_error, assert_json, spawn_app, spawn_app_with};
 use crate::support::{binary_messages, publish_confirmed, wait_for_queue, Api, TestMessage};
 
 /// The contract: every replica applies an update within 5 s.
@@ -204,8 +204,6 @@ async fn prefetch_and_target_change_under_a_stream_without_losing_or_doubling_a_
         most > 55,
         "at most {most} calls at once with prefetch 50 on two replicas"
     );
-    second.cleanup().await;
-    first.cleanup().await;
 }
 
 /// POST /updateConsumer with `body`; asserts a 400 naming `field`.
@@ -301,7 +299,6 @@ async fn bad_updates_are_refused_naming_the_field_and_change_nothing() {
     )
     .await;
     assert_eq!(definition_of(&api.consumer(&consumer).await), before);
-    app.cleanup().await;
 }
 
 #[tokio::test]
@@ -374,7 +371,6 @@ async fn an_update_changes_only_the_fields_given_and_keeps_a_pause() {
         0,
         "a paused consumer took a delivery"
     );
-    app.cleanup().await;
 }
 
 #[tokio::test]
@@ -418,5 +414,4 @@ async fn the_openapi_spec_lists_update_consumer_with_its_request_type() {
         );
     }
     assert!(request["properties"]["queueName"].is_null(), "{request}");
-    app.cleanup().await;
 }

@@ -18,7 +18,7 @@ use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
-use super::env_or;
+use super::env::env_or;
 
 const STARTUP: Duration = Duration::from_secs(30);
 

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::env::percent_encode;
 use super::gateway_process::Deployment;
-use super::{management_client, management_request_at};
+use super::management::{management_client, management_request_at};
 
 /// How long a restarted node may take to be back in the cluster.
 const REJOIN_DEADLINE: Duration = Duration::from_secs(90);
@@ -126,7 +127,7 @@ pub async fn management_get_any(path: &str) -> Option<Value> {
 /// The management API's view of `queue`, `None` while no node answers or
 /// there is no such queue.
 pub async fn queue_info(queue: &str) -> Option<Value> {
-    let path = format!("/api/queues/%2f/{}", super::percent_encode(queue));
+    let path = format!("/api/queues/%2f/{}", percent_encode(queue));
     management_get_any(&path).await
 }
 

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use lapin::Connection;
 use tokio::sync::OnceCell;
 
-use super::{env_or, Api};
-use crate::helpers::{basic_auth, connection_properties, CleanupPlan, RestoreStep, TEST_DB_PREFIX};
+use super::amqp::connection_properties;
+use super::api::Api;
+use super::cleanup::{CleanupPlan, RestoreStep};
+use super::env::{env_or, DEFAULT_AMQP_URL, DEFAULT_MONGODB_URI, TEST_DB_PREFIX};
+use super::http::basic_auth;
 
-const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const DEFAULT_MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Every variable the gateway reads; each child gets exactly what the test
