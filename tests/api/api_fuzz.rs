@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::cleanup::delete_in_management;
+use crate::support::env_or;
 use crate::support::spawn_app_with;
-use crate::support::{amqp_url, env_or, management_put, percent_encode};
+use crate::support::vhost::OwnVhost;
 
 /// Cases per operation and phase, and the run's time budget: about a
 /// minute in all.
@@ -35,7 +35,7 @@ const SEED: &str = "8";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_answer_off_the_spec() {
     let schemathesis = schemathesis_binary();
-    let vhost = OwnVhost::create().await;
+    let vhost = OwnVhost::create("workerrmq-fuzz").await;
     let app = spawn_app_with(&[
         ("AMQP_URL", vhost.amqp_url.as_str()),
         ("FORWARD_ALLOWED_HOSTS", "127.0.0.1"),
@@ -114,45 +114,6 @@ fn schemathesis_binary() -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A RabbitMQ vhost made for one test through the management API, with
-/// the AMQP user allowed in; deleted, with everything in it, on drop.
-struct OwnVhost {
-    name: String,
-    amqp_url: String,
-}
-
-impl OwnVhost {
-    async fn create() -> OwnVhost {
-        let name = format!("workerrmq-fuzz-{}", uuid::Uuid::new_v4().simple());
-        let mut amqp = url::Url::parse(&amqp_url()).expect("AMQP_URL is a URL");
-        let user = match amqp.username() {
-            "" => "guest".to_owned(),
-            user => user.to_owned(),
-        };
-        amqp.set_path(&format!("/{name}"));
-        let vhost = OwnVhost {
-            name,
-            amqp_url: amqp.to_string(),
-        };
-        let http = crate::support::management_client();
-        let encoded = percent_encode(&vhost.name);
-        management_put(&http, &format!("/api/vhosts/{encoded}"), &json!({})).await;
-        management_put(
-            &http,
-            &format!("/api/permissions/{encoded}/{}", percent_encode(&user)),
-            &json!({ "configure": ".*", "write": ".*", "read": ".*" }),
-        )
-        .await;
-        vhost
-    }
-}
-
-impl Drop for OwnVhost {
-    fn drop(&mut self) {
-        delete_in_management(format!("/api/vhosts/{}", percent_encode(&self.name)));
-    }
 }
 
 /// The spec says what the API answers: every error answer a route can give,

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::spawn_app_with;
+use crate::support::spawn_app_with;
+use crate::support::vhost::OwnVhost;
 
 /// The address the README's commands name, replaced by the test gateway's.
 const README_ADDRESS: &str = "http://127.0.0.1:8080";
@@ -49,7 +50,7 @@ async fn try_it_walk_through_answers_as_the_readme_says() {
 
     let receiver_port = free_port();
     let _receiver = start_receiver(&walk.receiver, receiver_port).await;
-    let vhost = OwnVhost::create().await;
+    let vhost = OwnVhost::create("workerrmq-try-it").await;
     let mut settings: Vec<(&str, &str)> = vec![
         ("AMQP_URL", vhost.amqp_url.as_str()),
         ("BUILTIN_CONSUMERS", "true"),
@@ -80,8 +81,6 @@ async fn try_it_walk_through_answers_as_the_readme_says() {
             vars.insert(name, value);
         }
     }
-    app.cleanup().await;
-    drop(vhost);
 }
 
 /// Sends the step's request (again, for a GET, until the documented answer
@@ -608,133 +607,4 @@ async fn start_receiver(script: &str, port: u16) -> tokio::process::Child {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     child
-}
-
-fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-/// A RabbitMQ vhost of the walk-through's own (its queue names are the
-/// README's, with no test prefix), the AMQP user allowed in; deleted with
-/// everything in it on drop.
-struct OwnVhost {
-    name: String,
-    amqp_url: String,
-}
-
-impl OwnVhost {
-    fn management(method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let base = env_or("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672");
-        let base = base.split(',').next().unwrap_or_default().trim();
-        reqwest::Client::new()
-            .request(method, format!("{}{path}", base.trim_end_matches('/')))
-            .basic_auth(
-                env_or("RABBITMQ_MANAGEMENT_USER", "guest"),
-                Some(env_or("RABBITMQ_MANAGEMENT_PASSWORD", "guest")),
-            )
-            .timeout(Duration::from_secs(10))
-    }
-
-    async fn create() -> OwnVhost {
-        let name = format!("workerrmq-try-it-{}", uuid::Uuid::new_v4().simple());
-        let first_url = env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
-        let mut amqp = url::Url::parse(first_url.split(',').next().unwrap_or_default().trim())
-            .expect("AMQP_URL is a URL");
-        let user = match amqp.username() {
-            "" => "guest".to_owned(),
-            user => user.to_owned(),
-        };
-        amqp.set_path(&format!("/{name}"));
-        for (path, body) in [
-            (format!("/api/vhosts/{name}"), json!({})),
-            (
-                format!("/api/permissions/{name}/{user}"),
-                json!({ "configure": ".*", "write": ".*", "read": ".*" }),
-            ),
-        ] {
-            let response = Self::management(reqwest::Method::PUT, &path)
-                .json(&body)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("management API PUT {path}: {e}"));
-            assert!(
-                response.status().is_success(),
-                "management API PUT {path}: {}",
-                response.status()
-            );
-        }
-        OwnVhost {
-            name,
-            amqp_url: amqp.to_string(),
-        }
-    }
-}
-
-impl Drop for OwnVhost {
-    /// On a runtime of its own, as `Drop` cannot await; reports a failure
-    /// instead of panicking (it may run while the test unwinds).
-    fn drop(&mut self) {
-        let path = format!("/api/vhosts/{}", self.name);
-        let outcome = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let response = OwnVhost::management(reqwest::Method::DELETE, &path)
-                    .send()
-                    .await
-                    .map_err(|e| format!("DELETE {path}: {e}"))?;
-                match response.status().as_u16() {
-                    200..=299 | 404 => Ok(()),
-                    status => Err(format!("DELETE {path}: {status}")),
-                }
-            })
-        })
-        .join();
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => eprintln!("could not delete the walk-through's vhost: {err}"),
-            Err(_) => eprintln!("deleting the walk-through's vhost panicked"),
-        }
-    }
-}
-
-#[test]
-fn the_answer_notation_matches_as_the_readme_says() {
-    let matches = |d: &str, a: &str| {
-        AnswerKind::Json
-            .matches(d, a)
-            .map_err(|e| format!("{d} vs {a}: {e}"))
-    };
-    matches(r#"{"id":"…","n":1}"#, r#"{"id":"x","n":1.0}"#).unwrap();
-    matches(r#"{"key":"wrmq_…_…"}"#, r#"{"key":"wrmq_ab_cd"}"#).unwrap();
-    matches(r#"{"a":1,"…":"…"}"#, r#"{"a":1,"b":2}"#).unwrap();
-    matches(r#"[{"a":1},"…"]"#, r#"[{"a":1},{"b":2},3]"#).unwrap();
-    assert!(matches(r#"{"a":1}"#, r#"{"a":1,"b":2}"#).is_err());
-    assert!(matches(r#"[1]"#, r#"[1,2]"#).is_err());
-    assert!(matches(r#"{"key":"wrmq_…"}"#, r#"{"key":"other"}"#).is_err());
-    let vars = HashMap::from([("P".to_owned(), "s3cret".to_owned())]);
-    assert_eq!(
-        words(
-            r#"curl -u "admin:$P" -d '{"a":"$P"}' -d "{\"id\":\"${P}\"}""#,
-            &vars
-        ),
-        [
-            "curl",
-            "-u",
-            "admin:s3cret",
-            "-d",
-            r#"{"a":"$P"}"#,
-            "-d",
-            r#"{"id":"s3cret"}"#
-        ]
-    );
-    assert_eq!(
-        split_capture("K=$(curl -sS x | jq -r .apiKey)").0,
-        Some(("K".to_owned(), ".apiKey".to_owned()))
-    );
 }

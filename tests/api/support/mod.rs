@@ -20,6 +20,7 @@ pub mod gateway_process;
 pub mod http;
 pub mod management;
 pub mod target_server;
+pub mod vhost;
 pub mod wait;
 
 pub use amqp::{
