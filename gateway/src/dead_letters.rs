@@ -13,7 +13,8 @@ use lapin::BasicProperties;
 
 use crate::consumer::{hand_back, kept_properties};
 use crate::headers;
-use crate::{Broker, BrokerError, OutgoingMessage, PublishOutcome, Publisher, QueueName};
+use crate::error::AmqpContext;
+use crate::{Broker, BrokerError, Chain, OutgoingMessage, PublishOutcome, Publisher, QueueName};
 
 /// A dead letter as the API shows it.
 #[derive(Debug, Clone)]
@@ -42,8 +43,13 @@ impl DeadLetters {
         queue: &QueueName,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, BrokerError> {
-        let channel = self.broker.channel().await?;
         let dlq = queue.dead_letter_queue();
+        let doing = format!("reading dead letters from `{dlq}`");
+        let channel = self
+            .broker
+            .channel()
+            .await
+            .map_err(|e| e.while_doing(doing.clone()))?;
         let mut letters = Vec::new();
         let mut failure = None;
         while letters.len() < limit {
@@ -57,7 +63,7 @@ impl DeadLetters {
                 )),
                 Ok(None) => break,
                 Err(err) => {
-                    failure = Some(BrokerError::from(err));
+                    failure = Some(BrokerError::amqp(doing.clone(), err));
                     break;
                 }
             }
@@ -67,9 +73,11 @@ impl DeadLetters {
             let _ = channel.close(200, "peek done").await;
         }
         match failure {
-            Some(BrokerError::NotFound(_)) => Err(BrokerError::NotFound(format!(
-                "`{queue}` has no dead-letter queue `{dlq}`"
-            ))),
+            Some(BrokerError::NotFound { source, .. }) => Err(BrokerError::NotFound {
+                doing: doing.into(),
+                reason: format!("`{queue}` has no dead-letter queue `{dlq}`"),
+                source,
+            }),
             Some(err) => Err(err),
             None => Ok(letters),
         }
@@ -77,18 +85,25 @@ impl DeadLetters {
 
     /// Moves up to `limit` dead letters back to `queue`; returns how many.
     pub async fn replay(&self, queue: &QueueName, limit: usize) -> Result<usize, BrokerError> {
-        let channel = self.broker.channel().await?;
         let dlq = queue.dead_letter_queue();
+        let doing = format!("replaying dead letters from `{dlq}` into `{queue}`");
+        let channel = self
+            .broker
+            .channel()
+            .await
+            .map_err(|e| e.while_doing(doing.clone()))?;
         let mut replayed = 0;
         let result = async {
             while replayed < limit {
                 let got = channel
                     .basic_get(&dlq, BasicGetOptions { no_ack: false })
                     .await
-                    .map_err(|err| match BrokerError::from(err) {
-                        BrokerError::NotFound(_) => BrokerError::NotFound(format!(
-                            "`{queue}` has no dead-letter queue `{dlq}`"
-                        )),
+                    .map_err(|err| match BrokerError::amqp(doing.clone(), err) {
+                        BrokerError::NotFound { doing, source, .. } => BrokerError::NotFound {
+                            doing,
+                            reason: format!("`{queue}` has no dead-letter queue `{dlq}`"),
+                            source,
+                        },
                         other => other,
                     })?;
                 let Some(message) = got else {
@@ -107,14 +122,19 @@ impl DeadLetters {
                     .await;
                 match outcome {
                     Ok(PublishOutcome::Confirmed) => {
-                        delivery.acker.ack(BasicAckOptions::default()).await?;
+                        delivery
+                            .acker
+                            .ack(BasicAckOptions::default())
+                            .await
+                            .doing(|| doing.clone())?;
                         replayed += 1;
                     }
                     Ok(PublishOutcome::Unroutable) => {
                         hand_back(&delivery.acker).await;
-                        return Err(BrokerError::NotFound(format!(
-                            "no queue named `{queue}` to replay into"
-                        )));
+                        return Err(BrokerError::not_found(
+                            doing.clone(),
+                            format!("no queue named `{queue}` to replay into"),
+                        ));
                     }
                     Err(err) => {
                         hand_back(&delivery.acker).await;
@@ -131,7 +151,7 @@ impl DeadLetters {
         match result {
             Err(err) if replayed == 0 => Err(err),
             Err(err) => {
-                tracing::warn!(error = %err, replayed, "replay stopped early");
+                tracing::warn!(error = %Chain(&err), replayed, "replay stopped early");
                 Ok(replayed)
             }
             Ok(()) => Ok(replayed),

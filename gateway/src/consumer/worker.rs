@@ -92,7 +92,7 @@ impl ConsumerWorker {
                 Ok(SessionEnd::Cancelled) => break,
                 Ok(SessionEnd::Circuit) => {}
                 Err(err) => {
-                    tracing::warn!(error = %err, "consumer session ended; resuming");
+                    tracing::warn!(error = %crate::Chain(&err), "consumer session ended; resuming");
                     self.stats.record_error(err.to_string());
                     let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                     tokio::select! {
@@ -280,7 +280,7 @@ impl ConsumerWorker {
                 acks.ack_stragglers(&channel, Duration::ZERO).await
             };
             if let Err(err) = acked.await {
-                tracing::warn!(error = %err, "final ack failed; the broker will redeliver");
+                tracing::warn!(error = %crate::Chain(&err), "final ack failed; the broker will redeliver");
             }
             if drained.is_err() {
                 tracing::warn!(
@@ -431,7 +431,7 @@ struct AckRule {
 }
 
 fn consumer_ended() -> BrokerError {
-    BrokerError::Unavailable("the broker ended the consumer (was the queue deleted?)".into())
+    BrokerError::unavailable("consuming", crate::Lost::ConsumerEnded)
 }
 
 /// Acks at once when `window.batch` are ready, when nothing else is in
@@ -473,7 +473,7 @@ fn settle_joined_batch(
     done: Result<Vec<(u64, Settled)>, tokio::task::JoinError>,
 ) -> Result<(), BrokerError> {
     let settled =
-        done.map_err(|err| BrokerError::Unavailable(format!("a batch task failed: {err}")))?;
+        done.map_err(|err| BrokerError::unavailable("running a batch task", err))?;
     for (tag, settled) in settled {
         acks.settled(tag, settled);
     }
@@ -491,9 +491,7 @@ fn settle_joined(
         match done {
             Ok((tag, settled)) => acks.settled(tag, settled),
             Err(err) => {
-                return Err(BrokerError::Unavailable(format!(
-                    "a delivery task failed: {err}"
-                )))
+                return Err(BrokerError::unavailable("running a delivery task", err))
             }
         }
     }

@@ -43,8 +43,8 @@ pub enum SetupError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Retrying will not help (an invalid queue name).
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(crate::FieldError),
 }
 
 /// The id of the built-in consumer on `queue`, the same on every replica.
@@ -118,8 +118,8 @@ impl BuiltinSetup {
                 Ok(())
             }
             // Someone made it with other arguments: use it as it is.
-            Err(BrokerError::Conflict(reason)) => {
-                tracing::warn!(%queue, %reason, "built-in queue exists with other arguments; consuming from it as it is");
+            Err(conflict @ BrokerError::Conflict { .. }) => {
+                tracing::warn!(%queue, reason = %gateway::Chain(&conflict), "built-in queue exists with other arguments; consuming from it as it is");
                 Ok(())
             }
             Err(err) => Err(err.into()),
@@ -152,9 +152,9 @@ impl BuiltinSetup {
             }
             // Registered before, or by another replica just now; the
             // reconciler runs it.
-            Err(RegistryError::Store(StoreError::Duplicate(_))) => Ok(()),
+            Err(RegistryError::Store(StoreError::Duplicate { .. })) => Ok(()),
             Err(RegistryError::Store(err)) => Err(err.into()),
-            Err(RegistryError::Invalid(reason)) => Err(SetupError::Invalid(reason.to_string())),
+            Err(RegistryError::Invalid(reason)) => Err(SetupError::Invalid(reason)),
         }
     }
 
@@ -168,7 +168,7 @@ impl BuiltinSetup {
                 return;
             }
             Err(err) => {
-                tracing::warn!(error = %err, "built-in handlers not set up yet; will keep trying in the background")
+                tracing::warn!(error = %gateway::Chain(&err), "built-in handlers not set up yet; will keep trying in the background")
             }
         }
         tokio::spawn(async move {
@@ -186,7 +186,7 @@ impl BuiltinSetup {
                         tracing::error!(%reason, "built-in handlers cannot be set up");
                         return;
                     }
-                    Err(err) => tracing::debug!(error = %err, "built-in handlers still not set up"),
+                    Err(err) => tracing::debug!(error = %gateway::Chain(&err), "built-in handlers still not set up"),
                 }
             }
         });
