@@ -19,10 +19,10 @@ use gateway::{
     Broker, BrokerSettings, Chain, ConsumerSupervisor, DeadLetters, Publisher, Topology,
 };
 use middlewares::{AuthSettings, Authenticator, ThrottleSettings};
+use secrecy::ExposeSecret;
 use services::builtin::setup::BuiltinSetup;
 use services::{BuiltinHandlers, ScrapeSettings};
 use services::{ConsumerRegistry, ManagementClient, Store};
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;

@@ -79,10 +79,7 @@ pub async fn verify(secret: &SecretString, hash: &str) -> bool {
 
 /// A new bcrypt hash of `secret`, at the library's default cost.
 pub async fn hash(secret: &SecretString) -> Result<String, HashError> {
-    let _permit = permits()
-        .acquire()
-        .await
-        .map_err(HashError::Closed)?;
+    let _permit = permits().acquire().await.map_err(HashError::Closed)?;
     let secret = secret.clone();
     tokio::task::spawn_blocking(move || {
         let _running = Running::start();

@@ -265,10 +265,7 @@ mod tests {
         let shown = format!("{urls:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("a:1") && shown.contains("b:2"), "{shown}");
-        for shown in [
-            format!("{:?}", urls.parts()),
-            format!("{:?}", urls.first()),
-        ] {
+        for shown in [format!("{:?}", urls.parts()), format!("{:?}", urls.first())] {
             assert!(!shown.contains("hunter2"), "{shown}");
         }
         assert!(format!("{:?}", urls.parts()).contains('u'));

@@ -12,8 +12,8 @@ use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
 use crate::consumer::{hand_back, kept_properties};
-use crate::headers;
 use crate::error::AmqpContext;
+use crate::headers;
 use crate::{Broker, BrokerError, Chain, OutgoingMessage, PublishOutcome, Publisher, QueueName};
 
 /// A dead letter as the API shows it.

@@ -34,8 +34,8 @@ use gateway::{
 };
 use mongodb::bson::{doc, DateTime};
 use mongodb::Collection;
-use serde::{Deserialize, Serialize};
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{ConsumerCounts, FleetStats, OtherReplicas, OwnShare, ReplicaView};
@@ -314,7 +314,9 @@ impl ConsumerRegistry {
                 format!("storing consumer `{}`", definition.consumer_id),
                 err,
             );
-            if !(matches!(err, StoreError::Duplicate { .. }) && self.already_stored(definition).await) {
+            if !(matches!(err, StoreError::Duplicate { .. })
+                && self.already_stored(definition).await)
+            {
                 return Err(err.into());
             }
             // The driver retries a write after a transient error, and

@@ -76,8 +76,7 @@ impl std::fmt::Debug for DebugUrl<'_> {
                 "\"{}://{}{}\"",
                 url.scheme(),
                 url.host_str().unwrap_or_default(),
-                url.port().map(|p| format!(":{p}")).unwrap_or_default()
-                    + url.path()
+                url.port().map(|p| format!(":{p}")).unwrap_or_default() + url.path()
             ),
             Err(_) => f.write_str("\"***\""),
         }
@@ -304,7 +303,10 @@ mod tests {
 
     #[test]
     fn debug_hides_target_credentials() {
-        let headers = BTreeMap::from([("authorization".to_string(), "Bearer t0kenSecret".to_string())]);
+        let headers = BTreeMap::from([(
+            "authorization".to_string(),
+            "Bearer t0kenSecret".to_string(),
+        )]);
         let target = HttpTarget::parse(
             "https://api.example.com/hook?sig=querySecret",
             None,
@@ -316,6 +318,9 @@ mod tests {
         let shown = format!("{:?}", TargetSpec::Http(target));
         assert!(!shown.contains("t0kenSecret"), "{shown}");
         assert!(!shown.contains("querySecret"), "{shown}");
-        assert!(shown.contains("authorization") && shown.contains("api.example.com/hook"), "{shown}");
+        assert!(
+            shown.contains("authorization") && shown.contains("api.example.com/hook"),
+            "{shown}"
+        );
     }
 }

@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use actix_web::{web, HttpResponse};
 use gateway::{CircuitBreakerPolicy, ConsumerId, QueueName, RetryPolicy};
 use middlewares::{Admin, Viewer};
-use serde::Deserialize;
 use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
 use serde_json::json;
+use services::targets::{DebugHeaders, DebugUrl};
 use services::{
     BatchSettings, BuiltinHandler, ConsumerDefinition, ConsumerView, FieldError, HttpTarget, Role,
     SigningSecret, TargetSpec,
 };
-use services::targets::{DebugHeaders, DebugUrl};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;

@@ -7,8 +7,8 @@
 use actix_web::{web, HttpResponse};
 use gateway::ConsumerId;
 use middlewares::Admin;
-use serde::Deserialize;
 use secrecy::SecretString;
+use serde::Deserialize;
 use services::{FieldError, UpdateOutcome};
 use utoipa::ToSchema;
 

@@ -472,8 +472,7 @@ fn settle_joined_batch(
     acks: &mut AckWindow,
     done: Result<Vec<(u64, Settled)>, tokio::task::JoinError>,
 ) -> Result<(), BrokerError> {
-    let settled =
-        done.map_err(|err| BrokerError::unavailable("running a batch task", err))?;
+    let settled = done.map_err(|err| BrokerError::unavailable("running a batch task", err))?;
     for (tag, settled) in settled {
         acks.settled(tag, settled);
     }
@@ -490,9 +489,7 @@ fn settle_joined(
     for done in joined {
         match done {
             Ok((tag, settled)) => acks.settled(tag, settled),
-            Err(err) => {
-                return Err(BrokerError::unavailable("running a delivery task", err))
-            }
+            Err(err) => return Err(BrokerError::unavailable("running a delivery task", err)),
         }
     }
     Ok(())

@@ -128,9 +128,8 @@ impl Publisher {
         // left this way may be stored once the block lifts; the caller was
         // told it is not (at least once).
         self.unless_blocked(async {
-            task.await.unwrap_or_else(|err| {
-                Err(BrokerError::unavailable("publishing", err))
-            })
+            task.await
+                .unwrap_or_else(|err| Err(BrokerError::unavailable("publishing", err)))
         })
         .await
     }
@@ -161,6 +160,13 @@ impl Publisher {
 impl Channels {
     async fn publish(&self, job: Job) -> Result<PublishOutcome, BrokerError> {
         let key = ReturnKey::of_publish(&job.exchange, &job.routing_key, &job.properties);
+        let Job {
+            exchange,
+            routing_key,
+            payload,
+            properties,
+            mandatory,
+        } = job;
         // One deadline for the claim, the publish and its confirm. The
         // claim's timer is never armed when a channel is free at once.
         let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
@@ -174,19 +180,24 @@ impl Channels {
                 channel
                     .channel()
                     .basic_publish(
-                        &job.exchange,
-                        &job.routing_key,
+                        &exchange,
+                        &routing_key,
                         BasicPublishOptions {
-                            mandatory: job.mandatory,
+                            mandatory,
                             ..BasicPublishOptions::default()
                         },
-                        &job.payload,
-                        job.properties,
+                        &payload,
+                        properties,
                     )
                     .await
-                    .doing(|| publishing_to(&job.exchange, &job.routing_key))?
+                    .doing(|| publishing_to(&exchange, &routing_key))?
                     .await
-                    .doing(|| format!("waiting for the confirm of {}", publishing_to(&job.exchange, &job.routing_key)))?,
+                    .doing(|| {
+                        format!(
+                            "waiting for the confirm of {}",
+                            publishing_to(&exchange, &routing_key)
+                        )
+                    })?,
             )
         })
         .await;
@@ -210,7 +221,10 @@ impl Channels {
                         .await;
                 });
                 return Err(BrokerError::unavailable(
-                    format!("waiting for the confirm of {}", publishing_to(&job.exchange, &job.routing_key)),
+                    format!(
+                        "waiting for the confirm of {}",
+                        publishing_to(&exchange, &routing_key)
+                    ),
                     Lost::NoAnswer,
                 ));
             }
@@ -222,7 +236,7 @@ impl Channels {
             (Confirmation::Ack(_), true) => Ok(PublishOutcome::Unroutable),
             (Confirmation::Nack(_), _) => Err(BrokerError::Nacked),
             (Confirmation::NotRequested, _) => Err(BrokerError::unavailable(
-                publishing_to(&job.exchange, &job.routing_key),
+                publishing_to(&exchange, &routing_key),
                 Lost::NotConfirming,
             )),
         }

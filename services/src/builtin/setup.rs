@@ -42,9 +42,12 @@ pub enum SetupError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Retrying will not help (an invalid queue name).
+    /// Retrying will not help (an invalid consumer definition).
     #[error(transparent)]
     Invalid(crate::FieldError),
+    /// Retrying will not help: the prefix makes an invalid queue name.
+    #[error("BUILTIN_QUEUE_PREFIX")]
+    Prefix(#[source] gateway::NameError),
 }
 
 /// The id of the built-in consumer on `queue`, the same on every replica.
@@ -93,8 +96,8 @@ impl BuiltinSetup {
             return Ok(());
         }
         for handler in HANDLERS {
-            let queue = QueueName::parse(queue_name(&self.prefix, handler))
-                .map_err(|e| SetupError::Invalid(format!("BUILTIN_QUEUE_PREFIX: {e}")))?;
+            let queue =
+                QueueName::parse(queue_name(&self.prefix, handler)).map_err(SetupError::Prefix)?;
             self.declare(&queue).await?;
             self.register(handler, &queue).await?;
         }
@@ -163,8 +166,8 @@ impl BuiltinSetup {
     pub async fn bootstrap(self, shutdown: CancellationToken) {
         match self.run_once().await {
             Ok(()) => return,
-            Err(SetupError::Invalid(reason)) => {
-                tracing::error!(%reason, "built-in handlers cannot be set up");
+            Err(err @ (SetupError::Invalid(_) | SetupError::Prefix(_))) => {
+                tracing::error!(error = %gateway::Chain(&err), "built-in handlers cannot be set up");
                 return;
             }
             Err(err) => {
@@ -182,11 +185,13 @@ impl BuiltinSetup {
                         tracing::info!("built-in handlers set up");
                         return;
                     }
-                    Err(SetupError::Invalid(reason)) => {
-                        tracing::error!(%reason, "built-in handlers cannot be set up");
+                    Err(err @ (SetupError::Invalid(_) | SetupError::Prefix(_))) => {
+                        tracing::error!(error = %gateway::Chain(&err), "built-in handlers cannot be set up");
                         return;
                     }
-                    Err(err) => tracing::debug!(error = %gateway::Chain(&err), "built-in handlers still not set up"),
+                    Err(err) => {
+                        tracing::debug!(error = %gateway::Chain(&err), "built-in handlers still not set up")
+                    }
                 }
             }
         });
