@@ -43,7 +43,7 @@ pub enum StoreError {
     Encode {
         doing: Doing,
         #[source]
-        source: mongodb::bson::ser::Error,
+        source: Box<mongodb::bson::ser::Error>,
     },
     #[error("cannot set up the bootstrap admin")]
     Hash(#[source] password::HashError),
@@ -63,7 +63,7 @@ impl StoreError {
     pub fn encode(doing: impl Into<Doing>, source: mongodb::bson::ser::Error) -> Self {
         StoreError::Encode {
             doing: doing.into(),
-            source,
+            source: Box::new(source),
         }
     }
 }

@@ -176,29 +176,27 @@ impl Channels {
                 BrokerError::unavailable("waiting for a free publish channel", Lost::NoAnswer)
             })??;
         let confirmed = tokio::time::timeout_at(deadline, async {
-            Ok::<_, BrokerError>(
-                channel
-                    .channel()
-                    .basic_publish(
-                        &exchange,
-                        &routing_key,
-                        BasicPublishOptions {
-                            mandatory,
-                            ..BasicPublishOptions::default()
-                        },
-                        &payload,
-                        properties,
+            channel
+                .channel()
+                .basic_publish(
+                    &exchange,
+                    &routing_key,
+                    BasicPublishOptions {
+                        mandatory,
+                        ..BasicPublishOptions::default()
+                    },
+                    &payload,
+                    properties,
+                )
+                .await
+                .doing(|| publishing_to(&exchange, &routing_key))?
+                .await
+                .doing(|| {
+                    format!(
+                        "waiting for the confirm of {}",
+                        publishing_to(&exchange, &routing_key)
                     )
-                    .await
-                    .doing(|| publishing_to(&exchange, &routing_key))?
-                    .await
-                    .doing(|| {
-                        format!(
-                            "waiting for the confirm of {}",
-                            publishing_to(&exchange, &routing_key)
-                        )
-                    })?,
-            )
+                })
         })
         .await;
         let confirmation = match confirmed {
