@@ -332,18 +332,23 @@ pub async fn authenticate(
     next.call(req).await
 }
 
-/// The store's error and its causes on one line, as `gateway::Chain` logs
-/// them everywhere else (`middlewares` does not depend on `gateway`).
+/// The store's error and its causes on one line, a cause already said not
+/// said again: `gateway::Chain`'s twin, since `middlewares` does not
+/// depend on `gateway`.
 struct Chain<'a>(&'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut said = self.0.to_string();
         let mut source = self.0.source();
         while let Some(cause) = source {
-            write!(f, ": {cause}")?;
+            let text = cause.to_string();
+            if !said.contains(&text) {
+                said.push_str(": ");
+                said.push_str(&text);
+            }
             source = cause.source();
         }
-        Ok(())
+        f.write_str(&said)
     }
 }
