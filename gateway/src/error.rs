@@ -161,7 +161,7 @@ impl BrokerError {
 }
 
 /// `?` on a lapin result where no more is known than that the broker was
-/// asked something; say what with `Doing::doing` where it is known.
+/// asked something; say what with `AmqpContext::doing` where it is known.
 impl From<lapin::Error> for BrokerError {
     fn from(err: lapin::Error) -> Self {
         BrokerError::amqp("talking to the broker", err)
