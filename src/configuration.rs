@@ -5,31 +5,16 @@
 
 use std::fmt;
 
+use secrecy::SecretString;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Pretty,
     Json,
 }
 
-/// A secret that never shows up in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Self(value)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
+/// Every secret in it is a `secrecy::SecretString`: `Debug` prints it
+/// redacted, and reading it takes an explicit `expose_secret()`.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind_addr: String,
@@ -39,14 +24,13 @@ pub struct Settings {
     /// `RABBITMQ_MANAGEMENT_URL`: likewise one or a comma-separated list.
     pub management_urls: ManagementUrls,
     pub management_user: String,
-    pub management_password: Secret,
+    pub management_password: SecretString,
     pub vhost: String,
-    pub mongodb_uri: Secret,
+    /// It may carry a password (`mongodb://user:password@host`).
+    pub mongodb_uri: SecretString,
     pub mongodb_db: String,
     pub admin_user: String,
-    /// `secrecy`'s type: `Debug` prints it redacted, and reading it takes
-    /// an explicit `expose_secret()`.
-    pub admin_password: secrecy::SecretString,
+    pub admin_password: SecretString,
     pub default_target_url: Option<url::Url>,
     pub forward_allowed_hosts: Option<Vec<String>>,
     /// `SCRAPE_ALLOWED_HOSTS`: the only hosts the scrape handler fetches,
@@ -88,9 +72,23 @@ pub struct Settings {
 }
 
 /// The management API's base URLs, one or more (a cluster's nodes), each an
-/// http(s) URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// http(s) URL. `Debug` leaves out any user and password in them.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ManagementUrls(Vec<url::Url>);
+
+impl fmt::Debug for ManagementUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|url| {
+                let mut shown = url.clone();
+                // Only fails for URLs that cannot have credentials anyway.
+                let _ = shown.set_username("");
+                let _ = shown.set_password(None);
+                shown.to_string()
+            }))
+            .finish()
+    }
+}
 
 impl ManagementUrls {
     const VARIABLE: &'static str = "RABBITMQ_MANAGEMENT_URL";
@@ -271,16 +269,16 @@ impl Settings {
         Ok(Settings {
             bind_addr,
             management_user: var("RABBITMQ_MANAGEMENT_USER").unwrap_or(amqp.user),
-            management_password: Secret::new(
-                var("RABBITMQ_MANAGEMENT_PASSWORD").unwrap_or(amqp.password),
-            ),
+            management_password: var("RABBITMQ_MANAGEMENT_PASSWORD")
+                .map(SecretString::from)
+                .unwrap_or(amqp.password),
             vhost: amqp.vhost,
             amqp_urls,
             management_urls,
-            mongodb_uri: Secret::new(mongodb_uri),
+            mongodb_uri: SecretString::from(mongodb_uri),
             mongodb_db,
             admin_user: or("ADMIN_USER", "admin"),
-            admin_password: secrecy::SecretString::from(admin_password),
+            admin_password: SecretString::from(admin_password),
             default_target_url,
             forward_allowed_hosts,
             scrape_allowed_hosts,
@@ -459,6 +457,39 @@ mod tests {
     fn secrets_do_not_show_in_debug_output() {
         let s = settings(&[("ADMIN_PASSWORD", "hunter2")]).unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+        // Every other place a secret can come from, each its own.
+        let s = settings(&[
+            ("ADMIN_PASSWORD", "adm1nSecret"),
+            (
+                "AMQP_URL",
+                "amqp://u:amqpSecret@127.0.0.1:5691/%2f,amqp://u:amqpSecret@127.0.0.1:5692/%2f",
+            ),
+            (
+                "RABBITMQ_MANAGEMENT_URL",
+                "http://m:urlSecret@127.0.0.1:15672",
+            ),
+            ("RABBITMQ_MANAGEMENT_PASSWORD", "mgmtSecret"),
+            ("MONGODB_URI", "mongodb://db:mongoSecret@127.0.0.1:27017"),
+        ])
+        .unwrap();
+        let shown = format!("{s:?}");
+        for secret in [
+            "adm1nSecret",
+            "amqpSecret",
+            "urlSecret",
+            "mgmtSecret",
+            "mongoSecret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("127.0.0.1:15672"), "{shown}");
+        // Without RABBITMQ_MANAGEMENT_PASSWORD, the AMQP URL's, still hidden.
+        let s = settings(&[
+            ("ADMIN_PASSWORD", "pw"),
+            ("AMQP_URL", "amqp://u:amqpSecret@127.0.0.1:5691/%2f"),
+        ])
+        .unwrap();
+        assert!(!format!("{s:?}").contains("amqpSecret"));
     }
 
     #[test]

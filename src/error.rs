@@ -3,7 +3,7 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use gateway::BrokerError;
+use gateway::{BrokerError, Chain};
 use serde::Serialize;
 use services::{ManagementError, StoreError};
 use utoipa::ToSchema;
@@ -80,8 +80,9 @@ pub enum ApiError {
     BrokerUnavailable(String),
     #[error("{0}")]
     StoreUnavailable(String),
+    /// A bug: the cause is logged, the caller reads a fixed sentence.
     #[error("{0}")]
-    Internal(String),
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 impl ApiError {
@@ -124,7 +125,7 @@ impl ResponseError for ApiError {
         let mut message = self.to_string();
         if let ApiError::Internal(detail) = self {
             // The detail is for whoever fixes the bug, not for the caller.
-            tracing::error!(%detail, "internal error");
+            tracing::error!(error = %Chain(&**detail), "internal error");
             message = "the gateway failed to answer this request; the failure is logged under this request's x-request-id".into();
         }
         let mut response = HttpResponse::build(self.status_code());
@@ -154,14 +155,19 @@ const STORE_DOWN: &str = "the store does not answer; try again shortly";
 
 impl From<BrokerError> for ApiError {
     fn from(err: BrokerError) -> Self {
+        // The caller reads the broker's reply text (or the gateway's own
+        // words); the log gets what was being done and lapin's error.
         match err {
-            BrokerError::NotFound(m) => ApiError::NotFound(m),
-            BrokerError::Conflict(m) => ApiError::Conflict(format!(
-                "the broker refused because it conflicts with what exists: {m}"
+            BrokerError::NotFound { reason, .. } => ApiError::NotFound(reason),
+            BrokerError::Conflict { reason, .. } => ApiError::Conflict(format!(
+                "the broker refused because it conflicts with what exists: {reason}"
             )),
-            BrokerError::Refused(m) => ApiError::BadRequest(format!("the broker refused: {m}")),
-            BrokerError::Unavailable(detail) => {
-                tracing::warn!(%detail, "broker unavailable");
+            BrokerError::Refused { ref reason, .. } => {
+                tracing::debug!(error = %Chain(&err), "broker refused");
+                ApiError::BadRequest(format!("the broker refused: {reason}"))
+            }
+            BrokerError::Unavailable { .. } => {
+                tracing::warn!(error = %Chain(&err), "broker unavailable");
                 ApiError::BrokerUnavailable(BROKER_DOWN.into())
             }
             e @ BrokerError::FrameTooLarge { .. } => {
@@ -177,13 +183,13 @@ impl From<BrokerError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Unavailable(detail) => {
-                tracing::warn!(%detail, "store unavailable");
+            StoreError::Unavailable { .. } | StoreError::Encode { .. } | StoreError::Hash(_) => {
+                tracing::warn!(error = %Chain(&err), "store unavailable");
                 ApiError::StoreUnavailable(STORE_DOWN.into())
             }
             // The driver's text names the collection, index and key value.
-            StoreError::Duplicate(detail) => {
-                tracing::debug!(%detail, "duplicate key");
+            StoreError::Duplicate { .. } => {
+                tracing::debug!(error = %Chain(&err), "duplicate key");
                 ApiError::Conflict("a record with that key already exists".into())
             }
         }
@@ -215,7 +221,7 @@ impl From<services::CappedCreateError> for ApiError {
 
 impl From<ManagementError> for ApiError {
     fn from(err: ManagementError) -> Self {
-        tracing::warn!(error = %err, "RabbitMQ management API unavailable");
+        tracing::warn!(error = %Chain(&err), "RabbitMQ management API unavailable");
         let message = match err {
             ManagementError::Unreachable { .. } => {
                 "the broker's management API does not answer; try again shortly"

@@ -1,5 +1,6 @@
 //! Entry point: read the configuration, start logging, run until SIGTERM.
 
+use gateway::Chain;
 use workerrmq::configuration::Settings;
 use workerrmq::startup::Application;
 use workerrmq::telemetry;
@@ -19,7 +20,7 @@ async fn main() -> std::process::ExitCode {
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(err) => {
-            tracing::error!(error = %err, "start-up failed");
+            tracing::error!(error = %Chain(&err), "start-up failed");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -27,7 +28,7 @@ async fn main() -> std::process::ExitCode {
     match app.run_until_stopped().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = %err, "server stopped with an error");
+            tracing::error!(error = %Chain(&err), "server stopped with an error");
             std::process::ExitCode::FAILURE
         }
     }

@@ -15,8 +15,11 @@ use actix_web::middleware::{from_fn, ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use std::sync::Arc;
 
-use gateway::{Broker, BrokerSettings, ConsumerSupervisor, DeadLetters, Publisher, Topology};
+use gateway::{
+    Broker, BrokerSettings, Chain, ConsumerSupervisor, DeadLetters, Publisher, Topology,
+};
 use middlewares::{AuthSettings, Authenticator, ThrottleSettings};
+use secrecy::ExposeSecret;
 use services::builtin::setup::BuiltinSetup;
 use services::{BuiltinHandlers, ScrapeSettings};
 use services::{ConsumerRegistry, ManagementClient, Store};
@@ -33,15 +36,22 @@ const STORE_BOOTSTRAP_RETRY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}")]
     Bind {
         address: String,
+        #[source]
         source: std::io::Error,
     },
-    #[error("MONGODB_URI: {0}")]
-    Store(services::StoreError),
-    #[error("cannot build the HTTP client: {0}")]
-    HttpClient(String),
+    #[error("MONGODB_URI")]
+    Store(#[source] services::StoreError),
+    /// `client` names which: the management API's, the forwarder's, the
+    /// scraper's.
+    #[error("cannot build the {client} HTTP client")]
+    HttpClient {
+        client: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
 }
 
 pub struct Application {
@@ -82,7 +92,7 @@ impl Application {
         )
         .await;
 
-        let store = Store::connect(settings.mongodb_uri.expose(), &settings.mongodb_db)
+        let store = Store::connect(settings.mongodb_uri.expose_secret(), &settings.mongodb_db)
             .await
             .map_err(StartupError::Store)?;
         bootstrap_store(&store, &settings, shutdown.clone()).await;
@@ -90,12 +100,15 @@ impl Application {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| StartupError::HttpClient(e.to_string()))?;
+            .map_err(|source| StartupError::HttpClient {
+                client: "management API",
+                source,
+            })?;
         let management = ManagementClient::new(
             http,
             settings.management_urls.shuffled(),
             settings.management_user.clone(),
-            settings.management_password.expose().into(),
+            settings.management_password.clone(),
             settings.vhost.clone(),
         );
 
@@ -120,7 +133,10 @@ impl Application {
             settings.forward_allowed_hosts.as_deref(),
             settings.max_connections_per_target,
         )
-        .map_err(|e| StartupError::HttpClient(e.to_string()))?;
+        .map_err(|source| StartupError::HttpClient {
+            client: "forwarder",
+            source,
+        })?;
         let builtins = BuiltinHandlers::new(
             store.clone(),
             ScrapeSettings {
@@ -130,7 +146,10 @@ impl Application {
                 ..ScrapeSettings::default()
             },
         )
-        .map_err(|e| StartupError::HttpClient(e.to_string()))?;
+        .map_err(|source| StartupError::HttpClient {
+            client: "scraper",
+            source,
+        })?;
         let registry = Arc::new(ConsumerRegistry::new(
             &store,
             supervisor,
@@ -273,7 +292,7 @@ async fn bootstrap_store(store: &Store, settings: &Settings, shutdown: Cancellat
     match attempt().await {
         Ok(()) => return,
         Err(err) => {
-            tracing::warn!(error = %err, "store not ready; will keep trying in the background")
+            tracing::warn!(error = %Chain(&err), "store not ready; will keep trying in the background")
         }
     }
     tokio::spawn(async move {
@@ -287,7 +306,7 @@ async fn bootstrap_store(store: &Store, settings: &Settings, shutdown: Cancellat
                     tracing::info!("store bootstrap done");
                     return;
                 }
-                Err(err) => tracing::debug!(error = %err, "store still not ready"),
+                Err(err) => tracing::debug!(error = %Chain(&err), "store still not ready"),
             }
         }
     });

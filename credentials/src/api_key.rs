@@ -174,6 +174,21 @@ mod tests {
     }
 
     #[test]
+    fn debug_never_shows_the_secret_or_its_digest() {
+        let key = ApiKey::mint();
+        let revealed = key.reveal();
+        let digest = key.digest();
+        for shown in [
+            format!("{key:?}"),
+            format!("{revealed:?}"),
+            format!("{digest:?}"),
+        ] {
+            assert!(!shown.contains(key.secret.expose_secret()), "{shown}");
+            assert!(!shown.contains(&digest.to_hex()), "{shown}");
+        }
+    }
+
+    #[test]
     fn malformed_keys_are_refused() {
         let key = ApiKey::mint();
         let id = key.key_id().to_string();

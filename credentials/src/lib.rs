@@ -11,6 +11,7 @@
 pub mod api_key;
 pub mod password;
 pub mod role;
+pub mod secret_serde;
 pub mod store;
 
 pub use api_key::{ApiKey, ApiKeyError, KeyId, SecretDigest, API_KEY_PREFIX};

@@ -12,8 +12,16 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot hash the password: {0}")]
-pub struct HashError(String);
+pub enum HashError {
+    /// The semaphore closed: the process is going down.
+    #[error("cannot hash the password: the hashing pool is closed")]
+    Closed(#[source] tokio::sync::AcquireError),
+    /// The blocking task died (a panic in bcrypt).
+    #[error("cannot hash the password: the hashing task failed")]
+    Task(#[source] tokio::task::JoinError),
+    #[error("cannot hash the password")]
+    Bcrypt(#[source] bcrypt::BcryptError),
+}
 
 /// One permit per core the process may use.
 fn permits() -> &'static Semaphore {
@@ -71,18 +79,15 @@ pub async fn verify(secret: &SecretString, hash: &str) -> bool {
 
 /// A new bcrypt hash of `secret`, at the library's default cost.
 pub async fn hash(secret: &SecretString) -> Result<String, HashError> {
-    let _permit = permits()
-        .acquire()
-        .await
-        .map_err(|e| HashError(e.to_string()))?;
+    let _permit = permits().acquire().await.map_err(HashError::Closed)?;
     let secret = secret.clone();
     tokio::task::spawn_blocking(move || {
         let _running = Running::start();
         bcrypt::hash(secret.expose_secret(), bcrypt::DEFAULT_COST)
     })
     .await
-    .map_err(|e| HashError(e.to_string()))?
-    .map_err(|e| HashError(e.to_string()))
+    .map_err(HashError::Task)?
+    .map_err(HashError::Bcrypt)
 }
 
 #[cfg(test)]

@@ -6,18 +6,36 @@ use std::time::SystemTime;
 
 use crate::{KeyId, Role, SecretDigest};
 
-/// The store could not answer. The text is for the log only: it may name
+/// The store could not answer. The cause is for the log only: it may name
 /// hosts or carry driver details, so it never goes into a response.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the credential store is unavailable: {0}")]
-pub struct CredentialStoreUnavailable(pub String);
+#[derive(Debug, thiserror::Error)]
+#[error("the credential store is unavailable")]
+pub struct CredentialStoreUnavailable(#[source] Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl CredentialStoreUnavailable {
+    /// The store's own error (the driver's) as the cause.
+    pub fn new(cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self(cause.into())
+    }
+}
 
 /// An operator account: a name and password checked with bcrypt.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AccountCredential {
     pub username: String,
     pub role: Role,
+    /// Not the password, but enough to guess it offline: never in `Debug`.
     pub bcrypt_hash: String,
+}
+
+impl std::fmt::Debug for AccountCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountCredential")
+            .field("username", &self.username)
+            .field("role", &self.role)
+            .field("bcrypt_hash", &"***")
+            .finish()
+    }
 }
 
 /// An API key as stored. `digest` is `None` for a key stored before keys
@@ -49,4 +67,34 @@ pub trait CredentialStore: Send + Sync + 'static {
         key_id: &KeyId,
         at: SystemTime,
     ) -> Result<(), CredentialStoreUnavailable>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ApiKey;
+
+    #[test]
+    fn debug_never_shows_a_hash_or_a_digest() {
+        let hash = "$2b$12$abcdefghijklmnopqrstuuOq6sm8S1rHk4R0F3g7l0h6bB4q0lS5S";
+        let account = AccountCredential {
+            username: "ops".into(),
+            role: Role::Admin,
+            bcrypt_hash: hash.into(),
+        };
+        let shown = format!("{account:?}");
+        assert!(!shown.contains(hash), "{shown}");
+        assert!(shown.contains("ops"), "{shown}");
+
+        let key = ApiKey::mint();
+        let digest = key.digest();
+        let credential = ApiKeyCredential {
+            key_id: key.key_id().clone(),
+            name: "ci".into(),
+            role: Role::Viewer,
+            digest: Some(digest.clone()),
+        };
+        let shown = format!("{credential:?}");
+        assert!(!shown.contains(&digest.to_hex()), "{shown}");
+    }
 }

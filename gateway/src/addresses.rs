@@ -10,18 +10,28 @@
 use std::fmt;
 
 use rand::seq::SliceRandom;
+use secrecy::{ExposeSecret, SecretString};
 
 /// One AMQP URL of the list. `Debug` and `node` never show its password.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct AmqpUrl {
-    raw: String,
+    /// The URL as given: it holds the password.
+    raw: SecretString,
     node: String,
 }
+
+impl PartialEq for AmqpUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw.expose_secret() == other.raw.expose_secret()
+    }
+}
+
+impl Eq for AmqpUrl {}
 
 impl AmqpUrl {
     /// The URL as given, credentials included: for `Connection::connect`.
     pub fn as_str(&self) -> &str {
-        &self.raw
+        self.raw.expose_secret()
     }
 
     /// `host:port`, what `/ready` and the heartbeat show as the node.
@@ -36,13 +46,24 @@ impl fmt::Debug for AmqpUrl {
     }
 }
 
-/// What the management API needs to know from the AMQP URLs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the management API needs to know from the AMQP URLs. `Debug`
+/// shows the password redacted.
+#[derive(Debug, Clone)]
 pub struct AmqpUrlParts {
     pub user: String,
-    pub password: String,
+    pub password: SecretString,
     pub vhost: String,
 }
+
+impl PartialEq for AmqpUrlParts {
+    fn eq(&self, other: &Self) -> bool {
+        self.user == other.user
+            && self.vhost == other.vhost
+            && self.password.expose_secret() == other.password.expose_secret()
+    }
+}
+
+impl Eq for AmqpUrlParts {}
 
 /// Why `AMQP_URL` was refused. Never carries the URL itself (its password).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,7 +126,7 @@ impl AmqpUrls {
                 })?;
             let parts = AmqpUrlParts {
                 user: uri.authority.userinfo.username.clone(),
-                password: uri.authority.userinfo.password.clone(),
+                password: SecretString::from(uri.authority.userinfo.password.clone()),
                 vhost: uri.vhost.clone(),
             };
             match &first {
@@ -122,7 +143,7 @@ impl AmqpUrls {
                 format!("{host}:{}", uri.authority.port)
             };
             urls.push(AmqpUrl {
-                raw: entry.to_owned(),
+                raw: SecretString::from(entry.to_owned()),
                 node,
             });
         }
@@ -185,7 +206,7 @@ mod tests {
         let urls = AmqpUrls::parse("amqp://guest:secret@127.0.0.1:5672/%2f").unwrap();
         assert_eq!(urls.len(), 1);
         assert_eq!(urls.parts().user, "guest");
-        assert_eq!(urls.parts().password, "secret");
+        assert_eq!(urls.parts().password.expose_secret(), "secret");
         assert_eq!(urls.parts().vhost, "/");
         assert_eq!(urls.first().node(), "127.0.0.1:5672");
         assert_eq!(urls.get(1).node(), "127.0.0.1:5672", "wraps");
@@ -244,5 +265,9 @@ mod tests {
         let shown = format!("{urls:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("a:1") && shown.contains("b:2"), "{shown}");
+        for shown in [format!("{:?}", urls.parts()), format!("{:?}", urls.first())] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+        assert!(format!("{:?}", urls.parts()).contains('u'));
     }
 }

@@ -36,7 +36,8 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::addresses::AmqpUrls;
-use crate::BrokerError;
+use crate::error::{AmqpContext, Chain};
+use crate::{BrokerError, Lost};
 
 /// Consumer channels on one consume connection before another one opens:
 /// half the broker's default `channel_max`, leaving room for the
@@ -154,8 +155,11 @@ impl NamedConnection {
     async fn channel(&self) -> Result<Channel, BrokerError> {
         let connection = self
             .current()
-            .ok_or_else(|| BrokerError::Unavailable("not connected to the broker".into()))?;
-        Ok(connection.create_channel().await?)
+            .ok_or_else(|| BrokerError::unavailable("opening a channel", Lost::NotConnected))?;
+        connection
+            .create_channel()
+            .await
+            .doing(|| format!("opening a channel on `{}`", self.name))
     }
 }
 
@@ -284,8 +288,9 @@ impl Broker {
         let first = self.consume_connections().into_iter().next();
         match first {
             Some(connection) => connection.channel().await,
-            None => Err(BrokerError::Unavailable(
-                "not connected to the broker".into(),
+            None => Err(BrokerError::unavailable(
+                "opening a channel",
+                Lost::NotConnected,
             )),
         }
     }
@@ -381,15 +386,24 @@ pub(crate) fn reconnect_backoff(min: Duration, max: Duration) -> impl Iterator<I
 /// failover up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn connect(url: &str, name: &str) -> Result<Connection, String> {
+/// Why one connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("cannot open the connection")]
+    Refused(#[source] lapin::Error),
+    #[error("no answer within {} s", CONNECT_TIMEOUT.as_secs())]
+    TimedOut,
+}
+
+async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> {
     let properties = ConnectionProperties::default()
         .with_connection_name(name.to_owned().into())
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio);
     match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
         Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+        Ok(Err(err)) => Err(ConnectError::Refused(err)),
+        Err(_) => Err(ConnectError::TimedOut),
     }
 }
 
@@ -420,7 +434,7 @@ async fn connection_loop(
                 let notify = lost.clone();
                 let lost_name = name.clone();
                 connection.on_error(move |err| {
-                    tracing::warn!(connection = %lost_name, error = %err, "broker connection lost");
+                    tracing::warn!(connection = %lost_name, error = %Chain(&err), "broker connection lost");
                     notify.notify_one();
                 });
                 let connection = Arc::new(connection);
@@ -470,12 +484,12 @@ async fn connection_loop(
                 index += 1;
                 failed_in_a_row += 1;
                 if failed_in_a_row < urls.len() {
-                    tracing::warn!(connection = %name, node = %node, error = %err, next = %urls.get(index).node(), "cannot connect to the broker; trying the next node");
+                    tracing::warn!(connection = %name, node = %node, error = %Chain(&err), next = %urls.get(index).node(), "cannot connect to the broker; trying the next node");
                     continue;
                 }
                 failed_in_a_row = 0;
                 let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-                tracing::warn!(connection = %name, node = %node, error = %err, retry_in_ms = delay.as_millis() as u64, "cannot connect to the broker");
+                tracing::warn!(connection = %name, node = %node, error = %Chain(&err), retry_in_ms = delay.as_millis() as u64, "cannot connect to the broker");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => break,

@@ -15,7 +15,7 @@ use lapin::BasicProperties;
 
 use crate::consumer::{kept_properties, settle_replayed, Replayed};
 use crate::headers;
-use crate::{Broker, BrokerError, OutgoingMessage, Publisher, QueueName};
+use crate::{Broker, BrokerError, Chain, OutgoingMessage, Publisher, QueueName};
 
 /// A dead letter as the API shows it.
 #[derive(Debug, Clone)]
@@ -44,8 +44,13 @@ impl DeadLetters {
         queue: &QueueName,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, BrokerError> {
-        let channel = self.broker.channel().await?;
         let dlq = queue.dead_letter_queue();
+        let doing = format!("reading dead letters from `{dlq}`");
+        let channel = self
+            .broker
+            .channel()
+            .await
+            .map_err(|e| e.while_doing(doing.clone()))?;
         let mut letters = Vec::new();
         let mut failure = None;
         while letters.len() < limit {
@@ -59,7 +64,7 @@ impl DeadLetters {
                 )),
                 Ok(None) => break,
                 Err(err) => {
-                    failure = Some(BrokerError::from(err));
+                    failure = Some(BrokerError::amqp(doing.clone(), err));
                     break;
                 }
             }
@@ -69,9 +74,11 @@ impl DeadLetters {
             let _ = channel.close(200, "peek done").await;
         }
         match failure {
-            Some(BrokerError::NotFound(_)) => Err(BrokerError::NotFound(format!(
-                "`{queue}` has no dead-letter queue `{dlq}`"
-            ))),
+            Some(BrokerError::NotFound { source, .. }) => Err(BrokerError::NotFound {
+                doing: doing.into(),
+                reason: format!("`{queue}` has no dead-letter queue `{dlq}`"),
+                source,
+            }),
             Some(err) => Err(err),
             None => Ok(letters),
         }
@@ -79,18 +86,25 @@ impl DeadLetters {
 
     /// Moves up to `limit` dead letters back to `queue`; returns how many.
     pub async fn replay(&self, queue: &QueueName, limit: usize) -> Result<usize, BrokerError> {
-        let channel = self.broker.channel().await?;
         let dlq = queue.dead_letter_queue();
+        let doing = format!("replaying dead letters from `{dlq}` into `{queue}`");
+        let channel = self
+            .broker
+            .channel()
+            .await
+            .map_err(|e| e.while_doing(doing.clone()))?;
         let mut replayed = 0;
         let result = async {
             while replayed < limit {
                 let got = channel
                     .basic_get(&dlq, BasicGetOptions { no_ack: false })
                     .await
-                    .map_err(|err| match BrokerError::from(err) {
-                        BrokerError::NotFound(_) => BrokerError::NotFound(format!(
-                            "`{queue}` has no dead-letter queue `{dlq}`"
-                        )),
+                    .map_err(|err| match BrokerError::amqp(doing.clone(), err) {
+                        BrokerError::NotFound { doing, source, .. } => BrokerError::NotFound {
+                            doing,
+                            reason: format!("`{queue}` has no dead-letter queue `{dlq}`"),
+                            source,
+                        },
                         other => other,
                     })?;
                 let Some(message) = got else {
@@ -107,12 +121,16 @@ impl DeadLetters {
                         mandatory: true,
                     })
                     .await;
-                match settle_replayed(&delivery, copy).await? {
+                match settle_replayed(&delivery, copy)
+                    .await
+                    .map_err(|e| e.while_doing(doing.clone()))?
+                {
                     Replayed::Moved => replayed += 1,
                     Replayed::Unroutable => {
-                        return Err(BrokerError::NotFound(format!(
-                            "no queue named `{queue}` to replay into"
-                        )));
+                        return Err(BrokerError::not_found(
+                            doing.clone(),
+                            format!("no queue named `{queue}` to replay into"),
+                        ));
                     }
                 }
             }
@@ -125,7 +143,7 @@ impl DeadLetters {
         match result {
             Err(err) if replayed == 0 => Err(err),
             Err(err) => {
-                tracing::warn!(error = %err, replayed, "replay stopped early");
+                tracing::warn!(error = %Chain(&err), replayed, "replay stopped early");
                 Ok(replayed)
             }
             Ok(()) => Ok(replayed),

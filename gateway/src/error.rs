@@ -1,22 +1,58 @@
-//! What can go wrong talking to the broker, in the terms callers act on.
+//! What can go wrong talking to the broker, in the terms callers act on,
+//! with what the gateway was doing and the driver's error underneath; and
+//! `Chain`, how every crate of the product logs an error with its causes.
+
+use std::borrow::Cow;
+use std::error::Error;
+use std::fmt;
 
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 
+/// What the gateway was doing when the broker failed it ("declaring queue
+/// `orders`"): the context a log line needs beside the driver's error.
+pub type Doing = Cow<'static, str>;
+
+/// Any error underneath an `Unavailable`: lapin's, a task's, or `Lost`.
+pub type Cause = Box<dyn Error + Send + Sync + 'static>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// No connection, or it broke mid-operation: worth retrying later.
-    #[error("the message broker is unavailable: {0}")]
-    Unavailable(String),
-    /// The broker has no such queue or exchange.
-    #[error("{0}")]
-    NotFound(String),
+    /// No connection, or it broke mid-operation, or the broker did not
+    /// answer: worth retrying later.
+    #[error("the message broker is unavailable ({doing})")]
+    Unavailable {
+        doing: Doing,
+        #[source]
+        source: Cause,
+    },
+    /// The broker has no such queue or exchange. `reason` is the broker's
+    /// reply text (kept for the caller's answer; `source` is lapin's error),
+    /// or the gateway's own words when it looked first.
+    #[error("{doing}: {reason}")]
+    NotFound {
+        doing: Doing,
+        reason: String,
+        #[source]
+        source: Option<lapin::Error>,
+    },
     /// The broker refused because an existing object differs
-    /// (PRECONDITION_FAILED) or is in use (RESOURCE_LOCKED).
-    #[error("{0}")]
-    Conflict(String),
+    /// (PRECONDITION_FAILED) or is in use (RESOURCE_LOCKED); or the gateway
+    /// refused first, for the same reason.
+    #[error("{doing}: {reason}")]
+    Conflict {
+        doing: Doing,
+        reason: String,
+        #[source]
+        source: Option<lapin::Error>,
+    },
     /// The broker refused for another reason (access, invalid argument).
-    #[error("the broker refused the request: {0}")]
-    Refused(String),
+    #[error("{doing}: the broker refused the request: {reason}")]
+    Refused {
+        doing: Doing,
+        reason: String,
+        #[source]
+        source: lapin::Error,
+    },
     /// The broker nacked a publish: it did not take responsibility for it.
     #[error("the broker did not confirm the message")]
     Nacked,
@@ -35,22 +71,175 @@ pub enum BrokerError {
     FrameTooLarge { size: usize, max: usize },
 }
 
+/// Why the broker is unavailable when no driver error says so: what the
+/// gateway saw itself.
+#[derive(Debug, thiserror::Error)]
+pub enum Lost {
+    #[error("not connected to the broker")]
+    NotConnected,
+    #[error("the broker did not answer in time")]
+    NoAnswer,
+    #[error("the broker ended the consumer (was the queue deleted?)")]
+    ConsumerEnded,
+    #[error("the publish channel is not in confirm mode")]
+    NotConfirming,
+}
+
+impl BrokerError {
+    /// Classifies lapin's error by the broker's reply code; `doing` says
+    /// what was asked of the broker.
+    pub fn amqp(doing: impl Into<Doing>, err: lapin::Error) -> Self {
+        let doing = doing.into();
+        let lapin::Error::ProtocolError(amqp) = &err else {
+            return BrokerError::Unavailable {
+                doing,
+                source: Box::new(err),
+            };
+        };
+        let reason = amqp.get_message().to_string();
+        match amqp.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => BrokerError::NotFound {
+                doing,
+                reason,
+                source: Some(err),
+            },
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+            | AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => BrokerError::Conflict {
+                doing,
+                reason,
+                source: Some(err),
+            },
+            AMQPErrorKind::Soft(_) => BrokerError::Refused {
+                doing,
+                reason,
+                source: err,
+            },
+            AMQPErrorKind::Hard(_) => BrokerError::Unavailable {
+                doing,
+                source: Box::new(err),
+            },
+        }
+    }
+
+    /// Unavailable, for `source` (a `Lost`, a task's `JoinError`, …).
+    pub fn unavailable(doing: impl Into<Doing>, source: impl Into<Cause>) -> Self {
+        BrokerError::Unavailable {
+            doing: doing.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The gateway looked and found nothing: `reason` names what is missing.
+    pub fn not_found(doing: impl Into<Doing>, reason: impl Into<String>) -> Self {
+        BrokerError::NotFound {
+            doing: doing.into(),
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// The gateway refuses before asking the broker: `reason` says why.
+    pub fn conflict(doing: impl Into<Doing>, reason: impl Into<String>) -> Self {
+        BrokerError::Conflict {
+            doing: doing.into(),
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// The same failure with other words for what was being done.
+    pub fn while_doing(mut self, what: impl Into<Doing>) -> Self {
+        match &mut self {
+            BrokerError::Unavailable { doing, .. }
+            | BrokerError::NotFound { doing, .. }
+            | BrokerError::Conflict { doing, .. }
+            | BrokerError::Refused { doing, .. } => *doing = what.into(),
+            BrokerError::Nacked | BrokerError::Blocked | BrokerError::FrameTooLarge { .. } => {}
+        }
+        self
+    }
+}
+
+/// `?` on a lapin result where no more is known than that the broker was
+/// asked something; say what with `AmqpContext::doing` where it is known.
 impl From<lapin::Error> for BrokerError {
     fn from(err: lapin::Error) -> Self {
-        match &err {
-            lapin::Error::ProtocolError(amqp) => {
-                let text = amqp.get_message().to_string();
-                match amqp.kind() {
-                    AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => BrokerError::NotFound(text),
-                    AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
-                    | AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => {
-                        BrokerError::Conflict(text)
-                    }
-                    AMQPErrorKind::Soft(_) => BrokerError::Refused(text),
-                    AMQPErrorKind::Hard(_) => BrokerError::Unavailable(text),
-                }
+        BrokerError::amqp("talking to the broker", err)
+    }
+}
+
+/// Context for lapin results: `channel.queue_declare(..).await.doing(|| …)`.
+pub trait AmqpContext<T> {
+    fn doing<D: Into<Doing>>(self, what: impl FnOnce() -> D) -> Result<T, BrokerError>;
+}
+
+impl<T> AmqpContext<T> for Result<T, lapin::Error> {
+    fn doing<D: Into<Doing>>(self, what: impl FnOnce() -> D) -> Result<T, BrokerError> {
+        self.map_err(|err| BrokerError::amqp(what(), err))
+    }
+}
+
+/// An error and its causes on one line, `outer: cause: cause's cause`, for
+/// logs: `tracing::warn!(error = %Chain(&err), "…")`. A cause whose text
+/// the line already holds (drivers often repeat their source in their own
+/// text) is not said twice.
+#[derive(Clone, Copy)]
+pub struct Chain<'a>(pub &'a (dyn Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut said = self.0.to_string();
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !said.contains(&text) {
+                said.push_str(": ");
+                said.push_str(&text);
             }
-            _ => BrokerError::Unavailable(err.to_string()),
+            source = cause.source();
         }
+        f.write_str(&said)
+    }
+}
+
+impl fmt::Debug for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_says_every_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = BrokerError::amqp(
+            "declaring queue `orders`",
+            lapin::Error::IOError(std::sync::Arc::new(io)),
+        );
+        assert!(matches!(err, BrokerError::Unavailable { .. }));
+        assert_eq!(
+            Chain(&err).to_string(),
+            "the message broker is unavailable (declaring queue `orders`): IO error: refused"
+        );
+    }
+
+    #[test]
+    fn the_broker_reply_stays_the_reason_and_lapin_the_source() {
+        let amqp = lapin::protocol::AMQPError::new(
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED),
+            "PRECONDITION_FAILED - inequivalent arg".into(),
+        );
+        let err = BrokerError::amqp("declaring queue `q`", lapin::Error::ProtocolError(amqp));
+        match &err {
+            BrokerError::Conflict { reason, source, .. } => {
+                assert_eq!(reason, "PRECONDITION_FAILED - inequivalent arg");
+                assert!(source.is_some());
+            }
+            other => panic!("not a conflict: {other:?}"),
+        }
+        assert!(err.source().is_some());
     }
 }

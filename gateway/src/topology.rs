@@ -23,7 +23,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Channel;
 
-use crate::{Broker, BrokerError, ExchangeName, QueueName, RoutingKey};
+use crate::{Broker, BrokerError, Chain, ExchangeName, QueueName, RoutingKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -173,24 +173,29 @@ impl Topology {
 
     /// Runs `op` on a fresh channel and closes it afterwards. When the
     /// broker refuses, it has closed the channel already.
-    async fn on_fresh_channel<T, F, Fut>(&self, op: F) -> Result<T, BrokerError>
+    async fn on_fresh_channel<T, F, Fut>(&self, doing: String, op: F) -> Result<T, BrokerError>
     where
         F: FnOnce(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, lapin::Error>>,
     {
-        let channel = self.broker.channel().await?;
+        let channel = self
+            .broker
+            .channel()
+            .await
+            .map_err(|e| e.while_doing(doing.clone()))?;
         let result = op(channel.clone()).await;
         if channel.status().connected() {
             let _ = channel.close(200, "done").await;
         }
-        result.map_err(BrokerError::from)
+        result.map_err(|err| BrokerError::amqp(doing, err))
     }
 
     /// `None` when there is no such queue.
     pub async fn queue_counts(&self, name: &str) -> Result<Option<QueueCounts>, BrokerError> {
+        let doing = format!("looking up queue `{name}`");
         let name = name.to_owned();
         let passive = self
-            .on_fresh_channel(|ch| async move {
+            .on_fresh_channel(doing, |ch| async move {
                 ch.queue_declare(
                     &name,
                     QueueDeclareOptions {
@@ -207,15 +212,16 @@ impl Topology {
                 messages: queue.message_count(),
                 consumers: queue.consumer_count(),
             })),
-            Err(BrokerError::NotFound(_)) => Ok(None),
+            Err(BrokerError::NotFound { .. }) => Ok(None),
             Err(other) => Err(other),
         }
     }
 
     pub async fn exchange_exists(&self, name: &str) -> Result<bool, BrokerError> {
+        let doing = format!("looking up exchange `{name}`");
         let name = name.to_owned();
         let passive = self
-            .on_fresh_channel(|ch| async move {
+            .on_fresh_channel(doing, |ch| async move {
                 ch.exchange_declare(
                     &name,
                     lapin::ExchangeKind::Direct,
@@ -230,7 +236,7 @@ impl Topology {
             .await;
         match passive {
             Ok(()) => Ok(true),
-            Err(BrokerError::NotFound(_)) => Ok(false),
+            Err(BrokerError::NotFound { .. }) => Ok(false),
             Err(other) => Err(other),
         }
     }
@@ -254,7 +260,8 @@ impl Topology {
     /// ERROR: callers that need no `DeclareOutcome` (start-up) use this.
     pub async fn ensure_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
         let declared = spec.clone();
-        self.on_fresh_channel(|ch| async move {
+        let doing = format!("declaring queue `{}`", spec.name);
+        self.on_fresh_channel(doing, |ch| async move {
             let spec = declared;
             ch.queue_declare(
                 spec.name.as_str(),
@@ -319,21 +326,22 @@ impl Topology {
         arguments: impl Fn(QueueType) -> FieldTable,
     ) -> Result<QueueType, BrokerError> {
         match self.declare_durable(name, arguments(queue_type)).await {
-            Err(BrokerError::Conflict(reason)) => {
+            Err(conflict @ BrokerError::Conflict { .. }) => {
                 let other = queue_type.other();
-                tracing::debug!(queue = name, %reason, wanted = queue_type.as_str(), "companion exists with other arguments; declaring it as {}", other.as_str());
+                tracing::debug!(queue = name, reason = %Chain(&conflict), wanted = queue_type.as_str(), "companion exists with other arguments; declaring it as {}", other.as_str());
                 self.declare_durable(name, arguments(other))
                     .await
                     .map(|()| other)
-                    .map_err(|_| BrokerError::Conflict(reason))
+                    .map_err(|_| conflict)
             }
             other => other.map(|()| queue_type),
         }
     }
 
     async fn declare_durable(&self, name: &str, args: FieldTable) -> Result<(), BrokerError> {
+        let doing = format!("declaring queue `{name}`");
         let name = name.to_owned();
-        self.on_fresh_channel(|ch| async move {
+        self.on_fresh_channel(doing, |ch| async move {
             ch.queue_declare(
                 &name,
                 QueueDeclareOptions {
@@ -351,23 +359,30 @@ impl Topology {
     /// Deletes the queue and its dead-letter companion. With `if_empty`,
     /// refuses (`Conflict`) while either still holds messages.
     pub async fn delete_queue(&self, name: &QueueName, if_empty: bool) -> Result<(), BrokerError> {
+        let doing = format!("deleting queue `{name}`");
         let Some(main) = self.queue_counts(name.as_str()).await? else {
-            return Err(BrokerError::NotFound(format!("no queue named `{name}`")));
+            return Err(BrokerError::not_found(
+                doing,
+                format!("no queue named `{name}`"),
+            ));
         };
         let dlq = name.dead_letter_queue();
         let dlq_counts = self.queue_counts(&dlq).await?;
         if if_empty {
             let dead = dlq_counts.map_or(0, |c| c.messages);
             if main.messages > 0 || dead > 0 {
-                return Err(BrokerError::Conflict(format!(
-                    "queue `{name}` still holds {} message(s) and {dead} dead letter(s)",
-                    main.messages
-                )));
+                return Err(BrokerError::conflict(
+                    doing,
+                    format!(
+                        "queue `{name}` still holds {} message(s) and {dead} dead letter(s)",
+                        main.messages
+                    ),
+                ));
             }
         }
         let main_name = name.as_str().to_owned();
         let has_dlq = dlq_counts.is_some();
-        self.on_fresh_channel(|ch| async move {
+        self.on_fresh_channel(doing, |ch| async move {
             ch.queue_delete(&main_name, QueueDeleteOptions::default())
                 .await?;
             if has_dlq {
@@ -383,8 +398,9 @@ impl Topology {
         spec: &ExchangeSpec,
     ) -> Result<DeclareOutcome, BrokerError> {
         let existed = self.exchange_exists(spec.name.as_str()).await?;
+        let doing = format!("declaring exchange `{}`", spec.name);
         let spec = spec.clone();
-        self.on_fresh_channel(|ch| async move {
+        self.on_fresh_channel(doing, |ch| async move {
             let kind = match spec.kind {
                 ExchangeKind::Direct => lapin::ExchangeKind::Direct,
                 ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
@@ -416,20 +432,25 @@ impl Topology {
         exchange: &ExchangeName,
         routing_key: &RoutingKey,
     ) -> Result<(), BrokerError> {
+        let doing = format!("binding queue `{queue}` to exchange `{exchange}`");
         if self.queue_counts(queue.as_str()).await?.is_none() {
-            return Err(BrokerError::NotFound(format!("no queue named `{queue}`")));
+            return Err(BrokerError::not_found(
+                doing,
+                format!("no queue named `{queue}`"),
+            ));
         }
         if !self.exchange_exists(exchange.as_str()).await? {
-            return Err(BrokerError::NotFound(format!(
-                "no exchange named `{exchange}`"
-            )));
+            return Err(BrokerError::not_found(
+                doing,
+                format!("no exchange named `{exchange}`"),
+            ));
         }
         let (queue, exchange, key) = (
             queue.as_str().to_owned(),
             exchange.as_str().to_owned(),
             routing_key.as_str().to_owned(),
         );
-        self.on_fresh_channel(|ch| async move {
+        self.on_fresh_channel(doing, |ch| async move {
             ch.queue_bind(
                 &queue,
                 &exchange,

@@ -34,6 +34,7 @@ use gateway::{
 };
 use mongodb::bson::{doc, DateTime};
 use mongodb::Collection;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +42,7 @@ use crate::fleet::{ConsumerCounts, FleetStats, OtherReplicas, OwnShare, ReplicaV
 use crate::forwarder::HttpForwarder;
 use crate::replicas::{ConsumerCounters, ReplicaRecords};
 use crate::targets::{BuiltinHandler, SigningSecret, TargetSpec};
-use crate::{FieldError, Store, StoreError};
+use crate::{FieldError, Store, StoreContext, StoreError};
 
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 /// A consumer deleted here is not restarted by a reconcile pass that read
@@ -59,9 +60,14 @@ pub struct ConsumerDefinition {
     pub target: TargetSpec,
     pub prefetch: u16,
     pub retry: RetryPolicy,
-    /// Needed in clear to sign; never returned by the API, never logged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signing_secret: Option<String>,
+    /// Needed in clear to sign, so stored in clear; never returned by the
+    /// API, never logged, never in `Debug`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "credentials::secret_serde::expose_option"
+    )]
+    pub signing_secret: Option<SecretString>,
     pub created_at: DateTime,
     /// Paused through `/pauseConsumer`: no replica takes its deliveries.
     /// Absent in definitions stored before pausing existed.
@@ -289,7 +295,7 @@ impl ConsumerRegistry {
                     CappedCreateError::AtCapacity { limit, registered }
                 }
                 cap::CapError::Count(err) => {
-                    CappedCreateError::Registry(StoreError::from(err).into())
+                    CappedCreateError::Registry(StoreError::mongo("counting consumers", err).into())
                 }
             })?;
         let runnable = self.store_new(&definition).await?;
@@ -304,8 +310,13 @@ impl ConsumerRegistry {
     ) -> Result<(ConsumerSpec, Arc<dyn DeliveryTarget>), RegistryError> {
         let runnable = self.runnable(definition).map_err(RegistryError::Invalid)?;
         if let Err(err) = self.collection.insert_one(definition).await {
-            let err = StoreError::from(err);
-            if !(matches!(err, StoreError::Duplicate(_)) && self.already_stored(definition).await) {
+            let err = StoreError::mongo(
+                format!("storing consumer `{}`", definition.consumer_id),
+                err,
+            );
+            if !(matches!(err, StoreError::Duplicate { .. })
+                && self.already_stored(definition).await)
+            {
                 return Err(err.into());
             }
             // The driver retries a write after a transient error, and
@@ -345,7 +356,7 @@ impl ConsumerRegistry {
         // Stored and started: a failed read of the heartbeats must not
         // make it look as if it were not.
         let others = self.other_replicas().await.unwrap_or_else(|err| {
-            tracing::debug!(error = %err, "replica heartbeats unreadable; answering with this replica's share");
+            tracing::debug!(error = %gateway::Chain(&err), "replica heartbeats unreadable; answering with this replica's share");
             OtherReplicas::default()
         });
         self.view(definition, &others)
@@ -358,7 +369,7 @@ impl ConsumerRegistry {
             .collection
             .delete_one(doc! { "_id": id.as_str() })
             .await
-            .map_err(StoreError::from)?
+            .doing(|| format!("deleting consumer `{id}`"))?
             .deleted_count;
         if deleted > 0 {
             self.changes.changed();
@@ -373,10 +384,10 @@ impl ConsumerRegistry {
             .collection
             .find(doc! { "queueName": queue.as_str() })
             .await
-            .map_err(StoreError::from)?
+            .doing(|| format!("reading the consumers of queue `{queue}`"))?
             .try_collect::<Vec<_>>()
             .await
-            .map_err(StoreError::from)?
+            .doing(|| format!("reading the consumers of queue `{queue}`"))?
             .into_iter()
             .map(|d| d.consumer_id)
             .collect();
@@ -413,7 +424,7 @@ impl ConsumerRegistry {
                 doc! { "$set": { "paused": paused } },
             )
             .await
-            .map_err(StoreError::from)?
+            .doing(|| format!("setting the flow of consumer `{id}`"))?
             .matched_count;
         if matched == 0 {
             return Ok(false);
@@ -427,7 +438,13 @@ impl ConsumerRegistry {
     }
 
     async fn all_definitions(&self) -> Result<Vec<ConsumerDefinition>, StoreError> {
-        Ok(self.collection.find(doc! {}).await?.try_collect().await?)
+        self.collection
+            .find(doc! {})
+            .await
+            .doing(|| "reading every consumer")?
+            .try_collect()
+            .await
+            .doing(|| "reading every consumer")
     }
 
     pub async fn list(&self) -> Result<Vec<ConsumerView>, RegistryError> {
@@ -445,7 +462,7 @@ impl ConsumerRegistry {
             .collection
             .find_one(doc! { "_id": id.as_str() })
             .await
-            .map_err(StoreError::from)?
+            .doing(|| format!("reading consumer `{id}`"))?
         else {
             return Ok(None);
         };
@@ -582,7 +599,7 @@ impl ConsumerRegistry {
             .collection
             .find_one(doc! { "_id": id.as_str() })
             .await
-            .map_err(StoreError::from)?)
+            .doing(|| format!("reading consumer `{id}`"))?)
     }
 
     /// Stores `next` in place of the definition at `next.revision - 1`,
@@ -594,7 +611,7 @@ impl ConsumerRegistry {
         let (spec, target) = self.runnable(&next)?;
         let id = spec.id.clone();
         let mut stored = mongodb::bson::to_document(&next)
-            .map_err(|e| StoreError::Unavailable(format!("encoding the definition: {e}")))?;
+            .map_err(|e| StoreError::encode(format!("storing consumer `{id}`"), e))?;
         stored.remove("_id");
         stored.remove("paused");
         stored.remove("createdAt");
@@ -621,7 +638,7 @@ impl ConsumerRegistry {
             .collection
             .update_one(base_filter, change)
             .await
-            .map_err(StoreError::from)?
+            .doing(|| format!("updating consumer `{id}`"))?
             .matched_count;
         if matched == 0 {
             return Ok(match self.definition(&id).await? {
@@ -649,7 +666,7 @@ impl ConsumerRegistry {
         tokio::spawn(async move {
             loop {
                 if let Err(err) = registry.reconcile().await {
-                    tracing::debug!(error = %err, "reconcile pass failed; will try again");
+                    tracing::debug!(error = %gateway::Chain(&err), "reconcile pass failed; will try again");
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -683,8 +700,8 @@ impl ConsumerRegistry {
                 crate::targets::TargetUrl::parse(&http.url, self.allowed_hosts.as_deref())?;
                 let secret = definition
                     .signing_secret
-                    .as_deref()
-                    .map(SigningSecret::parse)
+                    .as_ref()
+                    .map(|s| SigningSecret::parse(s.expose_secret()))
                     .transpose()?;
                 Arc::new(HttpForwarder::new(self.http.clone(), http, secret)?)
             }
@@ -875,5 +892,51 @@ pub struct NoBuiltinTargets;
 impl BuiltinTargets for NoBuiltinTargets {
     fn target(&self, _: BuiltinHandler) -> Option<Arc<dyn DeliveryTarget>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    use crate::targets::HttpTarget;
+
+    #[test]
+    fn a_definition_stores_its_secrets_but_debug_shows_none() {
+        let signing = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let definition = ConsumerDefinition {
+            consumer_id: "c1".into(),
+            consumer_name: "orders-consumer".into(),
+            queue_name: "orders".into(),
+            target: TargetSpec::Http(HttpTarget {
+                url: "https://api.example.com/hook?token=urlSecret".into(),
+                method: "POST".into(),
+                headers: BTreeMap::from([("x-api-key".into(), "headerSecret".into())]),
+                timeout_ms: 1_000,
+            }),
+            prefetch: 10,
+            retry: gateway::RetryPolicy::default(),
+            signing_secret: Some(SecretString::from(signing)),
+            created_at: DateTime::now(),
+            paused: false,
+            concurrency: None,
+            rate_limit_per_sec: None,
+            circuit_breaker: None,
+            revision: 0,
+            batch: None,
+        };
+        let shown = format!("{definition:?}");
+        for secret in ["MfKQ9r8", "urlSecret", "headerSecret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        // Stored in clear: the forwarder signs with it after a restart.
+        let stored = mongodb::bson::to_document(&definition).expect("encodes");
+        assert_eq!(stored.get_str("signingSecret"), Ok(signing));
+        let back: ConsumerDefinition = mongodb::bson::from_document(stored).expect("decodes");
+        assert_eq!(
+            back.signing_secret.as_ref().map(|s| s.expose_secret()),
+            Some(signing)
+        );
     }
 }

@@ -21,6 +21,6 @@ pub use consumers::{
 };
 pub use forwarder::HttpForwarder;
 pub use management::{ConnectionInfo, ManagementClient, ManagementError, QueueRow};
-pub use store::{ApiKeyRecord, Role, Store, StoreError};
+pub use store::{ApiKeyRecord, Role, Store, StoreContext, StoreError};
 pub use targets::{BuiltinHandler, HttpTarget, SigningSecret, TargetSpec, TargetUrl};
 pub use validation::FieldError;

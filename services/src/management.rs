@@ -11,13 +11,20 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// Why the management API gave no usable answer. The variants say what
-/// went wrong, for the HTTP layer to put in words; the detail is for logs
-/// and never carries the URL (reqwest's own text would).
+/// went wrong, for the HTTP layer to put in words; `path` is the API path
+/// asked for, and the source is reqwest's error stripped of its URL (whose
+/// host the caller must not see). reqwest's own text is "error sending
+/// request": the cause (refused, timed out) is down the chain, which logs
+/// print whole (`gateway::Chain`).
 #[derive(Debug, thiserror::Error)]
 pub enum ManagementError {
     /// No answer: connection refused, timeout, DNS.
-    #[error("the RabbitMQ management API does not answer: {detail}")]
-    Unreachable { detail: String },
+    #[error("the RabbitMQ management API does not answer (GET /{path})")]
+    Unreachable {
+        path: String,
+        #[source]
+        source: reqwest::Error,
+    },
     /// It refused the gateway's credentials (401 / 403).
     #[error("the RabbitMQ management API refused the gateway's credentials ({status})")]
     Refused { status: StatusCode },
@@ -25,39 +32,28 @@ pub enum ManagementError {
     #[error("the RabbitMQ management API answered {status}")]
     Status { status: StatusCode },
     /// A 2xx whose body is not what the API documents.
-    #[error("the RabbitMQ management API answered something unreadable: {detail}")]
-    Unreadable { detail: String },
+    #[error("the RabbitMQ management API answered something unreadable (GET /{path})")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: reqwest::Error,
+    },
     /// `RABBITMQ_MANAGEMENT_URL` cannot take path segments (`mailto:`...).
     #[error("RABBITMQ_MANAGEMENT_URL cannot be a base URL")]
     BadBaseUrl,
 }
 
-impl From<reqwest::Error> for ManagementError {
-    fn from(err: reqwest::Error) -> Self {
-        let err = err.without_url();
-        if err.is_decode() {
-            ManagementError::Unreadable {
-                detail: err.to_string(),
-            }
+impl ManagementError {
+    /// Classifies reqwest's error of a GET of `segments`.
+    fn request(segments: &[&str], err: reqwest::Error) -> Self {
+        let path = segments.join("/");
+        let source = err.without_url();
+        if source.is_decode() {
+            ManagementError::Unreadable { path, source }
         } else {
-            ManagementError::Unreachable {
-                detail: error_chain(&err),
-            }
+            ManagementError::Unreachable { path, source }
         }
     }
-}
-
-/// reqwest's top-level text is "error sending request"; the cause (refused,
-/// timed out) is further down the chain.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Several base URLs (the nodes of a cluster) are tried in order: a request
@@ -77,9 +73,20 @@ pub struct ManagementClient {
 impl std::fmt::Debug for ManagementClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ManagementClient")
+            // Host and port only: a base URL may carry a user and password.
             .field(
                 "bases",
-                &self.bases.iter().map(url::Url::as_str).collect::<Vec<_>>(),
+                &self
+                    .bases
+                    .iter()
+                    .map(|base| {
+                        format!(
+                            "{}:{}",
+                            base.host_str().unwrap_or_default(),
+                            base.port_or_known_default().unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>(),
             )
             .field("user", &self.user)
             .field("password", &self.password)
@@ -213,7 +220,7 @@ impl ManagementClient {
                     let base = &self.bases[index];
                     tracing::warn!(
                         node = %format!("{}:{}", base.host_str().unwrap_or_default(), base.port_or_known_default().unwrap_or_default()),
-                        error = %err,
+                        error = %gateway::Chain(&err),
                         "management API node unreachable; trying the next"
                     );
                     last = Some(err);
@@ -237,7 +244,8 @@ impl ManagementClient {
             .get(Self::url(base, segments)?)
             .basic_auth(&self.user, Some(self.password.expose_secret()))
             .send()
-            .await?;
+            .await
+            .map_err(|e| ManagementError::request(segments, e))?;
         let status = response.status();
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             return Err(ManagementError::Refused { status });
@@ -245,7 +253,10 @@ impl ManagementClient {
         if !status.is_success() {
             return Err(ManagementError::Status { status });
         }
-        Ok(response.json().await?)
+        response
+            .json()
+            .await
+            .map_err(|e| ManagementError::request(segments, e))
     }
 
     /// The vhost's client connections, oldest first.
@@ -348,7 +359,7 @@ impl gateway::QueueTypeSource for ManagementClient {
             Ok(Some(name)) => gateway::QueueType::parse(&name),
             Ok(None) => None,
             Err(err) => {
-                tracing::warn!(%queue, error = %err, "cannot tell the queue's type; its companions take DEFAULT_QUEUE_TYPE for now");
+                tracing::warn!(%queue, error = %gateway::Chain(&err), "cannot tell the queue's type; its companions take DEFAULT_QUEUE_TYPE for now");
                 None
             }
         }
@@ -375,13 +386,15 @@ mod tests {
     fn debug_output_never_shows_the_password() {
         let client = ManagementClient::new(
             reqwest::Client::new(),
-            vec![url::Url::parse("http://127.0.0.1:15672").unwrap()],
+            vec![url::Url::parse("http://m:url-s3cret@127.0.0.1:15672").unwrap()],
             "guest".into(),
             "s3cret-password".into(),
             "/".into(),
         );
         let printed = format!("{client:?}");
         assert!(!printed.contains("s3cret-password"), "{printed}");
+        assert!(!printed.contains("url-s3cret"), "{printed}");
+        assert!(printed.contains("127.0.0.1:15672"), "{printed}");
         assert!(printed.contains("guest"), "{printed}");
     }
 

@@ -21,7 +21,7 @@ use mongodb::Collection;
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{ConsumerCounts, ReplicaRecord};
-use crate::{Store, StoreError};
+use crate::{Store, StoreContext, StoreError};
 
 pub const BEAT_EVERY: Duration = Duration::from_secs(2);
 pub const LIVE_WITHIN: Duration = Duration::from_secs(10);
@@ -87,21 +87,24 @@ impl ReplicaHeartbeat {
     pub async fn beat(&self) -> Result<usize, StoreError> {
         let now = DateTime::now();
         let mut fields = mongodb::bson::to_document(&self.record(now))
-            .map_err(|e| StoreError::Unavailable(format!("encoding the heartbeat: {e}")))?;
+            .map_err(|e| StoreError::encode("writing this replica's heartbeat", e))?;
         fields.remove("_id");
         self.collection
             .update_one(doc! { "_id": &self.instance_id }, doc! { "$set": fields })
             .upsert(true)
-            .await?;
+            .await
+            .doing(|| "writing this replica's heartbeat")?;
         let live = self
             .collection
             .count_documents(doc! { "lastSeenAt": { "$gte": before(now, LIVE_WITHIN) } })
-            .await?;
+            .await
+            .doing(|| "counting live replicas")?;
         // Records of replicas long gone (killed, never shut down) would
         // otherwise pile up; any replica may sweep them.
         self.collection
             .delete_many(doc! { "lastSeenAt": { "$lt": before(now, FORGET_AFTER) } })
-            .await?;
+            .await
+            .doing(|| "forgetting replicas long gone")?;
         Ok(usize::try_from(live).unwrap_or(usize::MAX).max(1))
     }
 
@@ -118,7 +121,7 @@ impl ReplicaHeartbeat {
                         self.live.set(live);
                     }
                     Err(err) => {
-                        tracing::debug!(error = %err, "replica heartbeat failed; will try again")
+                        tracing::debug!(error = %gateway::Chain(&err), "replica heartbeat failed; will try again")
                     }
                 }
                 tokio::select! {
@@ -181,16 +184,18 @@ impl ReplicaRecords {
         let documents: Vec<Document> = self
             .collection
             .find(doc! { "lastSeenAt": { "$gte": since } })
-            .await?
+            .await
+            .doing(|| "reading live replicas")?
             .try_collect()
-            .await?;
+            .await
+            .doing(|| "reading live replicas")?;
         Ok(documents
             .into_iter()
             .filter_map(|document| {
                 let id = document.get("_id").cloned();
                 mongodb::bson::from_document(document)
                     .map_err(|err| {
-                        tracing::debug!(error = %err, ?id, "unreadable replica record skipped")
+                        tracing::debug!(error = %gateway::Chain(&err), ?id, "unreadable replica record skipped")
                     })
                     .ok()
             })

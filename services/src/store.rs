@@ -16,21 +16,74 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
+/// What the store was doing when it failed ("reading consumer `x`").
+pub type Doing = std::borrow::Cow<'static, str>;
+
+/// A store failure: what was being done, with the driver's error beneath.
+/// The driver's text names hosts, collections and key values: it is for
+/// the log (`gateway::Chain`), never for an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the store is unavailable: {0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Duplicate(String),
+    #[error("the store is unavailable ({doing})")]
+    Unavailable {
+        doing: Doing,
+        #[source]
+        source: mongodb::error::Error,
+    },
+    /// A unique index refused the write (MongoDB's code 11000).
+    #[error("a record with that key already exists ({doing})")]
+    Duplicate {
+        doing: Doing,
+        #[source]
+        source: mongodb::error::Error,
+    },
+    /// A record could not be turned into a document (a bug, or a value
+    /// BSON cannot hold).
+    #[error("cannot encode the record ({doing})")]
+    Encode {
+        doing: Doing,
+        #[source]
+        source: Box<mongodb::bson::ser::Error>,
+    },
+    #[error("cannot set up the bootstrap admin")]
+    Hash(#[source] password::HashError),
 }
 
+impl StoreError {
+    /// Classifies the driver's error; `doing` says what was asked.
+    pub fn mongo(doing: impl Into<Doing>, source: mongodb::error::Error) -> Self {
+        let doing = doing.into();
+        if is_duplicate_key(&source) {
+            StoreError::Duplicate { doing, source }
+        } else {
+            StoreError::Unavailable { doing, source }
+        }
+    }
+
+    pub fn encode(doing: impl Into<Doing>, source: mongodb::bson::ser::Error) -> Self {
+        StoreError::Encode {
+            doing: doing.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// `?` where no more is known than that MongoDB was asked something; say
+/// what with `StoreContext::doing` where it is known.
 impl From<mongodb::error::Error> for StoreError {
     fn from(err: mongodb::error::Error) -> Self {
-        if is_duplicate_key(&err) {
-            StoreError::Duplicate(err.to_string())
-        } else {
-            StoreError::Unavailable(err.to_string())
-        }
+        StoreError::mongo("talking to MongoDB", err)
+    }
+}
+
+/// Context for driver results: `collection.find_one(..).await.doing(|| …)`.
+pub trait StoreContext<T> {
+    fn doing<D: Into<Doing>>(self, what: impl FnOnce() -> D) -> Result<T, StoreError>;
+}
+
+impl<T> StoreContext<T> for Result<T, mongodb::error::Error> {
+    fn doing<D: Into<Doing>>(self, what: impl FnOnce() -> D) -> Result<T, StoreError> {
+        self.map_err(|err| StoreError::mongo(what(), err))
     }
 }
 
@@ -53,7 +106,8 @@ pub(crate) fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
 
 pub use credentials::Role;
 
-#[derive(Debug, Serialize, Deserialize)]
+/// No `Debug`: the hash is enough to guess the password offline.
+#[derive(Serialize, Deserialize)]
 struct AccountDoc {
     #[serde(rename = "_id")]
     username: String,
@@ -67,8 +121,8 @@ struct AccountDoc {
 /// An API key as stored: never the key itself, only the SHA-256 of its
 /// secret. Documents written before keys were checked by digest carry a
 /// bcrypt `secretHash` instead and no `secretSha256`; they are listed (so
-/// they can be deleted) but refused.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// they can be deleted) but refused. `Debug` shows no digest.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
     #[serde(rename = "_id")]
     pub key_id: String,
@@ -88,6 +142,19 @@ pub struct ApiKeyRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub last_used_at: Option<DateTime>,
+}
+
+impl std::fmt::Debug for ApiKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyRecord")
+            .field("key_id", &self.key_id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("secret_sha256", &self.secret_sha256.as_ref().map(|_| "***"))
+            .field("created_at", &self.created_at)
+            .field("last_used_at", &self.last_used_at)
+            .finish()
+    }
 }
 
 impl ApiKeyRecord {
@@ -113,11 +180,13 @@ impl Store {
     /// Builds the client; does not wait for the server (the driver connects
     /// lazily), so a store that is down does not stop start-up.
     pub async fn connect(uri: &str, database: &str) -> Result<Store, StoreError> {
-        let mut options = ClientOptions::parse(uri).await?;
+        let mut options = ClientOptions::parse(uri)
+            .await
+            .doing(|| "reading MONGODB_URI")?;
         options.app_name = Some("workerrmq".into());
         options.server_selection_timeout = Some(Duration::from_secs(2));
         options.connect_timeout = Some(Duration::from_secs(2));
-        let client = Client::with_options(options)?;
+        let client = Client::with_options(options).doing(|| "creating the MongoDB client")?;
         Ok(Store {
             db: client.database(database),
         })
@@ -128,7 +197,10 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.db.run_command(doc! { "ping": 1 }).await?;
+        self.db
+            .run_command(doc! { "ping": 1 })
+            .await
+            .doing(|| "pinging MongoDB")?;
         Ok(())
     }
 
@@ -152,7 +224,8 @@ impl Store {
                     .options(IndexOptions::builder().unique(false).build())
                     .build(),
             )
-            .await?;
+            .await
+            .doing(|| "creating the index of consumers by queue")?;
         self.api_keys()
             .create_index(
                 IndexModel::builder()
@@ -160,7 +233,8 @@ impl Store {
                     .options(IndexOptions::builder().unique(false).build())
                     .build(),
             )
-            .await?;
+            .await
+            .doing(|| "creating the index of API keys by name")?;
         Ok(())
     }
 
@@ -171,16 +245,18 @@ impl Store {
         username: &str,
         password: &SecretString,
     ) -> Result<(), StoreError> {
-        let existing = self.accounts().find_one(doc! { "_id": username }).await?;
+        let existing = self
+            .accounts()
+            .find_one(doc! { "_id": username })
+            .await
+            .doing(|| format!("reading account `{username}`"))?;
         if let Some(account) = existing {
             let matches = password::verify(password, &account.password_hash).await;
             if matches && account.role == Role::Admin {
                 return Ok(());
             }
         }
-        let hash = password::hash(password)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let hash = password::hash(password).await.map_err(StoreError::Hash)?;
         self.accounts()
             .replace_one(
                 doc! { "_id": username },
@@ -192,12 +268,16 @@ impl Store {
                 },
             )
             .upsert(true)
-            .await?;
+            .await
+            .doing(|| format!("writing account `{username}`"))?;
         Ok(())
     }
 
     pub async fn insert_api_key(&self, record: &ApiKeyRecord) -> Result<(), StoreError> {
-        self.api_keys().insert_one(record).await?;
+        self.api_keys()
+            .insert_one(record)
+            .await
+            .doing(|| format!("storing API key `{}`", record.key_id))?;
         Ok(())
     }
 
@@ -207,8 +287,9 @@ impl Store {
             .api_keys()
             .find(doc! {})
             .sort(doc! { "createdAt": 1, "_id": 1 })
-            .await?;
-        Ok(cursor.try_collect().await?)
+            .await
+            .doing(|| "listing API keys")?;
+        cursor.try_collect().await.doing(|| "listing API keys")
     }
 
     /// Removes the key; `false` when there was none with this id.
@@ -216,7 +297,8 @@ impl Store {
         let deleted = self
             .api_keys()
             .delete_one(doc! { "_id": key_id.as_str() })
-            .await?;
+            .await
+            .doing(|| format!("deleting API key `{}`", key_id.as_str()))?;
         Ok(deleted.deleted_count > 0)
     }
 }
@@ -277,7 +359,7 @@ impl CredentialStore for Store {
 }
 
 fn unavailable(err: mongodb::error::Error) -> CredentialStoreUnavailable {
-    CredentialStoreUnavailable(err.to_string())
+    CredentialStoreUnavailable::new(err)
 }
 
 pub use mongodb::bson::DateTime;
@@ -285,10 +367,24 @@ pub use mongodb::bson::DateTime;
 impl Store {
     /// How many registered consumers read from `queue`.
     pub async fn count_consumers_on(&self, queue: &str) -> Result<u64, StoreError> {
-        Ok(self
-            .db
+        self.db
             .collection::<mongodb::bson::Document>("consumers")
             .count_documents(doc! { "queueName": queue })
-            .await?)
+            .await
+            .doing(|| format!("counting the consumers of queue `{queue}`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_key_record_shows_no_digest() {
+        let key = ApiKey::mint();
+        let record = ApiKeyRecord::new(&key, "ci".into(), Role::Publisher);
+        let shown = format!("{record:?}");
+        assert!(!shown.contains(&key.digest().to_hex()), "{shown}");
+        assert!(shown.contains("ci"), "{shown}");
     }
 }

@@ -41,7 +41,9 @@ pub enum TargetSpec {
     Builtin { handler: BuiltinHandler },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `Debug` shows the URL without its query and header names without their
+/// values: both often carry the target's credentials.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpTarget {
     pub url: String,
@@ -51,12 +53,66 @@ pub struct HttpTarget {
     pub timeout_ms: u64,
 }
 
+impl std::fmt::Debug for HttpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTarget")
+            .field("url", &DebugUrl(&self.url))
+            .field("method", &self.method)
+            .field("headers", &DebugHeaders(Some(&self.headers)))
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+/// A target URL for `Debug`: scheme, host, port and path; no userinfo,
+/// query or fragment.
+pub struct DebugUrl<'a>(pub &'a str);
+
+impl std::fmt::Debug for DebugUrl<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match url::Url::parse(self.0) {
+            Ok(url) => write!(
+                f,
+                "\"{}://{}{}\"",
+                url.scheme(),
+                url.host_str().unwrap_or_default(),
+                url.port().map(|p| format!(":{p}")).unwrap_or_default() + url.path()
+            ),
+            Err(_) => f.write_str("\"***\""),
+        }
+    }
+}
+
+/// Target headers for `Debug`: the names, each value `***`.
+pub struct DebugHeaders<'a>(pub Option<&'a BTreeMap<String, String>>);
+
+impl std::fmt::Debug for DebugHeaders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(headers) => f
+                .debug_map()
+                .entries(headers.keys().map(|name| (name, "***")))
+                .finish(),
+            None => f.write_str("None"),
+        }
+    }
+}
+
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 const MAX_TIMEOUT_MS: u64 = 300_000;
 
-/// An http(s) URL with a host, allowed by `FORWARD_ALLOWED_HOSTS`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An http(s) URL with a host, allowed by `FORWARD_ALLOWED_HOSTS`. `Debug`
+/// leaves out the query, where tokens often are.
+#[derive(Clone, PartialEq, Eq)]
 pub struct TargetUrl(url::Url);
+
+impl std::fmt::Debug for TargetUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("TargetUrl")
+            .field(&DebugUrl(self.0.as_str()))
+            .finish()
+    }
+}
 
 impl TargetUrl {
     pub fn parse(raw: &str, allowed_hosts: Option<&[String]>) -> Result<Self, FieldError> {
@@ -182,8 +238,8 @@ impl SigningSecret {
     }
 
     /// The secret as given, for storing it.
-    pub fn expose(&self) -> &str {
-        self.encoded.expose_secret()
+    pub fn into_encoded(self) -> SecretString {
+        self.encoded
     }
 
     /// `v1,` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}")).
@@ -250,6 +306,31 @@ mod tests {
         let shown = format!("{secret:?}");
         assert!(
             !shown.contains("MfKQ") && !shown.contains("49, "),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn debug_hides_target_credentials() {
+        let headers = BTreeMap::from([(
+            "authorization".to_string(),
+            "Bearer t0kenSecret".to_string(),
+        )]);
+        let target = HttpTarget::parse(
+            "https://api.example.com/hook?sig=querySecret",
+            None,
+            headers,
+            None,
+            None,
+        )
+        .unwrap();
+        let url = TargetUrl::parse("https://api.example.com/hook?sig=querySecret", None).unwrap();
+        assert!(!format!("{url:?}").contains("querySecret"), "{url:?}");
+        let shown = format!("{:?}", TargetSpec::Http(target));
+        assert!(!shown.contains("t0kenSecret"), "{shown}");
+        assert!(!shown.contains("querySecret"), "{shown}");
+        assert!(
+            shown.contains("authorization") && shown.contains("api.example.com/hook"),
             "{shown}"
         );
     }

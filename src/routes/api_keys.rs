@@ -5,7 +5,7 @@
 //! `middlewares::auth`).
 
 use actix_web::{web, HttpResponse};
-use credentials::{ApiKey, ExposeSecret, KeyId, Role};
+use credentials::{ApiKey, KeyId, Role, SecretString};
 use middlewares::Admin;
 use serde::{Deserialize, Serialize};
 use services::{ApiKeyRecord, FieldError};
@@ -39,15 +39,17 @@ impl KeyName {
     }
 }
 
-/// The answer to `/createApiKey`: the only time the key is shown.
+/// The answer to `/createApiKey`: the only time the key is shown. The JSON
+/// carries it in clear; `Debug` does not.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedApiKey {
     #[schema(example = "9b1deb4d3b7d4bad9bdd2b0d7b3dcb6d")]
     pub key_id: String,
     /// Send as `Authorization: Bearer <apiKey>`.
-    #[schema(example = "wrmq_9b1deb4d3b7d4bad9bdd2b0d7b3dcb6d_…")]
-    pub api_key: String,
+    #[schema(value_type = String, example = "wrmq_9b1deb4d3b7d4bad9bdd2b0d7b3dcb6d_…")]
+    #[serde(serialize_with = "credentials::secret_serde::expose")]
+    pub api_key: SecretString,
     pub name: String,
     pub role: Role,
 }
@@ -118,7 +120,7 @@ pub async fn create_api_key(
     tracing::info!(key_id = %key.key_id(), role = ?body.role, "API key created");
     Ok(HttpResponse::Created().json(CreatedApiKey {
         key_id: key.key_id().to_string(),
-        api_key: key.reveal().expose_secret().to_owned(),
+        api_key: key.reveal(),
         name,
         role: body.role,
     }))
@@ -153,4 +155,26 @@ pub async fn delete_api_key(
         message: "API key has been deleted successfully.".into(),
         key_id: key_id.to_string(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use credentials::ExposeSecret;
+
+    #[test]
+    fn the_created_key_shows_in_json_but_not_in_debug() {
+        let key = ApiKey::mint();
+        let revealed = key.reveal().expose_secret().to_owned();
+        let created = CreatedApiKey {
+            key_id: key.key_id().to_string(),
+            api_key: key.reveal(),
+            name: "ci".into(),
+            role: Role::Publisher,
+        };
+        let shown = format!("{created:?}");
+        assert!(!shown.contains(&revealed), "{shown}");
+        let json = serde_json::to_value(&created).expect("serializes");
+        assert_eq!(json["apiKey"], revealed.as_str());
+    }
 }

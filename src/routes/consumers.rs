@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use actix_web::{web, HttpResponse};
 use gateway::{CircuitBreakerPolicy, ConsumerId, QueueName, RetryPolicy};
 use middlewares::{Admin, Viewer};
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
+use services::targets::{DebugHeaders, DebugUrl};
 use services::{
     BatchSettings, BuiltinHandler, ConsumerDefinition, ConsumerView, FieldError, HttpTarget, Role,
     SigningSecret, TargetSpec,
@@ -54,8 +56,8 @@ pub struct CreateConsumerRequest {
     #[schema(value_type = Option<CircuitBreakerRequest>, nullable)]
     pub circuit_breaker: Option<Option<CircuitBreakerRequest>>,
     /// `whsec_` + base64 of 24 to 64 random bytes; never shown again.
-    #[schema(pattern = "^whsec_")]
-    pub signing_secret: Option<String>,
+    #[schema(value_type = Option<String>, pattern = "^whsec_")]
+    pub signing_secret: Option<SecretString>,
     /// Batch delivery (HTTP targets): up to `maxMessages` messages in one
     /// request. Absent or `null`: one request per message.
     #[serde(default, deserialize_with = "present")]
@@ -110,8 +112,9 @@ fn batch_of(
     }))
 }
 
-/// Where deliveries go: an HTTP endpoint, or a built-in handler.
-#[derive(Debug, Deserialize, ToSchema)]
+/// Where deliveries go: an HTTP endpoint, or a built-in handler. `Debug`
+/// shows neither header values nor the URL's query (credentials, often).
+#[derive(Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum TargetRequest {
     Http {
@@ -130,6 +133,28 @@ pub enum TargetRequest {
     Builtin {
         handler: BuiltinHandlerName,
     },
+}
+
+impl std::fmt::Debug for TargetRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetRequest::Http {
+                url,
+                method,
+                headers,
+                timeout_ms,
+            } => f
+                .debug_struct("Http")
+                .field("url", &DebugUrl(url))
+                .field("method", method)
+                .field("headers", &DebugHeaders(headers.as_ref()))
+                .field("timeout_ms", timeout_ms)
+                .finish(),
+            TargetRequest::Builtin { handler } => {
+                f.debug_struct("Builtin").field("handler", handler).finish()
+            }
+        }
+    }
 }
 
 /// The built-in handlers a consumer may hand deliveries to.
@@ -259,7 +284,7 @@ pub(super) struct ConsumerSettings {
     pub(super) rate_limit_per_sec: Option<Option<f64>>,
     pub(super) retry: Option<RetryRequest>,
     pub(super) circuit_breaker: Option<Option<CircuitBreakerRequest>>,
-    pub(super) signing_secret: Option<Option<String>>,
+    pub(super) signing_secret: Option<Option<SecretString>>,
     pub(super) batch: Option<Option<BatchRequest>>,
 }
 
@@ -306,8 +331,8 @@ pub(super) fn apply_settings(
     if let Some(secret) = settings.signing_secret {
         next.signing_secret = secret
             .map(|raw| {
-                SigningSecret::parse(&raw)
-                    .map(|s| s.expose().to_owned())
+                SigningSecret::parse(raw.expose_secret())
+                    .map(SigningSecret::into_encoded)
                     .map_err(ApiError::from)
             })
             .transpose()?;
@@ -526,6 +551,28 @@ pub async fn delete_consumer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_create_request_shows_no_secret_in_debug() {
+        let request: CreateConsumerRequest = serde_json::from_value(serde_json::json!({
+            "queueName": "orders",
+            "target": {
+                "type": "http",
+                "url": "https://api.example.com/hook?token=urlSecret",
+                "headers": { "authorization": "Bearer headerSecret" }
+            },
+            "signingSecret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        }))
+        .expect("a valid request");
+        let shown = format!("{request:?}");
+        for secret in ["urlSecret", "headerSecret", "MfKQ9r8"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert_eq!(
+            request.signing_secret.as_ref().map(|s| s.expose_secret()),
+            Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        );
+    }
 
     #[test]
     fn circuit_breaker_is_on_by_default_and_null_or_disabled_turns_it_off() {

@@ -103,7 +103,7 @@ fn event_bytes(request: &impl Serialize, extra: Value) -> Result<Vec<u8>, ApiErr
     if let Value::Object(extra) = extra {
         event.extend(extra);
     }
-    serde_json::to_vec(&event).map_err(|e| ApiError::Internal(e.to_string()))
+    serde_json::to_vec(&event).map_err(|e| ApiError::Internal(e.into()))
 }
 
 /// Publishes to the built-in queue, mandatory and confirmed.
@@ -226,7 +226,7 @@ pub async fn create_scrape_job(
         // Not published: take the record back rather than leave a job that
         // stays queued forever.
         if let Err(cleanup) = scrape::delete_queued_job(&state.store, &job_id).await {
-            tracing::warn!(%job_id, error = %cleanup, "could not remove the unpublished job's record");
+            tracing::warn!(%job_id, error = %gateway::Chain(&cleanup), "could not remove the unpublished job's record");
         }
         return Err(err);
     }

@@ -7,6 +7,7 @@
 use actix_web::{web, HttpResponse};
 use gateway::ConsumerId;
 use middlewares::Admin;
+use secrecy::SecretString;
 use serde::Deserialize;
 use services::{FieldError, UpdateOutcome};
 use utoipa::ToSchema;
@@ -54,7 +55,7 @@ pub struct UpdateConsumerRequest {
     /// Never shown again.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, nullable, pattern = "^whsec_")]
-    pub signing_secret: Option<Option<String>>,
+    pub signing_secret: Option<Option<SecretString>>,
     /// Unset fields keep their current values; `null` turns batch delivery
     /// off. `maxMessages` is checked against the prefetch as it will be.
     #[serde(default, deserialize_with = "present")]
@@ -116,5 +117,27 @@ pub async fn update_consumer(
         UpdateOutcome::Conflict => Err(ApiError::Conflict(format!(
             "consumer `{id}` was updated meanwhile; nothing changed, read it and try again"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_shows_no_secret_in_debug() {
+        let request: UpdateConsumerRequest = serde_json::from_value(serde_json::json!({
+            "consumerId": "c1",
+            "target": {
+                "type": "http",
+                "url": "https://api.example.com/hook",
+                "headers": { "authorization": "Bearer headerSecret" }
+            },
+            "signingSecret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        }))
+        .expect("a valid update");
+        let shown = format!("{request:?}");
+        assert!(!shown.contains("headerSecret"), "{shown}");
+        assert!(!shown.contains("MfKQ9r8"), "{shown}");
     }
 }

@@ -109,7 +109,7 @@ impl ConsumerWorker {
                 Ok(SessionEnd::Cancelled) => break,
                 Ok(SessionEnd::Circuit) => {}
                 Err(err) => {
-                    tracing::warn!(error = %err, "consumer session ended; resuming");
+                    tracing::warn!(error = %crate::Chain(&err), "consumer session ended; resuming");
                     self.stats.record_error(err.to_string());
                     let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                     tokio::select! {
@@ -547,7 +547,7 @@ impl<'w> Session<'w> {
                 .await
         };
         if let Err(err) = acked.await {
-            tracing::warn!(error = %err, "final ack failed; the broker will redeliver");
+            tracing::warn!(error = %crate::Chain(&err), "final ack failed; the broker will redeliver");
         }
     }
 
@@ -572,7 +572,7 @@ struct AckRule {
 }
 
 fn consumer_ended() -> BrokerError {
-    BrokerError::Unavailable("the broker ended the consumer (was the queue deleted?)".into())
+    BrokerError::unavailable("consuming", crate::Lost::ConsumerEnded)
 }
 
 /// Acks at once when `window.batch` are ready, when nothing else is in
@@ -613,8 +613,7 @@ fn settle_joined_batch(
     acks: &mut AckWindow,
     done: Result<Vec<(u64, Settled)>, tokio::task::JoinError>,
 ) -> Result<(), BrokerError> {
-    let settled =
-        done.map_err(|err| BrokerError::Unavailable(format!("a batch task failed: {err}")))?;
+    let settled = done.map_err(|err| BrokerError::unavailable("running a batch task", err))?;
     for (tag, settled) in settled {
         acks.settled(tag, settled);
     }
@@ -631,11 +630,7 @@ fn settle_joined(
     for done in joined {
         match done {
             Ok((tag, settled)) => acks.settled(tag, settled),
-            Err(err) => {
-                return Err(BrokerError::Unavailable(format!(
-                    "a delivery task failed: {err}"
-                )))
-            }
+            Err(err) => return Err(BrokerError::unavailable("running a delivery task", err)),
         }
     }
     Ok(())

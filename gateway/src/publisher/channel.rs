@@ -18,6 +18,7 @@ use lapin::message::BasicReturnMessage;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{BasicProperties, Channel};
 
+use crate::error::AmqpContext;
 use crate::{Broker, BrokerError};
 
 /// What a returned message and its publish have in common.
@@ -114,7 +115,8 @@ impl PublishChannel {
         });
         channel
             .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+            .await
+            .doing(|| "putting a publish channel in confirm mode")?;
         Ok(Self { channel, in_flight })
     }
 

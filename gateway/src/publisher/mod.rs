@@ -28,7 +28,8 @@ use lapin::publisher_confirm::Confirmation;
 use lapin::BasicProperties;
 use tokio::sync::{Mutex, Notify};
 
-use crate::{Broker, BrokerError};
+use crate::error::AmqpContext;
+use crate::{Broker, BrokerError, Lost};
 use channel::{PublishChannel, ReturnKey};
 
 /// Channels publishes are spread over, opened on first use. Each carries
@@ -127,11 +128,8 @@ impl Publisher {
         // left this way may be stored once the block lifts; the caller was
         // told it is not (at least once).
         self.unless_blocked(async {
-            task.await.unwrap_or_else(|err| {
-                Err(BrokerError::Unavailable(format!(
-                    "the publish did not finish: {err}"
-                )))
-            })
+            task.await
+                .unwrap_or_else(|err| Err(BrokerError::unavailable("publishing", err)))
         })
         .await
     }
@@ -162,31 +160,43 @@ impl Publisher {
 impl Channels {
     async fn publish(&self, job: Job) -> Result<PublishOutcome, BrokerError> {
         let key = ReturnKey::of_publish(&job.exchange, &job.routing_key, &job.properties);
+        let Job {
+            exchange,
+            routing_key,
+            payload,
+            properties,
+            mandatory,
+        } = job;
         // One deadline for the claim, the publish and its confirm. The
         // claim's timer is never armed when a channel is free at once.
         let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         let channel = tokio::time::timeout_at(deadline, self.claim(&key))
             .await
             .map_err(|_| {
-                BrokerError::Unavailable("no publish channel was free in time".into())
+                BrokerError::unavailable("waiting for a free publish channel", Lost::NoAnswer)
             })??;
         let confirmed = tokio::time::timeout_at(deadline, async {
-            Ok::<_, BrokerError>(
-                channel
-                    .channel()
-                    .basic_publish(
-                        &job.exchange,
-                        &job.routing_key,
-                        BasicPublishOptions {
-                            mandatory: job.mandatory,
-                            ..BasicPublishOptions::default()
-                        },
-                        &job.payload,
-                        job.properties,
+            channel
+                .channel()
+                .basic_publish(
+                    &exchange,
+                    &routing_key,
+                    BasicPublishOptions {
+                        mandatory,
+                        ..BasicPublishOptions::default()
+                    },
+                    &payload,
+                    properties,
+                )
+                .await
+                .doing(|| publishing_to(&exchange, &routing_key))?
+                .await
+                .doing(|| {
+                    format!(
+                        "waiting for the confirm of {}",
+                        publishing_to(&exchange, &routing_key)
                     )
-                    .await?
-                    .await?,
-            )
+                })
         })
         .await;
         let confirmation = match confirmed {
@@ -208,8 +218,12 @@ impl Channels {
                         .close(200, "publish not confirmed in time")
                         .await;
                 });
-                return Err(BrokerError::Unavailable(
-                    "the broker did not answer in time".into(),
+                return Err(BrokerError::unavailable(
+                    format!(
+                        "waiting for the confirm of {}",
+                        publishing_to(&exchange, &routing_key)
+                    ),
+                    Lost::NoAnswer,
                 ));
             }
         };
@@ -219,8 +233,9 @@ impl Channels {
             (Confirmation::Ack(_), false) => Ok(PublishOutcome::Confirmed),
             (Confirmation::Ack(_), true) => Ok(PublishOutcome::Unroutable),
             (Confirmation::Nack(_), _) => Err(BrokerError::Nacked),
-            (Confirmation::NotRequested, _) => Err(BrokerError::Unavailable(
-                "the publish channel is not in confirm mode".into(),
+            (Confirmation::NotRequested, _) => Err(BrokerError::unavailable(
+                publishing_to(&exchange, &routing_key),
+                Lost::NotConfirming,
             )),
         }
     }
@@ -269,5 +284,14 @@ impl Channels {
                 Ok(channel)
             }
         }
+    }
+}
+
+/// What a publish was, for errors; built only when one happens.
+fn publishing_to(exchange: &str, routing_key: &str) -> String {
+    if exchange.is_empty() {
+        format!("publishing to queue `{routing_key}`")
+    } else {
+        format!("publishing to exchange `{exchange}` with routing key `{routing_key}`")
     }
 }

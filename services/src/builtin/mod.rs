@@ -91,7 +91,7 @@ impl From<mongodb::error::Error> for Failure {
     fn from(err: mongodb::error::Error) -> Self {
         // The driver's text names hosts and ports; the reason travels into
         // `lastError` and dead-letter headers, which viewers read.
-        tracing::warn!(error = %err, "store call failed; the delivery will be retried");
+        tracing::warn!(error = %gateway::Chain(&err), "store call failed; the delivery will be retried");
         Failure::Retry("the store is unavailable".into())
     }
 }

@@ -42,9 +42,12 @@ pub enum SetupError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Retrying will not help (an invalid queue name).
-    #[error("{0}")]
-    Invalid(String),
+    /// Retrying will not help (an invalid consumer definition).
+    #[error(transparent)]
+    Invalid(crate::FieldError),
+    /// Retrying will not help: the prefix makes an invalid queue name.
+    #[error("BUILTIN_QUEUE_PREFIX")]
+    Prefix(#[source] gateway::NameError),
 }
 
 /// The id of the built-in consumer on `queue`, the same on every replica.
@@ -93,8 +96,8 @@ impl BuiltinSetup {
             return Ok(());
         }
         for handler in HANDLERS {
-            let queue = QueueName::parse(queue_name(&self.prefix, handler))
-                .map_err(|e| SetupError::Invalid(format!("BUILTIN_QUEUE_PREFIX: {e}")))?;
+            let queue =
+                QueueName::parse(queue_name(&self.prefix, handler)).map_err(SetupError::Prefix)?;
             self.declare(&queue).await?;
             self.register(handler, &queue).await?;
         }
@@ -118,8 +121,8 @@ impl BuiltinSetup {
                 Ok(())
             }
             // Someone made it with other arguments: use it as it is.
-            Err(BrokerError::Conflict(reason)) => {
-                tracing::warn!(%queue, %reason, "built-in queue exists with other arguments; consuming from it as it is");
+            Err(conflict @ BrokerError::Conflict { .. }) => {
+                tracing::warn!(%queue, reason = %gateway::Chain(&conflict), "built-in queue exists with other arguments; consuming from it as it is");
                 Ok(())
             }
             Err(err) => Err(err.into()),
@@ -152,9 +155,9 @@ impl BuiltinSetup {
             }
             // Registered before, or by another replica just now; the
             // reconciler runs it.
-            Err(RegistryError::Store(StoreError::Duplicate(_))) => Ok(()),
+            Err(RegistryError::Store(StoreError::Duplicate { .. })) => Ok(()),
             Err(RegistryError::Store(err)) => Err(err.into()),
-            Err(RegistryError::Invalid(reason)) => Err(SetupError::Invalid(reason.to_string())),
+            Err(RegistryError::Invalid(reason)) => Err(SetupError::Invalid(reason)),
         }
     }
 
@@ -163,12 +166,12 @@ impl BuiltinSetup {
     pub async fn bootstrap(self, shutdown: CancellationToken) {
         match self.run_once().await {
             Ok(()) => return,
-            Err(SetupError::Invalid(reason)) => {
-                tracing::error!(%reason, "built-in handlers cannot be set up");
+            Err(err @ (SetupError::Invalid(_) | SetupError::Prefix(_))) => {
+                tracing::error!(error = %gateway::Chain(&err), "built-in handlers cannot be set up");
                 return;
             }
             Err(err) => {
-                tracing::warn!(error = %err, "built-in handlers not set up yet; will keep trying in the background")
+                tracing::warn!(error = %gateway::Chain(&err), "built-in handlers not set up yet; will keep trying in the background")
             }
         }
         tokio::spawn(async move {
@@ -182,11 +185,13 @@ impl BuiltinSetup {
                         tracing::info!("built-in handlers set up");
                         return;
                     }
-                    Err(SetupError::Invalid(reason)) => {
-                        tracing::error!(%reason, "built-in handlers cannot be set up");
+                    Err(err @ (SetupError::Invalid(_) | SetupError::Prefix(_))) => {
+                        tracing::error!(error = %gateway::Chain(&err), "built-in handlers cannot be set up");
                         return;
                     }
-                    Err(err) => tracing::debug!(error = %err, "built-in handlers still not set up"),
+                    Err(err) => {
+                        tracing::debug!(error = %gateway::Chain(&err), "built-in handlers still not set up")
+                    }
                 }
             }
         });

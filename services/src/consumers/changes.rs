@@ -21,7 +21,7 @@ use mongodb::Collection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreContext, StoreError};
 
 /// The longest a pass goes without reading every definition.
 pub const FULL_READ_EVERY: Duration = Duration::from_secs(30);
@@ -54,7 +54,11 @@ impl ChangeMark {
 
     /// The version now; 0 before the first change.
     pub async fn version(&self) -> Result<i64, StoreError> {
-        let mark = self.collection.find_one(doc! { "_id": MARK_ID }).await?;
+        let mark = self
+            .collection
+            .find_one(doc! { "_id": MARK_ID })
+            .await
+            .doing(|| "reading the consumer change mark")?;
         Ok(mark
             .and_then(|mark| match mark.get("version") {
                 Some(mongodb::bson::Bson::Int64(v)) => Some(*v),
@@ -71,7 +75,8 @@ impl ChangeMark {
                 doc! { "$inc": { "version": 1_i64 } },
             )
             .upsert(true)
-            .await?;
+            .await
+            .doing(|| "writing the consumer change mark")?;
         Ok(())
     }
 
@@ -87,7 +92,7 @@ impl ChangeMark {
                 let pause = match mark.bump().await {
                     Ok(()) => MARK_SPACING,
                     Err(err) => {
-                        tracing::debug!(error = %err, "consumer change mark not written; will try again");
+                        tracing::debug!(error = %gateway::Chain(&err), "consumer change mark not written; will try again");
                         mark.pending.notify_one();
                         MARK_RETRY
                     }

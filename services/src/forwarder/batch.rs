@@ -87,7 +87,7 @@ pub(super) fn after_success(
     let answer: Answer = match answer {
         Some(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => {
             serde_json::from_slice(bytes).unwrap_or_else(|err| {
-                tracing::warn!(batch_id, error = %err, "a 2xx answer that is not a retry/reject object: the batch is delivered whole");
+                tracing::warn!(batch_id, error = %gateway::Chain(&err), "a 2xx answer that is not a retry/reject object: the batch is delivered whole");
                 Answer::default()
             })
         }

@@ -211,7 +211,7 @@ impl Settler {
         match result {
             Ok(settled) => settled,
             Err(err) => {
-                tracing::warn!(error = %err, "could not store the retry or dead-letter copy; handing the message back");
+                tracing::warn!(error = %crate::Chain(&err), "could not store the retry or dead-letter copy; handing the message back");
                 self.stats
                     .record_error(format!("could not store the copy: {err}"));
                 tokio::time::sleep(HAND_BACK_PAUSE).await;
@@ -307,9 +307,10 @@ impl Settler {
                 }
             }
         }
-        Err(BrokerError::NotFound(format!(
-            "the companion queue `{queue_name}` could not be declared"
-        )))
+        Err(BrokerError::not_found(
+            format!("publishing a copy to `{queue_name}`"),
+            format!("the companion queue `{queue_name}` could not be declared"),
+        ))
     }
 
     /// A blocked publish connection (a broker alarm) is waited out for up to

@@ -189,11 +189,11 @@ pub(super) fn storable(field: &str, value: &Value) -> Result<(), FieldError> {
 pub(super) fn typed<T: DeserializeOwned>(value: Value) -> Result<T, EventError> {
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
-        let inner = err.into_inner().to_string();
+        let inner = err.into_inner();
         if path == "." || path.is_empty() {
-            EventError::Shape(inner)
+            EventError::Shape(std::sync::Arc::new(inner))
         } else {
-            FieldError::new(path, inner).into()
+            FieldError::new(path, inner.to_string()).into()
         }
     })
 }

@@ -14,6 +14,8 @@ mod report;
 mod scrape_job;
 mod user;
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -24,20 +26,42 @@ pub use report::{NewReport, ReportEvent, DEFAULT_VISIBILIDAD};
 pub use scrape_job::{ScrapeJob, MAX_URLS};
 pub use user::{NewUser, UserChanges, UserEvent, UserRef, DEFAULT_CALIFICACION};
 
-/// Why a message cannot be applied.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+/// Why a message cannot be applied. Its text is the reason a rejected
+/// delivery carries, so serde's error is said in it as well as kept as the
+/// source.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EventError {
     #[error("the message is not JSON: {0}")]
-    NotJson(String),
+    NotJson(#[source] Arc<serde_json::Error>),
     #[error("the message is JSON but not an object")]
     NotAnObject,
     #[error("unknown event_type `{got}`; this handler knows {known}")]
     UnknownType { got: String, known: &'static str },
     /// A type mismatch serde could not pin on one field.
     #[error("the message does not have the expected shape: {0}")]
-    Shape(String),
+    Shape(#[source] Arc<serde_json::Error>),
     #[error(transparent)]
     Field(#[from] FieldError),
+}
+
+/// serde's errors compare by what they say.
+impl PartialEq for EventError {
+    fn eq(&self, other: &Self) -> bool {
+        use EventError::*;
+        match (self, other) {
+            (NotJson(a), NotJson(b)) | (Shape(a), Shape(b)) => a.to_string() == b.to_string(),
+            (NotAnObject, NotAnObject) => true,
+            (
+                UnknownType { got, known },
+                UnknownType {
+                    got: other_got,
+                    known: other_known,
+                },
+            ) => got == other_got && known == other_known,
+            (Field(a), Field(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// An event and the id it names itself by, if any.
@@ -61,7 +85,7 @@ fn object(payload: &[u8]) -> Result<Map<String, Value>, EventError> {
     match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(EventError::NotAnObject),
-        Err(e) => Err(EventError::NotJson(e.to_string())),
+        Err(e) => Err(EventError::NotJson(Arc::new(e))),
     }
 }
 

@@ -32,16 +32,16 @@ struct TooManyRedirects;
 enum FetchError {
     #[error("the server answered HTTP {0}")]
     Status(reqwest::StatusCode),
-    /// Already described, without the URL (see `describe`).
-    #[error("{0}")]
-    Request(String),
+    /// Said without the URL (see `describe`).
+    #[error("{}", describe(.0))]
+    Request(#[source] reqwest::Error),
     #[error("the page could not be parsed: {0}")]
     Parse(tokio::task::JoinError),
 }
 
 impl From<reqwest::Error> for FetchError {
     fn from(err: reqwest::Error) -> Self {
-        FetchError::Request(describe(err))
+        FetchError::Request(err.without_url())
     }
 }
 
@@ -189,15 +189,14 @@ impl Fetcher {
 
 /// A reqwest error as a result's `error`: the guard's refusal as it is,
 /// anything else with its causes, and never the URL.
-fn describe(err: reqwest::Error) -> String {
-    let err = err.without_url();
-    if let Some(refused) = find_cause::<NotListed>(&err) {
+fn describe(err: &reqwest::Error) -> String {
+    if let Some(refused) = find_cause::<NotListed>(err) {
         return refused.to_string();
     }
-    if AddressNotAllowed::caused(&err) {
+    if AddressNotAllowed::caused(err) {
         return AddressNotAllowed.to_string();
     }
-    with_causes(err.to_string(), &err)
+    with_causes(err.to_string(), err)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -141,7 +141,7 @@ impl JobStore {
 /// be read at once; a `job_id` already used is refused.
 pub async fn insert_queued_job(store: &Store, job: &ScrapeJob) -> Result<(), QueueJobError> {
     let mut record = mongodb::bson::to_document(job)
-        .map_err(|e| StoreError::Unavailable(format!("the job cannot be stored: {e}")))?;
+        .map_err(|e| StoreError::encode(format!("storing scrape job `{}`", job.job_id), e))?;
     record.insert("_id", &job.job_id);
     record.insert("status", QUEUED);
     record.insert("created_at", now_iso());
