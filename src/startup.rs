@@ -15,16 +15,18 @@ use actix_web::middleware::{from_fn, ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use std::sync::Arc;
 
+use builtin::setup::BuiltinSetup;
+use builtin::{BuiltinHandlers, ScrapeSettings};
 use gateway::{Broker, BrokerSettings, ConsumerSupervisor, DeadLetters, Publisher, Topology};
 use middlewares::{AuthSettings, Authenticator, ThrottleSettings};
-use services::builtin::setup::BuiltinSetup;
-use services::{BuiltinHandlers, ScrapeSettings};
 use services::{ConsumerRegistry, ManagementClient, Store};
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
 
 use crate::configuration::Settings;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::extract::BodyLimit;
+use crate::openapi::ApiDoc;
 use crate::routes;
 use crate::state::AppState;
 
@@ -190,6 +192,7 @@ impl Application {
             settings,
         });
 
+        let spec = web::Data::new(routes::docs::ApiSpec(ApiDoc::openapi()));
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(middlewares::auth::authenticate))
@@ -197,6 +200,7 @@ impl Application {
                 .wrap(middlewares::request_id::tracing_logger())
                 .app_data(state.clone())
                 .app_data(authenticator.clone())
+                .app_data(spec.clone())
                 .app_data(BodyLimit(body_limit))
                 .app_data(web::PayloadConfig::new(body_limit))
                 .app_data(web::PathConfig::default().error_handler(|err, _| {
