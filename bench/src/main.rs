@@ -6,9 +6,10 @@
 //! [--mqb PATH] [--smoke]`
 //!
 //! It starts what it needs besides RabbitMQ and the store: the gateway (the
-//! `workerrmq` binary as a child process, so its RSS is its own: cargo
-//! builds it in the bench's profile first, or `WORKERRMQ_BIN` names one),
-//! a minimal HTTP sink, and for `publish` a minimal publish bridge (this
+//! `workerrmq` binary as a child process, so its RSS is its own; under
+//! `cargo run` cargo builds it first in the bench's profile, else it is the
+//! one beside the bench or the one `WORKERRMQ_BIN` names), a minimal HTTP
+//! sink, and for `publish` a minimal publish bridge (this
 //! binary re-run as a child). It prints one table and writes
 //! `bench-results.json`.
 

@@ -76,17 +76,36 @@ pub fn free_port() -> Result<u16, GatewayError> {
         .map_err(GatewayError::Port)
 }
 
-/// The gateway binary to run: `WORKERRMQ_BIN` when set, else the
-/// workspace's `workerrmq` built by cargo now, in the caller's profile
-/// (release for a release bench), so a run never measures a stale build.
-/// For tests, prefer `env!("CARGO_BIN_EXE_workerrmq")`.
+/// The gateway binary to run, in this order: `WORKERRMQ_BIN` when set;
+/// under `cargo run` (cargo sets `CARGO`), the workspace's `workerrmq`
+/// built by that cargo now, in the caller's profile, so a run never
+/// measures a stale build; else the `workerrmq` beside the running
+/// executable (`target/<profile>/`). Tests use
+/// `env!("CARGO_BIN_EXE_workerrmq")` instead.
 pub fn gateway_binary() -> Result<PathBuf, GatewayError> {
     if let Some(path) = std::env::var_os(BINARY_VARIABLE) {
         return Ok(PathBuf::from(path));
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        return build_gateway(&cargo);
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("workerrmq")))
+        .filter(|path| path.is_file());
+    beside.ok_or_else(|| GatewayError::Build {
+        command: "cargo build -p workerrmq".into(),
+        reason: format!(
+            "no `workerrmq` beside this executable: build it (with --release for a release bench) or set {BINARY_VARIABLE}"
+        ),
+    })
+}
+
+/// `cargo build -p workerrmq --bin workerrmq` for this workspace; the path
+/// of the executable cargo names.
+fn build_gateway(cargo: &OsStr) -> Result<PathBuf, GatewayError> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let mut command = Command::new(&cargo);
+    let mut command = Command::new(cargo);
     command
         .args(["build", "-p", "workerrmq", "--bin", "workerrmq"])
         .arg("--message-format=json-render-diagnostics")
