@@ -1,5 +1,7 @@
-//! The process's allocator: mimalloc, for every binary that links this
-//! library (the gateway, the bench, the tests), and how it is tuned.
+//! The process's allocator: mimalloc, for the gateway binary (a module of
+//! `main.rs`, never of the library) and for the bench, which includes this
+//! same file so its own peers run on the gateway's allocator; and how it is
+//! tuned.
 //!
 //! Why: the delivery path allocates and frees a little per message on every
 //! worker thread; with glibc's malloc that was a quarter of the gateway's

@@ -2,7 +2,6 @@
 //! routes (thin: parse, call, map), the application state and the mapping
 //! from failures to the contract's error answers.
 
-pub mod allocator;
 pub mod configuration;
 pub mod error;
 pub mod extract;

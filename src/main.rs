@@ -1,4 +1,8 @@
 //! Entry point: read the configuration, start logging, run until SIGTERM.
+//! The process's allocator is set here, not in the library, so a program
+//! that links the library (the tests) keeps its own.
+
+mod allocator;
 
 use gateway::Chain;
 use workerrmq::configuration::Settings;
@@ -7,7 +11,7 @@ use workerrmq::telemetry;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    workerrmq::allocator::tune();
+    allocator::tune();
     let _ = dotenvy::dotenv();
     let settings = match Settings::from_env() {
         Ok(settings) => settings,

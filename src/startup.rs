@@ -15,19 +15,21 @@ use actix_web::middleware::{from_fn, ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use std::sync::Arc;
 
+use builtin::setup::BuiltinSetup;
+use builtin::{BuiltinHandlers, ScrapeSettings};
 use gateway::{
     Broker, BrokerSettings, Chain, ConsumerSupervisor, DeadLetters, Publisher, Topology,
 };
 use middlewares::{AuthSettings, Authenticator, ThrottleSettings};
 use secrecy::ExposeSecret;
-use services::builtin::setup::BuiltinSetup;
-use services::{BuiltinHandlers, ScrapeSettings};
 use services::{ConsumerRegistry, ManagementClient, Store};
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
 
 use crate::configuration::Settings;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::extract::BodyLimit;
+use crate::openapi::ApiDoc;
 use crate::routes;
 use crate::state::AppState;
 
@@ -209,6 +211,7 @@ impl Application {
             settings,
         });
 
+        let spec = web::Data::new(routes::docs::ApiSpec(ApiDoc::openapi()));
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(middlewares::auth::authenticate))
@@ -216,6 +219,7 @@ impl Application {
                 .wrap(middlewares::request_id::tracing_logger())
                 .app_data(state.clone())
                 .app_data(authenticator.clone())
+                .app_data(spec.clone())
                 .app_data(BodyLimit(body_limit))
                 .app_data(web::PayloadConfig::new(body_limit))
                 .app_data(web::PathConfig::default().error_handler(|err, _| {

@@ -1,8 +1,9 @@
 //! `services` owns what a delivery is handed to and what the API reads:
 //! the MongoDB store (accounts, API keys, consumer registry), the RabbitMQ
-//! management-API client, the HTTP forwarder and the built-in handlers.
+//! management-API client, the HTTP forwarder and the fleet. The built-in
+//! handlers live in their own crate (`builtin`) and reach the registry
+//! through `BuiltinTargets`.
 
-pub mod builtin;
 pub mod consumers;
 pub mod fleet;
 pub mod forwarder;
@@ -13,7 +14,6 @@ pub mod store;
 pub mod targets;
 pub mod validation;
 
-pub use builtin::{BuiltinHandlers, ScrapeSettings};
 pub use consumers::{
     batch_field_error, circuit_breaker_field_error, retry_field_error, BatchSettings,
     BuiltinTargets, CappedCreateError, ConsumerDefinition, ConsumerRegistry, ConsumerView,

@@ -89,7 +89,7 @@ impl<T> StoreContext<T> for Result<T, mongodb::error::Error> {
 
 /// MongoDB's duplicate-key error, told by its code (11000) wherever the
 /// driver puts it; never by its text.
-pub(crate) fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
+pub fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};
     const DUPLICATE_KEY: i32 = 11000;
     match err.kind.as_ref() {

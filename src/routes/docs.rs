@@ -2,12 +2,13 @@
 //! it with Redoc, served from the binary itself (see `src/assets/README.md`):
 //! nothing loads from a CDN, and the page's Content-Security-Policy lets it
 //! load nothing from anywhere else.
+//!
+//! The spec itself is built by `crate::openapi` (which lists these routes)
+//! and handed in as `ApiSpec` app data at start-up, so this module never
+//! imports the module that imports it.
 
 use actix_web::http::header;
-use actix_web::HttpResponse;
-use utoipa::OpenApi;
-
-use crate::openapi::ApiDoc;
+use actix_web::{web, HttpResponse};
 
 /// The Redoc release embedded below; part of the asset's path, so a new
 /// release is a new URL and the long cache never serves a stale one.
@@ -22,8 +23,11 @@ const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; \
      connect-src 'self'; worker-src blob:; child-src blob:; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-pub async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+/// The OpenAPI document `/openapi.json` answers with, built once.
+pub struct ApiSpec(pub utoipa::openapi::OpenApi);
+
+pub async fn openapi_json(spec: web::Data<ApiSpec>) -> HttpResponse {
+    HttpResponse::Ok().json(&spec.0)
 }
 
 pub async fn docs_page() -> HttpResponse {

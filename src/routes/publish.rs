@@ -201,14 +201,14 @@ fn check_builtin_queue(
         return Ok(());
     }
     let prefix = &state.settings.builtin_queue_prefix;
-    let builtin = [
+    let is_builtin_queue = [
         BuiltinHandler::User,
         BuiltinHandler::Report,
         BuiltinHandler::Scrape,
     ]
     .into_iter()
-    .any(|handler| services::builtin::queue_name(prefix, handler) == routing_key);
-    if builtin {
+    .any(|handler| builtin::queue_name(prefix, handler) == routing_key);
+    if is_builtin_queue {
         return Err(ApiError::Forbidden(format!(
             "publishing straight to the built-in queue `{routing_key}` needs the admin role; publishers use POST /users, /reports or /jobs/scrape"
         )));

@@ -6,13 +6,13 @@
 //! apply. The seed's documents keep the seed's snake_case names.
 
 use actix_web::{web, HttpResponse};
+use builtin::events::{EventError, ReportEvent, ScrapeJob, UserEvent};
+use builtin::scrape::QueueJobError;
+use builtin::{queue_name, report, scrape, user};
 use gateway::{BasicProperties, OutgoingMessage, PublishOutcome, QueueName};
 use middlewares::{Publisher, Viewer};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use services::builtin::events::{EventError, ReportEvent, ScrapeJob, UserEvent};
-use services::builtin::scrape::QueueJobError;
-use services::builtin::{queue_name, report, scrape, user};
 use services::BuiltinHandler;
 use utoipa::ToSchema;
 

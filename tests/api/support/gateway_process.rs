@@ -9,11 +9,11 @@
 //! prefix and drops its database.
 
 use std::fs::File;
-use std::net::TcpListener;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use lapin::Connection;
+use testkit::GatewayCommand;
 use tokio::sync::OnceCell;
 
 use super::amqp::connection_properties;
@@ -23,29 +23,6 @@ use super::env::{env_or, DEFAULT_AMQP_URL, DEFAULT_MONGODB_URI, TEST_DB_PREFIX};
 use super::http::basic_auth;
 
 const READY_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Every variable the gateway reads; each child gets exactly what the test
-/// gives it, whatever the developer's environment holds.
-const GATEWAY_VARIABLES: &[&str] = &[
-    "ADMIN_PASSWORD",
-    "ADMIN_USER",
-    "AMQP_URL",
-    "BIND_ADDR",
-    "BUILTIN_CONSUMERS",
-    "BUILTIN_QUEUE_PREFIX",
-    "DEFAULT_QUEUE_TYPE",
-    "DEFAULT_TARGET_URL",
-    "FORWARD_ALLOWED_HOSTS",
-    "INSTANCE_ID",
-    "LOG_FORMAT",
-    "MAX_BODY_BYTES",
-    "MONGODB_DB",
-    "MONGODB_URI",
-    "RABBITMQ_MANAGEMENT_PASSWORD",
-    "RABBITMQ_MANAGEMENT_URL",
-    "RABBITMQ_MANAGEMENT_USER",
-    "RUST_LOG",
-];
 
 pub struct Deployment {
     pub prefix: String,
@@ -129,45 +106,37 @@ impl Deployment {
         vars: &[(&str, &str)],
         output: Option<&File>,
     ) -> GatewayProcess {
-        let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_workerrmq"));
-        // Not the workspace: its `.env` must not reach the child.
-        command.current_dir(std::env::temp_dir());
-        for key in GATEWAY_VARIABLES {
-            command.env_remove(key);
-        }
-        for key in [
-            "RABBITMQ_MANAGEMENT_URL",
-            "RABBITMQ_MANAGEMENT_USER",
-            "RABBITMQ_MANAGEMENT_PASSWORD",
-        ] {
-            if let Ok(value) = std::env::var(key) {
-                command.env(key, value);
-            }
-        }
-        command
+        let mut command = GatewayCommand::new(env!("CARGO_BIN_EXE_workerrmq"))
+            .expect("a free port")
+            // Only the management API's address and credentials come from
+            // the developer's environment.
+            .isolated(&[
+                "RABBITMQ_MANAGEMENT_URL",
+                "RABBITMQ_MANAGEMENT_USER",
+                "RABBITMQ_MANAGEMENT_PASSWORD",
+            ]);
+        let port = command.port();
+        command = command
             .env("AMQP_URL", &self.amqp_url)
             .env("MONGODB_URI", &self.mongodb_uri)
             .env("MONGODB_DB", &self.db_name)
             .env("ADMIN_USER", "admin")
             .env("ADMIN_PASSWORD", &self.admin_password)
-            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("INSTANCE_ID", instance_id)
             .env("BUILTIN_CONSUMERS", "false")
             .env("BUILTIN_QUEUE_PREFIX", &self.prefix)
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", env_or("GATEWAY_LOG", "warn"))
-            .envs(vars.iter().copied())
-            .stdin(Stdio::null());
-        match output {
+            .envs(vars.iter().copied());
+        command = match output {
             Some(file) => command
                 .stdout(file.try_clone().expect("the output file"))
                 .stderr(file.try_clone().expect("the output file")),
             None => command.stdout(Stdio::inherit()).stderr(Stdio::inherit()),
         };
-        let child = command.spawn().expect("the gateway binary starts");
+        let process = command.spawn().expect("the gateway binary starts");
         let mut gateway = GatewayProcess {
-            child,
+            process,
             instance_id: instance_id.to_owned(),
             api: Api::new(
                 format!("http://127.0.0.1:{port}"),
@@ -245,81 +214,37 @@ impl Deployment {
     }
 }
 
+/// One gateway of a deployment, with an API client logged in as its admin.
 pub struct GatewayProcess {
-    child: Child,
+    process: testkit::GatewayProcess,
     pub instance_id: String,
     pub api: Api,
 }
 
 impl GatewayProcess {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// SIGKILL, and reap it.
     pub fn kill(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     /// SIGTERM; returns at once.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill(1) runs");
-        assert!(status.success(), "kill -TERM {} failed", self.pid());
+        if let Err(err) = self.process.terminate() {
+            panic!("{err}");
+        }
     }
 
     /// Waits for the process to exit; `None` if it still runs at `deadline`.
     pub async fn wait_for_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if started.elapsed() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.process
+            .wait_for_exit(deadline)
+            .await
+            .expect("try_wait")
     }
 
     async fn wait_until_ready(&mut self) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "gateway {} exited before it was ready: {status}",
-                    self.instance_id
-                );
-            }
-            if self.api.ready_status().await == Some(200) {
-                return;
-            }
-            assert!(
-                started.elapsed() < READY_DEADLINE,
-                "gateway {} not ready within {READY_DEADLINE:?}",
-                self.instance_id
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(err) = self.process.wait_until_ready(READY_DEADLINE).await {
+            panic!("gateway {}: {err}", self.instance_id);
         }
     }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }

@@ -1,0 +1,147 @@
+//! The gateway under test, as a child process: the `workerrmq` binary
+//! started by `testkit`, so its RSS is the gateway's alone; and the admin
+//! calls the scenarios make to it.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+use testkit::GatewayCommand;
+
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+const STOP_DEADLINE: Duration = Duration::from_secs(15);
+
+pub struct GatewayProcess {
+    process: testkit::GatewayProcess,
+    pub base: String,
+    pub password: String,
+    pub db: String,
+    pub instance_id: String,
+    pub http: reqwest::Client,
+}
+
+impl GatewayProcess {
+    pub async fn start() -> anyhow::Result<GatewayProcess> {
+        let binary = testkit::gateway_binary()?;
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let db = format!("bench_{suffix}");
+        let instance_id = format!("bench-{suffix}");
+        // The bench's own environment (AMQP_URL, the management API) is
+        // the gateway's too; what the bench needs set is set here.
+        let mut process = GatewayCommand::new(&binary)?
+            .env("ADMIN_PASSWORD", &password)
+            .env("MONGODB_DB", &db)
+            .env("MONGODB_URI", without_retryable_writes(&store_uri()))
+            .env("BUILTIN_CONSUMERS", "false")
+            // `scale --consumers 10000` is past the default cap of 5,000.
+            .env("MAX_CONSUMERS", "1000000")
+            .env("INSTANCE_ID", &instance_id)
+            .env("LOG_FORMAT", "json")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            // Its logs (on stdout) would mix with the table; asked for with
+            // BENCH_GATEWAY_LOG, they go to stderr.
+            .stdout(if std::env::var_os("BENCH_GATEWAY_LOG").is_some() {
+                Stdio::from(std::io::stderr())
+            } else {
+                Stdio::null()
+            })
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        process.wait_until_ready(READY_DEADLINE).await?;
+        Ok(GatewayProcess {
+            base: process.base_url(),
+            process,
+            password,
+            db,
+            instance_id,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(128)
+                .build()?,
+        })
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .basic_auth("admin", Some(&self.password));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.with_context(|| path.to_owned())?;
+        let status = response.status();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            anyhow::bail!("{path} answered {status}: {value}");
+        }
+        Ok(value)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// Resident set size of the gateway process.
+    pub fn rss_mib(&self) -> f64 {
+        self.process.rss_mib()
+    }
+
+    /// SIGTERM, then drop the bench database.
+    pub async fn stop(mut self) {
+        let stopped = match self.process.terminate() {
+            Ok(()) => self.process.wait_for_exit(STOP_DEADLINE).await,
+            Err(e) => Err(e),
+        };
+        if !matches!(stopped, Ok(Some(_))) {
+            eprintln!("bench: the gateway did not stop within {STOP_DEADLINE:?}; killing it");
+        }
+        self.process.kill();
+        if let Err(e) = drop_database(&self.db).await {
+            eprintln!("bench: cannot drop the database {}: {e:#}", self.db);
+        }
+    }
+}
+
+async fn drop_database(db: &str) -> anyhow::Result<()> {
+    let client = mongodb::Client::with_uri_str(store_uri()).await?;
+    client.database(db).drop().await?;
+    Ok(())
+}
+
+fn store_uri() -> String {
+    std::env::var("MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into())
+}
+
+/// `uri` with `retryWrites=false` unless it says otherwise. SecantusDB
+/// presents itself as a replica set, so the driver makes every write
+/// retryable, and SecantusDB keeps every retryable write's reply (up to
+/// 10,000, for 30 minutes), walking them all on each write and sorting
+/// them once full: past ~10,000 writes each write took milliseconds more,
+/// which is the store, not the gateway (mongod keeps one per session).
+fn without_retryable_writes(uri: &str) -> String {
+    if uri.contains("retryWrites") {
+        return uri.to_owned();
+    }
+    let hosts_and_path = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    if uri.contains('?') {
+        format!("{uri}&retryWrites=false")
+    } else if hosts_and_path.contains('/') {
+        format!("{uri}?retryWrites=false")
+    } else {
+        format!("{uri}/?retryWrites=false")
+    }
+}

@@ -1,0 +1,89 @@
+//! The command line: which scenarios to run and how big, as `Options`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub scenarios: Vec<String>,
+    pub messages: usize,
+    pub publishes: usize,
+    pub duration: Duration,
+    pub rate: u64,
+    pub consumers: usize,
+    pub output: String,
+    /// mq-bridge's `mqb`, for its `forward` row: `--mqb PATH` or on `PATH`.
+    pub mqb: Option<String>,
+}
+
+pub fn parse_options() -> anyhow::Result<Options> {
+    let mut args = std::env::args().skip(1);
+    let mut options = Options {
+        scenarios: vec![],
+        messages: 50_000,
+        publishes: 20_000,
+        duration: Duration::from_secs(20),
+        rate: 1_000,
+        consumers: 1_000,
+        output: "bench-results.json".into(),
+        mqb: None,
+    };
+    let number = |flag: &str, raw: Option<String>| -> anyhow::Result<u64> {
+        raw.and_then(|r| r.parse().ok())
+            .with_context(|| format!("{flag} needs a number"))
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--messages" => {
+                options.messages = number("--messages", args.next())? as usize;
+                options.publishes = options.messages.min(options.publishes);
+            }
+            "--publishes" => options.publishes = number("--publishes", args.next())? as usize,
+            "--duration" => {
+                options.duration = Duration::from_secs(number("--duration", args.next())?)
+            }
+            "--rate" => options.rate = number("--rate", args.next())?,
+            "--consumers" => options.consumers = number("--consumers", args.next())? as usize,
+            "--output" => options.output = args.next().context("--output needs a path")?,
+            "--mqb" => options.mqb = Some(args.next().context("--mqb needs a path")?),
+            "--smoke" => {
+                options.messages = 300;
+                options.publishes = 300;
+                options.duration = Duration::from_secs(2);
+                options.rate = 200;
+                options.consumers = 20;
+            }
+            "all" | "forward" | "forward-batch" | "publish" | "publish-quorum" | "latency"
+            | "scale" | "fanin" | "slow-target" => options.scenarios.push(arg),
+            "-h" | "--help" => {
+                println!("usage: bench [all|forward|forward-batch|publish|publish-quorum|latency|scale|fanin|slow-target]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--mqb PATH] [--smoke] [--output PATH]");
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument `{other}` (try --help)"),
+        }
+    }
+    if options.scenarios.is_empty() || options.scenarios.iter().any(|s| s == "all") {
+        options.scenarios = [
+            "forward",
+            "forward-batch",
+            "publish",
+            "publish-quorum",
+            "latency",
+            "scale",
+            "fanin",
+            "slow-target",
+        ]
+        .map(String::from)
+        .to_vec();
+    }
+    if options.mqb.is_none() {
+        options.mqb = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("mqb"))
+                .find(|path| path.is_file())
+                .map(|path| path.display().to_string())
+        });
+    }
+    Ok(options)
+}

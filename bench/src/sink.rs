@@ -1,0 +1,157 @@
+//! A minimal fast HTTP sink: answers 204 to everything, counts requests and,
+//! for the latency scenario, records publish-to-sink time from the
+//! `sent_ns` the payload carries. A slow sink (`start_with_delay`) answers
+//! each request after a fixed delay, for `slow-target`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+
+#[derive(Default)]
+pub struct SinkState {
+    pub received: AtomicU64,
+    /// When the first request since the last reset came (ns since the
+    /// epoch; 0: none yet), for rates taken from the first delivery.
+    pub first_ns: AtomicU64,
+    pub delay: Duration,
+    pub latencies_ns: Mutex<Vec<u64>>,
+    /// How long the delayed requests were held in all (ns) and how many:
+    /// the delay the sink really gave, which a timer rounds up.
+    pub held_ns: AtomicU64,
+    pub held: AtomicU64,
+}
+
+pub struct Sink {
+    pub url: String,
+    pub state: Arc<SinkState>,
+}
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(serde::Deserialize)]
+struct Stamp {
+    sent_ns: Option<u64>,
+}
+
+async fn receive(state: web::Data<SinkState>, body: web::Bytes) -> HttpResponse {
+    let _ = state
+        .first_ns
+        .compare_exchange(0, now_ns(), Ordering::Relaxed, Ordering::Relaxed);
+    if !state.delay.is_zero() {
+        let arrived = std::time::Instant::now();
+        hold_until(arrived + state.delay).await;
+        state
+            .held_ns
+            .fetch_add(arrived.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        state.held.fetch_add(1, Ordering::Relaxed);
+    }
+    if body.starts_with(b"{\"sent_ns\"") {
+        if let Ok(Stamp {
+            sent_ns: Some(sent),
+        }) = serde_json::from_slice::<Stamp>(&body)
+        {
+            let took = now_ns().saturating_sub(sent);
+            if let Ok(mut l) = state.latencies_ns.lock() {
+                l.push(took);
+            }
+        }
+    }
+    state.received.fetch_add(1, Ordering::Relaxed);
+    HttpResponse::NoContent().finish()
+}
+
+/// Waits until `deadline`, late by 0.2–0.3 ms on average here (the hand-off
+/// to and from the blocking thread). tokio's timer alone works in
+/// whole milliseconds and fires late (`sleep(20 ms)` held requests 21.1 ms
+/// on average here), which would put the `slow-target` sink's latency, and
+/// so its bound, 5% off the 20 ms it claims. The last stretch is slept on
+/// a blocking thread, whose `nanosleep` is exact to tens of microseconds.
+async fn hold_until(deadline: std::time::Instant) {
+    const COARSE_SLACK: Duration = Duration::from_millis(2);
+    let coarse = deadline.saturating_duration_since(std::time::Instant::now());
+    if coarse > COARSE_SLACK {
+        tokio::time::sleep(coarse - COARSE_SLACK).await;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()));
+    })
+    .await;
+}
+
+impl Sink {
+    pub async fn start() -> anyhow::Result<Sink> {
+        Self::start_with_delay(Duration::ZERO).await
+    }
+
+    pub async fn start_with_delay(delay: Duration) -> anyhow::Result<Sink> {
+        let state = Arc::new(SinkState {
+            delay,
+            ..SinkState::default()
+        });
+        let data = web::Data::from(state.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+                .default_service(web::to(receive))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        tokio::spawn(server);
+        Ok(Sink {
+            url: format!("http://127.0.0.1:{port}/sink"),
+            state,
+        })
+    }
+
+    pub fn received(&self) -> u64 {
+        self.state.received.load(Ordering::Relaxed)
+    }
+
+    pub fn reset(&self) {
+        self.state.received.store(0, Ordering::Relaxed);
+        self.state.first_ns.store(0, Ordering::Relaxed);
+        self.state.held_ns.store(0, Ordering::Relaxed);
+        self.state.held.store(0, Ordering::Relaxed);
+        if let Ok(mut l) = self.state.latencies_ns.lock() {
+            l.clear();
+        }
+    }
+
+    /// The mean time a request was held since the last reset, in ms.
+    pub fn mean_held_ms(&self) -> f64 {
+        let held = self.state.held.load(Ordering::Relaxed).max(1);
+        self.state.held_ns.load(Ordering::Relaxed) as f64 / held as f64 / 1e6
+    }
+
+    /// Time since the first request after the last reset.
+    pub fn since_first(&self) -> Duration {
+        Duration::from_nanos(now_ns().saturating_sub(self.state.first_ns.load(Ordering::Relaxed)))
+    }
+
+    /// Waits until the sink has seen `n` requests, or fails after `limit`.
+    pub async fn wait_for(&self, n: u64, limit: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.received() < n {
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "the sink saw {} of {n} requests within {limit:?}",
+                    self.received()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+}
