@@ -1,40 +1,20 @@
 use crate::{
-    message::BasicReturnMessage, publisher_confirm::Confirmation, types::PayloadSize,
-    BasicProperties, Promise,
+    BasicProperties, Promise, message::BasicReturnMessage, publisher_confirm::Confirmation,
+    types::PayloadSize,
 };
-use parking_lot::Mutex;
-use std::{collections::VecDeque, fmt, sync::Arc};
-use tracing::trace;
-
-/// Called with every message the broker returns, when its last frame is
-/// read: before any frame that follows it on the wire (workerrmq patch).
-pub(crate) type ReturnListener = Arc<dyn Fn(&BasicReturnMessage) + Send + Sync>;
+use std::{
+    collections::VecDeque,
+    fmt,
+    sync::{Arc, Mutex, MutexGuard},
+};
+use tracing::{trace, warn};
 
 #[derive(Clone, Default)]
-pub(crate) struct ReturnedMessages {
-    inner: Arc<Mutex<Inner>>,
-    listener: Arc<Mutex<Option<ReturnListener>>>,
-}
+pub(crate) struct ReturnedMessages(Arc<Mutex<Inner>>);
 
 impl ReturnedMessages {
-    pub(crate) fn set_listener(&self, listener: ReturnListener) {
-        *self.listener.lock() = Some(listener);
-    }
-
-    /// Hands a completed message to the listener, outside every lock of
-    /// ours (the listener may take its own), then queues it as before.
-    fn complete(&self, message: Option<BasicReturnMessage>, confirm_mode: bool) {
-        if let Some(message) = message {
-            let listener = self.listener.lock().clone();
-            if let Some(listener) = listener {
-                listener(&message);
-            }
-            self.inner.lock().queue_returned(message, confirm_mode);
-        }
-    }
-
     pub(crate) fn start_new_delivery(&self, message: BasicReturnMessage) {
-        self.inner.lock().current_message = Some(message);
+        self.lock_inner().current_message = Some(message);
     }
 
     pub(crate) fn handle_content_header_frame(
@@ -43,8 +23,8 @@ impl ReturnedMessages {
         properties: BasicProperties,
         confirm_mode: bool,
     ) {
-        let message = self.inner.lock().handle_content_header_frame(size, properties);
-        self.complete(message, confirm_mode);
+        self.lock_inner()
+            .handle_content_header_frame(size, properties, confirm_mode);
     }
 
     pub(crate) fn handle_body_frame(
@@ -53,27 +33,35 @@ impl ReturnedMessages {
         payload: Vec<u8>,
         confirm_mode: bool,
     ) {
-        let message = self.inner.lock().handle_body_frame(remaining_size, payload);
-        self.complete(message, confirm_mode);
+        self.lock_inner()
+            .handle_body_frame(remaining_size, payload, confirm_mode);
     }
 
     pub(crate) fn drain(&self) -> Vec<BasicReturnMessage> {
-        self.inner.lock().drain()
+        self.lock_inner().drain()
     }
 
     pub(crate) fn register_dropped_confirm(&self, promise: Promise<Confirmation>) {
-        self.inner.lock().register_dropped_confirm(promise);
+        self.lock_inner().register_dropped_confirm(promise);
     }
 
     pub(crate) fn get_waiting_message(&self) -> Option<BasicReturnMessage> {
-        self.inner.lock().waiting_messages.pop_front()
+        self.lock_inner().waiting_messages.pop_front()
+    }
+
+    pub(crate) fn clear_dropped_confirms(&self) {
+        self.lock_inner().dropped_confirms.clear();
+    }
+
+    fn lock_inner(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl fmt::Debug for ReturnedMessages {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut debug = f.debug_struct("ReturnedMessages");
-        if let Some(inner) = self.inner.try_lock() {
+        if let Ok(inner) = self.0.try_lock() {
             debug
                 .field("waiting_messages", &inner.waiting_messages)
                 .field("messages", &inner.messages)
@@ -84,7 +72,7 @@ impl fmt::Debug for ReturnedMessages {
 }
 
 #[derive(Default)]
-pub struct Inner {
+struct Inner {
     current_message: Option<BasicReturnMessage>,
     non_confirm_messages: Vec<BasicReturnMessage>,
     waiting_messages: VecDeque<BasicReturnMessage>,
@@ -93,62 +81,70 @@ pub struct Inner {
 }
 
 impl Inner {
-    /// The message, once complete.
     fn handle_content_header_frame(
         &mut self,
         size: PayloadSize,
         properties: BasicProperties,
-    ) -> Option<BasicReturnMessage> {
+        confirm_mode: bool,
+    ) {
         if let Some(message) = self.current_message.as_mut() {
             message.properties = properties;
         }
         if size == 0 {
-            self.current_message.take()
-        } else {
-            None
+            self.new_delivery_complete(confirm_mode);
         }
     }
 
-    /// The message, once complete.
     fn handle_body_frame(
         &mut self,
         remaining_size: PayloadSize,
         payload: Vec<u8>,
-    ) -> Option<BasicReturnMessage> {
+        confirm_mode: bool,
+    ) {
         if let Some(message) = self.current_message.as_mut() {
             message.receive_content(payload);
         }
         if remaining_size == 0 {
-            self.current_message.take()
-        } else {
-            None
+            self.new_delivery_complete(confirm_mode);
         }
     }
 
-    fn queue_returned(&mut self, message: BasicReturnMessage, confirm_mode: bool) {
-        // workerrmq patch: trace, not warn: the message carries its whole payload.
-        trace!(?message, "Server returned us a message");
-        if confirm_mode {
-            self.waiting_messages.push_back(message);
-        } else {
-            self.non_confirm_messages.push(message);
+    fn new_delivery_complete(&mut self, confirm_mode: bool) {
+        if let Some(message) = self.current_message.take() {
+            warn!(?message, "Server returned us a message");
+            if confirm_mode {
+                self.waiting_messages.push_back(message);
+            } else {
+                self.non_confirm_messages.push(message);
+            }
         }
     }
 
-    fn register_dropped_confirm(&mut self, promise: Promise<Confirmation>) {
+    fn process_dropped_confirm(
+        &mut self,
+        promise: Promise<Confirmation>,
+        messages: Option<&mut Vec<BasicReturnMessage>>,
+    ) {
+        let messages = messages.unwrap_or(&mut self.messages);
+
         if let Some(confirmation) = promise.try_wait() {
             if let Ok(Confirmation::Nack(Some(message))) | Ok(Confirmation::Ack(Some(message))) =
                 confirmation
             {
-                trace!("Dropped PublisherConfirm was carrying a message, storing it");
-                self.messages.push(*message);
+                trace!("PublisherConfirm was carrying a message, storing it");
+                messages.push(message);
             } else {
-                trace!("Dropped PublisherConfirm was ready but didn't carry a message, discarding");
+                trace!("PublisherConfirm was ready but didn't carry a message, discarding");
             }
         } else {
-            trace!("Storing dropped PublisherConfirm for further use");
+            trace!("PublisherConfirm wasn't ready yet, storing it for further use");
             self.dropped_confirms.push(promise);
         }
+    }
+
+    fn register_dropped_confirm(&mut self, promise: Promise<Confirmation>) {
+        trace!("Registering new dropped PublisherConfirm");
+        self.process_dropped_confirm(promise, None)
     }
 
     fn drain(&mut self) -> Vec<BasicReturnMessage> {
@@ -161,19 +157,7 @@ impl Inner {
         let before = self.dropped_confirms.len();
         if before != 0 {
             for promise in std::mem::take(&mut self.dropped_confirms) {
-                if let Some(confirmation) = promise.try_wait() {
-                    if let Ok(Confirmation::Nack(Some(message)))
-                    | Ok(Confirmation::Ack(Some(message))) = confirmation
-                    {
-                        trace!("PublisherConfirm was carrying a message, storing it");
-                        messages.push(*message);
-                    } else {
-                        trace!("PublisherConfirm was ready but didn't carry a message, discarding");
-                    }
-                } else {
-                    trace!("PublisherConfirm wasn't ready yet, storing it back");
-                    self.dropped_confirms.push(promise);
-                }
+                self.process_dropped_confirm(promise, Some(&mut messages))
             }
             trace!(
                 %before,
@@ -182,56 +166,5 @@ impl Inner {
             );
         }
         messages
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    // workerrmq patch: the listener sees each returned message once, when
-    // its last frame is read, and the message still reaches a confirm.
-    use super::*;
-    use crate::types::ShortString;
-
-    fn returned(messages: &ReturnedMessages, id: &str) {
-        messages.start_new_delivery(BasicReturnMessage::new(
-            ShortString::from(""),
-            ShortString::from("missing"),
-            312,
-            ShortString::from("NO_ROUTE"),
-        ));
-        messages.handle_content_header_frame(
-            4,
-            BasicProperties::default().with_message_id(id.into()),
-            true,
-        );
-    }
-
-    #[test]
-    fn the_listener_sees_each_returned_message_when_it_is_complete() {
-        let messages = ReturnedMessages::default();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        messages.set_listener(Arc::new(move |message: &BasicReturnMessage| {
-            let id = message.properties.message_id().clone().map(|s| s.to_string());
-            log.lock().push((id, message.delivery.routing_key.to_string()));
-        }));
-        returned(&messages, "a");
-        assert!(seen.lock().is_empty(), "not before the body is complete");
-        messages.handle_body_frame(2, b"ab".to_vec(), true);
-        assert!(seen.lock().is_empty());
-        messages.handle_body_frame(0, b"cd".to_vec(), true);
-        returned(&messages, "b");
-        messages.handle_body_frame(0, b"efgh".to_vec(), true);
-        assert_eq!(
-            *seen.lock(),
-            vec![
-                (Some("a".to_owned()), "missing".to_owned()),
-                (Some("b".to_owned()), "missing".to_owned())
-            ]
-        );
-        let first = messages.get_waiting_message().expect("still queued");
-        assert_eq!(first.delivery.data, b"abcd");
-        assert!(messages.get_waiting_message().is_some());
-        assert!(messages.get_waiting_message().is_none());
     }
 }
