@@ -72,7 +72,15 @@ impl Buffer {
         let old_capacity = self.capacity;
         let growth = new_size - old_capacity;
 
-        self.memory.resize(new_size, 0);
+        // A fresh zeroed allocation and a copy, not `Vec::resize`: `resize`
+        // writes every new byte, which makes the whole buffer resident at
+        // once (the I/O loop grows both buffers of a connection to
+        // `FRAMES_STORAGE` frames of `frame_max` right after connecting).
+        // Zeroed memory from the allocator is only touched as frames pass
+        // through it.
+        let mut memory = vec![0; new_size];
+        memory[..old_capacity].copy_from_slice(&self.memory[..old_capacity]);
+        self.memory = memory;
         self.capacity = new_size;
 
         if self.end <= self.position && self.available_data > 0 {
@@ -81,7 +89,9 @@ impl Buffer {
             let (old, new) = self.memory.split_at_mut(old_capacity);
             if self.end < growth {
                 // There is enough room in the new end for this whole "tail".
-                new.copy_from_slice(&old[..self.end]);
+                // Only its length of the new end: `new` is `growth` long,
+                // and copying into all of it panics unless the tail is too.
+                new[..self.end].copy_from_slice(&old[..self.end]);
                 self.end += old_capacity;
             } else {
                 // Fill the new end with as much data as we can.
@@ -239,5 +249,60 @@ impl BackToTheBuffer for &mut Buffer {
                 s
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn contents(buffer: &Buffer) -> Vec<u8> {
+        if buffer.available_data == 0 {
+            Vec::new()
+        } else if buffer.end > buffer.position {
+            buffer.memory[buffer.position..buffer.end].to_vec()
+        } else {
+            [
+                &buffer.memory[buffer.position..],
+                &buffer.memory[..buffer.end],
+            ]
+            .concat()
+        }
+    }
+
+    #[test]
+    fn growing_keeps_wrapped_data_in_order() {
+        // The wrapped tail ("ijkl", 4 bytes) longer than the growth, as long
+        // as it, and shorter than it: the last one panicked.
+        for new_size in [10, 12, 32] {
+            let mut buffer = Buffer::with_capacity(8);
+            (&mut buffer).write_all(b"abcdef").unwrap();
+            buffer.consume(4);
+            (&mut buffer).write_all(b"ghijkl").unwrap();
+            assert!(buffer.end <= buffer.position, "the data wraps");
+            assert_eq!(contents(&buffer), b"efghijkl");
+            assert!(buffer.grow(new_size));
+            assert_eq!(buffer.memory.len(), new_size);
+            assert_eq!(buffer.available_space(), new_size - 8);
+            assert_eq!(contents(&buffer), b"efghijkl", "grown to {new_size}");
+            (&mut buffer).write_all(b"mn").unwrap();
+            assert_eq!(contents(&buffer), b"efghijklmn", "grown to {new_size}");
+        }
+    }
+
+    #[test]
+    fn growing_an_unwrapped_buffer_keeps_its_data() {
+        let mut buffer = Buffer::with_capacity(8);
+        (&mut buffer).write_all(b"abc").unwrap();
+        assert!(buffer.grow(64));
+        assert!(
+            !buffer.grow(64),
+            "no shrinking, no growing to the same size"
+        );
+        assert_eq!(buffer.memory.len(), 64);
+        assert_eq!(contents(&buffer), b"abc");
+        (&mut buffer).write_all(&[b'x'; 61]).unwrap();
+        assert_eq!(buffer.available_space(), 0);
     }
 }

@@ -26,7 +26,11 @@ use crate::{
     types::*,
 };
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use std::{convert::TryFrom, fmt, sync::Arc};
+use std::{
+    convert::TryFrom,
+    fmt,
+    sync::{Arc, Mutex},
+};
 use tracing::{error, info, trace};
 
 /// Main entry point for most AMQP operations.
@@ -71,6 +75,9 @@ pub struct Channel {
     channel_closer: Option<Arc<ChannelCloser>>,
     _connection_closer: Option<Arc<ConnectionCloser>>,
     recovery_config: RecoveryConfig,
+    /// Held by a publish from taking its delivery tag to queueing its
+    /// frames, so that concurrent publishes reach the wire in tag order.
+    publish_order: Arc<Mutex<()>>,
 }
 
 impl PartialEq for Channel {
@@ -136,6 +143,7 @@ impl Channel {
             channel_closer,
             _connection_closer: connection_closer,
             recovery_config,
+            publish_order: Arc::default(),
         }
     }
 
@@ -336,6 +344,25 @@ impl Channel {
         Ok(self.returned_messages.drain())
     }
 
+    /// Call `listener` with every message the broker returns on this channel
+    /// (`basic.return`), as soon as its last frame is read.
+    ///
+    /// A `basic.return` carries no delivery tag: the returned message goes,
+    /// as without a listener, to whichever [`PublisherConfirm`] completes
+    /// next, which need not be its own publish when several mandatory
+    /// publishes are in flight on the channel. The broker sends a message's
+    /// `basic.return` before its `basic.ack`, and the listener is called
+    /// before any frame that follows the return is handled, so a caller that
+    /// recognises the message (by its properties, e.g. a message id) can mark
+    /// the right publish before that publish's confirm completes.
+    ///
+    /// The listener runs on the connection's I/O loop, outside lapin's locks:
+    /// keep it short and do not block in it. It replaces any listener set
+    /// before, and every clone of this channel shares it.
+    pub fn on_return<F: Fn(&BasicReturnMessage) + Send + Sync + 'static>(&self, listener: F) {
+        self.returned_messages.set_listener(Arc::new(listener));
+    }
+
     #[cfg(test)]
     pub(crate) fn register_queue(
         &self,
@@ -500,13 +527,19 @@ impl Channel {
         self.wake();
     }
 
+    /// Queues a `basic.publish` with its content, taking its delivery tag
+    /// (in confirm mode) under the same lock as the queueing.
+    ///
+    /// The broker numbers published messages in the order they arrive and
+    /// confirms them by that number. Taken apart, two publishes racing on
+    /// two threads could take tags 1 and 2 and queue their frames as 2 then
+    /// 1, and each would then complete with the other's confirm.
     async fn send_method_frame_with_body(
         &self,
         ctx: &'static str,
         method: AMQPClass,
         payload: &[u8],
         properties: BasicProperties,
-        publisher_confirms_result: Option<PublisherConfirm>,
     ) -> Result<PublisherConfirm> {
         let class_id = method.get_amqp_class_id();
         let header = AMQPContentHeader {
@@ -529,7 +562,12 @@ impl Channel {
 
         trace!(channel=%self.id, "send_frames");
         let (promise, resolver) = Promise::new(ctx);
-        self.frames.push_frames(self.id, frames, resolver);
+        let publisher_confirms_result = {
+            let _order = self.publish_order.lock().unwrap_or_else(|e| e.into_inner());
+            let publisher_confirms_result = self.before_basic_publish();
+            self.frames.push_frames(self.id, frames, resolver);
+            publisher_confirms_result
+        };
         self.wake();
         promise.await?;
         Ok(publisher_confirms_result
@@ -571,7 +609,8 @@ impl Channel {
         size: PayloadSize,
         properties: BasicProperties,
     ) -> Result<()> {
-        self.status.set_content_length(
+        let mut returned = None;
+        let result = self.status.set_content_length(
             self.id,
             class_id,
             size,
@@ -585,11 +624,10 @@ impl Channel {
                         .handle_content_header_frame(size, properties);
                 }
                 DeliveryCause::Return => {
-                    self.returned_messages.handle_content_header_frame(
-                        size,
-                        properties,
-                        confirm_mode,
-                    );
+                    returned = self
+                        .returned_messages
+                        .handle_content_header_frame(size, properties)
+                        .map(|message| (message, confirm_mode));
                 }
             },
             |msg| {
@@ -597,11 +635,18 @@ impl Channel {
                 self.report_protocol_violation(error, class_id, 0)
             },
             |msg| self.handle_invalid_contents(msg, class_id, 0),
-        )
+        );
+        // Outside the channel status lock, which the handler above runs under.
+        if let Some((message, confirm_mode)) = returned {
+            self.returned_messages
+                .new_delivery_complete(message, confirm_mode);
+        }
+        result
     }
 
     pub(crate) fn handle_body_frame(&self, payload: Vec<u8>) -> Result<()> {
-        self.status.receive(
+        let mut returned = None;
+        let result = self.status.receive(
             self.id,
             payload.len() as PayloadSize,
             |delivery_cause, remaining_size, confirm_mode| match delivery_cause {
@@ -614,12 +659,20 @@ impl Channel {
                         .handle_body_frame(remaining_size, payload);
                 }
                 DeliveryCause::Return => {
-                    self.returned_messages
-                        .handle_body_frame(remaining_size, payload, confirm_mode);
+                    returned = self
+                        .returned_messages
+                        .handle_body_frame(remaining_size, payload)
+                        .map(|message| (message, confirm_mode));
                 }
             },
             |msg| self.handle_invalid_contents(msg, 0, 0),
-        )
+        );
+        // Outside the channel status lock, which the handler above runs under.
+        if let Some((message, confirm_mode)) = returned {
+            self.returned_messages
+                .new_delivery_complete(message, confirm_mode);
+        }
+        result
     }
 
     pub(crate) fn topology(&self) -> ChannelDefinition {

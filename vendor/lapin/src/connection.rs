@@ -766,4 +766,212 @@ mod tests {
             assert!(channel.status().connected());
         }
     }
+
+    /// A channel in confirm mode, and the frame queue it publishes into.
+    fn confirm_channel() -> (Connection, Channels, Frames, Channel) {
+        let (conn, channels, _, frames) = create_connection_with_frames();
+        conn.configuration.negotiated_config.set_channel_max(2047);
+        let channel = channels.create(conn.closer.clone()).unwrap();
+        channel.set_state(ChannelState::Connected);
+        channel.status().set_confirm();
+        (conn, channels, frames, channel)
+    }
+
+    fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+        future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    }
+
+    /// Takes every queued frame off as if written; the message ids of the
+    /// publishes among them, in wire order.
+    fn written_message_ids(frames: &Frames) -> Vec<String> {
+        let mut ids = Vec::new();
+        while let Some(entry) = frames.pop(true) {
+            if let AMQPFrame::Header(_, header) = &*entry {
+                let id = header.properties.message_id().as_ref();
+                ids.push(id.map(|id| id.to_string()).unwrap_or_default());
+            }
+            entry.into_serialized_frame(0).1.resolve();
+        }
+        ids
+    }
+
+    fn publish_to_nowhere<'a>(
+        channel: &'a Channel,
+        id: &str,
+    ) -> impl Future<Output = Result<crate::PublisherConfirm>> + Send + use<'a> {
+        channel.basic_publish(
+            "".into(),
+            "missing".into(),
+            crate::options::BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"payload",
+            BasicProperties::default().with_message_id(id.into()),
+        )
+    }
+
+    fn confirm_of<F: Future<Output = Result<crate::PublisherConfirm>>>(
+        publish: std::pin::Pin<&mut F>,
+    ) -> crate::PublisherConfirm {
+        match poll_once(publish) {
+            std::task::Poll::Ready(Ok(confirm)) => confirm,
+            std::task::Poll::Ready(Err(err)) => panic!("publish failed: {err}"),
+            std::task::Poll::Pending => panic!("publish still waiting for its frames"),
+        }
+    }
+
+    fn confirmation(confirm: &mut crate::PublisherConfirm) -> crate::Confirmation {
+        match poll_once(std::pin::Pin::new(confirm)) {
+            std::task::Poll::Ready(Ok(confirmation)) => confirmation,
+            other => panic!("confirm not completed: {other:?}"),
+        }
+    }
+
+    fn broker_acks(channels: &Channels, channel: &Channel, delivery_tag: u64, ack: bool) {
+        let method = if ack {
+            basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag,
+                multiple: false,
+            })
+        } else {
+            basic::AMQPMethod::Nack(basic::Nack {
+                delivery_tag,
+                multiple: false,
+                requeue: false,
+            })
+        };
+        channels
+            .handle_frame(AMQPFrame::Method(channel.id(), AMQPClass::Basic(method)))
+            .unwrap();
+    }
+
+    /// `basic.return` carries no delivery tag: lapin hands a returned
+    /// message to the next confirm that completes, here the other publish's.
+    /// The return listener sees it first, in frame order, so a caller can
+    /// tell which publish came back before either confirm completes.
+    #[test]
+    fn the_return_listener_sees_a_return_before_the_confirm_after_it() {
+        let (_conn, channels, frames, channel) = confirm_channel();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let listening = channel.clone();
+        channel.on_return(move |message| {
+            // Outside lapin's locks: the listener may look at the channel.
+            assert!(listening.status().confirm());
+            let id = message.properties.message_id().as_ref();
+            log.lock()
+                .unwrap()
+                .push(id.map(|id| id.to_string()).unwrap_or_default());
+        });
+        let mut a = Box::pin(publish_to_nowhere(&channel, "a"));
+        let mut b = Box::pin(publish_to_nowhere(&channel, "b"));
+        assert!(poll_once(a.as_mut()).is_pending());
+        assert!(poll_once(b.as_mut()).is_pending());
+        assert_eq!(written_message_ids(&frames), ["a", "b"]);
+        let mut confirm_a = confirm_of(a.as_mut());
+        let mut confirm_b = confirm_of(b.as_mut());
+
+        // The broker returns b (not a), then confirms both.
+        let returned = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+            reply_code: 312,
+            reply_text: "NO_ROUTE".into(),
+            exchange: "".into(),
+            routing_key: "missing".into(),
+        }));
+        channels
+            .handle_frame(AMQPFrame::Method(channel.id(), returned))
+            .unwrap();
+        channels
+            .handle_frame(AMQPFrame::Header(
+                channel.id(),
+                AMQPContentHeader {
+                    class_id: 60,
+                    body_size: 7,
+                    properties: BasicProperties::default().with_message_id("b".into()),
+                },
+            ))
+            .unwrap();
+        assert!(seen.lock().unwrap().is_empty(), "the body is still to come");
+        channels
+            .handle_frame(AMQPFrame::Body(channel.id(), b"payload".to_vec()))
+            .unwrap();
+        assert_eq!(*seen.lock().unwrap(), ["b"]);
+
+        broker_acks(&channels, &channel, 1, true);
+        let returned_with_a = confirmation(&mut confirm_a).take_message();
+        let returned_with_a = returned_with_a.expect("the next confirm carries the return");
+        assert_eq!(
+            returned_with_a
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str()),
+            Some("b"),
+            "b's return travels with a's confirm: only the listener tells them apart"
+        );
+        broker_acks(&channels, &channel, 2, true);
+        assert_eq!(confirmation(&mut confirm_b), crate::Confirmation::Ack(None));
+        assert_eq!(*seen.lock().unwrap(), ["b"], "once");
+    }
+
+    /// The broker numbers publishes in the order they arrive and confirms
+    /// them by that number, so each publish's delivery tag must be its place
+    /// on the wire, however many threads publish at once. Without the
+    /// per-channel publish lock the two steps raced and confirms landed on
+    /// the wrong publishes.
+    #[test]
+    fn concurrent_publishes_reach_the_wire_in_delivery_tag_order() {
+        const THREADS: usize = 4;
+        const EACH: usize = 500;
+        let (_conn, channels, frames, channel) = confirm_channel();
+        let start = std::sync::Barrier::new(THREADS);
+        let mut publishes: std::collections::HashMap<String, _> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..THREADS)
+                .map(|thread| {
+                    let (channel, start) = (&channel, &start);
+                    scope.spawn(move || {
+                        start.wait();
+                        (0..EACH)
+                            .map(|i| {
+                                let id = format!("{thread}-{i}");
+                                let mut publish = Box::pin(publish_to_nowhere(channel, &id));
+                                assert!(poll_once(publish.as_mut()).is_pending());
+                                (id, publish)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|thread| thread.join().unwrap())
+                .collect()
+        });
+        let wire = written_message_ids(&frames);
+        assert_eq!(wire.len(), THREADS * EACH);
+
+        // Tag n is the n-th publish on the wire; every third one is nacked.
+        let mut confirms: Vec<_> = wire
+            .iter()
+            .map(|id| confirm_of(publishes.get_mut(id).unwrap().as_mut()))
+            .collect();
+        for tag in 1..=wire.len() as u64 {
+            broker_acks(&channels, &channel, tag, !tag.is_multiple_of(3));
+        }
+        let misplaced: Vec<&str> = confirms
+            .iter_mut()
+            .zip(&wire)
+            .enumerate()
+            .filter_map(|(place, (confirm, id))| {
+                let acked = !(place as u64 + 1).is_multiple_of(3);
+                (confirmation(confirm).is_ack() != acked).then_some(id.as_str())
+            })
+            .collect();
+        assert!(
+            misplaced.is_empty(),
+            "{} publishes got another's confirm: {misplaced:?}",
+            misplaced.len()
+        );
+    }
 }

@@ -7,34 +7,60 @@ use std::{
     fmt,
     sync::{Arc, Mutex, MutexGuard},
 };
-use tracing::{trace, warn};
+use tracing::trace;
+
+/// Called with every message the broker returns on a channel, once its last
+/// frame is read: before any frame that follows it on the wire.
+pub(crate) type ReturnListener = Arc<dyn Fn(&BasicReturnMessage) + Send + Sync>;
 
 #[derive(Clone, Default)]
 pub(crate) struct ReturnedMessages(Arc<Mutex<Inner>>);
 
 impl ReturnedMessages {
+    pub(crate) fn set_listener(&self, listener: ReturnListener) {
+        self.lock_inner().listener = Some(listener);
+    }
+
     pub(crate) fn start_new_delivery(&self, message: BasicReturnMessage) {
         self.lock_inner().current_message = Some(message);
     }
 
+    /// The returned message, once this frame completes it: hand it to
+    /// [`Self::new_delivery_complete`] once no lock of the channel is held.
+    #[must_use]
     pub(crate) fn handle_content_header_frame(
         &self,
         size: PayloadSize,
         properties: BasicProperties,
-        confirm_mode: bool,
-    ) {
+    ) -> Option<BasicReturnMessage> {
         self.lock_inner()
-            .handle_content_header_frame(size, properties, confirm_mode);
+            .handle_content_header_frame(size, properties)
     }
 
+    /// The returned message, once this frame completes it: hand it to
+    /// [`Self::new_delivery_complete`] once no lock of the channel is held.
+    #[must_use]
     pub(crate) fn handle_body_frame(
         &self,
         remaining_size: PayloadSize,
         payload: Vec<u8>,
-        confirm_mode: bool,
-    ) {
-        self.lock_inner()
-            .handle_body_frame(remaining_size, payload, confirm_mode);
+    ) -> Option<BasicReturnMessage> {
+        self.lock_inner().handle_body_frame(remaining_size, payload)
+    }
+
+    /// Shows a complete returned message to the listener, then queues it
+    /// for the next publisher confirm (or for `wait_for_confirms`).
+    ///
+    /// The listener runs outside every lock of lapin's, so it may take its
+    /// own locks and call into the channel; the message is queued only
+    /// after it returns, so it has seen the message before the confirm that
+    /// follows it on the wire can complete.
+    pub(crate) fn new_delivery_complete(&self, message: BasicReturnMessage, confirm_mode: bool) {
+        let listener = self.lock_inner().listener.clone();
+        if let Some(listener) = listener {
+            listener(&message);
+        }
+        self.lock_inner().queue_returned(message, confirm_mode);
     }
 
     pub(crate) fn drain(&self) -> Vec<BasicReturnMessage> {
@@ -63,6 +89,7 @@ impl fmt::Debug for ReturnedMessages {
         let mut debug = f.debug_struct("ReturnedMessages");
         if let Ok(inner) = self.0.try_lock() {
             debug
+                .field("listener", &inner.listener.is_some())
                 .field("waiting_messages", &inner.waiting_messages)
                 .field("messages", &inner.messages)
                 .field("non_confirm_messages", &inner.non_confirm_messages);
@@ -78,6 +105,7 @@ struct Inner {
     waiting_messages: VecDeque<BasicReturnMessage>,
     messages: Vec<BasicReturnMessage>,
     dropped_confirms: Vec<Promise<Confirmation>>,
+    listener: Option<ReturnListener>,
 }
 
 impl Inner {
@@ -85,13 +113,14 @@ impl Inner {
         &mut self,
         size: PayloadSize,
         properties: BasicProperties,
-        confirm_mode: bool,
-    ) {
+    ) -> Option<BasicReturnMessage> {
         if let Some(message) = self.current_message.as_mut() {
             message.properties = properties;
         }
         if size == 0 {
-            self.new_delivery_complete(confirm_mode);
+            self.current_message.take()
+        } else {
+            None
         }
     }
 
@@ -99,24 +128,26 @@ impl Inner {
         &mut self,
         remaining_size: PayloadSize,
         payload: Vec<u8>,
-        confirm_mode: bool,
-    ) {
+    ) -> Option<BasicReturnMessage> {
         if let Some(message) = self.current_message.as_mut() {
             message.receive_content(payload);
         }
         if remaining_size == 0 {
-            self.new_delivery_complete(confirm_mode);
+            self.current_message.take()
+        } else {
+            None
         }
     }
 
-    fn new_delivery_complete(&mut self, confirm_mode: bool) {
-        if let Some(message) = self.current_message.take() {
-            warn!(?message, "Server returned us a message");
-            if confirm_mode {
-                self.waiting_messages.push_back(message);
-            } else {
-                self.non_confirm_messages.push(message);
-            }
+    fn queue_returned(&mut self, message: BasicReturnMessage, confirm_mode: bool) {
+        // trace, not warn: an unroutable mandatory publish is an answer the
+        // publisher asked for, not a fault, and the message carries its whole
+        // payload; at warn every one was logged in full.
+        trace!(?message, "Server returned us a message");
+        if confirm_mode {
+            self.waiting_messages.push_back(message);
+        } else {
+            self.non_confirm_messages.push(message);
         }
     }
 
@@ -166,5 +197,87 @@ impl Inner {
             );
         }
         messages
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{error_holder::ErrorHolder, types::ShortString};
+
+    /// A returned message with `id`, its header frame read, 4 bytes of body
+    /// to come.
+    fn returned(messages: &ReturnedMessages, id: &str) {
+        messages.start_new_delivery(BasicReturnMessage::new(
+            ShortString::from(""),
+            ShortString::from("missing"),
+            312,
+            ShortString::from("NO_ROUTE"),
+            ErrorHolder::default(),
+        ));
+        let complete = messages
+            .handle_content_header_frame(4, BasicProperties::default().with_message_id(id.into()));
+        assert!(complete.is_none(), "not before the body is read");
+    }
+
+    #[test]
+    fn the_listener_sees_each_returned_message_once_complete() {
+        let messages = ReturnedMessages::default();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        messages.set_listener(Arc::new(move |message: &BasicReturnMessage| {
+            let id = message
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string());
+            log.lock()
+                .unwrap()
+                .push((id, message.delivery.routing_key.to_string()));
+        }));
+        returned(&messages, "a");
+        assert!(messages.handle_body_frame(2, b"ab".to_vec()).is_none());
+        let a = messages
+            .handle_body_frame(0, b"cd".to_vec())
+            .expect("the last body frame completes it");
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "not before it is handed over"
+        );
+        messages.new_delivery_complete(a, true);
+        returned(&messages, "b");
+        let b = messages
+            .handle_body_frame(0, b"efgh".to_vec())
+            .expect("complete");
+        messages.new_delivery_complete(b, true);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                (Some("a".to_owned()), "missing".to_owned()),
+                (Some("b".to_owned()), "missing".to_owned())
+            ]
+        );
+        // Each still goes to a publisher confirm, as without a listener.
+        let first = messages.get_waiting_message().expect("still queued");
+        assert_eq!(first.delivery.data, b"abcd");
+        assert!(messages.get_waiting_message().is_some());
+        assert!(messages.get_waiting_message().is_none());
+    }
+
+    #[test]
+    fn an_empty_returned_message_is_complete_with_its_header() {
+        let messages = ReturnedMessages::default();
+        messages.start_new_delivery(BasicReturnMessage::new(
+            ShortString::from(""),
+            ShortString::from("missing"),
+            312,
+            ShortString::from("NO_ROUTE"),
+            ErrorHolder::default(),
+        ));
+        let message = messages
+            .handle_content_header_frame(0, BasicProperties::default())
+            .expect("no body to wait for");
+        messages.new_delivery_complete(message, false);
+        assert_eq!(messages.drain().len(), 1, "kept for wait_for_confirms");
     }
 }
