@@ -48,7 +48,7 @@ impl DeadLetters {
         let mut failure = None;
         while letters.len() < limit {
             match channel
-                .basic_get(&dlq, BasicGetOptions { no_ack: false })
+                .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
                 .await
             {
                 Ok(Some(message)) => letters.push(dead_letter_of(
@@ -64,7 +64,7 @@ impl DeadLetters {
         }
         // Closing the channel returns every message we took, unacked.
         if channel.status().connected() {
-            let _ = channel.close(200, "peek done").await;
+            let _ = channel.close(200, "peek done".into()).await;
         }
         match failure {
             Some(BrokerError::NotFound(_)) => Err(BrokerError::NotFound(format!(
@@ -83,7 +83,7 @@ impl DeadLetters {
         let result = async {
             while replayed < limit {
                 let got = channel
-                    .basic_get(&dlq, BasicGetOptions { no_ack: false })
+                    .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
                     .await
                     .map_err(|err| match BrokerError::from(err) {
                         BrokerError::NotFound(_) => BrokerError::NotFound(format!(
@@ -126,7 +126,7 @@ impl DeadLetters {
         }
         .await;
         if channel.status().connected() {
-            let _ = channel.close(200, "replay done").await;
+            let _ = channel.close(200, "replay done".into()).await;
         }
         match result {
             Err(err) if replayed == 0 => Err(err),

@@ -37,8 +37,8 @@ pub enum BrokerError {
 
 impl From<lapin::Error> for BrokerError {
     fn from(err: lapin::Error) -> Self {
-        match &err {
-            lapin::Error::ProtocolError(amqp) => {
+        match err.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) => {
                 let text = amqp.get_message().to_string();
                 match amqp.kind() {
                     AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => BrokerError::NotFound(text),

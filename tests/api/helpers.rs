@@ -400,7 +400,7 @@ impl TestApp {
             .await;
         match declared {
             Ok(()) => {
-                channel.close(200, "done").await.expect("channel closed");
+                channel.close(200, "done".into()).await.expect("channel closed");
                 true
             }
             Err(err) if is_not_found(&err) => false,
@@ -415,7 +415,7 @@ impl TestApp {
             .basic_get(queue, BasicGetOptions { no_ack: true })
             .await
             .unwrap_or_else(|e| panic!("basic_get on `{queue}` failed: {e}"));
-        channel.close(200, "done").await.expect("channel closed");
+        channel.close(200, "done".into()).await.expect("channel closed");
         message
     }
 
@@ -439,7 +439,7 @@ impl TestApp {
         self.cleaned_up = true;
         let plan = self.cleanup_plan();
         if let Some(connection) = self.amqp.take() {
-            let _ = connection.close(200, "test done").await;
+            let _ = connection.close(200, "test done".into()).await;
         }
         plan.run().await.expect("the test cleans up after itself");
     }
@@ -603,7 +603,7 @@ impl CleanupPlan {
                 .await
                 .map_err(|e| format!("cannot delete exchange `{exchange}`: {e}"))?;
         }
-        let _ = connection.close(200, "test cleanup done").await;
+        let _ = connection.close(200, "test cleanup done".into()).await;
 
         // Only a database the tests named themselves: a test that points
         // MONGODB_DB somewhere else must not drop what it did not make.

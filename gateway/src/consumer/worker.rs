@@ -126,8 +126,8 @@ impl ConsumerWorker {
             .await?;
         let mut deliveries = channel
             .basic_consume(
-                self.spec.queue.as_str(),
-                &self.consumer_tag,
+                self.spec.queue.as_str().into(),
+                self.consumer_tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -252,7 +252,10 @@ impl ConsumerWorker {
         if end.is_ok() {
             // No new deliveries; let the ones in hand finish.
             let _ = channel
-                .basic_cancel(&self.consumer_tag, BasicCancelOptions::default())
+                .basic_cancel(
+                    self.consumer_tag.as_str().into(),
+                    BasicCancelOptions::default(),
+                )
                 .await;
             // Not a multiple ack's business: they are in flight to the
             // window until nacked here.
@@ -294,7 +297,7 @@ impl ConsumerWorker {
         batches.abort_all();
         // Closing the channel returns every unsettled delivery to the queue.
         if channel.status().connected() {
-            let _ = channel.close(200, "consumer stopped").await;
+            let _ = channel.close(200, "consumer stopped".into()).await;
         }
         end
     }

@@ -24,8 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
-use lapin::publisher_confirm::Confirmation;
-use lapin::BasicProperties;
+use lapin::{BasicProperties, Confirmation};
 use tokio::sync::{Mutex, Notify};
 
 use crate::{Broker, BrokerError};
@@ -175,8 +174,8 @@ impl Channels {
                 channel
                     .channel()
                     .basic_publish(
-                        &job.exchange,
-                        &job.routing_key,
+                        job.exchange.into(),
+                        job.routing_key.into(),
                         BasicPublishOptions {
                             mandatory: job.mandatory,
                             ..BasicPublishOptions::default()
@@ -205,7 +204,7 @@ impl Channels {
                 let lapin_channel = channel.channel().clone();
                 tokio::spawn(async move {
                     let _ = lapin_channel
-                        .close(200, "publish not confirmed in time")
+                        .close(200, "publish not confirmed in time".into())
                         .await;
                 });
                 return Err(BrokerError::Unavailable(

@@ -71,7 +71,7 @@ async fn coalesce_acks(
             break;
         }
     }
-    let _ = channel.close(200, "done").await;
+    let _ = channel.close(200, "done".into()).await;
     Ok(())
 }
 
@@ -203,7 +203,7 @@ pub async fn plain_consumers(
                     break;
                 }
             }
-            let _ = channel.close(200, "done").await;
+            let _ = channel.close(200, "done".into()).await;
             Ok::<(), String>(())
         }));
     }

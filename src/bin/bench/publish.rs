@@ -92,7 +92,7 @@ async fn purge(queue: &str) -> Result<(), String> {
         .queue_purge(queue, QueuePurgeOptions::default())
         .await
         .map_err(err)?;
-    let _ = connection.close(200, "purged").await;
+    let _ = connection.close(200, "purged".into()).await;
     Ok(())
 }
 
@@ -181,7 +181,7 @@ async fn raw_publisher(
         latencies.extend(task.await.map_err(err)??);
     }
     let rate = per_second(total, started.elapsed());
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     latencies.sort_by(|a, b| a.total_cmp(b));
     Ok((rate, latencies))
 }

@@ -136,7 +136,7 @@ pub(crate) async fn preload(
             }
         }
     }
-    let _ = channel.close(200, "preloaded").await;
+    let _ = channel.close(200, "preloaded".into()).await;
     Ok(())
 }
 
@@ -189,7 +189,7 @@ async fn raw_consume(
         }
     }
     let rate = per_second(n, started.elapsed());
-    let _ = channel.close(200, "done").await;
+    let _ = channel.close(200, "done".into()).await;
     Ok(rate)
 }
 
@@ -278,7 +278,7 @@ pub async fn forward(
         }
         None => None,
     };
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     let (ceiling, batched) = (ceilings[0], ceilings[1]);
     Ok(json!({
         "messages": n,
@@ -356,7 +356,7 @@ pub async fn latency(
         .map(|ns| *ns as f64 / 1e6)
         .collect();
     ms.sort_by(|a, b| a.total_cmp(b));
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     gateway
         .post("/deleteConsumer", &json!({ "consumerId": consumer_id }))
         .await?;

@@ -344,7 +344,7 @@ pub async fn publish_with_properties(
             "the broker did not take a message: {confirmation:?}"
         );
     }
-    let _ = channel.close(200, "published").await;
+    let _ = channel.close(200, "published".into()).await;
 }
 
 /// `(ready messages, consumers)` of `queue` (passive declare), `None` when
@@ -363,7 +363,7 @@ pub async fn queue_counts(connection: &Connection, queue: &str) -> Option<(u32, 
         .await;
     match declared {
         Ok(q) => {
-            let _ = channel.close(200, "done").await;
+            let _ = channel.close(200, "done".into()).await;
             Some((q.message_count(), q.consumer_count()))
         }
         Err(err) if crate::helpers::is_not_found(&err) => None,

@@ -297,7 +297,7 @@ impl Settler {
 
 /// Returns a delivery to its queue, to come again. Failure means the
 /// channel is gone, and the broker returns it anyway.
-pub(crate) async fn hand_back(acker: &lapin::acker::Acker) {
+pub(crate) async fn hand_back(acker: &lapin::Acker) {
     let _ = acker
         .nack(BasicNackOptions {
             requeue: true,
