@@ -389,7 +389,7 @@ impl TestApp {
         let channel = self.amqp_channel().await;
         let declared = channel
             .exchange_declare(
-                exchange,
+                exchange.into(),
                 ExchangeKind::Direct,
                 ExchangeDeclareOptions {
                     passive: true,
@@ -412,7 +412,7 @@ impl TestApp {
     pub async fn get_message(&self, queue: &str) -> Option<BasicGetMessage> {
         let channel = self.amqp_channel().await;
         let message = channel
-            .basic_get(queue, BasicGetOptions { no_ack: true })
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
             .await
             .unwrap_or_else(|e| panic!("basic_get on `{queue}` failed: {e}"));
         channel.close(200, "done".into()).await.expect("channel closed");
@@ -593,13 +593,13 @@ impl CleanupPlan {
             .map_err(|e| e.to_string())?;
         for queue in &queues {
             channel
-                .queue_delete(queue, QueueDeleteOptions::default())
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await
                 .map_err(|e| format!("cannot delete queue `{queue}`: {e}"))?;
         }
         for exchange in &exchanges {
             channel
-                .exchange_delete(exchange, ExchangeDeleteOptions::default())
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                 .await
                 .map_err(|e| format!("cannot delete exchange `{exchange}`: {e}"))?;
         }
@@ -622,10 +622,9 @@ impl CleanupPlan {
     }
 }
 
+/// lapin runs on the test's tokio runtime (its `tokio` feature).
 pub(crate) fn connection_properties() -> ConnectionProperties {
     ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio)
 }
 
 async fn connect_amqp(url: &str) -> Connection {
@@ -637,8 +636,8 @@ async fn connect_amqp(url: &str) -> Connection {
 pub fn is_not_found(err: &lapin::Error) -> bool {
     use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
     matches!(
-        err,
-        lapin::Error::ProtocolError(e) if e.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+        err.kind(),
+        lapin::ErrorKind::ProtocolError(e) if e.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
     )
 }
 

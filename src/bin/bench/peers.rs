@@ -32,8 +32,8 @@ async fn consuming_channel(
         .map_err(err)?;
     let consumer = channel
         .basic_consume(
-            queue,
-            "bench-peer",
+            queue.into(),
+            "bench-peer".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )

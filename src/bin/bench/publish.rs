@@ -89,7 +89,7 @@ async fn purge(queue: &str) -> Result<(), String> {
     let connection = amqp().await?;
     let channel = connection.create_channel().await.map_err(err)?;
     channel
-        .queue_purge(queue, QueuePurgeOptions::default())
+        .queue_purge(queue.into(), QueuePurgeOptions::default())
         .await
         .map_err(err)?;
     let _ = connection.close(200, "purged".into()).await;
@@ -158,8 +158,8 @@ async fn raw_publisher(
                 let t = Instant::now();
                 channel
                     .basic_publish(
-                        "",
-                        &queue,
+                        "".into(),
+                        queue.as_str().into(),
                         BasicPublishOptions {
                             mandatory: message == RawMessage::LikeGateway,
                             ..BasicPublishOptions::default()

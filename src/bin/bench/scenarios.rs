@@ -56,9 +56,7 @@ pub(crate) async fn amqp() -> Result<Connection, String> {
     Connection::connect(
         &amqp_url(),
         ConnectionProperties::default()
-            .with_connection_name("workerrmq-bench-peer".into())
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio),
+            .with_connection_name("workerrmq-bench-peer".into()),
     )
     .await
     .map_err(|e| format!("cannot connect to RabbitMQ: {e}"))
@@ -67,7 +65,7 @@ pub(crate) async fn amqp() -> Result<Connection, String> {
 pub(crate) async fn declare(channel: &Channel, queue: &str) -> Result<(), String> {
     channel
         .queue_declare(
-            queue,
+            queue.into(),
             QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
@@ -81,7 +79,7 @@ pub(crate) async fn declare(channel: &Channel, queue: &str) -> Result<(), String
 
 pub(crate) async fn delete(channel: &Channel, queue: &str) {
     let _ = channel
-        .queue_delete(queue, QueueDeleteOptions::default())
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
         .await;
 }
 
@@ -121,8 +119,8 @@ pub(crate) async fn preload(
     for i in 0..n {
         let confirm = channel
             .basic_publish(
-                "",
-                queue,
+                "".into(),
+                queue.into(),
                 BasicPublishOptions::default(),
                 payload,
                 persistent().with_message_id(format!("m{i}").into()),
@@ -159,8 +157,8 @@ async fn raw_consume(
     let started = Instant::now();
     let mut consumer = channel
         .basic_consume(
-            queue,
-            "bench-raw",
+            queue.into(),
+            "bench-raw".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -171,10 +169,12 @@ async fn raw_consume(
         let delivery = delivery.map_err(|e| e.to_string())?;
         seen += 1;
         match batch {
-            None => delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .map_err(|e| e.to_string())?,
+            None => {
+                delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             Some(every) => {
                 if delivery.delivery_tag % every == 0 || seen == n {
                     channel
@@ -337,8 +337,8 @@ pub async fn latency(
         let payload = format!("{{\"sent_ns\":{},\"i\":{i}}}", now_ns());
         channel
             .basic_publish(
-                "",
-                &queue,
+                "".into(),
+                queue.as_str().into(),
                 BasicPublishOptions::default(),
                 payload.as_bytes(),
                 persistent(),

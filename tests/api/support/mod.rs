@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::publisher_confirm::Confirmation;
+use lapin::Confirmation;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use reqwest::header::AUTHORIZATION;
@@ -324,8 +324,8 @@ pub async fn publish_with_properties(
         confirms.push(
             channel
                 .basic_publish(
-                    "",
-                    queue,
+                    "".into(),
+                    queue.into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..BasicPublishOptions::default()
@@ -353,7 +353,7 @@ pub async fn queue_counts(connection: &Connection, queue: &str) -> Option<(u32, 
     let channel: Channel = connection.create_channel().await.expect("a channel");
     let declared = channel
         .queue_declare(
-            queue,
+            queue.into(),
             QueueDeclareOptions {
                 passive: true,
                 ..QueueDeclareOptions::default()
