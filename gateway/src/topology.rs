@@ -371,7 +371,8 @@ impl Topology {
             ch.queue_delete(main_name.as_str().into(), QueueDeleteOptions::default())
                 .await?;
             if has_dlq {
-                ch.queue_delete(dlq.as_str().into(), QueueDeleteOptions::default()).await?;
+                ch.queue_delete(dlq.as_str().into(), QueueDeleteOptions::default())
+                    .await?;
             }
             Ok(())
         })

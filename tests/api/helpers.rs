@@ -400,7 +400,10 @@ impl TestApp {
             .await;
         match declared {
             Ok(()) => {
-                channel.close(200, "done".into()).await.expect("channel closed");
+                channel
+                    .close(200, "done".into())
+                    .await
+                    .expect("channel closed");
                 true
             }
             Err(err) if is_not_found(&err) => false,
@@ -415,7 +418,10 @@ impl TestApp {
             .basic_get(queue.into(), BasicGetOptions { no_ack: true })
             .await
             .unwrap_or_else(|e| panic!("basic_get on `{queue}` failed: {e}"));
-        channel.close(200, "done".into()).await.expect("channel closed");
+        channel
+            .close(200, "done".into())
+            .await
+            .expect("channel closed");
         message
     }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use lapin::options::BasicPublishOptions;
-use lapin::Confirmation;
 use lapin::Channel;
+use lapin::Confirmation;
 
 use crate::publish::like_gateway;
 use crate::scenarios::{amqp, confirm_channel};

@@ -55,8 +55,7 @@ pub(crate) fn amqp_url() -> String {
 pub(crate) async fn amqp() -> Result<Connection, String> {
     Connection::connect(
         &amqp_url(),
-        ConnectionProperties::default()
-            .with_connection_name("workerrmq-bench-peer".into()),
+        ConnectionProperties::default().with_connection_name("workerrmq-bench-peer".into()),
     )
     .await
     .map_err(|e| format!("cannot connect to RabbitMQ: {e}"))

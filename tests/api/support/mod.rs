@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::Confirmation;
 use lapin::types::FieldTable;
+use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection};
 use reqwest::header::AUTHORIZATION;
 use reqwest::{Response, StatusCode};
