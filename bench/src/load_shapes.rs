@@ -32,7 +32,7 @@ async fn preload_all(queues: &[String], per_queue: usize) -> anyhow::Result<()> 
         Ok(Value::Null)
     })
     .await?;
-    let _ = connection.close(200, "preloaded").await;
+    let _ = connection.close(200, "preloaded".into()).await;
     Ok(())
 }
 
@@ -112,7 +112,7 @@ pub async fn fanin(
     for q in &raw {
         delete(&channel, q).await;
     }
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     Ok(json!({
         "queues": FANIN_QUEUES,
         "messages": total,
@@ -139,7 +139,7 @@ pub async fn slow_target(options: &Options, gateway: &GatewayProcess) -> anyhow:
         .await?;
     let connection = amqp().await?;
     preload(&connection, &queue, n, &kib_payload()).await?;
-    let _ = connection.close(200, "preloaded").await;
+    let _ = connection.close(200, "preloaded".into()).await;
     slow.reset();
     let started = Instant::now();
     let created = gateway
@@ -174,7 +174,7 @@ pub async fn slow_target(options: &Options, gateway: &GatewayProcess) -> anyhow:
     let bridge_rate = peers::bridge(&connection, &bridge_queue, n, PREFETCH, &slow).await?;
     let bridge_held_ms = slow.mean_held_ms();
     delete(&channel, &bridge_queue).await;
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     let bound = f64::from(PREFETCH) / SLOW_DELAY.as_secs_f64();
     Ok(json!({
         "bridge_msgs_per_s": round(bridge_rate),

@@ -28,8 +28,8 @@ async fn consuming_channel(
         .await?;
     let consumer = channel
         .basic_consume(
-            queue,
-            "bench-peer",
+            queue.into(),
+            "bench-peer".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -65,7 +65,7 @@ async fn coalesce_acks(
             break;
         }
     }
-    let _ = channel.close(200, "done").await;
+    let _ = channel.close(200, "done".into()).await;
     Ok(())
 }
 
@@ -195,7 +195,7 @@ pub async fn plain_consumers(
                     break;
                 }
             }
-            let _ = channel.close(200, "done").await;
+            let _ = channel.close(200, "done".into()).await;
             Ok::<(), anyhow::Error>(())
         }));
     }

@@ -87,9 +87,9 @@ async fn purge(queue: &str) -> anyhow::Result<()> {
     let connection = amqp().await?;
     let channel = connection.create_channel().await?;
     channel
-        .queue_purge(queue, QueuePurgeOptions::default())
+        .queue_purge(queue.into(), QueuePurgeOptions::default())
         .await?;
-    let _ = connection.close(200, "purged").await;
+    let _ = connection.close(200, "purged".into()).await;
     Ok(())
 }
 
@@ -145,8 +145,8 @@ async fn raw_publisher(
                 let t = Instant::now();
                 channel
                     .basic_publish(
-                        "",
-                        &queue,
+                        "".into(),
+                        queue.as_str().into(),
                         BasicPublishOptions {
                             mandatory: message == RawMessage::LikeGateway,
                             ..BasicPublishOptions::default()
@@ -166,7 +166,7 @@ async fn raw_publisher(
         latencies.extend(task.await??);
     }
     let rate = per_second(total, started.elapsed());
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     latencies.sort_by(|a, b| a.total_cmp(b));
     Ok((rate, latencies))
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use lapin::options::BasicPublishOptions;
-use lapin::publisher_confirm::Confirmation;
 use lapin::Channel;
+use lapin::Confirmation;
 
 use crate::scenarios::{amqp, confirm_channel, like_gateway};
 
@@ -36,8 +36,8 @@ async fn publish(
     let confirm = async {
         bridge.channels[i]
             .basic_publish(
-                "",
-                &queue,
+                "".into(),
+                queue.as_str().into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()

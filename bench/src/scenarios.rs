@@ -56,10 +56,7 @@ pub(crate) fn amqp_url() -> String {
 pub(crate) async fn amqp() -> anyhow::Result<Connection> {
     Connection::connect(
         &amqp_url(),
-        ConnectionProperties::default()
-            .with_connection_name("workerrmq-bench-peer".into())
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio),
+        ConnectionProperties::default().with_connection_name("workerrmq-bench-peer".into()),
     )
     .await
     .context("cannot connect to RabbitMQ")
@@ -68,7 +65,7 @@ pub(crate) async fn amqp() -> anyhow::Result<Connection> {
 pub(crate) async fn declare(channel: &Channel, queue: &str) -> anyhow::Result<()> {
     channel
         .queue_declare(
-            queue,
+            queue.into(),
             QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
@@ -82,7 +79,7 @@ pub(crate) async fn declare(channel: &Channel, queue: &str) -> anyhow::Result<()
 
 pub(crate) async fn delete(channel: &Channel, queue: &str) {
     let _ = channel
-        .queue_delete(queue, QueueDeleteOptions::default())
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
         .await;
 }
 
@@ -129,8 +126,8 @@ pub(crate) async fn preload(
     for i in 0..n {
         let confirm = channel
             .basic_publish(
-                "",
-                queue,
+                "".into(),
+                queue.into(),
                 BasicPublishOptions::default(),
                 payload,
                 persistent().with_message_id(format!("m{i}").into()),
@@ -143,7 +140,7 @@ pub(crate) async fn preload(
             }
         }
     }
-    let _ = channel.close(200, "preloaded").await;
+    let _ = channel.close(200, "preloaded".into()).await;
     Ok(())
 }
 
@@ -162,8 +159,8 @@ async fn raw_consume(
     let started = Instant::now();
     let mut consumer = channel
         .basic_consume(
-            queue,
-            "bench-raw",
+            queue.into(),
+            "bench-raw".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -173,7 +170,9 @@ async fn raw_consume(
         let delivery = delivery?;
         seen += 1;
         match batch {
-            None => delivery.ack(BasicAckOptions::default()).await?,
+            None => {
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
             Some(every) => {
                 if delivery.delivery_tag % every == 0 || seen == n {
                     channel
@@ -187,7 +186,7 @@ async fn raw_consume(
         }
     }
     let rate = per_second(n, started.elapsed());
-    let _ = channel.close(200, "done").await;
+    let _ = channel.close(200, "done".into()).await;
     Ok(rate)
 }
 
@@ -273,7 +272,7 @@ pub async fn forward(
         }
         None => None,
     };
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     let (ceiling, batched) = (ceilings[0], ceilings[1]);
     Ok(json!({
         "messages": n,
@@ -329,8 +328,8 @@ pub async fn latency(
         let payload = format!("{{\"sent_ns\":{},\"i\":{i}}}", now_ns());
         channel
             .basic_publish(
-                "",
-                &queue,
+                "".into(),
+                queue.as_str().into(),
                 BasicPublishOptions::default(),
                 payload.as_bytes(),
                 persistent(),
@@ -347,7 +346,7 @@ pub async fn latency(
         .map(|ns| *ns as f64 / 1e6)
         .collect();
     ms.sort_by(|a, b| a.total_cmp(b));
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     gateway
         .post("/deleteConsumer", &json!({ "consumerId": consumer_id }))
         .await?;

@@ -13,7 +13,8 @@
 use std::fmt;
 
 use base64::Engine;
-use rand::RngCore;
+use rand::rngs::SysRng;
+use rand::{rand_core::UnwrapErr, Rng};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -69,8 +70,10 @@ impl ApiKey {
     pub fn mint() -> ApiKey {
         let mut id = [0u8; KEY_ID_BYTES];
         let mut secret = [0u8; SECRET_BYTES];
-        rand::rngs::OsRng.fill_bytes(&mut id);
-        rand::rngs::OsRng.fill_bytes(&mut secret);
+        // Panics only if the OS has no randomness to give, as `OsRng` did.
+        let mut os = UnwrapErr(SysRng);
+        os.fill_bytes(&mut id);
+        os.fill_bytes(&mut secret);
         let key_id = id.iter().map(|b| format!("{b:02x}")).collect();
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
         ApiKey {

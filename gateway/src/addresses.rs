@@ -193,7 +193,7 @@ impl AmqpUrls {
 /// nodes (the management API's base URLs take it too).
 pub fn shuffled<T: Clone>(addresses: &[T]) -> Vec<T> {
     let mut addresses = addresses.to_vec();
-    addresses.shuffle(&mut rand::thread_rng());
+    addresses.shuffle(&mut rand::rng());
     addresses
 }
 

@@ -31,8 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use lapin::{Channel, Connection, ConnectionProperties};
-use tokio::sync::{watch, Notify};
+use futures_util::StreamExt;
+use lapin::{Channel, Connection, ConnectionProperties, Event};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::addresses::AmqpUrls;
@@ -396,10 +397,8 @@ enum ConnectError {
 }
 
 async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name(name.to_owned().into())
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
+    // lapin runs on the tokio runtime it is called from (its `tokio` feature).
+    let properties = ConnectionProperties::default().with_connection_name(name.to_owned().into());
     match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(err)) => Err(ConnectError::Refused(err)),
@@ -430,13 +429,9 @@ async fn connection_loop(
                 backoff = new_backoff();
                 failed_in_a_row = 0;
                 generation += 1;
-                let lost = Arc::new(Notify::new());
-                let notify = lost.clone();
-                let lost_name = name.clone();
-                connection.on_error(move |err| {
-                    tracing::warn!(connection = %lost_name, error = %Chain(&err), "broker connection lost");
-                    notify.notify_one();
-                });
+                // Listened to from the start: lapin only sends events once
+                // someone listens.
+                let mut events = connection.events_listener();
                 let connection = Arc::new(connection);
                 tracing::info!(connection = %name, node = %node, generation, "connected to the broker");
                 tx.send_replace(Link {
@@ -444,8 +439,21 @@ async fn connection_loop(
                     generation,
                     node: Some(node.clone()),
                 });
-                // `on_error` is not called when the server closes the
-                // connection normally (reply code 200), so look as well.
+                // A channel's error (a refused passive declare, say) comes as
+                // an event too; only one that left the connection down is a
+                // lost connection.
+                let lost = async {
+                    while let Some(event) = events.next().await {
+                        if let Event::Error(err) = event {
+                            if !connection.status().connected() {
+                                return Some(err);
+                            }
+                        }
+                    }
+                    None
+                };
+                // No error event comes when the server closes the connection
+                // normally (reply code 200), so look as well.
                 let closed = async {
                     let mut check = tokio::time::interval(Duration::from_secs(1));
                     loop {
@@ -456,7 +464,10 @@ async fn connection_loop(
                     }
                 };
                 tokio::select! {
-                    _ = lost.notified() => {}
+                    err = lost => match err {
+                        Some(err) => tracing::warn!(connection = %name, node = %node, error = %Chain(&err), "broker connection lost"),
+                        None => tracing::warn!(connection = %name, node = %node, "broker connection lost: its events ended"),
+                    },
                     _ = closed => {
                         tracing::warn!(connection = %name, node = %node, "broker connection closed");
                     }
@@ -466,7 +477,7 @@ async fn connection_loop(
                         // included: do not wait on it for ever.
                         let _ = tokio::time::timeout(
                             Duration::from_secs(2),
-                            connection.close(200, "gateway shutting down"),
+                            connection.close(200, "gateway shutting down".into()),
                         )
                         .await;
                         break;

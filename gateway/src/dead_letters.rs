@@ -55,7 +55,7 @@ impl DeadLetters {
         let mut failure = None;
         while letters.len() < limit {
             match channel
-                .basic_get(&dlq, BasicGetOptions { no_ack: false })
+                .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
                 .await
             {
                 Ok(Some(message)) => letters.push(dead_letter_of(
@@ -71,7 +71,7 @@ impl DeadLetters {
         }
         // Closing the channel returns every message we took, unacked.
         if channel.status().connected() {
-            let _ = channel.close(200, "peek done").await;
+            let _ = channel.close(200, "peek done".into()).await;
         }
         match failure {
             Some(BrokerError::NotFound { source, .. }) => Err(BrokerError::NotFound {
@@ -97,7 +97,7 @@ impl DeadLetters {
         let result = async {
             while replayed < limit {
                 let got = channel
-                    .basic_get(&dlq, BasicGetOptions { no_ack: false })
+                    .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
                     .await
                     .map_err(|err| match BrokerError::amqp(doing.clone(), err) {
                         BrokerError::NotFound { doing, source, .. } => BrokerError::NotFound {
@@ -138,7 +138,7 @@ impl DeadLetters {
         }
         .await;
         if channel.status().connected() {
-            let _ = channel.close(200, "replay done").await;
+            let _ = channel.close(200, "replay done".into()).await;
         }
         match result {
             Err(err) if replayed == 0 => Err(err),

@@ -15,6 +15,9 @@ pub type Doing = Cow<'static, str>;
 /// Any error underneath an `Unavailable`: lapin's, a task's, or `Lost`.
 pub type Cause = Box<dyn Error + Send + Sync + 'static>;
 
+// lapin 4's error is large; boxed, a `Result<_, BrokerError>` stays small on
+// the delivery path.
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// No connection, or it broke mid-operation, or the broker did not
@@ -33,7 +36,7 @@ pub enum BrokerError {
         doing: Doing,
         reason: String,
         #[source]
-        source: Option<lapin::Error>,
+        source: Option<Box<lapin::Error>>,
     },
     /// The broker refused because an existing object differs
     /// (PRECONDITION_FAILED) or is in use (RESOURCE_LOCKED); or the gateway
@@ -43,7 +46,7 @@ pub enum BrokerError {
         doing: Doing,
         reason: String,
         #[source]
-        source: Option<lapin::Error>,
+        source: Option<Box<lapin::Error>>,
     },
     /// The broker refused for another reason (access, invalid argument).
     #[error("{doing}: the broker refused the request: {reason}")]
@@ -51,7 +54,7 @@ pub enum BrokerError {
         doing: Doing,
         reason: String,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     /// The broker nacked a publish: it did not take responsibility for it.
     #[error("the broker did not confirm the message")]
@@ -90,7 +93,7 @@ impl BrokerError {
     /// what was asked of the broker.
     pub fn amqp(doing: impl Into<Doing>, err: lapin::Error) -> Self {
         let doing = doing.into();
-        let lapin::Error::ProtocolError(amqp) = &err else {
+        let lapin::ErrorKind::ProtocolError(amqp) = err.kind() else {
             return BrokerError::Unavailable {
                 doing,
                 source: Box::new(err),
@@ -101,18 +104,18 @@ impl BrokerError {
             AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => BrokerError::NotFound {
                 doing,
                 reason,
-                source: Some(err),
+                source: Some(Box::new(err)),
             },
             AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
             | AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => BrokerError::Conflict {
                 doing,
                 reason,
-                source: Some(err),
+                source: Some(Box::new(err)),
             },
             AMQPErrorKind::Soft(_) => BrokerError::Refused {
                 doing,
                 reason,
-                source: err,
+                source: Box::new(err),
             },
             AMQPErrorKind::Hard(_) => BrokerError::Unavailable {
                 doing,
@@ -217,7 +220,7 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let err = BrokerError::amqp(
             "declaring queue `orders`",
-            lapin::Error::IOError(std::sync::Arc::new(io)),
+            lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(io))),
         );
         assert!(matches!(err, BrokerError::Unavailable { .. }));
         assert_eq!(
@@ -232,7 +235,10 @@ mod tests {
             AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED),
             "PRECONDITION_FAILED - inequivalent arg".into(),
         );
-        let err = BrokerError::amqp("declaring queue `q`", lapin::Error::ProtocolError(amqp));
+        let err = BrokerError::amqp(
+            "declaring queue `q`",
+            lapin::Error::from(lapin::ErrorKind::ProtocolError(amqp)),
+        );
         match &err {
             BrokerError::Conflict { reason, source, .. } => {
                 assert_eq!(reason, "PRECONDITION_FAILED - inequivalent arg");

@@ -185,7 +185,7 @@ impl Topology {
             .map_err(|e| e.while_doing(doing.clone()))?;
         let result = op(channel.clone()).await;
         if channel.status().connected() {
-            let _ = channel.close(200, "done").await;
+            let _ = channel.close(200, "done".into()).await;
         }
         result.map_err(|err| BrokerError::amqp(doing, err))
     }
@@ -197,7 +197,7 @@ impl Topology {
         let passive = self
             .on_fresh_channel(doing, |ch| async move {
                 ch.queue_declare(
-                    &name,
+                    name.as_str().into(),
                     QueueDeclareOptions {
                         passive: true,
                         ..QueueDeclareOptions::default()
@@ -223,7 +223,7 @@ impl Topology {
         let passive = self
             .on_fresh_channel(doing, |ch| async move {
                 ch.exchange_declare(
-                    &name,
+                    name.as_str().into(),
                     lapin::ExchangeKind::Direct,
                     ExchangeDeclareOptions {
                         passive: true,
@@ -264,7 +264,7 @@ impl Topology {
         self.on_fresh_channel(doing, |ch| async move {
             let spec = declared;
             ch.queue_declare(
-                spec.name.as_str(),
+                spec.name.as_str().into(),
                 QueueDeclareOptions {
                     durable: spec.durable,
                     ..QueueDeclareOptions::default()
@@ -343,7 +343,7 @@ impl Topology {
         let name = name.to_owned();
         self.on_fresh_channel(doing, |ch| async move {
             ch.queue_declare(
-                &name,
+                name.as_str().into(),
                 QueueDeclareOptions {
                     durable: true,
                     ..QueueDeclareOptions::default()
@@ -383,10 +383,11 @@ impl Topology {
         let main_name = name.as_str().to_owned();
         let has_dlq = dlq_counts.is_some();
         self.on_fresh_channel(doing, |ch| async move {
-            ch.queue_delete(&main_name, QueueDeleteOptions::default())
+            ch.queue_delete(main_name.as_str().into(), QueueDeleteOptions::default())
                 .await?;
             if has_dlq {
-                ch.queue_delete(&dlq, QueueDeleteOptions::default()).await?;
+                ch.queue_delete(dlq.as_str().into(), QueueDeleteOptions::default())
+                    .await?;
             }
             Ok(())
         })
@@ -408,7 +409,7 @@ impl Topology {
                 ExchangeKind::Headers => lapin::ExchangeKind::Headers,
             };
             ch.exchange_declare(
-                spec.name.as_str(),
+                spec.name.as_str().into(),
                 kind,
                 ExchangeDeclareOptions {
                     durable: spec.durable,
@@ -452,9 +453,9 @@ impl Topology {
         );
         self.on_fresh_channel(doing, |ch| async move {
             ch.queue_bind(
-                &queue,
-                &exchange,
-                &key,
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                key.as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )

@@ -232,7 +232,7 @@ async fn a_message_published_by_another_broker_user_is_dead_lettered_without_its
         .with_content_type("application/json".into())
         .with_delivery_mode(2);
     publish_raw(&connection, &queue, br#"{"from":"elsewhere"}"#, properties).await;
-    let _ = connection.close(200, "published").await;
+    let _ = connection.close(200, "published".into()).await;
 
     let letter = the_one_dead_letter(&app, &queue).await;
     let properties = &letter.delivery.properties;
@@ -548,7 +548,7 @@ async fn consumers_past_a_connections_share_get_another_consume_connection() {
     let channel = again.channel().await.expect("a channel");
     assert!(broker.is_up());
     for open in channels.into_iter().chain([channel]) {
-        let _ = open.close(200, "test done").await;
+        let _ = open.close(200, "test done".into()).await;
     }
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), broker.stopped())

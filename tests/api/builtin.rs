@@ -308,8 +308,8 @@ async fn invalid_events_are_dead_lettered_and_the_consumer_goes_on() {
         .expect("confirm mode");
     let confirm = channel
         .basic_publish(
-            "",
-            &queue,
+            "".into(),
+            queue.as_str().into(),
             BasicPublishOptions::default(),
             b"this is not json",
             BasicProperties::default()

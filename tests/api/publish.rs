@@ -253,7 +253,7 @@ async fn ten_thousand_concurrent_publishes_a_random_third_unroutable_each_get_th
     app.create_queue(&queue, json!({})).await;
     let mut unroutable = vec![false; PUBLISHES];
     unroutable[..PUBLISHES / 3].fill(true);
-    unroutable.shuffle(&mut rand::thread_rng());
+    unroutable.shuffle(&mut rand::rng());
 
     let publishes = unroutable.iter().enumerate().map(|(i, &unroutable)| {
         let app = &app;

@@ -116,8 +116,8 @@ async fn get_queue_answers_the_contract_row_with_companions_folded_in() {
         .expect("confirm mode");
     channel
         .basic_publish(
-            "",
-            &format!("{queue}.dlq"),
+            "".into(),
+            format!("{queue}.dlq").into(),
             BasicPublishOptions::default(),
             b"{\"dead\":true}",
             BasicProperties::default(),

@@ -72,7 +72,7 @@ pub async fn forward_batch(
     )
     .await?;
     delete(&channel, &raw).await;
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     Ok(json!({
         "messages": n,
         "prefetch": PREFETCH,

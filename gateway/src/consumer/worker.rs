@@ -185,8 +185,8 @@ impl ConsumerWorker {
     ) -> Result<lapin::Consumer, BrokerError> {
         let deliveries = channel
             .basic_consume(
-                self.spec.queue.as_str(),
-                &self.consumer_tag,
+                self.spec.queue.as_str().into(),
+                self.consumer_tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -502,7 +502,10 @@ impl<'w> Session<'w> {
     async fn stop_taking(&self) {
         let _ = self
             .channel
-            .basic_cancel(&self.worker.consumer_tag, BasicCancelOptions::default())
+            .basic_cancel(
+                self.worker.consumer_tag.as_str().into(),
+                BasicCancelOptions::default(),
+            )
             .await;
     }
 
@@ -558,7 +561,7 @@ impl<'w> Session<'w> {
         self.in_flight.abort_all();
         self.batches.abort_all();
         if self.channel.status().connected() {
-            let _ = self.channel.close(200, "consumer stopped").await;
+            let _ = self.channel.close(200, "consumer stopped".into()).await;
         }
     }
 }

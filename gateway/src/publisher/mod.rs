@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
-use lapin::publisher_confirm::Confirmation;
-use lapin::BasicProperties;
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Confirmation};
 use tokio::sync::{Mutex, Notify};
 
 use crate::error::AmqpContext;
@@ -167,6 +167,10 @@ impl Channels {
             properties,
             mandatory,
         } = job;
+        // lapin takes its own string type; converted once, these serve the
+        // error context too.
+        let exchange = ShortString::from(exchange);
+        let routing_key = ShortString::from(routing_key);
         // One deadline for the claim, the publish and its confirm. The
         // claim's timer is never armed when a channel is free at once.
         let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
@@ -179,8 +183,8 @@ impl Channels {
             channel
                 .channel()
                 .basic_publish(
-                    &exchange,
-                    &routing_key,
+                    exchange.clone(),
+                    routing_key.clone(),
                     BasicPublishOptions {
                         mandatory,
                         ..BasicPublishOptions::default()
@@ -189,12 +193,12 @@ impl Channels {
                     properties,
                 )
                 .await
-                .doing(|| publishing_to(&exchange, &routing_key))?
+                .doing(|| publishing_to(exchange.as_str(), routing_key.as_str()))?
                 .await
                 .doing(|| {
                     format!(
                         "waiting for the confirm of {}",
-                        publishing_to(&exchange, &routing_key)
+                        publishing_to(exchange.as_str(), routing_key.as_str())
                     )
                 })
         })
@@ -215,13 +219,13 @@ impl Channels {
                 let lapin_channel = channel.channel().clone();
                 tokio::spawn(async move {
                     let _ = lapin_channel
-                        .close(200, "publish not confirmed in time")
+                        .close(200, "publish not confirmed in time".into())
                         .await;
                 });
                 return Err(BrokerError::unavailable(
                     format!(
                         "waiting for the confirm of {}",
-                        publishing_to(&exchange, &routing_key)
+                        publishing_to(exchange.as_str(), routing_key.as_str())
                     ),
                     Lost::NoAnswer,
                 ));
@@ -234,7 +238,7 @@ impl Channels {
             (Confirmation::Ack(_), true) => Ok(PublishOutcome::Unroutable),
             (Confirmation::Nack(_), _) => Err(BrokerError::Nacked),
             (Confirmation::NotRequested, _) => Err(BrokerError::unavailable(
-                publishing_to(&exchange, &routing_key),
+                publishing_to(exchange.as_str(), routing_key.as_str()),
                 Lost::NotConfirming,
             )),
         }

@@ -6,14 +6,12 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::publisher_confirm::Confirmation;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
+/// lapin runs on the test's tokio runtime (its `tokio` feature).
 pub fn connection_properties() -> ConnectionProperties {
     ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio)
 }
 
 /// A connection to `url`; fails the test when the broker does not answer.
@@ -26,8 +24,8 @@ pub async fn connect(url: &str) -> Connection {
 pub fn is_not_found(err: &lapin::Error) -> bool {
     use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
     matches!(
-        err,
-        lapin::Error::ProtocolError(e) if e.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+        err.kind(),
+        lapin::ErrorKind::ProtocolError(e) if e.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
     )
 }
 
@@ -100,8 +98,8 @@ pub async fn publish_with_properties(
         confirms.push(
             channel
                 .basic_publish(
-                    "",
-                    queue,
+                    "".into(),
+                    queue.into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..BasicPublishOptions::default()
@@ -120,7 +118,7 @@ pub async fn publish_with_properties(
             "the broker did not take a message: {confirmation:?}"
         );
     }
-    let _ = channel.close(200, "published").await;
+    let _ = channel.close(200, "published".into()).await;
 }
 
 /// `(ready messages, consumers)` of `queue` (passive declare), `None` when
@@ -129,7 +127,7 @@ pub async fn queue_counts(connection: &Connection, queue: &str) -> Option<(u32, 
     let channel: Channel = connection.create_channel().await.expect("a channel");
     let declared = channel
         .queue_declare(
-            queue,
+            queue.into(),
             QueueDeclareOptions {
                 passive: true,
                 ..QueueDeclareOptions::default()
@@ -139,7 +137,7 @@ pub async fn queue_counts(connection: &Connection, queue: &str) -> Option<(u32, 
         .await;
     match declared {
         Ok(q) => {
-            let _ = channel.close(200, "done").await;
+            let _ = channel.close(200, "done".into()).await;
             Some((q.message_count(), q.consumer_count()))
         }
         Err(err) if is_not_found(&err) => None,

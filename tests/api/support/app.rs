@@ -347,7 +347,7 @@ impl TestApp {
         let channel = self.amqp_channel().await;
         let declared = channel
             .exchange_declare(
-                exchange,
+                exchange.into(),
                 ExchangeKind::Direct,
                 ExchangeDeclareOptions {
                     passive: true,
@@ -358,7 +358,10 @@ impl TestApp {
             .await;
         match declared {
             Ok(()) => {
-                channel.close(200, "done").await.expect("channel closed");
+                channel
+                    .close(200, "done".into())
+                    .await
+                    .expect("channel closed");
                 true
             }
             Err(err) if is_not_found(&err) => false,
@@ -370,10 +373,13 @@ impl TestApp {
     pub async fn get_message(&self, queue: &str) -> Option<BasicGetMessage> {
         let channel = self.amqp_channel().await;
         let message = channel
-            .basic_get(queue, BasicGetOptions { no_ack: true })
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
             .await
             .unwrap_or_else(|e| panic!("basic_get on `{queue}` failed: {e}"));
-        channel.close(200, "done").await.expect("channel closed");
+        channel
+            .close(200, "done".into())
+            .await
+            .expect("channel closed");
         message
     }
 

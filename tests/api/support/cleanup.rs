@@ -153,17 +153,17 @@ impl CleanupPlan {
             .map_err(|e| e.to_string())?;
         for queue in &queues {
             channel
-                .queue_delete(queue, QueueDeleteOptions::default())
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await
                 .map_err(|e| format!("cannot delete queue `{queue}`: {e}"))?;
         }
         for exchange in &exchanges {
             channel
-                .exchange_delete(exchange, ExchangeDeleteOptions::default())
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                 .await
                 .map_err(|e| format!("cannot delete exchange `{exchange}`: {e}"))?;
         }
-        let _ = connection.close(200, "test cleanup done").await;
+        let _ = connection.close(200, "test cleanup done".into()).await;
 
         // Only a database the tests named themselves: a test that points
         // MONGODB_DB somewhere else must not drop what it did not make.

@@ -152,7 +152,7 @@ impl Deployment {
     pub async fn cleanup(mut self) {
         self.cleaned_up = true;
         if let Some(connection) = self.amqp.take() {
-            let _ = connection.close(200, "test done").await;
+            let _ = connection.close(200, "test done".into()).await;
         }
         self.plan().run().await.expect("the test cleans up");
     }

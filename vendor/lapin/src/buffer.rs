@@ -33,6 +33,12 @@ impl Buffer {
         }
     }
 
+    pub(crate) fn reset(&mut self) {
+        self.position = 0;
+        self.end = 0;
+        self.available_data = 0;
+    }
+
     pub(crate) fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
             end: self.end,
@@ -66,13 +72,14 @@ impl Buffer {
         let old_capacity = self.capacity;
         let growth = new_size - old_capacity;
 
-        // A fresh zeroed allocation, not `resize`: `resize` writes every new
-        // byte, which made each connection's two buffers (32 frames of up to
-        // 128 KiB) resident at once, 8 MiB a connection before a frame was
-        // read. Zeroed memory from the allocator is touched only as frames
-        // pass through it.
+        // A fresh zeroed allocation and a copy, not `Vec::resize`: `resize`
+        // writes every new byte, which makes the whole buffer resident at
+        // once (the I/O loop grows both buffers of a connection to
+        // `FRAMES_STORAGE` frames of `frame_max` right after connecting).
+        // Zeroed memory from the allocator is only touched as frames pass
+        // through it.
         let mut memory = vec![0; new_size];
-        memory[..old_capacity].copy_from_slice(&self.memory);
+        memory[..old_capacity].copy_from_slice(&self.memory[..old_capacity]);
         self.memory = memory;
         self.capacity = new_size;
 
@@ -82,27 +89,18 @@ impl Buffer {
             let (old, new) = self.memory.split_at_mut(old_capacity);
             if self.end < growth {
                 // There is enough room in the new end for this whole "tail".
-                // (2.5.5 copied into all of `new`, which panics unless the
-                // tail is exactly `growth` long.)
+                // Only its length of the new end: `new` is `growth` long,
+                // and copying into all of it panics unless the tail is too.
                 new[..self.end].copy_from_slice(&old[..self.end]);
                 self.end += old_capacity;
             } else {
                 // Fill the new end with as much data as we can.
-                // We also update the end pointer to the future right location.
-                // We still have [growth..old_end] to move into [..new_end]
-                new[..].copy_from_slice(&old[..growth]);
+                new.copy_from_slice(&old[..growth]);
+                // We still have [growth..old_end] to move into [0..new_end]
+                // copy_within handles the overlap correctly, if any.
+                self.memory.copy_within(growth..self.end, 0);
+                // We also update the end pointer to the right location.
                 self.end -= growth;
-                if self.end < growth {
-                    // Less than half the data is yet to be moved, we can split + copy.
-                    let (start, data) = self.memory.split_at_mut(growth);
-                    // (`start[..]` in 2.5.5: the same panic.)
-                    start[..self.end].copy_from_slice(&data[..self.end])
-                } else {
-                    // Not enough room to split + copy, we copy each byte one at a time.
-                    for i in 0..=self.end {
-                        self.memory[i] = self.memory[i + growth];
-                    }
-                }
             }
         }
 
@@ -133,7 +131,7 @@ impl Buffer {
         cnt
     }
 
-    pub(crate) fn poll_write_to<T: AsyncWrite>(
+    pub(crate) fn poll_write_to<T: AsyncWrite + ?Sized>(
         &self,
         cx: &mut Context<'_>,
         writer: Pin<&mut T>,
@@ -153,7 +151,7 @@ impl Buffer {
         }
     }
 
-    pub(crate) fn poll_read_from<T: AsyncRead>(
+    pub(crate) fn poll_read_from<T: AsyncRead + ?Sized>(
         &mut self,
         cx: &mut Context<'_>,
         reader: Pin<&mut T>,
@@ -175,8 +173,7 @@ impl Buffer {
     }
 
     pub(crate) fn offset(&self, buf: ParsingContext<'_>) -> usize {
-        let data = &self.memory[self.position..self.position];
-        let dataptr = data.as_ptr() as usize;
+        let dataptr = self.memory[self.position..].as_ptr() as usize;
         let bufptr = buf.as_ptr() as usize;
 
         if dataptr < bufptr {
@@ -232,7 +229,7 @@ impl BackToTheBuffer for &mut Buffer {
     >(
         s: WriteContext<Self>,
         reserved: usize,
-        gen: &Gen,
+        generator: &Gen,
         before: &Before,
     ) -> Result<WriteContext<Self>, GenError> {
         if s.write.available_space() < reserved {
@@ -242,10 +239,11 @@ impl BackToTheBuffer for &mut Buffer {
         }
         let start = s.write.checkpoint();
         s.write.fill(reserved);
-        gen(s).and_then(|(s, tmp)| {
+        generator(s).and_then(|(s, tmp)| {
             let mut end = s.write.checkpoint();
             end.backwards = false;
             s.write.rollback(start);
+            #[allow(clippy::manual_inspect)]
             before(s, tmp).map(|s| {
                 s.write.rollback(end);
                 s
@@ -265,25 +263,31 @@ mod tests {
         } else if buffer.end > buffer.position {
             buffer.memory[buffer.position..buffer.end].to_vec()
         } else {
-            [&buffer.memory[buffer.position..], &buffer.memory[..buffer.end]].concat()
+            [
+                &buffer.memory[buffer.position..],
+                &buffer.memory[..buffer.end],
+            ]
+            .concat()
         }
     }
 
     #[test]
     fn growing_keeps_wrapped_data_in_order() {
-        // A tail as long as the growth, and one shorter than it.
-        for new_size in [12, 32] {
+        // The wrapped tail ("ijkl", 4 bytes) longer than the growth, as long
+        // as it, and shorter than it: the last one panicked.
+        for new_size in [10, 12, 32] {
             let mut buffer = Buffer::with_capacity(8);
             (&mut buffer).write_all(b"abcdef").unwrap();
             buffer.consume(4);
             (&mut buffer).write_all(b"ghijkl").unwrap();
+            assert!(buffer.end <= buffer.position, "the data wraps");
             assert_eq!(contents(&buffer), b"efghijkl");
             assert!(buffer.grow(new_size));
             assert_eq!(buffer.memory.len(), new_size);
             assert_eq!(buffer.available_space(), new_size - 8);
-            assert_eq!(contents(&buffer), b"efghijkl");
+            assert_eq!(contents(&buffer), b"efghijkl", "grown to {new_size}");
             (&mut buffer).write_all(b"mn").unwrap();
-            assert_eq!(contents(&buffer), b"efghijklmn");
+            assert_eq!(contents(&buffer), b"efghijklmn", "grown to {new_size}");
         }
     }
 
@@ -292,7 +296,13 @@ mod tests {
         let mut buffer = Buffer::with_capacity(8);
         (&mut buffer).write_all(b"abc").unwrap();
         assert!(buffer.grow(64));
-        assert!(!buffer.grow(64));
+        assert!(
+            !buffer.grow(64),
+            "no shrinking, no growing to the same size"
+        );
+        assert_eq!(buffer.memory.len(), 64);
         assert_eq!(contents(&buffer), b"abc");
+        (&mut buffer).write_all(&[b'x'; 61]).unwrap();
+        assert_eq!(buffer.available_space(), 0);
     }
 }

@@ -1,80 +1,95 @@
 use crate::{
-    message::BasicReturnMessage, publisher_confirm::Confirmation, types::PayloadSize,
-    BasicProperties, Promise,
+    BasicProperties, Promise, message::BasicReturnMessage, publisher_confirm::Confirmation,
+    types::PayloadSize,
 };
-use parking_lot::Mutex;
-use std::{collections::VecDeque, fmt, sync::Arc};
+use std::{
+    collections::VecDeque,
+    fmt,
+    sync::{Arc, Mutex, MutexGuard},
+};
 use tracing::trace;
 
-/// Called with every message the broker returns, when its last frame is
-/// read: before any frame that follows it on the wire (workerrmq patch).
+/// Called with every message the broker returns on a channel, once its last
+/// frame is read: before any frame that follows it on the wire.
 pub(crate) type ReturnListener = Arc<dyn Fn(&BasicReturnMessage) + Send + Sync>;
 
 #[derive(Clone, Default)]
-pub(crate) struct ReturnedMessages {
-    inner: Arc<Mutex<Inner>>,
-    listener: Arc<Mutex<Option<ReturnListener>>>,
-}
+pub(crate) struct ReturnedMessages(Arc<Mutex<Inner>>);
 
 impl ReturnedMessages {
     pub(crate) fn set_listener(&self, listener: ReturnListener) {
-        *self.listener.lock() = Some(listener);
-    }
-
-    /// Hands a completed message to the listener, outside every lock of
-    /// ours (the listener may take its own), then queues it as before.
-    fn complete(&self, message: Option<BasicReturnMessage>, confirm_mode: bool) {
-        if let Some(message) = message {
-            let listener = self.listener.lock().clone();
-            if let Some(listener) = listener {
-                listener(&message);
-            }
-            self.inner.lock().queue_returned(message, confirm_mode);
-        }
+        self.lock_inner().listener = Some(listener);
     }
 
     pub(crate) fn start_new_delivery(&self, message: BasicReturnMessage) {
-        self.inner.lock().current_message = Some(message);
+        self.lock_inner().current_message = Some(message);
     }
 
+    /// The returned message, once this frame completes it: hand it to
+    /// [`Self::new_delivery_complete`] once no lock of the channel is held.
+    #[must_use]
     pub(crate) fn handle_content_header_frame(
         &self,
         size: PayloadSize,
         properties: BasicProperties,
-        confirm_mode: bool,
-    ) {
-        let message = self.inner.lock().handle_content_header_frame(size, properties);
-        self.complete(message, confirm_mode);
+    ) -> Option<BasicReturnMessage> {
+        self.lock_inner()
+            .handle_content_header_frame(size, properties)
     }
 
+    /// The returned message, once this frame completes it: hand it to
+    /// [`Self::new_delivery_complete`] once no lock of the channel is held.
+    #[must_use]
     pub(crate) fn handle_body_frame(
         &self,
         remaining_size: PayloadSize,
         payload: Vec<u8>,
-        confirm_mode: bool,
-    ) {
-        let message = self.inner.lock().handle_body_frame(remaining_size, payload);
-        self.complete(message, confirm_mode);
+    ) -> Option<BasicReturnMessage> {
+        self.lock_inner().handle_body_frame(remaining_size, payload)
+    }
+
+    /// Shows a complete returned message to the listener, then queues it
+    /// for the next publisher confirm (or for `wait_for_confirms`).
+    ///
+    /// The listener runs outside every lock of lapin's, so it may take its
+    /// own locks and call into the channel; the message is queued only
+    /// after it returns, so it has seen the message before the confirm that
+    /// follows it on the wire can complete.
+    pub(crate) fn new_delivery_complete(&self, message: BasicReturnMessage, confirm_mode: bool) {
+        let listener = self.lock_inner().listener.clone();
+        if let Some(listener) = listener {
+            listener(&message);
+        }
+        self.lock_inner().queue_returned(message, confirm_mode);
     }
 
     pub(crate) fn drain(&self) -> Vec<BasicReturnMessage> {
-        self.inner.lock().drain()
+        self.lock_inner().drain()
     }
 
     pub(crate) fn register_dropped_confirm(&self, promise: Promise<Confirmation>) {
-        self.inner.lock().register_dropped_confirm(promise);
+        self.lock_inner().register_dropped_confirm(promise);
     }
 
     pub(crate) fn get_waiting_message(&self) -> Option<BasicReturnMessage> {
-        self.inner.lock().waiting_messages.pop_front()
+        self.lock_inner().waiting_messages.pop_front()
+    }
+
+    pub(crate) fn clear_dropped_confirms(&self) {
+        self.lock_inner().dropped_confirms.clear();
+    }
+
+    fn lock_inner(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl fmt::Debug for ReturnedMessages {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut debug = f.debug_struct("ReturnedMessages");
-        if let Some(inner) = self.inner.try_lock() {
+        if let Ok(inner) = self.0.try_lock() {
             debug
+                .field("listener", &inner.listener.is_some())
                 .field("waiting_messages", &inner.waiting_messages)
                 .field("messages", &inner.messages)
                 .field("non_confirm_messages", &inner.non_confirm_messages);
@@ -84,16 +99,16 @@ impl fmt::Debug for ReturnedMessages {
 }
 
 #[derive(Default)]
-pub struct Inner {
+struct Inner {
     current_message: Option<BasicReturnMessage>,
     non_confirm_messages: Vec<BasicReturnMessage>,
     waiting_messages: VecDeque<BasicReturnMessage>,
     messages: Vec<BasicReturnMessage>,
     dropped_confirms: Vec<Promise<Confirmation>>,
+    listener: Option<ReturnListener>,
 }
 
 impl Inner {
-    /// The message, once complete.
     fn handle_content_header_frame(
         &mut self,
         size: PayloadSize,
@@ -109,7 +124,6 @@ impl Inner {
         }
     }
 
-    /// The message, once complete.
     fn handle_body_frame(
         &mut self,
         remaining_size: PayloadSize,
@@ -126,7 +140,9 @@ impl Inner {
     }
 
     fn queue_returned(&mut self, message: BasicReturnMessage, confirm_mode: bool) {
-        // workerrmq patch: trace, not warn: the message carries its whole payload.
+        // trace, not warn: an unroutable mandatory publish is an answer the
+        // publisher asked for, not a fault, and the message carries its whole
+        // payload; at warn every one was logged in full.
         trace!(?message, "Server returned us a message");
         if confirm_mode {
             self.waiting_messages.push_back(message);
@@ -135,20 +151,31 @@ impl Inner {
         }
     }
 
-    fn register_dropped_confirm(&mut self, promise: Promise<Confirmation>) {
+    fn process_dropped_confirm(
+        &mut self,
+        promise: Promise<Confirmation>,
+        messages: Option<&mut Vec<BasicReturnMessage>>,
+    ) {
+        let messages = messages.unwrap_or(&mut self.messages);
+
         if let Some(confirmation) = promise.try_wait() {
             if let Ok(Confirmation::Nack(Some(message))) | Ok(Confirmation::Ack(Some(message))) =
                 confirmation
             {
-                trace!("Dropped PublisherConfirm was carrying a message, storing it");
-                self.messages.push(*message);
+                trace!("PublisherConfirm was carrying a message, storing it");
+                messages.push(message);
             } else {
-                trace!("Dropped PublisherConfirm was ready but didn't carry a message, discarding");
+                trace!("PublisherConfirm was ready but didn't carry a message, discarding");
             }
         } else {
-            trace!("Storing dropped PublisherConfirm for further use");
+            trace!("PublisherConfirm wasn't ready yet, storing it for further use");
             self.dropped_confirms.push(promise);
         }
+    }
+
+    fn register_dropped_confirm(&mut self, promise: Promise<Confirmation>) {
+        trace!("Registering new dropped PublisherConfirm");
+        self.process_dropped_confirm(promise, None)
     }
 
     fn drain(&mut self) -> Vec<BasicReturnMessage> {
@@ -161,19 +188,7 @@ impl Inner {
         let before = self.dropped_confirms.len();
         if before != 0 {
             for promise in std::mem::take(&mut self.dropped_confirms) {
-                if let Some(confirmation) = promise.try_wait() {
-                    if let Ok(Confirmation::Nack(Some(message)))
-                    | Ok(Confirmation::Ack(Some(message))) = confirmation
-                    {
-                        trace!("PublisherConfirm was carrying a message, storing it");
-                        messages.push(*message);
-                    } else {
-                        trace!("PublisherConfirm was ready but didn't carry a message, discarding");
-                    }
-                } else {
-                    trace!("PublisherConfirm wasn't ready yet, storing it back");
-                    self.dropped_confirms.push(promise);
-                }
+                self.process_dropped_confirm(promise, Some(&mut messages))
             }
             trace!(
                 %before,
@@ -187,51 +202,82 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    // workerrmq patch: the listener sees each returned message once, when
-    // its last frame is read, and the message still reaches a confirm.
     use super::*;
-    use crate::types::ShortString;
+    use crate::{error_holder::ErrorHolder, types::ShortString};
 
+    /// A returned message with `id`, its header frame read, 4 bytes of body
+    /// to come.
     fn returned(messages: &ReturnedMessages, id: &str) {
         messages.start_new_delivery(BasicReturnMessage::new(
             ShortString::from(""),
             ShortString::from("missing"),
             312,
             ShortString::from("NO_ROUTE"),
+            ErrorHolder::default(),
         ));
-        messages.handle_content_header_frame(
-            4,
-            BasicProperties::default().with_message_id(id.into()),
-            true,
-        );
+        let complete = messages
+            .handle_content_header_frame(4, BasicProperties::default().with_message_id(id.into()));
+        assert!(complete.is_none(), "not before the body is read");
     }
 
     #[test]
-    fn the_listener_sees_each_returned_message_when_it_is_complete() {
+    fn the_listener_sees_each_returned_message_once_complete() {
         let messages = ReturnedMessages::default();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         messages.set_listener(Arc::new(move |message: &BasicReturnMessage| {
-            let id = message.properties.message_id().clone().map(|s| s.to_string());
-            log.lock().push((id, message.delivery.routing_key.to_string()));
+            let id = message
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string());
+            log.lock()
+                .unwrap()
+                .push((id, message.delivery.routing_key.to_string()));
         }));
         returned(&messages, "a");
-        assert!(seen.lock().is_empty(), "not before the body is complete");
-        messages.handle_body_frame(2, b"ab".to_vec(), true);
-        assert!(seen.lock().is_empty());
-        messages.handle_body_frame(0, b"cd".to_vec(), true);
+        assert!(messages.handle_body_frame(2, b"ab".to_vec()).is_none());
+        let a = messages
+            .handle_body_frame(0, b"cd".to_vec())
+            .expect("the last body frame completes it");
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "not before it is handed over"
+        );
+        messages.new_delivery_complete(a, true);
         returned(&messages, "b");
-        messages.handle_body_frame(0, b"efgh".to_vec(), true);
+        let b = messages
+            .handle_body_frame(0, b"efgh".to_vec())
+            .expect("complete");
+        messages.new_delivery_complete(b, true);
         assert_eq!(
-            *seen.lock(),
+            *seen.lock().unwrap(),
             vec![
                 (Some("a".to_owned()), "missing".to_owned()),
                 (Some("b".to_owned()), "missing".to_owned())
             ]
         );
+        // Each still goes to a publisher confirm, as without a listener.
         let first = messages.get_waiting_message().expect("still queued");
         assert_eq!(first.delivery.data, b"abcd");
         assert!(messages.get_waiting_message().is_some());
         assert!(messages.get_waiting_message().is_none());
+    }
+
+    #[test]
+    fn an_empty_returned_message_is_complete_with_its_header() {
+        let messages = ReturnedMessages::default();
+        messages.start_new_delivery(BasicReturnMessage::new(
+            ShortString::from(""),
+            ShortString::from("missing"),
+            312,
+            ShortString::from("NO_ROUTE"),
+            ErrorHolder::default(),
+        ));
+        let message = messages
+            .handle_content_header_frame(0, BasicProperties::default())
+            .expect("no body to wait for");
+        messages.new_delivery_complete(message, false);
+        assert_eq!(messages.drain().len(), 1, "kept for wait_for_confirms");
     }
 }

@@ -359,7 +359,7 @@ fn log_settled(settled: Settled) -> Settled {
 /// Returns a delivery to its queue, to come again. Failure means the
 /// channel is gone, and the broker returns it anyway. Private to `settle`:
 /// a nack, like an ack, is this module's business.
-async fn hand_back(acker: &lapin::acker::Acker) {
+async fn hand_back(acker: &lapin::Acker) {
     let _ = acker
         .nack(BasicNackOptions {
             requeue: true,
