@@ -191,18 +191,25 @@ pub struct Chain<'a>(pub &'a (dyn Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut said = self.0.to_string();
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            let text = cause.to_string();
-            if !said.contains(&text) {
-                said.push_str(": ");
-                said.push_str(&text);
-            }
-            source = cause.source();
-        }
-        f.write_str(&said)
+        f.write_str(&with_causes(self.0.to_string(), self.0))
     }
+}
+
+/// `head`, then each cause of `err` that the text does not hold yet, joined
+/// with ": ". The one walk over an error's causes: `Chain` for logs, and the
+/// forwarder's and scraper's stored error texts.
+pub fn with_causes(head: String, err: &(dyn Error + 'static)) -> String {
+    let mut said = head;
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !said.contains(&text) {
+            said.push_str(": ");
+            said.push_str(&text);
+        }
+        source = cause.source();
+    }
+    said
 }
 
 impl fmt::Debug for Chain<'_> {

@@ -26,7 +26,7 @@ pub use consumer::{
     LimitError, LiveReplicas, RatePerSec, RetryPolicy, RetryPolicyError,
 };
 pub use dead_letters::{DeadLetter, DeadLetters};
-pub use error::{AmqpContext, BrokerError, Chain, Lost};
+pub use error::{with_causes, AmqpContext, BrokerError, Chain, Lost};
 pub use message_size::encoded_headers_len;
 pub use names::{ExchangeName, NameError, QueueName, RoutingKey};
 pub use publisher::{OutgoingMessage, PublishOutcome, Publisher};

@@ -204,7 +204,10 @@ impl Authenticator {
         let (user, password) = decoded.split_once(':').ok_or(AuthError::Invalid)?;
         let password = SecretString::from(password.to_owned());
         let account = self.store.find_account(user).await.map_err(|e| {
-            tracing::warn!(error = %Chain(&e), "cannot check a password");
+            tracing::warn!(
+                error = &e as &(dyn std::error::Error + 'static),
+                "cannot check a password"
+            );
             AuthError::StoreUnavailable
         })?;
         // An unknown name still costs one bcrypt run, so response times do
@@ -230,7 +233,10 @@ impl Authenticator {
             .find_api_key(key.key_id())
             .await
             .map_err(|e| {
-                tracing::warn!(error = %Chain(&e), "cannot check an API key");
+                tracing::warn!(
+                    error = &e as &(dyn std::error::Error + 'static),
+                    "cannot check an API key"
+                );
                 AuthError::StoreUnavailable
             })?
             .ok_or(AuthError::Invalid)?;
@@ -270,7 +276,7 @@ impl Authenticator {
         let (store, key_id) = (self.store.clone(), key_id.clone());
         tokio::spawn(async move {
             if let Err(e) = store.touch_api_key(&key_id, SystemTime::now()).await {
-                tracing::debug!(error = %Chain(&e), key_id = %key_id, "lastUsedAt not written");
+                tracing::debug!(error = &e as &(dyn std::error::Error + 'static), key_id = %key_id, "lastUsedAt not written");
             }
         });
     }
@@ -330,25 +336,4 @@ pub async fn authenticate(
         req.extensions_mut().insert(Verdict(verdict));
     }
     next.call(req).await
-}
-
-/// The store's error and its causes on one line, a cause already said not
-/// said again: `gateway::Chain`'s twin, since `middlewares` does not
-/// depend on `gateway`.
-struct Chain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut said = self.0.to_string();
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            let text = cause.to_string();
-            if !said.contains(&text) {
-                said.push_str(": ");
-                said.push_str(&text);
-            }
-            source = cause.source();
-        }
-        f.write_str(&said)
-    }
 }

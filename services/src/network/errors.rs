@@ -5,20 +5,9 @@
 
 use std::error::Error;
 
-/// `head`, then each cause of `err` not already said.
-pub fn with_causes(head: String, err: &(dyn Error + 'static)) -> String {
-    let mut text = head;
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+/// `head`, then each cause of `err` not already said (the gateway's one
+/// walk over an error's causes, used for logs too).
+pub use gateway::with_causes;
 
 /// The first error of type `T` in `err` and its causes.
 pub fn find_cause<'a, T: Error + 'static>(err: &'a (dyn Error + 'static)) -> Option<&'a T> {
