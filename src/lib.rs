@@ -4,12 +4,12 @@
 
 pub mod allocator;
 pub mod configuration;
-pub mod error;
-pub mod extract;
-pub mod metrics;
-pub mod openapi;
+pub(crate) mod error;
+pub(crate) mod extract;
+pub(crate) mod metrics;
+pub(crate) mod openapi;
 pub mod redact;
-pub mod routes;
+pub(crate) mod routes;
 pub mod startup;
-pub mod state;
+pub(crate) mod state;
 pub mod telemetry;

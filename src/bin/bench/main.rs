@@ -23,14 +23,22 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+/// What to run and how hard, from the command line.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The scenarios to run, in order; every one when none is named (or `all`).
     pub scenarios: Vec<String>,
+    /// Messages each throughput scenario moves (`--messages`).
     pub messages: usize,
+    /// Messages the publish scenarios send (`--publishes`), at most `messages`.
     pub publishes: usize,
+    /// How long the timed scenarios run (`--duration`, in seconds).
     pub duration: Duration,
+    /// Messages per second the paced scenarios publish (`--rate`).
     pub rate: u64,
+    /// Consumers the `scale` scenario registers (`--consumers`).
     pub consumers: usize,
+    /// Where the JSON results are written (`--output`).
     pub output: String,
     /// mq-bridge's `mqb`, for its `forward` row: `--mqb PATH` or on `PATH`.
     pub mqb: Option<String>,
