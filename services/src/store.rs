@@ -152,7 +152,7 @@ pub struct ApiKeyRecord {
     /// When the key was minted.
     #[serde(rename = "createdAt")]
     pub created_at: DateTime,
-    /// When the key was last accepted, written at most once a minute per replica.
+    /// When the key was last accepted; written at most once per `touch_interval` per replica.
     #[serde(
         rename = "lastUsedAt",
         default,

@@ -25,8 +25,8 @@ pub enum ConsumerState {
     Paused,
     /// Waiting for a broker connection (also before the first one).
     Reconnecting,
-    /// Its worker ended and will not come back (the consumer was deleted or the gateway is shutting
-    /// down).
+    /// Not running on this replica: stopped, its worker ended on its own, or stored but not
+    /// started here.
     Stopped,
     /// Its circuit breaker opened: no deliveries taken until a probe
     /// succeeds.

@@ -67,8 +67,8 @@ pub enum PublishOutcome {
     Unroutable,
 }
 
-/// Publishes with confirms over a small pool of channels on the publish connection; a publish
-/// returns only once the broker has confirmed (or returned) it.
+/// Publishes with confirms over a few shared channels of the publish connection: each publish is
+/// answered from its own confirm or return (see the module comment).
 pub struct Publisher {
     channels: Arc<Channels>,
 }
