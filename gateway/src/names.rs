@@ -37,7 +37,7 @@ pub enum NameError {
     /// The name starts with `amq.`, which RabbitMQ reserves.
     #[error("{0} must not start with `amq.`: that prefix is reserved by RabbitMQ")]
     Reserved(&'static str),
-    /// The name holds a control character, which would garble logs and the management UI.
+    /// The name holds a control character.
     #[error("{0} must not contain control characters")]
     ControlCharacter(&'static str),
     /// The name is one the gateway's own companion queues use.

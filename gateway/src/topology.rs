@@ -159,7 +159,7 @@ pub enum ExchangeKind {
     Direct,
     /// To every bound queue, ignoring the key.
     Fanout,
-    /// By routing-key pattern (`*` one word, `#` any).
+    /// By routing-key pattern (`*` one word, `#` zero or more).
     Topic,
     /// By message headers instead of the key.
     Headers,
