@@ -7,9 +7,12 @@ use std::fmt;
 
 use secrecy::SecretString;
 
+/// How log lines are written (`LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    /// Human-readable lines, for a terminal (the default).
     Pretty,
+    /// One JSON object per line, for a log collector.
     Json,
 }
 
@@ -17,29 +20,45 @@ pub enum LogFormat {
 /// redacted, and reading it takes an explicit `expose_secret()`.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// `BIND_ADDR`: the `host:port` the HTTP API listens on.
     pub bind_addr: String,
     /// `AMQP_URL`: one URL or a comma-separated list (a cluster's nodes),
     /// in the order given; the broker takes them shuffled.
     pub amqp_urls: gateway::AmqpUrls,
     /// `RABBITMQ_MANAGEMENT_URL`: likewise one or a comma-separated list.
     pub management_urls: ManagementUrls,
+    /// `RABBITMQ_MANAGEMENT_USER`: the management API's user; the AMQP URL's unless set.
     pub management_user: String,
+    /// `RABBITMQ_MANAGEMENT_PASSWORD`: that user's password; the AMQP URL's unless set.
     pub management_password: SecretString,
+    /// The vhost of the AMQP URLs, which every queue and management call is in.
     pub vhost: String,
     /// It may carry a password (`mongodb://user:password@host`).
     pub mongodb_uri: SecretString,
+    /// `MONGODB_DB`: the database the gateway keeps its records in.
     pub mongodb_db: String,
+    /// `ADMIN_USER`: the bootstrap admin, made sure of at every start-up.
     pub admin_user: String,
+    /// `ADMIN_PASSWORD`: the bootstrap admin's password, reset to this at start-up.
     pub admin_password: SecretString,
+    /// `DEFAULT_TARGET_URL`: where a consumer created without a target forwards; without it a
+    /// target is required.
     pub default_target_url: Option<url::Url>,
+    /// `FORWARD_ALLOWED_HOSTS`: the only hosts consumer targets may name; when unset, any host.
     pub forward_allowed_hosts: Option<Vec<String>>,
     /// `SCRAPE_ALLOWED_HOSTS`: the only hosts the scrape handler fetches,
     /// whatever they resolve to; when unset, any host, connected to only on
     /// its addresses outside the network (`services::network`).
     pub scrape_allowed_hosts: Option<Vec<String>>,
+    /// `MAX_BODY_BYTES`: the largest request body the API reads.
     pub max_body_bytes: usize,
+    /// `LOG_FORMAT`: `pretty` or `json`.
     pub log_format: LogFormat,
+    /// `BUILTIN_CONSUMERS`: whether start-up declares each built-in queue and gives it a built-in
+    /// consumer.
     pub builtin_consumers: bool,
+    /// `BUILTIN_QUEUE_PREFIX`: put before the built-in queues' names, so several gateways can share
+    /// a broker.
     pub builtin_queue_prefix: String,
     /// `SCRAPE_TIMEOUT_MS`: how long the scrape handler gives one URL.
     pub scrape_timeout: std::time::Duration,
@@ -116,6 +135,7 @@ impl ManagementUrls {
         Ok(Self(urls))
     }
 
+    /// The URLs in the order given.
     pub fn as_slice(&self) -> &[url::Url] {
         &self.0
     }
@@ -131,10 +151,13 @@ impl ManagementUrls {
 /// (131072) less 4 KiB for the other message properties.
 const MAX_HEADER_BYTES_CAP: u64 = 131_072 - 4_096;
 
+/// A variable that is missing or malformed; stops start-up with one line naming it.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{variable}: {problem}")]
 pub struct ConfigError {
+    /// The environment variable's name.
     pub variable: &'static str,
+    /// What is wrong with its value.
     pub problem: String,
 }
 
@@ -146,6 +169,7 @@ fn problem(variable: &'static str, problem: impl Into<String>) -> ConfigError {
 }
 
 impl Settings {
+    /// Reads every variable from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|key| std::env::var(key).ok())
     }

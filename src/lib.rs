@@ -3,12 +3,12 @@
 //! from failures to the contract's error answers.
 
 pub mod configuration;
-pub mod error;
-pub mod extract;
-pub mod metrics;
-pub mod openapi;
+pub(crate) mod error;
+pub(crate) mod extract;
+pub(crate) mod metrics;
+pub(crate) mod openapi;
 pub mod redact;
-pub mod routes;
+pub(crate) mod routes;
 pub mod startup;
-pub mod state;
+pub(crate) mod state;
 pub mod telemetry;

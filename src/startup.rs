@@ -36,26 +36,35 @@ use crate::state::AppState;
 const FIRST_BROKER_CONNECT: Duration = Duration::from_secs(5);
 const STORE_BOOTSTRAP_RETRY: Duration = Duration::from_secs(2);
 
+/// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// The HTTP listener could not bind.
     #[error("cannot listen on {address}")]
     Bind {
+        /// The `host:port` asked for.
         address: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The store could not be set up from `MONGODB_URI`.
     #[error("MONGODB_URI")]
     Store(#[source] services::StoreError),
     /// `client` names which: the management API's, the forwarder's, the
     /// scraper's.
     #[error("cannot build the {client} HTTP client")]
     HttpClient {
+        /// Which client: the management API's, the forwarder's or the scraper's.
         client: &'static str,
+        /// reqwest's error.
         #[source]
         source: reqwest::Error,
     },
 }
 
+/// The gateway, built and bound, ready to serve: its HTTP server, broker connections and consumer
+/// registry, and what shuts them down in order.
 pub struct Application {
     address: SocketAddr,
     server: Server,
@@ -68,6 +77,9 @@ pub struct Application {
 }
 
 impl Application {
+    /// Binds the listener, starts the broker connections, the store client and the
+    /// background loops (reconciler, heartbeat); requests are served once
+    /// `run_until_stopped` is called.
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let shutdown = CancellationToken::new();
         let broker_shutdown = CancellationToken::new();
@@ -253,10 +265,12 @@ impl Application {
         })
     }
 
+    /// The address the HTTP API listens on (with the port the system chose for `:0`).
     pub fn address(&self) -> SocketAddr {
         self.address
     }
 
+    /// The port the HTTP API listens on.
     pub fn port(&self) -> u16 {
         self.address.port()
     }

@@ -24,10 +24,13 @@ pub const API_KEY_PREFIX: &str = "wrmq_";
 const KEY_ID_BYTES: usize = 16;
 const SECRET_BYTES: usize = 32;
 
+/// Why a presented API key or key id was refused before any lookup.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiKeyError {
+    /// The whole key does not have the `wrmq_<keyId>_<secret>` shape.
     #[error("an API key looks like `wrmq_<keyId>_<secret>`")]
     Malformed,
+    /// A key id on its own (as in a revoke path) is not 32 lowercase hex characters.
     #[error("a key id is 32 lowercase hexadecimal characters")]
     MalformedKeyId,
 }
@@ -37,6 +40,7 @@ pub enum ApiKeyError {
 pub struct KeyId(String);
 
 impl KeyId {
+    /// Accepts only the canonical form, so one key has exactly one id to look up.
     pub fn parse(raw: &str) -> Result<KeyId, ApiKeyError> {
         let well_formed = raw.len() == KEY_ID_BYTES * 2
             && raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
@@ -47,6 +51,7 @@ impl KeyId {
         }
     }
 
+    /// The id as stored and shown in listings.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -101,6 +106,7 @@ impl ApiKey {
         })
     }
 
+    /// The public part, which names the key in the store.
     pub fn key_id(&self) -> &KeyId {
         &self.key_id
     }
@@ -135,6 +141,7 @@ impl fmt::Debug for ApiKey {
 pub struct SecretDigest([u8; 32]);
 
 impl SecretDigest {
+    /// Whether both digests are the same, compared in constant time.
     pub fn matches(&self, other: &SecretDigest) -> bool {
         self.0.ct_eq(&other.0).into()
     }
@@ -144,6 +151,7 @@ impl SecretDigest {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// Reads a digest back from the store's hex; `None` unless exactly 64 hex characters.
     pub fn from_hex(hex: &str) -> Option<SecretDigest> {
         if hex.len() != 64 || !hex.is_ascii() {
             return None;

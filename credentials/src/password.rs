@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 
+/// Why a password could not be hashed or checked. Never says whether the password was right: that
+/// is the `Ok` value.
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     /// The semaphore closed: the process is going down.
@@ -19,6 +21,7 @@ pub enum HashError {
     /// The blocking task died (a panic in bcrypt).
     #[error("cannot hash the password: the hashing task failed")]
     Task(#[source] tokio::task::JoinError),
+    /// bcrypt itself refused (a malformed stored hash, or a cost out of range).
     #[error("cannot hash the password")]
     Bcrypt(#[source] bcrypt::BcryptError),
 }

@@ -7,16 +7,21 @@ use serde::{Deserialize, Serialize};
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// May only read: consumers, queues, metrics.
     Viewer,
+    /// Also publishes messages.
     Publisher,
+    /// Also changes consumers, topology, accounts and API keys.
     Admin,
 }
 
 impl Role {
+    /// Whether this role may do what needs `required`: a higher role includes the lower ones.
     pub fn allows(self, required: Role) -> bool {
         self >= required
     }
 
+    /// Reads the lowercase name used in the API and the store; `None` for any other spelling.
     pub fn parse(raw: &str) -> Option<Role> {
         match raw {
             "viewer" => Some(Role::Viewer),

@@ -22,7 +22,9 @@ impl CredentialStoreUnavailable {
 /// An operator account: a name and password checked with bcrypt.
 #[derive(Clone)]
 pub struct AccountCredential {
+    /// The login name, matched exactly.
     pub username: String,
+    /// What the account may do.
     pub role: Role,
     /// Not the password, but enough to guess it offline: never in `Debug`.
     pub bcrypt_hash: String,
@@ -43,19 +45,27 @@ impl std::fmt::Debug for AccountCredential {
 /// and an operator mints a new one.
 #[derive(Debug, Clone)]
 pub struct ApiKeyCredential {
+    /// The public part of the key, which it was found by.
     pub key_id: KeyId,
+    /// A label the operator chose, to tell keys apart in listings.
     pub name: String,
+    /// What a request made with the key may do.
     pub role: Role,
+    /// SHA-256 of the secret; `None` for a key from before digests (refused).
     pub digest: Option<SecretDigest>,
 }
 
+/// The lookups the authenticator needs. A missing account or key is `Ok(None)`, not an error: only
+/// a store that cannot answer is one.
 #[async_trait::async_trait]
 pub trait CredentialStore: Send + Sync + 'static {
+    /// The account named `username`, if there is one.
     async fn find_account(
         &self,
         username: &str,
     ) -> Result<Option<AccountCredential>, CredentialStoreUnavailable>;
 
+    /// The key named `key_id`, if the store has it.
     async fn find_api_key(
         &self,
         key_id: &KeyId,

@@ -50,8 +50,11 @@ impl fmt::Debug for AmqpUrl {
 /// shows the password redacted.
 #[derive(Debug, Clone)]
 pub struct AmqpUrlParts {
+    /// The AMQP user, which the management API is called as.
     pub user: String,
+    /// The AMQP user's password, used for the management API too.
     pub password: SecretString,
+    /// The vhost every URL names; the management API's queries are scoped to it.
     pub vhost: String,
 }
 
@@ -68,14 +71,25 @@ impl Eq for AmqpUrlParts {}
 /// Why `AMQP_URL` was refused. Never carries the URL itself (its password).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AmqpUrlsError {
+    /// `AMQP_URL` is empty or only whitespace.
     #[error("no URL given")]
     Empty,
+    /// Two commas in a row, or one at an end.
     #[error("entry {position} of {count} is empty (a stray comma?)")]
-    EmptyEntry { position: usize, count: usize },
+    EmptyEntry {
+        /// 1-based place of the entry in the list.
+        position: usize,
+        /// How many entries the list has.
+        count: usize,
+    },
+    /// An entry does not parse as an `amqp://` or `amqps://` URL.
     #[error("entry {position} of {count} is not a valid AMQP URL: {reason}")]
     Invalid {
+        /// 1-based place of the entry in the list.
         position: usize,
+        /// How many entries the list has.
         count: usize,
+        /// What the URL parser objected to; never the URL.
         reason: String,
     },
     /// One gateway works in one vhost with one user: the management API
@@ -84,7 +98,12 @@ pub enum AmqpUrlsError {
         "entry {position} of {count} names another vhost or user than the first; \
          every URL must be the same vhost and user on another node"
     )]
-    Mixed { position: usize, count: usize },
+    Mixed {
+        /// 1-based place of the entry in the list.
+        position: usize,
+        /// How many entries the list has.
+        count: usize,
+    },
 }
 
 /// One or more AMQP URLs, in the order this replica tries them.
@@ -167,6 +186,7 @@ impl AmqpUrls {
         &self.urls[index % self.urls.len()]
     }
 
+    /// How many URLs there are; at least one.
     pub fn len(&self) -> usize {
         self.urls.len()
     }
@@ -176,6 +196,7 @@ impl AmqpUrls {
         self.urls.is_empty()
     }
 
+    /// The URLs in the order they are tried.
     pub fn iter(&self) -> impl Iterator<Item = &AmqpUrl> {
         self.urls.iter()
     }

@@ -29,10 +29,12 @@ pub struct CompanionTypes {
 }
 
 impl CompanionTypes {
+    /// `source` is asked a main queue's type; without one, every companion gets `default`.
     pub fn new(default: QueueType, source: Option<Arc<dyn QueueTypeSource>>) -> Self {
         Self { default, source }
     }
 
+    /// The type used when the main queue's own is unknown.
     pub fn default_type(&self) -> QueueType {
         self.default
     }

@@ -45,6 +45,7 @@ use crate::{BrokerError, Lost};
 /// short-lived channels of topology and dead-letter reads.
 pub const CONSUMER_CHANNELS_PER_CONNECTION: usize = 1_000;
 
+/// Where and under which names a replica connects to the broker.
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
     /// Tried in this order (`AmqpUrls::shuffled` gives a replica its own).
@@ -59,6 +60,7 @@ pub struct BrokerSettings {
 }
 
 impl BrokerSettings {
+    /// Settings with the default number of consumer channels per connection.
     pub fn new(urls: AmqpUrls, connection_name: String) -> Self {
         Self {
             urls,
@@ -67,6 +69,7 @@ impl BrokerSettings {
         }
     }
 
+    /// `<base>-publish`: the name of the one connection every publish goes through.
     pub fn publish_connection_name(&self) -> String {
         format!("{}-publish", self.connection_name)
     }
@@ -85,7 +88,9 @@ impl BrokerSettings {
 /// connect so watchers can tell a new connection from the one they had.
 #[derive(Clone, Default)]
 pub struct Link {
+    /// `None` while disconnected (reconnecting).
     pub connection: Option<Arc<Connection>>,
+    /// Grows by one at each successful connect.
     pub generation: u64,
     /// `host:port` of the node the connection is on (`None` when down).
     pub node: Option<String>,
@@ -94,6 +99,7 @@ pub struct Link {
 /// One connection's name and the node it is on, for `/ready`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionNode {
+    /// The client-provided connection name (`<base>-publish`, `<base>-consume`, …).
     pub name: String,
     /// `host:port`; `None` while it is down (reconnecting).
     pub node: Option<String>,
@@ -177,6 +183,8 @@ struct Inner {
     consume: Mutex<Vec<ConsumeSlot>>,
 }
 
+/// The replica's connections to the broker: one for publishing and as many for consuming as the
+/// consumers need, each reconnecting on its own. Cheap to clone: clones share them.
 #[derive(Clone)]
 pub struct Broker {
     inner: Arc<Inner>,

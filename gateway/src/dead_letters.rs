@@ -20,20 +20,28 @@ use crate::{Broker, BrokerError, Chain, OutgoingMessage, Publisher, QueueName};
 /// A dead letter as the API shows it.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
+    /// The message's id, if it had one.
     pub message_id: Option<String>,
+    /// Attempts made before it was dead-lettered.
     pub attempts: u32,
+    /// Why the last attempt failed.
     pub last_error: Option<String>,
+    /// When it was dead-lettered (RFC 3339).
     pub dead_lettered_at: Option<String>,
+    /// The message's `content_type` property, if it had one.
     pub content_type: Option<String>,
+    /// The message body as published.
     pub payload: Vec<u8>,
 }
 
+/// Peeks at and replays the dead letters of a queue (`<queue>.dlq`).
 pub struct DeadLetters {
     broker: Broker,
     publisher: Arc<Publisher>,
 }
 
 impl DeadLetters {
+    /// Reads through `broker`'s connections; replays publish through `publisher`.
     pub fn new(broker: Broker, publisher: Arc<Publisher>) -> Self {
         Self { broker, publisher }
     }

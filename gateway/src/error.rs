@@ -15,16 +15,19 @@ pub type Doing = Cow<'static, str>;
 /// Any error underneath an `Unavailable`: lapin's, a task's, or `Lost`.
 pub type Cause = Box<dyn Error + Send + Sync + 'static>;
 
-// lapin 4's error is large; boxed, a `Result<_, BrokerError>` stays small on
-// the delivery path.
-
+/// Why a broker operation failed, in the terms a caller acts on: retry later, 404, 409 or a
+/// refusal. Each carries what the gateway was doing and, where there is one, the driver's error,
+/// boxed: lapin 4's error is large, and a `Result<_, BrokerError>` stays small on the delivery
+/// path.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// No connection, or it broke mid-operation, or the broker did not
     /// answer: worth retrying later.
     #[error("the message broker is unavailable ({doing})")]
     Unavailable {
+        /// What the gateway was asking of the broker.
         doing: Doing,
+        /// The driver's error, or what the gateway saw itself (`Lost`).
         #[source]
         source: Cause,
     },
@@ -33,8 +36,11 @@ pub enum BrokerError {
     /// or the gateway's own words when it looked first.
     #[error("{doing}: {reason}")]
     NotFound {
+        /// What the gateway was asking of the broker.
         doing: Doing,
+        /// The broker's reply text, or the gateway's own words.
         reason: String,
+        /// The driver's error; `None` when the gateway found out first.
         #[source]
         source: Option<Box<lapin::Error>>,
     },
@@ -43,16 +49,22 @@ pub enum BrokerError {
     /// refused first, for the same reason.
     #[error("{doing}: {reason}")]
     Conflict {
+        /// What the gateway was asking of the broker.
         doing: Doing,
+        /// The broker's reply text, or the gateway's own words.
         reason: String,
+        /// The driver's error; `None` when the gateway refused first.
         #[source]
         source: Option<Box<lapin::Error>>,
     },
     /// The broker refused for another reason (access, invalid argument).
     #[error("{doing}: the broker refused the request: {reason}")]
     Refused {
+        /// What the gateway was asking of the broker.
         doing: Doing,
+        /// The broker's reply text.
         reason: String,
+        /// The driver's error.
         #[source]
         source: Box<lapin::Error>,
     },
@@ -71,19 +83,28 @@ pub enum BrokerError {
     #[error(
         "the message properties take {size} bytes, more than the {max} bytes a frame can carry"
     )]
-    FrameTooLarge { size: usize, max: usize },
+    FrameTooLarge {
+        /// Bytes the encoded properties take.
+        size: usize,
+        /// Bytes a frame can carry, as negotiated with the broker.
+        max: usize,
+    },
 }
 
 /// Why the broker is unavailable when no driver error says so: what the
 /// gateway saw itself.
 #[derive(Debug, thiserror::Error)]
 pub enum Lost {
+    /// No connection at the moment.
     #[error("not connected to the broker")]
     NotConnected,
+    /// A request timed out without a reply.
     #[error("the broker did not answer in time")]
     NoAnswer,
+    /// The broker cancelled the consumer itself.
     #[error("the broker ended the consumer (was the queue deleted?)")]
     ConsumerEnded,
+    /// A publish found its channel without confirms, so no confirm would ever come.
     #[error("the publish channel is not in confirm mode")]
     NotConfirming,
 }
@@ -173,6 +194,7 @@ impl From<lapin::Error> for BrokerError {
 
 /// Context for lapin results: `channel.queue_declare(..).await.doing(|| …)`.
 pub trait AmqpContext<T> {
+    /// Wraps lapin's error with `what` the gateway was doing; `what` is built only on failure.
     fn doing<D: Into<Doing>>(self, what: impl FnOnce() -> D) -> Result<T, BrokerError>;
 }
 

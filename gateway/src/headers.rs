@@ -13,7 +13,9 @@ pub const PREFIX: &str = "x-workerrmq-";
 
 /// 1-based number of the attempt a copy (or a forwarded request) is for.
 pub const ATTEMPT: &str = "x-workerrmq-attempt";
+/// Why the last attempt failed, on retry and dead-letter copies.
 pub const LAST_ERROR: &str = "x-workerrmq-last-error";
+/// When a message was dead-lettered (RFC 3339).
 pub const DEAD_LETTERED_AT: &str = "x-workerrmq-dead-lettered-at";
 /// The main queue a dead letter came from; on a forwarded request, the
 /// queue it was consumed from.

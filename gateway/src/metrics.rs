@@ -16,7 +16,9 @@ use prometheus_client::registry::Registry;
 /// `String`s, 8 MiB at 10,000 consumers).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsumerLabels {
+    /// The consumer's id.
     pub consumer_id: Arc<str>,
+    /// The main queue it consumes.
     pub queue: Arc<str>,
 }
 
@@ -25,8 +27,11 @@ pub struct ConsumerLabels {
 /// the consumers whose circuit is open.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsumerStateLabels {
+    /// The consumer's id.
     pub consumer_id: Arc<str>,
+    /// The main queue it consumes.
     pub queue: Arc<str>,
+    /// One of `GAUGED_STATES`.
     pub state: &'static str,
 }
 
@@ -34,6 +39,7 @@ pub struct ConsumerStateLabels {
 pub const GAUGED_STATES: [&str; 4] = ["running", "paused", "circuit_open", "reconnecting"];
 
 impl ConsumerStateLabels {
+    /// The series of `labels`' consumer for `state`.
     pub fn of(labels: &ConsumerLabels, state: &'static str) -> Self {
         Self {
             consumer_id: labels.consumer_id.clone(),
@@ -48,14 +54,23 @@ pub fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// The per-consumer delivery series of `/metrics`, shared by every consumer of the replica.
 pub struct DeliveryMetrics {
+    /// Deliveries handed to a target.
     pub delivered: Family<ConsumerLabels, Counter>,
+    /// Deliveries acked after a successful outcome.
     pub acked: Family<ConsumerLabels, Counter>,
+    /// Deliveries sent to a delay queue for another attempt.
     pub retried: Family<ConsumerLabels, Counter>,
+    /// Deliveries moved to the dead-letter queue.
     pub dead_lettered: Family<ConsumerLabels, Counter>,
+    /// Deliveries being worked on now.
     pub in_flight: Family<ConsumerLabels, Gauge>,
+    /// Times a consumer's circuit breaker opened.
     pub circuit_openings: Family<ConsumerLabels, Counter>,
+    /// 1 for the state each consumer is in, 0 for the others.
     pub state: Family<ConsumerStateLabels, Gauge>,
+    /// Time from handing a delivery to its target until the target answered.
     pub target_seconds: Family<ConsumerLabels, Histogram, fn() -> Histogram>,
 }
 
@@ -66,6 +81,7 @@ impl Default for DeliveryMetrics {
 }
 
 impl DeliveryMetrics {
+    /// Empty families; series appear as consumers register.
     pub fn new() -> Self {
         Self {
             delivered: Family::default(),
@@ -79,6 +95,7 @@ impl DeliveryMetrics {
         }
     }
 
+    /// Adds every family to `registry`; call once at startup.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "workerrmq_deliveries",

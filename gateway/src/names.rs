@@ -17,20 +17,30 @@ const LONGEST_COMPANION_SUFFIX: usize = 15;
 /// frame that closes the whole connection.
 pub const MAX_QUEUE_NAME_BYTES: usize = MAX_NAME_BYTES - LONGEST_COMPANION_SUFFIX;
 
+/// Why a queue, exchange or routing key name was refused. The `&'static str` is the field's name in
+/// the API (`queueName`, …).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
+    /// The name is empty.
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    /// The name is longer than the broker (or a companion's suffix) allows.
     #[error("{what} must be at most {max} bytes, this one is {len}")]
     TooLong {
+        /// The field's name in the API.
         what: &'static str,
+        /// The most bytes allowed.
         max: usize,
+        /// Bytes the name has.
         len: usize,
     },
+    /// The name starts with `amq.`, which RabbitMQ reserves.
     #[error("{0} must not start with `amq.`: that prefix is reserved by RabbitMQ")]
     Reserved(&'static str),
+    /// The name holds a control character.
     #[error("{0} must not contain control characters")]
     ControlCharacter(&'static str),
+    /// The name is one the gateway's own companion queues use.
     #[error("queue names ending in `.dlq` or containing `.retry.` are reserved for the gateway's own companion queues")]
     Companion,
 }
@@ -61,6 +71,8 @@ fn check_common(what: &'static str, raw: &str, max: usize) -> Result<(), NameErr
 pub struct QueueName(String);
 
 impl QueueName {
+    /// Refuses names that are empty, too long, reserved by RabbitMQ or shaped like a companion
+    /// queue's.
     pub fn parse(raw: impl Into<String>) -> Result<Self, NameError> {
         let raw = raw.into();
         check_common("queueName", &raw, MAX_QUEUE_NAME_BYTES)?;
@@ -70,6 +82,7 @@ impl QueueName {
         Ok(Self(raw))
     }
 
+    /// The name as the broker knows it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -115,12 +128,14 @@ impl AsRef<str> for QueueName {
 pub struct ExchangeName(String);
 
 impl ExchangeName {
+    /// Refuses names that are empty, too long or reserved by RabbitMQ.
     pub fn parse(raw: impl Into<String>) -> Result<Self, NameError> {
         let raw = raw.into();
         check_common("exchangeName", &raw, MAX_NAME_BYTES)?;
         Ok(Self(raw))
     }
 
+    /// The name as the broker knows it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -138,6 +153,7 @@ impl fmt::Display for ExchangeName {
 pub struct RoutingKey(String);
 
 impl RoutingKey {
+    /// Refuses keys longer than 255 bytes.
     pub fn parse(raw: impl Into<String>) -> Result<Self, NameError> {
         let raw = raw.into();
         if raw.len() > MAX_NAME_BYTES {
@@ -150,6 +166,7 @@ impl RoutingKey {
         Ok(Self(raw))
     }
 
+    /// The key as sent to the broker.
     pub fn as_str(&self) -> &str {
         &self.0
     }

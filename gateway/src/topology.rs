@@ -25,10 +25,13 @@ use lapin::Channel;
 
 use crate::{Broker, BrokerError, Chain, ExchangeName, QueueName, RoutingKey};
 
+/// The kind of queue the broker keeps: the companions of a queue are declared with its type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
+    /// A classic queue (one node).
     Classic,
+    /// A quorum queue, replicated across nodes (always durable).
     Quorum,
 }
 
@@ -42,6 +45,7 @@ impl QueueType {
         }
     }
 
+    /// The `x-queue-type` value.
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Classic => "classic",
@@ -57,13 +61,20 @@ impl QueueType {
     }
 }
 
+/// A queue an operator asks for.
 #[derive(Debug, Clone)]
 pub struct QueueSpec {
+    /// Its name.
     pub name: QueueName,
+    /// Whether it survives a broker restart.
     pub durable: bool,
+    /// Classic or quorum.
     pub queue_type: QueueType,
+    /// How long a message may wait in it before the broker drops it (`x-message-ttl`).
     pub message_ttl_ms: Option<u32>,
+    /// The most messages it holds (`x-max-length`); beyond, the oldest are dropped.
     pub max_length: Option<u32>,
+    /// Whether it gets `<queue>.dlq`, where messages dropped or rejected from it go.
     pub dead_letter: bool,
 }
 
@@ -131,42 +142,58 @@ fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
+/// What a declare did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeclareOutcome {
+    /// The object was not there and now is.
     Created,
     /// It was already there with the same arguments: nothing changed.
     AlreadyExisted,
 }
 
+/// How an exchange routes, as AMQP defines it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExchangeKind {
+    /// By exact routing key.
     Direct,
+    /// To every bound queue, ignoring the key.
     Fanout,
+    /// By routing-key pattern (`*` one word, `#` zero or more).
     Topic,
+    /// By message headers instead of the key.
     Headers,
 }
 
+/// An exchange an operator asks for.
 #[derive(Debug, Clone)]
 pub struct ExchangeSpec {
+    /// Its name.
     pub name: ExchangeName,
+    /// How it routes.
     pub kind: ExchangeKind,
+    /// Whether it survives a broker restart.
     pub durable: bool,
 }
 
 /// Message and consumer counts as the broker sees them right now.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueCounts {
+    /// Messages ready to deliver.
     pub messages: u32,
+    /// Consumers attached, from every client.
     pub consumers: u32,
 }
 
+/// Declares, inspects and binds queues and exchanges, each operation on a short-lived channel of
+/// its own, so a refusal (which closes the channel) touches nothing else.
 #[derive(Clone)]
 pub struct Topology {
     broker: Broker,
 }
 
 impl Topology {
+    /// Topology operations over `broker`'s connections.
     pub fn new(broker: Broker) -> Self {
         Self { broker }
     }
@@ -217,6 +244,7 @@ impl Topology {
         }
     }
 
+    /// Whether an exchange named `name` exists (a passive declare).
     pub async fn exchange_exists(&self, name: &str) -> Result<bool, BrokerError> {
         let doing = format!("looking up exchange `{name}`");
         let name = name.to_owned();
@@ -394,6 +422,8 @@ impl Topology {
         .await
     }
 
+    /// Declares the exchange; declaring one that is already there with the same kind and durability
+    /// changes nothing.
     pub async fn declare_exchange(
         &self,
         spec: &ExchangeSpec,
@@ -427,6 +457,7 @@ impl Topology {
         })
     }
 
+    /// Binds `queue` to `exchange` with `routing_key`; `NotFound` when either is missing.
     pub async fn bind_queue(
         &self,
         queue: &QueueName,

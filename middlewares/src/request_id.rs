@@ -9,10 +9,13 @@ use actix_web::middleware::Next;
 use actix_web::HttpMessage;
 use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, TracingLogger};
 
+/// Opens a span per request with a fresh request id; wrap the app with it, outside
+/// `echo_request_id`.
 pub fn tracing_logger() -> TracingLogger<DefaultRootSpanBuilder> {
     TracingLogger::default()
 }
 
+/// Copies the request's id into the `x-request-id` response header.
 pub async fn echo_request_id(
     req: ServiceRequest,
     next: Next<impl MessageBody>,

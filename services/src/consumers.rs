@@ -44,6 +44,8 @@ use crate::replicas::{ConsumerCounters, ReplicaRecords};
 use crate::targets::{BuiltinHandler, SigningSecret, TargetSpec};
 use crate::{FieldError, Store, StoreContext, StoreError};
 
+/// How often each replica compares the stored consumers with the ones it runs, and starts or stops
+/// the difference.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 /// A consumer deleted here is not restarted by a reconcile pass that read
 /// the store just before the delete.
@@ -53,12 +55,18 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerDefinition {
+    /// A UUID the gateway minted; the same on every replica.
     #[serde(rename = "_id")]
     pub consumer_id: String,
+    /// The operator's label for it; not unique.
     pub consumer_name: String,
+    /// The main queue it consumes.
     pub queue_name: String,
+    /// Where it hands its deliveries.
     pub target: TargetSpec,
+    /// How many unacked deliveries the broker may send ahead of the acks, per replica.
     pub prefetch: u16,
+    /// How failures are retried, and when they are dead-lettered instead.
     pub retry: RetryPolicy,
     /// Needed in clear to sign, so stored in clear; never returned by the
     /// API, never logged, never in `Debug`.
@@ -68,6 +76,7 @@ pub struct ConsumerDefinition {
         serialize_with = "credentials::secret_serde::expose_option"
     )]
     pub signing_secret: Option<SecretString>,
+    /// When it was created; listings are in this order.
     pub created_at: DateTime,
     /// Paused through `/pauseConsumer`: no replica takes its deliveries.
     /// Absent in definitions stored before pausing existed.
@@ -158,11 +167,17 @@ impl ConsumerDefinition {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerView {
+    /// A UUID the gateway minted; the same on every replica.
     pub consumer_id: String,
+    /// The operator's label for it; not unique.
     pub consumer_name: String,
+    /// The main queue it consumes.
     pub queue_name: String,
+    /// Where it hands its deliveries, header values hidden.
     pub target: TargetSpec,
+    /// How many unacked deliveries the broker may send ahead of the acks, per replica.
     pub prefetch: u16,
+    /// How failures are retried, and when they are dead-lettered instead.
     pub retry: RetryPolicy,
     /// Target calls at once per replica (the prefetch unless set lower).
     pub concurrency: u16,
@@ -173,19 +188,25 @@ pub struct ConsumerView {
     pub circuit_breaker: Option<CircuitBreakerPolicy>,
     /// `null`: one request per delivery.
     pub batch: Option<BatchSettings>,
+    /// Whether requests to the target carry a signature; the secret itself is never shown.
     pub signed: bool,
+    /// What it is doing on the answering replica.
     pub state: ConsumerState,
     /// This replica's circuit; `null` without a breaker.
     pub circuit: Option<CircuitSnapshot>,
     /// Summed over the live replicas, each one's share in `replicas`.
     pub stats: FleetStats,
+    /// When it was created (RFC 3339).
     pub created_at: String,
 }
 
+/// Why the registry could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The store failed; the request may be retried.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The definition asked for is invalid (400), naming the field.
     #[error(transparent)]
     Invalid(#[from] FieldError),
 }
@@ -195,7 +216,13 @@ pub enum RegistryError {
 pub enum CappedCreateError {
     /// This gateway already runs (or has registered) `limit` consumers.
     #[error("this gateway already runs {registered} consumers; its limit is {limit}")]
-    AtCapacity { limit: usize, registered: usize },
+    AtCapacity {
+        /// The most consumers this gateway runs.
+        limit: usize,
+        /// How many it has now.
+        registered: usize,
+    },
+    /// Creating failed for a reason other than the cap.
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -213,9 +240,12 @@ pub enum UpdateOutcome {
 
 /// Builds the targets of built-in handlers; supplied by the binary.
 pub trait BuiltinTargets: Send + Sync {
+    /// The target for `handler`; `None` when this binary does not run that handler.
     fn target(&self, handler: BuiltinHandler) -> Option<Arc<dyn DeliveryTarget>>;
 }
 
+/// The consumers as stored, and the running of them on this replica: writes go to the store first,
+/// then to the supervisor, and a reconcile pass brings every replica in line with the store.
 pub struct ConsumerRegistry {
     collection: Collection<ConsumerDefinition>,
     supervisor: Arc<ConsumerSupervisor>,
@@ -237,6 +267,8 @@ pub struct ConsumerRegistry {
 }
 
 impl ConsumerRegistry {
+    /// A registry over `store`'s `consumers` collection, starting workers on `supervisor`. HTTP
+    /// targets forward through `http`, to `allowed_hosts` only when set.
     pub fn new(
         store: &Store,
         supervisor: Arc<ConsumerSupervisor>,
@@ -259,6 +291,7 @@ impl ConsumerRegistry {
         }
     }
 
+    /// The supervisor running this replica's consumers.
     pub fn supervisor(&self) -> &Arc<ConsumerSupervisor> {
         &self.supervisor
     }
@@ -362,6 +395,8 @@ impl ConsumerRegistry {
         self.view(definition, &others)
     }
 
+    /// Deletes the consumer from the store and stops it here; other replicas stop it at their next
+    /// reconcile pass. `false` when there was no such consumer.
     pub async fn delete(&self, id: &ConsumerId) -> Result<bool, RegistryError> {
         // Tombstone first: a reconcile pass running now must not restart it.
         self.tombstones.insert(id.to_string(), Instant::now());
@@ -447,6 +482,7 @@ impl ConsumerRegistry {
             .doing(|| "reading every consumer")
     }
 
+    /// Every stored consumer, oldest first, with the counters of every live replica.
     pub async fn list(&self) -> Result<Vec<ConsumerView>, RegistryError> {
         let mut definitions = self.all_definitions().await?;
         definitions.sort_by_key(|d| d.created_at);
@@ -457,6 +493,7 @@ impl ConsumerRegistry {
             .collect())
     }
 
+    /// The consumer `id`, if stored, with the counters of every live replica.
     pub async fn get(&self, id: &ConsumerId) -> Result<Option<ConsumerView>, RegistryError> {
         let Some(definition) = self
             .collection
@@ -866,6 +903,7 @@ pub fn retry_field_error(err: RetryPolicyError) -> FieldError {
     FieldError::new(field, err.to_string()).within("retry")
 }
 
+/// The `FieldError` for a broken circuit-breaker bound, naming the field inside `circuitBreaker`.
 pub fn circuit_breaker_field_error(err: CircuitBreakerPolicyError) -> FieldError {
     let field = match err {
         CircuitBreakerPolicyError::FailureThreshold { .. } => "failureThreshold",

@@ -21,11 +21,17 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerCounts {
+    /// Since the replica started the consumer: Deliveries taken from the broker.
     pub delivered: u64,
+    /// Since the replica started the consumer: Deliveries acked after a successful outcome.
     pub acked: u64,
+    /// Since the replica started the consumer: Deliveries sent to a delay queue to be tried again.
     pub retried: u64,
+    /// Since the replica started the consumer: Deliveries moved to the dead-letter queue.
     pub dead_lettered: u64,
+    /// Since the replica started the consumer: Deliveries taken and not yet settled.
     pub in_flight: u64,
+    /// What the consumer is doing on this replica.
     pub state: ConsumerState,
 }
 
@@ -61,13 +67,17 @@ impl ConsumerCounts {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaRecord {
+    /// The replica's instance id, unique per process.
     #[serde(rename = "_id")]
     pub instance_id: String,
+    /// When the replica last beat; a record older than `LIVE_WITHIN` is not live.
     pub last_seen_at: DateTime,
     // The fields below are absent in records written by replicas older
     // than the fleet view; such a replica's counters are unknown, not zero.
+    /// The replica's build version.
     #[serde(default)]
     pub version: Option<String>,
+    /// When the replica started.
     #[serde(default)]
     pub started_at: Option<DateTime>,
     /// `host:port` of the broker node its connection is on.
@@ -92,10 +102,15 @@ impl ReplicaRecord {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CounterTotals {
+    /// Deliveries taken from the broker.
     pub delivered: u64,
+    /// Deliveries acked after a successful outcome.
     pub acked: u64,
+    /// Deliveries sent to a delay queue to be tried again.
     pub retried: u64,
+    /// Deliveries moved to the dead-letter queue.
     pub dead_lettered: u64,
+    /// Deliveries taken and not yet settled.
     pub in_flight: u64,
 }
 
@@ -113,16 +128,24 @@ impl CounterTotals {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaConsumerStats {
+    /// The replica's instance id.
     pub instance_id: String,
+    /// On that replica: Deliveries taken from the broker.
     pub delivered: u64,
+    /// On that replica: Deliveries acked after a successful outcome.
     pub acked: u64,
+    /// On that replica: Deliveries sent to a delay queue to be tried again.
     pub retried: u64,
+    /// On that replica: Deliveries moved to the dead-letter queue.
     pub dead_lettered: u64,
+    /// On that replica: Deliveries taken and not yet settled.
     pub in_flight: u64,
+    /// What the consumer is doing on that replica.
     pub state: ConsumerState,
 }
 
 impl ReplicaConsumerStats {
+    /// The share `counts` say the replica `instance_id` has.
     pub fn new(instance_id: impl Into<String>, counts: ConsumerCounts) -> Self {
         Self {
             instance_id: instance_id.into(),
@@ -151,10 +174,15 @@ impl ReplicaConsumerStats {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FleetStats {
+    /// Summed over the live replicas: Deliveries taken from the broker.
     pub delivered: u64,
+    /// Summed over the live replicas: Deliveries acked after a successful outcome.
     pub acked: u64,
+    /// Summed over the live replicas: Deliveries sent to a delay queue to be tried again.
     pub retried: u64,
+    /// Summed over the live replicas: Deliveries moved to the dead-letter queue.
     pub dead_lettered: u64,
+    /// Summed over the live replicas: Deliveries taken and not yet settled.
     pub in_flight: u64,
     /// The answering replica's.
     pub last_error: Option<String>,
@@ -168,10 +196,15 @@ pub struct FleetStats {
 
 /// What the answering replica knows of its own share of a consumer, live.
 pub struct OwnShare {
+    /// This replica's instance id.
     pub instance_id: String,
+    /// The consumer's counters and state here.
     pub counts: ConsumerCounts,
+    /// The reason of the last failed attempt here, if any.
     pub last_error: Option<String>,
+    /// When `last_error` happened (RFC 3339).
     pub last_error_at: Option<String>,
+    /// When the last delivery was taken here (RFC 3339).
     pub last_delivery_at: Option<String>,
 }
 

@@ -75,6 +75,8 @@ pub fn http_client(
     })
 }
 
+/// The delivery target of a consumer with an HTTP target: forwards each delivery (or batch) as one
+/// request and reads the answer as an outcome.
 pub struct HttpForwarder {
     client: reqwest::Client,
     method: reqwest::Method,
@@ -86,6 +88,8 @@ pub struct HttpForwarder {
 }
 
 impl HttpForwarder {
+    /// A forwarder to `target` over the shared `client`, signing each request when a `secret` is
+    /// given.
     pub fn new(
         client: ForwardClient,
         target: &HttpTarget,

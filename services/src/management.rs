@@ -21,20 +21,30 @@ pub enum ManagementError {
     /// No answer: connection refused, timeout, DNS.
     #[error("the RabbitMQ management API does not answer (GET /{path})")]
     Unreachable {
+        /// The API path asked for.
         path: String,
+        /// reqwest's error, its URL stripped.
         #[source]
         source: reqwest::Error,
     },
     /// It refused the gateway's credentials (401 / 403).
     #[error("the RabbitMQ management API refused the gateway's credentials ({status})")]
-    Refused { status: StatusCode },
+    Refused {
+        /// The status it answered.
+        status: StatusCode,
+    },
     /// Any other non-2xx status.
     #[error("the RabbitMQ management API answered {status}")]
-    Status { status: StatusCode },
+    Status {
+        /// The status it answered.
+        status: StatusCode,
+    },
     /// A 2xx whose body is not what the API documents.
     #[error("the RabbitMQ management API answered something unreadable (GET /{path})")]
     Unreadable {
+        /// The API path asked for.
         path: String,
+        /// reqwest's error, its URL stripped.
         #[source]
         source: reqwest::Error,
     },
@@ -122,32 +132,49 @@ struct RawClientProperties {
     connection_name: Option<String>,
 }
 
+/// An AMQP connection to the broker, as `/getConnections` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionInfo {
+    /// The broker's name for the connection.
     pub connection_id: String,
+    /// The AMQP user it authenticated as.
     pub user: String,
+    /// The client's address, as the broker sees it.
     pub peer_host: Option<String>,
+    /// The client's port.
     pub peer_port: Option<u16>,
+    /// `running`, `blocked`, `closing` and so on, as the broker reports it.
     pub state: Option<String>,
+    /// Channels open on it.
     pub channels: u32,
+    /// When it was opened (RFC 3339).
     pub connected_at: Option<String>,
+    /// The client-provided connection name, which tells replicas and their roles apart.
     pub client_name: Option<String>,
 }
 
+/// A queue as the management API lists it, before companions are folded into their main queue.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RawQueue {
+    /// The queue's name.
     pub name: String,
+    /// Ready and unacknowledged messages.
     #[serde(default)]
     pub messages: u64,
+    /// Messages waiting for a consumer.
     #[serde(default)]
     pub messages_ready: u64,
+    /// Messages delivered and not yet acked.
     #[serde(default)]
     pub messages_unacknowledged: u64,
+    /// Consumers attached.
     #[serde(default)]
     pub consumers: u64,
+    /// Whether it survives a broker restart.
     #[serde(default)]
     pub durable: bool,
+    /// `classic` or `quorum` (or another type the broker knows); absent on old brokers.
     #[serde(default, rename = "type")]
     pub queue_type: Option<String>,
 }
@@ -156,15 +183,23 @@ pub struct RawQueue {
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueRow {
+    /// The main queue's name.
     pub queue_name: String,
     /// Ready + unacknowledged + waiting in delay queues for a retry.
     pub messages: u64,
+    /// Messages in the main queue waiting for a consumer.
     pub messages_ready: u64,
+    /// Messages in the main queue delivered and not yet acked.
     pub messages_unacknowledged: u64,
+    /// Messages waiting in the queue's delay queues for a retry.
     pub retrying_messages: u64,
+    /// Consumers attached to the main queue, from every client.
     pub consumers: u64,
+    /// Whether it survives a broker restart.
     pub durable: bool,
+    /// `classic` or `quorum`.
     pub queue_type: String,
+    /// Messages in `<queue>.dlq`.
     pub dead_letter_messages: u64,
 }
 
@@ -301,6 +336,7 @@ impl ManagementClient {
         }
     }
 
+    /// Every main queue of the vhost, its delay and dead-letter queues folded into its row.
     pub async fn queues(&self) -> Result<Vec<QueueRow>, ManagementError> {
         let raw: Vec<RawQueue> = self.get(&["api", "queues", &self.vhost]).await?;
         Ok(fold_companions(raw))

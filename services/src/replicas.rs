@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use crate::fleet::{ConsumerCounts, ReplicaRecord};
 use crate::{Store, StoreContext, StoreError};
 
+/// How often a replica writes its heartbeat record.
 pub const BEAT_EVERY: Duration = Duration::from_secs(2);
+/// A replica whose last beat is older than this is not counted as live.
 pub const LIVE_WITHIN: Duration = Duration::from_secs(10);
 /// Records not refreshed for this long are deleted.
 const FORGET_AFTER: Duration = Duration::from_secs(3_600);
@@ -43,6 +45,8 @@ pub trait ConsumerCounters: Send + Sync {
     fn worth_reporting(&self) -> HashMap<String, ConsumerCounts>;
 }
 
+/// Writes this replica's record to the `replicas` collection every `BEAT_EVERY`, and counts the
+/// live replicas for the rate limits' shares.
 pub struct ReplicaHeartbeat {
     collection: Collection<Document>,
     instance_id: String,
@@ -53,6 +57,8 @@ pub struct ReplicaHeartbeat {
 }
 
 impl ReplicaHeartbeat {
+    /// A heartbeat for `instance_id`; `live` is the count it keeps current, `consumers` what its
+    /// beats report.
     pub fn new(
         store: &Store,
         instance_id: String,
@@ -153,6 +159,7 @@ pub struct ReplicaRecords {
 type LastRead = (Instant, Vec<ReplicaRecord>);
 
 impl ReplicaRecords {
+    /// Reads of `store`'s `replicas` collection.
     pub fn new(store: &Store) -> Self {
         Self {
             collection: store.database().collection(COLLECTION),

@@ -24,16 +24,21 @@ pub type Doing = std::borrow::Cow<'static, str>;
 /// the log (`gateway::Chain`), never for an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// MongoDB did not answer, or failed the operation: worth retrying later.
     #[error("the store is unavailable ({doing})")]
     Unavailable {
+        /// What the gateway was asking of the store.
         doing: Doing,
+        /// The driver's error.
         #[source]
         source: mongodb::error::Error,
     },
     /// A unique index refused the write (MongoDB's code 11000).
     #[error("a record with that key already exists ({doing})")]
     Duplicate {
+        /// What the gateway was asking of the store.
         doing: Doing,
+        /// The driver's error.
         #[source]
         source: mongodb::error::Error,
     },
@@ -41,10 +46,13 @@ pub enum StoreError {
     /// BSON cannot hold).
     #[error("cannot encode the record ({doing})")]
     Encode {
+        /// What the gateway was asking of the store.
         doing: Doing,
+        /// BSON's error.
         #[source]
         source: Box<mongodb::bson::ser::Error>,
     },
+    /// The bootstrap admin's password could not be hashed.
     #[error("cannot set up the bootstrap admin")]
     Hash(#[source] password::HashError),
 }
@@ -60,6 +68,7 @@ impl StoreError {
         }
     }
 
+    /// An `Encode` error for `source`; `doing` says what was being written.
     pub fn encode(doing: impl Into<Doing>, source: mongodb::bson::ser::Error) -> Self {
         StoreError::Encode {
             doing: doing.into(),
@@ -78,6 +87,7 @@ impl From<mongodb::error::Error> for StoreError {
 
 /// Context for driver results: `collection.find_one(..).await.doing(|| …)`.
 pub trait StoreContext<T> {
+    /// Wraps the driver's error with `what` the gateway was doing; `what` is built only on failure.
     fn doing<D: Into<Doing>>(self, what: impl FnOnce() -> D) -> Result<T, StoreError>;
 }
 
@@ -124,18 +134,25 @@ struct AccountDoc {
 /// they can be deleted) but refused. `Debug` shows no digest.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
+    /// The key's public id, in hex.
     #[serde(rename = "_id")]
     pub key_id: String,
+    /// A label the operator chose, to tell keys apart.
     pub name: String,
+    /// What a request made with the key may do.
     pub role: Role,
+    /// SHA-256 of the key's secret, in lowercase hex; absent on keys from before digests, which are
+    /// refused.
     #[serde(
         rename = "secretSha256",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub secret_sha256: Option<String>,
+    /// When the key was minted.
     #[serde(rename = "createdAt")]
     pub created_at: DateTime,
+    /// When the key was last accepted; written at most once per `touch_interval` per replica.
     #[serde(
         rename = "lastUsedAt",
         default,
@@ -171,6 +188,8 @@ impl ApiKeyRecord {
     }
 }
 
+/// The gateway's MongoDB database: accounts, API keys, consumers and replica records. Cheap to
+/// clone: clones share the client.
 #[derive(Clone)]
 pub struct Store {
     db: Database,
@@ -192,10 +211,12 @@ impl Store {
         })
     }
 
+    /// The database, for the collections other modules own.
     pub fn database(&self) -> &Database {
         &self.db
     }
 
+    /// Asks the server to answer a `ping`; what `/ready` checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.db
             .run_command(doc! { "ping": 1 })
@@ -212,6 +233,8 @@ impl Store {
         self.db.collection("api_keys")
     }
 
+    /// Creates the indexes the gateway's queries need; creating one that exists is a no-op, so
+    /// every start-up runs it.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         // Deleting a consumer by queue and deleting a queue both look
         // consumers up by queue name; without this index each is a scan
@@ -273,6 +296,7 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a minted key; `Duplicate` if its id is taken.
     pub async fn insert_api_key(&self, record: &ApiKeyRecord) -> Result<(), StoreError> {
         self.api_keys()
             .insert_one(record)

@@ -25,11 +25,15 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "host",
 ];
 
+/// A handler built into the gateway, which a consumer can use instead of an HTTP endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BuiltinHandler {
+    /// Creates, updates and deletes users.
     User,
+    /// Creates, updates and deletes reports.
     Report,
+    /// Runs scrape jobs: fetches the URLs a job names and extracts what they hold.
     Scrape,
 }
 
@@ -37,8 +41,13 @@ pub enum BuiltinHandler {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum TargetSpec {
+    /// Forwards each delivery over HTTP.
     Http(HttpTarget),
-    Builtin { handler: BuiltinHandler },
+    /// Hands each delivery to a built-in handler.
+    Builtin {
+        /// Which handler.
+        handler: BuiltinHandler,
+    },
 }
 
 /// `Debug` shows the URL without its query and header names without their
@@ -46,10 +55,14 @@ pub enum TargetSpec {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpTarget {
+    /// Where deliveries go: an http(s) URL with a host.
     pub url: String,
+    /// `POST`, `PUT` or `PATCH`: a method that carries the body.
     pub method: String,
+    /// Headers added to every request (credentials, usually); their values are never shown.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// How long a request may take before it counts as failed and is retried, in milliseconds.
     pub timeout_ms: u64,
 }
 
@@ -98,6 +111,7 @@ impl std::fmt::Debug for DebugHeaders<'_> {
     }
 }
 
+/// A target's timeout when none is given, in milliseconds.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 const MAX_TIMEOUT_MS: u64 = 300_000;
 
@@ -115,6 +129,8 @@ impl std::fmt::Debug for TargetUrl {
 }
 
 impl TargetUrl {
+    /// Refuses a URL that is not http(s), has no host, carries credentials, or names a host outside
+    /// `allowed_hosts` when that is set.
     pub fn parse(raw: &str, allowed_hosts: Option<&[String]>) -> Result<Self, FieldError> {
         let url = http_url(raw)
             .map_err(|problem| FieldError::new("target.url", format!("the URL {problem}")))?;
@@ -136,6 +152,7 @@ impl TargetUrl {
         Ok(Self(url))
     }
 
+    /// The parsed URL.
     pub fn as_url(&self) -> &url::Url {
         &self.0
     }
@@ -210,6 +227,7 @@ impl PartialEq for SigningSecret {
 impl Eq for SigningSecret {}
 
 impl SigningSecret {
+    /// Reads a `whsec_<base64>` secret, as the Standard Webhooks spec writes it.
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
         let encoded = raw.strip_prefix("whsec_").ok_or_else(|| {
             FieldError::new(

@@ -2,6 +2,7 @@
 //! `FieldError` to 400 with the field in the message; nothing classifies a
 //! failure by reading its text.
 
+/// A request field that was refused, and why: 400 with the field named.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("field `{field}`: {problem}")]
 pub struct FieldError {
@@ -13,6 +14,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
+    /// An error naming `field` (as the caller named it) and the `problem`.
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             field: field.into(),

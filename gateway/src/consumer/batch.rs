@@ -46,12 +46,26 @@ pub struct BatchPolicy {
 /// their own vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BatchPolicyError {
+    /// `max_messages` is outside 1–1000.
     #[error("between {} and {}, not {value}", MAX_MESSAGES.start(), MAX_MESSAGES.end())]
-    MaxMessages { value: u64 },
+    MaxMessages {
+        /// The number asked for.
+        value: u64,
+    },
+    /// `max_wait_ms` is outside 0–10000.
     #[error("between {} and {} ms, not {value}", MAX_WAIT_MS.start(), MAX_WAIT_MS.end())]
-    MaxWaitMs { value: u64 },
+    MaxWaitMs {
+        /// The number of milliseconds asked for.
+        value: u64,
+    },
+    /// `max_messages` is above the consumer's prefetch, so a batch could never fill.
     #[error("at most the prefetch ({prefetch}), not {value}: a batch larger than the prefetch could never fill")]
-    AbovePrefetch { value: u64, prefetch: u16 },
+    AbovePrefetch {
+        /// The number asked for.
+        value: u64,
+        /// The consumer's prefetch, the most a batch may hold.
+        prefetch: u16,
+    },
 }
 
 impl BatchPolicy {
@@ -82,10 +96,12 @@ impl BatchPolicy {
         })
     }
 
+    /// The most deliveries one request carries.
     pub fn max_messages(self) -> u16 {
         self.max_messages
     }
 
+    /// How long the first delivery of a batch waits for others before the batch goes out anyway.
     pub fn max_wait(self) -> Duration {
         self.max_wait
     }

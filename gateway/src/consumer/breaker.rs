@@ -46,8 +46,11 @@ pub const MAX_OPEN_MS: u64 = 86_400_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CircuitBreakerPolicy {
+    /// Retryable failures in a row that open the circuit.
     pub failure_threshold: u32,
+    /// How long the circuit stays open the first time before a probe, in milliseconds.
     pub open_ms: u64,
+    /// The cap on the wait, which doubles with every failed probe, in milliseconds.
     pub max_open_ms: u64,
 }
 
@@ -65,15 +68,30 @@ impl Default for CircuitBreakerPolicy {
 /// field in their own vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CircuitBreakerPolicyError {
+    /// `failure_threshold` is outside its bounds.
     #[error("between {} and {}, not {value}", FAILURE_THRESHOLD.start(), FAILURE_THRESHOLD.end())]
-    FailureThreshold { value: u32 },
+    FailureThreshold {
+        /// The threshold asked for.
+        value: u32,
+    },
+    /// `open_ms` is 0 or more than a day.
     #[error("between 1 and {MAX_OPEN_MS} ms, not {value}")]
-    OpenMs { value: u64 },
+    OpenMs {
+        /// The wait asked for, in milliseconds.
+        value: u64,
+    },
+    /// `max_open_ms` is below `open_ms` or more than a day.
     #[error("at least openMs ({open_ms} ms) and at most {MAX_OPEN_MS} ms, not {value}")]
-    MaxOpenMs { value: u64, open_ms: u64 },
+    MaxOpenMs {
+        /// The cap asked for, in milliseconds.
+        value: u64,
+        /// The first wait, the least the cap may be.
+        open_ms: u64,
+    },
 }
 
 impl CircuitBreakerPolicy {
+    /// Checks every field against its bounds; the first one broken is the error.
     pub fn validate(&self) -> Result<(), CircuitBreakerPolicyError> {
         if !FAILURE_THRESHOLD.contains(&self.failure_threshold) {
             return Err(CircuitBreakerPolicyError::FailureThreshold {
@@ -95,11 +113,15 @@ impl CircuitBreakerPolicy {
     }
 }
 
+/// Where a circuit is; see the module comment for the transitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CircuitState {
+    /// Deliveries flow.
     Closed,
+    /// No deliveries are taken until the wait is over.
     Open,
+    /// One delivery is tried to decide whether to close again.
     HalfOpen,
 }
 
@@ -107,10 +129,14 @@ pub enum CircuitState {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CircuitSnapshot {
+    /// Where the circuit is now.
     pub state: CircuitState,
+    /// Retryable failures since the last success.
     pub consecutive_failures: u32,
+    /// When the circuit last opened (RFC 3339); absent while closed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opened_at: Option<String>,
+    /// When the next probe may go out (RFC 3339); absent while closed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_probe_at: Option<String>,
 }
@@ -148,6 +174,8 @@ struct Opened {
     probe_at: Instant,
 }
 
+/// One consumer's circuit on this replica. Kept with the registered consumer, so its state outlives
+/// a pause or a reconnect.
 pub struct CircuitBreaker {
     policy: CircuitBreakerPolicy,
     inner: Mutex<Inner>,
@@ -176,6 +204,7 @@ impl CircuitBreaker {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Where the circuit is now.
     pub fn state(&self) -> CircuitState {
         self.lock().state
     }
@@ -269,6 +298,7 @@ impl CircuitBreaker {
         inner.state
     }
 
+    /// The circuit as of `now`, for `/getConsumer`.
     pub fn snapshot(&self, now: Instant) -> CircuitSnapshot {
         let inner = self.lock();
         let opened = inner.opened.filter(|_| inner.state != CircuitState::Closed);

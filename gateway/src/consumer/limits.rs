@@ -23,10 +23,20 @@ use tokio::time::Instant;
 /// Why a limit was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LimitError {
+    /// The concurrency is 0 or above the prefetch.
     #[error("between 1 and prefetch ({prefetch}); got {got}")]
-    Concurrency { prefetch: u16, got: u16 },
+    Concurrency {
+        /// The consumer's prefetch, the upper bound.
+        prefetch: u16,
+        /// The concurrency asked for.
+        got: u16,
+    },
+    /// The rate is outside `RatePerSec::MIN`..=`RatePerSec::MAX` (or not a number).
     #[error("between {min} and {max} deliveries per second; got {got}", min = RatePerSec::MIN, max = RatePerSec::MAX)]
-    Rate { got: f64 },
+    Rate {
+        /// The rate asked for.
+        got: f64,
+    },
 }
 
 /// Target calls at once per replica: 1 to the consumer's prefetch.
@@ -34,6 +44,7 @@ pub enum LimitError {
 pub struct Concurrency(u16);
 
 impl Concurrency {
+    /// A concurrency of `value`, refused unless 1 to `prefetch`.
     pub fn within(value: u16, prefetch: u16) -> Result<Self, LimitError> {
         if value == 0 || value > prefetch {
             return Err(LimitError::Concurrency {
@@ -49,6 +60,7 @@ impl Concurrency {
         Self(prefetch.max(1))
     }
 
+    /// Target calls allowed at once.
     pub fn get(self) -> u16 {
         self.0
     }
@@ -59,9 +71,12 @@ impl Concurrency {
 pub struct RatePerSec(f64);
 
 impl RatePerSec {
+    /// The slowest rate accepted: one delivery every ten seconds.
     pub const MIN: f64 = 0.1;
+    /// The fastest rate accepted.
     pub const MAX: f64 = 100_000.0;
 
+    /// A rate of `value` deliveries per second, refused outside `MIN`..=`MAX`.
     pub fn new(value: f64) -> Result<Self, LimitError> {
         // NaN fails both comparisons, so it is refused too.
         if (Self::MIN..=Self::MAX).contains(&value) {
@@ -71,6 +86,7 @@ impl RatePerSec {
         }
     }
 
+    /// Deliveries per second.
     pub fn get(self) -> f64 {
         self.0
     }
@@ -83,14 +99,17 @@ impl RatePerSec {
 pub struct LiveReplicas(Arc<AtomicUsize>);
 
 impl LiveReplicas {
+    /// One replica, until the first count says otherwise.
     pub fn new() -> Self {
         Self(Arc::new(AtomicUsize::new(1)))
     }
 
+    /// Records a new count; 0 is taken as 1 (this replica is alive).
     pub fn set(&self, count: usize) {
         self.0.store(count.max(1), Ordering::Relaxed);
     }
 
+    /// The last count, at least 1.
     pub fn get(&self) -> usize {
         self.0.load(Ordering::Relaxed).max(1)
     }

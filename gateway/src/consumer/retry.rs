@@ -24,12 +24,18 @@ pub const MAX_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=100;
 /// Bounds of `multiplier`.
 pub const MULTIPLIER: std::ops::RangeInclusive<f64> = 1.0..=10.0;
 
+/// How a failing delivery is retried before it is dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
+    /// Attempts in all, the first included; a delivery still failing after the last is
+    /// dead-lettered.
     pub max_attempts: u32,
+    /// The wait before the first retry, in milliseconds.
     pub initial_delay_ms: u64,
+    /// Each retry waits this many times longer than the one before.
     pub multiplier: f64,
+    /// The longest any retry waits, in milliseconds, a target's `Retry-After` included.
     pub max_delay_ms: u64,
 }
 
@@ -37,14 +43,32 @@ pub struct RetryPolicy {
 /// their own vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
 pub enum RetryPolicyError {
+    /// `max_attempts` is outside `MAX_ATTEMPTS`.
     #[error("between {} and {}, not {value}", MAX_ATTEMPTS.start(), MAX_ATTEMPTS.end())]
-    MaxAttempts { value: u32 },
+    MaxAttempts {
+        /// The number asked for.
+        value: u32,
+    },
+    /// `initial_delay_ms` is 0 or above `MAX_DELAY_MS`.
     #[error("between 1 and {MAX_DELAY_MS} ms, not {value}")]
-    InitialDelay { value: u64 },
+    InitialDelay {
+        /// The delay asked for, in milliseconds.
+        value: u64,
+    },
+    /// `multiplier` is outside `MULTIPLIER` (or not a number).
     #[error("between {} and {}, not {value}", MULTIPLIER.start(), MULTIPLIER.end())]
-    Multiplier { value: f64 },
+    Multiplier {
+        /// The multiplier asked for.
+        value: f64,
+    },
+    /// `max_delay_ms` is below the initial delay or above `MAX_DELAY_MS`.
     #[error("at least the initial delay ({initial_delay_ms} ms) and at most {MAX_DELAY_MS} ms, not {value}")]
-    MaxDelay { value: u64, initial_delay_ms: u64 },
+    MaxDelay {
+        /// The cap asked for, in milliseconds.
+        value: u64,
+        /// The initial delay, the least the cap may be.
+        initial_delay_ms: u64,
+    },
 }
 
 impl Default for RetryPolicy {

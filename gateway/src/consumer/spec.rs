@@ -8,11 +8,13 @@ use super::limits::{Concurrency, RatePerSec};
 use super::{CircuitBreakerPolicy, RetryPolicy};
 use crate::QueueName;
 
+/// Names a registered consumer: a UUID the gateway mints, the same on every replica.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct ConsumerId(String);
 
 impl ConsumerId {
+    /// A fresh random id.
     pub fn new() -> Self {
         Self(uuid::Uuid::new_v4().to_string())
     }
@@ -25,6 +27,7 @@ impl ConsumerId {
             .map(|u| Self(u.hyphenated().to_string()))
     }
 
+    /// The hyphenated UUID.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -42,12 +45,16 @@ impl fmt::Display for ConsumerId {
     }
 }
 
+/// Everything a worker needs to run one consumer; the supervisor starts workers from it.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
+    /// Which consumer this is.
     pub id: ConsumerId,
+    /// The main queue consumed.
     pub queue: QueueName,
     /// Deliveries worked on at once; at least 1.
     pub prefetch: u16,
+    /// How failures are retried, and when they are dead-lettered instead.
     pub retry: RetryPolicy,
     /// Target calls at once on this replica; at most `prefetch`.
     pub concurrency: Concurrency,

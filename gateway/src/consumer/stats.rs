@@ -15,13 +15,18 @@ use crate::metrics::{
     latency_histogram, ConsumerLabels, ConsumerStateLabels, DeliveryMetrics, GAUGED_STATES,
 };
 
+/// What a consumer is doing on this replica, as the API and `/metrics` show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsumerState {
+    /// Consuming: deliveries flow.
     Running,
     /// Registered, its AMQP consumer cancelled: messages wait in the queue.
     Paused,
+    /// Waiting for a broker connection (also before the first one).
     Reconnecting,
+    /// Not running on this replica: stopped, its worker ended on its own, or stored but not
+    /// started here.
     Stopped,
     /// Its circuit breaker opened: no deliveries taken until a probe
     /// succeeds.
@@ -29,6 +34,8 @@ pub enum ConsumerState {
     CircuitOpen,
 }
 
+/// One consumer's live counters and state on this replica, shared by its worker and the API. Writes
+/// also go to the consumer's `/metrics` series.
 pub struct ConsumerStats {
     state: AtomicU8,
     /// `workerrmq_consumer_state`, in `GAUGED_STATES` order.
@@ -62,18 +69,26 @@ impl Default for ConsumerStats {
     }
 }
 
+/// A consumer's counters at one moment, as `/getConsumer` shows them.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct StatsSnapshot {
+    /// Deliveries taken from the broker since this replica started it.
     pub delivered: u64,
+    /// Deliveries acked after their target took them.
     pub acked: u64,
+    /// Deliveries sent to a delay queue to be tried again.
     pub retried: u64,
+    /// Deliveries moved to `<queue>.dlq`.
     pub dead_lettered: u64,
+    /// Deliveries taken and not yet settled.
     pub in_flight: u64,
+    /// The reason of the last failed attempt, if any.
     pub last_error: Option<String>,
     /// When `last_error` happened (RFC 3339), so a console can tell a
     /// fresh failure from an old one.
     pub last_error_at: Option<String>,
+    /// When the last delivery was taken (RFC 3339).
     pub last_delivery_at: Option<String>,
 }
 
@@ -84,6 +99,8 @@ const PAUSED: u8 = 3;
 const CIRCUIT_OPEN: u8 = 4;
 
 impl ConsumerStats {
+    /// Stats for a consumer just registered (state `Reconnecting`), counting into `metrics` under
+    /// `labels`.
     pub fn registered(metrics: &DeliveryMetrics, labels: &ConsumerLabels) -> Self {
         let state_gauges = GAUGED_STATES.map(|state| {
             metrics
@@ -105,6 +122,7 @@ impl ConsumerStats {
         }
     }
 
+    /// The state now.
     pub fn state(&self) -> ConsumerState {
         match self.state.load(Ordering::Relaxed) {
             RECONNECTING => ConsumerState::Reconnecting,
@@ -169,6 +187,7 @@ impl ConsumerStats {
         }
     }
 
+    /// The counters now, and the last error and delivery times.
     pub fn snapshot(&self) -> StatsSnapshot {
         let last_ms = self.last_delivery_at_ms.load(Ordering::Relaxed);
         let last_error = self.last_error.lock().ok().and_then(|e| e.clone());

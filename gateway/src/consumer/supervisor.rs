@@ -32,7 +32,9 @@ use crate::{Broker, Publisher, Topology};
 /// Whether a registered consumer takes deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
+    /// Deliveries are taken.
     Consuming,
+    /// The AMQP consumer is cancelled; messages wait in the queue.
     Paused,
 }
 
@@ -73,6 +75,8 @@ impl RunningWorker {
     }
 }
 
+/// The consumers registered on this replica and their workers: starts, updates, pauses and stops
+/// them, and drains them at shutdown.
 pub struct ConsumerSupervisor {
     broker: Broker,
     topology: Topology,
@@ -103,6 +107,7 @@ impl ConsumerSupervisor {
         self
     }
 
+    /// A supervisor with no consumers; its consumers' tasks will run on the current runtime.
     pub fn new(
         broker: Broker,
         publisher: Arc<Publisher>,
@@ -393,6 +398,7 @@ impl ConsumerSupervisor {
         self.consumers.contains_key(id)
     }
 
+    /// The live stats of consumer `id`, if it is registered here.
     pub fn stats(&self, id: &ConsumerId) -> Option<Arc<ConsumerStats>> {
         self.consumers.get(id).map(|c| c.stats.clone())
     }

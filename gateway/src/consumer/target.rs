@@ -8,6 +8,7 @@ use crate::QueueName;
 /// A delivery as a target sees it.
 #[derive(Debug, Clone)]
 pub struct IncomingMessage {
+    /// The main queue the delivery came from.
     pub queue: QueueName,
     /// Stable across retries: the message's own id, or one the gateway
     /// assigned at the first delivery and carried on every copy.
@@ -16,6 +17,7 @@ pub struct IncomingMessage {
     /// count, so the request body and any copy the settler publishes
     /// share them.
     pub payload: bytes::Bytes,
+    /// The message's `content_type` property, if it had one.
     pub content_type: Option<String>,
     /// 1-based.
     pub attempt: u32,
@@ -29,11 +31,16 @@ pub enum DeliveryOutcome {
     /// Worth trying again later (408, 429, 5xx, timeout, store down).
     /// `retry_after` is the target's own hint, clamped by the policy.
     Retry {
+        /// Why the attempt failed, kept as the message's last error.
         reason: String,
+        /// How long the target asked to wait, if it said.
         retry_after: Option<Duration>,
     },
     /// Will never succeed (other 4xx, invalid message): dead-letter now.
-    Reject { reason: String },
+    Reject {
+        /// Why, kept as the message's last error.
+        reason: String,
+    },
 }
 
 /// Deliveries handed over in one request (batch delivery).
@@ -41,7 +48,9 @@ pub enum DeliveryOutcome {
 pub struct Batch {
     /// Fresh for every request, retries included: what `webhook-id` says.
     pub id: String,
+    /// The main queue the deliveries came from.
     pub queue: QueueName,
+    /// The deliveries, in the order they were taken.
     pub messages: Vec<IncomingMessage>,
 }
 
@@ -64,8 +73,12 @@ impl BatchOutcome {
     }
 }
 
+/// Where a consumer hands its deliveries: an HTTP endpoint or a built-in handler. Its answer
+/// decides the ack, the retry or the dead-lettering.
 #[async_trait::async_trait]
 pub trait DeliveryTarget: Send + Sync + 'static {
+    /// Hands over one delivery and says what became of it. Must not panic on any input: a failure
+    /// is an outcome.
     async fn deliver(&self, message: &IncomingMessage) -> DeliveryOutcome;
 
     /// Hands over a whole batch. By default one message after another, for

@@ -43,17 +43,22 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// has blocked the connection meanwhile.
 const BLOCKED_CHECK: Duration = Duration::from_millis(50);
 
+/// A message to publish, borrowed from whoever holds it.
 #[derive(Clone)]
 pub struct OutgoingMessage<'a> {
     /// `""` is the default exchange, which routes by queue name.
     pub exchange: &'a str,
+    /// How the exchange routes it; for the default exchange, the queue's name.
     pub routing_key: &'a str,
+    /// The message body.
     pub payload: &'a [u8],
+    /// Headers, content type, message id and the other AMQP properties.
     pub properties: BasicProperties,
     /// Ask the broker to hand the message back when no queue would take it.
     pub mandatory: bool,
 }
 
+/// What became of a publish the broker answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishOutcome {
     /// The broker confirmed it: the message is its responsibility now.
@@ -62,6 +67,8 @@ pub enum PublishOutcome {
     Unroutable,
 }
 
+/// Publishes with confirms over a few shared channels of the publish connection: each publish is
+/// answered from its own confirm or return (see the module comment).
 pub struct Publisher {
     channels: Arc<Channels>,
 }
@@ -85,6 +92,7 @@ struct Channels {
 }
 
 impl Publisher {
+    /// A publisher on `broker`'s publish connection; channels open on first use.
     pub fn new(broker: Broker) -> Self {
         Self {
             channels: Arc::new(Channels {

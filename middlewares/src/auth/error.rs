@@ -9,16 +9,31 @@ use credentials::Role;
 
 use crate::error_response;
 
+/// Why a request was not let through. Each reason maps to one status and error code, and none names
+/// a host, a URL or a driver message.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuthError {
+    /// No credentials were sent (401).
     #[error("send credentials: `Authorization: Basic <user:password>` or `Authorization: Bearer <api key>`")]
     Missing,
+    /// The credentials were wrong, unknown or revoked (401); which one is not said, so a caller
+    /// cannot probe for names.
     #[error("the credentials were not accepted")]
     Invalid,
     #[error("this needs the `{required:?}` role; these credentials have `{actual:?}`")]
-    Forbidden { required: Role, actual: Role },
+    /// The credentials are valid but their role is too low (403).
+    Forbidden {
+        /// The least role the route needs.
+        required: Role,
+        /// The role the credentials have.
+        actual: Role,
+    },
     #[error("too many failed authentications from this address; try again in {} s", retry_after_secs(*.retry_after))]
-    TooManyFailures { retry_after: Duration },
+    /// This client address failed too often; refused before any check (429).
+    TooManyFailures {
+        /// How long until the address's window ends (`Retry-After`).
+        retry_after: Duration,
+    },
     /// The detail went to the log; the caller learns only what is down.
     #[error("cannot check credentials: the credential store is unavailable; try again shortly")]
     StoreUnavailable,

@@ -6,16 +6,21 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+/// The authentication counters and gauges, registered on the `/metrics` registry.
 #[derive(Default)]
 pub struct AuthMetrics {
+    /// bcrypt verifications run; the cache and the throttle exist to keep this low.
     pub bcrypt_runs: Counter,
+    /// Requests whose credentials were refused (401).
     pub failures: Counter,
+    /// Requests refused with 429 by the failure throttle.
     pub throttled: Counter,
     bcrypt_slots: Gauge,
     bcrypt_peak: Gauge,
 }
 
 impl AuthMetrics {
+    /// Adds every authentication metric to `registry`; call once at startup.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "workerrmq_auth_bcrypt_verifications",

@@ -50,12 +50,16 @@ use verdict_cache::{CacheKey, VerdictCache};
 const CACHE_CAPACITY: usize = 10_000;
 const TOUCHED_CAPACITY: usize = 10_000;
 
+/// Who made a request, once its credentials were accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
+    /// The account's username, or the API key's name.
     pub name: String,
+    /// What the request may do.
     pub role: Role,
 }
 
+/// How long verdicts are remembered, and how the failure throttle behaves.
 #[derive(Debug, Clone, Copy)]
 pub struct AuthSettings {
     /// How long an accepted password is trusted without another bcrypt run.
@@ -67,6 +71,7 @@ pub struct AuthSettings {
     pub refusal_ttl: Duration,
     /// `lastUsedAt` is written at most this often per key and replica.
     pub touch_interval: Duration,
+    /// When a client address is refused for failing too often.
     pub throttle: ThrottleSettings,
 }
 
@@ -84,6 +89,8 @@ impl Default for AuthSettings {
 
 type Checked = Result<(Principal, Duration), AuthError>;
 
+/// Checks `Authorization` headers against the credential store, with the caches and throttle that
+/// bound what checking costs. One per process, shared by every worker.
 pub struct Authenticator {
     store: Arc<dyn CredentialStore>,
     settings: AuthSettings,
@@ -101,6 +108,7 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// An authenticator with empty caches; `metrics` is where it counts its work.
     pub fn new(
         store: Arc<dyn CredentialStore>,
         settings: AuthSettings,

@@ -11,12 +11,18 @@ use credentials::Role;
 
 use super::{AuthError, Principal, Verdict};
 
+/// A role a handler argument demands, as a type, so the demand is checked when the request is
+/// extracted.
 pub trait RequiredRole {
+    /// The least role that passes.
     const ROLE: Role;
 }
 
+/// Demands `Role::Admin`.
 pub struct AdminRole;
+/// Demands `Role::Publisher`.
 pub struct PublisherRole;
+/// Demands `Role::Viewer`.
 pub struct ViewerRole;
 
 impl RequiredRole for AdminRole {
@@ -31,12 +37,16 @@ impl RequiredRole for ViewerRole {
 
 /// An authenticated caller with at least the role `R`.
 pub struct Authorized<R: RequiredRole> {
+    /// Who the caller is.
     pub principal: Principal,
     _role: PhantomData<R>,
 }
 
+/// A caller allowed to change the gateway.
 pub type Admin = Authorized<AdminRole>;
+/// Any authenticated caller.
 pub type Viewer = Authorized<ViewerRole>;
+/// A caller allowed to publish.
 pub type PublisherCaller = Authorized<PublisherRole>;
 
 impl<R: RequiredRole + 'static> FromRequest for Authorized<R> {

@@ -22,11 +22,14 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+/// When a client address is refused for failing too often.
 #[derive(Debug, Clone, Copy)]
 pub struct ThrottleSettings {
     /// Failures allowed per window; the next attempt is refused. 0 turns
     /// the throttle off.
     pub max_failures: u32,
+    /// How long a client's failures are counted, from its first one; a refused client waits until
+    /// it ends.
     pub window: Duration,
     /// Most clients tracked at once.
     pub capacity: usize,
@@ -48,6 +51,8 @@ struct Window {
     failures: u32,
 }
 
+/// Counts failed authentications per client address and refuses the ones over the limit; see the
+/// module comment for the rules.
 pub struct FailureThrottle {
     settings: ThrottleSettings,
     clients: DashMap<IpAddr, Window>,
@@ -83,6 +88,7 @@ impl Drop for CheckSlot<'_> {
 const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl FailureThrottle {
+    /// An empty throttle.
     pub fn new(settings: ThrottleSettings) -> Self {
         Self {
             settings,
@@ -140,6 +146,7 @@ impl FailureThrottle {
         (window.failures >= self.settings.max_failures && ends > now).then(|| ends - now)
     }
 
+    /// Counts one refused credential from `client`, opening a new window if the last one has ended.
     pub fn record_failure(&self, client: IpAddr) {
         self.record_failure_at(client, Instant::now());
     }
@@ -187,6 +194,7 @@ impl FailureThrottle {
         self.clients.len() < self.settings.capacity
     }
 
+    /// How many client addresses are tracked now; for tests of the memory bound.
     pub fn tracked(&self) -> usize {
         self.clients.len()
     }

@@ -21,6 +21,7 @@ pub struct TargetSlots {
 }
 
 impl TargetSlots {
+    /// Slots for `limit` requests at once per origin; at least 1.
     pub fn new(limit: usize) -> Self {
         Self {
             per_origin: DashMap::new(),
@@ -28,6 +29,7 @@ impl TargetSlots {
         }
     }
 
+    /// Requests allowed at once per origin.
     pub fn limit(&self) -> usize {
         self.limit
     }

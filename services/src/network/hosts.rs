@@ -8,10 +8,13 @@ use url::{Host, Url};
 /// has no host"). It never quotes the URL, so it can be stored and logged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlProblem {
+    /// The text does not parse as a URL.
     #[error("is not a URL ({0})")]
     NotAUrl(url::ParseError),
+    /// The scheme is neither `http` nor `https`.
     #[error("is not http or https")]
     Scheme,
+    /// The URL has no host.
     #[error("has no host")]
     NoHost,
 }

@@ -29,6 +29,8 @@ impl AddressNotAllowed {
     }
 }
 
+/// The DNS resolver of outbound clients, refusing inside addresses except for trusted hosts; see
+/// the module comment.
 #[derive(Debug, Clone, Default)]
 pub struct AddressGuard {
     /// Trusted hosts; an inside address is fine for them.
@@ -36,6 +38,8 @@ pub struct AddressGuard {
 }
 
 impl AddressGuard {
+    /// A guard that trusts the hosts in `trusted` (an allow-list's entries) whatever they resolve
+    /// to.
     pub fn new(trusted: &[String]) -> Self {
         Self {
             trusted: trusted.into(),
