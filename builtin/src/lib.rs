@@ -59,6 +59,8 @@ pub struct BuiltinHandlers {
 }
 
 impl BuiltinHandlers {
+    /// The three handlers on `store`; fails only when the scraper's HTTP client
+    /// cannot be built.
     pub fn new(store: Store, scrape: ScrapeSettings) -> Result<Self, reqwest::Error> {
         Ok(Self {
             user: Arc::new(UserHandler::new(store.clone())),

@@ -27,6 +27,8 @@ pub const PENALTY: f64 = 0.5;
 /// Read-modify-write rounds before a penalty gives up for this attempt.
 const PENALTY_TRIES: usize = 5;
 
+/// The `report` handler: the delivery target that applies report events to
+/// `reports` and to the authors in `users`.
 pub struct ReportHandler {
     reports: Collection<Document>,
     users: Collection<Document>,
@@ -57,6 +59,7 @@ impl DeliveryTarget for ReportHandler {
 }
 
 impl ReportHandler {
+    /// A handler on the store's `reports` and `users` collections.
     pub fn new(store: Store) -> Self {
         Self {
             reports: store.database().collection(REPORTS),

@@ -36,10 +36,14 @@ pub const BUILTIN_RETRY: RetryPolicy = RetryPolicy {
     max_delay_ms: 60_000,
 };
 
+/// Why one pass of the built-in handlers' setup did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    /// A built-in queue could not be declared; worth another pass.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// An index could not be made or a consumer not registered; worth another
+    /// pass.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Retrying will not help (an invalid consumer definition).
@@ -75,9 +79,13 @@ fn handler_name(handler: BuiltinHandler) -> &'static str {
     }
 }
 
+/// What the start-up step needs; `bootstrap` runs it.
 pub struct BuiltinSetup {
+    /// Declares the built-in queues and their dead-letter companions.
     pub topology: Topology,
+    /// Where the built-in consumers are stored; its reconciler runs them.
     pub registry: Arc<ConsumerRegistry>,
+    /// Where the handlers' indexes are made.
     pub store: Store,
     /// `BUILTIN_QUEUE_PREFIX`.
     pub prefix: String,

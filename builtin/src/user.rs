@@ -22,6 +22,8 @@ const USER_ID_COUNTER: &str = "user_id";
 /// ahead of the counter.
 const ALLOCATION_TRIES: usize = 5;
 
+/// The `user` handler: the delivery target that applies user events to
+/// `users`.
 pub struct UserHandler {
     users: Collection<Document>,
     counters: Collection<Document>,
@@ -45,6 +47,7 @@ impl DeliveryTarget for UserHandler {
 }
 
 impl UserHandler {
+    /// A handler on the store's `users` collection and its `user_id` counter.
     pub fn new(store: Store) -> Self {
         Self {
             users: store.database().collection(USERS),

@@ -47,25 +47,46 @@ const POLL: Duration = Duration::from_millis(50);
 /// One `/ready` probe; a gateway that takes longer is not ready yet.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Why a gateway could not be found, built, started, watched or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// No port on the loopback interface could be bound.
     #[error("no free port for the gateway: {0}")]
     Port(std::io::Error),
+    /// The binary could not be started.
     #[error("cannot start the gateway binary {binary}: {source}")]
     Spawn {
+        /// The binary's path, as given to `GatewayCommand::new`.
         binary: String,
+        /// Why the operating system refused.
         source: std::io::Error,
     },
+    /// The child's state could not be read.
     #[error("cannot look at the gateway process: {0}")]
     Wait(std::io::Error),
+    /// The child exited before `/ready` answered 200.
     #[error("the gateway exited before it was ready: {0}")]
     Exited(ExitStatus),
+    /// `/ready` did not answer 200 within this deadline.
     #[error("the gateway was not ready within {0:?}")]
     NotReady(Duration),
+    /// SIGTERM could not be sent.
     #[error("cannot send SIGTERM to the gateway ({pid}): {reason}")]
-    Terminate { pid: u32, reason: String },
+    Terminate {
+        /// The gateway's process id.
+        pid: u32,
+        /// Why `kill -TERM` could not run or failed.
+        reason: String,
+    },
+    /// No gateway binary: cargo failed to build one, or none was found beside
+    /// the running executable.
     #[error("cannot build the gateway binary with `{command}`: {reason}")]
-    Build { command: String, reason: String },
+    Build {
+        /// The cargo command run, or the one that would build the binary.
+        command: String,
+        /// Why it failed, or what to do.
+        reason: String,
+    },
 }
 
 /// A free port on the loopback interface right now.
@@ -150,6 +171,9 @@ pub struct GatewayCommand {
 }
 
 impl GatewayCommand {
+    /// Prepares `binary` on a port that is free now; the child inherits the
+    /// caller's environment unless `isolated` is called. Fails when no port
+    /// is free.
     pub fn new(binary: impl AsRef<OsStr>) -> Result<Self, GatewayError> {
         let port = free_port()?;
         let mut command = Command::new(binary.as_ref());
@@ -174,11 +198,14 @@ impl GatewayCommand {
         self
     }
 
+    /// Sets one variable for the child; `BIND_ADDR` is always overridden by
+    /// `spawn`.
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.command.env(key, value);
         self
     }
 
+    /// Sets several variables for the child, as `env` does.
     pub fn envs<K, V>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self
     where
         K: AsRef<OsStr>,
@@ -188,16 +215,19 @@ impl GatewayCommand {
         self
     }
 
+    /// Where the child's standard output goes; inherited when not set.
     pub fn stdout(mut self, to: impl Into<Stdio>) -> Self {
         self.command.stdout(to);
         self
     }
 
+    /// Where the child's standard error goes; inherited when not set.
     pub fn stderr(mut self, to: impl Into<Stdio>) -> Self {
         self.command.stderr(to);
         self
     }
 
+    /// The loopback port the gateway will listen on, chosen by `new`.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -227,10 +257,12 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
+    /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// The loopback port the gateway listens on.
     pub fn port(&self) -> u16 {
         self.port
     }

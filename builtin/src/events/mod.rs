@@ -31,15 +31,24 @@ pub use user::{NewUser, UserChanges, UserEvent, UserRef, DEFAULT_CALIFICACION};
 /// source.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EventError {
+    /// The payload does not parse as JSON.
     #[error("the message is not JSON: {0}")]
     NotJson(#[source] Arc<serde_json::Error>),
+    /// The payload is a JSON array, string, number, boolean or null.
     #[error("the message is JSON but not an object")]
     NotAnObject,
+    /// `event_type` is a string this handler has no event for.
     #[error("unknown event_type `{got}`; this handler knows {known}")]
-    UnknownType { got: String, known: &'static str },
+    UnknownType {
+        /// The `event_type` received, cut to 40 characters (and `…`) when longer.
+        got: String,
+        /// The event types the handler accepts, comma-separated.
+        known: &'static str,
+    },
     /// A type mismatch serde could not pin on one field.
     #[error("the message does not have the expected shape: {0}")]
     Shape(#[source] Arc<serde_json::Error>),
+    /// One field is missing, of the wrong type or invalid; the error names it.
     #[error(transparent)]
     Field(#[from] FieldError),
 }
@@ -67,6 +76,7 @@ impl PartialEq for EventError {
 /// An event and the id it names itself by, if any.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope<T> {
+    /// The parsed and validated event.
     pub event: T,
     /// `event_id`: the idempotency key, when the producer set one.
     pub event_id: Option<String>,

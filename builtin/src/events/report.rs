@@ -7,30 +7,50 @@ use super::fields::{
 };
 use super::{envelope, Envelope, EventError};
 
+/// A report to store, as a `report.create` gives it, validated and with the
+/// defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewReport {
+    /// The report's id and its document's `_id`: not blank, at most 255 bytes.
     pub id_reporte: String,
     /// The author's `user_id`.
     pub id_usuario: i64,
+    /// The kind of report, a required integer stored as given.
     pub tipo_reporte: i64,
+    /// What is reported, trimmed; required and not blank.
     pub descripcion: String,
+    /// Where it happened, free text stored as given.
     pub ubicacion: Option<String>,
+    /// How visible the report is: any finite number, `DEFAULT_VISIBILIDAD` when
+    /// not given.
     pub visibilidad: f64,
     /// `None`: the time the handler stores the report.
     pub fecha_creacion: Option<String>,
 }
 
+/// The visibility a report gets when its `report.create` gives none.
 pub const DEFAULT_VISIBILIDAD: f64 = 1.0;
 
+/// A message on the reports queue, by its `event_type`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReportEvent {
+    /// `report.create`: store a report and add one to its author's
+    /// `numero_reportes`; retried while the author does not exist yet.
     Create(NewReport),
+    /// `report.update_visibility`: set a stored report's visibility.
     UpdateVisibility {
+        /// The report to change.
         id_reporte: String,
+        /// Its new visibility, any finite number.
         visibilidad: f64,
+        /// Also lower the author's `calificacion` by `report::PENALTY`, not below
+        /// 0, once per event; `false` when not given.
         penalize_author: bool,
     },
+    /// `report.delete`: remove a report; one already gone counts as deleted.
+    /// The author's `numero_reportes` is left as it is.
     Delete {
+        /// The report to remove.
         id_reporte: String,
     },
 }
@@ -60,6 +80,8 @@ struct ReportFields {
 }
 
 impl ReportEvent {
+    /// Reads and validates one message of the reports queue; the error is the
+    /// reason it is dead-lettered with.
     pub fn parse(payload: &[u8]) -> Result<Envelope<ReportEvent>, EventError> {
         let (kind, event_id, body) = envelope::<Kind>(payload, KNOWN)?;
         let fields: ReportFields = typed(body)?;

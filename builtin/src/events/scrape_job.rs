@@ -16,21 +16,33 @@ pub const MAX_URLS: usize = 100;
 /// record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScrapeJob {
+    /// The job's id and its record's `_id`: not blank, at most 255 bytes.
     pub job_id: String,
+    /// Who asked for the job: any JSON value with keys MongoDB can store, kept
+    /// on the record as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<Value>,
+    /// Descriptive only: kept on the record, not used to scrape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub industry: Option<String>,
+    /// Descriptive only: kept on the record, not used to scrape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub geography: Option<String>,
+    /// Descriptive only: kept on the record, not used to scrape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keywords: Option<Vec<String>>,
+    /// Descriptive only: kept on the record, not used to scrape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_types: Option<Vec<String>>,
+    /// Descriptive only: kept on the record, not used to scrape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search_query: Option<String>,
+    /// Descriptive only, any JSON value with keys MongoDB can store; kept on
+    /// the record, not used to scrape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filters: Option<Value>,
+    /// The pages to fetch, at most `MAX_URLS`; after `parse` always `Some`
+    /// (empty when the message had none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub urls: Option<Vec<String>>,
 }

@@ -7,52 +7,88 @@ use super::fields::{
 };
 use super::{envelope, Envelope, EventError};
 
+/// A user to store, as a `user.create` gives it, validated and with the
+/// defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewUser {
     /// `None`: the handler takes the next one from the store's counter.
     pub user_id: Option<i64>,
+    /// First name, trimmed; required and not blank.
     pub nombre: String,
+    /// Surname, trimmed; required and not blank.
     pub apellido: String,
     /// Trimmed and lower-cased, so uniqueness does not depend on case.
     pub email: String,
+    /// Date of birth, an ISO-8601 date or date-time stored as given (trimmed).
     pub fecha_nacimiento: Option<String>,
     /// `None`: the time the handler stores the user.
     pub fecha_creacion: Option<String>,
+    /// The user's rating: zero or more, `DEFAULT_CALIFICACION` when not given.
+    /// Report penalties lower it.
     pub calificacion: f64,
+    /// How many reports the user has authored: zero or more, 0 when not given.
+    /// Each applied `report.create` adds one.
     pub numero_reportes: i64,
+    /// Profile picture address, stored as given; nothing fetches or checks it.
     pub url_foto_perfil: Option<String>,
+    /// Free-text biography, stored as given.
     pub biografia: Option<String>,
 }
 
+/// The rating a new user starts with when `user.create` gives none; also the
+/// value a penalty starts from when a stored user has none.
 pub const DEFAULT_CALIFICACION: f64 = 5.0;
 
 /// Which user an update or delete is about.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UserRef {
+    /// By `user_id`, the document's `_id`.
     Id(i64),
+    /// By e-mail address, trimmed and lower-cased.
     Email(String),
 }
 
 /// The fields an update sets; the others are left as they are.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct UserChanges {
+    /// New first name, trimmed; not blank.
     pub nombre: Option<String>,
+    /// New surname, trimmed; not blank.
     pub apellido: Option<String>,
     /// Only when the user is named by `user_id`.
     pub email: Option<String>,
+    /// New date of birth, an ISO-8601 date or date-time.
     pub fecha_nacimiento: Option<String>,
+    /// New creation time, an ISO-8601 date or date-time.
     pub fecha_creacion: Option<String>,
+    /// New rating, zero or more.
     pub calificacion: Option<f64>,
+    /// New count of authored reports, zero or more.
     pub numero_reportes: Option<i64>,
+    /// New profile picture address, stored as given.
     pub url_foto_perfil: Option<String>,
+    /// New biography, stored as given.
     pub biografia: Option<String>,
 }
 
+/// A message on the users queue, by its `event_type`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UserEvent {
+    /// `user.create`: store a new user; an e-mail address already taken by
+    /// another event's user is refused.
     Create(NewUser),
-    Update { user: UserRef, changes: UserChanges },
-    Delete { user: UserRef },
+    /// `user.update`: set the given fields on an existing user.
+    Update {
+        /// The user to change: by `user_id` when given, else by `email`.
+        user: UserRef,
+        /// The fields to set; the rest are left as stored.
+        changes: UserChanges,
+    },
+    /// `user.delete`: remove a user; one already gone counts as deleted.
+    Delete {
+        /// The user to remove: by `user_id` when given, else by `email`.
+        user: UserRef,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -82,6 +118,8 @@ struct UserFields {
 }
 
 impl UserEvent {
+    /// Reads and validates one message of the users queue; the error is the
+    /// reason it is dead-lettered with.
     pub fn parse(payload: &[u8]) -> Result<Envelope<UserEvent>, EventError> {
         let (kind, event_id, body) = envelope::<Kind>(payload, KNOWN)?;
         let fields: UserFields = typed(body)?;

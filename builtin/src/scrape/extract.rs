@@ -16,7 +16,11 @@ const MAX_DESCRIPTION_CHARS: usize = 1_000;
 /// What a page gave.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Extracted {
+    /// The first `<title>`, whitespace collapsed, at most 500 characters;
+    /// `None` when missing or blank.
     pub title: Option<String>,
+    /// `<meta name="description">`, else `og:description`, whitespace
+    /// collapsed, at most 1,000 characters.
     pub description: Option<String>,
     /// Absolute http(s) URLs without fragments, first occurrence first.
     pub links: Vec<String>,

@@ -14,9 +14,14 @@ use super::super::{is_duplicate, now_iso, store_error, Failure};
 use services::{Store, StoreError};
 
 const JOBS: &str = "scrape_jobs";
+/// Status of a job recorded by the seed route and not picked up yet.
 pub const QUEUED: &str = "queued";
+/// Status of a job the handler is fetching.
 pub const RUNNING: &str = "running";
+/// Status of a finished job with at least one URL fetched (or none to fetch);
+/// final.
 pub const COMPLETED: &str = "completed";
+/// Status of a finished job none of whose URLs could be fetched; final.
 pub const FAILED: &str = "failed";
 
 /// What one URL gave, as stored in the job's `results` and shown by
@@ -24,17 +29,25 @@ pub const FAILED: &str = "failed";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PageResult {
+    /// The URL as the job gave it.
     pub url: String,
+    /// The status of the last response, after redirects; `None` when none came.
     pub http_status: Option<u16>,
+    /// The page's title, when it is HTML and has one.
     pub title: Option<String>,
+    /// The page's meta or `og:` description, when it is HTML and has one.
     pub description: Option<String>,
+    /// Absolute http(s) links on the page, without fragments, at most 500.
     pub links: Vec<String>,
+    /// E-mail addresses in the page's `mailto:` links and text, lower-cased, at
+    /// most 100.
     pub emails: Vec<String>,
     /// Why this URL failed; `None` when it was fetched. Never a URL.
     pub error: Option<String>,
 }
 
 impl PageResult {
+    /// The result of a URL that gave nothing, and why.
     pub fn failed(url: String, error: impl Into<String>) -> Self {
         Self {
             url,
@@ -47,10 +60,15 @@ impl PageResult {
 /// A job as `GET /jobs/{jobId}` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
+    /// The job's id, as published.
     pub job_id: String,
+    /// `queued`, `running`, `completed` or `failed`.
     pub status: String,
+    /// One result per URL in the job's order, once it finished; empty before.
     #[serde(default)]
     pub results: Vec<PageResult>,
+    /// Why the job failed, or, on a completed job, that the deadline cut some
+    /// URLs off; `None` otherwise.
     #[serde(default)]
     pub error: Option<String>,
 }
@@ -61,6 +79,7 @@ pub enum QueueJobError {
     /// The `job_id` names a job already recorded, whatever its status.
     #[error("a scrape job with this job_id already exists")]
     Exists,
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -61,6 +61,8 @@ impl Default for ScrapeSettings {
     }
 }
 
+/// The `scrape` handler: the delivery target that runs one scrape job per
+/// message and records it in `scrape_jobs`.
 pub struct ScrapeHandler {
     jobs: JobStore,
     fetcher: Fetcher,
@@ -79,6 +81,8 @@ impl DeliveryTarget for ScrapeHandler {
 }
 
 impl ScrapeHandler {
+    /// A handler on the store's `scrape_jobs`; fails only when the HTTP client
+    /// cannot be built. A `concurrency` of 0 is taken as 1.
     pub fn new(store: Store, settings: ScrapeSettings) -> Result<Self, reqwest::Error> {
         Ok(Self {
             jobs: JobStore::new(&store),
