@@ -29,6 +29,7 @@
 //! - `stats`: live counters read by `/getConsumers` and `/metrics`.
 
 mod batch;
+mod batch_policy;
 mod breaker;
 mod limits;
 mod retry;
@@ -39,7 +40,7 @@ mod supervisor;
 mod target;
 mod worker;
 
-pub use batch::{BatchPolicy, BatchPolicyError};
+pub use batch_policy::{BatchPolicy, BatchPolicyError};
 pub use breaker::{
     CircuitBreaker, CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, CircuitState,
 };

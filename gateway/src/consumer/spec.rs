@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::batch::BatchPolicy;
+use super::batch_policy::BatchPolicy;
 use super::limits::{Concurrency, RatePerSec};
 use super::{CircuitBreakerPolicy, RetryPolicy};
 use crate::QueueName;
