@@ -263,3 +263,45 @@ async fn get_queue_finds_names_that_need_percent_encoding() {
 
     assert_eq!(row["queueName"], queue.as_str());
 }
+
+/// A missing queue makes the broker close the channel that asked; lapin
+/// gives channel ids out again once they wrap round (2,047 on RabbitMQ).
+/// A channel that reuses such an id must not fail with the old channel's
+/// `NOT_FOUND`: before the fix in the vendored lapin, every create after
+/// the wrap answered 404 for a queue that did exist, or was being made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_ids_reused_after_many_missing_queues_carry_no_old_error() {
+    let app = spawn_app().await;
+    let missing = app.unique_queue("missing");
+    // Each asks for the queue on a fresh channel, which the broker closes.
+    for _ in 0..2_100 {
+        assert_error(
+            app.post_json(
+                "/createConsumer",
+                &json!({ "queueName": missing, "target": { "type": "http", "url": "http://127.0.0.1:9/hook" } }),
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+    }
+    for label in ["after-wrap-a", "after-wrap-b", "after-wrap-c"] {
+        let queue = app.unique_queue(label);
+        let created = app
+            .post_json("/createQueue", &json!({ "queueName": queue }))
+            .await;
+        assert_eq!(created.status(), StatusCode::CREATED, "createQueue {queue}");
+        let consumer = app
+            .post_json(
+                "/createConsumer",
+                &json!({ "queueName": queue, "target": { "type": "http", "url": "http://127.0.0.1:9/hook" } }),
+            )
+            .await;
+        assert_eq!(
+            consumer.status(),
+            StatusCode::CREATED,
+            "createConsumer on {queue}"
+        );
+    }
+}

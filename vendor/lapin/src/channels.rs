@@ -95,7 +95,7 @@ impl Channels {
     }
 
     pub(crate) fn remove(&self, id: ChannelId, error: Error) -> Result<()> {
-        self.frames.clear_expected_replies(id, error);
+        self.frames.forget_channel(id, error);
 
         if id == 0 {
             return Ok(());

@@ -166,6 +166,20 @@ impl Frames {
         }
     }
 
+    /// Forgets a removed channel: fails the replies it still waited for and
+    /// drops its poison. The poison must go with the channel: the next
+    /// channel given the same id would otherwise fail every frame it sends
+    /// with the error that closed the old one.
+    pub(crate) fn forget_channel(&self, channel_id: ChannelId, error: Error) {
+        self.clear_expected_replies(channel_id, error);
+        self.drop_channel_poison(channel_id);
+    }
+
+    #[cfg(test)]
+    fn channel_poison(&self, channel_id: ChannelId) -> Option<Error> {
+        self.lock_inner().check_poison(channel_id)
+    }
+
     pub(crate) fn clear_all_expected_replies(&self, error: Error) {
         self.lock_inner().clear_all_expected_replies(error)
     }
@@ -487,5 +501,26 @@ impl Inner {
             Reply::BasicCancelOk(resolver) => resolver.resolve(()),
             _ => cancel.cancel(error.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod forget_channel_tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn a_removed_channel_leaves_no_poison_for_the_next_one_with_its_id() {
+        let frames = Frames::default();
+        let closed_by_the_server: Error = ErrorKind::InvalidChannel(7).into();
+        frames.poison_channel(7, closed_by_the_server.clone());
+        assert!(frames.channel_poison(7).is_some());
+
+        frames.forget_channel(7, closed_by_the_server);
+
+        assert!(
+            frames.channel_poison(7).is_none(),
+            "a new channel 7 would fail with the old channel's error"
+        );
     }
 }
