@@ -4,7 +4,6 @@
 //! (`BUILTIN_QUEUE_PREFIX`) and database, and waits with deadlines, never
 //! fixed sleeps.
 
-use std::net::TcpListener as StdTcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -381,7 +380,7 @@ impl OwnStore {
             "{} is missing: run the suite through ./run.sh test, which installs SecantusDB there",
             python.display()
         );
-        let port = free_port();
+        let port = testkit::free_port().expect("a free port");
         let dir =
             std::env::temp_dir().join(format!("workerrmq-store-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("a storage directory");
@@ -465,13 +464,6 @@ impl Drop for OwnStore {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> u16 {
-    StdTcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

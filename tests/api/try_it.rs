@@ -48,7 +48,7 @@ async fn try_it_walk_through_answers_as_the_readme_says() {
         walk.steps.len()
     );
 
-    let receiver_port = free_port();
+    let receiver_port = testkit::free_port().expect("a free port");
     let _receiver = start_receiver(&walk.receiver, receiver_port).await;
     let vhost = OwnVhost::create("workerrmq-try-it").await;
     let mut settings: Vec<(&str, &str)> = vec![
@@ -576,13 +576,6 @@ fn glob(pattern: &str, text: &str) -> bool {
         }
     }
     rest.ends_with(last)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// The README's receiver, as written, on `port`; stopped on drop.

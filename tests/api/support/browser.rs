@@ -7,7 +7,6 @@
 //! console (`browser`) and network (`performance`: DevTools events) logs,
 //! which `console_errors` and `requested_urls` read.
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -81,19 +80,12 @@ impl WebDriverCompatibleCommand for Cdp {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port for chromedriver")
-        .port()
-}
-
 impl Browser {
     /// Starts chromedriver and a headless Chromium, its page 1280×800.
     pub async fn start(name: &str) -> Browser {
         let chromium = env_or("CHROMIUM_BIN", "/usr/bin/chromium");
         let chromedriver = env_or("CHROMEDRIVER_BIN", "/usr/bin/chromedriver");
-        let port = free_port();
+        let port = testkit::free_port().expect("a free port");
         let profile = std::env::temp_dir().join(format!(
             "workerrmq-browser-{}",
             uuid::Uuid::new_v4().simple()

@@ -35,7 +35,6 @@ pub struct Deployment {
     amqp: OnceCell<Connection>,
     /// Run first by the cleanup, even after a panic (`restore_on_cleanup`).
     restore: std::sync::Mutex<Vec<RestoreStep>>,
-    cleaned_up: bool,
 }
 
 impl Deployment {
@@ -50,7 +49,6 @@ impl Deployment {
             mongodb_uri: env_or("MONGODB_URI", DEFAULT_MONGODB_URI),
             amqp: OnceCell::new(),
             restore: std::sync::Mutex::new(Vec::new()),
-            cleaned_up: false,
         }
     }
 
@@ -147,16 +145,6 @@ impl Deployment {
         gateway
     }
 
-    /// Deletes every queue under the prefix and drops the database; fails
-    /// the test when that fails. Stop the gateways first.
-    pub async fn cleanup(mut self) {
-        self.cleaned_up = true;
-        if let Some(connection) = self.amqp.take() {
-            let _ = connection.close(200, "test done".into()).await;
-        }
-        self.plan().run().await.expect("the test cleans up");
-    }
-
     fn plan(&self) -> CleanupPlan {
         let plan = CleanupPlan::under_prefix(
             self.prefix.clone(),
@@ -174,9 +162,7 @@ impl Deployment {
 
 impl Drop for Deployment {
     fn drop(&mut self) {
-        if !self.cleaned_up {
-            self.plan().run_detached();
-        }
+        self.plan().run_detached();
     }
 }
 

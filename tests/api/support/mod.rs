@@ -13,9 +13,6 @@ pub mod browser;
 pub mod cleanup;
 pub mod cluster;
 pub mod env;
-// Only drops clean up now, so `Deployment::cleanup` has no caller; it stays
-// until this file moves to a crate of its own, so that move merges cleanly.
-#[expect(dead_code, reason = "Deployment::cleanup, see above")]
 pub mod gateway_process;
 pub mod http;
 pub mod management;
