@@ -129,10 +129,7 @@ impl DeadLetters {
                         mandatory: true,
                     })
                     .await;
-                match settle_replayed(&delivery, copy)
-                    .await
-                    .map_err(|e| e.while_doing(doing.clone()))?
-                {
+                match settle_replayed(&delivery, copy).await? {
                     Replayed::Moved => replayed += 1,
                     Replayed::Unroutable => {
                         return Err(BrokerError::not_found(

@@ -8,6 +8,7 @@ use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 
 use super::hand_back;
+use crate::error::AmqpContext;
 use crate::{BrokerError, PublishOutcome};
 
 /// What became of a dead letter taken for replay.
@@ -32,7 +33,11 @@ pub(crate) async fn settle_replayed(
 ) -> Result<Replayed, BrokerError> {
     match copy {
         Ok(PublishOutcome::Confirmed) => {
-            dead_letter.acker.ack(BasicAckOptions::default()).await?;
+            dead_letter
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .doing(|| "acking a replayed dead letter")?;
             Ok(Replayed::Moved)
         }
         Ok(PublishOutcome::Unroutable) => {
