@@ -42,6 +42,11 @@ impl ReturnKey {
         }
     }
 
+    /// Where the publish went, for an error's context: `publishing_to`.
+    pub(crate) fn destination(&self) -> (&str, &str) {
+        (&self.exchange, &self.routing_key)
+    }
+
     fn of_return(message: &BasicReturnMessage) -> Self {
         Self::of_publish(
             message.delivery.exchange.as_str(),

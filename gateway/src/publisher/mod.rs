@@ -175,10 +175,9 @@ impl Channels {
             properties,
             mandatory,
         } = job;
-        // lapin takes its own string type; converted once, these serve the
-        // error context too.
-        let exchange = ShortString::from(exchange);
-        let routing_key = ShortString::from(routing_key);
+        // The key holds the names too: errors name the destination from it,
+        // so the job's strings move into lapin's own type uncopied.
+        let (exchange_name, routing_key_name) = key.destination();
         // One deadline for the claim, the publish and its confirm. The
         // claim's timer is never armed when a channel is free at once.
         let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
@@ -191,8 +190,8 @@ impl Channels {
             channel
                 .channel()
                 .basic_publish(
-                    exchange.clone(),
-                    routing_key.clone(),
+                    ShortString::from(exchange),
+                    ShortString::from(routing_key),
                     BasicPublishOptions {
                         mandatory,
                         ..BasicPublishOptions::default()
@@ -201,12 +200,12 @@ impl Channels {
                     properties,
                 )
                 .await
-                .doing(|| publishing_to(exchange.as_str(), routing_key.as_str()))?
+                .doing(|| publishing_to(exchange_name, routing_key_name))?
                 .await
                 .doing(|| {
                     format!(
                         "waiting for the confirm of {}",
-                        publishing_to(exchange.as_str(), routing_key.as_str())
+                        publishing_to(exchange_name, routing_key_name)
                     )
                 })
         })
@@ -233,7 +232,7 @@ impl Channels {
                 return Err(BrokerError::unavailable(
                     format!(
                         "waiting for the confirm of {}",
-                        publishing_to(exchange.as_str(), routing_key.as_str())
+                        publishing_to(exchange_name, routing_key_name)
                     ),
                     Lost::NoAnswer,
                 ));
@@ -246,7 +245,7 @@ impl Channels {
             (Confirmation::Ack(_), true) => Ok(PublishOutcome::Unroutable),
             (Confirmation::Nack(_), _) => Err(BrokerError::Nacked),
             (Confirmation::NotRequested, _) => Err(BrokerError::unavailable(
-                publishing_to(exchange.as_str(), routing_key.as_str()),
+                publishing_to(exchange_name, routing_key_name),
                 Lost::NotConfirming,
             )),
         }
