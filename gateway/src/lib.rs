@@ -14,6 +14,7 @@ pub mod message_size;
 pub mod metrics;
 pub mod names;
 pub mod publisher;
+pub mod status_filter;
 pub mod topology;
 
 pub use addresses::{AmqpUrl, AmqpUrlParts, AmqpUrls, AmqpUrlsError};
@@ -31,6 +32,7 @@ pub use error::{with_causes, AmqpContext, BrokerError, Chain, Lost};
 pub use message_size::encoded_headers_len;
 pub use names::{ExchangeName, NameError, QueueName, RoutingKey};
 pub use publisher::{OutgoingMessage, PublishOutcome, Publisher};
+pub use status_filter::{BadStatusFilter, StatusFilter};
 pub use topology::{
     DeclareOutcome, ExchangeKind, ExchangeSpec, QueueCounts, QueueSpec, QueueType, Topology,
 };
