@@ -27,7 +27,10 @@ pub use consumer::{
     DeliveryTarget, ErrorKind, Failure, Flow, IncomingMessage, LimitError, LiveReplicas,
     RatePerSec, RequestShape, RetryPolicy, RetryPolicyError, Trigger,
 };
-pub use dead_letters::{DeadLetter, DeadLetters};
+pub use dead_letters::{
+    DeadLetter, DeadLetters, ReplayFilter, ReplayFilterError, ReplayFilterInput, ReplayMode,
+    ReplayReport,
+};
 pub use error::{with_causes, AmqpContext, BrokerError, Chain, Lost};
 pub use message_size::encoded_headers_len;
 pub use names::{ExchangeName, NameError, QueueName, RoutingKey};
