@@ -100,7 +100,8 @@ pub struct ReplayRequest {
 
 /// Every condition given must hold; none given takes every dead letter. A
 /// dead letter the broker put there itself (expired or dropped from the
-/// main queue) has no time, status or kind: only `messageIds` takes it.
+/// main queue) has no time, status or kind: only a filter without those
+/// takes it.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplayFilterRequest {
