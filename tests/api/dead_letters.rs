@@ -114,7 +114,7 @@ async fn a_dead_letter_replay_by_status_moves_exactly_the_matching_ones_and_keep
     // dead-letter queue in publish order, each with the answer scripted
     // for it.
     let statuses: Vec<u16> = (0..30)
-        .map(|i| if i % 3 == 0 { 503 } else { 422 })
+        .map(|i: usize| if i.is_multiple_of(3) { 503 } else { 422 })
         .collect();
     target.script(
         "/by-message",
@@ -138,13 +138,14 @@ async fn a_dead_letter_replay_by_status_moves_exactly_the_matching_ones_and_keep
     .await;
 
     let all: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
-    let (failed_503, failed_422): (Vec<(String, u16)>, Vec<(String, u16)>) = all
-        .iter()
-        .cloned()
-        .zip(statuses.iter().copied())
-        .partition(|(_, s)| *s == 503);
-    let failed_503: BTreeSet<String> = failed_503.into_iter().map(|(id, _)| id).collect();
-    let failed_422: Vec<String> = failed_422.into_iter().map(|(id, _)| id).collect();
+    let with_status = |wanted: u16| {
+        all.iter()
+            .zip(&statuses)
+            .filter(move |(_, s)| **s == wanted)
+            .map(|(id, _)| id.clone())
+    };
+    let failed_503: BTreeSet<String> = with_status(503).collect();
+    let failed_422: Vec<String> = with_status(422).collect();
     assert_eq!((failed_503.len(), failed_422.len()), (10, 20));
     let letters = api.dead_letters(&queue).await;
     assert_eq!(dead_letter_ids(&api, &queue).await, all, "publish order");
@@ -279,7 +280,7 @@ async fn a_dead_letter_replayed_by_message_id_is_recorded_as_the_replays_attempt
 
     assert_eq!(
         dead_letter_ids(&api, &queue).await,
-        [other.clone()],
+        std::slice::from_ref(other),
         "the other one stays"
     );
     assert!(!target.ids_delivered().contains(other));
@@ -300,7 +301,7 @@ async fn two_replicas_replaying_one_dead_letter_queue_at_once_move_each_message_
         .into_iter()
         .map(|m| m.id)
         .collect();
-    let status_of = |i: usize| if i % 2 == 0 { 503 } else { 422 };
+    let status_of = |i: usize| if i.is_multiple_of(2) { 503 } else { 422 };
     let properties: Vec<BasicProperties> = ids
         .iter()
         .enumerate()
