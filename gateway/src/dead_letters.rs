@@ -1,26 +1,28 @@
 //! Reading and replaying `<queue>.dlq`.
 //!
 //! Peeking takes messages with `basic.get` without acking and then closes
-//! the channel, which puts every one of them back where it was. Replaying
-//! walks the dead-letter queue the same way: a dead letter the
-//! `ReplayFilter` takes gets a fresh copy in the main queue (attempts
-//! reset) and is handed with the copy's fate to `consumer::settle_replayed`,
-//! which acks it only once the copy is confirmed: none lost, none doubled.
-//! One it does not take is held unacked and goes back at the end, with the
-//! channel. No ack goes out from here.
+//! the channel, which puts every one of them back (where it was, in a
+//! classic queue: see below). Replaying walks the dead-letter queue the
+//! same way: a dead letter the `ReplayFilter` takes gets a fresh copy in
+//! the main queue (attempts reset) and is handed with the copy's fate to
+//! `consumer::settle_replayed`, which acks it only once the copy is
+//! confirmed: none lost, none doubled. One it does not take is held unacked
+//! and goes back at the end, with the channel. No ack goes out from here.
 //!
 //! Held dead letters are invisible to every other channel, so two replays
 //! of one queue at once, on one replica or two, see disjoint messages and
 //! never move one twice.
 //!
 //! Where held dead letters go back depends on the dead-letter queue's type
-//! (the main queue's, `companion_types`). A classic queue puts each back at
-//! its original position, so those left stay in their order whatever runs
-//! at once. A quorum queue (RabbitMQ 3.10 to 3.13) puts them before the
-//! messages never taken, in the order they are given back: a lone replay or
-//! peek keeps the order too, but two at once interleave what they held
-//! (replica A's, then B's), and each giving back counts towards the
-//! message's `x-delivery-count`.
+//! (the main queue's, `companion_types`). A classic queue (the default)
+//! puts each back at its original position, so those left stay in their
+//! order, whatever runs at once. A quorum queue (RabbitMQ 3.10, checked)
+//! gives them back ahead of the messages never taken but not always in
+//! their order, so after a replay or a peek the order of those left is not
+//! promised there; none is lost or doubled either way. Each giving back
+//! also raises a quorum dead letter's `x-delivery-count`, which its replay
+//! copy sheds (`kept_properties`). Keeping the order there would mean
+//! republishing every dead letter not taken, on every replay and peek.
 
 mod filter;
 

@@ -188,7 +188,7 @@ impl ReplayFilterRequest {
 #[utoipa::path(post, path = "/replayDeadLetters", tag = "dead letters", request_body = ReplayRequest,
     security(("basic" = []), ("bearer" = [])),
     responses(
-        (status = 200, description = "The matching dead letters, oldest first and up to `limit`, are back in the main queue with attempts reset, each once, even with replays of the same queue running at once on other replicas; their next attempt is recorded with trigger `replay`. The others stay in the dead-letter queue, in their order. A dry run moves nothing and answers `replayed: 0`", body = ReplayAnswer, example = json!({"matched": 3, "replayed": 3})),
+        (status = 200, description = "The matching dead letters, oldest first and up to `limit`, are back in the main queue with attempts reset, each once, even with replays of the same queue running at once on other replicas; their next attempt is recorded with trigger `replay`. The others stay in the dead-letter queue, in their order (a quorum dead-letter queue may reorder them; none is lost or doubled). A dry run moves nothing and answers `replayed: 0`", body = ReplayAnswer, example = json!({"matched": 3, "replayed": 3})),
         (status = 400, description = "A field is out of bounds or malformed (named: `limit`, `filter.since`, `filter.until`, `filter.status`, `filter.errorKind`, `filter.messageIds`)", body = crate::error::ErrorBody),
         (status = 404, description = "No queue by that name, or it has no dead-letter queue", body = crate::error::ErrorBody)))]
 pub async fn replay_dead_letters(
