@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod names;
 pub mod publisher;
 pub mod topology;
+pub mod trace;
 
 pub use addresses::{AmqpUrl, AmqpUrlParts, AmqpUrls, AmqpUrlsError};
 pub use companion_types::{CompanionTypes, QueueTypeSource};
@@ -33,6 +34,7 @@ pub use publisher::{OutgoingMessage, PublishOutcome, Publisher};
 pub use topology::{
     DeclareOutcome, ExchangeKind, ExchangeSpec, QueueCounts, QueueSpec, QueueType, Topology,
 };
+pub use trace::{Traceparent, TraceparentError};
 
 /// Re-exported so callers can build message properties and field tables
 /// without depending on lapin themselves.
