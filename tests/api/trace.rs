@@ -416,3 +416,30 @@ async fn a_batch_request_is_a_span_of_the_first_trace_among_its_messages() {
 
     target.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_documents_the_traceparent_header_of_a_publish() {
+    let app = spawn_app().await;
+    let spec = assert_json(
+        app.request_anonymous(reqwest::Method::GET, "/openapi.json", None)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let parameters = spec["paths"]["/messagePublish"]["post"]["parameters"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no parameters: {}", spec["paths"]["/messagePublish"]));
+    let traceparent = parameters
+        .iter()
+        .find(|p| p["name"] == "traceparent")
+        .unwrap_or_else(|| panic!("no traceparent parameter: {parameters:?}"));
+    assert_eq!(traceparent["in"], "header");
+    assert_ne!(
+        traceparent["required"], true,
+        "optional: a trace is started"
+    );
+    let pattern = traceparent["schema"]["pattern"]
+        .as_str()
+        .expect("a pattern for schema-aware clients");
+    assert!(pattern.contains("[0-9a-f]{32}"), "{pattern}");
+}
