@@ -74,6 +74,9 @@ pub struct Settings {
     /// `MAX_HEADER_BYTES`: total encoded message headers `/messagePublish`
     /// accepts.
     pub max_header_bytes: usize,
+    /// `ATTEMPT_LOG`, `ATTEMPT_BODY_BYTES`, `ATTEMPT_LOG_BUFFER`,
+    /// `ATTEMPT_RETENTION`: delivery history.
+    pub attempt_log: services::attempts::AttemptLogConfig,
     /// `MAX_CONSUMERS`: consumers this gateway runs; beyond it, 409.
     pub max_consumers: usize,
     /// `AUTH_MAX_FAILURES`: failed authentications one client address may
@@ -263,6 +266,34 @@ impl Settings {
         let auth_max_failures = number(&var, "AUTH_MAX_FAILURES", 10, 0..=1_000_000)?;
         let auth_failure_window_secs = number(&var, "AUTH_FAILURE_WINDOW_SECS", 60, 1..=86_400)?;
 
+        let attempt_log = services::attempts::AttemptLogConfig {
+            enabled: match var("ATTEMPT_LOG").map(|v| v.trim().to_ascii_lowercase()) {
+                None => true,
+                Some(v) if matches!(v.as_str(), "on" | "true" | "1" | "yes") => true,
+                Some(v) if matches!(v.as_str(), "off" | "false" | "0" | "no") => false,
+                Some(other) => {
+                    return Err(problem(
+                        "ATTEMPT_LOG",
+                        format!("`{other}` is neither `on` nor `off`"),
+                    ))
+                }
+            },
+            body_bytes: number(&var, "ATTEMPT_BODY_BYTES", 4_096, 0..=65_536)? as usize,
+            buffer: number(&var, "ATTEMPT_LOG_BUFFER", 100_000, 1..=10_000_000)? as usize,
+            retention: match var("ATTEMPT_RETENTION") {
+                None => std::time::Duration::from_secs(7 * 24 * 3600),
+                Some(raw) => humantime::parse_duration(raw.trim())
+                    .ok()
+                    .filter(|d| d.as_secs() >= 60)
+                    .ok_or_else(|| {
+                        problem(
+                            "ATTEMPT_RETENTION",
+                            format!("`{raw}` is not a duration of a minute or more (7d, 12h, 90m)"),
+                        )
+                    })?,
+            },
+        };
+
         let default_queue_type = match var("DEFAULT_QUEUE_TYPE") {
             None => gateway::QueueType::Classic,
             Some(raw) => gateway::QueueType::parse(&raw).ok_or_else(|| {
@@ -316,6 +347,7 @@ impl Settings {
             max_connections_per_target: max_connections_per_target as usize,
             max_header_bytes: max_header_bytes as usize,
             max_consumers: max_consumers as usize,
+            attempt_log,
             auth_max_failures: auth_max_failures as u32,
             auth_failure_window: std::time::Duration::from_secs(auth_failure_window_secs),
             instance_id,

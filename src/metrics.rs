@@ -23,6 +23,7 @@ pub struct AppMetrics {
     registry: Registry,
     pub delivery: Arc<DeliveryMetrics>,
     pub auth: Arc<AuthMetrics>,
+    pub attempt_log: services::attempts::AttemptLogMetrics,
     pub publishes: Family<PublishLabels, Counter>,
     pub publish_seconds: Histogram,
     broker_up: Gauge,
@@ -43,6 +44,8 @@ impl AppMetrics {
         delivery.register(&mut registry);
         let auth = Arc::new(AuthMetrics::default());
         auth.register(&mut registry);
+        let attempt_log = services::attempts::AttemptLogMetrics::default();
+        attempt_log.register(&mut registry);
         let publishes = Family::<PublishLabels, Counter>::default();
         registry.register(
             "workerrmq_publishes",
@@ -77,6 +80,7 @@ impl AppMetrics {
             registry,
             delivery,
             auth,
+            attempt_log,
             publishes,
             publish_seconds,
             broker_up,

@@ -121,6 +121,8 @@ fn error_answer(description: &str) -> RefOr<Response> {
         routes::flow_control::resume_consumer,
         routes::dead_letters::get_dead_letters,
         routes::dead_letters::replay_dead_letters,
+        routes::history::get_attempts,
+        routes::history::get_message_history,
         routes::connections::get_connections,
         routes::api_keys::create_api_key,
         routes::api_keys::get_api_keys,

@@ -22,6 +22,7 @@ use gateway::{
 };
 use middlewares::{AuthSettings, Authenticator, ThrottleSettings};
 use secrecy::ExposeSecret;
+use services::attempts::{AttemptBuffer, AttemptHistory, AttemptWriter};
 use services::{ConsumerRegistry, ManagementClient, Store};
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
@@ -35,6 +36,9 @@ use crate::state::AppState;
 
 const FIRST_BROKER_CONNECT: Duration = Duration::from_secs(5);
 const STORE_BOOTSTRAP_RETRY: Duration = Duration::from_secs(2);
+/// How long shutdown waits for the attempt records still buffered to be
+/// stored, after the consumers stopped.
+const ATTEMPT_FLUSH_GRACE: Duration = Duration::from_secs(3);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,8 @@ pub struct Application {
     server: Server,
     broker: Broker,
     registry: Arc<ConsumerRegistry>,
+    /// Stores attempt records; flushed once the consumers have stopped.
+    attempt_writer: Option<Arc<AttemptWriter>>,
     /// Stops background loops (the reconciler, store bootstrap).
     shutdown: CancellationToken,
     /// Closes the broker connection, after the consumers have drained.
@@ -128,20 +134,49 @@ impl Application {
 
         let metrics = Arc::new(crate::metrics::AppMetrics::new());
         let publisher = Arc::new(Publisher::new(broker.clone()));
-        let supervisor = Arc::new(
-            ConsumerSupervisor::new(
-                broker.clone(),
-                publisher.clone(),
+        // Delivery history: the buffer the consumers hand records to, and
+        // the writer that stores them in bulk.
+        let attempts = AttemptHistory::new(&store);
+        let attempt_log = settings.attempt_log;
+        let attempt_writer = attempt_log.enabled.then(|| {
+            let buffer = Arc::new(AttemptBuffer::new(
+                attempt_log.buffer,
+                services::attempts::MAX_BULK,
+                metrics.attempt_log.dropped.clone(),
+            ));
+            let writer = attempts.start_writer(
+                buffer.clone(),
                 settings.instance_id.clone(),
-                metrics.delivery.clone(),
-            )
-            // Companions take their main queue's type, as the management
-            // API tells it.
-            .with_companion_types(gateway::CompanionTypes::new(
-                settings.default_queue_type,
-                Some(Arc::new(management.clone())),
-            )),
-        );
+                metrics.attempt_log.clone(),
+                shutdown.clone(),
+            );
+            (buffer, writer)
+        });
+        {
+            let attempts = attempts.clone();
+            let retention = attempt_log.retention;
+            tokio::spawn(async move {
+                if let Err(err) = attempts.ensure_indexes(retention).await {
+                    tracing::warn!(error = %gateway::Chain(&err), "could not create the attempt indexes; reads may be slow until the next start");
+                }
+            });
+        }
+        let mut supervisor = ConsumerSupervisor::new(
+            broker.clone(),
+            publisher.clone(),
+            settings.instance_id.clone(),
+            metrics.delivery.clone(),
+        )
+        // Companions take their main queue's type, as the management
+        // API tells it.
+        .with_companion_types(gateway::CompanionTypes::new(
+            settings.default_queue_type,
+            Some(Arc::new(management.clone())),
+        ));
+        if let Some((buffer, _)) = &attempt_writer {
+            supervisor = supervisor.with_attempt_log(buffer.clone());
+        }
+        let supervisor = Arc::new(supervisor);
         let forward_client = services::forwarder::http_client(
             settings.forward_deny_private,
             settings.forward_allowed_hosts.as_deref(),
@@ -164,13 +199,17 @@ impl Application {
             client: "scraper",
             source,
         })?;
-        let registry = Arc::new(ConsumerRegistry::new(
+        let mut registry = ConsumerRegistry::new(
             &store,
             supervisor,
             forward_client,
             settings.forward_allowed_hosts.clone(),
             Arc::new(builtins),
-        ));
+        );
+        if attempt_writer.is_some() {
+            registry = registry.record_attempts(attempt_log.body_bytes);
+        }
+        let registry = Arc::new(registry);
         registry.spawn_reconciler(shutdown.clone());
         // Rate-limited consumers share their rate by the live replicas;
         // `/getReplicas` and the fleet-wide counters read the beats.
@@ -214,6 +253,7 @@ impl Application {
         let state = web::Data::new(AppState {
             topology: Topology::new(broker.clone()),
             dead_letters: DeadLetters::new(broker.clone(), publisher.clone()),
+            attempts,
             publisher,
             registry: registry.clone(),
             metrics,
@@ -260,6 +300,7 @@ impl Application {
             server,
             broker,
             registry,
+            attempt_writer: attempt_writer.map(|(_, writer)| writer),
             shutdown,
             broker_shutdown,
         })
@@ -283,6 +324,9 @@ impl Application {
         tracing::info!("shutting down");
         self.shutdown.cancel();
         self.registry.supervisor().stop_all().await;
+        if let Some(writer) = &self.attempt_writer {
+            writer.flush_for(ATTEMPT_FLUSH_GRACE).await;
+        }
         self.broker_shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(3), self.broker.stopped()).await;
         tracing::info!("stopped");

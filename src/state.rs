@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::{Broker, DeadLetters, Publisher, Topology};
+use services::attempts::AttemptHistory;
 use services::{ConsumerRegistry, ManagementClient, Store};
 
 use crate::configuration::Settings;
@@ -19,6 +20,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::AppMetrics>,
     pub registry: Arc<ConsumerRegistry>,
     pub dead_letters: DeadLetters,
+    /// Delivery history, read by `/getAttempts` and `/getMessageHistory`.
+    pub attempts: AttemptHistory,
 }
 
 /// A store that does not answer a ping within this is reported down.

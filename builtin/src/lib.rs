@@ -22,7 +22,7 @@ pub mod user;
 
 use std::sync::Arc;
 
-use gateway::{DeliveryOutcome, DeliveryTarget};
+use gateway::{Attempt, DeliveryOutcome, DeliveryTarget};
 use mongodb::bson::{doc, Bson, Document};
 
 use services::consumers::BuiltinTargets;
@@ -101,21 +101,20 @@ impl From<mongodb::error::Error> for Failure {
 pub(crate) use services::store::is_duplicate_key as is_duplicate;
 
 /// The outcome of one attempt, logged without the payload.
-pub(crate) fn outcome(result: Result<(), Failure>) -> DeliveryOutcome {
+pub(crate) fn outcome(result: Result<(), Failure>) -> Attempt {
+    let handler = |reason| gateway::Failure::new(gateway::ErrorKind::Handler, reason);
     match result {
         Ok(()) => DeliveryOutcome::Delivered,
         Err(Failure::Reject(reason)) => {
             tracing::warn!(%reason, "built-in handler refused the message");
-            DeliveryOutcome::Reject { reason }
+            DeliveryOutcome::reject(handler(reason))
         }
         Err(Failure::Retry(reason)) => {
             tracing::warn!(%reason, "built-in handler will try the message again");
-            DeliveryOutcome::Retry {
-                reason,
-                retry_after: None,
-            }
+            DeliveryOutcome::retry(handler(reason))
         }
     }
+    .into()
 }
 
 /// `{"applied_events": {"$ne": key}}`'s value: the key is not applied yet.

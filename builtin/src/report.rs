@@ -11,7 +11,7 @@
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Collection;
 
-use gateway::{DeliveryOutcome, DeliveryTarget, IncomingMessage};
+use gateway::{Attempt, DeliveryTarget, IncomingMessage};
 
 use super::events::{NewReport, ReportEvent};
 use super::user::USERS;
@@ -36,7 +36,7 @@ pub struct ReportHandler {
 
 #[async_trait::async_trait]
 impl DeliveryTarget for ReportHandler {
-    async fn deliver(&self, message: &IncomingMessage) -> DeliveryOutcome {
+    async fn deliver(&self, message: &IncomingMessage) -> Attempt {
         let envelope = match ReportEvent::parse(&message.payload) {
             Ok(envelope) => envelope,
             Err(reason) => return outcome(Err(Failure::Reject(reason.to_string()))),

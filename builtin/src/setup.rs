@@ -154,6 +154,7 @@ impl BuiltinSetup {
             // endpoint; its retries wait in the broker as before.
             circuit_breaker: None,
             batch: None,
+            attempt_log: None,
             revision: 0,
         };
         match self.registry.create(definition).await {

@@ -6,7 +6,7 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, IndexModel};
 
-use gateway::{DeliveryOutcome, DeliveryTarget, IncomingMessage};
+use gateway::{Attempt, DeliveryTarget, IncomingMessage};
 
 use super::events::{normalize_email, NewUser, UserChanges, UserEvent, UserRef};
 use super::{
@@ -31,7 +31,7 @@ pub struct UserHandler {
 
 #[async_trait::async_trait]
 impl DeliveryTarget for UserHandler {
-    async fn deliver(&self, message: &IncomingMessage) -> DeliveryOutcome {
+    async fn deliver(&self, message: &IncomingMessage) -> Attempt {
         let envelope = match UserEvent::parse(&message.payload) {
             Ok(envelope) => envelope,
             Err(reason) => return outcome(Err(Failure::Reject(reason.to_string()))),

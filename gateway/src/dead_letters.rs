@@ -169,9 +169,15 @@ fn dead_letter_of(properties: &BasicProperties, payload: Vec<u8>) -> DeadLetter 
 
 /// The dead letter's properties without the gateway's bookkeeping, so the
 /// replayed message starts again at attempt 1, and, as every copy, without
-/// a `user_id` (the gateway publishes it as itself) or an `expiration`.
+/// a `user_id` (the gateway publishes it as itself) or an `expiration`. It
+/// carries the replay's time instead, so its next attempt is recorded as
+/// the replay's.
 fn fresh_properties(properties: &BasicProperties) -> BasicProperties {
     let mut table = FieldTable::default();
+    table.insert(
+        headers::REPLAYED_AT.into(),
+        lapin::types::AMQPValue::LongString(chrono::Utc::now().to_rfc3339().into()),
+    );
     if let Some(old) = properties.headers() {
         for (name, value) in old.inner() {
             if !headers::is_reserved(name.as_str()) && name.as_str() != "x-death" {

@@ -15,6 +15,14 @@ pub const PREFIX: &str = "x-workerrmq-";
 pub const ATTEMPT: &str = "x-workerrmq-attempt";
 /// Why the last attempt failed, on retry and dead-letter copies.
 pub const LAST_ERROR: &str = "x-workerrmq-last-error";
+/// The last failure's kind (`ErrorKind::as_str`), on retry and dead-letter
+/// copies: what replay filters read.
+pub const LAST_ERROR_KIND: &str = "x-workerrmq-last-error-kind";
+/// The target's status at the last failure, when it answered.
+pub const LAST_STATUS: &str = "x-workerrmq-last-status";
+/// On a dead letter replayed to its main queue: when (RFC 3339). Only the
+/// next attempt counts as the replay's; copies leave it out.
+pub const REPLAYED_AT: &str = "x-workerrmq-replayed-at";
 /// When a message was dead-lettered (RFC 3339).
 pub const DEAD_LETTERED_AT: &str = "x-workerrmq-dead-lettered-at";
 /// The main queue a dead letter came from; on a forwarded request, the
@@ -79,7 +87,15 @@ mod tests {
 
     #[test]
     fn every_gateway_header_carries_the_prefix() {
-        for name in [ATTEMPT, LAST_ERROR, DEAD_LETTERED_AT, QUEUE] {
+        for name in [
+            ATTEMPT,
+            LAST_ERROR,
+            LAST_ERROR_KIND,
+            LAST_STATUS,
+            REPLAYED_AT,
+            DEAD_LETTERED_AT,
+            QUEUE,
+        ] {
             assert!(name.starts_with(PREFIX), "{name}");
             assert!(is_reserved(name));
         }

@@ -21,10 +21,11 @@ pub use addresses::{AmqpUrl, AmqpUrlParts, AmqpUrls, AmqpUrlsError};
 pub use companion_types::{CompanionTypes, QueueTypeSource};
 pub use connection::{Broker, BrokerSettings, ConnectionNode, ConsumerLease};
 pub use consumer::{
-    Batch, BatchOutcome, BatchPolicy, BatchPolicyError, CircuitBreakerPolicy,
-    CircuitBreakerPolicyError, CircuitSnapshot, CircuitState, Concurrency, ConsumerId,
-    ConsumerSpec, ConsumerSupervisor, DeliveryOutcome, DeliveryTarget, Flow, IncomingMessage,
-    LimitError, LiveReplicas, RatePerSec, RetryPolicy, RetryPolicyError,
+    Answer, Attempt, AttemptLog, AttemptOutcome, AttemptRecord, Batch, BatchOutcome, BatchPolicy,
+    BatchPolicyError, CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot,
+    CircuitState, Concurrency, ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryOutcome,
+    DeliveryTarget, ErrorKind, Failure, Flow, IncomingMessage, LimitError, LiveReplicas,
+    RatePerSec, RequestShape, RetryPolicy, RetryPolicyError, Trigger,
 };
 pub use dead_letters::{DeadLetter, DeadLetters};
 pub use error::{with_causes, AmqpContext, BrokerError, Chain, Lost};

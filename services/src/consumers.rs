@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{ConsumerCounts, FleetStats, OtherReplicas, OwnShare, ReplicaView};
-use crate::forwarder::HttpForwarder;
+use crate::forwarder::{AttemptDetail, HttpForwarder};
 use crate::replicas::{ConsumerCounters, ReplicaRecords};
 use crate::targets::{BuiltinHandler, SigningSecret, TargetSpec};
 use crate::{FieldError, Store, StoreContext, StoreError};
@@ -102,6 +102,30 @@ pub struct ConsumerDefinition {
     /// Batch delivery; absent: one request per delivery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchSettings>,
+    /// Whether its attempts are recorded, and with the answer's body;
+    /// absent: both on (as far as `ATTEMPT_LOG` allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_log: Option<AttemptLogSettings>,
+}
+
+/// A consumer's part in delivery history: whether each attempt leaves a
+/// record, and whether the record keeps the start of the answer's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptLogSettings {
+    /// Record each attempt. Default true.
+    pub enabled: bool,
+    /// Keep the first `ATTEMPT_BODY_BYTES` of each answer. Default true.
+    pub response_body: bool,
+}
+
+impl Default for AttemptLogSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            response_body: true,
+        }
+    }
 }
 
 /// A batch consumer's settings as stored and shown; the engine runs the
@@ -188,6 +212,9 @@ pub struct ConsumerView {
     pub circuit_breaker: Option<CircuitBreakerPolicy>,
     /// `null`: one request per delivery.
     pub batch: Option<BatchSettings>,
+    /// Whether its attempts are recorded (`ATTEMPT_LOG` may still turn
+    /// recording off for all).
+    pub attempt_log: AttemptLogSettings,
     /// Whether requests to the target carry a signature; the secret itself is never shown.
     pub signed: bool,
     /// What it is doing on the answering replica.
@@ -252,6 +279,9 @@ pub struct ConsumerRegistry {
     http: crate::forwarder::ForwardClient,
     allowed_hosts: Option<Vec<String>>,
     builtins: Arc<dyn BuiltinTargets>,
+    /// `ATTEMPT_BODY_BYTES` when attempts are recorded at all
+    /// (`ATTEMPT_LOG`); `None`: no consumer records them.
+    attempt_body_bytes: Option<usize>,
     tombstones: DashMap<String, Instant>,
     /// Definitions that could not be started, so each is reported once.
     unstartable: DashMap<String, String>,
@@ -282,6 +312,7 @@ impl ConsumerRegistry {
             http,
             allowed_hosts,
             builtins,
+            attempt_body_bytes: None,
             tombstones: DashMap::new(),
             unstartable: DashMap::new(),
             cap: cap::CreateCap::default(),
@@ -289,6 +320,14 @@ impl ConsumerRegistry {
             changes: Arc::new(changes::ChangeMark::new(store)),
             last_full_read: changes::LastFullRead::default(),
         }
+    }
+
+    /// Consumers record their attempts (unless their `attemptLog` says
+    /// not), keeping up to `body_bytes` of each answer's body. The records go
+    /// to the supervisor's attempt log.
+    pub fn record_attempts(mut self, body_bytes: usize) -> Self {
+        self.attempt_body_bytes = Some(body_bytes);
+        self
     }
 
     /// The supervisor running this replica's consumers.
@@ -655,7 +694,13 @@ impl ConsumerRegistry {
         // Optional fields left out of `stored` when `None` must go from the
         // store too, or the old value would stay.
         let mut unset = mongodb::bson::Document::new();
-        for optional in ["signingSecret", "concurrency", "rateLimitPerSec", "batch"] {
+        for optional in [
+            "signingSecret",
+            "concurrency",
+            "rateLimitPerSec",
+            "batch",
+            "attemptLog",
+        ] {
             if !stored.contains_key(optional) {
                 unset.insert(optional, "");
             }
@@ -731,6 +776,14 @@ impl ConsumerRegistry {
         if let Some(policy) = &definition.circuit_breaker {
             policy.validate().map_err(circuit_breaker_field_error)?;
         }
+        let log = definition.attempt_log.unwrap_or_default();
+        let kept_body = self.attempt_body_bytes.filter(|_| log.enabled);
+        let detail = match kept_body {
+            None => AttemptDetail::Off,
+            Some(bytes) => AttemptDetail::Keep {
+                body_bytes: if log.response_body { bytes } else { 0 },
+            },
+        };
         let target: Arc<dyn DeliveryTarget> = match &definition.target {
             TargetSpec::Http(http) => {
                 // Re-checked here too: the allow-list may have changed since.
@@ -740,7 +793,7 @@ impl ConsumerRegistry {
                     .as_ref()
                     .map(|s| SigningSecret::parse(s.expose_secret()))
                     .transpose()?;
-                Arc::new(HttpForwarder::new(self.http.clone(), http, secret)?)
+                Arc::new(HttpForwarder::new(self.http.clone(), http, secret, detail)?)
             }
             TargetSpec::Builtin { handler } => self.builtins.target(*handler).ok_or_else(|| {
                 FieldError::new(
@@ -761,6 +814,7 @@ impl ConsumerRegistry {
                 rate_limit,
                 circuit_breaker: definition.circuit_breaker,
                 batch,
+                record_attempts: kept_body.is_some(),
             },
             target,
         ))
@@ -821,6 +875,7 @@ impl ConsumerRegistry {
             rate_limit_per_sec: definition.rate_limit_per_sec,
             circuit_breaker: definition.circuit_breaker,
             batch: definition.batch,
+            attempt_log: definition.attempt_log.unwrap_or_default(),
             signed: definition.signing_secret.is_some(),
             state,
             circuit,
@@ -963,6 +1018,7 @@ mod tests {
             circuit_breaker: None,
             revision: 0,
             batch: None,
+            attempt_log: None,
         };
         let shown = format!("{definition:?}");
         for secret in ["MfKQ9r8", "urlSecret", "headerSecret"] {

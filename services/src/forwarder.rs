@@ -17,6 +17,7 @@
 //! bounded set of kept-alive connections to it.
 
 mod batch;
+mod report;
 mod target_slots;
 
 pub use target_slots::{OriginSlots, TargetSlots};
@@ -24,7 +25,10 @@ pub use target_slots::{OriginSlots, TargetSlots};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway::{Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget, IncomingMessage};
+use gateway::{
+    Answer, Attempt, Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget, ErrorKind, Failure,
+    IncomingMessage,
+};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
@@ -59,6 +63,12 @@ pub fn http_client(
     let slots = Arc::new(TargetSlots::new(per_target));
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // Retrying is the consumer's retry policy's job, which counts the
+        // attempt; reqwest's own (on by default since 0.13, for protocol
+        // NACKs) would resend behind its back, and to be ready to, it
+        // copied every request's headers and extensions before sending it.
+        // With no retry allowed, the copy is never made.
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         // Every connection a target's slots can have open stays pooled
         // for the next request instead of being closed and opened again.
         .pool_max_idle_per_host(slots.limit())
@@ -85,6 +95,22 @@ pub struct HttpForwarder {
     timeout: Duration,
     secret: Option<SigningSecret>,
     slots: OriginSlots,
+    /// `None`: the consumer's attempts are not recorded, so nothing of the
+    /// request or answer is kept.
+    report: Option<report::Report>,
+}
+
+/// What a forwarder keeps of each attempt for its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptDetail {
+    /// Nothing: the consumer's attempts are not recorded.
+    Off,
+    /// The request's shape and the answer, with up to this many bytes of
+    /// its body (0: none).
+    Keep {
+        /// Bytes of each response body kept.
+        body_bytes: usize,
+    },
 }
 
 impl HttpForwarder {
@@ -94,6 +120,7 @@ impl HttpForwarder {
         client: ForwardClient,
         target: &HttpTarget,
         secret: Option<SigningSecret>,
+        detail: AttemptDetail,
     ) -> Result<Self, FieldError> {
         let url = reqwest::Url::parse(&target.url)
             .map_err(|e| FieldError::new("target.url", e.to_string()))?;
@@ -118,6 +145,16 @@ impl HttpForwarder {
             })?;
             headers.insert(name, value);
         }
+        let report = match detail {
+            AttemptDetail::Off => None,
+            AttemptDetail::Keep { body_bytes } => Some(report::Report::new(
+                &method,
+                &url,
+                &headers,
+                secret.is_some(),
+                body_bytes,
+            )),
+        };
         Ok(Self {
             slots: client.slots.of(&url),
             client: client.client,
@@ -126,13 +163,14 @@ impl HttpForwarder {
             headers,
             timeout: Duration::from_millis(target.timeout_ms),
             secret,
+            report,
         })
     }
 }
 
 #[async_trait::async_trait]
 impl DeliveryTarget for HttpForwarder {
-    async fn deliver(&self, message: &IncomingMessage) -> DeliveryOutcome {
+    async fn deliver(&self, message: &IncomingMessage) -> Attempt {
         let timestamp = chrono::Utc::now().timestamp();
         let content_type = message
             .content_type
@@ -157,20 +195,24 @@ impl DeliveryTarget for HttpForwarder {
         }
         // Held until the answer is read: the connection is busy till then.
         let _slot = self.slots.take().await;
-        match request.body(message.payload.clone()).send().await {
+        let (outcome, answer) = match request.body(message.payload.clone()).send().await {
             Ok(mut response) => {
                 let status = response.status();
                 let retry_after = retry_after(response.headers());
-                let mut drained = 0;
-                while drained < MAX_RESPONSE_DRAIN {
-                    match response.chunk().await {
-                        Ok(Some(chunk)) => drained += chunk.len(),
-                        _ => break,
-                    }
-                }
-                classify(status, retry_after)
+                let answer = if self.report.is_some() {
+                    self.read_answer(&mut response, MAX_RESPONSE_DRAIN).await.0
+                } else {
+                    discard(&mut response).await;
+                    None
+                };
+                (classify(status, retry_after), answer)
             }
-            Err(err) => not_sent(err),
+            Err(err) => (not_sent(err), None),
+        };
+        Attempt {
+            outcome,
+            request: self.report.as_ref().map(report::Report::request),
+            answer,
         }
     }
 
@@ -207,18 +249,66 @@ impl DeliveryTarget for HttpForwarder {
         );
         let n = batch.messages.len();
         let _slot = self.slots.take().await;
-        match request.body(body).send().await {
+        let mut outcome = match request.body(body).send().await {
             Ok(mut response) => {
                 let status = response.status();
                 if !status.is_success() {
                     let retry_after = retry_after(response.headers());
-                    drain(&mut response, MAX_RESPONSE_DRAIN).await;
-                    return BatchOutcome::all(classify(status, retry_after), n);
+                    let (answer, _) = self.read_answer(&mut response, MAX_RESPONSE_DRAIN).await;
+                    let mut outcome = BatchOutcome::all(classify(status, retry_after), n);
+                    outcome.answer = answer;
+                    outcome
+                } else {
+                    let (answer, body) = self
+                        .read_answer(&mut response, batch::MAX_ANSWER_BYTES)
+                        .await;
+                    let mut outcome =
+                        batch::after_success(&batch.id, &batch.messages, body.as_deref());
+                    outcome.answer = answer;
+                    outcome
                 }
-                let answer = drain(&mut response, batch::MAX_ANSWER_BYTES).await;
-                batch::after_success(&batch.id, &batch.messages, answer.as_deref())
             }
             Err(err) => BatchOutcome::all(not_sent(err), n),
+        };
+        outcome.sent = self.report.as_ref().map(report::Report::request);
+        outcome
+    }
+}
+
+impl HttpForwarder {
+    /// Reads the answer's body up to `limit` (see `drain`), and what the
+    /// record keeps of the answer when attempts are recorded.
+    async fn read_answer(
+        &self,
+        response: &mut reqwest::Response,
+        limit: usize,
+    ) -> (Option<Answer>, Option<Vec<u8>>) {
+        let status = response.status().as_u16();
+        let headers = self
+            .report
+            .as_ref()
+            .map(|r| r.kept_headers(response.headers()));
+        let body = drain(response, limit).await;
+        let answer = self.report.as_ref().zip(headers).map(|(report, headers)| {
+            report.answer_of(
+                status,
+                headers,
+                body.as_deref().unwrap_or_default(),
+                body.is_none(),
+            )
+        });
+        (answer, body)
+    }
+}
+
+/// Reads and drops up to `MAX_RESPONSE_DRAIN` bytes of the answer, so the
+/// connection can be reused.
+async fn discard(response: &mut reqwest::Response) {
+    let mut drained = 0;
+    while drained < MAX_RESPONSE_DRAIN {
+        match response.chunk().await {
+            Ok(Some(chunk)) => drained += chunk.len(),
+            _ => break,
         }
     }
 }
@@ -252,18 +342,20 @@ async fn drain(response: &mut reqwest::Response, limit: usize) -> Option<Vec<u8>
 fn not_sent(err: reqwest::Error) -> DeliveryOutcome {
     match err {
         // The guard refused the address: it will not change by itself.
-        err if AddressNotAllowed::caused(&err) => DeliveryOutcome::Reject {
-            reason: "target address not allowed (FORWARD_DENY_PRIVATE)".into(),
-        },
+        err if AddressNotAllowed::caused(&err) => DeliveryOutcome::reject(Failure::new(
+            ErrorKind::AddressNotAllowed,
+            "target address not allowed (FORWARD_DENY_PRIVATE)",
+        )),
         // A message whose id or content type cannot be a header value
         // will never go out: no use retrying it.
-        err if err.is_builder() => DeliveryOutcome::Reject {
-            reason: format!("the request could not be built: {}", err.without_url()),
-        },
-        err => DeliveryOutcome::Retry {
-            reason: describe(err),
-            retry_after: None,
-        },
+        err if err.is_builder() => DeliveryOutcome::reject(Failure::new(
+            ErrorKind::InvalidRequest,
+            format!("the request could not be built: {}", err.without_url()),
+        )),
+        err => {
+            let kind = report::kind_of(&err);
+            DeliveryOutcome::retry(Failure::new(kind, describe(err)))
+        }
     }
 }
 
@@ -276,13 +368,14 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>) -> DeliveryOu
         || status.is_server_error()
     {
         DeliveryOutcome::Retry {
-            reason: format!("target answered {status}"),
+            failure: Failure::status(status.as_u16(), format!("target answered {status}")),
             retry_after,
         }
     } else {
-        DeliveryOutcome::Reject {
-            reason: format!("target answered {status}"),
-        }
+        DeliveryOutcome::reject(Failure::status(
+            status.as_u16(),
+            format!("target answered {status}"),
+        ))
     }
 }
 

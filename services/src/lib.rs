@@ -4,10 +4,12 @@
 //! handlers live in their own crate (`builtin`) and reach the registry
 //! through `BuiltinTargets`.
 
+pub mod attempts;
 pub mod consumers;
 pub mod fleet;
 pub mod forwarder;
 pub mod management;
+pub mod masking;
 pub mod network;
 pub mod replicas;
 pub mod store;
@@ -15,11 +17,11 @@ pub mod targets;
 pub mod validation;
 
 pub use consumers::{
-    batch_field_error, circuit_breaker_field_error, retry_field_error, BatchSettings,
-    BuiltinTargets, CappedCreateError, ConsumerDefinition, ConsumerRegistry, ConsumerView,
-    RegistryError, UpdateOutcome,
+    batch_field_error, circuit_breaker_field_error, retry_field_error, AttemptLogSettings,
+    BatchSettings, BuiltinTargets, CappedCreateError, ConsumerDefinition, ConsumerRegistry,
+    ConsumerView, RegistryError, UpdateOutcome,
 };
-pub use forwarder::HttpForwarder;
+pub use forwarder::{AttemptDetail, HttpForwarder};
 pub use management::{ConnectionInfo, ManagementClient, ManagementError, QueueRow};
 pub use store::{ApiKeyRecord, Role, Store, StoreContext, StoreError};
 pub use targets::{BuiltinHandler, HttpTarget, SigningSecret, TargetSpec, TargetUrl};

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::json;
 use services::targets::{DebugHeaders, DebugUrl};
 use services::{
-    BatchSettings, BuiltinHandler, ConsumerDefinition, ConsumerView, FieldError, HttpTarget, Role,
-    SigningSecret, TargetSpec,
+    AttemptLogSettings, BatchSettings, BuiltinHandler, ConsumerDefinition, ConsumerView,
+    FieldError, HttpTarget, Role, SigningSecret, TargetSpec,
 };
 use utoipa::ToSchema;
 
@@ -63,6 +63,33 @@ pub struct CreateConsumerRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<BatchRequest>, nullable)]
     pub batch: Option<Option<BatchRequest>>,
+    pub attempt_log: Option<AttemptLogRequest>,
+}
+
+/// Delivery history for this consumer: each attempt leaves a record
+/// (`/getAttempts`, `/getMessageHistory`) unless `enabled` is false; the
+/// record keeps the first `ATTEMPT_BODY_BYTES` of the answer's body unless
+/// `responseBody` is false. Unset fields keep their values (on create: true).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AttemptLogRequest {
+    pub enabled: Option<bool>,
+    pub response_body: Option<bool>,
+}
+
+/// `request`'s fields over `current`'s.
+fn attempt_log_of(
+    request: Option<AttemptLogRequest>,
+    current: Option<AttemptLogSettings>,
+) -> Option<AttemptLogSettings> {
+    let Some(request) = request else {
+        return current;
+    };
+    let current = current.unwrap_or_default();
+    Some(AttemptLogSettings {
+        enabled: request.enabled.unwrap_or(current.enabled),
+        response_body: request.response_body.unwrap_or(current.response_body),
+    })
 }
 
 /// Up to `maxMessages` messages go in one request, sent when the batch is
@@ -286,6 +313,7 @@ pub(super) struct ConsumerSettings {
     pub(super) circuit_breaker: Option<Option<CircuitBreakerRequest>>,
     pub(super) signing_secret: Option<Option<SecretString>>,
     pub(super) batch: Option<Option<BatchRequest>>,
+    pub(super) attempt_log: Option<AttemptLogRequest>,
 }
 
 /// Writes `settings` over `base`, checking the result as a whole: the one
@@ -328,6 +356,7 @@ pub(super) fn apply_settings(
     // Checked against the prefetch and target as they will be.
     next.batch = batch_of(settings.batch, base.batch)?;
     next.batch()?;
+    next.attempt_log = attempt_log_of(settings.attempt_log, base.attempt_log);
     if let Some(secret) = settings.signing_secret {
         next.signing_secret = secret
             .map(|raw| {
@@ -364,6 +393,7 @@ fn parse_definition(
         circuit_breaker: Some(CircuitBreakerPolicy::default()),
         revision: 0,
         batch: None,
+        attempt_log: None,
     };
     let settings = ConsumerSettings {
         consumer_name: request.consumer_name,
@@ -375,6 +405,7 @@ fn parse_definition(
         circuit_breaker: request.circuit_breaker,
         signing_secret: request.signing_secret.map(Some),
         batch: request.batch,
+        attempt_log: request.attempt_log,
     };
     apply_settings(state, settings, &base)
 }

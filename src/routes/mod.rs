@@ -11,6 +11,7 @@ pub mod docs;
 pub mod exchanges;
 pub mod flow_control;
 pub mod health;
+pub mod history;
 pub mod metrics;
 pub mod publish;
 pub mod queues;
@@ -108,6 +109,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             Method::POST,
             "/deleteApiKey",
             api_keys::delete_api_key,
+        ))
+        .service(route(Method::GET, "/getAttempts", history::get_attempts))
+        .service(route(
+            Method::GET,
+            "/getMessageHistory/{queueName}/{messageId}",
+            history::get_message_history,
         ))
         .service(route(Method::GET, "/getReplicas", replicas::get_replicas))
         .service(route(Method::GET, "/metrics", metrics::metrics))

@@ -13,8 +13,8 @@ use services::{FieldError, UpdateOutcome};
 use utoipa::ToSchema;
 
 use super::consumers::{
-    apply_settings, present, BatchRequest, CircuitBreakerRequest, ConsumerSettings, RetryRequest,
-    TargetRequest,
+    apply_settings, present, AttemptLogRequest, BatchRequest, CircuitBreakerRequest,
+    ConsumerSettings, RetryRequest, TargetRequest,
 };
 use crate::error::ApiError;
 use crate::extract::Json;
@@ -61,6 +61,8 @@ pub struct UpdateConsumerRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<BatchRequest>, nullable)]
     pub batch: Option<Option<BatchRequest>>,
+    /// Unset fields keep their current values.
+    pub attempt_log: Option<AttemptLogRequest>,
 }
 
 impl UpdateConsumerRequest {
@@ -83,6 +85,7 @@ impl UpdateConsumerRequest {
                 circuit_breaker: self.circuit_breaker,
                 signing_secret: self.signing_secret,
                 batch: self.batch,
+                attempt_log: self.attempt_log,
             },
         ))
     }

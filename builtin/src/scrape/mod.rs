@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use gateway::{DeliveryOutcome, DeliveryTarget, IncomingMessage};
+use gateway::{Attempt, DeliveryTarget, IncomingMessage};
 
 use super::events::ScrapeJob;
 use super::{outcome, Failure};
@@ -72,7 +72,7 @@ pub struct ScrapeHandler {
 
 #[async_trait::async_trait]
 impl DeliveryTarget for ScrapeHandler {
-    async fn deliver(&self, message: &IncomingMessage) -> DeliveryOutcome {
+    async fn deliver(&self, message: &IncomingMessage) -> Attempt {
         match ScrapeJob::parse(&message.payload) {
             Ok(job) => outcome(self.run(job).await),
             Err(reason) => outcome(Err(Failure::Reject(reason.to_string()))),

@@ -21,13 +21,14 @@ use lapin::message::Delivery;
 use tokio::time::{Instant, Sleep};
 use tracing::Instrument;
 
+use super::attempts::{AttemptRecorder, Made, Started};
 use super::batch_policy::BatchPolicy;
 use super::breaker::{self, CircuitBreaker};
 use super::limits::CallSlot;
 use super::settle::{delivery_span, Settled, Settler};
 use super::spec::ConsumerId;
 use super::stats::ConsumerStats;
-use super::target::{Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget};
+use super::target::{Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget, ErrorKind, Failure};
 use crate::BrokerError;
 
 /// The deliveries gathered for the next batch.
@@ -138,6 +139,8 @@ pub(super) struct BatchRun {
     pub settler: Arc<Settler>,
     pub stats: Arc<ConsumerStats>,
     pub breaker: Option<Arc<CircuitBreaker>>,
+    /// `None`: this consumer's attempts are not recorded.
+    pub recorder: Option<AttemptRecorder>,
 }
 
 /// Sends one batch and settles each of its messages by the outcome; returns
@@ -148,7 +151,7 @@ pub(super) async fn run(
     deliveries: Vec<Delivery>,
     call_slot: Option<CallSlot>,
 ) -> Vec<(u64, Settled)> {
-    let started = std::time::Instant::now();
+    let started = Started::now();
     // A target that panics gets a retry like any failure (see the worker).
     let outcome = std::panic::AssertUnwindSafe(parts.target.deliver_batch(&batch))
         .catch_unwind()
@@ -156,15 +159,13 @@ pub(super) async fn run(
         .unwrap_or_else(|_| {
             tracing::error!("the batch's handler panicked");
             BatchOutcome::all(
-                DeliveryOutcome::Retry {
-                    reason: "the handler panicked".into(),
-                    retry_after: None,
-                },
+                DeliveryOutcome::retry(Failure::new(ErrorKind::Handler, "the handler panicked")),
                 batch.messages.len(),
             )
         });
     drop(call_slot);
-    parts.stats.target_answered(started.elapsed());
+    let answered_after = started.clock.elapsed();
+    parts.stats.target_answered(answered_after);
     tracing::debug!(request = ?outcome.request, "batch answered");
     // The breaker's stage, for a consumer configured with one: one verdict
     // for the whole request. `None`: no breaker, straight to settling.
@@ -172,24 +173,46 @@ pub(super) async fn run(
         .breaker
         .as_ref()
         .map(|breaker| breaker.record_request(&outcome.request));
-    let Batch { messages, .. } = batch;
-    let mut outcomes = outcome.messages.into_iter();
+    let Batch { id, messages, .. } = batch;
+    let BatchOutcome {
+        messages: outcomes,
+        sent,
+        answer,
+        ..
+    } = outcome;
+    let mut outcomes = outcomes.into_iter();
+    let (started, sent, answer, id) = (&started, sent.as_ref(), answer.as_ref(), id.as_str());
     let settling = deliveries.iter().zip(&messages).map(|(delivery, message)| {
         // A target that answered for fewer messages than it was sent: the
         // rest are tried again.
-        let outcome = outcomes.next().unwrap_or_else(|| DeliveryOutcome::Retry {
-            reason: "the target gave no outcome for this message".into(),
-            retry_after: None,
+        let outcome = outcomes.next().unwrap_or_else(|| {
+            DeliveryOutcome::retry(Failure::new(
+                ErrorKind::Request,
+                "the target gave no outcome for this message",
+            ))
         });
         let span = delivery_span(&parts.consumer_id, message);
         let settler = &parts.settler;
+        let recorder = parts.recorder.as_ref();
         async move {
+            let error = recorder.and_then(|_| outcome.failure().cloned());
             let settled = match circuit_open {
                 Some(open) => {
                     breaker::settle_unless_open(open, settler, delivery, message, outcome).await
                 }
                 None => settler.settle(delivery, message, outcome).await,
             };
+            if let Some(recorder) = recorder {
+                let made = Made {
+                    started,
+                    answered_after: Some(answered_after),
+                    batch_id: Some(id),
+                    request: sent,
+                    answer,
+                    error,
+                };
+                recorder.record(message, made, settled);
+            }
             (delivery.delivery_tag, settled)
         }
         .instrument(span)

@@ -330,8 +330,8 @@ pub(super) async fn settle_unless_open(
     outcome: DeliveryOutcome,
 ) -> Settled {
     match outcome {
-        DeliveryOutcome::Retry { reason, .. } if open => {
-            settler.hand_back_unspent(delivery, &reason).await
+        DeliveryOutcome::Retry { failure, .. } if open => {
+            settler.hand_back_unspent(delivery, &failure.reason).await
         }
         outcome => settler.settle(delivery, message, outcome).await,
     }

@@ -10,7 +10,8 @@
 //!   connection, which reconnects on its own; its sessions, step by step,
 //!   and the drain when one is stopped.
 //! - `target`: what a delivery is handed to, and the `DeliveryOutcome` it
-//!   answers with.
+//!   answers with; `failure`: why an attempt failed, as a kind from a
+//!   closed set.
 //! - `batch`: batch delivery (opt-in): gathering deliveries into one
 //!   request, and settling each message by the batch's answer.
 //! - `limits`: concurrency and rate limits, and the gate the worker
@@ -26,11 +27,15 @@
 //!   replayed dead letter in `settle_replayed`, after its copy in the main
 //!   queue is confirmed. Also where deliveries are handed back, what the
 //!   copies carry, and the one log line per settled delivery.
+//! - `attempts`: the record of each settled attempt, handed to the
+//!   `AttemptLog` without waiting.
 //! - `stats`: live counters read by `/getConsumers` and `/metrics`.
 
+mod attempts;
 mod batch;
 mod batch_policy;
 mod breaker;
+mod failure;
 mod limits;
 mod retry;
 mod settle;
@@ -40,6 +45,7 @@ mod supervisor;
 mod target;
 mod worker;
 
+pub use attempts::{AttemptLog, AttemptOutcome, AttemptRecord, Trigger};
 pub use batch_policy::{BatchPolicy, BatchPolicyError};
 pub use breaker::{
     CircuitBreaker, CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, CircuitState,
@@ -50,4 +56,7 @@ pub(crate) use settle::{attempt_of, kept_properties, settle_replayed, Replayed};
 pub use spec::{ConsumerId, ConsumerSpec};
 pub use stats::{ConsumerState, ConsumerStats, StatsSnapshot};
 pub use supervisor::{ConsumerSupervisor, Flow};
-pub use target::{Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget, IncomingMessage};
+pub use target::{
+    Answer, Attempt, Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget, ErrorKind, Failure,
+    IncomingMessage, RequestShape,
+};

@@ -64,4 +64,6 @@ pub struct ConsumerSpec {
     pub circuit_breaker: Option<CircuitBreakerPolicy>,
     /// `None`: one request per delivery.
     pub batch: Option<BatchPolicy>,
+    /// Whether each attempt leaves a record (`attemptLog.enabled`).
+    pub record_attempts: bool,
 }

@@ -18,6 +18,7 @@ use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::attempts::{AttemptLog, AttemptRecorder};
 use super::breaker::{CircuitBreaker, CircuitBreakerPolicy, CircuitSnapshot};
 use super::limits::LiveReplicas;
 use super::settle::Settler;
@@ -96,6 +97,9 @@ pub struct ConsumerSupervisor {
     runtime: tokio::runtime::Handle,
     /// Each rate-limited consumer takes its share of the rate by this.
     live_replicas: LiveReplicas,
+    /// Where attempts are recorded (for consumers with `spec.record_attempts`);
+    /// `None`: `ATTEMPT_LOG=off`.
+    attempt_log: Option<Arc<dyn AttemptLog>>,
 }
 
 impl ConsumerSupervisor {
@@ -104,6 +108,12 @@ impl ConsumerSupervisor {
     /// `types` tells it (classic, unless set).
     pub fn with_companion_types(mut self, types: CompanionTypes) -> Self {
         self.companion_types = types;
+        self
+    }
+
+    /// Consumers that record their attempts hand them to `log`.
+    pub fn with_attempt_log(mut self, log: Arc<dyn AttemptLog>) -> Self {
+        self.attempt_log = Some(log);
         self
     }
 
@@ -125,6 +135,7 @@ impl ConsumerSupervisor {
             closing: std::sync::atomic::AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
             live_replicas: LiveReplicas::new(),
+            attempt_log: None,
         }
     }
 
@@ -277,6 +288,14 @@ impl ConsumerSupervisor {
             breaker: breaker.clone(),
             consumer_tag: format!("workerrmq-{}-{}", self.instance_id, spec.id),
             live_replicas: self.live_replicas.clone(),
+            recorder: self
+                .attempt_log
+                .clone()
+                .filter(|_| spec.record_attempts)
+                .map(|log| AttemptRecorder {
+                    log,
+                    consumer_id: spec.id.clone(),
+                }),
         };
         // No parent: a consumer created by a request outlives its span.
         let span = tracing::info_span!(parent: None, "consumer", consumer_id = %spec.id, queue = %spec.queue);

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub use super::failure::{ErrorKind, Failure};
 use crate::QueueName;
 
 /// A delivery as a target sees it.
@@ -24,6 +25,9 @@ pub struct IncomingMessage {
     /// The message's trace context (its `traceparent` header), when it
     /// carries a valid one; each call to the target is a child span of it.
     pub trace: Option<crate::Traceparent>,
+    /// Whether this is the first attempt after a replay from the
+    /// dead-letter queue.
+    pub replayed: bool,
 }
 
 /// The verdict on one attempt.
@@ -35,15 +39,90 @@ pub enum DeliveryOutcome {
     /// `retry_after` is the target's own hint, clamped by the policy.
     Retry {
         /// Why the attempt failed, kept as the message's last error.
-        reason: String,
+        failure: Failure,
         /// How long the target asked to wait, if it said.
         retry_after: Option<Duration>,
     },
     /// Will never succeed (other 4xx, invalid message): dead-letter now.
     Reject {
         /// Why, kept as the message's last error.
-        reason: String,
+        failure: Failure,
     },
+}
+
+impl DeliveryOutcome {
+    /// A retry for `failure`, with no hint of when.
+    pub fn retry(failure: Failure) -> Self {
+        Self::Retry {
+            failure,
+            retry_after: None,
+        }
+    }
+
+    /// A dead-lettering for `failure`.
+    pub fn reject(failure: Failure) -> Self {
+        Self::Reject { failure }
+    }
+
+    /// Why the attempt failed; `None` when it was delivered.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Self::Delivered => None,
+            Self::Retry { failure, .. } | Self::Reject { failure } => Some(failure),
+        }
+    }
+}
+
+/// What the target said, for the attempt's record: the status, a short
+/// allow-list of headers and the first bytes of the body.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// Only allow-listed headers (`content-type`, `retry-after`, …): the
+    /// rest may carry what the target did not mean to be kept.
+    pub headers: Vec<(String, String)>,
+    /// The body's first bytes (lossy UTF-8), as many as the consumer keeps.
+    pub body: String,
+    /// Whether the body was longer than what was kept.
+    pub body_truncated: bool,
+}
+
+/// The request a target sends, as it may be kept: no secret in it. The same
+/// for every attempt of a consumer (what changes from one to the next, the
+/// message id, attempt and trace, the record holds on its own).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestShape {
+    /// The HTTP method.
+    pub method: String,
+    /// The URL with userinfo and query values masked (`***`).
+    pub url: String,
+    /// The names of the headers sent, never their values: the target's own
+    /// may be credentials, and so is the signature.
+    pub headers: Vec<String>,
+}
+
+/// One attempt's verdict with what was sent and what came back, when the
+/// target knows (an HTTP target does; a built-in handler answers only the
+/// verdict).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// The verdict.
+    pub outcome: DeliveryOutcome,
+    /// What was sent.
+    pub request: Option<std::sync::Arc<RequestShape>>,
+    /// What the target answered, if it answered.
+    pub answer: Option<Answer>,
+}
+
+impl From<DeliveryOutcome> for Attempt {
+    fn from(outcome: DeliveryOutcome) -> Self {
+        Self {
+            outcome,
+            request: None,
+            answer: None,
+        }
+    }
 }
 
 /// Deliveries handed over in one request (batch delivery).
@@ -64,6 +143,10 @@ pub struct BatchOutcome {
     pub request: DeliveryOutcome,
     /// Each message's, in the order the batch holds them.
     pub messages: Vec<DeliveryOutcome>,
+    /// What was sent, when the target knows (see `Attempt`).
+    pub sent: Option<std::sync::Arc<RequestShape>>,
+    /// The one answer to the request, kept on each message's record.
+    pub answer: Option<Answer>,
 }
 
 impl BatchOutcome {
@@ -72,6 +155,8 @@ impl BatchOutcome {
         Self {
             messages: vec![outcome.clone(); n],
             request: outcome,
+            sent: None,
+            answer: None,
         }
     }
 }
@@ -82,7 +167,7 @@ impl BatchOutcome {
 pub trait DeliveryTarget: Send + Sync + 'static {
     /// Hands over one delivery and says what became of it. Must not panic on any input: a failure
     /// is an outcome.
-    async fn deliver(&self, message: &IncomingMessage) -> DeliveryOutcome;
+    async fn deliver(&self, message: &IncomingMessage) -> Attempt;
 
     /// Hands over a whole batch. By default one message after another, for
     /// targets with no batch form of their own; the request's verdict is
@@ -90,13 +175,18 @@ pub trait DeliveryTarget: Send + Sync + 'static {
     async fn deliver_batch(&self, batch: &Batch) -> BatchOutcome {
         let mut messages = Vec::with_capacity(batch.messages.len());
         for message in &batch.messages {
-            messages.push(self.deliver(message).await);
+            messages.push(self.deliver(message).await.outcome);
         }
         let request = messages
             .iter()
             .find(|o| matches!(o, DeliveryOutcome::Retry { .. }))
             .cloned()
             .unwrap_or(DeliveryOutcome::Delivered);
-        BatchOutcome { request, messages }
+        BatchOutcome {
+            request,
+            messages,
+            sent: None,
+            answer: None,
+        }
     }
 }

@@ -42,13 +42,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::attempts::{AttemptRecorder, Made, Started};
 use super::batch::{self, BatchRun, Batcher};
 use super::breaker::{self, Admission, CircuitBreaker, Gate, GateEnd};
 use super::limits::{CallSlot, DeliveryGate, LiveReplicas};
 use super::settle::{attempt_of, delivery_attempt, delivery_span, AckWindow, Settled, Settler};
 use super::spec::ConsumerSpec;
 use super::stats::{ConsumerState, ConsumerStats};
-use super::target::{Batch, DeliveryOutcome, DeliveryTarget, IncomingMessage};
+use super::target::{
+    Attempt, Batch, DeliveryOutcome, DeliveryTarget, ErrorKind, Failure, IncomingMessage,
+};
 use crate::connection::reconnect_backoff;
 use crate::trace::{self, Traceparent};
 use crate::{Broker, BrokerError, ConsumerLease};
@@ -74,6 +77,8 @@ pub(super) struct ConsumerWorker {
     pub breaker: Option<Arc<CircuitBreaker>>,
     pub consumer_tag: String,
     pub live_replicas: LiveReplicas,
+    /// `None`: this consumer's attempts are not recorded.
+    pub recorder: Option<AttemptRecorder>,
 }
 
 enum SessionEnd {
@@ -213,6 +218,8 @@ impl ConsumerWorker {
                 .map(|ct| ct.to_string()),
             attempt: delivery_attempt(&delivery.properties),
             trace: trace_of(&delivery.properties),
+            replayed: crate::headers::value(&delivery.properties, crate::headers::REPLAYED_AT)
+                .is_some(),
             payload: bytes::Bytes::from(std::mem::take(&mut delivery.data)),
         }
     }
@@ -228,40 +235,62 @@ impl ConsumerWorker {
         let settler = self.settler.clone();
         let stats = self.stats.clone();
         let breaker = self.breaker.clone();
+        let recorder = self.recorder.clone();
         async move {
             let _in_flight = InFlightGuard::new(stats.clone());
+            let started = Started::now();
             // Past its attempts only through the broker's redeliveries (a
             // message that crashed the gateway, say): it does not reach
             // the target again.
             if message.attempt > settler.policy.max_attempts {
-                let reason = format!(
-                    "gave up after {} attempt(s): the broker redelivered it without an outcome ({} {})",
-                    message.attempt,
-                    crate::headers::DELIVERY_COUNT,
-                    message.attempt - attempt_of(&delivery.properties)
+                let failure = Failure::new(
+                    ErrorKind::DeliveryLimit,
+                    format!(
+                        "gave up after {} attempt(s): the broker redelivered it without an outcome ({} {})",
+                        message.attempt,
+                        crate::headers::DELIVERY_COUNT,
+                        message.attempt - attempt_of(&delivery.properties)
+                    ),
                 );
                 tracing::info!("past its attempts through the broker's redeliveries: dead-lettering it without a call");
                 let settled = settler
-                    .settle(&delivery, &message, DeliveryOutcome::Reject { reason })
+                    .settle(&delivery, &message, DeliveryOutcome::reject(failure.clone()))
                     .await;
+                if let Some(recorder) = &recorder {
+                    let made = Made {
+                        started: &started,
+                        answered_after: None,
+                        batch_id: None,
+                        request: None,
+                        answer: None,
+                        error: Some(failure),
+                    };
+                    recorder.record(&message, made, settled);
+                }
                 return (delivery.delivery_tag, settled);
             }
-            let started = std::time::Instant::now();
             // A target that panics gets a retry like any failure, so a
             // poison message ends in the dead-letter queue after its
             // attempts instead of spinning, and its tag is always settled.
-            let outcome = std::panic::AssertUnwindSafe(target.deliver(&message))
+            let attempt = std::panic::AssertUnwindSafe(target.deliver(&message))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| {
                     tracing::error!("the delivery's handler panicked");
-                    DeliveryOutcome::Retry {
-                        reason: "the handler panicked".into(),
-                        retry_after: None,
-                    }
+                    DeliveryOutcome::retry(Failure::new(ErrorKind::Handler, "the handler panicked"))
+                        .into()
                 });
             drop(call_slot);
-            stats.target_answered(started.elapsed());
+            let answered_after = started.clock.elapsed();
+            stats.target_answered(answered_after);
+            let Attempt {
+                outcome,
+                request,
+                answer,
+            } = attempt;
+            let error = recorder
+                .as_ref()
+                .and_then(|_| outcome.failure().cloned());
             // Only a consumer configured with a circuit breaker passes its
             // stage; the others settle straight away.
             let settled = match &breaker {
@@ -272,6 +301,17 @@ impl ConsumerWorker {
                 }
                 None => settler.settle(&delivery, &message, outcome).await,
             };
+            if let Some(recorder) = &recorder {
+                let made = Made {
+                    started: &started,
+                    answered_after: Some(answered_after),
+                    batch_id: None,
+                    request: request.as_ref(),
+                    answer: answer.as_ref(),
+                    error,
+                };
+                recorder.record(&message, made, settled);
+            }
             (delivery.delivery_tag, settled)
         }
         .instrument(span)
@@ -302,6 +342,7 @@ impl ConsumerWorker {
             settler: self.settler.clone(),
             stats: self.stats.clone(),
             breaker: self.breaker.clone(),
+            recorder: self.recorder.clone(),
         };
         let stats = self.stats.clone();
         async move {

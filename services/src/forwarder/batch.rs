@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use base64::Engine;
-use gateway::{BatchOutcome, DeliveryOutcome, IncomingMessage};
+use gateway::{BatchOutcome, DeliveryOutcome, ErrorKind, Failure, IncomingMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -107,14 +107,15 @@ pub(super) fn after_success(
         .map(|message| {
             let id = message.message_id.as_str();
             if reject.contains(id) {
-                DeliveryOutcome::Reject {
-                    reason: "the target rejected it in its batch answer".into(),
-                }
+                DeliveryOutcome::reject(Failure::new(
+                    ErrorKind::Handler,
+                    "the target rejected it in its batch answer",
+                ))
             } else if retry.contains(id) {
-                DeliveryOutcome::Retry {
-                    reason: "the target asked for a retry in its batch answer".into(),
-                    retry_after: None,
-                }
+                DeliveryOutcome::retry(Failure::new(
+                    ErrorKind::Handler,
+                    "the target asked for a retry in its batch answer",
+                ))
             } else {
                 DeliveryOutcome::Delivered
             }
@@ -122,6 +123,8 @@ pub(super) fn after_success(
         .collect();
     BatchOutcome {
         request: DeliveryOutcome::Delivered,
+        sent: None,
+        answer: None,
         messages,
     }
 }
@@ -139,6 +142,7 @@ mod tests {
             content_type: Some("application/json".into()),
             attempt: 2,
             trace: None,
+            replayed: false,
         }
     }
 

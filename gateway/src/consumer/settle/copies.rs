@@ -24,7 +24,7 @@
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 
-use crate::consumer::target::IncomingMessage;
+use crate::consumer::target::{Failure, IncomingMessage};
 use crate::headers;
 use crate::message_size::header_frame_size;
 
@@ -50,23 +50,23 @@ pub(super) enum CopyFit {
 pub(super) fn retry_copy(
     original: &BasicProperties,
     message: &IncomingMessage,
-    reason: &str,
+    failure: &Failure,
     delay_ms: u64,
     frame_max: Option<u32>,
 ) -> CopyFit {
-    let extra = attempt_and_error(message.attempt + 1, reason);
+    let extra = attempt_and_error(message.attempt + 1, failure);
     let full = with_headers(original, message, &extra).with_expiration(delay_ms.to_string().into());
-    fit(full, original, message, reason, frame_max)
+    fit(full, original, message, &failure.reason, frame_max)
 }
 
 /// The copy for `<queue>.dlq`, with attempts, last error and time.
 pub(super) fn dead_letter_copy(
     original: &BasicProperties,
     message: &IncomingMessage,
-    reason: &str,
+    failure: &Failure,
     frame_max: Option<u32>,
 ) -> CopyFit {
-    let mut extra = attempt_and_error(message.attempt, reason);
+    let mut extra = attempt_and_error(message.attempt, failure);
     extra.push((
         headers::DEAD_LETTERED_AT,
         text(&chrono::Utc::now().to_rfc3339(), MAX_REASON_BYTES),
@@ -76,14 +76,27 @@ pub(super) fn dead_letter_copy(
         text(message.queue.as_str(), MAX_REASON_BYTES),
     ));
     let full = with_headers(original, message, &extra);
-    fit(full, original, message, reason, frame_max)
+    fit(full, original, message, &failure.reason, frame_max)
 }
 
-fn attempt_and_error(attempt: u32, reason: &str) -> Vec<(&'static str, AMQPValue)> {
-    vec![
+/// The attempt count and the last failure: its reason, kind and status
+/// (replays filter by the last two).
+fn attempt_and_error(attempt: u32, failure: &Failure) -> Vec<(&'static str, AMQPValue)> {
+    let mut extra = vec![
         (headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
-        (headers::LAST_ERROR, text(reason, MAX_REASON_BYTES)),
-    ]
+        (headers::LAST_ERROR, text(&failure.reason, MAX_REASON_BYTES)),
+        (
+            headers::LAST_ERROR_KIND,
+            text(failure.kind.as_str(), MAX_REASON_BYTES),
+        ),
+    ];
+    if let Some(status) = failure.status {
+        extra.push((
+            headers::LAST_STATUS,
+            AMQPValue::LongLongInt(i64::from(status)),
+        ));
+    }
+    extra
 }
 
 /// `full` if it fits, else the first trimmed step that does.
@@ -134,7 +147,16 @@ fn with_headers(
     message: &IncomingMessage,
     extra: &[(&str, AMQPValue)],
 ) -> BasicProperties {
-    let mut table: FieldTable = original.headers().clone().unwrap_or_default();
+    // The replay mark is for the first attempt after the replay only, and a
+    // status from an earlier failure must not outlive a later one without.
+    let mut table = FieldTable::default();
+    if let Some(own) = original.headers() {
+        for (name, value) in own.inner() {
+            if name.as_str() != headers::REPLAYED_AT && name.as_str() != headers::LAST_STATUS {
+                table.insert(name.clone(), value.clone());
+            }
+        }
+    }
     for (name, value) in extra {
         table.insert((*name).into(), value.clone());
     }
@@ -214,7 +236,12 @@ mod tests {
             content_type: None,
             attempt: 2,
             trace: None,
+            replayed: false,
         }
+    }
+
+    fn boom() -> Failure {
+        Failure::status(503, "target answered 503")
     }
 
     fn original_with_header_of(len: usize) -> BasicProperties {
@@ -235,7 +262,7 @@ mod tests {
         let CopyFit::Fits(copy) = dead_letter_copy(
             &original_with_header_of(10),
             &message(),
-            "boom",
+            &boom(),
             Some(131_072),
         ) else {
             panic!("a small copy fits");
@@ -248,9 +275,46 @@ mod tests {
         );
         assert_eq!(copy.message_id().as_ref().map(|c| c.as_str()), Some("m-1"));
         let names = headers::names(&copy);
-        for name in ["big", headers::ATTEMPT, headers::LAST_ERROR, headers::QUEUE] {
+        for name in [
+            "big",
+            headers::ATTEMPT,
+            headers::LAST_ERROR,
+            headers::LAST_ERROR_KIND,
+            headers::LAST_STATUS,
+            headers::QUEUE,
+        ] {
             assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
         }
+        assert_eq!(
+            headers::text(&copy, headers::LAST_ERROR_KIND).as_deref(),
+            Some("http_status")
+        );
+        assert_eq!(
+            headers::value(&copy, headers::LAST_STATUS),
+            Some(&AMQPValue::LongLongInt(503))
+        );
+    }
+
+    #[test]
+    fn a_retry_copy_sheds_the_replay_mark_and_an_old_status() {
+        let mut table = FieldTable::default();
+        table.insert(
+            headers::REPLAYED_AT.into(),
+            text("2026-01-01T00:00:00Z", 100),
+        );
+        table.insert(headers::LAST_STATUS.into(), AMQPValue::LongLongInt(503));
+        let original = BasicProperties::default().with_headers(table);
+        let timeout = Failure::new(crate::consumer::ErrorKind::Timeout, "no answer");
+        let CopyFit::Fits(copy) = retry_copy(&original, &message(), &timeout, 1_000, Some(131_072))
+        else {
+            panic!("a small copy fits");
+        };
+        assert_eq!(headers::value(&copy, headers::REPLAYED_AT), None);
+        assert_eq!(headers::value(&copy, headers::LAST_STATUS), None);
+        assert_eq!(
+            headers::text(&copy, headers::LAST_ERROR_KIND).as_deref(),
+            Some("timeout")
+        );
     }
 
     #[test]
@@ -258,7 +322,7 @@ mod tests {
         let CopyFit::Fits(copy) = retry_copy(
             &original_with_header_of(10),
             &message(),
-            "boom",
+            &boom(),
             30_000,
             Some(131_072),
         ) else {
@@ -276,9 +340,9 @@ mod tests {
         let frame_max = 4_096u32;
         // The original fits with room for a short header, not for all.
         let original = original_with_header_of(3_500);
-        let reason = "e".repeat(900);
+        let failure = Failure::new(crate::consumer::ErrorKind::Handler, "e".repeat(900));
         let CopyFit::Trimmed(copy) =
-            dead_letter_copy(&original, &message(), &reason, Some(frame_max))
+            dead_letter_copy(&original, &message(), &failure, Some(frame_max))
         else {
             panic!("the full copy does not fit");
         };
@@ -303,7 +367,7 @@ mod tests {
         }
         let original = original_with_header_of(size).with_message_id("m-1".into());
         let CopyFit::Trimmed(copy) =
-            retry_copy(&original, &message(), "boom", 2_000, Some(frame_max))
+            retry_copy(&original, &message(), &boom(), 2_000, Some(frame_max))
         else {
             panic!("no room for bookkeeping");
         };
@@ -318,7 +382,7 @@ mod tests {
         let CopyFit::Trimmed(copy) = dead_letter_copy(
             &original_with_header_of(10_000),
             &message(),
-            "boom",
+            &boom(),
             Some(4_096),
         ) else {
             panic!("cannot fit");

@@ -62,7 +62,7 @@ pub(crate) use replay::{settle_replayed, Replayed};
 
 use super::spec::ConsumerId;
 use super::stats::ConsumerStats;
-use super::target::{DeliveryOutcome, IncomingMessage};
+use super::target::{DeliveryOutcome, Failure, IncomingMessage};
 use super::RetryPolicy;
 use crate::companion_types::CompanionTypes;
 use crate::{
@@ -167,15 +167,15 @@ impl Settler {
         let result = match outcome {
             DeliveryOutcome::Delivered => Ok(Settled::Acked),
             DeliveryOutcome::Retry {
-                reason,
+                failure,
                 retry_after,
             } if message.attempt < self.policy.max_attempts => {
-                self.stats.record_error(&reason);
+                self.stats.record_error(&failure.reason);
                 let delay = self.policy.delay_before(message.attempt + 1, retry_after);
                 match retry_copy(
                     &delivery.properties,
                     message,
-                    &reason,
+                    &failure,
                     delay.as_millis() as u64,
                     frame_max,
                 ) {
@@ -188,23 +188,27 @@ impl Settler {
                     // Without its attempt count a retry would start over,
                     // for ever: the message ends here instead.
                     CopyFit::Trimmed(_) => {
-                        let reason = format!(
-                            "could not schedule a retry, the message's headers leave no room for the gateway's: {reason}"
-                        );
-                        self.dead_letter(delivery, message, &reason, frame_max)
+                        let failure = failure.with_reason(format!(
+                            "could not schedule a retry, the message's headers leave no room for the gateway's: {}",
+                            failure.reason
+                        ));
+                        self.dead_letter(delivery, message, &failure, frame_max)
                             .await
                     }
                 }
             }
-            DeliveryOutcome::Retry { reason, .. } => {
-                let reason = format!("gave up after {} attempt(s): {reason}", message.attempt);
-                self.stats.record_error(&reason);
-                self.dead_letter(delivery, message, &reason, frame_max)
+            DeliveryOutcome::Retry { failure, .. } => {
+                let failure = failure.with_reason(format!(
+                    "gave up after {} attempt(s): {}",
+                    message.attempt, failure.reason
+                ));
+                self.stats.record_error(&failure.reason);
+                self.dead_letter(delivery, message, &failure, frame_max)
                     .await
             }
-            DeliveryOutcome::Reject { reason } => {
-                self.stats.record_error(&reason);
-                self.dead_letter(delivery, message, &reason, frame_max)
+            DeliveryOutcome::Reject { failure } => {
+                self.stats.record_error(&failure.reason);
+                self.dead_letter(delivery, message, &failure, frame_max)
                     .await
             }
         };
@@ -225,10 +229,10 @@ impl Settler {
         &self,
         delivery: &Delivery,
         message: &IncomingMessage,
-        reason: &str,
+        failure: &Failure,
         frame_max: Option<u32>,
     ) -> Result<Settled, BrokerError> {
-        let properties = match dead_letter_copy(&delivery.properties, message, reason, frame_max) {
+        let properties = match dead_letter_copy(&delivery.properties, message, failure, frame_max) {
             CopyFit::Fits(properties) => properties,
             CopyFit::Trimmed(properties) => {
                 tracing::warn!(
