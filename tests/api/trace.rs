@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 
 use crate::support::target_server::{Recorded, Reply, TargetServer};
 use crate::support::{
-    assert_error, assert_json, publish_with_properties, running_consumer_on, spawn_app, Api,
-    TestApp,
+    assert_error, assert_json, eventually, publish_with_properties, running_consumer_on, spawn_app,
+    Api, TestApp,
 };
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -215,6 +215,23 @@ async fn every_attempt_of_a_retried_message_is_a_span_of_the_same_trace() {
     assert_eq!(second.trace_id, context.trace_id, "the retry copy kept it");
     assert_ne!(first.span_id, second.span_id, "each attempt is a span");
     assert_ne!(second.span_id, context.span_id);
+
+    // Each attempt's record keeps the trace id.
+    let history = eventually(DEADLINE, || async {
+        let history = assert_json(
+            api.get(&format!("/getMessageHistory/{queue}/{id}")).await,
+            StatusCode::OK,
+        )
+        .await;
+        match history["attempts"].as_array() {
+            Some(attempts) if attempts.len() == 2 => Ok(history),
+            _ => Err(format!("not two attempts recorded: {history}")),
+        }
+    })
+    .await;
+    for attempt in history["attempts"].as_array().into_iter().flatten() {
+        assert_eq!(attempt["traceId"], context.trace_id.as_str(), "{attempt}");
+    }
 
     target.stop().await;
 }
