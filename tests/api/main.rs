@@ -20,6 +20,7 @@ mod exchanges;
 mod fleet;
 mod flow_control;
 mod health;
+mod history;
 mod least_privilege;
 mod metrics;
 mod network_guard;

@@ -151,6 +151,9 @@ pub(super) struct Made<'a> {
     pub request: Option<&'a Arc<RequestShape>>,
     pub answer: Option<&'a Answer>,
     pub error: Option<Failure>,
+    /// Whether the circuit breaker was open after the answer (a retryable
+    /// failure then goes back unspent).
+    pub circuit_open: bool,
 }
 
 impl AttemptRecorder {
@@ -172,7 +175,12 @@ impl AttemptRecorder {
             request: made.request.cloned(),
             body: message.payload.clone(),
             answer: made.answer.cloned(),
-            error: made.error,
+            error: match (settled, made.error) {
+                (Settled::HandedBack, Some(failure)) => {
+                    Some(failure.handed_back(made.circuit_open))
+                }
+                (_, error) => error,
+            },
             trace_id: message.trace.map(|t| t.trace_id().to_string()),
         });
     }

@@ -210,6 +210,7 @@ pub(super) async fn run(
                     request: sent,
                     answer,
                     error,
+                    circuit_open: circuit_open.unwrap_or(false),
                 };
                 recorder.record(message, made, settled);
             }

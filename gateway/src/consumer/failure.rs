@@ -21,11 +21,10 @@ pub enum ErrorKind {
     HttpStatus,
     /// The network guard refused the target's address.
     AddressNotAllowed,
-    /// The message is larger than the target or the gateway takes.
-    TooLarge,
     /// A built-in handler refused or failed the message.
     Handler,
-    /// The circuit breaker was open: handed back without an attempt spent.
+    /// The attempt failed while the circuit breaker was open: handed back
+    /// without spending an attempt.
     CircuitOpen,
     /// The broker redelivered it past its attempts without an outcome.
     DeliveryLimit,
@@ -34,20 +33,20 @@ pub enum ErrorKind {
     /// The request broke off some other way (the connection dropped, a bad
     /// answer).
     Request,
-    /// The copy to the delay or dead-letter queue could not be stored.
+    /// The copy to the delay or dead-letter queue could not be stored: handed
+    /// back to come again.
     Broker,
 }
 
 impl ErrorKind {
     /// Every kind, in documentation order.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 12] = [
         Self::Timeout,
         Self::Connect,
         Self::Dns,
         Self::Tls,
         Self::HttpStatus,
         Self::AddressNotAllowed,
-        Self::TooLarge,
         Self::Handler,
         Self::CircuitOpen,
         Self::DeliveryLimit,
@@ -65,7 +64,6 @@ impl ErrorKind {
             Self::Tls => "tls",
             Self::HttpStatus => "http_status",
             Self::AddressNotAllowed => "address_not_allowed",
-            Self::TooLarge => "too_large",
             Self::Handler => "handler",
             Self::CircuitOpen => "circuit_open",
             Self::DeliveryLimit => "delivery_limit",
@@ -114,6 +112,21 @@ impl Failure {
             kind: ErrorKind::HttpStatus,
             status: Some(status),
             reason: reason.into(),
+        }
+    }
+
+    /// What the record of an attempt that failed this way and was then
+    /// handed back says: the hand-back's own cause, the attempt's status.
+    pub fn handed_back(&self, circuit_open: bool) -> Self {
+        let (kind, why) = if circuit_open {
+            (ErrorKind::CircuitOpen, "circuit open")
+        } else {
+            (ErrorKind::Broker, "could not store the copy")
+        };
+        Self {
+            kind,
+            status: self.status,
+            reason: format!("{why}: {}", self.reason),
         }
     }
 

@@ -264,6 +264,7 @@ impl ConsumerWorker {
                         request: None,
                         answer: None,
                         error: Some(failure),
+                        circuit_open: false,
                     };
                     recorder.record(&message, made, settled);
                 }
@@ -293,9 +294,11 @@ impl ConsumerWorker {
                 .and_then(|_| outcome.failure().cloned());
             // Only a consumer configured with a circuit breaker passes its
             // stage; the others settle straight away.
+            let mut circuit_open = false;
             let settled = match &breaker {
                 Some(breaker) => {
                     let open = breaker.record_request(&outcome);
+                    circuit_open = open;
                     breaker::settle_unless_open(open, &settler, &delivery, &message, outcome)
                         .await
                 }
@@ -309,6 +312,7 @@ impl ConsumerWorker {
                     request: request.as_ref(),
                     answer: answer.as_ref(),
                     error,
+                    circuit_open,
                 };
                 recorder.record(&message, made, settled);
             }

@@ -65,6 +65,17 @@ impl Api {
             .await
     }
 
+    /// GET that hands back a failure to answer instead of failing the
+    /// test: for a gateway whose store may not answer yet.
+    pub async fn try_get(&self, path: &str) -> Result<Response, reqwest::Error> {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .header(AUTHORIZATION, &self.auth)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+    }
+
     pub async fn get(&self, path: &str) -> Response {
         self.http
             .get(format!("{}{path}", self.base))
