@@ -641,3 +641,142 @@ async fn the_console_is_served_without_credentials_under_a_self_only_policy() {
     let who = assert_json(app.get("/whoami").await, reqwest::StatusCode::OK).await;
     assert_eq!(who, json!({ "name": app.admin_user, "role": "admin" }));
 }
+
+#[tokio::test]
+async fn the_messages_view_shows_a_retried_messages_timeline_and_its_consumers_failures() {
+    let app = spawn_app().await;
+    let target = TargetServer::start().await;
+    target.script(
+        "/flaky",
+        vec![Reply::status(503).with_body("busy, try later")],
+        Reply::ok(),
+    );
+    let (api, queue, consumer) = crate::support::running_consumer_on(
+        &app,
+        &target,
+        "console-history",
+        "/flaky",
+        json!({ "consumerName": "flaky-hook",
+                "retry": { "maxAttempts": 3, "initialDelayMs": 300, "multiplier": 2, "maxDelayMs": 1000 } }),
+    )
+    .await;
+    let message = app.publish(&queue, json!({ "order": 7 })).await;
+    target
+        .wait_for_delivered(&[message.clone()].into(), DELIVERY)
+        .await;
+    api.wait_for_consumer(&consumer, DELIVERY, "acked after one retry", |v| {
+        v["stats"]["acked"] == 1 && v["stats"]["retried"] == 1
+    })
+    .await;
+    let viewer_key = app.create_api_key("viewer").await;
+
+    // Searched from the Messages tab: the queue chosen, the id typed.
+    let browser = Browser::start("messages").await;
+    open_console(&browser, &app, "#/messages").await;
+    sign_in(&browser, &app.admin_user, &app.admin_password, "").await;
+    wait_signed_in(&browser).await;
+    let search = r#"[data-testid="message-search"]"#;
+    browser
+        .wait_for(
+            UI,
+            "the queue among the choices",
+            &format!(
+                r#"return !!document.querySelector('{search} select option[value={}]')"#,
+                js(&queue)
+            ),
+        )
+        .await;
+    browser
+        .eval(&format!(
+            r#"document.querySelector('{search} select').value = {}; return true"#,
+            js(&queue)
+        ))
+        .await;
+    browser
+        .fill(&format!(r#"{search} input[name="messageId"]"#), &message)
+        .await;
+    browser
+        .click(&format!(r#"{search} button[type="submit"]"#))
+        .await;
+
+    // The attempt records are written in bulk, off the delivery path: the
+    // view shows them once they are stored.
+    let rows = r#"Array.from(document.querySelectorAll('[data-testid="message-history"] tr[data-testid="attempt"]'))"#;
+    let outcomes = browser
+        .wait_for(
+            DELIVERY,
+            "two attempts in the timeline",
+            &format!(
+                "const rows = {rows}; return rows.length === 2 ? rows.map(r => r.dataset.outcome) : null"
+            ),
+        )
+        .await;
+    assert_eq!(outcomes, json!(["retry_scheduled", "delivered"]));
+    let shown = browser
+        .eval(&format!(
+            r#"return {rows}.map(r => ({{
+                 status: r.querySelector('[data-field="status"]').textContent,
+                 text: r.textContent,
+               }}))"#
+        ))
+        .await;
+    assert_eq!(shown[0]["status"], "503", "{shown}");
+    assert_eq!(shown[1]["status"], "200", "{shown}");
+    let first = shown[0]["text"].as_str().unwrap_or_default();
+    assert!(
+        first.contains("busy, try later"),
+        "the answer's excerpt: {first}"
+    );
+    assert!(first.contains("flaky-hook"), "the consumer's name: {first}");
+    let state = browser
+        .eval(r#"return document.querySelector('[data-testid="message-history"]').dataset.state"#)
+        .await;
+    assert_eq!(state, "delivered");
+    assert_eq!(
+        browser.eval("return location.hash").await,
+        json!(format!("#/messages/{queue}/{message}")),
+        "the search is an address to come back to"
+    );
+    browser.screenshot("timeline").await;
+
+    // The consumer's link: its recent failures, the 503 among them.
+    browser
+        .eval(&format!(
+            r##"{rows}[0].querySelector('a[href^="#/failures/"]').click(); return true"##
+        ))
+        .await;
+    let failures = browser
+        .wait_for(
+            UI,
+            "the consumer's failures",
+            r#"const rows = Array.from(document.querySelectorAll('[data-testid="failures"] tr[data-attempt-id]'));
+               return rows.length ? rows.map(r => r.dataset.outcome) : null"#,
+        )
+        .await;
+    assert_eq!(failures, json!(["retry_scheduled"]));
+    assert_eq!(
+        browser.eval("return location.hash").await,
+        json!(format!("#/failures/{consumer}"))
+    );
+    browser.screenshot("failures").await;
+
+    // A viewer sees the same timeline without the answer's body.
+    browser.click("#sign-out").await;
+    sign_in(&browser, "", "", &viewer_key).await;
+    wait_signed_in(&browser).await;
+    go(&browser, &format!("#/messages/{queue}/{message}")).await;
+    let first = browser
+        .wait_for(
+            UI,
+            "the timeline for a viewer",
+            &format!("const rows = {rows}; return rows.length === 2 ? rows[0].textContent : null"),
+        )
+        .await;
+    let first = first.as_str().unwrap_or_default();
+    assert!(!first.contains("busy, try later"), "{first}");
+    assert!(first.contains("hidden for this role"), "{first}");
+
+    assert_eq!(assert_stays_home_and_quiet(&browser, &app, &[]).await, 0);
+    browser.close().await;
+    target.stop().await;
+}
