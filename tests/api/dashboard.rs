@@ -57,6 +57,20 @@ async fn go(browser: &Browser, hash: &str) {
         .await;
 }
 
+/// Waits for the confirmation dialog; returns what it asks.
+async fn confirmation(browser: &Browser) -> String {
+    browser
+        .wait_for(
+            UI,
+            "the confirmation dialog",
+            "return document.querySelector('#confirm').open ? document.querySelector('#confirm-text').textContent : null",
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// No request to another origin, and no console error beyond `allowed`
 /// (substrings of the entries a test causes on purpose); returns how many
 /// allowed entries there were.
@@ -284,9 +298,46 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
     );
 
     target.script("/reject", vec![], Reply::ok());
+    // By filter: one message id. A dry run counts it, and nothing moves
+    // before the operator confirms that count.
+    let replay_form = r#"[data-testid="replay-filter"]"#;
     browser
-        .click(r#"[data-testid="dead-letters"] [data-action="replay"]"#)
+        .fill(
+            &format!(r#"{replay_form} input[name="messageIds"]"#),
+            &published[0],
+        )
         .await;
+    browser
+        .click(&format!(r#"{replay_form} [data-action="replay"]"#))
+        .await;
+    let asked = confirmation(&browser).await;
+    assert!(asked.contains("Replay 1 matching"), "{asked}");
+    assert_eq!(
+        api.dead_letters(&failing).await.len(),
+        3,
+        "nothing replayed before the confirmation"
+    );
+    browser.click("#confirm-ok").await;
+    target
+        .wait_for_delivered(&[published[0].clone()].into(), DELIVERY)
+        .await;
+    browser
+        .wait_for(
+            UI,
+            "two dead letters left in the view",
+            &format!("return {letters}.length === 2"),
+        )
+        .await;
+    // Then the rest, with no filter.
+    browser
+        .fill(&format!(r#"{replay_form} input[name="messageIds"]"#), "")
+        .await;
+    browser
+        .click(&format!(r#"{replay_form} [data-action="replay"]"#))
+        .await;
+    let asked = confirmation(&browser).await;
+    assert!(asked.contains("Replay 2 dead letter"), "{asked}");
+    browser.click("#confirm-ok").await;
     crate::support::eventually(DELIVERY, || async {
         let mut tries: BTreeMap<String, usize> = BTreeMap::new();
         for request in target.requests_to("/reject") {
