@@ -14,6 +14,7 @@ pub mod message_size;
 pub mod metrics;
 pub mod names;
 pub mod publisher;
+pub mod status_filter;
 pub mod topology;
 pub mod trace;
 
@@ -27,11 +28,15 @@ pub use consumer::{
     DeliveryTarget, ErrorKind, Failure, Flow, IncomingMessage, LimitError, LiveReplicas,
     RatePerSec, RequestShape, RetryPolicy, RetryPolicyError, Trigger,
 };
-pub use dead_letters::{DeadLetter, DeadLetters};
+pub use dead_letters::{
+    DeadLetter, DeadLetters, ReplayFilter, ReplayFilterError, ReplayFilterInput, ReplayMode,
+    ReplayReport,
+};
 pub use error::{with_causes, AmqpContext, BrokerError, Chain, Lost};
 pub use message_size::encoded_headers_len;
 pub use names::{ExchangeName, NameError, QueueName, RoutingKey};
 pub use publisher::{OutgoingMessage, PublishOutcome, Publisher};
+pub use status_filter::{BadStatusFilter, StatusFilter};
 pub use topology::{
     DeclareOutcome, ExchangeKind, ExchangeSpec, QueueCounts, QueueSpec, QueueType, Topology,
 };

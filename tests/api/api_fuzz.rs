@@ -194,6 +194,30 @@ async fn the_spec_documents_errors_enums_bounds_and_required_fields() {
         (&json!(1), &json!(1000))
     );
 
+    // The replay filter's kinds are gateway::ErrorKind's own names, and the
+    // answer says what matched.
+    assert_eq!(
+        schemas["ErrorKindName"]["enum"],
+        json!(gateway::ErrorKind::ALL.map(gateway::ErrorKind::as_str)),
+    );
+    let replay = &schemas["ReplayRequest"]["properties"];
+    assert_eq!(replay["dryRun"]["type"], "boolean", "{replay}");
+    let filter = &schemas["ReplayFilterRequest"]["properties"];
+    for field in ["since", "until", "status", "errorKind", "messageIds"] {
+        assert!(filter[field].is_object(), "filter.{field}: {filter}");
+    }
+    assert_eq!(
+        (
+            &filter["messageIds"]["minItems"],
+            &filter["messageIds"]["maxItems"]
+        ),
+        (&json!(1), &json!(1000))
+    );
+    assert_eq!(
+        schemas["ReplayAnswer"]["required"],
+        json!(["matched", "replayed"])
+    );
+
     for (schema, required) in [
         ("CreateUserRequest", json!(["nombre", "apellido", "email"])),
         (

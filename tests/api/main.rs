@@ -14,6 +14,7 @@ mod connections;
 mod consumer_api;
 mod credentials;
 mod dashboard;
+mod dead_letters;
 mod delivery;
 mod delivery_count;
 mod exchanges;

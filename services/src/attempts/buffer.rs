@@ -57,20 +57,6 @@ impl AttemptBuffer {
         queue.drain(..n).collect()
     }
 
-    /// Puts back records the writer could not store, ahead of the newer
-    /// ones; what no longer fits is dropped, oldest first, and counted.
-    pub fn put_back(&self, records: Vec<AttemptRecord>) {
-        let mut queue = self.lock();
-        let room = self.capacity.saturating_sub(queue.len());
-        let skip = records.len().saturating_sub(room);
-        if skip > 0 {
-            self.dropped.inc_by(skip as u64);
-        }
-        for record in records.into_iter().skip(skip).rev() {
-            queue.push_front(record);
-        }
-    }
-
     /// Until `full_batch` records wait (or a wake-up for shutdown).
     pub async fn filled(&self) {
         self.ready.notified().await;
@@ -150,25 +136,9 @@ mod tests {
         for n in 1..=4 {
             buffer.record(record(n));
         }
-        let first = buffer.take(2);
-        assert_eq!(ids(&first), [1, 2]);
+        assert_eq!(ids(&buffer.take(2)), [1, 2]);
         buffer.record(record(5));
-        buffer.put_back(first);
         assert_eq!(buffer.dropped(), 0);
-        assert_eq!(ids(&buffer.take(10)), [1, 2, 3, 4, 5]);
-    }
-
-    #[test]
-    fn records_put_back_into_a_full_buffer_drop_their_oldest() {
-        let buffer = AttemptBuffer::new(3, 1000, Counter::default());
-        for n in 1..=3 {
-            buffer.record(record(n));
-        }
-        let taken = buffer.take(2);
-        buffer.record(record(4));
-        buffer.record(record(5));
-        buffer.put_back(taken);
-        assert_eq!(buffer.dropped(), 2);
         assert_eq!(ids(&buffer.take(10)), [3, 4, 5]);
     }
 }

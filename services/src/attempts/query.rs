@@ -41,49 +41,22 @@ impl FilterError {
     }
 }
 
-/// `status`: one code, or a class (`4xx`, `5xx`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusFilter {
-    /// Exactly this status.
-    Code(u16),
-    /// Any status of this hundred (`5` for `5xx`).
-    Class(u16),
+/// `status`: one code, or a class (`4xx`, `5xx`); the rule is gateway's,
+/// shared with the replay filter.
+pub use gateway::StatusFilter;
+
+impl From<gateway::BadStatusFilter> for FilterError {
+    fn from(err: gateway::BadStatusFilter) -> Self {
+        FilterError::new("status", err.to_string())
+    }
 }
 
-impl StatusFilter {
-    /// `503`, or `5xx`; 100 to 599.
-    pub fn parse(raw: &str) -> Result<Self, FilterError> {
-        let bad = || FilterError::new("status", "a status code (503) or a class (5xx)");
-        let raw = raw.trim();
-        if let Some(class) = raw.strip_suffix("xx").or_else(|| raw.strip_suffix("XX")) {
-            let class: u16 = class.parse().map_err(|_| bad())?;
-            return (1..=5)
-                .contains(&class)
-                .then_some(Self::Class(class))
-                .ok_or_else(bad);
-        }
-        let code: u16 = raw.parse().map_err(|_| bad())?;
-        (100..=599)
-            .contains(&code)
-            .then_some(Self::Code(code))
-            .ok_or_else(bad)
-    }
-
-    /// Whether `status` is one of it.
-    pub fn matches(self, status: u16) -> bool {
-        match self {
-            Self::Code(code) => status == code,
-            Self::Class(class) => status / 100 == class,
-        }
-    }
-
-    fn condition(self) -> Document {
-        match self {
-            Self::Code(code) => doc! { "response.status": i32::from(code) },
-            Self::Class(class) => doc! { "response.status": {
-                "$gte": i32::from(class * 100), "$lt": i32::from(class * 100 + 100)
-            } },
-        }
+fn status_condition(status: StatusFilter) -> Document {
+    match status {
+        StatusFilter::Code(code) => doc! { "response.status": i32::from(code) },
+        StatusFilter::Class(class) => doc! { "response.status": {
+            "$gte": i32::from(class * 100), "$lt": i32::from(class * 100 + 100)
+        } },
     }
 }
 
@@ -181,7 +154,7 @@ impl AttemptFilter {
             query.insert("outcome", outcome.as_str());
         }
         if let Some(status) = self.status {
-            query.extend(status.condition());
+            query.extend(status_condition(status));
         }
         if let Some(kind) = self.error_kind {
             query.insert("error.kind", kind.as_str());
@@ -278,7 +251,7 @@ mod tests {
         assert!(!StatusFilter::Class(5).matches(422));
         for bad in ["", "6xx", "0xx", "99", "600", "5x", "abc", "xx"] {
             assert_eq!(
-                StatusFilter::parse(bad).map_err(|e| e.parameter),
+                StatusFilter::parse(bad).map_err(|e| FilterError::from(e).parameter),
                 Err("status"),
                 "{bad}"
             );

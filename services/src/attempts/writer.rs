@@ -1,11 +1,11 @@
 //! The attempt writer: one task per replica that drains the buffer into
 //! the `attempts` collection in bulk (unordered inserts of up to
-//! `MAX_BULK` records, at least every `FLUSH_EVERY`). A failed insert puts
-//! its records back and is tried again on the next round; records an
+//! `MAX_BULK` records, at least every `FLUSH_EVERY`). A failed insert keeps
+//! its documents and is tried again, before anything newer; records an
 //! earlier try did store are recognised by their `_id` (duplicate keys are
 //! not a failure). Shutdown: `flush_for` writes what it can within a grace.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mongodb::options::InsertManyOptions;
@@ -29,6 +29,10 @@ pub struct AttemptWriter {
     collection: Collection<StoredAttempt>,
     replica: String,
     metrics: AttemptLogMetrics,
+    /// Documents of a bulk insert that failed, tried again first. Their
+    /// records left the buffer, so while they wait the buffer has room for
+    /// fewer: `MAX_BULK` at most.
+    failed: Mutex<Vec<StoredAttempt>>,
 }
 
 impl AttemptWriter {
@@ -44,6 +48,7 @@ impl AttemptWriter {
             collection,
             replica,
             metrics,
+            failed: Mutex::new(Vec::new()),
         }
     }
 
@@ -56,7 +61,7 @@ impl AttemptWriter {
                 _ = self.buffer.filled() => {}
                 _ = tokio::time::sleep(FLUSH_EVERY) => {}
             }
-            while !self.buffer.is_empty() {
+            while !self.is_idle() {
                 let wrote = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     wrote = self.write_once() => wrote,
@@ -76,14 +81,14 @@ impl AttemptWriter {
     /// unwritten.
     pub async fn flush_for(&self, grace: Duration) -> usize {
         let flushing = async {
-            while !self.buffer.is_empty() {
+            while !self.is_idle() {
                 if !self.write_once().await {
                     break;
                 }
             }
         };
         let _ = tokio::time::timeout(grace, flushing).await;
-        let left = self.buffer.len();
+        let left = self.buffer.len() + self.failed().len();
         if left > 0 {
             tracing::warn!(
                 left,
@@ -93,22 +98,36 @@ impl AttemptWriter {
         left
     }
 
-    /// One bulk insert of the oldest records; whether it went through.
+    fn is_idle(&self) -> bool {
+        self.buffer.is_empty() && self.failed().is_empty()
+    }
+
+    fn failed(&self) -> std::sync::MutexGuard<'_, Vec<StoredAttempt>> {
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One bulk insert: the documents of a failed one, else the oldest
+    /// records; whether it went through.
     async fn write_once(&self) -> bool {
-        let records = self.buffer.take(MAX_BULK);
-        if records.is_empty() {
+        let mut documents = std::mem::take(&mut *self.failed());
+        if documents.is_empty() {
+            documents = self
+                .buffer
+                .take(MAX_BULK)
+                .into_iter()
+                .map(|record| StoredAttempt::of(record, &self.replica))
+                .collect();
+        }
+        if documents.is_empty() {
             return true;
         }
         self.metrics.buffered.set(self.buffer.len() as i64);
-        let documents: Vec<StoredAttempt> = records
-            .iter()
-            .cloned()
-            .map(|record| StoredAttempt::of(record, &self.replica))
-            .collect();
         let n = documents.len() as u64;
         let result = self
             .collection
-            .insert_many(documents)
+            .insert_many(&documents)
             .with_options(InsertManyOptions::builder().ordered(false).build())
             .await;
         match result {
@@ -123,7 +142,7 @@ impl AttemptWriter {
             }
             Err(err) => {
                 tracing::warn!(error = %gateway::Chain(&err), records = n, "could not store attempt records; trying again");
-                self.buffer.put_back(records);
+                *self.failed() = documents;
                 false
             }
         }
