@@ -805,6 +805,31 @@ async fn the_messages_view_shows_a_retried_messages_timeline_and_its_consumers_f
         )
         .await;
     assert_eq!(failures, json!(["retry_scheduled"]));
+    // Its filters go to the API, each step changing what the list shows:
+    // by error kind (listed from the spec), then by outcome.
+    let failure_rows =
+        r#"document.querySelectorAll('[data-testid="failures"] tr[data-attempt-id]').length"#;
+    for (select, value, rows) in [
+        ("errorKind", "timeout", 0),
+        ("errorKind", "http_status", 1),
+        ("outcome", "dead_lettered", 0),
+    ] {
+        let chosen = browser
+            .eval(&format!(
+                r#"const s = document.querySelector('select[name="{select}"]'); s.value = {};
+                   s.dispatchEvent(new Event("change")); return s.value"#,
+                js(value)
+            ))
+            .await;
+        assert_eq!(chosen, value, "{select} offers {value}");
+        browser
+            .wait_for(
+                UI,
+                &format!("{rows} failure(s) with {select} {value}"),
+                &format!("return {failure_rows} === {rows}"),
+            )
+            .await;
+    }
     assert_eq!(
         browser.eval("return location.hash").await,
         json!(format!("#/failures/{consumer}"))

@@ -749,7 +749,9 @@ views["dead-letters"] = {
     // The broker's statistics lag a few seconds behind what the peek shows.
     setText(this.total, fmt(Math.max(letters.length, row ? row.deadLetterMessages : 0)));
     syncRows(this.body, letters, (l) => l.messageId, (l) => el("tr", { "data-message-id": l.messageId },
-      el("td.name", {}, el("a", { href: messageLink(this.queue, l.messageId), title: "Its delivery history" }, l.messageId)), el("td.num", {}, fmt(l.attempts)), el("td.error-text", {}, l.lastError || ""),
+      el("td.name", {}, el("a", { href: messageLink(this.queue, l.messageId), title: "Its delivery history" }, l.messageId)),
+      el("td.num", {}, fmt(l.attempts)),
+      el("td.error-text", {}, l.lastError || "", lastFailure(l) ? el("span.sub", {}, lastFailure(l)) : null),
       el("td", { title: l.deadLetteredAt || "" }), el("td.payload", {}, payloadPreview(l))),
     (row, l) => setText(row.cells[3], l.deadLetteredAt ? ago(l.deadLetteredAt) : ""),
     5, "No dead letters.");
@@ -762,7 +764,7 @@ views["dead-letters"] = {
 function replayByFilter(queue) {
   const input = (name, attrs = {}) => el("input", { name, ...attrs });
   const kinds = el("select", { name: "errorKind" }, el("option", { value: "" }, "any"),
-    ...ERROR_KINDS.map((k) => el("option", { value: k }, k.replace(/_/g, " "))));
+    ...errorKinds.map((k) => el("option", { value: k }, k.replace(/_/g, " "))));
   const replay = el("button", { type: "submit", "data-action": "replay" }, "Replay…");
   const form = el("form.create.panel", { "data-testid": "replay-filter", "aria-label": "Replay dead letters" },
     el("label", {}, "How many (first n)", input("replayCount", { type: "number", min: 1, max: 100000, placeholder: "all" })),
@@ -802,10 +804,6 @@ function replayByFilter(queue) {
   });
   return form;
 }
-
-/** The API's error kinds (`ErrorKind` in the gateway), for the filters. */
-const ERROR_KINDS = ["timeout", "connect", "dns", "tls", "http_status", "address_not_allowed", "too_large",
-  "handler", "circuit_open", "delivery_limit", "invalid_request", "request", "broker"];
 
 function messageLink(queue, messageId) {
   return `#/messages/${encodeURIComponent(queue)}/${encodeURIComponent(messageId)}`;
@@ -941,7 +939,7 @@ views.failures = {
       el("option", { value: "handed_back" }, "handed back"));
     this.status = el("input", { name: "status", placeholder: "503 or 5xx", maxlength: 3 });
     this.kind = el("select", { name: "errorKind" }, el("option", { value: "" }, "any"),
-      ...ERROR_KINDS.map((k) => el("option", { value: k }, k.replace(/_/g, " "))));
+      ...errorKinds.map((k) => el("option", { value: k }, k.replace(/_/g, " "))));
     for (const control of [this.outcome, this.status, this.kind]) {
       control.addEventListener("change", () => refresh());
     }
@@ -989,6 +987,12 @@ views.failures = {
     () => {}, 8, "No failure recorded.");
   },
 };
+
+/** The last failure's kind and status, what a replay filter goes by. */
+function lastFailure(letter) {
+  const kind = letter.lastErrorKind ? letter.lastErrorKind.replace(/_/g, " ") : "";
+  return [kind, letter.lastStatus].filter(Boolean).join(" · ");
+}
 
 function payloadPreview(letter) {
   if (!("payload" in letter)) return el("span.muted", {}, "hidden for this role");
@@ -1140,13 +1144,17 @@ window.addEventListener("hashchange", show);
 // ------------------------------------------------------------- replicas --
 
 let replicasAvailable = false;
+/** The failure kinds the filters offer: the gateway's own list, from its
+ *  spec, so the console cannot fall behind it. */
+let errorKinds = [];
 
 /** The fleet API is newer than some gateways: offer the view only when the
  *  spec lists it (asking the route itself would log a 404 in the console). */
-async function detectReplicas() {
+async function readSpec() {
   try {
     const spec = await api("GET", "openapi.json", undefined, null);
     replicasAvailable = Boolean(spec && spec.paths && spec.paths["/getReplicas"]);
+    errorKinds = spec?.components?.schemas?.ErrorKindName?.enum || [];
   } catch {
     replicasAvailable = false;
   }
@@ -1172,7 +1180,7 @@ function enter(who) {
   setText($("#who-role"), who.role);
   history.reset();
   latency.reset();
-  detectReplicas().finally(show);
+  readSpec().finally(show);
 }
 
 function signOut(message) {
