@@ -16,6 +16,7 @@ pub mod names;
 pub mod publisher;
 pub mod status_filter;
 pub mod topology;
+pub mod trace;
 
 pub use addresses::{AmqpUrl, AmqpUrlParts, AmqpUrls, AmqpUrlsError};
 pub use companion_types::{CompanionTypes, QueueTypeSource};
@@ -39,6 +40,7 @@ pub use status_filter::{BadStatusFilter, StatusFilter};
 pub use topology::{
     DeclareOutcome, ExchangeKind, ExchangeSpec, QueueCounts, QueueSpec, QueueType, Topology,
 };
+pub use trace::{Traceparent, TraceparentError};
 
 /// Re-exported so callers can build message properties and field tables
 /// without depending on lapin themselves.

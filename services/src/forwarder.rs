@@ -186,6 +186,7 @@ impl DeliveryTarget for HttpForwarder {
             .header("webhook-timestamp", timestamp.to_string())
             .header(gateway::headers::QUEUE, message.queue.as_str())
             .header(gateway::headers::ATTEMPT, message.attempt.to_string());
+        request = with_trace(request, message.trace.as_ref());
         if let Some(secret) = &self.secret {
             request = request.header(
                 "webhook-signature",
@@ -239,6 +240,13 @@ impl DeliveryTarget for HttpForwarder {
                 secret.sign(&batch.id, timestamp, &body),
             );
         }
+        // One request is one span and has one parent: the trace of the
+        // first message that carries one. The other messages' traces are
+        // not sent; their attempt records keep them.
+        request = with_trace(
+            request,
+            batch.messages.iter().find_map(|m| m.trace.as_ref()),
+        );
         let n = batch.messages.len();
         let _slot = self.slots.take().await;
         let mut outcome = match request.body(body).send().await {
@@ -302,6 +310,18 @@ async fn discard(response: &mut reqwest::Response) {
             Ok(Some(chunk)) => drained += chunk.len(),
             _ => break,
         }
+    }
+}
+
+/// The request as a span of its own under the message's trace: the same
+/// trace id, a new span id. A message without a trace goes without.
+fn with_trace(
+    request: reqwest::RequestBuilder,
+    trace: Option<&gateway::Traceparent>,
+) -> reqwest::RequestBuilder {
+    match trace {
+        Some(trace) => request.header(gateway::trace::HEADER, trace.child().to_string()),
+        None => request,
     }
 }
 

@@ -4,11 +4,15 @@
 //! headers are capped at `MAX_HEADER_BYTES` encoded, so no publish can
 //! exceed the broker's frame size and cost the connection; the built-in
 //! queues take raw events from admins only.
+//!
+//! The caller's W3C `traceparent` header (or a trace started here) goes
+//! into the message's `traceparent` AMQP header, so every call to a target
+//! can be a span of that trace (`gateway::trace`).
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use gateway::{
     AMQPValue, BasicProperties, ExchangeName, FieldTable, OutgoingMessage, PublishOutcome,
-    QueueName, RoutingKey,
+    QueueName, RoutingKey, Traceparent,
 };
 use middlewares::Publisher;
 use serde::Deserialize;
@@ -73,7 +77,11 @@ struct PublishLimits {
 }
 
 impl ParsedPublish {
-    fn parse(req: PublishRequest, limits: &PublishLimits) -> Result<Self, ApiError> {
+    fn parse(
+        req: PublishRequest,
+        trace: Traceparent,
+        limits: &PublishLimits,
+    ) -> Result<Self, ApiError> {
         let destination = match (req.queue_name, req.exchange) {
             (Some(queue), None) => {
                 if req.routing_key.is_some() {
@@ -124,7 +132,7 @@ impl ParsedPublish {
             Some(id) => id,
             None => uuid::Uuid::new_v4().to_string(),
         };
-        let headers = headers_table(req.headers.unwrap_or_default())?;
+        let mut headers = headers_table(req.headers.unwrap_or_default())?;
         let encoded = gateway::encoded_headers_len(&headers);
         if encoded > limits.max_header_bytes {
             return Err(FieldError::new(
@@ -136,6 +144,12 @@ impl ParsedPublish {
             )
             .into());
         }
+        // Added past the check: MAX_HEADER_BYTES caps the caller's own
+        // headers, and its ceiling leaves 4 KiB of the frame for the rest.
+        headers.insert(
+            gateway::trace::HEADER.into(),
+            AMQPValue::LongString(trace.to_string().into_bytes().into()),
+        );
         Ok(ParsedPublish {
             destination,
             payload,
@@ -153,6 +167,14 @@ fn headers_table(headers: Map<String, Value>) -> Result<FieldTable, FieldError> 
             return Err(FieldError::new(
                 "headers",
                 format!("header names are 1 to 255 bytes, `{name}` is not"),
+            ));
+        }
+        // One source of trace context, the request header, so a message
+        // never carries two that disagree.
+        if name.eq_ignore_ascii_case(gateway::trace::HEADER) {
+            return Err(FieldError::new(
+                format!("headers.{name}"),
+                "give the trace context as the `traceparent` request header",
             ));
         }
         if gateway::headers::is_reserved(&name) {
@@ -189,6 +211,35 @@ fn headers_table(headers: Map<String, Value>) -> Result<FieldTable, FieldError> 
     Ok(table)
 }
 
+/// The publish's trace context: the caller's `traceparent` header, or a
+/// new trace when there is none. A malformed one is refused rather than
+/// replaced: the caller asked for that trace, and would look for the
+/// message under it in vain.
+fn trace_context(req: &HttpRequest) -> Result<Traceparent, FieldError> {
+    let mut values = req.headers().get_all(gateway::trace::HEADER);
+    let Some(value) = values.next() else {
+        return Ok(Traceparent::start());
+    };
+    if values.next().is_some() {
+        return Err(FieldError::new(
+            gateway::trace::HEADER,
+            "given more than once; W3C Trace Context allows one",
+        ));
+    }
+    let text = value.to_str().map_err(|_| {
+        FieldError::new(
+            gateway::trace::HEADER,
+            "not a W3C trace context (visible ASCII only)",
+        )
+    })?;
+    Traceparent::parse(text).map_err(|err| {
+        FieldError::new(
+            gateway::trace::HEADER,
+            format!("not a W3C trace context: {err}"),
+        )
+    })
+}
+
 /// Raw events on the built-in queues would skip the seed routes' checks
 /// (a publisher could send `user.delete`), so only admins publish there.
 fn check_builtin_queue(
@@ -217,22 +268,28 @@ fn check_builtin_queue(
 }
 
 #[utoipa::path(post, path = "/messagePublish", tag = "messages", request_body = PublishRequest,
+    params(("traceparent" = Option<String>, Header,
+        description = "W3C Trace Context of the caller's span. Carried in the message's `traceparent` AMQP header; every call to a target sends the same trace id with a span id of its own. Without it the gateway starts a trace. Version 00 is `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, lower-case, ids not all zeros.",
+        min_length = 55, pattern = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$",
+        example = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")),
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 202, description = "The broker confirmed the message", example = json!({"message": "Message has been published successfully.", "messageId": "3f1c…"})),
-        (status = 400, description = "Invalid destination, message, id or headers (headers over MAX_HEADER_BYTES encoded)", body = crate::error::ErrorBody),
+        (status = 400, description = "Invalid destination, message, id, headers (over MAX_HEADER_BYTES encoded) or traceparent", body = crate::error::ErrorBody),
         (status = 403, description = "A built-in queue, and the caller is not an admin", body = crate::error::ErrorBody),
         (status = 404, description = "No queue would receive it", body = crate::error::ErrorBody),
         (status = 503, description = "Broker down", body = crate::error::ErrorBody)))]
 pub async fn message_publish(
     caller: Publisher,
     state: web::Data<AppState>,
+    req: HttpRequest,
     Json(body): Json<PublishRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let limits = PublishLimits {
         max_header_bytes: state.settings.max_header_bytes,
     };
-    let message = ParsedPublish::parse(body, &limits)?;
+    let trace = trace_context(&req)?;
+    let message = ParsedPublish::parse(body, trace, &limits)?;
     let (exchange, routing_key) = match &message.destination {
         Destination::Queue(queue) => ("", queue.as_str()),
         Destination::Exchange(exchange, key) => {

@@ -57,6 +57,20 @@ async fn go(browser: &Browser, hash: &str) {
         .await;
 }
 
+/// Waits for the confirmation dialog; returns what it asks.
+async fn confirmation(browser: &Browser) -> String {
+    browser
+        .wait_for(
+            UI,
+            "the confirmation dialog",
+            "return document.querySelector('#confirm').open ? document.querySelector('#confirm-text').textContent : null",
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// No request to another origin, and no console error beyond `allowed`
 /// (substrings of the entries a test causes on purpose); returns how many
 /// allowed entries there were.
@@ -284,9 +298,46 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
     );
 
     target.script("/reject", vec![], Reply::ok());
+    // By filter: one message id. A dry run counts it, and nothing moves
+    // before the operator confirms that count.
+    let replay_form = r#"[data-testid="replay-filter"]"#;
     browser
-        .click(r#"[data-testid="dead-letters"] [data-action="replay"]"#)
+        .fill(
+            &format!(r#"{replay_form} input[name="messageIds"]"#),
+            &published[0],
+        )
         .await;
+    browser
+        .click(&format!(r#"{replay_form} [data-action="replay"]"#))
+        .await;
+    let asked = confirmation(&browser).await;
+    assert!(asked.contains("Replay 1 matching"), "{asked}");
+    assert_eq!(
+        api.dead_letters(&failing).await.len(),
+        3,
+        "nothing replayed before the confirmation"
+    );
+    browser.click("#confirm-ok").await;
+    target
+        .wait_for_delivered(&[published[0].clone()].into(), DELIVERY)
+        .await;
+    browser
+        .wait_for(
+            UI,
+            "two dead letters left in the view",
+            &format!("return {letters}.length === 2"),
+        )
+        .await;
+    // Then the rest, with no filter.
+    browser
+        .fill(&format!(r#"{replay_form} input[name="messageIds"]"#), "")
+        .await;
+    browser
+        .click(&format!(r#"{replay_form} [data-action="replay"]"#))
+        .await;
+    let asked = confirmation(&browser).await;
+    assert!(asked.contains("Replay 2 dead letter"), "{asked}");
+    browser.click("#confirm-ok").await;
     crate::support::eventually(DELIVERY, || async {
         let mut tries: BTreeMap<String, usize> = BTreeMap::new();
         for request in target.requests_to("/reject") {
@@ -640,4 +691,168 @@ async fn the_console_is_served_without_credentials_under_a_self_only_policy() {
     assert_eq!(data.status(), reqwest::StatusCode::UNAUTHORIZED);
     let who = assert_json(app.get("/whoami").await, reqwest::StatusCode::OK).await;
     assert_eq!(who, json!({ "name": app.admin_user, "role": "admin" }));
+}
+
+#[tokio::test]
+async fn the_messages_view_shows_a_retried_messages_timeline_and_its_consumers_failures() {
+    let app = spawn_app().await;
+    let target = TargetServer::start().await;
+    target.script(
+        "/flaky",
+        vec![Reply::status(503).with_body("busy, try later")],
+        Reply::ok(),
+    );
+    let (api, queue, consumer) = crate::support::running_consumer_on(
+        &app,
+        &target,
+        "console-history",
+        "/flaky",
+        json!({ "consumerName": "flaky-hook",
+                "retry": { "maxAttempts": 3, "initialDelayMs": 300, "multiplier": 2, "maxDelayMs": 1000 } }),
+    )
+    .await;
+    let message = app.publish(&queue, json!({ "order": 7 })).await;
+    target
+        .wait_for_delivered(&[message.clone()].into(), DELIVERY)
+        .await;
+    api.wait_for_consumer(&consumer, DELIVERY, "acked after one retry", |v| {
+        v["stats"]["acked"] == 1 && v["stats"]["retried"] == 1
+    })
+    .await;
+    let viewer_key = app.create_api_key("viewer").await;
+
+    // Searched from the Messages tab: the queue chosen, the id typed.
+    let browser = Browser::start("messages").await;
+    open_console(&browser, &app, "#/messages").await;
+    sign_in(&browser, &app.admin_user, &app.admin_password, "").await;
+    wait_signed_in(&browser).await;
+    let search = r#"[data-testid="message-search"]"#;
+    browser
+        .wait_for(
+            UI,
+            "the queue among the choices",
+            &format!(
+                r#"return !!document.querySelector('{search} select option[value={}]')"#,
+                js(&queue)
+            ),
+        )
+        .await;
+    browser
+        .eval(&format!(
+            r#"document.querySelector('{search} select').value = {}; return true"#,
+            js(&queue)
+        ))
+        .await;
+    browser
+        .fill(&format!(r#"{search} input[name="messageId"]"#), &message)
+        .await;
+    browser
+        .click(&format!(r#"{search} button[type="submit"]"#))
+        .await;
+
+    // The attempt records are written in bulk, off the delivery path: the
+    // view shows them once they are stored.
+    let rows = r#"Array.from(document.querySelectorAll('[data-testid="message-history"] tr[data-testid="attempt"]'))"#;
+    let outcomes = browser
+        .wait_for(
+            DELIVERY,
+            "two attempts in the timeline",
+            &format!(
+                "const rows = {rows}; return rows.length === 2 ? rows.map(r => r.dataset.outcome) : null"
+            ),
+        )
+        .await;
+    assert_eq!(outcomes, json!(["retry_scheduled", "delivered"]));
+    let shown = browser
+        .eval(&format!(
+            r#"return {rows}.map(r => ({{
+                 status: r.querySelector('[data-field="status"]').textContent,
+                 text: r.textContent,
+               }}))"#
+        ))
+        .await;
+    assert_eq!(shown[0]["status"], "503", "{shown}");
+    assert_eq!(shown[1]["status"], "200", "{shown}");
+    let first = shown[0]["text"].as_str().unwrap_or_default();
+    assert!(
+        first.contains("busy, try later"),
+        "the answer's excerpt: {first}"
+    );
+    assert!(first.contains("flaky-hook"), "the consumer's name: {first}");
+    let state = browser
+        .eval(r#"return document.querySelector('[data-testid="message-history"]').dataset.state"#)
+        .await;
+    assert_eq!(state, "delivered");
+    assert_eq!(
+        browser.eval("return location.hash").await,
+        json!(format!("#/messages/{queue}/{message}")),
+        "the search is an address to come back to"
+    );
+    browser.screenshot("timeline").await;
+
+    // The consumer's link: its recent failures, the 503 among them.
+    browser
+        .eval(&format!(
+            r##"{rows}[0].querySelector('a[href^="#/failures/"]').click(); return true"##
+        ))
+        .await;
+    let failures = browser
+        .wait_for(
+            UI,
+            "the consumer's failures",
+            r#"const rows = Array.from(document.querySelectorAll('[data-testid="failures"] tr[data-attempt-id]'));
+               return rows.length ? rows.map(r => r.dataset.outcome) : null"#,
+        )
+        .await;
+    assert_eq!(failures, json!(["retry_scheduled"]));
+    // Its filters go to the API, each step changing what the list shows:
+    // by error kind (listed from the spec), then by outcome.
+    let failure_rows =
+        r#"document.querySelectorAll('[data-testid="failures"] tr[data-attempt-id]').length"#;
+    for (select, value, rows) in [
+        ("errorKind", "timeout", 0),
+        ("errorKind", "http_status", 1),
+        ("outcome", "dead_lettered", 0),
+    ] {
+        let chosen = browser
+            .eval(&format!(
+                r#"const s = document.querySelector('select[name="{select}"]'); s.value = {};
+                   s.dispatchEvent(new Event("change")); return s.value"#,
+                js(value)
+            ))
+            .await;
+        assert_eq!(chosen, value, "{select} offers {value}");
+        browser
+            .wait_for(
+                UI,
+                &format!("{rows} failure(s) with {select} {value}"),
+                &format!("return {failure_rows} === {rows}"),
+            )
+            .await;
+    }
+    assert_eq!(
+        browser.eval("return location.hash").await,
+        json!(format!("#/failures/{consumer}"))
+    );
+    browser.screenshot("failures").await;
+
+    // A viewer sees the same timeline without the answer's body.
+    browser.click("#sign-out").await;
+    sign_in(&browser, "", "", &viewer_key).await;
+    wait_signed_in(&browser).await;
+    go(&browser, &format!("#/messages/{queue}/{message}")).await;
+    let first = browser
+        .wait_for(
+            UI,
+            "the timeline for a viewer",
+            &format!("const rows = {rows}; return rows.length === 2 ? rows[0].textContent : null"),
+        )
+        .await;
+    let first = first.as_str().unwrap_or_default();
+    assert!(!first.contains("busy, try later"), "{first}");
+    assert!(first.contains("hidden for this role"), "{first}");
+
+    assert_eq!(assert_stays_home_and_quiet(&browser, &app, &[]).await, 0);
+    browser.close().await;
+    target.stop().await;
 }

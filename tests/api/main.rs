@@ -33,5 +33,6 @@ mod rate_limits;
 mod resilience;
 mod retries;
 mod support;
+mod trace;
 mod try_it;
 mod update_consumer;

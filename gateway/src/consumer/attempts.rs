@@ -181,7 +181,7 @@ impl AttemptRecorder {
                 }
                 (_, error) => error,
             },
-            trace_id: None,
+            trace_id: message.trace.map(|t| t.trace_id().to_string()),
         });
     }
 }

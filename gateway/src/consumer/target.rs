@@ -22,6 +22,9 @@ pub struct IncomingMessage {
     pub content_type: Option<String>,
     /// 1-based.
     pub attempt: u32,
+    /// The message's trace context (its `traceparent` header), when it
+    /// carries a valid one; each call to the target is a child span of it.
+    pub trace: Option<crate::Traceparent>,
     /// Whether this is the first attempt after a replay from the
     /// dead-letter queue.
     pub replayed: bool,

@@ -53,6 +53,7 @@ use super::target::{
     Attempt, Batch, DeliveryOutcome, DeliveryTarget, ErrorKind, Failure, IncomingMessage,
 };
 use crate::connection::reconnect_backoff;
+use crate::trace::{self, Traceparent};
 use crate::{Broker, BrokerError, ConsumerLease};
 
 /// How long a stopping consumer waits for in-flight deliveries.
@@ -216,6 +217,7 @@ impl ConsumerWorker {
                 .as_ref()
                 .map(|ct| ct.to_string()),
             attempt: delivery_attempt(&delivery.properties),
+            trace: trace_of(&delivery.properties),
             replayed: crate::headers::value(&delivery.properties, crate::headers::REPLAYED_AT)
                 .is_some(),
             payload: bytes::Bytes::from(std::mem::take(&mut delivery.data)),
@@ -617,6 +619,20 @@ impl<'w> Session<'w> {
 struct AckRule {
     batch: usize,
     prefetch: usize,
+}
+
+/// The message's trace context. One published straight to the broker may
+/// carry none, or a malformed one: it then goes to the target without one
+/// rather than failing, as W3C asks of a receiver.
+fn trace_of(properties: &lapin::BasicProperties) -> Option<Traceparent> {
+    let value = crate::headers::text(properties, trace::HEADER)?;
+    match Traceparent::parse(&value) {
+        Ok(trace) => Some(trace),
+        Err(err) => {
+            tracing::debug!(error = %err, "ignoring the message's malformed traceparent header");
+            None
+        }
+    }
 }
 
 fn consumer_ended() -> BrokerError {

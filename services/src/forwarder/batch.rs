@@ -141,6 +141,7 @@ mod tests {
             payload: payload.to_vec().into(),
             content_type: Some("application/json".into()),
             attempt: 2,
+            trace: None,
             replayed: false,
         }
     }

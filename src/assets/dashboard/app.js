@@ -216,6 +216,13 @@ const STATE_LOOK = {
   up: ["ok", "up"],
   down: ["bad", "down"],
   unknown: ["idle", "unknown"],
+  // A delivery attempt's outcome, and a message's state by its last one.
+  delivered: ["ok", "delivered"],
+  retry_scheduled: ["warn", "retry scheduled"],
+  retrying: ["warn", "retrying"],
+  dead_lettered: ["bad", "dead-lettered"],
+  handed_back: ["idle", "handed back"],
+  in_flight: ["idle", "in flight"],
 };
 function badge(state) {
   const [tone, word] = STATE_LOOK[state] || ["idle", String(state || "unknown").replace(/_/g, " ")];
@@ -664,7 +671,9 @@ views.consumers = {
         el("td.num", { "data-field": "in-flight" }), el("td.num", { "data-field": "acked" }),
         el("td.num", { "data-field": "acked-rate" }), el("td.num", { "data-field": "latency" }),
         el("td.num", { "data-field": "retried" }),
-        el("td.num", { "data-field": "dead-lettered" }), el("td.error-text", { "data-field": "last-error" }),
+        el("td.num", { "data-field": "dead-lettered" }),
+        el("td.error-text", {}, el("span", { "data-field": "last-error" }),
+          el("a.more", { href: `#/failures/${encodeURIComponent(c.consumerId)}`, "data-link": "failures" }, "recent failures")),
         allows("admin") ? actions : null);
     }, (row, c) => {
       const [name, target, state, inFlight, acked, rate, latencyCell, retried, dead, error, actions] = row.cells;
@@ -682,8 +691,9 @@ views.consumers = {
       setText(latencyCell, took ? `${fmtSeconds(took.p50)} / ${fmtSeconds(took.p99)}` : "–");
       setText(retried, fmt(c.stats.retried));
       setText(dead, fmt(c.stats.deadLettered));
-      setText(error, c.stats.lastError ? `${c.stats.lastError} (${ago(c.stats.lastErrorAt)})` : "");
-      error.title = c.stats.lastErrorAt || "";
+      const errorText = error.firstChild;
+      setText(errorText, c.stats.lastError ? `${c.stats.lastError} (${ago(c.stats.lastErrorAt)})` : "");
+      errorText.title = c.stats.lastErrorAt || "";
       // Only the control that applies: resume for a paused consumer.
       const paused = c.state === "paused";
       if (actions) {
@@ -703,24 +713,11 @@ views["dead-letters"] = {
       location.hash = this.chooser.value ? `#/dead-letters/${encodeURIComponent(this.chooser.value)}` : "#/dead-letters";
     });
     const toolbar = el("div.toolbar", {}, el("label", {}, "Queue", this.chooser));
-    if (allows("admin") && queue) {
-      const count = el("input", { name: "replayCount", type: "number", min: 1, max: 100000, placeholder: "all" });
-      const replay = el("button", { type: "button", "data-action": "replay" }, "Replay all");
-      count.addEventListener("input", () => {
-        replay.textContent = count.value ? `Replay first ${fmt(Number(count.value))}` : "Replay all";
-      });
-      replay.addEventListener("click", () => act(replay, async () => {
-        const body = { queueName: queue };
-        if (count.value) body.limit = Number(count.value);
-        const answer = await api("POST", "replayDeadLetters", body);
-        showNotice(`Replayed ${fmt(answer.replayed)} message(s) to ${queue}.`);
-      }));
-      toolbar.append(el("label", {}, "How many", count), replay);
-    }
+    const replayForm = allows("admin") && queue ? replayByFilter(queue) : null;
     this.body = el("tbody");
     this.total = el("span.num");
     const section = el("section", { "data-testid": "dead-letters" },
-      el("h1", {}, "Dead letters", queue ? ` of ${queue}` : ""), toolbar);
+      el("h1", {}, "Dead letters", queue ? ` of ${queue}` : ""), toolbar, replayForm);
     if (queue) {
       section.append(
         el("p.hint", {}, "Oldest first, up to 100 shown; ", this.total, " in the dead-letter queue."),
@@ -752,12 +749,250 @@ views["dead-letters"] = {
     // The broker's statistics lag a few seconds behind what the peek shows.
     setText(this.total, fmt(Math.max(letters.length, row ? row.deadLetterMessages : 0)));
     syncRows(this.body, letters, (l) => l.messageId, (l) => el("tr", { "data-message-id": l.messageId },
-      el("td.name", {}, l.messageId), el("td.num", {}, fmt(l.attempts)), el("td.error-text", {}, l.lastError || ""),
+      el("td.name", {}, el("a", { href: messageLink(this.queue, l.messageId), title: "Its delivery history" }, l.messageId)),
+      el("td.num", {}, fmt(l.attempts)),
+      el("td.error-text", {}, l.lastError || "", lastFailure(l) ? el("span.sub", {}, lastFailure(l)) : null),
       el("td", { title: l.deadLetteredAt || "" }), el("td.payload", {}, payloadPreview(l))),
     (row, l) => setText(row.cells[3], l.deadLetteredAt ? ago(l.deadLetteredAt) : ""),
     5, "No dead letters.");
   },
 };
+
+/** The replay form of a dead-letter queue: which letters (all, the first
+ *  n, or those matching a filter), counted by a dry run and confirmed
+ *  before any moves. */
+function replayByFilter(queue) {
+  const input = (name, attrs = {}) => el("input", { name, ...attrs });
+  const kinds = el("select", { name: "errorKind" }, el("option", { value: "" }, "any"),
+    ...errorKinds.map((k) => el("option", { value: k }, k.replace(/_/g, " "))));
+  const replay = el("button", { type: "submit", "data-action": "replay" }, "Replay…");
+  const form = el("form.create.panel", { "data-testid": "replay-filter", "aria-label": "Replay dead letters" },
+    el("label", {}, "How many (first n)", input("replayCount", { type: "number", min: 1, max: 100000, placeholder: "all" })),
+    el("label", {}, "Dead-lettered since", input("since", { type: "datetime-local", step: 1 })),
+    el("label", {}, "until", input("until", { type: "datetime-local", step: 1 })),
+    el("label", {}, "Last status", input("status", { placeholder: "503 or 5xx", maxlength: 3 })),
+    el("label", {}, "Error kind", kinds),
+    el("label.wide", {}, "Message ids (space or comma separated)", input("messageIds", { placeholder: "all" })),
+    replay);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    const text = (name) => String(data.get(name) || "").trim();
+    const body = { queueName: queue };
+    if (text("replayCount")) body.limit = Number(text("replayCount"));
+    const filter = {};
+    // datetime-local is the browser's local time; the API takes RFC 3339.
+    for (const key of ["since", "until"]) {
+      if (text(key)) filter[key] = new Date(text(key)).toISOString();
+    }
+    if (text("status")) filter.status = text("status");
+    if (text("errorKind")) filter.errorKind = text("errorKind");
+    const ids = text("messageIds").split(/[\s,]+/).filter(Boolean);
+    if (ids.length) filter.messageIds = ids;
+    if (Object.keys(filter).length) body.filter = filter;
+    act(replay, async () => {
+      const dry = await api("POST", "replayDeadLetters", { ...body, dryRun: true });
+      if (!dry.matched) {
+        showNotice(`No dead letter of ${queue} matches.`);
+        return;
+      }
+      const what = body.filter ? "matching dead letter(s)" : "dead letter(s)";
+      if (!(await confirmDialog(`Replay ${fmt(dry.matched)} ${what} of ${queue} to the queue?`, `Replay ${fmt(dry.matched)}`))) return;
+      const answer = await api("POST", "replayDeadLetters", { ...body, dryRun: false });
+      showNotice(`Replayed ${fmt(answer.replayed)} message(s) to ${queue}.`);
+    });
+  });
+  return form;
+}
+
+function messageLink(queue, messageId) {
+  return `#/messages/${encodeURIComponent(queue)}/${encodeURIComponent(messageId)}`;
+}
+
+function fmtDuration(ms) {
+  return ms >= 1000 ? `${rateFormat.format(ms / 1000)} s` : `${fmt(ms)} ms`;
+}
+
+/** What a row shows of an attempt's answer: its status, or why none came. */
+function answerStatus(attempt) {
+  if (attempt.response) return String(attempt.response.status);
+  return attempt.error ? "no answer" : "–";
+}
+
+/** The first bytes of the target's answer; viewers get none (the field is
+ *  left out for them). */
+function answerExcerpt(attempt) {
+  const response = attempt.response;
+  if (!response) return "";
+  if (!("body" in response)) return el("span.muted", {}, "hidden for this role");
+  if (!response.body) return el("span.muted", {}, "empty");
+  const text = response.body.length > 200 ? `${response.body.slice(0, 200)}…` : response.body;
+  return response.bodyTruncated ? `${text} [truncated]` : text;
+}
+
+function errorText(attempt) {
+  return attempt.error ? `${attempt.error.kind.replace(/_/g, " ")}: ${attempt.error.message}` : "";
+}
+
+/** Started at: the local time, the exact instant on hover. */
+function timeCell(iso) {
+  return el("td.when", { title: iso || "" }, iso ? new Date(iso).toLocaleString() : "");
+}
+
+views.messages = {
+  title: "Messages",
+  mount(root, _param, parts) {
+    const [queue = "", messageId = ""] = parts;
+    this.queue = queue;
+    this.messageId = messageId;
+    this.chooser = el("select", { name: "queue", "aria-label": "Queue", required: true },
+      el("option", { value: "" }, "Choose a queue…"));
+    this.idInput = el("input", { name: "messageId", required: true, maxlength: 255, value: messageId, placeholder: "order-1234" });
+    const form = el("form.toolbar", { "data-testid": "message-search", role: "search" },
+      el("label", {}, "Queue", this.chooser), el("label", {}, "Message id", this.idInput),
+      el("button", { type: "submit" }, "Search"));
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const hash = messageLink(this.chooser.value, this.idInput.value.trim());
+      if (location.hash === hash) refresh();
+      else location.hash = hash;
+    });
+    root.append(el("h1", {}, "Messages"), form);
+    if (!queue || !messageId) {
+      root.append(el("p.hint", {}, "A message's delivery attempts, oldest first: when, how long, what the target answered and what became of it."));
+      return;
+    }
+    this.state = el("span");
+    this.summary = el("span");
+    this.body = el("tbody");
+    root.append(el("section", { "data-testid": "message-history", "data-state": "" },
+      el("h2", {}, messageId, el("span.muted", {}, ` on ${queue}`)),
+      el("p.hint", {}, this.state, " ", this.summary),
+      el("div.table-wrap", {}, el("table", {},
+        el("thead", {}, el("tr", {}, el("th.num", {}, "#"), el("th", {}, "Started"), el("th.num", {}, "Took"),
+          el("th", {}, "Consumer"), el("th.num", {}, "Status"), el("th", {}, "Outcome"), el("th", {}, "Error"),
+          el("th", {}, "Answer"), el("th", {}, "Trace id"))),
+        this.body))));
+  },
+  async load() {
+    const queues = api("GET", "getQueues");
+    let history = null;
+    let missing = "";
+    if (this.queue && this.messageId) {
+      try {
+        history = await api("GET", `getMessageHistory/${encodeURIComponent(this.queue)}/${encodeURIComponent(this.messageId)}`);
+      } catch (error) {
+        if (error.status !== 404) throw error;
+        missing = error.message;
+      }
+    }
+    return { queues: await queues, history, missing };
+  },
+  update({ queues, history, missing }, consumers) {
+    const names = queues.map((q) => q.queueName);
+    if (this.chooser.dataset.names !== names.join("\n")) {
+      this.chooser.dataset.names = names.join("\n");
+      this.chooser.replaceChildren(el("option", { value: "" }, "Choose a queue…"),
+        ...names.map((n) => el("option", { value: n, selected: n === this.queue }, n)));
+    }
+    if (!this.body) return;
+    const section = this.body.closest("section");
+    if (missing) {
+      section.dataset.state = "";
+      this.state.replaceChildren();
+      setText(this.summary, missing);
+      syncRows(this.body, [], (a) => a.attemptId, null, null, 9, "No such queue.");
+      return;
+    }
+    section.dataset.state = history.state;
+    setBadge(this.state, history.state);
+    const n = history.attempts.length;
+    setText(this.summary, n ? `${fmt(n)} attempt(s), oldest first.` : "No attempt recorded (yet, or no longer: records expire).");
+    const consumerNames = new Map(consumers.map((c) => [c.consumerId, c.consumerName]));
+    syncRows(this.body, history.attempts, (a) => a.attemptId, (a) => el("tr", {
+      "data-testid": "attempt", "data-outcome": a.outcome, "data-attempt-id": a.attemptId,
+    },
+    el("td.num", {}, fmt(a.attempt), a.trigger === "replay" ? el("span.sub", {}, "replay") : null),
+    timeCell(a.startedAt),
+    el("td.num", {}, fmtDuration(a.durationMs)),
+    el("td", {}, el("a", { href: `#/failures/${encodeURIComponent(a.consumerId)}`, title: "This consumer's recent failures" },
+      consumerNames.get(a.consumerId) || a.consumerId),
+    a.batchId ? el("span.sub", {}, `batch ${a.batchId}`) : null),
+    el("td.num", { "data-field": "status" }, answerStatus(a)),
+    el("td.state", {}, badge(a.outcome)),
+    el("td.error-text", {}, errorText(a)),
+    el("td.payload", {}, answerExcerpt(a)),
+    el("td.payload", {}, a.traceId || "")),
+    () => {}, 9, "No attempt recorded.");
+  },
+};
+
+views.failures = {
+  title: "Recent failures",
+  tab: "consumers",
+  mount(root, _param, parts) {
+    this.consumerId = parts[0] || "";
+    this.outcome = el("select", { name: "outcome" },
+      el("option", { value: "" }, "every failure"),
+      el("option", { value: "retry_scheduled" }, "retry scheduled"),
+      el("option", { value: "dead_lettered" }, "dead-lettered"),
+      el("option", { value: "handed_back" }, "handed back"));
+    this.status = el("input", { name: "status", placeholder: "503 or 5xx", maxlength: 3 });
+    this.kind = el("select", { name: "errorKind" }, el("option", { value: "" }, "any"),
+      ...errorKinds.map((k) => el("option", { value: k }, k.replace(/_/g, " "))));
+    for (const control of [this.outcome, this.status, this.kind]) {
+      control.addEventListener("change", () => refresh());
+    }
+    this.title = el("span");
+    this.body = el("tbody");
+    root.append(el("h1", {}, "Recent failures of ", this.title),
+      el("div.toolbar", {}, el("label", {}, "Outcome", this.outcome), el("label", {}, "Status", this.status),
+        el("label", {}, "Error kind", this.kind)),
+      el("p.hint", {}, "Newest first, up to 50: attempts that did not deliver. A message id opens its whole history."),
+      el("div.table-wrap", {}, el("table", { "data-testid": "failures" },
+        el("thead", {}, el("tr", {}, el("th", {}, "Started"), el("th", {}, "Message"), el("th.num", {}, "#"),
+          el("th.num", {}, "Took"), el("th.num", {}, "Status"), el("th", {}, "Outcome"), el("th", {}, "Error"),
+          el("th", {}, "Answer"))),
+        this.body)));
+  },
+  async load() {
+    const query = new URLSearchParams({ consumerId: this.consumerId, limit: "50" });
+    const status = this.status.value.trim();
+    if (status) query.set("status", status);
+    if (this.kind.value) query.set("errorKind", this.kind.value);
+    // The API filters by one outcome at a time: "every failure" asks for
+    // each outcome but delivered, and merges them newest first.
+    const outcomes = this.outcome.value ? [this.outcome.value] : ["retry_scheduled", "dead_lettered", "handed_back"];
+    const pages = await Promise.all(outcomes.map((outcome) => {
+      const one = new URLSearchParams(query);
+      one.set("outcome", outcome);
+      return api("GET", `getAttempts?${one}`);
+    }));
+    return pages.flatMap((page) => page.attempts)
+      .sort((a, b) => Date.parse(b.startedAt) - Date.parse(a.startedAt) || (a.attemptId < b.attemptId ? 1 : -1))
+      .slice(0, 50);
+  },
+  update(attempts, consumers) {
+    const consumer = consumers.find((c) => c.consumerId === this.consumerId);
+    setText(this.title, consumer ? `${consumer.consumerName} on ${consumer.queueName}` : this.consumerId);
+    syncRows(this.body, attempts, (a) => a.attemptId, (a) => el("tr", { "data-attempt-id": a.attemptId, "data-outcome": a.outcome },
+      timeCell(a.startedAt),
+      el("td.name", {}, el("a", { href: messageLink(a.queueName, a.messageId) }, a.messageId)),
+      el("td.num", {}, fmt(a.attempt)),
+      el("td.num", {}, fmtDuration(a.durationMs)),
+      el("td.num", {}, answerStatus(a)),
+      el("td.state", {}, badge(a.outcome)),
+      el("td.error-text", {}, errorText(a)),
+      el("td.payload", {}, answerExcerpt(a))),
+    () => {}, 8, "No failure recorded.");
+  },
+};
+
+/** The last failure's kind and status, what a replay filter goes by. */
+function lastFailure(letter) {
+  const kind = letter.lastErrorKind ? letter.lastErrorKind.replace(/_/g, " ") : "";
+  return [kind, letter.lastStatus].filter(Boolean).join(" · ");
+}
 
 function payloadPreview(letter) {
   if (!("payload" in letter)) return el("span.muted", {}, "hidden for this role");
@@ -833,24 +1068,37 @@ let active = null; // { name, view, param }
 let timer = 0;
 let generation = 0;
 
+function decodePart(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part;
+  }
+}
+
 function route() {
   const hash = location.hash.replace(/^#\/?/, "");
   const [name, ...rest] = hash.split("/");
-  const param = rest.length ? decodeURIComponent(rest.join("/")) : "";
+  const param = rest.length ? decodePart(rest.join("/")) : "";
+  // Each part decoded on its own: views with two parameters (a queue and
+  // a message id, either of which may hold a "/") read these.
+  const parts = rest.map(decodePart);
   const known = Object.hasOwn(views, name) && !(name === "replicas" && !replicasAvailable);
-  return known ? { name, param } : { name: "overview", param: "" };
+  return known ? { name, param, parts } : { name: "overview", param: "", parts: [] };
 }
 
 function show() {
   if (!current) return;
-  const { name, param } = route();
+  const { name, param, parts } = route();
   const view = views[name];
   const main = $("#view");
   main.replaceChildren();
-  view.mount(main, param);
+  view.mount(main, param, parts);
   active = { name, view, param };
+  // A view reached from another (a consumer's failures) lights up its tab.
+  const tab = view.tab || name;
   for (const link of document.querySelectorAll("#nav a")) {
-    if (link.dataset.view === name) link.setAttribute("aria-current", "page");
+    if (link.dataset.view === tab) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
   document.title = `${view.title} · workerrmq console`;
@@ -896,13 +1144,17 @@ window.addEventListener("hashchange", show);
 // ------------------------------------------------------------- replicas --
 
 let replicasAvailable = false;
+/** The failure kinds the filters offer: the gateway's own list, from its
+ *  spec, so the console cannot fall behind it. */
+let errorKinds = [];
 
 /** The fleet API is newer than some gateways: offer the view only when the
  *  spec lists it (asking the route itself would log a 404 in the console). */
-async function detectReplicas() {
+async function readSpec() {
   try {
     const spec = await api("GET", "openapi.json", undefined, null);
     replicasAvailable = Boolean(spec && spec.paths && spec.paths["/getReplicas"]);
+    errorKinds = spec?.components?.schemas?.ErrorKindName?.enum || [];
   } catch {
     replicasAvailable = false;
   }
@@ -928,7 +1180,7 @@ function enter(who) {
   setText($("#who-role"), who.role);
   history.reset();
   latency.reset();
-  detectReplicas().finally(show);
+  readSpec().finally(show);
 }
 
 function signOut(message) {

@@ -235,6 +235,7 @@ mod tests {
             payload: bytes::Bytes::new(),
             content_type: None,
             attempt: 2,
+            trace: None,
             replayed: false,
         }
     }
