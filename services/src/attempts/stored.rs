@@ -152,8 +152,12 @@ impl StoredAttempt {
             }
             object.insert(
                 "startedAt".into(),
+                // Always three digits of milliseconds, so the times of a
+                // page sort as text too.
                 serde_json::Value::String(
-                    self.started_at.try_to_rfc3339_string().unwrap_or_default(),
+                    self.started_at
+                        .to_chrono()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 ),
             );
             if !with_body {
