@@ -143,8 +143,11 @@ impl ConsumerWorker {
         backoff: &mut B,
         new_backoff: impl Fn() -> B,
     ) -> Result<SessionEnd, BrokerError> {
-        let channel = self.open_channel(lease, &gate).await?;
-        let mut deliveries = self.start_consuming(&channel).await?;
+        // The steps a session passes through once are boxed: a future holds
+        // room for its largest state, and lapin's calls are large, while an
+        // idle consumer (10,000 of them, say) waits in `run_until_stop`.
+        let channel = Box::pin(self.open_channel(lease, &gate)).await?;
+        let mut deliveries = Box::pin(self.start_consuming(&channel)).await?;
         // A half-open probe is not running yet: the state stays
         // `circuit_open` until the probe closes the circuit.
         if gate.admission() == Admission::All {
@@ -160,9 +163,9 @@ impl ConsumerWorker {
         // drained: its acks may not go out, and `close` hands every
         // unsettled delivery back anyway.
         if end.is_ok() {
-            session.drain().await;
+            Box::pin(session.drain()).await;
         }
-        session.close().await;
+        Box::pin(session.close()).await;
         end
     }
 

@@ -46,10 +46,10 @@ mod ack_window;
 mod copies;
 mod replay;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
 use lapin::message::Delivery;
 use lapin::options::BasicNackOptions;
 use lapin::types::AMQPValue;
@@ -100,8 +100,10 @@ pub(crate) struct Settler {
     pub stats: Arc<ConsumerStats>,
     /// Companion queues this consumer declared, and when. Publishing does
     /// not count as use for a delay queue's `x-expires`; declaring does, so
-    /// a queue in use is declared again every `REDECLARE_EVERY`.
-    declared: DashMap<String, Instant>,
+    /// a queue in use is declared again every `REDECLARE_EVERY`. A plain
+    /// map under a lock: a consumer touches it once per copy, and a
+    /// `DashMap`'s shards cost ~1 KiB per consumer before its first copy.
+    declared: std::sync::Mutex<HashMap<String, Instant>>,
     /// How to learn the type the companions take (the main queue's).
     companion_types: CompanionTypes,
     /// The main queue's type once learnt; until then the default is used.
@@ -121,10 +123,18 @@ impl Settler {
             topology,
             policy,
             stats,
-            declared: DashMap::new(),
+            declared: std::sync::Mutex::new(HashMap::new()),
             companion_types,
             main_type: std::sync::OnceLock::new(),
         }
+    }
+
+    fn declared(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        // Entries are whole even after a panic elsewhere: a poisoned lock
+        // is still a usable map.
+        self.declared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The type `main`'s companions are declared with.
@@ -287,12 +297,13 @@ impl Settler {
     {
         for _ in 0..2 {
             let fresh = self
-                .declared
+                .declared()
                 .get(queue_name)
                 .is_some_and(|at| at.elapsed() < REDECLARE_EVERY);
             if !fresh {
                 declare().await?;
-                self.declared.insert(queue_name.to_owned(), Instant::now());
+                self.declared()
+                    .insert(queue_name.to_owned(), Instant::now());
             }
             let outcome = self
                 .publish_when_unblocked(OutgoingMessage {
@@ -307,7 +318,7 @@ impl Settler {
                 PublishOutcome::Confirmed => return Ok(()),
                 // The companion was deleted under us: declare it again.
                 PublishOutcome::Unroutable => {
-                    self.declared.remove(queue_name);
+                    self.declared().remove(queue_name);
                 }
             }
         }
