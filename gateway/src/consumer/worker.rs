@@ -88,7 +88,15 @@ enum SessionEnd {
 }
 
 impl ConsumerWorker {
-    pub async fn run(self, cancel: CancellationToken) {
+    /// Runs the consumer until `cancel`. The worker moves into the future
+    /// once (an `async fn` taking `self` would hold it twice: as its
+    /// argument and as the local it moves into).
+    #[allow(clippy::manual_async_fn)]
+    pub fn run(self, cancel: CancellationToken) -> impl std::future::Future<Output = ()> + Send {
+        async move { self.run_until_cancelled(&cancel).await }
+    }
+
+    async fn run_until_cancelled(&self, cancel: &CancellationToken) {
         let new_backoff = || reconnect_backoff(Duration::from_millis(250), Duration::from_secs(5));
         let mut backoff = new_backoff();
         // Held until the consumer stops: its place on a consume connection.
@@ -96,7 +104,7 @@ impl ConsumerWorker {
         let mut link = lease.subscribe();
         loop {
             let Some(admission) =
-                breaker::admission(self.breaker.as_deref(), &self.stats, &cancel).await
+                breaker::admission(self.breaker.as_deref(), &self.stats, cancel).await
             else {
                 break;
             };
@@ -109,7 +117,7 @@ impl ConsumerWorker {
             }
             let gate = Gate::new(self.breaker.clone(), admission);
             match self
-                .session(&lease, &cancel, gate, &mut backoff, new_backoff)
+                .session(&lease, cancel, gate, &mut backoff, new_backoff)
                 .await
             {
                 Ok(SessionEnd::Cancelled) => break,
@@ -147,17 +155,20 @@ impl ConsumerWorker {
         // room for its largest state, and lapin's calls are large, while an
         // idle consumer (10,000 of them, say) waits in `run_until_stop`.
         let channel = Box::pin(self.open_channel(lease, &gate)).await?;
-        let mut deliveries = Box::pin(self.start_consuming(&channel)).await?;
+        // The session owns the channel from here, so the future keeps one
+        // copy of it, not two.
+        let mut session = Session::new(self, channel, gate);
+        let mut deliveries = Box::pin(self.start_consuming(&session.channel)).await?;
+        let admission = session.gate.admission();
         // A half-open probe is not running yet: the state stays
         // `circuit_open` until the probe closes the circuit.
-        if gate.admission() == Admission::All {
+        if admission == Admission::All {
             self.stats.set_state(ConsumerState::Running);
         }
         // Consuming again: the next broken session starts a fresh backoff.
         *backoff = new_backoff();
-        tracing::info!(prefetch = self.spec.prefetch, admission = ?gate.admission(), "consuming");
+        tracing::info!(prefetch = self.spec.prefetch, ?admission, "consuming");
 
-        let mut session = Session::new(self, channel, gate);
         let end = session.run_until_stop(&mut deliveries, cancel).await;
         // A failed session (its channel, its consumer, an ack) is not
         // drained: its acks may not go out, and `close` hands every
@@ -450,8 +461,11 @@ impl<'w> Session<'w> {
                     self.acks.ack_stragglers(&self.channel, STRAGGLER_WAIT).await?;
                 }
                 _ = self.limits.opened(), if !self.limits.is_open() => {}
-                next = deliveries.next(), if self.taking() => match next {
-                    Some(Ok(delivery)) => self.take(delivery, deliveries)?,
+                // Boxed on arrival: the select keeps room for its largest
+                // output while it waits, and a `Delivery` inline would cost
+                // every idle consumer ~400 bytes for a moment's use.
+                next = deliveries.next().map(|next| next.map(|r| r.map(Box::new))), if self.taking() => match next {
+                    Some(Ok(delivery)) => self.take(*delivery, deliveries)?,
                     Some(Err(err)) => return Err(BrokerError::from(err)),
                     None => return Err(consumer_ended()),
                 },
