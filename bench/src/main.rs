@@ -179,6 +179,7 @@ async fn machine() -> Value {
 fn print_table(report: &Value) {
     let s = &report["scenarios"];
     let f = |v: &Value| match v.as_f64() {
+        Some(_) if v.is_u64() || v.is_i64() => v.to_string(),
         Some(x) if x >= 100.0 => format!("{x:.0}"),
         Some(x) => format!("{x:.2}"),
         None => "-".into(),

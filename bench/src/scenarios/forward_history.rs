@@ -61,11 +61,11 @@ pub async fn forward_history(options: &Options, sink: &Sink) -> anyhow::Result<V
             Some(round(rate_of("on")? / rate_of("off")?))
         })
         .collect();
-    let sum_over_on = |key: &str| -> Option<f64> {
-        let on_runs: Vec<f64> = runs
+    let sum_over_on = |key: &str| -> Option<u64> {
+        let on_runs: Vec<u64> = runs
             .iter()
             .filter(|r| r["attempt_log"] == "on")
-            .filter_map(|r| r[key].as_f64())
+            .filter_map(|r| r[key].as_u64())
             .collect();
         (!on_runs.is_empty()).then(|| on_runs.iter().sum())
     };
@@ -87,8 +87,8 @@ pub async fn forward_history(options: &Options, sink: &Sink) -> anyhow::Result<V
         "bulk_inserts": bulk_inserts,
         "records_per_bulk": written
             .zip(bulk_inserts)
-            .filter(|(_, b)| *b > 0.0)
-            .map(|(w, b)| round(w / b)),
+            .filter(|(_, b)| *b > 0)
+            .map(|(w, b)| round(w as f64 / b as f64)),
         "dropped": sum_over_on("dropped"),
         "drain_after_last_delivery_s": median(&drains).map(round),
     }))
@@ -185,11 +185,11 @@ async fn forward_once(
         // Every record stored (or dropped): the writer's figures are then
         // the whole run's.
         let (written, bulk_inserts, dropped) =
-            wait_stored(gateway, n as f64, limit.max(Duration::from_secs(600))).await?;
+            wait_stored(gateway, n as u64, limit.max(Duration::from_secs(600))).await?;
         run["written"] = json!(written);
         run["bulk_inserts"] = json!(bulk_inserts);
         run["records_per_bulk"] =
-            json!((bulk_inserts > 0.0).then(|| round(written / bulk_inserts)));
+            json!((bulk_inserts > 0).then(|| round(written as f64 / bulk_inserts as f64)));
         run["dropped"] = json!(dropped);
         run["drain_after_last_delivery_s"] = json!(round(last_delivery.elapsed().as_secs_f64()));
     }
@@ -206,15 +206,15 @@ async fn forward_once(
 /// dropped) from `/metrics`.
 async fn wait_stored(
     gateway: &GatewayProcess,
-    records: f64,
+    records: u64,
     limit: Duration,
-) -> anyhow::Result<(f64, f64, f64)> {
+) -> anyhow::Result<(u64, u64, u64)> {
     let deadline = Instant::now() + limit;
     loop {
         let text = gateway.metrics().await?;
-        let written = metric(&text, WRITTEN).unwrap_or(0.0);
-        let bulk_inserts = metric(&text, BULK_INSERTS).unwrap_or(0.0);
-        let dropped = metric(&text, DROPPED).unwrap_or(0.0);
+        let count = |name| metric(&text, name).unwrap_or(0.0).max(0.0) as u64;
+        let (written, bulk_inserts, dropped) =
+            (count(WRITTEN), count(BULK_INSERTS), count(DROPPED));
         if written + dropped >= records {
             return Ok((written, bulk_inserts, dropped));
         }

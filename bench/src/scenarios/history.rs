@@ -62,7 +62,7 @@ async fn seed_and_read(
     queues: &[String],
     database: &mongodb::Database,
 ) -> anyhow::Result<Value> {
-    let disk_before = options.store_dir.as_deref().map(dir_bytes).transpose()?;
+    let disk_before = disk_bytes(database, options.store_dir.as_deref()).await?;
     eprintln!("   storing {} attempt records", layout.records);
     let seeded = seed::seed(&database.collection::<StoredAttempt>(COLLECTION), layout).await?;
     let seed_rate = seeded.records as f64 / seeded.took.as_secs_f64().max(1e-9);
@@ -92,7 +92,7 @@ async fn seed_and_read(
         let attempts_ms = time_attempts(&gateway, layout, &seeded, options.reads).await?;
         let history_ms = time_history(&gateway, layout, &seeded, options.reads).await?;
         let sizes = store_sizes(database, seeded.records).await;
-        let disk_after = options.store_dir.as_deref().map(dir_bytes).transpose()?;
+        let disk_after = disk_bytes(database, options.store_dir.as_deref()).await?;
         Ok::<_, anyhow::Error>(json!({
             "records": seeded.records,
             "consumers": CONSUMERS,
@@ -268,6 +268,28 @@ async fn store_sizes(database: &mongodb::Database, records: usize) -> Value {
         "data_bytes_per_record": size.map(|s| round(s / count)),
         "bytes_per_record_with_indexes": size.zip(indexes).map(|(s, i)| round((s + i) / count)),
     })
+}
+
+/// Bytes the store's files take on disk, when its directory is given:
+/// after an `fsync` (on SecantusDB, as on mongod, a checkpoint), so the
+/// files hold what was written rather than what the last periodic
+/// checkpoint caught.
+async fn disk_bytes(
+    database: &mongodb::Database,
+    dir: Option<&str>,
+) -> anyhow::Result<Option<u64>> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    if let Err(e) = database
+        .client()
+        .database("admin")
+        .run_command(doc! { "fsync": 1 })
+        .await
+    {
+        eprintln!("bench: the store refused fsync ({e}); the files may lag behind");
+    }
+    dir_bytes(dir).map(Some)
 }
 
 /// Bytes the files under `dir` take on disk (as `du` counts them).
