@@ -141,6 +141,19 @@ impl GatewayProcess {
         response.text().await.context("reading /metrics")
     }
 
+    /// CPU time the gateway process has used so far (user and system, all
+    /// its threads, the ended ones too), seconds; `None` when unknown.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.pid())).ok()?;
+        // The fields after the command's `(…)`, which may hold spaces:
+        // utime and stime are the 14th and 15th of the whole line.
+        let (_, after_command) = stat.rsplit_once(')')?;
+        let mut fields = after_command.split_whitespace().skip(11);
+        let utime: f64 = fields.next()?.parse().ok()?;
+        let stime: f64 = fields.next()?.parse().ok()?;
+        Some((utime + stime) / clock_ticks_per_second()?)
+    }
+
     /// Resident set size of the gateway process.
     pub fn rss_mib(&self) -> f64 {
         self.process.rss_mib()
@@ -166,6 +179,22 @@ async fn drop_database(db: &str) -> anyhow::Result<()> {
     let client = mongodb::Client::with_uri_str(store_uri()).await?;
     client.database(db).drop().await?;
     Ok(())
+}
+
+/// `/proc`'s clock ticks a second (`getconf CLK_TCK`), asked once.
+fn clock_ticks_per_second() -> Option<f64> {
+    static TICKS: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let output = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|t| *t > 0.0)
+    })
 }
 
 /// The value of the metric `name` in a `/metrics` text, summed over its

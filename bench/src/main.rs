@@ -172,6 +172,10 @@ async fn machine() -> Value {
         "memory_gib": (mem_kib as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
         "rabbitmq": rabbitmq_version,
         "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+        // Other work on the machine when the run ended (1, 5, 15 minutes).
+        "load_average": std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
         "date": chrono::Utc::now().to_rfc3339(),
     })
 }
@@ -368,6 +372,16 @@ fn print_table(report: &Value) {
     row(fh, "on_msgs_per_s", "attempt log on, msgs/s (median)");
     row(fh, "off_msgs_per_s", "ATTEMPT_LOG=off, msgs/s (median)");
     row(fh, "ratio", "ratio on / off (target 0.90)");
+    row(
+        fh,
+        "on_gateway_cpu_us_per_msg",
+        "gateway CPU µs per message, log on",
+    );
+    row(
+        fh,
+        "off_gateway_cpu_us_per_msg",
+        "gateway CPU µs per message, log off",
+    );
     if let Some(pairs) = s[fh]["pair_ratios"].as_array().filter(|p| p.len() > 1) {
         let listed: Vec<String> = pairs.iter().map(f).collect();
         println!(

@@ -6,7 +6,10 @@
 //! both sides alike. Each run starts a new gateway, so every "on" run's
 //! `/metrics` are its own: records written, bulk inserts (records per
 //! insert) and records dropped. An "on" run also waits until every record
-//! is stored and says how long that took after the last delivery.
+//! is stored and says how long that took after the last delivery. Every
+//! run also gives the gateway's own CPU per message while it forwarded
+//! (from `/proc`), which tells what the log costs the gateway apart from
+//! what a store on the same machine takes from it.
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +49,12 @@ pub async fn forward_history(options: &Options, sink: &Sink) -> anyhow::Result<V
             .filter_map(|r| r["msgs_per_s"].as_f64())
             .collect()
     };
+    let cpu = |on: bool| -> Vec<f64> {
+        runs.iter()
+            .filter(|r| r["attempt_log"] == on_off(on))
+            .filter_map(|r| r["gateway_cpu_us_per_msg"].as_f64())
+            .collect()
+    };
     let (on_rates, off_rates) = (rates(true), rates(false));
     let on_median = median(&on_rates);
     let off_median = median(&off_rates);
@@ -82,6 +91,8 @@ pub async fn forward_history(options: &Options, sink: &Sink) -> anyhow::Result<V
         "off_msgs_per_s": off_median.map(round),
         "ratio": on_median.zip(off_median).map(|(on, off)| round(on / off)),
         "pair_ratios": pair_ratios,
+        "on_gateway_cpu_us_per_msg": median(&cpu(true)).map(round),
+        "off_gateway_cpu_us_per_msg": median(&cpu(false)).map(round),
         "target_ratio": TARGET_RATIO,
         "written": written,
         "bulk_inserts": bulk_inserts,
@@ -160,6 +171,7 @@ async fn forward_once(
     preload(&connection, &queue, n, &kib_payload()).await?;
     let _ = connection.close(200, "preloaded".into()).await;
     sink.reset();
+    let cpu_before = gateway.cpu_seconds();
     let started = Instant::now();
     let created = gateway
         .post(
@@ -171,6 +183,11 @@ async fn forward_once(
     sink.wait_for(n as u64, limit).await?;
     let rate = per_second(n, started.elapsed());
     let last_delivery = Instant::now();
+    // The gateway's own CPU while it forwarded: what the log costs it,
+    // apart from what the store on the same machine takes.
+    let cpu_us_per_msg = cpu_before
+        .zip(gateway.cpu_seconds())
+        .map(|(before, after)| round((after - before) * 1e6 / n.max(1) as f64));
     let consumer_id = created["consumerId"]
         .as_str()
         .unwrap_or_default()
@@ -180,6 +197,7 @@ async fn forward_once(
     let mut run = json!({
         "attempt_log": on_off(on),
         "msgs_per_s": round(rate),
+        "gateway_cpu_us_per_msg": cpu_us_per_msg,
     });
     if on {
         // Every record stored (or dropped): the writer's figures are then
