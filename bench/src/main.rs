@@ -379,6 +379,11 @@ fn print_table(report: &Value) {
     );
     row(
         fh,
+        "on_gateway_cpu_us_per_msg_until_stored",
+        "the same until every record is stored",
+    );
+    row(
+        fh,
         "off_gateway_cpu_us_per_msg",
         "gateway CPU µs per message, log off",
     );

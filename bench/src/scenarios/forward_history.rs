@@ -8,8 +8,10 @@
 //! insert) and records dropped. An "on" run also waits until every record
 //! is stored and says how long that took after the last delivery. Every
 //! run also gives the gateway's own CPU per message while it forwarded
-//! (from `/proc`), which tells what the log costs the gateway apart from
-//! what a store on the same machine takes from it.
+//! (from `/proc`), and an "on" run the same until every record was stored
+//! (the writer's work after the last delivery included): what the log
+//! costs the gateway itself, apart from what a store on the same machine
+//! takes from it.
 
 use std::time::{Duration, Instant};
 
@@ -49,10 +51,10 @@ pub async fn forward_history(options: &Options, sink: &Sink) -> anyhow::Result<V
             .filter_map(|r| r["msgs_per_s"].as_f64())
             .collect()
     };
-    let cpu = |on: bool| -> Vec<f64> {
+    let cpu = |on: bool, key: &str| -> Vec<f64> {
         runs.iter()
             .filter(|r| r["attempt_log"] == on_off(on))
-            .filter_map(|r| r["gateway_cpu_us_per_msg"].as_f64())
+            .filter_map(|r| r[key].as_f64())
             .collect()
     };
     let (on_rates, off_rates) = (rates(true), rates(false));
@@ -91,8 +93,10 @@ pub async fn forward_history(options: &Options, sink: &Sink) -> anyhow::Result<V
         "off_msgs_per_s": off_median.map(round),
         "ratio": on_median.zip(off_median).map(|(on, off)| round(on / off)),
         "pair_ratios": pair_ratios,
-        "on_gateway_cpu_us_per_msg": median(&cpu(true)).map(round),
-        "off_gateway_cpu_us_per_msg": median(&cpu(false)).map(round),
+        "on_gateway_cpu_us_per_msg": median(&cpu(true, "gateway_cpu_us_per_msg")).map(round),
+        "on_gateway_cpu_us_per_msg_until_stored":
+            median(&cpu(true, "gateway_cpu_us_per_msg_until_stored")).map(round),
+        "off_gateway_cpu_us_per_msg": median(&cpu(false, "gateway_cpu_us_per_msg")).map(round),
         "target_ratio": TARGET_RATIO,
         "written": written,
         "bulk_inserts": bulk_inserts,
@@ -210,6 +214,11 @@ async fn forward_once(
             json!((bulk_inserts > 0).then(|| round(written as f64 / bulk_inserts as f64)));
         run["dropped"] = json!(dropped);
         run["drain_after_last_delivery_s"] = json!(round(last_delivery.elapsed().as_secs_f64()));
+        // With the writer's work after the last delivery: all the log cost
+        // the gateway for these messages.
+        run["gateway_cpu_us_per_msg_until_stored"] = json!(cpu_before
+            .zip(gateway.cpu_seconds())
+            .map(|(before, after)| round((after - before) * 1e6 / n.max(1) as f64)));
     }
     gateway
         .post("/deleteConsumer", &json!({ "consumerId": consumer_id }))
