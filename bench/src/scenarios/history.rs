@@ -30,6 +30,8 @@ const INDEXES: [&str; 4] = ["by_consumer", "by_message", "by_time", "retention"]
 /// Longest wait for the gateway to start and for its indexes: building
 /// them over a million records takes the store minutes.
 const INDEX_DEADLINE: Duration = Duration::from_secs(3 * 3600);
+/// Pooled store connections idle longer are closed by the bench first.
+const IDLE_CONNECTION: Duration = Duration::from_secs(60);
 /// Untimed requests of each read first.
 const WARM_UP: usize = 20;
 /// `/getAttempts`' page when no `limit` is given.
@@ -44,9 +46,15 @@ pub async fn history(options: &Options) -> anyhow::Result<Value> {
         .map(|k| format!("bench_hist_{tag}_{k}"))
         .collect();
     let layout = Layout::new(options.records, &queues)?;
-    let client = mongodb::Client::with_uri_str(without_retryable_writes(&store_uri()))
-        .await
-        .context("cannot reach the store")?;
+    let mut client_options =
+        mongodb::options::ClientOptions::parse(without_retryable_writes(&store_uri()))
+            .await
+            .context("MONGODB_URI")?;
+    // The scenario leaves its connection idle for minutes (index build,
+    // reads through the gateway); SecantusDB closes a connection idle for
+    // 300 s, and the driver would find that out on the next command.
+    client_options.max_idle_time = Some(IDLE_CONNECTION);
+    let client = mongodb::Client::with_options(client_options).context("the store's client")?;
     let database = client.database(&db);
     let outcome = seed_and_read(options, &layout, &queues, &database).await;
     // The gateway dropped it on its way out; not if it never started.
@@ -204,9 +212,24 @@ async fn time_attempts(
         if i >= WARM_UP {
             ms.push(took);
         }
+        progress("getAttempts", i, reads, took);
     }
     ms.sort_by(|a, b| a.total_cmp(b));
     Ok(ms)
+}
+
+/// On stderr every tenth of the reads (a slow store makes them long).
+fn progress(read: &str, i: usize, reads: usize, took_ms: f64) {
+    let done = i + 1;
+    let every = (reads / 10).max(1);
+    if done == WARM_UP {
+        eprintln!("   {read}: {WARM_UP} untimed, the last {took_ms:.1} ms");
+    } else if done > WARM_UP && (done - WARM_UP).is_multiple_of(every) {
+        eprintln!(
+            "   {read}: {} of {reads} timed, the last {took_ms:.1} ms",
+            done - WARM_UP
+        );
+    }
 }
 
 /// `reads` timed `/getMessageHistory/{queue}/{id}` of messages picked at
@@ -239,6 +262,7 @@ async fn time_history(
         if i >= WARM_UP {
             ms.push(took);
         }
+        progress("getMessageHistory", i, reads, took);
     }
     ms.sort_by(|a, b| a.total_cmp(b));
     Ok(ms)
