@@ -5,7 +5,7 @@
 //! publish-quorum|latency|scale|fanin|slow-target|forward-history|history]
 //! [--messages N] [--duration SECONDS] [--consumers N] [--mqb PATH]
 //! [--attempt-log both|on|off] [--rounds N] [--records N] [--reads N]
-//! [--store-dir PATH] [--smoke]`
+//! [--read-budget S] [--store-dir PATH] [--smoke]`
 //!
 //! It starts what it needs besides RabbitMQ and the store: the gateway (the
 //! `workerrmq` binary as a child process, so its RSS is its own; under
@@ -100,14 +100,14 @@ async fn run(options: Options) -> anyhow::Result<()> {
                 .as_ref()
                 .context("the shared gateway was not started")?;
             let value = match scenario.as_str() {
-                "forward" => scenarios::forward(&options, &gateway, &sink).await?,
-                "forward-batch" => scenarios::forward_batch(&options, &gateway, &sink).await?,
-                "publish" => publish::publish(&options, &gateway, "classic").await?,
-                "publish-quorum" => publish::publish(&options, &gateway, "quorum").await?,
-                "latency" => scenarios::latency(&options, &gateway, &sink).await?,
-                "scale" => scenarios::scale(&options, &gateway, &sink).await?,
-                "fanin" => load_shapes::fanin(&options, &gateway, &sink).await?,
-                "slow-target" => load_shapes::slow_target(&options, &gateway).await?,
+                "forward" => scenarios::forward(&options, gateway, &sink).await?,
+                "forward-batch" => scenarios::forward_batch(&options, gateway, &sink).await?,
+                "publish" => publish::publish(&options, gateway, "classic").await?,
+                "publish-quorum" => publish::publish(&options, gateway, "quorum").await?,
+                "latency" => scenarios::latency(&options, gateway, &sink).await?,
+                "scale" => scenarios::scale(&options, gateway, &sink).await?,
+                "fanin" => load_shapes::fanin(&options, gateway, &sink).await?,
+                "slow-target" => load_shapes::slow_target(&options, gateway).await?,
                 _ => unreachable!("parse_options only accepts known scenarios"),
             };
             results.insert(scenario.clone(), value);
@@ -411,6 +411,11 @@ fn print_table(report: &Value) {
     row("history", "index_build_s", "indexes made at start-up, s");
     row(
         "history",
+        "attempts_reads",
+        "getAttempts consumer+5xx requests timed",
+    );
+    row(
+        "history",
         "attempts_p50_ms",
         "getAttempts consumer+5xx p50 ms",
     );
@@ -418,6 +423,11 @@ fn print_table(report: &Value) {
         "history",
         "attempts_p99_ms",
         "getAttempts consumer+5xx p99 ms (< 50)",
+    );
+    row(
+        "history",
+        "history_reads",
+        "getMessageHistory requests timed",
     );
     row("history", "history_p50_ms", "getMessageHistory p50 ms");
     row(

@@ -22,8 +22,10 @@ pub struct Options {
     pub rounds: usize,
     /// `history`: records stored before the reads.
     pub records: usize,
-    /// `history`: requests timed per read.
+    /// `history`: requests timed per read, at most.
     pub reads: usize,
+    /// `history`: how long each read's timing may take (`--read-budget`).
+    pub read_budget: Duration,
     /// `history`: the store's storage directory, for bytes on disk per
     /// record (`--store-dir`); without it only `collStats` is read.
     pub store_dir: Option<String>,
@@ -53,6 +55,7 @@ pub fn parse_options() -> anyhow::Result<Options> {
         rounds: 2,
         records: 1_000_000,
         reads: 1_000,
+        read_budget: Duration::from_secs(300),
         store_dir: None,
     };
     let number = |flag: &str, raw: Option<String>| -> anyhow::Result<u64> {
@@ -84,6 +87,9 @@ pub fn parse_options() -> anyhow::Result<Options> {
             "--rounds" => options.rounds = (number("--rounds", args.next())? as usize).max(1),
             "--records" => options.records = (number("--records", args.next())? as usize).max(1),
             "--reads" => options.reads = (number("--reads", args.next())? as usize).max(1),
+            "--read-budget" => {
+                options.read_budget = Duration::from_secs(number("--read-budget", args.next())?)
+            }
             "--store-dir" => {
                 options.store_dir = Some(args.next().context("--store-dir needs a path")?)
             }
@@ -102,7 +108,7 @@ pub fn parse_options() -> anyhow::Result<Options> {
                 options.scenarios.push(arg)
             }
             "-h" | "--help" => {
-                println!("usage: bench [all|forward|forward-batch|publish|publish-quorum|latency|scale|fanin|slow-target|forward-history|history]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--mqb PATH] [--attempt-log both|on|off] [--rounds N] [--records N] [--reads N] [--store-dir PATH] [--smoke] [--output PATH]");
+                println!("usage: bench [all|forward|forward-batch|publish|publish-quorum|latency|scale|fanin|slow-target|forward-history|history]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--mqb PATH] [--attempt-log both|on|off] [--rounds N] [--records N] [--reads N] [--read-budget S] [--store-dir PATH] [--smoke] [--output PATH]");
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown argument `{other}` (try --help)"),

@@ -3,7 +3,8 @@
 //! yet started (`seed`), the gateway is started on it and makes its indexes
 //! (the scenario waits until `listIndexes` shows all four), and then
 //! `--reads` (1,000) requests of each read are timed one after another over
-//! HTTP: `/getAttempts?consumerId=…&status=5xx` (one of the 20 consumers in
+//! HTTP, or as many as `--read-budget` (300 s) allows when the store is
+//! slow (at least 10; how many were timed is reported): `/getAttempts?consumerId=…&status=5xx` (one of the 20 consumers in
 //! turn) and `/getMessageHistory/{queue}/{id}` (a message picked at random).
 //! Every answer is checked against what was stored. Last, the store's bytes
 //! per record: `collStats` on `attempts` (the documents alone, and with
@@ -32,6 +33,8 @@ const INDEXES: [&str; 4] = ["by_consumer", "by_message", "by_time", "retention"]
 const INDEX_DEADLINE: Duration = Duration::from_secs(3 * 3600);
 /// Pooled store connections idle longer are closed by the bench first.
 const IDLE_CONNECTION: Duration = Duration::from_secs(60);
+/// Timed requests of each read at least, whatever the budget.
+const MIN_TIMED: usize = 10;
 /// Untimed requests of each read first.
 const WARM_UP: usize = 20;
 /// `/getAttempts`' page when no `limit` is given.
@@ -97,8 +100,12 @@ async fn seed_and_read(
                 )
                 .await?;
         }
-        let attempts_ms = time_attempts(&gateway, layout, &seeded, options.reads).await?;
-        let history_ms = time_history(&gateway, layout, &seeded, options.reads).await?;
+        let reads = Reads {
+            most: options.reads,
+            budget: options.read_budget,
+        };
+        let attempts_ms = time_attempts(&gateway, layout, &seeded, reads).await?;
+        let history_ms = time_history(&gateway, layout, &seeded, reads).await?;
         let sizes = store_sizes(database, seeded.records).await;
         let disk_after = disk_bytes(database, options.store_dir.as_deref()).await?;
         Ok::<_, anyhow::Error>(json!({
@@ -109,6 +116,9 @@ async fn seed_and_read(
             "seed_records_per_s": round(seed_rate),
             "index_build_s": round(index_build.as_secs_f64()),
             "reads": options.reads,
+            "read_budget_s": options.read_budget.as_secs(),
+            "attempts_reads": attempts_ms.len(),
+            "history_reads": history_ms.len(),
             "attempts_p50_ms": round(percentile(&attempts_ms, 0.50)),
             "attempts_p99_ms": round(percentile(&attempts_ms, 0.99)),
             "attempts_max_ms": round(attempts_ms.last().copied().unwrap_or(0.0)),
@@ -177,17 +187,21 @@ async fn timed_get(gateway: &GatewayProcess, path: &str) -> anyhow::Result<(f64,
     Ok((took_ms, value))
 }
 
-/// `reads` timed `/getAttempts?consumerId=…&status=5xx`, the consumers in
-/// turn; sorted milliseconds. Each page must hold that consumer's 5xx
+/// Timed `/getAttempts?consumerId=…&status=5xx`, the consumers in turn;
+/// sorted milliseconds. Each page must hold that consumer's 5xx
 /// records only, as many as a page takes.
 async fn time_attempts(
     gateway: &GatewayProcess,
     layout: &Layout,
     seeded: &Seeded,
-    reads: usize,
+    reads: Reads,
 ) -> anyhow::Result<Vec<f64>> {
-    let mut ms = Vec::with_capacity(reads);
-    for i in 0..WARM_UP + reads {
+    let mut ms = Vec::with_capacity(reads.most);
+    let mut timing = None;
+    for i in 0.. {
+        if !reads.go_on(i, &mut timing) {
+            break;
+        }
         let owner = i % layout.consumers.len();
         let consumer = layout.consumers[owner].as_str();
         let path = format!("/getAttempts?consumerId={consumer}&status=5xx");
@@ -212,41 +226,67 @@ async fn time_attempts(
         if i >= WARM_UP {
             ms.push(took);
         }
-        progress("getAttempts", i, reads, took);
+        reads.progress("getAttempts", i, took);
     }
     ms.sort_by(|a, b| a.total_cmp(b));
     Ok(ms)
 }
 
-/// On stderr every tenth of the reads (a slow store makes them long).
-fn progress(read: &str, i: usize, reads: usize, took_ms: f64) {
-    let done = i + 1;
-    let every = (reads / 10).max(1);
-    if done == WARM_UP {
-        eprintln!("   {read}: {WARM_UP} untimed, the last {took_ms:.1} ms");
-    } else if done > WARM_UP && (done - WARM_UP).is_multiple_of(every) {
-        eprintln!(
-            "   {read}: {} of {reads} timed, the last {took_ms:.1} ms",
-            done - WARM_UP
-        );
+/// How many requests of a read are timed: `most`, unless `budget` runs
+/// out first (after `MIN_TIMED`).
+#[derive(Debug, Clone, Copy)]
+struct Reads {
+    most: usize,
+    budget: Duration,
+}
+
+impl Reads {
+    /// Whether request `i` (from 0, the warm-up first) is made; `timing`
+    /// holds when the first timed one started.
+    fn go_on(&self, i: usize, timing: &mut Option<Instant>) -> bool {
+        if i < WARM_UP {
+            return true;
+        }
+        let since = *timing.get_or_insert_with(Instant::now);
+        let timed = i - WARM_UP;
+        timed < self.most && (timed < MIN_TIMED || since.elapsed() < self.budget)
+    }
+
+    /// On stderr every tenth of the reads (a slow store makes them long).
+    fn progress(&self, read: &str, i: usize, took_ms: f64) {
+        let done = i + 1;
+        let every = (self.most / 10).max(1);
+        if done == WARM_UP {
+            eprintln!("   {read}: {WARM_UP} untimed, the last {took_ms:.1} ms");
+        } else if done > WARM_UP && (done - WARM_UP).is_multiple_of(every) {
+            eprintln!(
+                "   {read}: {} of at most {} timed, the last {took_ms:.1} ms",
+                done - WARM_UP,
+                self.most
+            );
+        }
     }
 }
 
-/// `reads` timed `/getMessageHistory/{queue}/{id}` of messages picked at
-/// random; sorted milliseconds. Each timeline must hold every attempt
+/// Timed `/getMessageHistory/{queue}/{id}` of messages picked at random;
+/// sorted milliseconds. Each timeline must hold every attempt
 /// stored for that message, and say it was delivered.
 async fn time_history(
     gateway: &GatewayProcess,
     layout: &Layout,
     seeded: &Seeded,
-    reads: usize,
+    reads: Reads,
 ) -> anyhow::Result<Vec<f64>> {
     if seeded.complete_messages == 0 {
         anyhow::bail!("no message was stored whole");
     }
     let mut random = SplitMix(0x5eed);
-    let mut ms = Vec::with_capacity(reads);
-    for i in 0..WARM_UP + reads {
+    let mut ms = Vec::with_capacity(reads.most);
+    let mut timing = None;
+    for i in 0.. {
+        if !reads.go_on(i, &mut timing) {
+            break;
+        }
         let m = random.next() % seeded.complete_messages;
         let queue = layout.queues[layout.owner_of(m)].as_str();
         let path = format!("/getMessageHistory/{queue}/{}", layout.message_id(m));
@@ -262,7 +302,7 @@ async fn time_history(
         if i >= WARM_UP {
             ms.push(took);
         }
-        progress("getMessageHistory", i, reads, took);
+        reads.progress("getMessageHistory", i, took);
     }
     ms.sort_by(|a, b| a.total_cmp(b));
     Ok(ms)
