@@ -1,6 +1,8 @@
 //! The gateway under test, as a child process: the `workerrmq` binary
-//! started by `testkit`, so its RSS is the gateway's alone; and the admin
-//! calls the scenarios make to it.
+//! started by `testkit`, so its RSS is the gateway's alone; how a scenario
+//! that needs its own gateway sets it up (`GatewaySetup`: extra variables,
+//! its database, how long it may take to start); and the admin calls the
+//! scenarios make to it, `/metrics` included.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -11,6 +13,29 @@ use testkit::GatewayCommand;
 
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 const STOP_DEADLINE: Duration = Duration::from_secs(15);
+
+/// What a scenario may change in the gateway it starts; the default is the
+/// shared gateway every other scenario uses.
+#[derive(Debug, Clone)]
+pub struct GatewaySetup {
+    /// Variables set besides the bench's own (e.g. `ATTEMPT_LOG`).
+    pub env: Vec<(String, String)>,
+    /// The database, when the scenario filled it before the start; else a
+    /// new one. Either way it is dropped at `stop`.
+    pub db: Option<String>,
+    /// How long `/ready` may take.
+    pub ready_deadline: Duration,
+}
+
+impl Default for GatewaySetup {
+    fn default() -> Self {
+        Self {
+            env: Vec::new(),
+            db: None,
+            ready_deadline: READY_DEADLINE,
+        }
+    }
+}
 
 pub struct GatewayProcess {
     process: testkit::GatewayProcess,
@@ -23,10 +48,14 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub async fn start() -> anyhow::Result<GatewayProcess> {
+        Self::start_with(GatewaySetup::default()).await
+    }
+
+    pub async fn start_with(setup: GatewaySetup) -> anyhow::Result<GatewayProcess> {
         let binary = testkit::gateway_binary()?;
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let password = uuid::Uuid::new_v4().simple().to_string();
-        let db = format!("bench_{suffix}");
+        let db = setup.db.unwrap_or_else(|| format!("bench_{suffix}"));
         let instance_id = format!("bench-{suffix}");
         // The bench's own environment (AMQP_URL, the management API) is
         // the gateway's too; what the bench needs set is set here.
@@ -51,8 +80,9 @@ impl GatewayProcess {
                 Stdio::null()
             })
             .stderr(Stdio::inherit())
+            .envs(setup.env)
             .spawn()?;
-        process.wait_until_ready(READY_DEADLINE).await?;
+        process.wait_until_ready(setup.ready_deadline).await?;
         Ok(GatewayProcess {
             base: process.base_url(),
             process,
@@ -95,6 +125,35 @@ impl GatewayProcess {
         self.call(reqwest::Method::GET, path, None).await
     }
 
+    /// `/metrics`, as text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .basic_auth("admin", Some(&self.password))
+            .send()
+            .await
+            .context("/metrics")?;
+        let status = response.status();
+        if !status.is_success() {
+            anyhow::bail!("/metrics answered {status}");
+        }
+        response.text().await.context("reading /metrics")
+    }
+
+    /// CPU time the gateway process has used so far (user and system, all
+    /// its threads, the ended ones too), seconds; `None` when unknown.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.pid())).ok()?;
+        // The fields after the command's `(…)`, which may hold spaces:
+        // utime and stime are the 14th and 15th of the whole line.
+        let (_, after_command) = stat.rsplit_once(')')?;
+        let mut fields = after_command.split_whitespace().skip(11);
+        let utime: f64 = fields.next()?.parse().ok()?;
+        let stime: f64 = fields.next()?.parse().ok()?;
+        Some((utime + stime) / clock_ticks_per_second()?)
+    }
+
     /// Resident set size of the gateway process.
     pub fn rss_mib(&self) -> f64 {
         self.process.rss_mib()
@@ -122,7 +181,49 @@ async fn drop_database(db: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn store_uri() -> String {
+/// `/proc`'s clock ticks a second (`getconf CLK_TCK`), asked once.
+fn clock_ticks_per_second() -> Option<f64> {
+    static TICKS: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let output = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|t| *t > 0.0)
+    })
+}
+
+/// The value of the metric `name` in a `/metrics` text, summed over its
+/// label sets; `None` when absent.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        // `name value` or `name{labels} value`, not a longer name.
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        let value = rest
+            .rsplit_once('}')
+            .map_or(rest, |(_, v)| v)
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok());
+        if let Some(v) = value {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// The store the bench and its gateways use (`MONGODB_URI`).
+pub fn store_uri() -> String {
     std::env::var("MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into())
 }
 
@@ -132,7 +233,7 @@ fn store_uri() -> String {
 /// 10,000, for 30 minutes), walking them all on each write and sorting
 /// them once full: past ~10,000 writes each write took milliseconds more,
 /// which is the store, not the gateway (mongod keeps one per session).
-fn without_retryable_writes(uri: &str) -> String {
+pub fn without_retryable_writes(uri: &str) -> String {
     if uri.contains("retryWrites") {
         return uri.to_owned();
     }

@@ -2,15 +2,19 @@
 //! run on one machine.
 //!
 //! `cargo run --release -p bench -- [all|forward|forward-batch|publish|
-//! publish-quorum|latency|scale|fanin|slow-target] [--messages N] [--duration SECONDS] [--consumers N]
-//! [--mqb PATH] [--smoke]`
+//! publish-quorum|latency|scale|fanin|slow-target|forward-history|history]
+//! [--messages N] [--duration SECONDS] [--consumers N] [--mqb PATH]
+//! [--attempt-log both|on|off] [--rounds N] [--records N] [--reads N]
+//! [--read-budget S] [--store-dir PATH] [--smoke]`
 //!
 //! It starts what it needs besides RabbitMQ and the store: the gateway (the
 //! `workerrmq` binary as a child process, so its RSS is its own; under
 //! `cargo run` cargo builds it first in the bench's profile, else it is the
 //! one beside the bench or the one `WORKERRMQ_BIN` names), a minimal HTTP
 //! sink, and for `publish` a minimal publish bridge (this
-//! binary re-run as a child). It prints one table and writes
+//! binary re-run as a child). `forward-history` and `history` start
+//! gateways of their own (with the attempt log on or off; on a database
+//! filled beforehand). It prints one table and writes
 //! `bench-results.json`.
 
 // The gateway's allocator, tuned the same way, for the peers it is
@@ -65,22 +69,45 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The scenarios that start gateways of their own.
+const OWN_GATEWAYS: [&str; 2] = ["forward-history", "history"];
+
 async fn run(options: Options) -> anyhow::Result<()> {
     let sink = sink::Sink::start().await?;
-    let gateway = gateway_process::GatewayProcess::start().await?;
+    // The shared gateway, unless every scenario asked for starts its own.
+    let shared = if options
+        .scenarios
+        .iter()
+        .all(|s| OWN_GATEWAYS.contains(&s.as_str()))
+    {
+        None
+    } else {
+        Some(gateway_process::GatewayProcess::start().await?)
+    };
     let mut results = serde_json::Map::new();
     let outcome = async {
         for scenario in &options.scenarios {
             eprintln!("== {scenario}");
+            if OWN_GATEWAYS.contains(&scenario.as_str()) {
+                let value = match scenario.as_str() {
+                    "forward-history" => scenarios::forward_history(&options, &sink).await?,
+                    _ => scenarios::history(&options).await?,
+                };
+                results.insert(scenario.clone(), value);
+                continue;
+            }
+            let gateway = shared
+                .as_ref()
+                .context("the shared gateway was not started")?;
             let value = match scenario.as_str() {
-                "forward" => scenarios::forward(&options, &gateway, &sink).await?,
-                "forward-batch" => scenarios::forward_batch(&options, &gateway, &sink).await?,
-                "publish" => publish::publish(&options, &gateway, "classic").await?,
-                "publish-quorum" => publish::publish(&options, &gateway, "quorum").await?,
-                "latency" => scenarios::latency(&options, &gateway, &sink).await?,
-                "scale" => scenarios::scale(&options, &gateway, &sink).await?,
-                "fanin" => load_shapes::fanin(&options, &gateway, &sink).await?,
-                "slow-target" => load_shapes::slow_target(&options, &gateway).await?,
+                "forward" => scenarios::forward(&options, gateway, &sink).await?,
+                "forward-batch" => scenarios::forward_batch(&options, gateway, &sink).await?,
+                "publish" => publish::publish(&options, gateway, "classic").await?,
+                "publish-quorum" => publish::publish(&options, gateway, "quorum").await?,
+                "latency" => scenarios::latency(&options, gateway, &sink).await?,
+                "scale" => scenarios::scale(&options, gateway, &sink).await?,
+                "fanin" => load_shapes::fanin(&options, gateway, &sink).await?,
+                "slow-target" => load_shapes::slow_target(&options, gateway).await?,
                 _ => unreachable!("parse_options only accepts known scenarios"),
             };
             results.insert(scenario.clone(), value);
@@ -88,7 +115,9 @@ async fn run(options: Options) -> anyhow::Result<()> {
         Ok::<(), anyhow::Error>(())
     }
     .await;
-    gateway.stop().await;
+    if let Some(gateway) = shared {
+        gateway.stop().await;
+    }
     // Whatever failed, this run's queues go (the gateway is down by now).
     match cleanup::delete_run_queues().await {
         Ok(0) => {}
@@ -143,6 +172,10 @@ async fn machine() -> Value {
         "memory_gib": (mem_kib as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
         "rabbitmq": rabbitmq_version,
         "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+        // Other work on the machine when the run ended (1, 5, 15 minutes).
+        "load_average": std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
         "date": chrono::Utc::now().to_rfc3339(),
     })
 }
@@ -150,16 +183,17 @@ async fn machine() -> Value {
 fn print_table(report: &Value) {
     let s = &report["scenarios"];
     let f = |v: &Value| match v.as_f64() {
+        Some(_) if v.is_u64() || v.is_i64() => v.to_string(),
         Some(x) if x >= 100.0 => format!("{x:.0}"),
         Some(x) => format!("{x:.2}"),
         None => "-".into(),
     };
     println!("\nmachine: {}", report["machine"]);
-    println!("{:<14} {:<44} {:>12}", "scenario", "measure", "value");
+    println!("{:<15} {:<44} {:>12}", "scenario", "measure", "value");
     let row = |scenario: &str, key: &str, label: &str| {
         if !s[scenario].is_null() && !s[scenario][key].is_null() {
             println!(
-                "{:<14} {:<44} {:>12}",
+                "{:<15} {:<44} {:>12}",
                 scenario,
                 label,
                 f(&s[scenario][key])
@@ -323,5 +357,97 @@ fn print_table(report: &Value) {
         "slow-target",
         "sink_held_ms_gateway",
         "sink's real hold, gateway run, ms",
+    );
+    let fh = "forward-history";
+    if let Some(runs) = s[fh]["runs"].as_array() {
+        for (i, run) in runs.iter().enumerate() {
+            let label = format!(
+                "run {}, attempt log {}, msgs/s",
+                i + 1,
+                run["attempt_log"].as_str().unwrap_or("?")
+            );
+            println!("{fh:<15} {label:<44} {:>12}", f(&run["msgs_per_s"]));
+        }
+    }
+    row(fh, "on_msgs_per_s", "attempt log on, msgs/s (median)");
+    row(fh, "off_msgs_per_s", "ATTEMPT_LOG=off, msgs/s (median)");
+    row(fh, "ratio", "ratio on / off (target 0.90)");
+    row(
+        fh,
+        "on_gateway_cpu_us_per_msg",
+        "gateway CPU µs per message, log on",
+    );
+    row(
+        fh,
+        "on_gateway_cpu_us_per_msg_until_stored",
+        "the same until every record is stored",
+    );
+    row(
+        fh,
+        "off_gateway_cpu_us_per_msg",
+        "gateway CPU µs per message, log off",
+    );
+    if let Some(pairs) = s[fh]["pair_ratios"].as_array().filter(|p| p.len() > 1) {
+        let listed: Vec<String> = pairs.iter().map(f).collect();
+        println!(
+            "{fh:<15} {:<44} {:>12}",
+            "each pair's ratio",
+            listed.join(" ")
+        );
+    }
+    row(fh, "records_per_bulk", "records per bulk insert");
+    row(fh, "dropped", "records dropped");
+    row(
+        fh,
+        "drain_after_last_delivery_s",
+        "all stored, s after the last delivery",
+    );
+    row("history", "records", "attempt records stored");
+    row(
+        "history",
+        "seed_records_per_s",
+        "bulk insert into the store, records/s",
+    );
+    row("history", "index_build_s", "indexes made at start-up, s");
+    row(
+        "history",
+        "attempts_reads",
+        "getAttempts consumer+5xx requests timed",
+    );
+    row(
+        "history",
+        "attempts_p50_ms",
+        "getAttempts consumer+5xx p50 ms",
+    );
+    row(
+        "history",
+        "attempts_p99_ms",
+        "getAttempts consumer+5xx p99 ms (< 50)",
+    );
+    row(
+        "history",
+        "history_reads",
+        "getMessageHistory requests timed",
+    );
+    row("history", "history_p50_ms", "getMessageHistory p50 ms");
+    row(
+        "history",
+        "history_p99_ms",
+        "getMessageHistory p99 ms (< 50)",
+    );
+    row(
+        "history",
+        "data_bytes_per_record",
+        "bytes per record, documents (collStats)",
+    );
+    row(
+        "history",
+        "bytes_per_record_with_indexes",
+        "bytes per record, with indexes (collStats)",
+    );
+    row(
+        "history",
+        "disk_bytes_per_record",
+        "bytes per record on disk (--store-dir)",
     );
 }

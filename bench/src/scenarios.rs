@@ -1,6 +1,8 @@
-//! The four scenarios. Each measures the gateway and, where the issue asks,
-//! a plain lapin peer doing the same work on an identical queue, so the
-//! ratio is taken in the same run on the same machine.
+//! The delivery scenarios (forward, latency, scale here; forward-batch,
+//! forward-history and history in their own files) and what they share.
+//! Each measures the gateway and, where the issue asks, a plain lapin peer
+//! doing the same work on an identical queue, or the gateway itself with a
+//! feature off, so the ratio is taken in the same run on the same machine.
 
 use anyhow::Context;
 use std::time::{Duration, Instant};
@@ -15,7 +17,11 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 
 mod forward_batch;
+mod forward_history;
+mod history;
 pub use forward_batch::forward_batch;
+pub use forward_history::forward_history;
+pub use history::history;
 
 use crate::gateway_process::GatewayProcess;
 use crate::options::Options;

@@ -55,6 +55,13 @@ fn every_bench_scenario_runs_and_reports_its_figures() {
         ("latency", "p99_ms"),
         ("scale", "create_all_s"),
         ("scale", "rss_after_mib"),
+        ("forward-history", "on_msgs_per_s"),
+        ("forward-history", "off_msgs_per_s"),
+        ("forward-history", "ratio"),
+        ("forward-history", "records_per_bulk"),
+        ("history", "attempts_p99_ms"),
+        ("history", "history_p99_ms"),
+        ("history", "data_bytes_per_record"),
     ] {
         let value = s[scenario][key].as_f64().unwrap_or(-1.0);
         assert!(value > 0.0, "{scenario}.{key} = {value}");
@@ -62,5 +69,9 @@ fn every_bench_scenario_runs_and_reports_its_figures() {
     assert_eq!(s["publish"]["errors_64"].as_u64(), Some(0));
     assert_eq!(s["publish"]["errors_256"].as_u64(), Some(0));
     assert_eq!(s["scale"]["consumers"].as_u64(), Some(20));
+    // Every attempt of the "on" run stored, none dropped.
+    assert_eq!(s["forward-history"]["written"].as_u64(), Some(300));
+    assert_eq!(s["forward-history"]["dropped"].as_u64(), Some(0));
+    assert_eq!(s["history"]["records"].as_u64(), Some(2_000));
     assert!(report["machine"]["cores"].as_u64().unwrap_or(0) > 0);
 }
