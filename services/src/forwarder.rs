@@ -199,12 +199,7 @@ impl DeliveryTarget for HttpForwarder {
             Ok(mut response) => {
                 let status = response.status();
                 let retry_after = retry_after(response.headers());
-                let answer = if self.report.is_some() {
-                    self.read_answer(&mut response, MAX_RESPONSE_DRAIN).await.0
-                } else {
-                    discard(&mut response).await;
-                    None
-                };
+                let answer = self.answer(&mut response).await;
                 (classify(status, retry_after), answer)
             }
             Err(err) => (not_sent(err), None),
@@ -254,17 +249,24 @@ impl DeliveryTarget for HttpForwarder {
                 let status = response.status();
                 if !status.is_success() {
                     let retry_after = retry_after(response.headers());
-                    let (answer, _) = self.read_answer(&mut response, MAX_RESPONSE_DRAIN).await;
+                    let answer = self.answer(&mut response).await;
                     let mut outcome = BatchOutcome::all(classify(status, retry_after), n);
                     outcome.answer = answer;
                     outcome
                 } else {
-                    let (answer, body) = self
-                        .read_answer(&mut response, batch::MAX_ANSWER_BYTES)
-                        .await;
+                    // Read whole (up to its limit) for its retry and reject
+                    // lists; the record keeps the start of it.
+                    let headers = self
+                        .report
+                        .as_ref()
+                        .map(|r| r.kept_headers(response.headers()));
+                    let limit = batch::MAX_ANSWER_BYTES;
+                    let body = read_body(&mut response, limit, limit).await;
                     let mut outcome =
-                        batch::after_success(&batch.id, &batch.messages, body.as_deref());
-                    outcome.answer = answer;
+                        batch::after_success(&batch.id, &batch.messages, body.whole());
+                    outcome.answer = self.report.as_ref().zip(headers).map(|(report, headers)| {
+                        report.answer_of(status.as_u16(), headers, &body.kept, body.cut())
+                    });
                     outcome
                 }
             }
@@ -276,40 +278,18 @@ impl DeliveryTarget for HttpForwarder {
 }
 
 impl HttpForwarder {
-    /// Reads the answer's body up to `limit` (see `drain`), and what the
-    /// record keeps of the answer when attempts are recorded.
-    async fn read_answer(
-        &self,
-        response: &mut reqwest::Response,
-        limit: usize,
-    ) -> (Option<Answer>, Option<Vec<u8>>) {
+    /// Reads the answer's body (up to `MAX_RESPONSE_DRAIN`, so the connection
+    /// can be reused) and, when attempts are recorded, what the record keeps
+    /// of the answer: only as much of the body as that is held.
+    async fn answer(&self, response: &mut reqwest::Response) -> Option<Answer> {
+        let Some(report) = &self.report else {
+            read_body(response, MAX_RESPONSE_DRAIN, 0).await;
+            return None;
+        };
         let status = response.status().as_u16();
-        let headers = self
-            .report
-            .as_ref()
-            .map(|r| r.kept_headers(response.headers()));
-        let body = drain(response, limit).await;
-        let answer = self.report.as_ref().zip(headers).map(|(report, headers)| {
-            report.answer_of(
-                status,
-                headers,
-                body.as_deref().unwrap_or_default(),
-                body.is_none(),
-            )
-        });
-        (answer, body)
-    }
-}
-
-/// Reads and drops up to `MAX_RESPONSE_DRAIN` bytes of the answer, so the
-/// connection can be reused.
-async fn discard(response: &mut reqwest::Response) {
-    let mut drained = 0;
-    while drained < MAX_RESPONSE_DRAIN {
-        match response.chunk().await {
-            Ok(Some(chunk)) => drained += chunk.len(),
-            _ => break,
-        }
+        let headers = report.kept_headers(response.headers());
+        let body = read_body(response, MAX_RESPONSE_DRAIN, report.body_bytes()).await;
+        Some(report.answer_of(status, headers, &body.kept, body.cut()))
     }
 }
 
@@ -325,17 +305,52 @@ fn with_trace(
     }
 }
 
-/// Reads up to `limit` bytes of the answer (so the connection can be
-/// reused); `None` when it is longer or breaks off.
-async fn drain(response: &mut reqwest::Response, limit: usize) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
+/// What was read of an answer's body.
+struct BodyRead {
+    /// Its first bytes, as many as were asked to be kept.
+    kept: Vec<u8>,
+    /// How many bytes were read in all.
+    read: usize,
+    /// Whether the body ended within the limit (not cut off, not broken).
+    ended: bool,
+}
+
+impl BodyRead {
+    /// The whole body, when it ended within the limit and all of it was
+    /// kept.
+    fn whole(&self) -> Option<&[u8]> {
+        (self.ended && self.read == self.kept.len()).then_some(self.kept.as_slice())
+    }
+
+    /// Whether more was sent than `kept` holds.
+    fn cut(&self) -> bool {
+        !self.ended || self.read > self.kept.len()
+    }
+}
+
+/// Reads the answer's body until it ends or more than `limit` bytes came (so
+/// the connection can be reused), keeping the first `keep` bytes.
+async fn read_body(response: &mut reqwest::Response, limit: usize, keep: usize) -> BodyRead {
+    let mut body = BodyRead {
+        kept: Vec::new(),
+        read: 0,
+        ended: false,
+    };
+    while body.read <= limit {
         match response.chunk().await {
-            Ok(Some(chunk)) if body.len() + chunk.len() <= limit => body.extend_from_slice(&chunk),
-            Ok(None) => return Some(body),
-            _ => return None,
+            Ok(Some(chunk)) => {
+                let room = keep.saturating_sub(body.kept.len()).min(chunk.len());
+                body.kept.extend_from_slice(&chunk[..room]);
+                body.read += chunk.len();
+            }
+            Ok(None) => {
+                body.ended = true;
+                break;
+            }
+            Err(_) => break,
         }
     }
+    body
 }
 
 /// The outcome of a request that got no answer.

@@ -59,6 +59,11 @@ impl Report {
         }
     }
 
+    /// Bytes of each answer's body the record keeps.
+    pub fn body_bytes(&self) -> usize {
+        self.body_bytes
+    }
+
     /// The request's shape, shared by every attempt.
     pub fn request(&self) -> Arc<RequestShape> {
         self.request.clone()
