@@ -452,9 +452,17 @@ fn print_table(report: &Value) {
         "disk_bytes_per_record",
         "bytes per record on disk (--store-dir)",
     );
-    row("ordered", "unordered_msgs_per_s", "unordered, 1,000 keys, msgs/s");
+    row(
+        "ordered",
+        "unordered_msgs_per_s",
+        "unordered, 1,000 keys, msgs/s",
+    );
     row("ordered", "ordered_msgs_per_s", "ordered per key, msgs/s");
-    row("ordered", "ratio", "ratio ordered / unordered (target 0.80)");
+    row(
+        "ordered",
+        "ratio",
+        "ratio ordered / unordered (target 0.80)",
+    );
     row(
         "ordered",
         "others_msgs_per_s",
