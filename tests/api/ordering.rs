@@ -221,6 +221,15 @@ async fn a_failing_key_is_retried_in_place_while_the_other_keys_are_delivered() 
         .await;
     assert!(view["stats"]["oldestHeldMs"].is_u64(), "{view}");
     assert_eq!(view["ordering"]["key"]["header"], KEY_HEADER, "{view}");
+    let series = format!("workerrmq_ordered_keys_held{{consumer_id=\"{consumer}\"");
+    crate::support::eventually(Duration::from_secs(10), || async {
+        let text = app.get("/metrics").await.text().await.expect("text");
+        match crate::support::metric_sample(&text, &series) {
+            Some(held) if held == 1.0 => Ok(()),
+            other => Err(format!("{series}: {other:?}")),
+        }
+    })
+    .await;
     target.wait_for_delivered(&ids(&messages), DELIVERED).await;
 
     let requests = target.requests();
