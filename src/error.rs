@@ -122,12 +122,6 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut message = self.to_string();
-        if let ApiError::Internal(detail) = self {
-            // The detail is for whoever fixes the bug, not for the caller.
-            tracing::error!(error = %Chain(&**detail), "internal error");
-            message = "the gateway failed to answer this request; the failure is logged under this request's x-request-id".into();
-        }
         let mut response = HttpResponse::build(self.status_code());
         match self {
             ApiError::MethodNotAllowed { allow, .. } => {
@@ -140,10 +134,23 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(ErrorBody {
+        response.json(self.body())
+    }
+}
+
+impl ApiError {
+    /// The contract's body for this failure; a batch's item carries it too.
+    pub fn body(&self) -> ErrorBody {
+        let mut message = self.to_string();
+        if let ApiError::Internal(detail) = self {
+            // The detail is for whoever fixes the bug, not for the caller.
+            tracing::error!(error = %Chain(&**detail), "internal error");
+            message = "the gateway failed to answer this request; the failure is logged under this request's x-request-id".into();
+        }
+        ErrorBody {
             error: self.code(),
             message,
-        })
+        }
     }
 }
 
