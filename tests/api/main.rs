@@ -27,6 +27,7 @@ mod metrics;
 mod network_guard;
 mod not_found;
 mod publish;
+mod publish_batch;
 mod publish_limits;
 mod queues;
 mod rate_limits;
