@@ -856,3 +856,87 @@ async fn the_messages_view_shows_a_retried_messages_timeline_and_its_consumers_f
     browser.close().await;
     target.stop().await;
 }
+
+#[tokio::test]
+async fn a_publisher_publishes_a_batch_from_the_queues_view_and_reads_what_was_refused() {
+    let app = spawn_app().await;
+    let api = Api::of(&app);
+    let queue = app.unique_queue("console-batch");
+    api.create_queue(&queue).await;
+    let publisher_key = app.create_api_key("publisher").await;
+    let browser = Browser::start("publisher").await;
+
+    open_console(&browser, &app, "#/queues").await;
+    sign_in(&browser, "", "", &publisher_key).await;
+    wait_signed_in(&browser).await;
+    let form = r#"form[data-testid="publish-batch"]"#;
+    browser
+        .wait_for(
+            UI,
+            "the publish form",
+            &format!("return !!document.querySelector('{form}')"),
+        )
+        .await;
+
+    // One JSON value a line, in one request.
+    browser
+        .fill(&format!(r#"{form} input[name="queueName"]"#), &queue)
+        .await;
+    browser
+        .fill(
+            &format!(r#"{form} textarea[name="messages"]"#),
+            "{\"n\": 1}\n\n\"two\"",
+        )
+        .await;
+    browser
+        .click(&format!(r#"{form} button[type="submit"]"#))
+        .await;
+    let notice = browser
+        .wait_for(
+            UI,
+            "the notice",
+            r#"const n = document.querySelector('#notice');
+               return n.hidden ? null : n.textContent"#,
+        )
+        .await;
+    assert_eq!(
+        notice,
+        json!(format!("2 messages published to {queue}.")),
+        "{notice}"
+    );
+    let first = app.get_message(&queue).await.expect("the first message");
+    assert_eq!(first.delivery.data, br#"{"n":1}"#);
+    let second = app.get_message(&queue).await.expect("the second message");
+    assert_eq!(second.delivery.data, br#""two""#);
+
+    // A line the gateway refuses (null is no message) is named in the
+    // banner; the others are published.
+    browser
+        .fill(
+            &format!(r#"{form} textarea[name="messages"]"#),
+            "{\"n\": 3}\nnull",
+        )
+        .await;
+    browser
+        .click(&format!(r#"{form} button[type="submit"]"#))
+        .await;
+    let banner = browser
+        .wait_for(
+            UI,
+            "the error banner",
+            r#"const e = document.querySelector('[data-testid="error"]');
+               return e.offsetParent !== null ? e.textContent : null"#,
+        )
+        .await;
+    let banner = banner.as_str().unwrap_or_default();
+    assert!(
+        banner.contains("1 of 2 published")
+            && banner.contains("line 2")
+            && banner.contains("message"),
+        "{banner}"
+    );
+    assert_eq!(app.message_count(&queue).await, Some(1));
+
+    assert_stays_home_and_quiet(&browser, &app, &[]).await;
+    browser.close().await;
+}

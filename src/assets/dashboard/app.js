@@ -606,7 +606,8 @@ function publishBatchForm() {
         throw new Error(`${answer.accepted} of ${messages.length} published to ${queueName}; ` +
           `line ${refused.index + 1}: ${refused.error.message}`);
       }
-      form.reset();
+      // The queue stays for the next batch.
+      form.elements.messages.value = "";
       showNotice(`${answer.accepted} message${answer.accepted === 1 ? "" : "s"} published to ${queueName}.`);
     });
   });
