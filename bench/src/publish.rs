@@ -172,16 +172,14 @@ async fn raw_publisher(
     Ok((rate, latencies))
 }
 
-/// The publish rows on a queue of `queue_type` (`classic`, `quorum`): the
-/// gateway and the plain publisher both publish to it, so the broker's
-/// own confirm latency for that type is in both.
-pub async fn publish(
-    options: &Options,
+/// A new queue of `queue_type` named after `label`, and a publisher's API
+/// key, made through the gateway.
+pub(crate) async fn queue_and_key(
     gateway: &GatewayProcess,
+    label: &str,
     queue_type: &str,
-) -> anyhow::Result<Value> {
-    let total = options.publishes;
-    let queue = format!("bench_pub_{}", suffix());
+) -> anyhow::Result<(String, String)> {
+    let queue = format!("{label}_{}", suffix());
     gateway
         .post(
             "/createQueue",
@@ -197,6 +195,19 @@ pub async fn publish(
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    Ok((queue, key))
+}
+
+/// The publish rows on a queue of `queue_type` (`classic`, `quorum`): the
+/// gateway and the plain publisher both publish to it, so the broker's
+/// own confirm latency for that type is in both.
+pub async fn publish(
+    options: &Options,
+    gateway: &GatewayProcess,
+    queue_type: &str,
+) -> anyhow::Result<Value> {
+    let total = options.publishes;
+    let (queue, key) = queue_and_key(gateway, "bench_pub", queue_type).await?;
     let message = json!({ "order": 42, "note": "x".repeat(200) });
     let body = json!({ "queueName": queue, "message": message });
     let payload = serde_json::to_vec(&message)?;

@@ -20,9 +20,9 @@ use serde_json::{json, Value};
 use crate::gateway_process::GatewayProcess;
 use crate::lean_http::post_request;
 use crate::options::Options;
-use crate::publish::{purge, through_http};
+use crate::publish::{purge, queue_and_key, through_http};
 use crate::scenarios::{
-    amqp, confirm_channel, kib_payload, like_gateway, per_second, percentile, round, suffix,
+    amqp, confirm_channel, kib_payload, like_gateway, per_second, percentile, round,
 };
 
 const PER_REQUEST: usize = 100;
@@ -123,22 +123,7 @@ async fn plain_batches(
 pub async fn publish_batch(options: &Options, gateway: &GatewayProcess) -> anyhow::Result<Value> {
     let requests = (options.messages / PER_REQUEST).max(CONNECTIONS);
     let messages = requests * PER_REQUEST;
-    let queue = format!("bench_pubbatch_{}", suffix());
-    gateway
-        .post(
-            "/createQueue",
-            &json!({ "queueName": queue, "queueType": "classic" }),
-        )
-        .await?;
-    let key = gateway
-        .post(
-            "/createApiKey",
-            &json!({ "name": format!("bench-{}", suffix()), "role": "publisher" }),
-        )
-        .await?["apiKey"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let (queue, key) = queue_and_key(gateway, "bench_pubbatch", "classic").await?;
     let payload = kib_payload();
     let message: Value = serde_json::from_slice(&payload)?;
     let item = json!({ "queueName": queue, "message": message });

@@ -57,6 +57,18 @@ async fn go(browser: &Browser, hash: &str) {
         .await;
 }
 
+/// Waits for the error banner; returns what it says.
+async fn error_banner(browser: &Browser) -> Value {
+    browser
+        .wait_for(
+            UI,
+            "the error banner",
+            r#"const e = document.querySelector('[data-testid="error"]');
+               return e.offsetParent !== null ? e.textContent : null"#,
+        )
+        .await
+}
+
 /// Waits for the confirmation dialog; returns what it asks.
 async fn confirmation(browser: &Browser) -> String {
     browser
@@ -542,14 +554,7 @@ async fn a_viewer_gets_no_admin_controls_and_a_wrong_password_gets_the_error_ban
     // A wrong password: the banner, and still the form.
     open_console(&browser, &app, "#/consumers").await;
     sign_in(&browser, &app.admin_user, "not-the-password", "").await;
-    let banner = browser
-        .wait_for(
-            UI,
-            "the error banner",
-            r#"const e = document.querySelector('[data-testid="error"]');
-               return e.offsetParent !== null ? e.textContent : null"#,
-        )
-        .await;
+    let banner = error_banner(&browser).await;
     assert!(
         banner
             .as_str()
@@ -878,19 +883,23 @@ async fn a_publisher_publishes_a_batch_from_the_queues_view_and_reads_what_was_r
         )
         .await;
 
+    let submit = |lines: &'static str| {
+        let browser = &browser;
+        async move {
+            browser
+                .fill(&format!(r#"{form} textarea[name="messages"]"#), lines)
+                .await;
+            browser
+                .click(&format!(r#"{form} button[type="submit"]"#))
+                .await;
+        }
+    };
+
     // One JSON value a line, in one request.
     browser
         .fill(&format!(r#"{form} input[name="queueName"]"#), &queue)
         .await;
-    browser
-        .fill(
-            &format!(r#"{form} textarea[name="messages"]"#),
-            "{\"n\": 1}\n\n\"two\"",
-        )
-        .await;
-    browser
-        .click(&format!(r#"{form} button[type="submit"]"#))
-        .await;
+    submit("{\"n\": 1}\n\n\"two\"").await;
     let notice = browser
         .wait_for(
             UI,
@@ -911,23 +920,8 @@ async fn a_publisher_publishes_a_batch_from_the_queues_view_and_reads_what_was_r
 
     // A line the gateway refuses (null is no message) is named in the
     // banner; the others are published.
-    browser
-        .fill(
-            &format!(r#"{form} textarea[name="messages"]"#),
-            "{\"n\": 3}\nnull",
-        )
-        .await;
-    browser
-        .click(&format!(r#"{form} button[type="submit"]"#))
-        .await;
-    let banner = browser
-        .wait_for(
-            UI,
-            "the error banner",
-            r#"const e = document.querySelector('[data-testid="error"]');
-               return e.offsetParent !== null ? e.textContent : null"#,
-        )
-        .await;
+    submit("{\"n\": 3}\nnull").await;
+    let banner = error_banner(&browser).await;
     let banner = banner.as_str().unwrap_or_default();
     assert!(
         banner.contains("1 of 2 published")
