@@ -82,6 +82,10 @@ pub struct Settings {
     pub attempt_log: services::attempts::AttemptLogConfig,
     /// `MAX_CONSUMERS`: consumers this gateway runs; beyond it, 409.
     pub max_consumers: usize,
+    /// `ORDERED_MAX_HOLD_MS`: how long an ordered consumer may hold a
+    /// delivery, unacked, for retries in place; keep it under the broker's
+    /// `consumer_timeout` (30 minutes by default).
+    pub ordered_max_hold: std::time::Duration,
     /// `AUTH_MAX_FAILURES`: failed authentications one client address may
     /// make per window before it is refused with 429; 0 turns it off.
     pub auth_max_failures: u32,
@@ -275,6 +279,7 @@ impl Settings {
         // beyond it closes the whole connection. 4 KiB stay for the rest.
         let max_header_bytes = number(&var, "MAX_HEADER_BYTES", 65_536, 1..=MAX_HEADER_BYTES_CAP)?;
         let max_consumers = number(&var, "MAX_CONSUMERS", 5_000, 1..=1_000_000)?;
+        let ordered_max_hold_ms = number(&var, "ORDERED_MAX_HOLD_MS", 900_000, 1_000..=86_400_000)?;
         let auth_max_failures = number(&var, "AUTH_MAX_FAILURES", 10, 0..=1_000_000)?;
         let auth_failure_window_secs = number(&var, "AUTH_FAILURE_WINDOW_SECS", 60, 1..=86_400)?;
 
@@ -360,6 +365,7 @@ impl Settings {
             max_connections_per_target: max_connections_per_target as usize,
             max_header_bytes: max_header_bytes as usize,
             max_consumers: max_consumers as usize,
+            ordered_max_hold: std::time::Duration::from_millis(ordered_max_hold_ms),
             attempt_log,
             auth_max_failures: auth_max_failures as u32,
             auth_failure_window: std::time::Duration::from_secs(auth_failure_window_secs),

@@ -209,6 +209,7 @@ impl Application {
         if attempt_writer.is_some() {
             registry = registry.record_attempts(attempt_log.body_bytes);
         }
+        let registry = registry.ordered_max_hold(settings.ordered_max_hold);
         let registry = Arc::new(registry);
         registry.spawn_reconciler(shutdown.clone());
         // Rate-limited consumers share their rate by the live replicas;

@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release -p bench -- [all|forward|forward-batch|publish|
 //! publish-quorum|publish-batch|latency|scale|fanin|slow-target|
-//! forward-history|history]
+//! forward-history|history|ordered]
 //! [--messages N] [--duration SECONDS] [--consumers N] [--mqb PATH]
 //! [--attempt-log both|on|off] [--rounds N] [--records N] [--reads N]
 //! [--read-budget S] [--store-dir PATH] [--smoke]`
@@ -111,6 +111,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
                 "scale" => scenarios::scale(&options, gateway, &sink).await?,
                 "fanin" => load_shapes::fanin(&options, gateway, &sink).await?,
                 "slow-target" => load_shapes::slow_target(&options, gateway).await?,
+                "ordered" => scenarios::ordered(&options, gateway, &sink).await?,
                 _ => unreachable!("parse_options only accepts known scenarios"),
             };
             results.insert(scenario.clone(), value);
@@ -470,5 +471,26 @@ fn print_table(report: &Value) {
         "history",
         "disk_bytes_per_record",
         "bytes per record on disk (--store-dir)",
+    );
+    row(
+        "ordered",
+        "unordered_msgs_per_s",
+        "unordered, 1,000 keys, msgs/s",
+    );
+    row("ordered", "ordered_msgs_per_s", "ordered per key, msgs/s");
+    row(
+        "ordered",
+        "ratio",
+        "ratio ordered / unordered (target 0.80)",
+    );
+    row(
+        "ordered",
+        "others_msgs_per_s",
+        "one key 503 for 10 s: the others, msgs/s",
+    );
+    row(
+        "ordered",
+        "ratio_others",
+        "ratio others / ordered (target 0.70)",
     );
 }

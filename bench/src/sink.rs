@@ -1,7 +1,10 @@
 //! A minimal fast HTTP sink: answers 204 to everything, counts requests and,
 //! for the latency scenario, records publish-to-sink time from the
 //! `sent_ns` the payload carries. A slow sink (`start_with_delay`) answers
-//! each request after a fixed delay, for `slow-target`.
+//! each request after a fixed delay, for `slow-target`. For `ordered`, the
+//! requests whose body starts with a given prefix (one key's) can be
+//! answered 503 for a while (`fail_prefix_for`), and the others are counted
+//! apart.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +24,10 @@ pub struct SinkState {
     /// the delay the sink really gave, which a timer rounds up.
     pub held_ns: AtomicU64,
     pub held: AtomicU64,
+    /// Bodies starting with this are answered 503 until the instant.
+    pub failing: Mutex<Option<(Vec<u8>, std::time::Instant)>>,
+    /// Requests taken with a 2xx whose body is not the failing prefix's.
+    pub others_taken: AtomicU64,
 }
 
 pub struct Sink {
@@ -64,6 +71,20 @@ async fn receive(state: web::Data<SinkState>, body: web::Bytes) -> HttpResponse 
         }
     }
     state.received.fetch_add(1, Ordering::Relaxed);
+    let failing = state
+        .failing
+        .lock()
+        .ok()
+        .and_then(|f| f.as_ref().map(|(prefix, until)| (body.starts_with(prefix), *until)));
+    match failing {
+        Some((true, until)) if std::time::Instant::now() < until => {
+            return HttpResponse::ServiceUnavailable().finish();
+        }
+        Some((true, _)) => {}
+        _ => {
+            state.others_taken.fetch_add(1, Ordering::Relaxed);
+        }
+    }
     HttpResponse::NoContent().finish()
 }
 
@@ -119,8 +140,23 @@ impl Sink {
         self.state.received.load(Ordering::Relaxed)
     }
 
+    /// Requests whose body starts with `prefix` are answered 503 for `how_long`
+    /// from now; `None` ends it.
+    pub fn fail_prefix_for(&self, failing: Option<(&[u8], Duration)>) {
+        if let Ok(mut f) = self.state.failing.lock() {
+            *f = failing.map(|(prefix, how_long)| (prefix.to_vec(), std::time::Instant::now() + how_long));
+        }
+    }
+
+    /// 2xx answers to bodies other than the failing prefix's, since the last
+    /// reset.
+    pub fn others_taken(&self) -> u64 {
+        self.state.others_taken.load(Ordering::Relaxed)
+    }
+
     pub fn reset(&self) {
         self.state.received.store(0, Ordering::Relaxed);
+        self.state.others_taken.store(0, Ordering::Relaxed);
         self.state.first_ns.store(0, Ordering::Relaxed);
         self.state.held_ns.store(0, Ordering::Relaxed);
         self.state.held.store(0, Ordering::Relaxed);

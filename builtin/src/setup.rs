@@ -120,6 +120,7 @@ impl BuiltinSetup {
             message_ttl_ms: None,
             max_length: None,
             dead_letter: true,
+            single_active_consumer: false,
         };
         // No "does it exist?" first: that is a passive declare, which fails
         // on a fresh broker and lapin logs the failure at ERROR.
@@ -155,6 +156,7 @@ impl BuiltinSetup {
             circuit_breaker: None,
             batch: None,
             attempt_log: None,
+            ordering: None,
             revision: 0,
         };
         match self.registry.create(definition).await {

@@ -25,8 +25,9 @@ pub use consumer::{
     Answer, Attempt, AttemptLog, AttemptOutcome, AttemptRecord, Batch, BatchOutcome, BatchPolicy,
     BatchPolicyError, CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot,
     CircuitState, Concurrency, ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryOutcome,
-    DeliveryTarget, ErrorKind, Failure, Flow, IncomingMessage, LimitError, LiveReplicas,
-    RatePerSec, RequestShape, RetryPolicy, RetryPolicyError, Trigger,
+    DeliveryTarget, ErrorKind, Failure, Flow, IncomingMessage, KeySource, LimitError, LiveReplicas,
+    MissingKey, OrderingError, OrderingPolicy, RatePerSec, RequestShape, RetryPolicy,
+    RetryPolicyError, Trigger,
 };
 pub use dead_letters::{
     DeadLetter, DeadLetters, ReplayFilter, ReplayFilterError, ReplayFilterInput, ReplayMode,

@@ -72,6 +72,13 @@ pub struct DeliveryMetrics {
     pub state: Family<ConsumerStateLabels, Gauge>,
     /// Time from handing a delivery to its target until the target answered.
     pub target_seconds: Family<ConsumerLabels, Histogram, fn() -> Histogram>,
+    /// Ordered consumers: keys with a message at the target.
+    pub keys_in_flight: Family<ConsumerLabels, Gauge>,
+    /// Ordered consumers: keys whose head waits for a retry in place.
+    pub keys_held: Family<ConsumerLabels, Gauge>,
+    /// Ordered consumers: how long the longest-held delivery waiting for a
+    /// retry has been held, in milliseconds.
+    pub oldest_held_ms: Family<ConsumerLabels, Gauge>,
 }
 
 impl Default for DeliveryMetrics {
@@ -92,6 +99,9 @@ impl DeliveryMetrics {
             circuit_openings: Family::default(),
             state: Family::default(),
             target_seconds: Family::new_with_constructor(latency_histogram),
+            keys_in_flight: Family::default(),
+            keys_held: Family::default(),
+            oldest_held_ms: Family::default(),
         }
     }
 
@@ -137,6 +147,21 @@ impl DeliveryMetrics {
             "Time from handing a delivery to its target until the target answered",
             self.target_seconds.clone(),
         );
+        registry.register(
+            "workerrmq_ordered_keys_in_flight",
+            "Ordered consumers: keys with a message at the target",
+            self.keys_in_flight.clone(),
+        );
+        registry.register(
+            "workerrmq_ordered_keys_held",
+            "Ordered consumers: keys whose message waits for a retry in place",
+            self.keys_held.clone(),
+        );
+        registry.register(
+            "workerrmq_ordered_oldest_held_ms",
+            "Ordered consumers: how long the longest-held message waiting for a retry has been held, in milliseconds",
+            self.oldest_held_ms.clone(),
+        );
     }
 
     /// Drops a stopped consumer's series.
@@ -151,5 +176,8 @@ impl DeliveryMetrics {
             self.state.remove(&ConsumerStateLabels::of(labels, state));
         }
         self.target_seconds.remove(labels);
+        self.keys_in_flight.remove(labels);
+        self.keys_held.remove(labels);
+        self.oldest_held_ms.remove(labels);
     }
 }

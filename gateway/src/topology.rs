@@ -76,6 +76,9 @@ pub struct QueueSpec {
     pub max_length: Option<u32>,
     /// Whether it gets `<queue>.dlq`, where messages dropped or rejected from it go.
     pub dead_letter: bool,
+    /// Whether the broker delivers to one consumer at a time
+    /// (`x-single-active-consumer`).
+    pub single_active_consumer: bool,
 }
 
 impl QueueSpec {
@@ -89,6 +92,9 @@ impl QueueSpec {
         }
         if let Some(max) = self.max_length {
             args.insert("x-max-length".into(), AMQPValue::LongLongInt(max.into()));
+        }
+        if self.single_active_consumer {
+            args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         }
         if self.dead_letter {
             args.insert("x-dead-letter-exchange".into(), long_string(""));

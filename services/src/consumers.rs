@@ -30,7 +30,8 @@ use gateway::consumer::{ConsumerState, ConsumerStats};
 use gateway::{
     BatchPolicy, BatchPolicyError, CircuitBreakerPolicy, CircuitBreakerPolicyError,
     CircuitSnapshot, Concurrency, ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryTarget,
-    Flow, QueueName, RatePerSec, RetryPolicy, RetryPolicyError,
+    Flow, KeySource, MissingKey, OrderingError, OrderingPolicy, QueueName, RatePerSec, RetryPolicy,
+    RetryPolicyError,
 };
 use mongodb::bson::{doc, DateTime};
 use mongodb::Collection;
@@ -47,6 +48,9 @@ use crate::{FieldError, Store, StoreContext, StoreError};
 /// How often each replica compares the stored consumers with the ones it runs, and starts or stops
 /// the difference.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// `ORDERED_MAX_HOLD_MS`' default: 15 minutes, half RabbitMQ's default
+/// consumer timeout, so a held delivery is never taken back by the broker.
+pub const DEFAULT_ORDERED_MAX_HOLD: Duration = Duration::from_secs(15 * 60);
 /// A consumer deleted here is not restarted by a reconcile pass that read
 /// the store just before the delete.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(30);
@@ -106,6 +110,71 @@ pub struct ConsumerDefinition {
     /// absent: both on (as far as `ATTEMPT_LOG` allows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt_log: Option<AttemptLogSettings>,
+    /// Ordered delivery per key; absent: deliveries go as they come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<OrderingSettings>,
+}
+
+/// An ordered consumer's settings as stored and shown; the engine runs the
+/// checked `OrderingPolicy` made of them (`ConsumerDefinition::ordering`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderingSettings {
+    /// Where each message's key is read: exactly one of the two.
+    pub key: OrderingKeySettings,
+    /// What becomes of a message without a key.
+    pub missing_key: MissingKeyName,
+}
+
+/// Where an ordered consumer reads each message's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrderingKeySettings {
+    /// A message header, by its exact name (a string or a whole number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A JSON pointer into the payload (RFC 6901, starting with `/`): a
+    /// string, number or boolean there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_pointer: Option<String>,
+}
+
+/// What becomes of an ordered consumer's message without a key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingKeyName {
+    /// Delivered at once, waiting for no other message.
+    #[default]
+    Unordered,
+    /// Dead-lettered with the reason (`ordering_key`).
+    DeadLetter,
+}
+
+impl OrderingSettings {
+    /// The policy the engine runs, its key source checked; `max_hold` is
+    /// `ORDERED_MAX_HOLD_MS`.
+    pub fn policy(&self, max_hold: Duration) -> Result<OrderingPolicy, FieldError> {
+        let key = match (&self.key.header, &self.key.json_pointer) {
+            (Some(header), None) => KeySource::header(header).map_err(|e| (e, "header")),
+            (None, Some(pointer)) => {
+                KeySource::json_pointer(pointer).map_err(|e| (e, "jsonPointer"))
+            }
+            _ => Err((OrderingError::KeySource, "")),
+        }
+        .map_err(|(err, field)| {
+            FieldError::new(field, err.to_string())
+                .within("key")
+                .within("ordering")
+        })?;
+        Ok(OrderingPolicy {
+            key,
+            missing_key: match self.missing_key {
+                MissingKeyName::Unordered => MissingKey::Unordered,
+                MissingKeyName::DeadLetter => MissingKey::DeadLetter,
+            },
+            max_hold,
+        })
+    }
 }
 
 /// A consumer's part in delivery history: whether each attempt leaves a
@@ -178,6 +247,21 @@ impl ConsumerDefinition {
         .map_err(batch_field_error)
     }
 
+    /// The ordering as the engine runs it, checked, with the hold limit
+    /// `max_hold`: the store is outside this process.
+    pub fn ordering(&self, max_hold: Duration) -> Result<Option<OrderingPolicy>, FieldError> {
+        let Some(settings) = &self.ordering else {
+            return Ok(None);
+        };
+        if self.batch.is_some() {
+            return Err(FieldError::new(
+                "ordering",
+                "ordered delivery cannot be combined with batch delivery (`batch`); turn one off",
+            ));
+        }
+        settings.policy(max_hold).map(Some)
+    }
+
     fn flow(&self) -> Flow {
         if self.paused {
             Flow::Paused
@@ -215,6 +299,8 @@ pub struct ConsumerView {
     /// Whether its attempts are recorded (`ATTEMPT_LOG` may still turn
     /// recording off for all).
     pub attempt_log: AttemptLogSettings,
+    /// `null`: deliveries go as they come; else one key at a time, in order.
+    pub ordering: Option<OrderingSettings>,
     /// Whether requests to the target carry a signature; the secret itself is never shown.
     pub signed: bool,
     /// What it is doing on the answering replica.
@@ -282,6 +368,9 @@ pub struct ConsumerRegistry {
     /// `ATTEMPT_BODY_BYTES` when attempts are recorded at all
     /// (`ATTEMPT_LOG`); `None`: no consumer records them.
     attempt_body_bytes: Option<usize>,
+    /// `ORDERED_MAX_HOLD_MS`: how long an ordered consumer may hold a
+    /// delivery for retries in place.
+    ordered_max_hold: Duration,
     tombstones: DashMap<String, Instant>,
     /// Definitions that could not be started, so each is reported once.
     unstartable: DashMap<String, String>,
@@ -313,6 +402,7 @@ impl ConsumerRegistry {
             allowed_hosts,
             builtins,
             attempt_body_bytes: None,
+            ordered_max_hold: DEFAULT_ORDERED_MAX_HOLD,
             tombstones: DashMap::new(),
             unstartable: DashMap::new(),
             cap: cap::CreateCap::default(),
@@ -328,6 +418,18 @@ impl ConsumerRegistry {
     pub fn record_attempts(mut self, body_bytes: usize) -> Self {
         self.attempt_body_bytes = Some(body_bytes);
         self
+    }
+
+    /// Ordered consumers hold a delivery for retries in place for at most
+    /// `max_hold` (`ORDERED_MAX_HOLD_MS`).
+    pub fn ordered_max_hold(mut self, max_hold: Duration) -> Self {
+        self.ordered_max_hold = max_hold;
+        self
+    }
+
+    /// The longest an ordered consumer holds a delivery for retries.
+    pub fn max_hold(&self) -> Duration {
+        self.ordered_max_hold
     }
 
     /// The supervisor running this replica's consumers.
@@ -700,6 +802,7 @@ impl ConsumerRegistry {
             "rateLimitPerSec",
             "batch",
             "attemptLog",
+            "ordering",
         ] {
             if !stored.contains_key(optional) {
                 unset.insert(optional, "");
@@ -804,6 +907,7 @@ impl ConsumerRegistry {
         };
         let (concurrency, rate_limit) = definition.limits()?;
         let batch = definition.batch()?;
+        let ordering = definition.ordering(self.ordered_max_hold)?;
         Ok((
             ConsumerSpec {
                 id,
@@ -815,6 +919,7 @@ impl ConsumerRegistry {
                 circuit_breaker: definition.circuit_breaker,
                 batch,
                 record_attempts: kept_body.is_some(),
+                ordering,
             },
             target,
         ))
@@ -849,6 +954,7 @@ impl ConsumerRegistry {
                 dead_lettered: snapshot.dead_lettered,
                 in_flight: snapshot.in_flight,
                 state,
+                keys: definition.ordering.as_ref().and(snapshot.keys),
             },
             last_error: snapshot.last_error,
             last_error_at: snapshot.last_error_at,
@@ -876,6 +982,7 @@ impl ConsumerRegistry {
             circuit_breaker: definition.circuit_breaker,
             batch: definition.batch,
             attempt_log: definition.attempt_log.unwrap_or_default(),
+            ordering: definition.ordering,
             signed: definition.signing_secret.is_some(),
             state,
             circuit,
@@ -934,6 +1041,7 @@ fn counts_of(stats: &ConsumerStats) -> ConsumerCounts {
         dead_lettered: snapshot.dead_lettered,
         in_flight: snapshot.in_flight,
         state: stats.state(),
+        keys: snapshot.keys,
     }
 }
 
@@ -1019,6 +1127,7 @@ mod tests {
             revision: 0,
             batch: None,
             attempt_log: None,
+            ordering: None,
         };
         let shown = format!("{definition:?}");
         for secret in ["MfKQ9r8", "urlSecret", "headerSecret"] {

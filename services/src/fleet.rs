@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use gateway::consumer::ConsumerState;
+use gateway::consumer::{ConsumerState, KeysSnapshot};
 use mongodb::bson::DateTime;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -33,6 +33,9 @@ pub struct ConsumerCounts {
     pub in_flight: u64,
     /// What the consumer is doing on this replica.
     pub state: ConsumerState,
+    /// An ordered consumer's keys on this replica; absent for others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeysSnapshot>,
 }
 
 impl ConsumerCounts {
@@ -45,6 +48,7 @@ impl ConsumerCounts {
         dead_lettered: 0,
         in_flight: 0,
         state: ConsumerState::Running,
+        keys: None,
     };
 
     /// Whether a beat must carry it: anything but `IDLE`.
@@ -184,6 +188,18 @@ pub struct FleetStats {
     pub dead_lettered: u64,
     /// Summed over the live replicas: Deliveries taken and not yet settled.
     pub in_flight: u64,
+    /// Ordered consumers, summed over the live replicas: keys with a
+    /// message at the target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys_in_flight: Option<u64>,
+    /// Ordered consumers, summed over the live replicas: keys whose message
+    /// waits for a retry in place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys_held: Option<u64>,
+    /// Ordered consumers, the longest over the live replicas: how long the
+    /// longest-held message waiting for a retry has been held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_held_ms: Option<u64>,
     /// The answering replica's.
     pub last_error: Option<String>,
     /// When the answering replica's `last_error` happened (RFC 3339).
@@ -230,6 +246,15 @@ impl OtherReplicas {
     /// live replica's from its latest beat (`IDLE` where it leaves the
     /// consumer out).
     pub fn fleet_stats(&self, consumer_id: &str, own: OwnShare) -> FleetStats {
+        let mut keys: Option<KeysSnapshot> = own.counts.keys;
+        for other in &self.replicas {
+            if let Some(theirs) = other.consumers.get(consumer_id).and_then(|c| c.keys) {
+                let sum = keys.get_or_insert_with(KeysSnapshot::default);
+                sum.keys_in_flight = sum.keys_in_flight.saturating_add(theirs.keys_in_flight);
+                sum.keys_held = sum.keys_held.saturating_add(theirs.keys_held);
+                sum.oldest_held_ms = sum.oldest_held_ms.max(theirs.oldest_held_ms);
+            }
+        }
         let mut replicas: Vec<ReplicaConsumerStats> = self
             .replicas
             .iter()
@@ -254,6 +279,9 @@ impl OtherReplicas {
             retried: sum.retried,
             dead_lettered: sum.dead_lettered,
             in_flight: sum.in_flight,
+            keys_in_flight: keys.map(|k| k.keys_in_flight),
+            keys_held: keys.map(|k| k.keys_held),
+            oldest_held_ms: keys.map(|k| k.oldest_held_ms),
             last_error: own.last_error,
             last_error_at: own.last_error_at,
             last_delivery_at: own.last_delivery_at,
@@ -335,6 +363,7 @@ mod tests {
             dead_lettered: 0,
             in_flight,
             state,
+            keys: None,
         }
     }
 

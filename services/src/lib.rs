@@ -19,7 +19,8 @@ pub mod validation;
 pub use consumers::{
     batch_field_error, circuit_breaker_field_error, retry_field_error, AttemptLogSettings,
     BatchSettings, BuiltinTargets, CappedCreateError, ConsumerDefinition, ConsumerRegistry,
-    ConsumerView, RegistryError, UpdateOutcome,
+    ConsumerView, MissingKeyName, OrderingKeySettings, OrderingSettings, RegistryError,
+    UpdateOutcome, DEFAULT_ORDERED_MAX_HOLD,
 };
 pub use forwarder::{AttemptDetail, HttpForwarder};
 pub use management::{ConnectionInfo, ManagementClient, ManagementError, QueueRow};

@@ -177,6 +177,9 @@ pub struct RawQueue {
     /// `classic` or `quorum` (or another type the broker knows); absent on old brokers.
     #[serde(default, rename = "type")]
     pub queue_type: Option<String>,
+    /// The queue's arguments (`x-single-active-consumer`, …).
+    #[serde(default)]
+    pub arguments: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One row of `/getQueues`: a main queue with its companions folded in.
@@ -199,6 +202,9 @@ pub struct QueueRow {
     pub durable: bool,
     /// `classic` or `quorum`.
     pub queue_type: String,
+    /// Whether the broker delivers to one consumer at a time, as ordered
+    /// consumers need.
+    pub single_active_consumer: bool,
     /// Messages in `<queue>.dlq`.
     pub dead_letter_messages: u64,
 }
@@ -383,6 +389,11 @@ fn row_of(queue: &RawQueue) -> QueueRow {
         consumers: queue.consumers,
         durable: queue.durable,
         queue_type: queue.queue_type.clone().unwrap_or_else(|| "classic".into()),
+        single_active_consumer: queue
+            .arguments
+            .get("x-single-active-consumer")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
         dead_letter_messages: 0,
     }
 }
@@ -415,6 +426,7 @@ mod tests {
             consumers: 0,
             durable: true,
             queue_type: Some("classic".into()),
+            arguments: Default::default(),
         }
     }
 

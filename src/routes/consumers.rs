@@ -12,7 +12,8 @@ use serde_json::json;
 use services::targets::{DebugHeaders, DebugUrl};
 use services::{
     AttemptLogSettings, BatchSettings, BuiltinHandler, ConsumerDefinition, ConsumerView,
-    FieldError, HttpTarget, Role, SigningSecret, TargetSpec,
+    FieldError, HttpTarget, MissingKeyName, OrderingKeySettings, OrderingSettings, Role,
+    SigningSecret, TargetSpec,
 };
 use utoipa::ToSchema;
 
@@ -64,6 +65,53 @@ pub struct CreateConsumerRequest {
     #[schema(value_type = Option<BatchRequest>, nullable)]
     pub batch: Option<Option<BatchRequest>>,
     pub attempt_log: Option<AttemptLogRequest>,
+    /// Ordered delivery per key. Absent or `null`: off.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<OrderingRequest>, nullable)]
+    pub ordering: Option<Option<OrderingRequest>>,
+}
+
+/// One key's messages go to the target one at a time and in publish order
+/// (the next only once the one before is delivered or dead-lettered), up
+/// to `concurrency` keys at once; retries wait in place, never in delay
+/// queues. Needs a queue created with `singleActiveConsumer: true`, and
+/// one ordered consumer per queue; not with `batch`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrderingRequest {
+    /// Required to turn ordering on; on update, unset keeps the key.
+    pub key: Option<OrderingKeySettings>,
+    /// `unordered` (default): a message without the key is delivered at
+    /// once; `dead_letter`: it is dead-lettered.
+    pub missing_key: Option<MissingKeyName>,
+}
+
+/// Absent: `current` kept; `null`: off; an object: its fields over
+/// `current`'s. Checked with the rest of the definition
+/// (`ConsumerDefinition::ordering`).
+fn ordering_of(
+    request: Option<Option<OrderingRequest>>,
+    current: Option<&OrderingSettings>,
+) -> Result<Option<OrderingSettings>, FieldError> {
+    let Some(request) = request else {
+        return Ok(current.cloned());
+    };
+    let Some(request) = request else {
+        return Ok(None);
+    };
+    let key = request
+        .key
+        .or_else(|| current.map(|c| c.key.clone()))
+        .ok_or_else(|| {
+            FieldError::new("key", "required to turn ordered delivery on").within("ordering")
+        })?;
+    Ok(Some(OrderingSettings {
+        key,
+        missing_key: request
+            .missing_key
+            .or(current.map(|c| c.missing_key))
+            .unwrap_or_default(),
+    }))
 }
 
 /// Delivery history for this consumer: each attempt leaves a record
@@ -314,6 +362,7 @@ pub(super) struct ConsumerSettings {
     pub(super) signing_secret: Option<Option<SecretString>>,
     pub(super) batch: Option<Option<BatchRequest>>,
     pub(super) attempt_log: Option<AttemptLogRequest>,
+    pub(super) ordering: Option<Option<OrderingRequest>>,
 }
 
 /// Writes `settings` over `base`, checking the result as a whole: the one
@@ -357,6 +406,9 @@ pub(super) fn apply_settings(
     next.batch = batch_of(settings.batch, base.batch)?;
     next.batch()?;
     next.attempt_log = attempt_log_of(settings.attempt_log, base.attempt_log);
+    // Checked against the batch setting as it will be.
+    next.ordering = ordering_of(settings.ordering, base.ordering.as_ref())?;
+    next.ordering(state.registry.max_hold())?;
     if let Some(secret) = settings.signing_secret {
         next.signing_secret = secret
             .map(|raw| {
@@ -394,6 +446,7 @@ fn parse_definition(
         revision: 0,
         batch: None,
         attempt_log: None,
+        ordering: None,
     };
     let settings = ConsumerSettings {
         consumer_name: request.consumer_name,
@@ -406,6 +459,7 @@ fn parse_definition(
         signing_secret: request.signing_secret.map(Some),
         batch: request.batch,
         attempt_log: request.attempt_log,
+        ordering: request.ordering,
     };
     apply_settings(state, settings, &base)
 }
@@ -450,9 +504,9 @@ fn default_target(state: &AppState) -> Result<TargetSpec, ApiError> {
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 201, description = "Stored and started", example = json!({"message": "Consumer has been created successfully.", "consumerId": "0b6f…"})),
-        (status = 400, description = "Invalid target, secret, prefetch, concurrency, rateLimitPerSec, retry policy or batch", body = crate::error::ErrorBody),
+        (status = 400, description = "Invalid target, secret, prefetch, concurrency, rateLimitPerSec, retry policy, batch or ordering", body = crate::error::ErrorBody),
         (status = 404, description = "No such queue", body = crate::error::ErrorBody),
-        (status = 409, description = "This gateway already runs MAX_CONSUMERS consumers", body = crate::error::ErrorBody)))]
+        (status = 409, description = "This gateway already runs MAX_CONSUMERS consumers; or ordering on a queue without singleActiveConsumer, or with an ordered consumer already", body = crate::error::ErrorBody)))]
 pub async fn create_consumer(
     _: Admin,
     state: web::Data<AppState>,
@@ -470,6 +524,7 @@ pub async fn create_consumer(
             definition.queue_name
         )));
     }
+    check_ordered_queue(&state, &definition).await?;
     let view = state
         .registry
         .create_within(definition, state.settings.max_consumers)
@@ -479,6 +534,43 @@ pub async fn create_consumer(
         "consumerId": view.consumer_id,
         "consumer": view,
     })))
+}
+
+/// An ordered consumer keeps order across replicas only on a queue with a
+/// single active consumer, and alone on it: another consumer's deliveries
+/// would run beside its own. 409 otherwise, naming what is missing.
+pub(super) async fn check_ordered_queue(
+    state: &AppState,
+    definition: &ConsumerDefinition,
+) -> Result<(), ApiError> {
+    if definition.ordering.is_none() {
+        return Ok(());
+    }
+    let queue = &definition.queue_name;
+    let single_active = state
+        .management
+        .queues()
+        .await?
+        .into_iter()
+        .find(|row| &row.queue_name == queue)
+        .is_some_and(|row| row.single_active_consumer);
+    if !single_active {
+        return Err(ApiError::Conflict(format!(
+            "ordering needs a queue with a single active consumer, and `{queue}` has none; create the queue with `singleActiveConsumer: true`"
+        )));
+    }
+    let other_ordered = state.registry.list().await?.into_iter().find(|view| {
+        &view.queue_name == queue
+            && view.ordering.is_some()
+            && view.consumer_id != definition.consumer_id
+    });
+    if let Some(other) = other_ordered {
+        return Err(ApiError::Conflict(format!(
+            "`{queue}` already has an ordered consumer (`{}`); a queue takes one",
+            other.consumer_id
+        )));
+    }
+    Ok(())
 }
 
 /// Admins see targets as stored; everyone else with their secrets masked.

@@ -39,6 +39,10 @@ pub struct CreateQueueRequest {
     /// Default true: also create `<queue>.dlq` and route expired or
     /// overflowing messages there.
     pub dead_letter: Option<bool>,
+    /// Default false: the broker delivers to one consumer at a time, and
+    /// another takes over when it goes (`x-single-active-consumer`). What
+    /// an ordered consumer needs.
+    pub single_active_consumer: Option<bool>,
 }
 
 /// The queue types a caller may ask for.
@@ -70,6 +74,7 @@ impl CreateQueueRequest {
             message_ttl_ms: req.message_ttl_ms,
             max_length: req.max_length,
             dead_letter: req.dead_letter.unwrap_or(true),
+            single_active_consumer: req.single_active_consumer.unwrap_or(false),
         };
         if spec.queue_type == QueueType::Quorum && !spec.durable {
             return Err(FieldError::new(

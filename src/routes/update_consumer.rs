@@ -13,8 +13,8 @@ use services::{FieldError, UpdateOutcome};
 use utoipa::ToSchema;
 
 use super::consumers::{
-    apply_settings, present, AttemptLogRequest, BatchRequest, CircuitBreakerRequest,
-    ConsumerSettings, RetryRequest, TargetRequest,
+    apply_settings, check_ordered_queue, present, AttemptLogRequest, BatchRequest,
+    CircuitBreakerRequest, ConsumerSettings, OrderingRequest, RetryRequest, TargetRequest,
 };
 use crate::error::ApiError;
 use crate::extract::Json;
@@ -63,6 +63,12 @@ pub struct UpdateConsumerRequest {
     pub batch: Option<Option<BatchRequest>>,
     /// Unset fields keep their current values.
     pub attempt_log: Option<AttemptLogRequest>,
+    /// Unset fields keep their current values; `null` turns ordering off.
+    /// Turning it on is checked as on create (the queue's single active
+    /// consumer, one ordered consumer per queue).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<OrderingRequest>, nullable)]
+    pub ordering: Option<Option<OrderingRequest>>,
 }
 
 impl UpdateConsumerRequest {
@@ -86,6 +92,7 @@ impl UpdateConsumerRequest {
                 signing_secret: self.signing_secret,
                 batch: self.batch,
                 attempt_log: self.attempt_log,
+                ordering: self.ordering,
             },
         ))
     }
@@ -97,7 +104,7 @@ impl UpdateConsumerRequest {
         (status = 200, description = "Stored and applied here, once the old settings' in-flight deliveries were settled; every replica applies it within 5 s. The whole new definition, as /getConsumer shows it (never the secret)"),
         (status = 400, description = "A field is missing, unknown or out of bounds (named); nothing changed", body = crate::error::ErrorBody),
         (status = 404, description = "No consumer with this id", body = crate::error::ErrorBody),
-        (status = 409, description = "Another update was stored meanwhile; nothing changed, try again", body = crate::error::ErrorBody)))]
+        (status = 409, description = "Another update was stored meanwhile, or ordering on a queue without singleActiveConsumer or with another ordered consumer; nothing changed", body = crate::error::ErrorBody)))]
 pub async fn update_consumer(
     _: Admin,
     state: web::Data<AppState>,
@@ -111,6 +118,7 @@ pub async fn update_consumer(
         .await?
         .ok_or_else(not_found)?;
     let mut next = apply_settings(&state, settings, &base)?;
+    check_ordered_queue(&state, &next).await?;
     next.revision = base.revision + 1;
     match state.registry.update(next).await? {
         UpdateOutcome::Updated(view) => Ok(HttpResponse::Ok().json(view)),

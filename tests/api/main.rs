@@ -26,6 +26,7 @@ mod least_privilege;
 mod metrics;
 mod network_guard;
 mod not_found;
+mod ordering;
 mod publish;
 mod publish_batch;
 mod publish_limits;

@@ -12,7 +12,8 @@
 //!
 //! What the section does outside steps, the test does its own way: the
 //! `echo 'KEY=value' >> .env` lines become the gateway's settings, the
-//! ```python receiver runs as written (on a free port instead of 18511),
+//! receiver the section starts (`docs/hook.py`) runs as written (on a free
+//! port instead of 18511),
 //! and the gateway runs on a RabbitMQ vhost and a database of its own, as
 //! fresh as a newcomer's, with the built-in consumers on.
 
@@ -28,6 +29,8 @@ use crate::support::vhost::OwnVhost;
 
 /// The address the README's commands name, replaced by the test gateway's.
 const README_ADDRESS: &str = "http://127.0.0.1:8080";
+/// The walk-through's webhook receiver, which the section starts.
+const RECEIVER: &str = "docs/hook.py";
 /// The README receiver's port, replaced by a free one.
 const README_RECEIVER_PORT: &str = "18511";
 /// How long a GET step may take to show its documented answer: consumers,
@@ -190,7 +193,6 @@ fn parse_section(lines: Vec<(usize, &str)>) -> Walk {
     };
     for (i, block) in blocks.iter().enumerate() {
         match block.lang.as_str() {
-            "python" => walk.receiver = block.body.clone(),
             "sh" => {
                 let answer = blocks
                     .get(i + 1)
@@ -209,9 +211,11 @@ fn parse_section(lines: Vec<(usize, &str)>) -> Walk {
         }
     }
     assert!(
-        !walk.receiver.is_empty(),
-        "no ```python receiver in `## Try it`"
+        lines.iter().any(|(_, line)| line.contains(RECEIVER)),
+        "`## Try it` no longer starts its receiver, {RECEIVER}"
     );
+    walk.receiver = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(RECEIVER))
+        .expect("the walk-through's receiver is readable");
     walk
 }
 

@@ -36,11 +36,17 @@ pub enum ErrorKind {
     /// The copy to the delay or dead-letter queue could not be stored: handed
     /// back to come again.
     Broker,
+    /// An ordered consumer's message without its ordering key, under
+    /// `missingKey: "dead_letter"`.
+    OrderingKey,
+    /// An ordered consumer's retry would have held the delivery past
+    /// `ORDERED_MAX_HOLD_MS`.
+    HoldLimit,
 }
 
 impl ErrorKind {
     /// Every kind, in documentation order.
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 14] = [
         Self::Timeout,
         Self::Connect,
         Self::Dns,
@@ -53,6 +59,8 @@ impl ErrorKind {
         Self::InvalidRequest,
         Self::Request,
         Self::Broker,
+        Self::OrderingKey,
+        Self::HoldLimit,
     ];
 
     /// The kind's name as the API writes it.
@@ -70,6 +78,8 @@ impl ErrorKind {
             Self::InvalidRequest => "invalid_request",
             Self::Request => "request",
             Self::Broker => "broker",
+            Self::OrderingKey => "ordering_key",
+            Self::HoldLimit => "hold_limit",
         }
     }
 

@@ -12,6 +12,11 @@
 //! - `target`: what a delivery is handed to, and the `DeliveryOutcome` it
 //!   answers with; `failure`: why an attempt failed, as a kind from a
 //!   closed set.
+//! - `delivery`: one attempt of one delivery, from the call to its settling
+//!   and its record.
+//! - `ordering`: ordered delivery per key (opt-in): where a message's key
+//!   is read, and the per-key lanes; `ordered`: an ordered consumer's part
+//!   of a session (lanes, retries held in place, its shutdown).
 //! - `batch`: batch delivery (opt-in): gathering deliveries into one
 //!   request, and settling each message by the batch's answer.
 //! - `limits`: concurrency and rate limits, and the gate the worker
@@ -20,7 +25,8 @@
 //!   and the settling that only consumers configured with one pass through:
 //!   stop taking deliveries while a target keeps failing, hand the failures
 //!   back unspent, probe, close.
-//! - `retry`: the backoff policy, as waiting in broker-side delay queues.
+//! - `retry`: the backoff policy, as waiting in broker-side delay queues
+//!   (an ordered consumer waits in place instead, `ordered`).
 //! - `settle`: **where a delivery is acked**, and nowhere else: a consumer's
 //!   deliveries in `AckWindow::flush` and `AckWindow::ack_stragglers`, after
 //!   a 2xx or after the broker confirmed their retry or dead-letter copy; a
@@ -35,8 +41,11 @@ mod attempts;
 mod batch;
 mod batch_policy;
 mod breaker;
+mod delivery;
 mod failure;
 mod limits;
+mod ordered;
+mod ordering;
 mod retry;
 mod settle;
 mod spec;
@@ -51,10 +60,11 @@ pub use breaker::{
     CircuitBreaker, CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot, CircuitState,
 };
 pub use limits::{Concurrency, LimitError, LiveReplicas, RatePerSec};
+pub use ordering::{KeySource, MissingKey, OrderingError, OrderingPolicy};
 pub use retry::{RetryPolicy, RetryPolicyError, DELAY_LADDER_MS};
 pub(crate) use settle::{attempt_of, kept_properties, settle_replayed, Replayed};
 pub use spec::{ConsumerId, ConsumerSpec};
-pub use stats::{ConsumerState, ConsumerStats, StatsSnapshot};
+pub use stats::{ConsumerState, ConsumerStats, KeysSnapshot, StatsSnapshot};
 pub use supervisor::{ConsumerSupervisor, Flow};
 pub use target::{
     Answer, Attempt, Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget, ErrorKind, Failure,

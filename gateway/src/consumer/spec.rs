@@ -5,6 +5,7 @@ use std::fmt;
 
 use super::batch_policy::BatchPolicy;
 use super::limits::{Concurrency, RatePerSec};
+use super::ordering::OrderingPolicy;
 use super::{CircuitBreakerPolicy, RetryPolicy};
 use crate::QueueName;
 
@@ -66,4 +67,7 @@ pub struct ConsumerSpec {
     pub batch: Option<BatchPolicy>,
     /// Whether each attempt leaves a record (`attemptLog.enabled`).
     pub record_attempts: bool,
+    /// `None`: deliveries go to the target as they come, retries through
+    /// delay queues; `Some`: one key at a time, in order, retried in place.
+    pub ordering: Option<OrderingPolicy>,
 }

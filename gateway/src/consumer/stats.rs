@@ -3,7 +3,7 @@
 //! and `/metrics` always agree.
 
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -49,6 +49,54 @@ pub struct ConsumerStats {
     last_delivery_at_ms: AtomicI64,
     /// The last error with when it happened.
     last_error: Mutex<Option<(String, chrono::DateTime<chrono::Utc>)>>,
+    /// Set once the consumer first runs ordered: only ordered consumers
+    /// carry these series.
+    ordering: OnceLock<OrderingGauges>,
+}
+
+/// An ordered consumer's keys, live: what `stats` and `/metrics` show.
+pub struct OrderingGauges {
+    keys_in_flight: Gauge,
+    keys_held: Gauge,
+    oldest_held_ms: Gauge,
+}
+
+/// An ordered consumer's keys at one moment.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KeysSnapshot {
+    /// Keys with a message at the target now.
+    pub keys_in_flight: u64,
+    /// Keys whose head waits for a retry in place.
+    pub keys_held: u64,
+    /// How long the longest-held of those has been held, unacked.
+    pub oldest_held_ms: u64,
+}
+
+impl OrderingGauges {
+    fn registered(metrics: &DeliveryMetrics, labels: &ConsumerLabels) -> Self {
+        Self {
+            keys_in_flight: metrics.keys_in_flight.get_or_create_owned(labels),
+            keys_held: metrics.keys_held.get_or_create_owned(labels),
+            oldest_held_ms: metrics.oldest_held_ms.get_or_create_owned(labels),
+        }
+    }
+
+    pub(crate) fn set(&self, in_flight: usize, held: usize, oldest_held: Duration) {
+        self.keys_in_flight
+            .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+        self.keys_held.set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.oldest_held_ms
+            .set(i64::try_from(oldest_held.as_millis()).unwrap_or(i64::MAX));
+    }
+
+    fn snapshot(&self) -> KeysSnapshot {
+        KeysSnapshot {
+            keys_in_flight: self.keys_in_flight.get().max(0) as u64,
+            keys_held: self.keys_held.get().max(0) as u64,
+            oldest_held_ms: self.oldest_held_ms.get().max(0) as u64,
+        }
+    }
 }
 
 impl Default for ConsumerStats {
@@ -65,6 +113,7 @@ impl Default for ConsumerStats {
             target_seconds: latency_histogram(),
             last_delivery_at_ms: AtomicI64::new(0),
             last_error: Mutex::new(None),
+            ordering: OnceLock::new(),
         }
     }
 }
@@ -90,6 +139,8 @@ pub struct StatsSnapshot {
     pub last_error_at: Option<String>,
     /// When the last delivery was taken (RFC 3339).
     pub last_delivery_at: Option<String>,
+    /// An ordered consumer's keys; `None` for one never run ordered.
+    pub keys: Option<KeysSnapshot>,
 }
 
 const RECONNECTING: u8 = 0;
@@ -119,7 +170,19 @@ impl ConsumerStats {
             target_seconds: metrics.target_seconds.get_or_create_owned(labels),
             last_delivery_at_ms: AtomicI64::new(0),
             last_error: Mutex::new(None),
+            ordering: OnceLock::new(),
         }
+    }
+
+    /// Gives the consumer its ordering series, once: it runs ordered.
+    pub(crate) fn run_ordered(&self, metrics: &DeliveryMetrics, labels: &ConsumerLabels) {
+        self.ordering
+            .get_or_init(|| OrderingGauges::registered(metrics, labels));
+    }
+
+    /// The ordering series, once the consumer ran ordered.
+    pub(crate) fn ordering(&self) -> Option<&OrderingGauges> {
+        self.ordering.get()
     }
 
     /// The state now.
@@ -203,6 +266,7 @@ impl ConsumerStats {
                 .then(|| chrono::DateTime::from_timestamp_millis(last_ms))
                 .flatten()
                 .map(|t| t.to_rfc3339()),
+            keys: self.ordering.get().map(OrderingGauges::snapshot),
         }
     }
 }

@@ -273,6 +273,9 @@ impl ConsumerSupervisor {
         breaker: &Option<Arc<CircuitBreaker>>,
     ) -> RunningWorker {
         let cancel = CancellationToken::new();
+        if spec.ordering.is_some() {
+            stats.run_ordered(&self.metrics, &labels_of(spec));
+        }
         let worker = ConsumerWorker {
             spec: spec.clone(),
             broker: self.broker.clone(),
@@ -287,7 +290,13 @@ impl ConsumerSupervisor {
             stats: stats.clone(),
             breaker: breaker.clone(),
             consumer_tag: format!("workerrmq-{}-{}", self.instance_id, spec.id),
-            live_replicas: self.live_replicas.clone(),
+            // An ordered consumer's queue has a single active consumer: the
+            // one replica taking deliveries takes the whole rate.
+            live_replicas: if spec.ordering.is_some() {
+                LiveReplicas::new()
+            } else {
+                self.live_replicas.clone()
+            },
             recorder: self
                 .attempt_log
                 .clone()

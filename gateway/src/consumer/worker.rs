@@ -42,16 +42,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::attempts::{AttemptRecorder, Made, Started};
+use super::attempts::AttemptRecorder;
 use super::batch::{self, BatchRun, Batcher};
 use super::breaker::{self, Admission, CircuitBreaker, Gate, GateEnd};
+use super::delivery::{DeliveryRun, InFlightGuard, Step};
 use super::limits::{CallSlot, DeliveryGate, LiveReplicas};
-use super::settle::{attempt_of, delivery_attempt, delivery_span, AckWindow, Settled, Settler};
+use super::ordered::{self, Event, OrderedSession};
+use super::settle::{delivery_attempt, delivery_span, AckWindow, Settled, Settler};
 use super::spec::ConsumerSpec;
 use super::stats::{ConsumerState, ConsumerStats};
-use super::target::{
-    Attempt, Batch, DeliveryOutcome, DeliveryTarget, ErrorKind, Failure, IncomingMessage,
-};
+use super::target::{Batch, DeliveryTarget, IncomingMessage};
 use crate::connection::reconnect_backoff;
 use crate::trace::{self, Traceparent};
 use crate::{Broker, BrokerError, ConsumerLease};
@@ -238,6 +238,19 @@ impl ConsumerWorker {
         }
     }
 
+    /// What each delivery's attempt uses.
+    fn delivery_run(&self) -> DeliveryRun {
+        DeliveryRun {
+            target: self.target.clone(),
+            settler: self.settler.clone(),
+            stats: self.stats.clone(),
+            breaker: self.breaker.clone(),
+            recorder: self.recorder.clone(),
+        }
+    }
+
+    /// A plain consumer's delivery: one attempt, always settled (a retry
+    /// waits in a delay queue).
     fn handle(
         &self,
         mut delivery: Delivery,
@@ -245,91 +258,15 @@ impl ConsumerWorker {
     ) -> impl std::future::Future<Output = (u64, Settled)> + Send + 'static {
         let message = self.incoming(&mut delivery);
         let span = delivery_span(&self.spec.id, &message);
-        let target = self.target.clone();
-        let settler = self.settler.clone();
-        let stats = self.stats.clone();
-        let breaker = self.breaker.clone();
-        let recorder = self.recorder.clone();
+        let run = self.delivery_run();
         async move {
-            let _in_flight = InFlightGuard::new(stats.clone());
-            let started = Started::now();
-            // Past its attempts only through the broker's redeliveries (a
-            // message that crashed the gateway, say): it does not reach
-            // the target again.
-            if message.attempt > settler.policy.max_attempts {
-                let failure = Failure::new(
-                    ErrorKind::DeliveryLimit,
-                    format!(
-                        "gave up after {} attempt(s): the broker redelivered it without an outcome ({} {})",
-                        message.attempt,
-                        crate::headers::DELIVERY_COUNT,
-                        message.attempt - attempt_of(&delivery.properties)
-                    ),
-                );
-                tracing::info!("past its attempts through the broker's redeliveries: dead-lettering it without a call");
-                let settled = settler
-                    .settle(&delivery, &message, DeliveryOutcome::reject(failure.clone()))
-                    .await;
-                if let Some(recorder) = &recorder {
-                    let made = Made {
-                        started: &started,
-                        answered_after: None,
-                        batch_id: None,
-                        request: None,
-                        answer: None,
-                        error: Some(failure),
-                        circuit_open: false,
-                    };
-                    recorder.record(&message, made, settled);
-                }
-                return (delivery.delivery_tag, settled);
-            }
-            // A target that panics gets a retry like any failure, so a
-            // poison message ends in the dead-letter queue after its
-            // attempts instead of spinning, and its tag is always settled.
-            let attempt = std::panic::AssertUnwindSafe(target.deliver(&message))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    tracing::error!("the delivery's handler panicked");
-                    DeliveryOutcome::retry(Failure::new(ErrorKind::Handler, "the handler panicked"))
-                        .into()
-                });
-            drop(call_slot);
-            let answered_after = started.clock.elapsed();
-            stats.target_answered(answered_after);
-            let Attempt {
-                outcome,
-                request,
-                answer,
-            } = attempt;
-            let error = recorder
-                .as_ref()
-                .and_then(|_| outcome.failure().cloned());
-            // Only a consumer configured with a circuit breaker passes its
-            // stage; the others settle straight away.
-            let mut circuit_open = false;
-            let settled = match &breaker {
-                Some(breaker) => {
-                    let open = breaker.record_request(&outcome);
-                    circuit_open = open;
-                    breaker::settle_unless_open(open, &settler, &delivery, &message, outcome)
-                        .await
-                }
-                None => settler.settle(&delivery, &message, outcome).await,
+            let settled = match run.attempt(&delivery, &message, call_slot, None).await {
+                Step::Settled(settled) => settled,
+                // Without an in-place budget an attempt is always settled;
+                // were it not, the broker takes it back when the channel
+                // closes.
+                Step::Hold { .. } => Settled::HandedBack,
             };
-            if let Some(recorder) = &recorder {
-                let made = Made {
-                    started: &started,
-                    answered_after: Some(answered_after),
-                    batch_id: None,
-                    request: request.as_ref(),
-                    answer: answer.as_ref(),
-                    error,
-                    circuit_open,
-                };
-                recorder.record(&message, made, settled);
-            }
             (delivery.delivery_tag, settled)
         }
         .instrument(span)
@@ -386,6 +323,9 @@ struct Session<'w> {
     /// to the target, handed back to the queue when the session ends.
     held: Vec<Delivery>,
     in_flight: JoinSet<(u64, Settled)>,
+    /// Ordered consumers only: their deliveries by key, and those at the
+    /// target or held for a retry in place (these are not in `in_flight`).
+    ordered: Option<Box<OrderedSession>>,
     /// Batch consumers only: the batch being gathered, and those sent.
     batcher: Option<Batcher>,
     batches: JoinSet<Vec<(u64, Settled)>>,
@@ -405,6 +345,10 @@ impl<'w> Session<'w> {
             limits: DeliveryGate::new(spec.concurrency, spec.rate_limit, &worker.live_replicas),
             held: Vec::new(),
             in_flight: JoinSet::new(),
+            ordered: spec
+                .ordering
+                .clone()
+                .map(|policy| Box::new(OrderedSession::new(policy, worker.stats.clone()))),
             batcher: spec
                 .batch
                 .map(|policy| Batcher::new(policy, gate.prefetch(spec.prefetch))),
@@ -432,6 +376,7 @@ impl<'w> Session<'w> {
     ) -> Result<SessionEnd, BrokerError> {
         loop {
             self.send_gathered_batch();
+            self.send_ready_ordered();
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
                 ended = self.gate.ended() => {
@@ -451,6 +396,9 @@ impl<'w> Session<'w> {
                 Some(done) = self.batches.join_next(), if !self.batches.is_empty() => {
                     settle_joined_batch(&mut self.acks, done)?;
                     self.ack_or_arm().await?;
+                }
+                event = ordered::next_event(self.ordered.as_deref_mut()), if self.ordered.as_ref().is_some_and(|o| o.busy()) => {
+                    self.on_ordered(event).await?;
                 }
                 _ = batch::expired(self.batcher.as_mut()), if self.batcher.as_ref().is_some_and(Batcher::waiting) => {}
                 _ = &mut self.flush_timer, if self.timer_armed => {
@@ -486,9 +434,55 @@ impl<'w> Session<'w> {
         }
     }
 
+    /// An ordered consumer's next ready delivery goes out once the limits
+    /// let one more call start.
+    fn send_ready_ordered(&mut self) {
+        if let Some(ordered) = self.ordered.as_mut() {
+            if ordered.has_ready() && self.limits.is_open() {
+                let call_slot = self.limits.start();
+                ordered.dispatch(call_slot, &self.worker.delivery_run(), &self.worker.spec.id);
+            }
+        }
+    }
+
+    /// An ordered attempt ended, or a held retry is due.
+    async fn on_ordered(&mut self, event: Event) -> Result<(), BrokerError> {
+        let Some(ordered) = self.ordered.as_mut() else {
+            return Ok(());
+        };
+        match event {
+            Event::Finished(done) => {
+                ordered
+                    .finished(done, &mut self.acks)
+                    .await
+                    .map_err(|err| BrokerError::unavailable("running a delivery task", err))?;
+                self.ack_or_arm().await?;
+                // Deliveries waiting for their key's turn (or held for a
+                // retry) are normal here, not slow ones: what settled
+                // behind them is acked at once, or the prefetch window
+                // would fill with settled deliveries.
+                if self.acks.stragglers() > 0 {
+                    self.acks
+                        .ack_stragglers(&self.channel, Duration::ZERO)
+                        .await?;
+                }
+                Ok(())
+            }
+            Event::Tick => {
+                ordered.release_due();
+                Ok(())
+            }
+        }
+    }
+
     /// Whether to take the next delivery: one at a time takes a call slot;
-    /// a batch consumer gathers until its batch is full instead.
+    /// a batch consumer gathers until its batch is full instead; an ordered
+    /// one takes deliveries while none waits for a slot (a delivery whose
+    /// key is busy waits in its lane without one).
     fn taking(&self) -> bool {
+        if let Some(ordered) = &self.ordered {
+            return self.limits.is_open() && !ordered.has_ready();
+        }
         self.batcher
             .as_ref()
             .map_or(self.limits.is_open(), |b| !b.is_full())
@@ -504,6 +498,16 @@ impl<'w> Session<'w> {
         self.acks.track(delivery.delivery_tag);
         if !self.gate.admit() {
             self.held.push(delivery);
+            return Ok(());
+        }
+        if let Some(ordered) = self.ordered.as_mut() {
+            let worker = self.worker;
+            ordered.arrive(
+                delivery,
+                |d| worker.incoming(d),
+                &worker.delivery_run(),
+                &worker.spec.id,
+            );
             return Ok(());
         }
         let Some(gathered) = self.batcher.as_mut() else {
@@ -529,7 +533,9 @@ impl<'w> Session<'w> {
 
     /// Acks now, or arms the flush timer (`ack_or_arm`).
     async fn ack_or_arm(&mut self) -> Result<(), BrokerError> {
-        let idle = self.in_flight.is_empty() && self.batches.is_empty();
+        let idle = self.in_flight.is_empty()
+            && self.batches.is_empty()
+            && self.ordered.as_ref().is_none_or(|o| !o.busy());
         ack_or_arm(
             &mut self.acks,
             &self.channel,
@@ -549,6 +555,9 @@ impl<'w> Session<'w> {
     /// when `close` closes the channel.
     async fn drain(&mut self) {
         self.stop_taking().await;
+        if self.ordered.is_some() {
+            return self.drain_ordered().await;
+        }
         self.hand_back_unsent().await;
         let finished = self.finish_in_flight().await;
         self.ack_settled().await;
@@ -559,6 +568,28 @@ impl<'w> Session<'w> {
                 "drain timed out; handing the rest back to the queue"
             );
         }
+    }
+
+    /// An ordered session's drain (`ordered`): the attempts at the target
+    /// end first, then everything not final goes back in delivery order.
+    async fn drain_ordered(&mut self) {
+        let Some(ordered) = self.ordered.as_mut() else {
+            return;
+        };
+        let finished = ordered.drain(&mut self.acks, DRAIN_TIMEOUT).await;
+        if finished {
+            // Held while the circuit was open: they came after every
+            // delivery above, so they go back after them.
+            for delivery in std::mem::take(&mut self.held) {
+                self.acks.hand_back(&delivery).await;
+            }
+        } else {
+            tracing::warn!(
+                unsettled = ordered.at_target(),
+                "drain timed out; handing the rest back to the queue"
+            );
+        }
+        self.ack_settled().await;
     }
 
     /// basic.cancel: the broker sends this consumer nothing more; what it
@@ -623,6 +654,9 @@ impl<'w> Session<'w> {
     /// delivery to the queue.
     async fn close(mut self) {
         self.in_flight.abort_all();
+        if let Some(ordered) = self.ordered.as_mut() {
+            ordered.abort();
+        }
         self.batches.abort_all();
         if self.channel.status().connected() {
             let _ = self.channel.close(200, "consumer stopped".into()).await;
@@ -715,21 +749,4 @@ fn settle_joined(
         }
     }
     Ok(())
-}
-
-/// Counts a delivery as in flight until it is settled, or its task is
-/// aborted.
-struct InFlightGuard(Arc<ConsumerStats>);
-
-impl InFlightGuard {
-    fn new(stats: Arc<ConsumerStats>) -> Self {
-        stats.delivery_started();
-        Self(stats)
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.delivery_finished();
-    }
 }

@@ -509,13 +509,17 @@ views.queues = {
         el("label.wide", {}, "Queue name", el("input", { name: "queueName", required: true, maxlength: 240 })),
         el("label", {}, "Type", el("select", { name: "queueType" },
           el("option", { value: "classic" }, "classic"), el("option", { value: "quorum" }, "quorum"))),
+        el("label", { title: "One consumer at a time, as ordered delivery needs" }, "Single active consumer",
+          el("input", { name: "singleActiveConsumer", type: "checkbox" })),
         el("button", { type: "submit" }, "Create queue"));
       form.addEventListener("submit", (event) => {
         event.preventDefault();
         const data = new FormData(form);
         const queueName = String(data.get("queueName")).trim();
         act(form.querySelector("button"), async () => {
-          await api("POST", "createQueue", { queueName, queueType: data.get("queueType") });
+          await api("POST", "createQueue", {
+            queueName, queueType: data.get("queueType"), singleActiveConsumer: data.has("singleActiveConsumer"),
+          });
           form.reset();
           showNotice(`Queue ${queueName} created.`);
         });
@@ -564,7 +568,8 @@ views.queues = {
       }
       const deadLink = el("a", { href: `#/dead-letters/${encodeURIComponent(q.queueName)}` });
       return el("tr", { "data-queue": q.queueName },
-        el("td.name", {}, q.queueName), el("td", {}, q.queueType),
+        el("td.name", {}, q.queueName),
+        el("td", {}, q.singleActiveConsumer ? `${q.queueType}, single active` : q.queueType),
         el("td.num", { "data-field": "ready" }), el("td.num", { "data-field": "unacked" }),
         el("td.num", { "data-field": "retrying" }), el("td.num", { "data-field": "dead-letters" }, deadLink),
         el("td.num", { "data-field": "consumers" }), allows("publisher") ? actions : null);
@@ -702,7 +707,8 @@ views.consumers = {
         }, "Delete"));
       }
       return el("tr", { "data-consumer-id": c.consumerId },
-        el("td.name", {}, el("span", { "data-field": "name" }), el("span.sub", { "data-field": "queue" })),
+        el("td.name", {}, el("span", { "data-field": "name" }), el("span.sub", { "data-field": "queue" }),
+          el("span.sub", { "data-field": "keys" })),
         el("td.target"), el("td.state"),
         el("td.num", { "data-field": "in-flight" }), el("td.num", { "data-field": "acked" }),
         el("td.num", { "data-field": "acked-rate" }), el("td.num", { "data-field": "latency" }),
@@ -714,8 +720,15 @@ views.consumers = {
     }, (row, c) => {
       const [name, target, state, inFlight, acked, rate, latencyCell, retried, dead, error, actions] = row.cells;
       row.dataset.state = c.state;
-      setText(name.firstChild, c.consumerName);
-      setText(name.lastChild, c.queueName);
+      setText($('[data-field="name"]', name), c.consumerName);
+      setText($('[data-field="queue"]', name), c.queueName);
+      // Ordered consumers: their keys at the target and held for a retry.
+      const keys = $('[data-field="keys"]', name);
+      keys.hidden = !c.ordering;
+      setText(keys, c.ordering
+        ? `ordered · ${fmt(c.stats.keysInFlight ?? 0)} keys in flight · ${fmt(c.stats.keysHeld ?? 0)} held` +
+          (c.stats.keysHeld ? ` (oldest ${fmtSeconds((c.stats.oldestHeldMs ?? 0) / 1000)})` : "")
+        : "");
       setText(target, targetText(c.target));
       setBadge(state, c.state);
       setText(inFlight, fmt(c.stats.inFlight));

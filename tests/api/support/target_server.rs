@@ -68,6 +68,9 @@ pub struct Recorded {
     /// The status the target answers it with (scripted at arrival; the
     /// client may have gone before the answer was sent).
     pub answered: u16,
+    /// When the answer went out; `None` while held, or when the client
+    /// gave up first.
+    pub answered_at: Option<Instant>,
 }
 
 impl Recorded {
@@ -98,8 +101,13 @@ struct Script {
     then: Option<Reply>,
 }
 
+/// Chooses the reply from the request itself (its headers and body).
+pub type Responder = Arc<dyn Fn(&BTreeMap<String, String>, &[u8]) -> Reply + Send + Sync>;
+
 struct Shared {
     default: Mutex<Reply>,
+    /// When set, answers every request in place of the scripts.
+    responder: Mutex<Option<Responder>>,
     /// What a request carrying `x-workerrmq-attempt: 1` answers, when set.
     first_attempt: Mutex<Option<Reply>>,
     scripts: Mutex<HashMap<String, Script>>,
@@ -137,6 +145,7 @@ impl TargetServer {
         let port = listener.local_addr().expect("a local address").port();
         let shared = Arc::new(Shared {
             default: Mutex::new(Reply::ok()),
+            responder: Mutex::new(None),
             first_attempt: Mutex::new(None),
             scripts: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
@@ -180,6 +189,15 @@ impl TargetServer {
     /// `reply`, whatever the path; later attempts answer as scripted.
     pub fn set_first_attempt(&self, reply: Reply) {
         *self.shared.first_attempt.lock().unwrap() = Some(reply);
+    }
+
+    /// Every request is answered as `responder` decides from its (lower-case)
+    /// headers and body, whatever the path or scripts.
+    pub fn set_responder(
+        &self,
+        responder: impl Fn(&BTreeMap<String, String>, &[u8]) -> Reply + Send + Sync + 'static,
+    ) {
+        *self.shared.responder.lock().unwrap() = Some(Arc::new(responder));
     }
 
     /// `path` answers `replies` in order, then `then` for ever.
@@ -294,11 +312,6 @@ async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared
         .headers()
         .get("x-workerrmq-attempt")
         .is_some_and(|a| a.as_bytes() == b"1");
-    let on_first = shared.first_attempt.lock().unwrap().clone();
-    let reply = match on_first {
-        Some(reply) if first_attempt => reply,
-        _ => shared.next_reply(&path),
-    };
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in request.headers() {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -310,18 +323,31 @@ async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared
             })
             .or_insert(value);
     }
+    let responder = shared.responder.lock().unwrap().clone();
+    let on_first = shared.first_attempt.lock().unwrap().clone();
+    let reply = match (responder, on_first) {
+        (Some(responder), _) => responder(&headers, &body),
+        (None, Some(reply)) if first_attempt => reply,
+        _ => shared.next_reply(&path),
+    };
     let _held = Held::new(shared.clone().into_inner());
-    shared.requests.lock().unwrap().push(Recorded {
-        method: request.method().to_string(),
-        path,
-        headers,
-        body: body.to_vec(),
-        received_at,
-        answered: reply.status,
-    });
+    let index = {
+        let mut requests = shared.requests.lock().unwrap();
+        requests.push(Recorded {
+            method: request.method().to_string(),
+            path,
+            headers,
+            body: body.to_vec(),
+            received_at,
+            answered: reply.status,
+            answered_at: None,
+        });
+        requests.len() - 1
+    };
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
+    shared.requests.lock().unwrap()[index].answered_at = Some(Instant::now());
     let status = actix_web::http::StatusCode::from_u16(reply.status).expect("a valid status");
     let mut response = HttpResponse::build(status);
     if let Some(retry_after) = &reply.retry_after {
