@@ -192,22 +192,20 @@ fn parse_section(lines: Vec<(usize, &str)>) -> Walk {
         env: Vec::new(),
     };
     for (i, block) in blocks.iter().enumerate() {
-        match block.lang.as_str() {
-            "sh" => {
-                let answer = blocks
-                    .get(i + 1)
-                    .filter(|next| blank_between(block, next))
-                    .and_then(|next| AnswerKind::of(&next.lang).map(|kind| (kind, next)));
-                match answer {
-                    Some((kind, next)) => walk.steps.push(step(block, kind, &next.body)),
-                    None if block.body.contains("curl ") => panic!(
-                        "README line {}: a curl command with no ```json or ```text answer after it",
-                        block.first_line
-                    ),
-                    None => walk.env.extend(env_lines(&block.body)),
-                }
-            }
-            _ => {}
+        if block.lang != "sh" {
+            continue;
+        }
+        let answer = blocks
+            .get(i + 1)
+            .filter(|next| blank_between(block, next))
+            .and_then(|next| AnswerKind::of(&next.lang).map(|kind| (kind, next)));
+        match answer {
+            Some((kind, next)) => walk.steps.push(step(block, kind, &next.body)),
+            None if block.body.contains("curl ") => panic!(
+                "README line {}: a curl command with no ```json or ```text answer after it",
+                block.first_line
+            ),
+            None => walk.env.extend(env_lines(&block.body)),
         }
     }
     assert!(
