@@ -71,11 +71,10 @@ async fn receive(state: web::Data<SinkState>, body: web::Bytes) -> HttpResponse 
         }
     }
     state.received.fetch_add(1, Ordering::Relaxed);
-    let failing = state
-        .failing
-        .lock()
-        .ok()
-        .and_then(|f| f.as_ref().map(|(prefix, until)| (body.starts_with(prefix), *until)));
+    let failing = state.failing.lock().ok().and_then(|f| {
+        f.as_ref()
+            .map(|(prefix, until)| (body.starts_with(prefix), *until))
+    });
     match failing {
         Some((true, until)) if std::time::Instant::now() < until => {
             return HttpResponse::ServiceUnavailable().finish();
@@ -144,7 +143,8 @@ impl Sink {
     /// from now; `None` ends it.
     pub fn fail_prefix_for(&self, failing: Option<(&[u8], Duration)>) {
         if let Ok(mut f) = self.state.failing.lock() {
-            *f = failing.map(|(prefix, how_long)| (prefix.to_vec(), std::time::Instant::now() + how_long));
+            *f = failing
+                .map(|(prefix, how_long)| (prefix.to_vec(), std::time::Instant::now() + how_long));
         }
     }
 

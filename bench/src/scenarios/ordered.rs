@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use lapin::options::BasicPublishOptions;
 use serde_json::{json, Value};
 
-use super::{amqp, confirm_channel, persistent, per_second, round, suffix, wait_acked};
+use super::{amqp, confirm_channel, per_second, persistent, round, suffix, wait_acked};
 use crate::gateway_process::GatewayProcess;
 use crate::options::Options;
 use crate::sink::Sink;
@@ -34,7 +34,11 @@ fn keyed_payload(i: usize) -> Vec<u8> {
     format!("{{\"key\":\"{key}\",\"pad\":\"{pad}\"}}").into_bytes()
 }
 
-async fn preload_keyed(connection: &lapin::Connection, queue: &str, n: usize) -> anyhow::Result<()> {
+async fn preload_keyed(
+    connection: &lapin::Connection,
+    queue: &str,
+    n: usize,
+) -> anyhow::Result<()> {
     let channel = confirm_channel(connection).await?;
     let mut pending = Vec::with_capacity(1000);
     for i in 0..n {
@@ -65,10 +69,7 @@ enum Done {
     /// Every message of the keys other than the failing one was taken;
     /// the failing key's requests are answered 503 for a while from the
     /// consumer's creation.
-    Others {
-        taken: u64,
-        failing_prefix: Vec<u8>,
-    },
+    Others { taken: u64, failing_prefix: Vec<u8> },
 }
 
 /// One consumer over a freshly loaded queue: messages per second from its
