@@ -370,3 +370,39 @@ async fn a_publishers_message_for_a_builtin_queue_is_refused_403_and_the_others_
     assert_eq!(app.message_count(&users).await, Some(0));
     assert_enqueued_in_order(&app, &[ordinary], &messages, &expected).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_spec_describes_the_batch_its_messages_and_its_answer() {
+    let app = spawn_app().await;
+    let spec = assert_json(
+        app.request_anonymous(reqwest::Method::GET, "/openapi.json", None)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let operation = &spec["paths"]["/messagePublishBatch"]["post"];
+    let request = operation["requestBody"]["content"]["application/json"]["schema"].to_string();
+    assert!(request.contains("PublishBatchRequest"), "{operation}");
+    for status in ["200", "400", "401", "403", "413", "415"] {
+        assert!(
+            operation["responses"][status].is_object(),
+            "no {status} in {operation}"
+        );
+    }
+    let schemas = &spec["components"]["schemas"];
+    let messages = &schemas["PublishBatchRequest"]["properties"]["messages"];
+    assert_eq!(messages["minItems"], 1, "{messages}");
+    assert_eq!(messages["maxItems"], 1000, "{messages}");
+    assert!(
+        messages["items"].to_string().contains("PublishRequest"),
+        "{messages}"
+    );
+    let answer = &schemas["PublishBatchAnswer"]["properties"];
+    for field in ["results", "accepted", "rejected"] {
+        assert!(answer[field].is_object(), "no {field} in {answer}");
+    }
+    let result = &schemas["MessageResult"]["properties"];
+    for field in ["index", "messageId", "status", "error"] {
+        assert!(result[field].is_object(), "no {field} in {result}");
+    }
+}
