@@ -139,6 +139,12 @@ impl ResponseError for ApiError {
 }
 
 impl ApiError {
+    /// What a caller reads when the broker is down, without logging the
+    /// cause: for the answers of a request past the one that logged it.
+    pub fn broker_down() -> Self {
+        ApiError::BrokerUnavailable(BROKER_DOWN.into())
+    }
+
     /// The contract's body for this failure; a batch's item carries it too.
     pub fn body(&self) -> ErrorBody {
         let mut message = self.to_string();
@@ -175,7 +181,7 @@ impl From<BrokerError> for ApiError {
             }
             BrokerError::Unavailable { .. } => {
                 tracing::warn!(error = %Chain(&err), "broker unavailable");
-                ApiError::BrokerUnavailable(BROKER_DOWN.into())
+                ApiError::broker_down()
             }
             e @ BrokerError::FrameTooLarge { .. } => {
                 ApiError::BadRequest(format!("field `headers`: {e}"))

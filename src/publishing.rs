@@ -403,6 +403,9 @@ impl<'a> Publishing<'a> {
         let published = self.state.publisher.publish_batch(outgoing).await;
         let took = started.elapsed().as_secs_f64();
         let metrics = &self.state.metrics;
+        // A broker that is down fails every message of a batch alike: the
+        // log gets the cause once a request.
+        let mut down_logged = false;
         for ((index, destination), outcome) in sent.into_iter().zip(published) {
             metrics.publish_seconds.observe(took);
             let label = match &outcome {
@@ -422,7 +425,13 @@ impl<'a> Publishing<'a> {
                 Err(err @ BrokerError::FrameTooLarge { .. }) => {
                     Err(FieldError::new("headers", err.to_string()).into())
                 }
-                Err(err) => Err(ApiError::from(err).into()),
+                Err(BrokerError::Unavailable { .. }) if down_logged => {
+                    Err(ApiError::broker_down().into())
+                }
+                Err(err) => {
+                    down_logged |= matches!(err, BrokerError::Unavailable { .. });
+                    Err(ApiError::from(err).into())
+                }
             };
         }
         answers

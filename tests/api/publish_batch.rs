@@ -2,11 +2,15 @@
 //! own and in order, the accepted ones enqueued once each in the order sent;
 //! and what a batch as a whole may not be.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use lapin::options::BasicGetOptions;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{assert_error, assert_json, bearer, spawn_app, TestApp};
+use crate::support::amqp_proxy::AmqpProxy;
+use crate::support::{assert_error, assert_json, bearer, eventually, spawn_app, TestApp};
 
 /// What one message of a test batch should come to.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -405,4 +409,71 @@ async fn the_openapi_spec_describes_the_batch_its_messages_and_its_answer() {
     for field in ["index", "messageId", "status", "error"] {
         assert!(result[field].is_object(), "no {field} in {result}");
     }
+}
+
+/// A proxy plays RabbitMQ's resource alarm for the gateway's publish
+/// connection only (`support::amqp_proxy`): every message of a batch is
+/// answered 503 in its result, at once, and none is enqueued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_broker_blocks_publishing_each_message_of_a_batch_is_answered_503() {
+    let (proxy, app) = AmqpProxy::before_publish_connection("test-batch-blocked").await;
+    let queue = app.unique_queue("blocked_batch");
+    app.create_queue(&queue, json!({})).await;
+    let messages: Vec<Value> = (0..3)
+        .map(|n| json!({ "queueName": queue, "message": { "n": n }, "messageId": format!("blocked-{n}") }))
+        .collect();
+
+    proxy.block("low on memory (test)");
+    // The block reaches the gateway with the next frame: poll, not sleep.
+    // A batch taken before that is counted, not lost.
+    let batch = json!({ "messages": messages });
+    let accepted_before = AtomicU64::new(0);
+    let body = eventually(Duration::from_secs(5), || async {
+        let body = assert_json(
+            app.post_json("/messagePublishBatch", &batch).await,
+            StatusCode::OK,
+        )
+        .await;
+        if body["rejected"] == 3 {
+            return Ok(body);
+        }
+        let accepted = body["accepted"].as_u64().unwrap_or_default();
+        accepted_before.fetch_add(accepted, Ordering::Relaxed);
+        Err(format!("not refused yet: {body}"))
+    })
+    .await;
+    let accepted_before = accepted_before.into_inner();
+    for (n, result) in body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(result["status"], 503, "{result}");
+        assert_eq!(result["error"]["error"], "broker_unavailable", "{result}");
+        assert_eq!(result["messageId"], format!("blocked-{n}"), "{result}");
+    }
+    assert_eq!(
+        app.message_count(&queue).await,
+        Some(accepted_before as u32),
+        "nothing enqueued while blocked"
+    );
+
+    proxy.unblock();
+    let taken = eventually(Duration::from_secs(5), || async {
+        let body = assert_json(
+            app.post_json("/messagePublishBatch", &batch).await,
+            StatusCode::OK,
+        )
+        .await;
+        match body["accepted"].as_u64() {
+            Some(3) => Ok(3),
+            _ => Err(format!("not taken yet: {body}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        app.message_count(&queue).await,
+        Some((accepted_before + taken) as u32)
+    );
 }
