@@ -221,6 +221,15 @@ async fn a_failing_key_is_retried_in_place_while_the_other_keys_are_delivered() 
         .await;
     assert!(view["stats"]["oldestHeldMs"].is_u64(), "{view}");
     assert_eq!(view["ordering"]["key"]["header"], KEY_HEADER, "{view}");
+    let series = format!("workerrmq_ordered_keys_held{{consumer_id=\"{consumer}\"");
+    crate::support::eventually(Duration::from_secs(10), || async {
+        let text = app.get("/metrics").await.text().await.expect("text");
+        match crate::support::metric_sample(&text, &series) {
+            Some(held) if held == 1.0 => Ok(()),
+            other => Err(format!("{series}: {other:?}")),
+        }
+    })
+    .await;
     target.wait_for_delivered(&ids(&messages), DELIVERED).await;
 
     let requests = target.requests();
@@ -588,5 +597,132 @@ async fn when_the_active_replica_is_killed_the_other_takes_over_in_order_and_los
         assert_eq!(order, (0..20).collect::<Vec<_>>(), "key {key}");
     }
     let _ = standby;
+    target.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_ordered_consumer_hands_back_its_held_keys_in_order_and_resumes_them() {
+    let app = spawn_app().await;
+    let target = TargetServer::start().await;
+    let messages = keyed_stream("paused", 4, 5);
+    let failing = messages
+        .iter()
+        .find(|m| m.key == "k00" && m.seq == 0)
+        .expect("k00's first message")
+        .id
+        .clone();
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let target_down = down.clone();
+    target.set_responder(move |headers, _| {
+        if headers.get("webhook-id") == Some(&failing) && target_down.load(Ordering::SeqCst) {
+            Reply::status(503)
+        } else {
+            Reply::ok()
+        }
+    });
+    let (api, queue, consumer) = ordered_consumer(
+        &app,
+        &target,
+        "paused",
+        json!({ "retry": { "maxAttempts": 100, "initialDelayMs": 1000, "multiplier": 1 } }),
+    )
+    .await;
+    publish_keyed(app.amqp_connection().await, &queue, &messages).await;
+    let others: BTreeSet<String> = messages
+        .iter()
+        .filter(|m| m.key != "k00")
+        .map(|m| m.id.clone())
+        .collect();
+    target.wait_for_delivered(&others, DELIVERED).await;
+    api.wait_for_consumer(&consumer, Duration::from_secs(10), "holding k00", |v| {
+        v["stats"]["keysHeld"] == 1
+    })
+    .await;
+
+    // Paused while k00's head is held and its four others wait behind it:
+    // all five go back to the queue, in their order.
+    assert_json(
+        api.post("/pauseConsumer", &json!({ "consumerId": consumer }))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    crate::support::wait_for_queue(
+        app.amqp_connection().await,
+        &queue,
+        Duration::from_secs(10),
+        "holding k00's five messages again",
+        |ready, _| ready == 5,
+    )
+    .await;
+    down.store(false, Ordering::SeqCst);
+    assert_json(
+        api.post("/resumeConsumer", &json!({ "consumerId": consumer }))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    target.wait_for_delivered(&ids(&messages), DELIVERED).await;
+    let requests = target.requests();
+    let k00: Vec<usize> = seqs(&by_key(&requests)["k00"])
+        .into_iter()
+        .skip_while(|seq| *seq == 0)
+        .collect();
+    assert_eq!(k00, [1, 2, 3, 4], "k00 after its head, in order, each once");
+    target.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_would_hold_a_delivery_past_the_limit_dead_letters_it_instead() {
+    let app = crate::support::spawn_app_with(&[("ORDERED_MAX_HOLD_MS", "1500")]).await;
+    let target = TargetServer::start().await;
+    target.set_responder(|_, _| Reply::status(503));
+    let (api, queue, consumer) = ordered_consumer(
+        &app,
+        &target,
+        "holdlimit",
+        json!({ "retry": { "maxAttempts": 10, "initialDelayMs": 1000, "multiplier": 1 } }),
+    )
+    .await;
+    let messages = keyed_stream("holdlimit", 1, 2);
+    publish_keyed(app.amqp_connection().await, &queue, &messages).await;
+    let dead = crate::support::eventually(Duration::from_secs(20), || async {
+        let dead = api.dead_letters(&queue).await;
+        if dead.len() == 2 {
+            Ok(dead)
+        } else {
+            Err(format!("dead letters: {dead:?}"))
+        }
+    })
+    .await;
+    for letter in &dead {
+        assert_eq!(letter["lastErrorKind"], "hold_limit", "{letter}");
+        assert!(
+            letter["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("ORDERED_MAX_HOLD_MS")),
+            "{letter}"
+        );
+    }
+    let ids_in_order: Vec<&str> = dead
+        .iter()
+        .filter_map(|d| d["messageId"].as_str())
+        .collect();
+    assert_eq!(
+        ids_in_order,
+        [messages[0].id.as_str(), messages[1].id.as_str()]
+    );
+    // The hold counts from when the gateway took a delivery: the first was
+    // tried, retried a second later, and the next wait would have passed
+    // 1.5 s; the second, taken at the same time, had waited a second behind
+    // it, so its first failure was its last.
+    let view = api.consumer(&consumer).await;
+    assert_eq!(view["stats"]["deadLettered"], 2, "{view}");
+    let tries: Vec<(usize, u32)> = target
+        .requests()
+        .iter()
+        .map(|r| (key_and_seq(r).1, r.attempt()))
+        .collect();
+    assert_eq!(tries, [(0, 1), (0, 2), (1, 1)]);
     target.stop().await;
 }

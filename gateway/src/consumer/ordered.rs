@@ -153,6 +153,12 @@ impl OrderedSession {
         !self.in_flight.is_empty() || !self.held.is_empty()
     }
 
+    /// Whether a delivery waits for its key's turn or for a retry: the
+    /// deliveries taken after it cannot be acked with `multiple` meanwhile.
+    pub fn waiting(&self) -> bool {
+        !self.held.is_empty() || self.lanes.queued() > 0
+    }
+
     /// Deliveries at the target now.
     pub fn at_target(&self) -> usize {
         self.in_flight.len()

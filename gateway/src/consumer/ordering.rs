@@ -152,6 +152,8 @@ pub(super) struct KeyLanes<T> {
     lanes: HashMap<Key, VecDeque<T>>,
     /// Messages whose turn it is, waiting for a call slot.
     ready: VecDeque<T>,
+    /// Messages in `lanes`, behind their key's head.
+    queued: usize,
 }
 
 impl<T> Default for KeyLanes<T> {
@@ -159,6 +161,7 @@ impl<T> Default for KeyLanes<T> {
         Self {
             lanes: HashMap::new(),
             ready: VecDeque::new(),
+            queued: 0,
         }
     }
 }
@@ -172,7 +175,10 @@ impl<T> KeyLanes<T> {
             return;
         };
         match self.lanes.get_mut(key) {
-            Some(lane) => lane.push_back(item),
+            Some(lane) => {
+                lane.push_back(item);
+                self.queued += 1;
+            }
             None => {
                 self.lanes.insert(key.clone(), VecDeque::new());
                 self.ready.push_back(item);
@@ -183,6 +189,11 @@ impl<T> KeyLanes<T> {
     /// The next message whose turn it is.
     pub fn next_ready(&mut self) -> Option<T> {
         self.ready.pop_front()
+    }
+
+    /// Messages queued behind their key's head.
+    pub fn queued(&self) -> usize {
+        self.queued
     }
 
     /// Whether a message waits for a call slot.
@@ -204,7 +215,10 @@ impl<T> KeyLanes<T> {
             return;
         };
         match lane.pop_front() {
-            Some(next) => self.ready.push_back(next),
+            Some(next) => {
+                self.queued -= 1;
+                self.ready.push_back(next);
+            }
             None => {
                 self.lanes.remove(key);
             }
@@ -215,6 +229,7 @@ impl<T> KeyLanes<T> {
     /// (into `behind`, in arrival order), and the key is free.
     pub fn abandon(&mut self, key: Option<&Key>, behind: &mut Vec<T>) {
         if let Some(lane) = key.and_then(|key| self.lanes.remove(key)) {
+            self.queued -= lane.len();
             behind.extend(lane);
         }
     }
@@ -232,6 +247,7 @@ impl<T> KeyLanes<T> {
         for (_, lane) in self.lanes.drain() {
             all.extend(lane);
         }
+        self.queued = 0;
         all
     }
 }
@@ -255,6 +271,7 @@ mod tests {
         assert_eq!(lanes.next_ready(), Some(1));
         assert_eq!(lanes.next_ready(), Some(3), "b does not wait for a");
         assert_eq!(lanes.next_ready(), None, "2 waits until 1 is final");
+        assert_eq!(lanes.queued(), 2);
         lanes.finished(Some(&a));
         assert_eq!(lanes.next_ready(), Some(2));
         lanes.finished(Some(&a));

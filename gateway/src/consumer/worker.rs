@@ -447,7 +447,7 @@ impl<'w> Session<'w> {
 
     /// An ordered attempt ended, or a held retry is due.
     async fn on_ordered(&mut self, event: Event) -> Result<(), BrokerError> {
-        let Some(ordered) = self.ordered.as_mut() else {
+        let Some(ordered) = self.ordered.as_deref_mut() else {
             return Ok(());
         };
         match event {
@@ -460,8 +460,10 @@ impl<'w> Session<'w> {
                 // Deliveries waiting for their key's turn (or held for a
                 // retry) are normal here, not slow ones: what settled
                 // behind them is acked at once, or the prefetch window
-                // would fill with settled deliveries.
-                if self.acks.stragglers() > 0 {
+                // would fill with settled deliveries. Without any waiting,
+                // stragglers are acked as in a plain session.
+                let waiting = self.ordered.as_ref().is_some_and(|o| o.waiting());
+                if waiting && self.acks.stragglers() > 0 {
                     self.acks
                         .ack_stragglers(&self.channel, Duration::ZERO)
                         .await?;

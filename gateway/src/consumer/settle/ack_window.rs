@@ -135,21 +135,39 @@ impl AckWindow {
         waited: Duration,
     ) -> Result<(), lapin::Error> {
         let mut behind_gap = false;
-        for i in 0..self.outstanding.len() {
-            let entry = &self.outstanding[i];
+        let mut due = Vec::new();
+        for entry in &mut self.outstanding {
             match entry.state {
                 EntryState::InFlight => behind_gap = true,
                 EntryState::Settled(settled, at) if behind_gap && at.elapsed() >= waited => {
-                    channel
-                        .basic_ack(entry.tag, BasicAckOptions { multiple: false })
-                        .await?;
-                    self.outstanding[i].state = EntryState::Done;
-                    self.count(settled);
+                    due.push((entry.tag, settled));
+                    entry.state = EntryState::Done;
                 }
                 _ => {}
             }
         }
+        // All sent before any is awaited: one after the other, each ack
+        // would wait for the connection's writer in turn.
+        futures_util::future::try_join_all(
+            due.iter()
+                .map(|(tag, _)| channel.basic_ack(*tag, BasicAckOptions { multiple: false })),
+        )
+        .await?;
+        for (_, settled) in due {
+            self.count(settled);
+        }
+        self.forget_done();
         Ok(())
+    }
+
+    /// Drops the entries with nothing more to send from behind the front.
+    /// Behind a delivery held for long (an ordered consumer's retry in
+    /// place, say) the window would otherwise keep one entry for every
+    /// delivery acked since, and every scan of it would grow with them. A
+    /// later `multiple` ack passes over their tags as it does now.
+    fn forget_done(&mut self) {
+        self.outstanding
+            .retain(|e| !matches!(e.state, EntryState::Done));
     }
 
     fn count(&self, settled: Settled) {
@@ -186,6 +204,24 @@ mod tests {
         assert_eq!((w.ready(), w.stragglers()), (3, 1), "4 is still in flight");
         w.settled(4, Settled::Retried { delay_ms: 10 });
         assert_eq!((w.ready(), w.stragglers()), (5, 0));
+    }
+
+    #[test]
+    fn entries_done_behind_a_held_one_are_forgotten() {
+        let mut w = window();
+        for tag in 1..=1_000 {
+            w.track(tag);
+        }
+        for tag in 2..=1_000 {
+            w.settled(tag, Settled::HandedBack);
+        }
+        w.forget_done();
+        assert_eq!(w.outstanding.len(), 1, "only the held one is left");
+        w.track(1_001);
+        w.settled(1_001, Settled::Acked);
+        assert_eq!(w.stragglers(), 1);
+        w.settled(1, Settled::Acked);
+        assert_eq!(w.ready(), 2);
     }
 
     #[test]
