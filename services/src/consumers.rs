@@ -1115,6 +1115,7 @@ mod tests {
                 method: "POST".into(),
                 headers: BTreeMap::from([("x-api-key".into(), "headerSecret".into())]),
                 timeout_ms: 1_000,
+                http2: crate::targets::Http2Mode::Auto,
             }),
             prefetch: 10,
             retry: gateway::RetryPolicy::default(),

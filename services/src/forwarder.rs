@@ -33,17 +33,23 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AF
 use reqwest::StatusCode;
 
 use crate::network::{with_causes, AddressGuard, AddressNotAllowed};
-use crate::targets::{HttpTarget, SigningSecret};
+use crate::targets::{Http2Mode, HttpTarget, SigningSecret};
 use crate::FieldError;
 
 /// Response bodies are read (so the connection can be reused) up to this
 /// much, then dropped.
 const MAX_RESPONSE_DRAIN: usize = 64 * 1024;
 
-/// The client every forwarder shares, and the guard it applies.
+/// The clients every forwarder shares (one per `target.http2` mode, each
+/// with its own connection pool), and the guard they apply.
 #[derive(Debug, Clone)]
 pub struct ForwardClient {
+    /// `auto`: HTTP/2 where TLS negotiates it, else HTTP/1.1.
     client: reqwest::Client,
+    /// `never`: HTTP/1.1 only.
+    http1: reqwest::Client,
+    /// `always`: HTTP/2, as h2c with prior knowledge to http targets.
+    http2: reqwest::Client,
     /// `FORWARD_DENY_PRIVATE`: refuse inside addresses.
     guard: Option<AddressGuard>,
     /// `MAX_CONNECTIONS_PER_TARGET`: requests open to one origin at once.
@@ -61,7 +67,26 @@ pub fn http_client(
 ) -> reqwest::Result<ForwardClient> {
     let guard = deny_private.then(|| AddressGuard::new(allowed_hosts.unwrap_or_default()));
     let slots = Arc::new(TargetSlots::new(per_target));
-    let mut builder = reqwest::Client::builder()
+    let build = |version: fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder| {
+        let mut builder = version(base_builder(slots.limit()));
+        if let Some(guard) = &guard {
+            // A proxy would resolve the target itself, out of the guard's sight.
+            builder = builder.dns_resolver(guard.resolver()).no_proxy();
+        }
+        builder.build()
+    };
+    Ok(ForwardClient {
+        client: build(|b| b)?,
+        http1: build(reqwest::ClientBuilder::http1_only)?,
+        http2: build(reqwest::ClientBuilder::http2_prior_knowledge)?,
+        guard,
+        slots,
+    })
+}
+
+/// What every forwarding client has in common.
+fn base_builder(pooled_per_host: usize) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         // Retrying is the consumer's retry policy's job, which counts the
         // attempt; reqwest's own (on by default since 0.13, for protocol
@@ -71,24 +96,17 @@ pub fn http_client(
         .retry(reqwest::retry::never().max_retries_per_request(0))
         // Every connection a target's slots can have open stays pooled
         // for the next request instead of being closed and opened again.
-        .pool_max_idle_per_host(slots.limit())
+        .pool_max_idle_per_host(pooled_per_host)
         .connect_timeout(Duration::from_secs(5))
-        .user_agent(concat!("workerrmq/", env!("CARGO_PKG_VERSION")));
-    if let Some(guard) = &guard {
-        // A proxy would resolve the target itself, out of the guard's sight.
-        builder = builder.dns_resolver(guard.resolver()).no_proxy();
-    }
-    Ok(ForwardClient {
-        client: builder.build()?,
-        guard,
-        slots,
-    })
+        .user_agent(concat!("workerrmq/", env!("CARGO_PKG_VERSION")))
 }
 
 /// The delivery target of a consumer with an HTTP target: forwards each delivery (or batch) as one
 /// request and reads the answer as an outcome.
 pub struct HttpForwarder {
     client: reqwest::Client,
+    /// `always`: a failure to speak HTTP/2 says so.
+    http2: Http2Mode,
     method: reqwest::Method,
     url: reqwest::Url,
     headers: HeaderMap,
@@ -157,7 +175,12 @@ impl HttpForwarder {
         };
         Ok(Self {
             slots: client.slots.of(&url),
-            client: client.client,
+            client: match target.http2 {
+                Http2Mode::Never => client.http1,
+                Http2Mode::Auto => client.client,
+                Http2Mode::Always => client.http2,
+            },
+            http2: target.http2,
             method,
             url,
             headers,
@@ -202,7 +225,7 @@ impl DeliveryTarget for HttpForwarder {
                 let answer = self.answer(&mut response).await;
                 (classify(status, retry_after), answer)
             }
-            Err(err) => (not_sent(err), None),
+            Err(err) => (self.not_sent(err), None),
         };
         Attempt {
             outcome,
@@ -270,7 +293,7 @@ impl DeliveryTarget for HttpForwarder {
                     outcome
                 }
             }
-            Err(err) => BatchOutcome::all(not_sent(err), n),
+            Err(err) => BatchOutcome::all(self.not_sent(err), n),
         };
         outcome.sent = self.report.as_ref().map(report::Report::request);
         outcome
@@ -354,6 +377,31 @@ async fn read_body(response: &mut reqwest::Response, limit: usize, keep: usize) 
 }
 
 /// The outcome of a request that got no answer.
+impl HttpForwarder {
+    /// `not_sent`, and for a target spoken to with HTTP/2 always, a reason
+    /// that says so: a target that speaks only HTTP/1.1 breaks off the h2
+    /// preface with an error that does not name the version.
+    fn not_sent(&self, err: reqwest::Error) -> DeliveryOutcome {
+        let outcome = not_sent(err);
+        match outcome {
+            DeliveryOutcome::Retry {
+                failure,
+                retry_after,
+            } if self.http2 == Http2Mode::Always && failure.kind == ErrorKind::Request => {
+                let reason = format!(
+                    "over HTTP/2 with prior knowledge (target.http2 \"always\"; does the target speak HTTP/2?): {}",
+                    failure.reason
+                );
+                DeliveryOutcome::Retry {
+                    failure: failure.with_reason(reason),
+                    retry_after,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
 fn not_sent(err: reqwest::Error) -> DeliveryOutcome {
     match err {
         // The guard refused the address: it will not change by itself.

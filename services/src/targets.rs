@@ -64,6 +64,25 @@ pub struct HttpTarget {
     pub headers: BTreeMap<String, String>,
     /// How long a request may take before it counts as failed and is retried, in milliseconds.
     pub timeout_ms: u64,
+    /// Which HTTP version the requests go over. Absent in targets stored
+    /// before it existed: `auto`.
+    #[serde(default)]
+    pub http2: Http2Mode,
+}
+
+/// Whether a target is spoken to over HTTP/2 (`target.http2`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Http2Mode {
+    /// HTTP/1.1 only.
+    Never,
+    /// HTTP/2 when an https target offers it (ALPN), else HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/2 always: over TLS as negotiated, and to an http target as h2c
+    /// with prior knowledge. A target that does not speak it fails the
+    /// attempt (retried).
+    Always,
 }
 
 impl std::fmt::Debug for HttpTarget {
@@ -73,6 +92,7 @@ impl std::fmt::Debug for HttpTarget {
             .field("method", &self.method)
             .field("headers", &DebugHeaders(Some(&self.headers)))
             .field("timeout_ms", &self.timeout_ms)
+            .field("http2", &self.http2)
             .finish()
     }
 }
@@ -205,7 +225,13 @@ impl HttpTarget {
             method,
             headers,
             timeout_ms,
+            http2: Http2Mode::default(),
         })
+    }
+
+    /// The same target spoken to over `http2`.
+    pub fn with_http2(self, http2: Http2Mode) -> Self {
+        Self { http2, ..self }
     }
 }
 

@@ -9,7 +9,7 @@ use middlewares::{Admin, Viewer};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
-use services::targets::{DebugHeaders, DebugUrl};
+use services::targets::{DebugHeaders, DebugUrl, Http2Mode};
 use services::{
     AttemptLogSettings, BatchSettings, BuiltinHandler, ConsumerDefinition, ConsumerView,
     FieldError, HttpTarget, MissingKeyName, OrderingKeySettings, OrderingSettings, Role,
@@ -204,6 +204,10 @@ pub enum TargetRequest {
         #[serde(rename = "timeoutMs")]
         #[schema(minimum = 1, maximum = 300000)]
         timeout_ms: Option<u64>,
+        /// `never` (HTTP/1.1), `auto` (default: HTTP/2 where TLS
+        /// negotiates it), `always` (also h2c with prior knowledge to an
+        /// http URL; a target that does not speak HTTP/2 fails, retried).
+        http2: Option<Http2Mode>,
     },
     Builtin {
         handler: BuiltinHandlerName,
@@ -218,12 +222,14 @@ impl std::fmt::Debug for TargetRequest {
                 method,
                 headers,
                 timeout_ms,
+                http2,
             } => f
                 .debug_struct("Http")
                 .field("url", &DebugUrl(url))
                 .field("method", method)
                 .field("headers", &DebugHeaders(headers.as_ref()))
                 .field("timeout_ms", timeout_ms)
+                .field("http2", http2)
                 .finish(),
             TargetRequest::Builtin { handler } => {
                 f.debug_struct("Builtin").field("handler", handler).finish()
@@ -472,13 +478,17 @@ fn parse_target(state: &AppState, request: TargetRequest) -> Result<TargetSpec, 
             method,
             headers,
             timeout_ms,
-        } => TargetSpec::Http(HttpTarget::parse(
-            &url,
-            method.as_deref(),
-            headers.unwrap_or_default(),
-            timeout_ms,
-            allowed,
-        )?),
+            http2,
+        } => TargetSpec::Http(
+            HttpTarget::parse(
+                &url,
+                method.as_deref(),
+                headers.unwrap_or_default(),
+                timeout_ms,
+                allowed,
+            )?
+            .with_http2(http2.unwrap_or_default()),
+        ),
         TargetRequest::Builtin { handler } => TargetSpec::Builtin {
             handler: handler.into(),
         },

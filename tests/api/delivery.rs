@@ -12,7 +12,9 @@ use sha2::Sha256;
 
 use crate::support::target_server::{Reply, TargetServer};
 use crate::support::{assert_json, spawn_app, spawn_app_with};
-use crate::support::{binary_messages, publish_confirmed, wait_for_queue, Api};
+use crate::support::{
+    binary_messages, ids_of, publish_confirmed, running_consumer_on, wait_for_queue, Api,
+};
 
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -311,5 +313,65 @@ async fn one_slow_delivery_does_not_hold_up_the_rest_of_the_prefetch_window() {
     )
     .await;
     assert_eq!(target.requests_to("/hook").len(), 13, "each message once");
+    target.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_with_http2_always_shares_a_few_connections_to_an_h2c_target() {
+    let app = spawn_app().await;
+    let target = TargetServer::start_h2c().await;
+    target.set_responder(|_, _| Reply::ok().after(Duration::from_millis(5)));
+    let (_api, queue, _consumer) = running_consumer_on(
+        &app,
+        &target,
+        "h2c",
+        "/h2",
+        json!({ "prefetch": 50, "target": { "http2": "always" } }),
+    )
+    .await;
+    let messages = binary_messages("h2c", 300);
+    publish_confirmed(app.amqp_connection().await, &queue, &messages).await;
+    target
+        .wait_for_delivered(&ids_of(&messages), Duration::from_secs(30))
+        .await;
+    let requests = target.requests();
+    assert!(
+        requests.iter().all(|r| r.version == "HTTP/2.0"),
+        "not all over HTTP/2: {:?}",
+        requests.iter().map(|r| &r.version).collect::<BTreeSet<_>>()
+    );
+    assert!(target.max_in_flight() > 1, "the calls did not run at once");
+    assert!(
+        target.connections() <= 4,
+        "{} connections for 300 messages",
+        target.connections()
+    );
+    target.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_always_against_an_http1_only_target_is_retried_with_a_clear_error() {
+    let app = spawn_app().await;
+    let target = TargetServer::start().await;
+    let (api, queue, consumer) = running_consumer_on(
+        &app,
+        &target,
+        "h1only",
+        "/h1",
+        json!({ "target": { "http2": "always" },
+                "retry": { "maxAttempts": 5, "initialDelayMs": 60000 } }),
+    )
+    .await;
+    let messages = binary_messages("h1only", 1);
+    publish_confirmed(app.amqp_connection().await, &queue, &messages).await;
+    let view = api
+        .wait_for_consumer(&consumer, Duration::from_secs(20), "retrying", |v| {
+            v["stats"]["retried"] == 1
+        })
+        .await;
+    let error = view["stats"]["lastError"].as_str().unwrap_or_default();
+    assert!(error.contains("HTTP/2"), "{view}");
+    assert_eq!(view["target"]["http2"], "always", "{view}");
+    assert_eq!(view["stats"]["deadLettered"], 0, "{view}");
     target.stop().await;
 }

@@ -71,6 +71,8 @@ pub struct Recorded {
     /// When the answer went out; `None` while held, or when the client
     /// gave up first.
     pub answered_at: Option<Instant>,
+    /// The HTTP version it came over (`HTTP/1.1`, `HTTP/2.0`).
+    pub version: String,
 }
 
 impl Recorded {
@@ -114,6 +116,8 @@ struct Shared {
     requests: Mutex<Vec<Recorded>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// TCP connections accepted.
+    connections: AtomicUsize,
 }
 
 impl Shared {
@@ -139,8 +143,19 @@ pub struct TargetServer {
 }
 
 impl TargetServer {
-    /// Starts a target that answers 200 at once until told otherwise.
+    /// Starts a target that answers 200 at once until told otherwise, over
+    /// HTTP/1.1 only.
     pub async fn start() -> TargetServer {
+        Self::start_speaking(false).await
+    }
+
+    /// `start`, also speaking HTTP/2 with prior knowledge (h2c) to a client
+    /// that opens with its preface.
+    pub async fn start_h2c() -> TargetServer {
+        Self::start_speaking(true).await
+    }
+
+    async fn start_speaking(h2c: bool) -> TargetServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a free port for the target");
         let port = listener.local_addr().expect("a local address").port();
         let shared = Arc::new(Shared {
@@ -151,7 +166,9 @@ impl TargetServer {
             requests: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
         });
+        let counted = shared.clone();
         let data = web::Data::from(shared.clone());
         let server = HttpServer::new(move || {
             App::new()
@@ -159,11 +176,18 @@ impl TargetServer {
                 .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
                 .default_service(web::to(handle))
         })
+        .on_connect(move |_, _| {
+            counted.connections.fetch_add(1, Ordering::SeqCst);
+        })
         .workers(1)
         .max_connections(10_000)
         .disable_signals()
-        .shutdown_timeout(0)
-        .listen(listener)
+        .shutdown_timeout(0);
+        let server = if h2c {
+            server.listen_auto_h2c(listener)
+        } else {
+            server.listen(listener)
+        }
         .expect("the target listens")
         .run();
         let handle = server.handle();
@@ -257,6 +281,11 @@ impl TargetServer {
         self.shared.in_flight.load(Ordering::SeqCst)
     }
 
+    /// TCP connections the target accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
     /// The most requests ever held at once.
     pub fn max_in_flight(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::SeqCst)
@@ -341,6 +370,7 @@ async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared
             received_at,
             answered: reply.status,
             answered_at: None,
+            version: format!("{:?}", request.version()),
         });
         requests.len() - 1
     };
