@@ -390,10 +390,10 @@ impl<'a> Publishing<'a> {
             let (message, destination, message_id) = parsed.into_outgoing();
             sent.push((answers.len(), destination));
             outgoing.push(message);
-            // Filled in once the broker answered.
+            // Replaced by the broker's answer; never taken for a 202.
             answers.push(Answer {
                 message_id: Some(message_id),
-                outcome: Ok(()),
+                outcome: Err(ApiError::broker_down().into()),
             });
         }
         if outgoing.is_empty() {
