@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release -p bench -- [all|forward|forward-batch|publish|
 //! publish-quorum|publish-batch|latency|scale|fanin|slow-target|
-//! forward-history|history|ordered]
+//! forward-history|history|ordered|forward-h2]
 //! [--messages N] [--duration SECONDS] [--consumers N] [--mqb PATH]
 //! [--attempt-log both|on|off] [--rounds N] [--records N] [--reads N]
 //! [--read-budget S] [--store-dir PATH] [--smoke]`
@@ -112,6 +112,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
                 "fanin" => load_shapes::fanin(&options, gateway, &sink).await?,
                 "slow-target" => load_shapes::slow_target(&options, gateway).await?,
                 "ordered" => scenarios::ordered(&options, gateway, &sink).await?,
+                "forward-h2" => scenarios::forward_h2(&options, gateway, &sink).await?,
                 _ => unreachable!("parse_options only accepts known scenarios"),
             };
             results.insert(scenario.clone(), value);
@@ -493,4 +494,21 @@ fn print_table(report: &Value) {
         "ratio_others",
         "ratio others / ordered (target 0.70)",
     );
+    row(
+        "forward-h2",
+        "http1_msgs_per_s",
+        "to the HTTP/1.1 sink, msgs/s",
+    );
+    row("forward-h2", "http1_connections", "its TCP connections");
+    row(
+        "forward-h2",
+        "h2c_msgs_per_s",
+        "http2 always, to an h2c sink, msgs/s",
+    );
+    row(
+        "forward-h2",
+        "h2c_connections",
+        "its TCP connections (at most 4)",
+    );
+    row("forward-h2", "ratio", "ratio h2c / HTTP/1.1 (target 1.0)");
 }

@@ -1,5 +1,5 @@
 //! The delivery scenarios (forward, latency, scale here; forward-batch,
-//! forward-history, history and ordered in their own files) and what they share.
+//! forward-h2, forward-history, history and ordered in their own files) and what they share.
 //! Each measures the gateway and, where the issue asks, a plain lapin peer
 //! doing the same work on an identical queue, or the gateway itself with a
 //! feature off, so the ratio is taken in the same run on the same machine.
@@ -17,10 +17,12 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 
 mod forward_batch;
+mod forward_h2;
 mod forward_history;
 mod history;
 mod ordered;
 pub use forward_batch::forward_batch;
+pub use forward_h2::forward_h2;
 pub use forward_history::forward_history;
 pub use history::history;
 pub use ordered::ordered;

@@ -28,6 +28,8 @@ pub struct SinkState {
     pub failing: Mutex<Option<(Vec<u8>, std::time::Instant)>>,
     /// Requests taken with a 2xx whose body is not the failing prefix's.
     pub others_taken: AtomicU64,
+    /// TCP connections accepted.
+    pub connections: AtomicU64,
 }
 
 pub struct Sink {
@@ -111,6 +113,16 @@ impl Sink {
     }
 
     pub async fn start_with_delay(delay: Duration) -> anyhow::Result<Sink> {
+        Self::start_with(delay, false).await
+    }
+
+    /// A sink that also speaks HTTP/2 with prior knowledge (h2c), for
+    /// `forward-h2`.
+    pub async fn start_h2c() -> anyhow::Result<Sink> {
+        Self::start_with(Duration::ZERO, true).await
+    }
+
+    async fn start_with(delay: Duration, h2c: bool) -> anyhow::Result<Sink> {
         let state = Arc::new(SinkState {
             delay,
             ..SinkState::default()
@@ -118,15 +130,23 @@ impl Sink {
         let data = web::Data::from(state.clone());
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
+        let counted = state.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
                 .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
                 .default_service(web::to(receive))
         })
+        .on_connect(move |_, _| {
+            counted.connections.fetch_add(1, Ordering::Relaxed);
+        })
         .workers(1)
-        .disable_signals()
-        .listen(listener)?
+        .disable_signals();
+        let server = if h2c {
+            server.listen_auto_h2c(listener)?
+        } else {
+            server.listen(listener)?
+        }
         .run();
         tokio::spawn(server);
         Ok(Sink {
@@ -146,6 +166,11 @@ impl Sink {
             *f = failing
                 .map(|(prefix, how_long)| (prefix.to_vec(), std::time::Instant::now() + how_long));
         }
+    }
+
+    /// TCP connections accepted since the start.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
     }
 
     /// 2xx answers to bodies other than the failing prefix's, since the last
