@@ -52,6 +52,9 @@ pub struct Settings {
     pub scrape_allowed_hosts: Option<Vec<String>>,
     /// `MAX_BODY_BYTES`: the largest request body the API reads.
     pub max_body_bytes: usize,
+    /// `MAX_BATCH_BODY_BYTES`: the largest `/messagePublishBatch` body, which
+    /// carries up to 1,000 messages and so has a limit of its own.
+    pub max_batch_body_bytes: usize,
     /// `LOG_FORMAT`: `pretty` or `json`.
     pub log_format: LogFormat,
     /// `BUILTIN_CONSUMERS`: whether start-up declares each built-in queue and gives it a built-in
@@ -245,6 +248,15 @@ impl Settings {
                 })?,
         };
 
+        // 1,000 messages of 16 KiB each; at most 1 GiB, which the gateway
+        // would hold in memory for the length of the request.
+        let max_batch_body_bytes = number(
+            &var,
+            "MAX_BATCH_BODY_BYTES",
+            16 * 1_048_576,
+            1..=1_073_741_824,
+        )?;
+
         let log_format = match or("LOG_FORMAT", "pretty").to_ascii_lowercase().as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -343,6 +355,7 @@ impl Settings {
             forward_allowed_hosts,
             scrape_allowed_hosts,
             max_body_bytes,
+            max_batch_body_bytes: max_batch_body_bytes as usize,
             log_format,
             builtin_consumers,
             builtin_queue_prefix: var("BUILTIN_QUEUE_PREFIX").unwrap_or_default(),
@@ -431,6 +444,7 @@ mod tests {
         assert_eq!(s.management_user, "guest");
         assert_eq!(s.vhost, "/");
         assert_eq!(s.max_body_bytes, 1_048_576);
+        assert_eq!(s.max_batch_body_bytes, 16 * 1_048_576);
         assert!(s.builtin_consumers);
         assert_eq!(s.log_format, LogFormat::Pretty);
     }
@@ -449,6 +463,7 @@ mod tests {
             ("RABBITMQ_MANAGEMENT_URL", "http://a:15672,ftp://b"),
             ("RABBITMQ_MANAGEMENT_URL", "http://a:15672,"),
             ("MAX_BODY_BYTES", "-3"),
+            ("MAX_BATCH_BODY_BYTES", "0"),
             ("LOG_FORMAT", "xml"),
             ("BUILTIN_CONSUMERS", "maybe"),
             ("DEFAULT_TARGET_URL", "ftp://x"),

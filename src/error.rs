@@ -122,12 +122,6 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut message = self.to_string();
-        if let ApiError::Internal(detail) = self {
-            // The detail is for whoever fixes the bug, not for the caller.
-            tracing::error!(error = %Chain(&**detail), "internal error");
-            message = "the gateway failed to answer this request; the failure is logged under this request's x-request-id".into();
-        }
         let mut response = HttpResponse::build(self.status_code());
         match self {
             ApiError::MethodNotAllowed { allow, .. } => {
@@ -140,10 +134,29 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(ErrorBody {
+        response.json(self.body())
+    }
+}
+
+impl ApiError {
+    /// What a caller reads when the broker is down, without logging the
+    /// cause: for the answers of a request past the one that logged it.
+    pub fn broker_down() -> Self {
+        ApiError::BrokerUnavailable(BROKER_DOWN.into())
+    }
+
+    /// The contract's body for this failure; a batch's item carries it too.
+    pub fn body(&self) -> ErrorBody {
+        let mut message = self.to_string();
+        if let ApiError::Internal(detail) = self {
+            // The detail is for whoever fixes the bug, not for the caller.
+            tracing::error!(error = %Chain(&**detail), "internal error");
+            message = "the gateway failed to answer this request; the failure is logged under this request's x-request-id".into();
+        }
+        ErrorBody {
             error: self.code(),
             message,
-        })
+        }
     }
 }
 
@@ -168,7 +181,7 @@ impl From<BrokerError> for ApiError {
             }
             BrokerError::Unavailable { .. } => {
                 tracing::warn!(error = %Chain(&err), "broker unavailable");
-                ApiError::BrokerUnavailable(BROKER_DOWN.into())
+                ApiError::broker_down()
             }
             e @ BrokerError::FrameTooLarge { .. } => {
                 ApiError::BadRequest(format!("field `headers`: {e}"))

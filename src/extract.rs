@@ -2,9 +2,10 @@
 //! body and `Query<T>` for the query string. Both answer with the contract's
 //! error body and name the offending field (`field `durable`: invalid type:
 //! string "x", expected a boolean`, `query `limit`: invalid digit found in
-//! string`). `Json` also enforces `MAX_BODY_BYTES`, the JSON content type,
-//! objects where structs are expected, and a deadline for the body to
-//! arrive.
+//! string`). `Json` also enforces `MAX_BODY_BYTES` (or a route's own limit,
+//! `BodyLimit`), the JSON content type, objects where structs are expected,
+//! and a deadline for the body to arrive. `parse_part` reads one part of a
+//! body on its own (a batch's item), its problems a `FieldError`.
 
 mod objects_only;
 
@@ -15,6 +16,8 @@ use actix_web::error::PayloadError;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::{ready, LocalBoxFuture, Ready};
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use services::FieldError;
 
 use crate::error::ApiError;
 use objects_only::ObjectsOnly;
@@ -24,9 +27,23 @@ use objects_only::ObjectsOnly;
 /// hold a connection and a worker for as long as the socket lives.
 pub const BODY_READ_DEADLINE: Duration = Duration::from_secs(10);
 
-/// The body limit, put in app data at start-up.
+/// The body limit, put in app data at start-up (and by a route with a
+/// limit of its own), with the setting that sets it, which a 413 names.
 #[derive(Clone, Copy)]
-pub struct BodyLimit(pub usize);
+pub struct BodyLimit {
+    /// The most bytes a body may have.
+    pub bytes: usize,
+    /// The variable that sets it: `MAX_BODY_BYTES`.
+    pub setting: &'static str,
+}
+
+impl BodyLimit {
+    /// Without one in app data (a test's bare app), the default.
+    const DEFAULT: BodyLimit = BodyLimit {
+        bytes: 1_048_576,
+        setting: "MAX_BODY_BYTES",
+    };
+}
 
 pub struct Json<T>(pub T);
 
@@ -35,7 +52,10 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req.app_data::<BodyLimit>().map_or(1_048_576, |l| l.0);
+        let limit = req
+            .app_data::<BodyLimit>()
+            .copied()
+            .unwrap_or(BodyLimit::DEFAULT);
         let content_type_ok = {
             let ct = req.content_type();
             ct == "application/json" || ct.ends_with("+json")
@@ -52,7 +72,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
                     "send the body as JSON with `Content-Type: application/json`".into(),
                 ));
             }
-            if declared_length.is_some_and(|n| n > limit) {
+            if declared_length.is_some_and(|n| n > limit.bytes) {
                 return Err(too_large(limit));
             }
             let bytes = tokio::time::timeout(BODY_READ_DEADLINE, body)
@@ -70,7 +90,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
                     _ => ApiError::BadRequest(format!("could not read the request body: {e}")),
                 },
             })?;
-            if bytes.len() > limit {
+            if bytes.len() > limit.bytes {
                 return Err(too_large(limit));
             }
             parse_json(&bytes).map(Json)
@@ -78,10 +98,23 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     }
 }
 
-fn too_large(limit: usize) -> ApiError {
+fn too_large(limit: BodyLimit) -> ApiError {
     ApiError::PayloadTooLarge(format!(
-        "the request body is larger than the {limit} bytes this gateway accepts (MAX_BODY_BYTES)"
+        "the request body is larger than the {} bytes this gateway accepts ({})",
+        limit.bytes, limit.setting
     ))
+}
+
+/// Deserializes one part of a body that was read whole already (so it is
+/// valid JSON), on its own: a problem names the field within the part, or
+/// `""` for the part as a whole. Structs are objects, as in `parse_json`.
+pub fn parse_part<T: DeserializeOwned>(part: &RawValue) -> Result<T, FieldError> {
+    let mut de = serde_json::Deserializer::from_str(part.get());
+    serde_path_to_error::deserialize::<_, T>(ObjectsOnly(&mut de)).map_err(|err| {
+        let path = err.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        FieldError::new(field, err.into_inner().to_string())
+    })
 }
 
 /// Deserializes `bytes`, naming the field that did not fit. Every struct

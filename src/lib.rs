@@ -7,6 +7,7 @@ pub(crate) mod error;
 pub(crate) mod extract;
 pub(crate) mod metrics;
 pub(crate) mod openapi;
+pub(crate) mod publishing;
 pub mod redact;
 pub(crate) mod routes;
 pub mod startup;

@@ -112,6 +112,7 @@ fn error_answer(description: &str) -> RefOr<Response> {
         routes::exchanges::create_exchange,
         routes::exchanges::bind_queue,
         routes::publish::message_publish,
+        routes::publish_batch::message_publish_batch,
         routes::consumers::create_consumer,
         routes::consumers::get_consumers,
         routes::consumers::get_consumer,

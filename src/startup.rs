@@ -239,6 +239,10 @@ impl Application {
         .await;
 
         let body_limit = settings.max_body_bytes;
+        let batch_body_limit = BodyLimit {
+            bytes: settings.max_batch_body_bytes,
+            setting: "MAX_BATCH_BODY_BYTES",
+        };
         let authenticator = web::Data::new(Authenticator::new(
             Arc::new(store.clone()),
             AuthSettings {
@@ -273,7 +277,10 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(authenticator.clone())
                 .app_data(spec.clone())
-                .app_data(BodyLimit(body_limit))
+                .app_data(BodyLimit {
+                    bytes: body_limit,
+                    setting: "MAX_BODY_BYTES",
+                })
                 .app_data(web::PayloadConfig::new(body_limit))
                 .app_data(web::PathConfig::default().error_handler(|err, _| {
                     ApiError::BadRequest(format!("the path does not fit: {err}")).into()
@@ -285,7 +292,7 @@ impl Application {
                     ApiError::BadRequest(format!("the body does not fit: {err}")).into()
                 }))
                 .wrap(ErrorHandlers::new().default_handler(contract_body))
-                .configure(routes::configure)
+                .configure(|cfg| routes::configure(cfg, batch_body_limit))
                 .default_service(web::to(not_found))
         })
         .listen(listener)

@@ -2,8 +2,8 @@
 //! run on one machine.
 //!
 //! `cargo run --release -p bench -- [all|forward|forward-batch|publish|
-//! publish-quorum|latency|scale|fanin|slow-target|forward-history|history|
-//! ordered|forward-h2]
+//! publish-quorum|publish-batch|latency|scale|fanin|slow-target|
+//! forward-history|history|ordered|forward-h2]
 //! [--messages N] [--duration SECONDS] [--consumers N] [--mqb PATH]
 //! [--attempt-log both|on|off] [--rounds N] [--records N] [--reads N]
 //! [--read-budget S] [--store-dir PATH] [--smoke]`
@@ -30,6 +30,7 @@ mod load_shapes;
 mod options;
 mod peers;
 mod publish;
+mod publish_batch;
 mod publish_bridge;
 mod scenarios;
 mod sink;
@@ -105,6 +106,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
                 "forward-batch" => scenarios::forward_batch(&options, gateway, &sink).await?,
                 "publish" => publish::publish(&options, gateway, "classic").await?,
                 "publish-quorum" => publish::publish(&options, gateway, "quorum").await?,
+                "publish-batch" => publish_batch::publish_batch(&options, gateway).await?,
                 "latency" => scenarios::latency(&options, gateway, &sink).await?,
                 "scale" => scenarios::scale(&options, gateway, &sink).await?,
                 "fanin" => load_shapes::fanin(&options, gateway, &sink).await?,
@@ -305,6 +307,24 @@ fn print_table(report: &Value) {
             "raw lapin, 128 in flight, confirm p99 ms",
         );
     }
+    let pb = "publish-batch";
+    row(
+        pb,
+        "gateway_msgs_per_s",
+        "100 × 1 KiB a request, 8 conns, msgs/s",
+    );
+    row(
+        pb,
+        "plain_msgs_per_s",
+        "plain lapin, gateway's message, msgs/s",
+    );
+    row(pb, "ratio", "ratio (target 0.80)");
+    row(pb, "p50_ms", "p50 ms per request");
+    row(pb, "p99_ms", "p99 ms per request");
+    row(pb, "plain_p50_ms", "plain p50 ms per 100 confirms");
+    row(pb, "plain_p99_ms", "plain p99 ms per 100 confirms");
+    row(pb, "errors", "answers other than 200 (target 0)");
+    row(pb, "missing", "messages not enqueued (target 0)");
     row("latency", "rate", "msgs/s offered");
     row("latency", "p50_ms", "publish-to-sink p50 ms");
     row("latency", "p99_ms", "publish-to-sink p99 ms (< 20)");

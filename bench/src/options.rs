@@ -103,11 +103,13 @@ pub fn parse_options() -> anyhow::Result<Options> {
                 options.records = 2_000;
                 options.reads = 50;
             }
-            "all" | "forward" | "forward-batch" | "publish" | "publish-quorum" | "latency"
-            | "scale" | "fanin" | "slow-target" | "forward-history" | "history" | "ordered"
-            | "forward-h2" => options.scenarios.push(arg),
+            "all" | "forward" | "forward-batch" | "publish" | "publish-quorum"
+            | "publish-batch" | "latency" | "scale" | "fanin" | "slow-target"
+            | "forward-history" | "history" | "ordered" | "forward-h2" => {
+                options.scenarios.push(arg)
+            }
             "-h" | "--help" => {
-                println!("usage: bench [all|forward|forward-batch|publish|publish-quorum|latency|scale|fanin|slow-target|forward-history|history|ordered|forward-h2]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--mqb PATH] [--attempt-log both|on|off] [--rounds N] [--records N] [--reads N] [--read-budget S] [--store-dir PATH] [--smoke] [--output PATH]");
+                println!("usage: bench [all|forward|forward-batch|publish|publish-quorum|publish-batch|latency|scale|fanin|slow-target|forward-history|history|ordered|forward-h2]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--mqb PATH] [--attempt-log both|on|off] [--rounds N] [--records N] [--reads N] [--read-budget S] [--store-dir PATH] [--smoke] [--output PATH]");
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown argument `{other}` (try --help)"),
@@ -119,6 +121,7 @@ pub fn parse_options() -> anyhow::Result<Options> {
             "forward-batch",
             "publish",
             "publish-quorum",
+            "publish-batch",
             "latency",
             "scale",
             "fanin",

@@ -31,12 +31,13 @@ const TARGET_WRK_P99_MS: f64 = 40.0;
 /// `total` copies of `request` (a whole `POST`) to `address`,
 /// `concurrency` at a time on as many keep-alive connections (`lean_http`,
 /// the cheapest client this machine can host): (req/s, sorted latencies
-/// in ms, answers other than 202).
-async fn through_http(
+/// in ms, answers other than `expected`).
+pub(crate) async fn through_http(
     address: SocketAddr,
     request: Vec<u8>,
     total: usize,
     concurrency: usize,
+    expected: u16,
 ) -> anyhow::Result<(f64, Vec<f64>, u64)> {
     let request = Arc::new(request);
     let next = Arc::new(AtomicUsize::new(0));
@@ -56,7 +57,7 @@ async fn through_http(
                 let status = client.send().await;
                 latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                 match status {
-                    Ok(202) => {}
+                    Ok(status) if status == expected => {}
                     Ok(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -83,7 +84,7 @@ async fn through_http(
 /// Empties `queue`, so that each publisher starts on an empty queue:
 /// a classic queue's confirms slow down as it grows (p99 15–22 ms at 64
 /// in flight on an empty queue, 47–51 ms past 100,000 messages here).
-async fn purge(queue: &str) -> anyhow::Result<()> {
+pub(crate) async fn purge(queue: &str) -> anyhow::Result<()> {
     let connection = amqp().await?;
     let channel = connection.create_channel().await?;
     channel
@@ -171,16 +172,14 @@ async fn raw_publisher(
     Ok((rate, latencies))
 }
 
-/// The publish rows on a queue of `queue_type` (`classic`, `quorum`): the
-/// gateway and the plain publisher both publish to it, so the broker's
-/// own confirm latency for that type is in both.
-pub async fn publish(
-    options: &Options,
+/// A new queue of `queue_type` named after `label`, and a publisher's API
+/// key, made through the gateway.
+pub(crate) async fn queue_and_key(
     gateway: &GatewayProcess,
+    label: &str,
     queue_type: &str,
-) -> anyhow::Result<Value> {
-    let total = options.publishes;
-    let queue = format!("bench_pub_{}", suffix());
+) -> anyhow::Result<(String, String)> {
+    let queue = format!("{label}_{}", suffix());
     gateway
         .post(
             "/createQueue",
@@ -196,6 +195,19 @@ pub async fn publish(
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    Ok((queue, key))
+}
+
+/// The publish rows on a queue of `queue_type` (`classic`, `quorum`): the
+/// gateway and the plain publisher both publish to it, so the broker's
+/// own confirm latency for that type is in both.
+pub async fn publish(
+    options: &Options,
+    gateway: &GatewayProcess,
+    queue_type: &str,
+) -> anyhow::Result<Value> {
+    let total = options.publishes;
+    let (queue, key) = queue_and_key(gateway, "bench_pub", queue_type).await?;
     let message = json!({ "order": 42, "note": "x".repeat(200) });
     let body = json!({ "queueName": queue, "message": message });
     let payload = serde_json::to_vec(&message)?;
@@ -219,10 +231,16 @@ pub async fn publish(
     for concurrency in CONCURRENCIES {
         purge(&queue).await?;
         let (rate, latencies, errors) =
-            through_http(address, gateway_request.clone(), total, concurrency).await?;
+            through_http(address, gateway_request.clone(), total, concurrency, 202).await?;
         purge(&queue).await?;
-        let (bridged, bridge_latencies, bridge_errors) =
-            through_http(bridge.address, bridge_request.clone(), total, concurrency).await?;
+        let (bridged, bridge_latencies, bridge_errors) = through_http(
+            bridge.address,
+            bridge_request.clone(),
+            total,
+            concurrency,
+            202,
+        )
+        .await?;
         purge(&queue).await?;
         let (raw, raw_latencies) =
             raw_publisher(&queue, &payload, total, concurrency, RawMessage::Bare).await?;

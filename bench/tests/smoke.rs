@@ -50,6 +50,9 @@ fn every_bench_scenario_runs_and_reports_its_figures() {
         ("publish", "raw_msgs_per_s_64"),
         ("publish", "p99_ms_64"),
         ("publish", "p999_ms_256"),
+        ("publish-batch", "gateway_msgs_per_s"),
+        ("publish-batch", "plain_msgs_per_s"),
+        ("publish-batch", "p99_ms"),
         ("fanin", "ratio"),
         ("slow-target", "ratio"),
         ("latency", "p99_ms"),
@@ -68,6 +71,8 @@ fn every_bench_scenario_runs_and_reports_its_figures() {
     }
     assert_eq!(s["publish"]["errors_64"].as_u64(), Some(0));
     assert_eq!(s["publish"]["errors_256"].as_u64(), Some(0));
+    assert_eq!(s["publish-batch"]["errors"].as_u64(), Some(0));
+    assert_eq!(s["publish-batch"]["missing"].as_u64(), Some(0));
     assert_eq!(s["scale"]["consumers"].as_u64(), Some(20));
     // Every attempt of the "on" run stored, none dropped.
     assert_eq!(s["forward-history"]["written"].as_u64(), Some(300));

@@ -36,7 +36,7 @@ pub use dead_letters::{
 pub use error::{with_causes, AmqpContext, BrokerError, Chain, Lost};
 pub use message_size::encoded_headers_len;
 pub use names::{ExchangeName, NameError, QueueName, RoutingKey};
-pub use publisher::{OutgoingMessage, PublishOutcome, Publisher};
+pub use publisher::{BatchAnswers, OutgoingMessage, OwnedMessage, PublishOutcome, Publisher};
 pub use status_filter::{BadStatusFilter, StatusFilter};
 pub use topology::{
     DeclareOutcome, ExchangeKind, ExchangeSpec, QueueCounts, QueueSpec, QueueType, Topology,

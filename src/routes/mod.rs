@@ -14,6 +14,7 @@ pub mod health;
 pub mod history;
 pub mod metrics;
 pub mod publish;
+pub mod publish_batch;
 pub mod queues;
 pub mod replicas;
 pub mod seeds;
@@ -24,10 +25,12 @@ use actix_web::http::Method;
 use actix_web::{web, FromRequest, Handler, Responder};
 
 use crate::error::ApiError;
+use crate::extract::BodyLimit;
 
 /// Every route, each a resource that answers its one method and 405 (with
-/// `Allow`) to any other.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// `Allow`) to any other. `batch_body` is `/messagePublishBatch`'s own body
+/// limit; every other route has the app's.
+pub fn configure(cfg: &mut web::ServiceConfig, batch_body: BodyLimit) {
     cfg.service(route(Method::GET, "/health", health::health))
         .service(route(Method::GET, "/ready", health::ready))
         .service(route(Method::POST, "/createQueue", queues::create_queue))
@@ -49,6 +52,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/messagePublish",
             publish::message_publish,
         ))
+        .service(
+            route(
+                Method::POST,
+                "/messagePublishBatch",
+                publish_batch::message_publish_batch,
+            )
+            .app_data(batch_body)
+            .app_data(web::PayloadConfig::new(batch_body.bytes)),
+        )
         .service(route(
             Method::POST,
             "/createConsumer",

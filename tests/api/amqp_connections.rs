@@ -17,8 +17,7 @@ use crate::support::{
     management_put, percent_encode, publish_with_properties, wait_for_queue, Api,
 };
 use crate::support::{
-    assert_error, assert_json, connection_properties, eventually, spawn_app, spawn_app_with,
-    TestApp,
+    assert_error, assert_json, connection_properties, eventually, spawn_app, TestApp,
 };
 
 /// The management API refreshes its connection list every ~5 s.
@@ -357,29 +356,7 @@ async fn a_dead_letter_copy_that_would_not_fit_a_frame_is_trimmed_and_no_connect
 /// the shared broker stays untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_publish_connection_answers_503_at_once_while_consumers_keep_draining() {
-    let upstream: lapin::uri::AMQPUri = amqp_url().parse().expect("a valid AMQP_URL");
-    let instance_id = format!(
-        "test-blocked-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let proxy = AmqpProxy::start(
-        format!("{}:{}", upstream.authority.host, upstream.authority.port),
-        format!("workerrmq-{instance_id}-publish"),
-    )
-    .await;
-    let url = format!(
-        "amqp://{}:{}@127.0.0.1:{}/{}",
-        percent_encode(&upstream.authority.userinfo.username),
-        percent_encode(&upstream.authority.userinfo.password),
-        proxy.port,
-        percent_encode(&upstream.vhost)
-    );
-    let app = spawn_app_with(&[("AMQP_URL", &url), ("INSTANCE_ID", &instance_id)]).await;
-    assert_eq!(
-        proxy.targets_seen(),
-        1,
-        "the publish connection goes through the proxy"
-    );
+    let (proxy, app) = AmqpProxy::before_publish_connection("test-blocked").await;
     let target = TargetServer::start().await;
     let (api, queue, consumer) = consumer_on(&app, &target, "blocked", "/ok").await;
     app.publish(&queue, json!({ "before": "the alarm" })).await;

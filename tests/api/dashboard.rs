@@ -57,6 +57,18 @@ async fn go(browser: &Browser, hash: &str) {
         .await;
 }
 
+/// Waits for the error banner; returns what it says.
+async fn error_banner(browser: &Browser) -> Value {
+    browser
+        .wait_for(
+            UI,
+            "the error banner",
+            r#"const e = document.querySelector('[data-testid="error"]');
+               return e.offsetParent !== null ? e.textContent : null"#,
+        )
+        .await
+}
+
 /// Waits for the confirmation dialog; returns what it asks.
 async fn confirmation(browser: &Browser) -> String {
     browser
@@ -542,14 +554,7 @@ async fn a_viewer_gets_no_admin_controls_and_a_wrong_password_gets_the_error_ban
     // A wrong password: the banner, and still the form.
     open_console(&browser, &app, "#/consumers").await;
     sign_in(&browser, &app.admin_user, "not-the-password", "").await;
-    let banner = browser
-        .wait_for(
-            UI,
-            "the error banner",
-            r#"const e = document.querySelector('[data-testid="error"]');
-               return e.offsetParent !== null ? e.textContent : null"#,
-        )
-        .await;
+    let banner = error_banner(&browser).await;
     assert!(
         banner
             .as_str()
@@ -855,4 +860,77 @@ async fn the_messages_view_shows_a_retried_messages_timeline_and_its_consumers_f
     assert_eq!(assert_stays_home_and_quiet(&browser, &app, &[]).await, 0);
     browser.close().await;
     target.stop().await;
+}
+
+#[tokio::test]
+async fn a_publisher_publishes_a_batch_from_the_queues_view_and_reads_what_was_refused() {
+    let app = spawn_app().await;
+    let api = Api::of(&app);
+    let queue = app.unique_queue("console-batch");
+    api.create_queue(&queue).await;
+    let publisher_key = app.create_api_key("publisher").await;
+    let browser = Browser::start("publisher").await;
+
+    open_console(&browser, &app, "#/queues").await;
+    sign_in(&browser, "", "", &publisher_key).await;
+    wait_signed_in(&browser).await;
+    let form = r#"form[data-testid="publish-batch"]"#;
+    browser
+        .wait_for(
+            UI,
+            "the publish form",
+            &format!("return !!document.querySelector('{form}')"),
+        )
+        .await;
+
+    let submit = |lines: &'static str| {
+        let browser = &browser;
+        async move {
+            browser
+                .fill(&format!(r#"{form} textarea[name="messages"]"#), lines)
+                .await;
+            browser
+                .click(&format!(r#"{form} button[type="submit"]"#))
+                .await;
+        }
+    };
+
+    // One JSON value a line, in one request.
+    browser
+        .fill(&format!(r#"{form} input[name="queueName"]"#), &queue)
+        .await;
+    submit("{\"n\": 1}\n\n\"two\"").await;
+    let notice = browser
+        .wait_for(
+            UI,
+            "the notice",
+            r#"const n = document.querySelector('#notice');
+               return n.hidden ? null : n.textContent"#,
+        )
+        .await;
+    assert_eq!(
+        notice,
+        json!(format!("2 messages published to {queue}.")),
+        "{notice}"
+    );
+    let first = app.get_message(&queue).await.expect("the first message");
+    assert_eq!(first.delivery.data, br#"{"n":1}"#);
+    let second = app.get_message(&queue).await.expect("the second message");
+    assert_eq!(second.delivery.data, br#""two""#);
+
+    // A line the gateway refuses (null is no message) is named in the
+    // banner; the others are published.
+    submit("{\"n\": 3}\nnull").await;
+    let banner = error_banner(&browser).await;
+    let banner = banner.as_str().unwrap_or_default();
+    assert!(
+        banner.contains("1 of 2 published")
+            && banner.contains("line 2")
+            && banner.contains("message"),
+        "{banner}"
+    );
+    assert_eq!(app.message_count(&queue).await, Some(1));
+
+    assert_stays_home_and_quiet(&browser, &app, &[]).await;
+    browser.close().await;
 }

@@ -28,6 +28,7 @@ mod network_guard;
 mod not_found;
 mod ordering;
 mod publish;
+mod publish_batch;
 mod publish_limits;
 mod queues;
 mod rate_limits;

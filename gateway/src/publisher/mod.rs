@@ -1,5 +1,6 @@
 //! Publishing with publisher confirms, many publishes in flight on a few
-//! shared channels.
+//! shared channels; a batch is published in order on one channel, every
+//! message sent before the first confirm is awaited.
 //!
 //! A publish is answered only from its own confirm, and as unroutable only
 //! for its own `basic.return`: `channel` matches each return to its publish
@@ -10,6 +11,12 @@
 //! the broker closes (say, ACCESS_REFUSED) fails the publishes in flight on
 //! it, which are answered `Unavailable`; the next publish opens a new one.
 //!
+//! A single publish is a batch of one. A batch keeps to the channel its
+//! first message claimed, so the broker enqueues its messages in the order
+//! given (AMQP orders what one channel carries); a message whose key is
+//! taken on that channel (the same message id to the same place, earlier
+//! in the batch or by another publish) waits for the confirms before it.
+//!
 //! The channels live on the gateway's publish connection. Two things never
 //! reach them: a message whose properties would not fit in one frame (the
 //! broker would close the connection, `FrameTooLarge`), and any message
@@ -19,13 +26,14 @@
 
 mod channel;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Confirmation};
+use lapin::{BasicProperties, Confirmation, PublisherConfirm};
 use tokio::sync::{Mutex, Notify};
 
 use crate::error::AmqpContext;
@@ -37,7 +45,7 @@ use channel::{PublishChannel, ReturnKey};
 /// the broker's channel processes.
 const CHANNELS: usize = 4;
 /// A confirm that does not come (a broker in trouble) ends in an answer
-/// rather than a hung request.
+/// rather than a hung request. A batch has this long for all of it.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a publish waiting for its confirm looks whether the broker
 /// has blocked the connection meanwhile.
@@ -58,6 +66,33 @@ pub struct OutgoingMessage<'a> {
     pub mandatory: bool,
 }
 
+/// A message to publish, owned: what a batch hands over, since its publish
+/// task may outlive the caller (see the module comment).
+pub struct OwnedMessage {
+    /// `""` is the default exchange, which routes by queue name.
+    pub exchange: String,
+    /// How the exchange routes it; for the default exchange, the queue's name.
+    pub routing_key: String,
+    /// The message body.
+    pub payload: Vec<u8>,
+    /// Headers, content type, message id and the other AMQP properties.
+    pub properties: BasicProperties,
+    /// Ask the broker to hand the message back when no queue would take it.
+    pub mandatory: bool,
+}
+
+impl From<OutgoingMessage<'_>> for OwnedMessage {
+    fn from(message: OutgoingMessage<'_>) -> Self {
+        Self {
+            exchange: message.exchange.to_owned(),
+            routing_key: message.routing_key.to_owned(),
+            payload: message.payload.to_vec(),
+            properties: message.properties,
+            mandatory: message.mandatory,
+        }
+    }
+}
+
 /// What became of a publish the broker answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishOutcome {
@@ -73,15 +108,6 @@ pub struct Publisher {
     channels: Arc<Channels>,
 }
 
-/// A publish, owned, for its task.
-struct Job {
-    exchange: String,
-    routing_key: String,
-    payload: Vec<u8>,
-    properties: BasicProperties,
-    mandatory: bool,
-}
-
 struct Channels {
     broker: Broker,
     slots: Vec<Mutex<Option<Arc<PublishChannel>>>>,
@@ -90,6 +116,9 @@ struct Channels {
     /// because its key was taken on every channel.
     released: Notify,
 }
+
+/// One answer per message of a batch, in its order.
+pub type BatchAnswers = Vec<Result<PublishOutcome, BrokerError>>;
 
 impl Publisher {
     /// A publisher on `broker`'s publish connection; channels open on first use.
@@ -116,30 +145,78 @@ impl Publisher {
         &self,
         message: OutgoingMessage<'_>,
     ) -> Result<PublishOutcome, BrokerError> {
+        self.publish_batch(vec![message.into()])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(BrokerError::unavailable("publishing", Lost::NoAnswer)))
+    }
+
+    /// Publishes `messages` in this order on one channel, all of them sent
+    /// before the first confirm is awaited, and answers each from its own
+    /// confirm or return: one answer per message, in order. A message that
+    /// would not fit a frame is answered `FrameTooLarge` and not sent; the
+    /// others go regardless.
+    pub async fn publish_batch(&self, messages: Vec<OwnedMessage>) -> BatchAnswers {
+        let count = messages.len();
         if self.channels.broker.publishing_blocked() {
-            return Err(BrokerError::Blocked);
+            return (0..count).map(|_| Err(BrokerError::Blocked)).collect();
         }
-        if let Some(frame_max) = self.channels.broker.publish_frame_max() {
-            crate::message_size::check_fits(&message.properties, frame_max)?;
+        let frame_max = self.channels.broker.publish_frame_max();
+        let mut answers: Vec<Option<Result<PublishOutcome, BrokerError>>> =
+            (0..count).map(|_| None).collect();
+        let mut sent = Vec::with_capacity(count);
+        let mut jobs = Vec::with_capacity(count);
+        for (index, message) in messages.into_iter().enumerate() {
+            let fits = frame_max.map_or(Ok(()), |frame_max| {
+                crate::message_size::check_fits(&message.properties, frame_max)
+            });
+            match fits {
+                Ok(()) => {
+                    sent.push(index);
+                    jobs.push(message);
+                }
+                Err(err) => answers[index] = Some(Err(err)),
+            }
         }
-        let job = Job {
-            exchange: message.exchange.to_owned(),
-            routing_key: message.routing_key.to_owned(),
-            payload: message.payload.to_vec(),
-            properties: message.properties,
-            mandatory: message.mandatory,
-        };
-        let channels = self.channels.clone();
-        let task = tokio::spawn(async move { channels.publish(job).await });
-        // Blocked, the caller is answered now; the task still runs to its
-        // confirm or its deadline (`CONFIRM_TIMEOUT`, its own). A message
-        // left this way may be stored once the block lifts; the caller was
-        // told it is not (at least once).
-        self.unless_blocked(async {
-            task.await
-                .unwrap_or_else(|err| Err(BrokerError::unavailable("publishing", err)))
-        })
-        .await
+        if !jobs.is_empty() {
+            let channels = self.channels.clone();
+            let task = tokio::spawn(async move { channels.publish_in_order(jobs).await });
+            // Blocked, the caller is answered now; the task still runs to
+            // its confirms or its deadline (`CONFIRM_TIMEOUT`, its own).
+            // A message left this way may be stored once the block lifts;
+            // the caller was told it is not (at least once).
+            let published = self
+                .unless_blocked(async {
+                    task.await
+                        .map_err(|err| BrokerError::unavailable("publishing", err))
+                })
+                .await;
+            match published {
+                Ok(published) => {
+                    for (index, answer) in sent.into_iter().zip(published) {
+                        answers[index] = Some(answer);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %crate::Chain(&err), "publishing a batch");
+                    let blocked = matches!(err, BrokerError::Blocked);
+                    for index in sent {
+                        answers[index] = Some(Err(if blocked {
+                            BrokerError::Blocked
+                        } else {
+                            BrokerError::unavailable("publishing", Lost::NoAnswer)
+                        }));
+                    }
+                }
+            }
+        }
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer
+                    .unwrap_or_else(|| Err(BrokerError::unavailable("publishing", Lost::NoAnswer)))
+            })
+            .collect()
     }
 
     /// Runs a step that waits for the broker, giving up when the broker
@@ -165,29 +242,93 @@ impl Publisher {
     }
 }
 
+/// A batch on its way: the answers so far, by the message's place.
+struct InOrder<'a> {
+    keys: &'a [ReturnKey],
+    answers: Vec<Option<Result<PublishOutcome, BrokerError>>>,
+    /// Sent, confirm awaited, in the order sent.
+    pending: VecDeque<(usize, PublisherConfirm)>,
+    /// The channel the first message claimed; the rest follow it.
+    channel: Option<Arc<PublishChannel>>,
+}
+
 impl Channels {
-    async fn publish(&self, job: Job) -> Result<PublishOutcome, BrokerError> {
-        let key = ReturnKey::of_publish(&job.exchange, &job.routing_key, &job.properties);
-        let Job {
-            exchange,
-            routing_key,
-            payload,
-            properties,
-            mandatory,
-        } = job;
-        // The key holds the names too: errors name the destination from it,
-        // so the job's strings move into lapin's own type uncopied.
-        let (exchange_name, routing_key_name) = key.destination();
-        // One deadline for the claim, the publish and its confirm. The
-        // claim's timer is never armed when a channel is free at once.
+    /// Publishes every job in order on one channel, then awaits their
+    /// confirms, all within `CONFIRM_TIMEOUT`; one answer per job, in order.
+    async fn publish_in_order(&self, jobs: Vec<OwnedMessage>) -> BatchAnswers {
+        let keys: Vec<ReturnKey> = jobs
+            .iter()
+            .map(|job| ReturnKey::of_publish(&job.exchange, &job.routing_key, &job.properties))
+            .collect();
+        let mut batch = InOrder {
+            keys: &keys,
+            answers: (0..jobs.len()).map(|_| None).collect(),
+            pending: VecDeque::new(),
+            channel: None,
+        };
         let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
-        let channel = tokio::time::timeout_at(deadline, self.claim(&key))
+        let finished = tokio::time::timeout_at(deadline, self.send_and_settle(jobs, &mut batch))
             .await
-            .map_err(|_| {
-                BrokerError::unavailable("waiting for a free publish channel", Lost::NoAnswer)
-            })??;
-        let confirmed = tokio::time::timeout_at(deadline, async {
-            channel
+            .is_ok();
+        if !finished {
+            if let Some(channel) = &batch.channel {
+                // A confirm (or return) may still come, and with its key
+                // given back it could be matched to a later publish: close
+                // the channel instead, keys and all; the next publish opens
+                // another.
+                let lapin_channel = channel.channel().clone();
+                tokio::spawn(async move {
+                    let _ = lapin_channel
+                        .close(200, "publish not confirmed in time".into())
+                        .await;
+                });
+            }
+        }
+        batch
+            .answers
+            .into_iter()
+            .zip(&keys)
+            .map(|(answer, key)| {
+                answer.unwrap_or_else(|| {
+                    Err(BrokerError::unavailable(
+                        format!("waiting for the confirm of {}", publishing_to(key)),
+                        Lost::NoAnswer,
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    async fn send_and_settle(&self, jobs: Vec<OwnedMessage>, batch: &mut InOrder<'_>) {
+        let keys = batch.keys;
+        for (index, job) in jobs.into_iter().enumerate() {
+            let key = &keys[index];
+            let channel = match batch.channel.clone() {
+                Some(channel) => {
+                    self.claim_on(&channel, key, batch).await;
+                    channel
+                }
+                None => match self.claim(key).await {
+                    Ok(channel) => {
+                        batch.channel = Some(channel.clone());
+                        channel
+                    }
+                    Err(err) => {
+                        batch.answers[index] = Some(Err(err));
+                        continue;
+                    }
+                },
+            };
+            let OwnedMessage {
+                exchange,
+                routing_key,
+                payload,
+                properties,
+                mandatory,
+            } = job;
+            // The key holds the names too: errors name the destination from
+            // it, so the job's strings move into lapin's own type uncopied.
+            let sent = channel
                 .channel()
                 .basic_publish(
                     ShortString::from(exchange),
@@ -200,54 +341,70 @@ impl Channels {
                     properties,
                 )
                 .await
-                .doing(|| publishing_to(exchange_name, routing_key_name))?
+                .doing(|| publishing_to(key));
+            match sent {
+                Ok(confirm) => batch.pending.push_back((index, confirm)),
+                Err(err) => {
+                    // The channel is gone, keys and all.
+                    channel.release(key);
+                    self.released.notify_waiters();
+                    batch.answers[index] = Some(Err(err));
+                }
+            }
+        }
+        if let Some(channel) = batch.channel.clone() {
+            self.settle(&channel, batch).await;
+        }
+    }
+
+    /// Takes `key` on the batch's own channel: while another publish holds
+    /// it there, the batch's confirms so far come in first (they may be
+    /// that publish), then it waits for the key to be given back.
+    async fn claim_on(&self, channel: &PublishChannel, key: &ReturnKey, batch: &mut InOrder<'_>) {
+        loop {
+            if channel.claim(key) {
+                return;
+            }
+            if !batch.pending.is_empty() {
+                self.settle(channel, batch).await;
+                continue;
+            }
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Listening before looking again, as in `claim`.
+            released.as_mut().enable();
+            if channel.claim(key) {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    /// Awaits the confirms of what the batch has sent, in order.
+    async fn settle(&self, channel: &PublishChannel, batch: &mut InOrder<'_>) {
+        let keys = batch.keys;
+        while let Some((index, confirm)) = batch.pending.pop_front() {
+            let key = &keys[index];
+            let confirmed = confirm
                 .await
-                .doing(|| {
-                    format!(
-                        "waiting for the confirm of {}",
-                        publishing_to(exchange_name, routing_key_name)
-                    )
-                })
-        })
-        .await;
-        let confirmation = match confirmed {
-            Ok(confirmed) => {
-                // The return, if any, came before the confirm: the mark is
-                // final. An error means the channel is gone, keys and all.
-                let returned = channel.release(&key);
-                self.released.notify_waiters();
-                (confirmed?, returned)
-            }
-            Err(_) => {
-                // A confirm (or return) may still come, and with the key
-                // given back it could be matched to a later publish: close
-                // the channel instead, keys and all; the next publish
-                // opens another.
-                let lapin_channel = channel.channel().clone();
-                tokio::spawn(async move {
-                    let _ = lapin_channel
-                        .close(200, "publish not confirmed in time".into())
-                        .await;
-                });
-                return Err(BrokerError::unavailable(
-                    format!(
-                        "waiting for the confirm of {}",
-                        publishing_to(exchange_name, routing_key_name)
-                    ),
-                    Lost::NoAnswer,
-                ));
-            }
-        };
-        match confirmation {
-            // lapin may attach someone else's return to this confirm; only
-            // our own mark counts.
-            (Confirmation::Ack(_), false) => Ok(PublishOutcome::Confirmed),
-            (Confirmation::Ack(_), true) => Ok(PublishOutcome::Unroutable),
-            (Confirmation::Nack(_), _) => Err(BrokerError::Nacked),
-            (Confirmation::NotRequested, _) => Err(BrokerError::unavailable(
-                publishing_to(exchange_name, routing_key_name),
-                Lost::NotConfirming,
-            )),
+                .doing(|| format!("waiting for the confirm of {}", publishing_to(key)));
+            // The return, if any, came before the confirm: the mark is
+            // final. An error means the channel is gone, keys and all.
+            let returned = channel.release(key);
+            self.released.notify_waiters();
+            batch.answers[index] = Some(confirmed.and_then(|confirmation| {
+                match (confirmation, returned) {
+                    // lapin may attach someone else's return to this
+                    // confirm; only our own mark counts.
+                    (Confirmation::Ack(_), false) => Ok(PublishOutcome::Confirmed),
+                    (Confirmation::Ack(_), true) => Ok(PublishOutcome::Unroutable),
+                    (Confirmation::Nack(_), _) => Err(BrokerError::Nacked),
+                    (Confirmation::NotRequested, _) => Err(BrokerError::unavailable(
+                        publishing_to(key),
+                        Lost::NotConfirming,
+                    )),
+                }
+            }));
         }
     }
 
@@ -299,7 +456,8 @@ impl Channels {
 }
 
 /// What a publish was, for errors; built only when one happens.
-fn publishing_to(exchange: &str, routing_key: &str) -> String {
+fn publishing_to(key: &ReturnKey) -> String {
+    let (exchange, routing_key) = key.destination();
     if exchange.is_empty() {
         format!("publishing to queue `{routing_key}`")
     } else {

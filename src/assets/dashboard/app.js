@@ -526,6 +526,7 @@ views.queues = {
       });
       root.append(form);
     }
+    if (allows("publisher")) root.append(publishBatchForm());
     this.body = el("tbody");
     root.append(el("div.table-wrap", {}, el("table", { "data-testid": "queues" },
       el("thead", {}, el("tr", {},
@@ -582,6 +583,41 @@ views.queues = {
     }, allows("publisher") ? 8 : 7, "No queues yet.");
   },
 };
+
+/** Publishes one JSON value a line to a queue, all in one
+ *  `/messagePublishBatch` request; a refused line is named in the banner. */
+function publishBatchForm() {
+  const form = el("form.create.panel", { "data-testid": "publish-batch", "aria-label": "Publish messages" },
+    el("label", {}, "Queue", el("input", { name: "queueName", required: true, maxlength: 240 })),
+    el("label.wide", {}, "Messages: one JSON value a line, up to 1,000",
+      el("textarea", { name: "messages", required: true, rows: 3, placeholder: '{"orderId": 42}' })),
+    el("button", { type: "submit" }, "Publish"));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    const queueName = String(data.get("queueName")).trim();
+    const lines = String(data.get("messages")).split("\n").filter((line) => line.trim() !== "");
+    act(form.querySelector("button"), async () => {
+      const messages = lines.map((line, i) => {
+        try {
+          return { queueName, message: JSON.parse(line) };
+        } catch {
+          throw new Error(`Line ${i + 1} is not JSON; nothing was published.`);
+        }
+      });
+      const answer = await api("POST", "messagePublishBatch", { messages });
+      const refused = answer.results.find((result) => result.error);
+      if (refused) {
+        throw new Error(`${answer.accepted} of ${messages.length} published to ${queueName}; ` +
+          `line ${refused.index + 1}: ${refused.error.message}`);
+      }
+      // The queue stays for the next batch.
+      form.elements.messages.value = "";
+      showNotice(`${answer.accepted} message${answer.accepted === 1 ? "" : "s"} published to ${queueName}.`);
+    });
+  });
+  return form;
+}
 
 views.consumers = {
   title: "Consumers",

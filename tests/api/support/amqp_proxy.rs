@@ -15,6 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::{amqp_url, percent_encode, spawn_app_with, TestApp};
+
 const FRAME_END: u8 = 0xCE;
 /// Enough to hold the protocol header and `connection.start-ok`.
 const SNIFF_BYTES: usize = 16 * 1024;
@@ -26,6 +28,35 @@ pub struct AmqpProxy {
 }
 
 impl AmqpProxy {
+    /// A gateway whose publish connection, alone, goes through a new proxy
+    /// to the test broker; its instance id starts with `label`.
+    pub async fn before_publish_connection(label: &str) -> (AmqpProxy, TestApp) {
+        let upstream: lapin::uri::AMQPUri = amqp_url().parse().expect("a valid AMQP_URL");
+        let instance_id = format!(
+            "{label}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let proxy = AmqpProxy::start(
+            format!("{}:{}", upstream.authority.host, upstream.authority.port),
+            format!("workerrmq-{instance_id}-publish"),
+        )
+        .await;
+        let url = format!(
+            "amqp://{}:{}@127.0.0.1:{}/{}",
+            percent_encode(&upstream.authority.userinfo.username),
+            percent_encode(&upstream.authority.userinfo.password),
+            proxy.port,
+            percent_encode(&upstream.vhost)
+        );
+        let app = spawn_app_with(&[("AMQP_URL", &url), ("INSTANCE_ID", &instance_id)]).await;
+        assert_eq!(
+            proxy.targets_seen(),
+            1,
+            "the publish connection goes through the proxy"
+        );
+        (proxy, app)
+    }
+
     /// Listens on a free port and forwards to `upstream` (`host:port`).
     /// Connections whose client name contains `target_name` can be blocked.
     pub async fn start(upstream: String, target_name: String) -> AmqpProxy {
