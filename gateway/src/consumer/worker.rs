@@ -360,7 +360,13 @@ impl<'w> Session<'w> {
             },
             flush_timer: Box::pin(tokio::time::sleep(ACK_DELAY)),
             timer_armed: false,
-            straggler_check: tokio::time::interval(STRAGGLER_WAIT),
+            // An ordered session looks every `ACK_DELAY`: a delivery waiting
+            // for its key's turn holds the acks behind it for long.
+            straggler_check: tokio::time::interval(if spec.ordering.is_some() {
+                ACK_DELAY
+            } else {
+                STRAGGLER_WAIT
+            }),
             gate,
         }
     }
@@ -406,7 +412,7 @@ impl<'w> Session<'w> {
                     self.acks.flush(&self.channel).await?;
                 }
                 _ = self.straggler_check.tick(), if self.acks.stragglers() > 0 => {
-                    self.acks.ack_stragglers(&self.channel, STRAGGLER_WAIT).await?;
+                    self.acks.ack_stragglers(&self.channel, self.straggler_wait()).await?;
                 }
                 _ = self.limits.opened(), if !self.limits.is_open() => {}
                 // Boxed on arrival: the select keeps room for its largest
@@ -456,24 +462,24 @@ impl<'w> Session<'w> {
                     .finished(done, &mut self.acks)
                     .await
                     .map_err(|err| BrokerError::unavailable("running a delivery task", err))?;
-                self.ack_or_arm().await?;
-                // Deliveries waiting for their key's turn (or held for a
-                // retry) are normal here, not slow ones: what settled
-                // behind them is acked at once, or the prefetch window
-                // would fill with settled deliveries. Without any waiting,
-                // stragglers are acked as in a plain session.
-                let waiting = self.ordered.as_ref().is_some_and(|o| o.waiting());
-                if waiting && self.acks.stragglers() > 0 {
-                    self.acks
-                        .ack_stragglers(&self.channel, Duration::ZERO)
-                        .await?;
-                }
-                Ok(())
+                self.ack_or_arm().await
             }
             Event::Tick => {
                 ordered.release_due();
                 Ok(())
             }
+        }
+    }
+
+    /// How long a delivery settled behind an unsettled one waits for its
+    /// own ack. Deliveries waiting for their key's turn (or held for a
+    /// retry) are normal in an ordered session, not slow ones: what settled
+    /// behind them goes at the next check, or the prefetch window would
+    /// fill with settled deliveries.
+    fn straggler_wait(&self) -> Duration {
+        match &self.ordered {
+            Some(ordered) if ordered.waiting() => Duration::ZERO,
+            _ => STRAGGLER_WAIT,
         }
     }
 
