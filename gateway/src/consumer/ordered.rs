@@ -56,6 +56,16 @@ pub(super) struct OrderedSession {
     held: Vec<(Instant, Box<Pending>)>,
     in_flight: JoinSet<(Box<Pending>, Step)>,
     stats: Arc<ConsumerStats>,
+    /// Wakes the session for the earliest held retry, or to bring
+    /// `oldestHeldMs` up to date. One timer, reset only when its instant
+    /// changes: a new one at each turn of the session's loop would be
+    /// registered and dropped thousands of times a second while a key is
+    /// held.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The instant `timer` is set for; `None` once it fired.
+    timer_at: Option<Instant>,
+    /// When `oldestHeldMs` is next brought up to date.
+    gauge_due: Instant,
 }
 
 impl OrderedSession {
@@ -66,6 +76,9 @@ impl OrderedSession {
             held: Vec::new(),
             in_flight: JoinSet::new(),
             stats,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timer_at: None,
+            gauge_due: Instant::now(),
         }
     }
 
@@ -167,21 +180,34 @@ impl OrderedSession {
     /// The next thing to do: an attempt ended, or a held retry is due.
     /// Cancel-safe.
     pub async fn next_event(&mut self) -> Event {
-        let tick = self
+        let wake = self
             .held
             .iter()
             .map(|(due, _)| *due)
             .min()
-            .map(|due| due.min(Instant::now() + HELD_GAUGE_EVERY));
+            .map(|due| due.min(self.gauge_due));
+        if let Some(at) = wake {
+            if self.timer_at != Some(at) {
+                self.timer.as_mut().reset(at);
+                self.timer_at = Some(at);
+            }
+        }
+        let (in_flight, timer) = (&mut self.in_flight, &mut self.timer);
         tokio::select! {
-            Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => Event::Finished(done),
-            _ = sleep_until(tick), if tick.is_some() => Event::Tick,
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => Event::Finished(done),
+            _ = timer.as_mut(), if wake.is_some() => {
+                self.timer_at = None;
+                Event::Tick
+            }
         }
     }
 
     /// Puts due retries first in line.
     pub fn release_due(&mut self) {
         let now = Instant::now();
+        if now >= self.gauge_due {
+            self.gauge_due = now + HELD_GAUGE_EVERY;
+        }
         let mut i = 0;
         while i < self.held.len() {
             if self.held[i].0 <= now {
@@ -276,13 +302,6 @@ impl OrderedSession {
             .max()
             .unwrap_or_default();
         gauges.set(self.in_flight.len(), self.held.len(), oldest);
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
