@@ -674,19 +674,19 @@ async fn a_paused_ordered_consumer_hands_back_its_held_keys_in_order_and_resumes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_that_would_hold_a_delivery_past_the_limit_dead_letters_it_instead() {
-    let app = crate::support::spawn_app_with(&[("ORDERED_MAX_HOLD_MS", "1500")]).await;
+    let app = crate::support::spawn_app_with(&[("ORDERED_MAX_HOLD_MS", "3000")]).await;
     let target = TargetServer::start().await;
     target.set_responder(|_, _| Reply::status(503));
     let (api, queue, consumer) = ordered_consumer(
         &app,
         &target,
         "holdlimit",
-        json!({ "retry": { "maxAttempts": 10, "initialDelayMs": 1000, "multiplier": 1 } }),
+        json!({ "retry": { "maxAttempts": 10, "initialDelayMs": 2000, "multiplier": 1 } }),
     )
     .await;
     let messages = keyed_stream("holdlimit", 1, 2);
     publish_keyed(app.amqp_connection().await, &queue, &messages).await;
-    let dead = crate::support::eventually(Duration::from_secs(20), || async {
+    let dead = crate::support::eventually(Duration::from_secs(30), || async {
         let dead = api.dead_letters(&queue).await;
         if dead.len() == 2 {
             Ok(dead)
@@ -713,9 +713,9 @@ async fn a_retry_that_would_hold_a_delivery_past_the_limit_dead_letters_it_inste
         [messages[0].id.as_str(), messages[1].id.as_str()]
     );
     // The hold counts from when the gateway took a delivery: the first was
-    // tried, retried a second later, and the next wait would have passed
-    // 1.5 s; the second, taken at the same time, had waited a second behind
-    // it, so its first failure was its last.
+    // tried, retried 2 s later, and the next wait would have passed 3 s;
+    // the second, taken at the same time, had waited 2 s behind it, so its
+    // first failure was its last.
     let view = api.consumer(&consumer).await;
     assert_eq!(view["stats"]["deadLettered"], 2, "{view}");
     let tries: Vec<(usize, u32)> = target
