@@ -95,7 +95,7 @@ impl DeliveryRun {
         let answered_after = started.clock.elapsed();
         self.stats.target_answered(answered_after);
         let Attempt {
-            mut outcome,
+            outcome,
             request,
             answer,
         } = attempt;
@@ -105,37 +105,34 @@ impl DeliveryRun {
             .breaker
             .as_ref()
             .is_some_and(|breaker| breaker.record_request(&outcome));
-        if let Some(in_place) = in_place.filter(|_| !circuit_open) {
-            match self.retry_in_place(in_place, message, outcome) {
-                Ok((delay, failure)) => {
-                    if let Some(recorder) = &self.recorder {
-                        let made = Made {
-                            started: &started,
-                            answered_after: Some(answered_after),
-                            batch_id: None,
-                            request: request.as_ref(),
-                            answer: answer.as_ref(),
-                            error: Some(failure),
+        // An ordered consumer's retryable failure may wait in place: the
+        // delivery stays unsettled, and its record says a retry is due.
+        let held = match in_place.filter(|_| !circuit_open) {
+            Some(in_place) => self.retry_in_place(in_place, message, outcome),
+            None => Err(outcome),
+        };
+        let (step, error) = match held {
+            Ok((delay, failure)) => (Step::Hold { delay }, Some(failure)),
+            Err(outcome) => {
+                let error = self
+                    .recorder
+                    .as_ref()
+                    .and_then(|_| outcome.failure().cloned());
+                let settled = match &self.breaker {
+                    Some(_) => {
+                        breaker::settle_unless_open(
                             circuit_open,
-                        };
-                        let delay_ms = delay.as_millis() as u64;
-                        recorder.record(message, made, Settled::Retried { delay_ms });
+                            &self.settler,
+                            delivery,
+                            message,
+                            outcome,
+                        )
+                        .await
                     }
-                    return Step::Hold { delay };
-                }
-                Err(settle_instead) => outcome = settle_instead,
+                    None => self.settler.settle(delivery, message, outcome).await,
+                };
+                (Step::Settled(settled), error)
             }
-        }
-        let error = self
-            .recorder
-            .as_ref()
-            .and_then(|_| outcome.failure().cloned());
-        let settled = match &self.breaker {
-            Some(_) => {
-                breaker::settle_unless_open(circuit_open, &self.settler, delivery, message, outcome)
-                    .await
-            }
-            None => self.settler.settle(delivery, message, outcome).await,
         };
         if let Some(recorder) = &self.recorder {
             let made = Made {
@@ -147,9 +144,15 @@ impl DeliveryRun {
                 error,
                 circuit_open,
             };
-            recorder.record(message, made, settled);
+            let recorded = match step {
+                Step::Settled(settled) => settled,
+                Step::Hold { delay } => Settled::Retried {
+                    delay_ms: delay.as_millis() as u64,
+                },
+            };
+            recorder.record(message, made, recorded);
         }
-        Step::Settled(settled)
+        step
     }
 
     /// Dead-letters `delivery` without calling the target (past its
