@@ -554,6 +554,25 @@ impl ConsumerRegistry {
         Ok(deleted > 0 || was_running)
     }
 
+    /// The id of an ordered consumer stored on `queue` other than `except`,
+    /// if there is one: a queue takes one.
+    pub async fn other_ordered_on(
+        &self,
+        queue: &str,
+        except: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        Ok(self
+            .collection
+            .find_one(doc! {
+                "queueName": queue,
+                "ordering": { "$exists": true },
+                "_id": { "$ne": except },
+            })
+            .await
+            .doing(|| format!("looking for an ordered consumer on queue `{queue}`"))?
+            .map(|d| d.consumer_id))
+    }
+
     /// Deletes every consumer on `queue`; returns how many.
     pub async fn delete_on_queue(&self, queue: &QueueName) -> Result<u64, RegistryError> {
         let ids: Vec<String> = self

@@ -182,6 +182,17 @@ pub struct RawQueue {
     pub arguments: serde_json::Map<String, serde_json::Value>,
 }
 
+impl RawQueue {
+    /// Whether the broker delivers to one of its consumers at a time
+    /// (`x-single-active-consumer`).
+    pub fn single_active_consumer(&self) -> bool {
+        self.arguments
+            .get("x-single-active-consumer")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    }
+}
+
 /// One row of `/getQueues`: a main queue with its companions folded in.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -332,11 +343,20 @@ impl ManagementClient {
     /// The type (`classic`, `quorum`, `stream`) of one queue of the vhost;
     /// `Ok(None)` when there is no such queue.
     pub async fn queue_type(&self, queue: &str) -> Result<Option<String>, ManagementError> {
+        Ok(self
+            .queue(queue)
+            .await?
+            .map(|raw| raw.queue_type.unwrap_or_else(|| "classic".into())))
+    }
+
+    /// One queue of the vhost as the broker reports it, companions left
+    /// apart; `Ok(None)` when there is no such queue.
+    pub async fn queue(&self, queue: &str) -> Result<Option<RawQueue>, ManagementError> {
         match self
             .get::<RawQueue>(&["api", "queues", &self.vhost, queue])
             .await
         {
-            Ok(raw) => Ok(Some(raw.queue_type.unwrap_or_else(|| "classic".into()))),
+            Ok(raw) => Ok(Some(raw)),
             Err(ManagementError::Status { status }) if status == StatusCode::NOT_FOUND => Ok(None),
             Err(err) => Err(err),
         }
@@ -389,11 +409,7 @@ fn row_of(queue: &RawQueue) -> QueueRow {
         consumers: queue.consumers,
         durable: queue.durable,
         queue_type: queue.queue_type.clone().unwrap_or_else(|| "classic".into()),
-        single_active_consumer: queue
-            .arguments
-            .get("x-single-active-consumer")
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(false),
+        single_active_consumer: queue.single_active_consumer(),
         dead_letter_messages: 0,
     }
 }

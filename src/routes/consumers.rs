@@ -559,25 +559,21 @@ pub(super) async fn check_ordered_queue(
     let queue = &definition.queue_name;
     let single_active = state
         .management
-        .queues()
+        .queue(queue)
         .await?
-        .into_iter()
-        .find(|row| &row.queue_name == queue)
-        .is_some_and(|row| row.single_active_consumer);
+        .is_some_and(|raw| raw.single_active_consumer());
     if !single_active {
         return Err(ApiError::Conflict(format!(
             "ordering needs a queue with a single active consumer, and `{queue}` has none; create the queue with `singleActiveConsumer: true`"
         )));
     }
-    let other_ordered = state.registry.list().await?.into_iter().find(|view| {
-        &view.queue_name == queue
-            && view.ordering.is_some()
-            && view.consumer_id != definition.consumer_id
-    });
+    let other_ordered = state
+        .registry
+        .other_ordered_on(queue, &definition.consumer_id)
+        .await?;
     if let Some(other) = other_ordered {
         return Err(ApiError::Conflict(format!(
-            "`{queue}` already has an ordered consumer (`{}`); a queue takes one",
-            other.consumer_id
+            "`{queue}` already has an ordered consumer (`{other}`); a queue takes one"
         )));
     }
     Ok(())
