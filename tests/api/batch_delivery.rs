@@ -514,18 +514,8 @@ async fn pausing_and_updating_a_batch_consumer_mid_stream_loses_nothing() {
     publish_confirmed(app.amqp_connection().await, &queue, &messages).await;
 
     target.wait_for_requests(3, DEADLINE).await;
-    assert_json(
-        api.post("/pauseConsumer", &json!({ "consumerId": consumer }))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
-    assert_json(
-        api.post("/resumeConsumer", &json!({ "consumerId": consumer }))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    api.pause(&consumer).await;
+    api.resume(&consumer).await;
     target.wait_for_requests(8, DEADLINE).await;
     assert_json(
         api.post(

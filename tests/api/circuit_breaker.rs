@@ -301,12 +301,7 @@ async fn a_pause_wins_over_an_open_circuit_and_a_resume_probes_again() {
         v["state"] == "circuit_open"
     })
     .await;
-    crate::support::assert_json(
-        api.post("/pauseConsumer", &json!({ "consumerId": consumer }))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    api.pause(&consumer).await;
     target.set_default(Reply::ok());
 
     // Past the probe time, paused still: no probe, no consumer on the queue.
@@ -318,12 +313,7 @@ async fn a_pause_wins_over_an_open_circuit_and_a_resume_probes_again() {
     }
     assert_eq!(queue_counts(amqp, &queue).await, Some((1, 0)));
 
-    crate::support::assert_json(
-        api.post("/resumeConsumer", &json!({ "consumerId": consumer }))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    api.resume(&consumer).await;
     target
         .wait_for_delivered(
             &BTreeSet::from([message.id.clone()]),

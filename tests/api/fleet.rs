@@ -241,12 +241,7 @@ async fn a_beat_carries_only_the_consumers_that_are_not_idle() {
     })
     .await;
 
-    assert_json(
-        api.post("/pauseConsumer", &json!({ "consumerId": consumer }))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    api.pause(&consumer).await;
     eventually(SUMMED_WITHIN, || async {
         let record = heartbeat_record(&app.db_name, &app.instance_id)
             .await

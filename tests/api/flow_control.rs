@@ -29,34 +29,6 @@ fn is_paused(view: &Value) -> bool {
     view["state"] == "paused"
 }
 
-/// POST /pauseConsumer; asserts the 200 answer.
-async fn pause(api: &Api, consumer: &str) {
-    let body = assert_json(
-        api.post("/pauseConsumer", &json!({ "consumerId": consumer }))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(
-        body,
-        json!({ "message": "Consumer has been paused.", "consumerId": consumer })
-    );
-}
-
-/// POST /resumeConsumer; asserts the 200 answer.
-async fn resume(api: &Api, consumer: &str) {
-    let body = assert_json(
-        api.post("/resumeConsumer", &json!({ "consumerId": consumer }))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(
-        body,
-        json!({ "message": "Consumer has been resumed.", "consumerId": consumer })
-    );
-}
-
 /// Watches the target for `QUIET`, counting the requests it gets; asserts
 /// there were none.
 async fn assert_no_requests_for_a_while(target: &TargetServer, why: &str) {
@@ -112,7 +84,7 @@ async fn messages_published_while_paused_wait_in_the_queue_and_arrive_once_after
     })
     .await;
 
-    pause(&api, &consumer).await;
+    api.pause(&consumer).await;
     wait_for_queue(
         amqp,
         &queue,
@@ -138,7 +110,7 @@ async fn messages_published_while_paused_wait_in_the_queue_and_arrive_once_after
         "the queue holds the 20 messages and lists no consumer"
     );
 
-    resume(&api, &consumer).await;
+    api.resume(&consumer).await;
     target
         .wait_for_delivered(&ids_of(&messages), ALL_DELIVERED)
         .await;
@@ -174,7 +146,7 @@ async fn pausing_mid_delivery_lets_the_held_deliveries_finish_and_acks_them() {
     target.wait_for_requests(5, CONVERGENCE).await;
 
     // Answered only once the five held target calls have finished.
-    pause(&api, &consumer).await;
+    api.pause(&consumer).await;
     let requests = target.requests();
     assert_eq!(requests.len(), 5, "{requests:?}");
     assert!(requests.iter().all(|r| r.answered == 200));
@@ -190,7 +162,7 @@ async fn pausing_mid_delivery_lets_the_held_deliveries_finish_and_acks_them() {
     target.set_default(Reply::ok());
     let marker = binary_messages("marker", 1);
     publish_confirmed(amqp, &queue, &marker).await;
-    resume(&api, &consumer).await;
+    api.resume(&consumer).await;
     target
         .wait_for_delivered(&ids_of(&marker), ALL_DELIVERED)
         .await;
@@ -217,7 +189,7 @@ async fn a_gateway_restarted_while_a_consumer_is_paused_keeps_it_paused() {
         .api
         .wait_for_consumer(&consumer, CONVERGENCE, "running", is_running)
         .await;
-    pause(&gateway.api, &consumer).await;
+    gateway.api.pause(&consumer).await;
     gateway.kill();
 
     // Waiting before the gateway is back: consuming them at start, even
@@ -232,7 +204,7 @@ async fn a_gateway_restarted_while_a_consumer_is_paused_keeps_it_paused() {
     assert_eq!(queue_counts(amqp, &queue).await, Some((20, 0)));
     assert!(is_paused(&restarted.api.consumer(&consumer).await));
 
-    resume(&restarted.api, &consumer).await;
+    restarted.api.resume(&consumer).await;
     target
         .wait_for_delivered(&ids_of(&messages), ALL_DELIVERED)
         .await;
@@ -254,7 +226,7 @@ async fn a_pause_on_one_replica_stops_delivery_on_the_other_within_5_s() {
         .await;
     let amqp = deployment.amqp().await;
 
-    pause(&a.api, &consumer).await;
+    a.api.pause(&consumer).await;
     let paused_at = Instant::now();
     wait_for_queue(
         amqp,
@@ -278,7 +250,7 @@ async fn a_pause_on_one_replica_stops_delivery_on_the_other_within_5_s() {
     assert_eq!(queue_counts(amqp, &queue).await, Some((20, 0)));
 
     // And back, from the other side.
-    resume(&b.api, &consumer).await;
+    b.api.resume(&consumer).await;
     wait_for_queue(
         amqp,
         &queue,
@@ -365,14 +337,14 @@ async fn pause_and_resume_refuse_bad_input_change_nothing_and_are_idempotent() {
     assert!(is_running(&api.consumer(&consumer).await));
     assert_eq!(queue_counts(amqp, &queue).await, Some((0, 1)));
 
-    pause(&api, &consumer).await;
-    pause(&api, &consumer).await;
+    api.pause(&consumer).await;
+    api.pause(&consumer).await;
     assert!(is_paused(&api.consumer(&consumer).await));
     assert_eq!(queue_counts(amqp, &queue).await, Some((0, 0)));
 
     // A second resume must not start a second AMQP consumer.
-    resume(&api, &consumer).await;
-    resume(&api, &consumer).await;
+    api.resume(&consumer).await;
+    api.resume(&consumer).await;
     wait_for_queue(amqp, &queue, CONVERGENCE, "consumed once", one_consumer).await;
     api.wait_for_consumer(&consumer, CONVERGENCE, "running", is_running)
         .await;
@@ -414,7 +386,7 @@ async fn pause_and_resume_refuse_bad_input_change_nothing_and_are_idempotent() {
     );
 
     // A paused consumer is deleted like any other.
-    pause(&api, &consumer).await;
+    api.pause(&consumer).await;
     api.delete_consumer(&consumer).await;
     assert_error(
         api.get(&format!("/getConsumer/{consumer}")).await,

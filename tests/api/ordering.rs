@@ -80,6 +80,16 @@ async fn publish_keyed(connection: &lapin::Connection, queue: &str, messages: &[
     publish_with_properties(connection, queue, with_properties).await;
 }
 
+/// The id of key `k00`'s first message, the one the failing tests fail.
+fn first_of_k00(messages: &[Keyed]) -> String {
+    messages
+        .iter()
+        .find(|m| m.key == "k00" && m.seq == 0)
+        .expect("k00's first message")
+        .id
+        .clone()
+}
+
 fn ids(messages: &[Keyed]) -> BTreeSet<String> {
     messages.iter().map(|m| m.id.clone()).collect()
 }
@@ -187,12 +197,7 @@ async fn a_failing_key_is_retried_in_place_while_the_other_keys_are_delivered() 
     let app = spawn_app().await;
     let target = TargetServer::start().await;
     let messages = keyed_stream("held", 10, 5);
-    let failing = messages
-        .iter()
-        .find(|m| m.key == "k00" && m.seq == 0)
-        .expect("k00's first message")
-        .id
-        .clone();
+    let failing = first_of_k00(&messages);
     let tries = Arc::new(AtomicU32::new(0));
     let seen = tries.clone();
     target.set_responder(move |headers, _| {
@@ -291,12 +296,7 @@ async fn a_rejected_message_is_dead_lettered_and_its_key_goes_on_in_order() {
     let app = spawn_app().await;
     let target = TargetServer::start().await;
     let messages = keyed_stream("rejected", 3, 4);
-    let rejected = messages
-        .iter()
-        .find(|m| m.key == "k00" && m.seq == 0)
-        .expect("k00's first message")
-        .id
-        .clone();
+    let rejected = first_of_k00(&messages);
     let refused = rejected.clone();
     target.set_responder(move |headers, _| {
         if headers.get("webhook-id") == Some(&refused) {
@@ -605,12 +605,7 @@ async fn a_paused_ordered_consumer_hands_back_its_held_keys_in_order_and_resumes
     let app = spawn_app().await;
     let target = TargetServer::start().await;
     let messages = keyed_stream("paused", 4, 5);
-    let failing = messages
-        .iter()
-        .find(|m| m.key == "k00" && m.seq == 0)
-        .expect("k00's first message")
-        .id
-        .clone();
+    let failing = first_of_k00(&messages);
     let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let target_down = down.clone();
     target.set_responder(move |headers, _| {
@@ -641,12 +636,7 @@ async fn a_paused_ordered_consumer_hands_back_its_held_keys_in_order_and_resumes
 
     // Paused while k00's head is held and its four others wait behind it:
     // all five go back to the queue, in their order.
-    assert_json(
-        api.post("/pauseConsumer", &json!({ "consumerId": consumer }))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    api.pause(&consumer).await;
     crate::support::wait_for_queue(
         app.amqp_connection().await,
         &queue,
@@ -656,12 +646,7 @@ async fn a_paused_ordered_consumer_hands_back_its_held_keys_in_order_and_resumes
     )
     .await;
     down.store(false, Ordering::SeqCst);
-    assert_json(
-        api.post("/resumeConsumer", &json!({ "consumerId": consumer }))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    api.resume(&consumer).await;
     target.wait_for_delivered(&ids(&messages), DELIVERED).await;
     let requests = target.requests();
     let k00: Vec<usize> = seqs(&by_key(&requests)["k00"])

@@ -315,12 +315,7 @@ async fn an_update_changes_only_the_fields_given_and_keeps_a_pause() {
                     "retry": { "maxAttempts": 7 } }),
         )
         .await;
-    assert_json(
-        api.post("/pauseConsumer", &json!({ "consumerId": consumer }))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    api.pause(&consumer).await;
 
     let answer = assert_json(
         api.post(

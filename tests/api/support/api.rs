@@ -136,6 +136,34 @@ impl Api {
         .await
     }
 
+    /// POST /pauseConsumer {consumerId}; asserts the 200 answer.
+    pub async fn pause(&self, id: &str) {
+        let body = assert_json(
+            self.post("/pauseConsumer", &json!({ "consumerId": id }))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(
+            body,
+            json!({ "message": "Consumer has been paused.", "consumerId": id })
+        );
+    }
+
+    /// POST /resumeConsumer {consumerId}; asserts the 200 answer.
+    pub async fn resume(&self, id: &str) {
+        let body = assert_json(
+            self.post("/resumeConsumer", &json!({ "consumerId": id }))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(
+            body,
+            json!({ "message": "Consumer has been resumed.", "consumerId": id })
+        );
+    }
+
     /// POST /deleteConsumer {consumerId}; asserts 200 and `deleted: 1`.
     pub async fn delete_consumer(&self, id: &str) {
         let body = assert_json(
