@@ -131,6 +131,16 @@ pub(crate) async fn preload(
     n: usize,
     payload: &[u8],
 ) -> anyhow::Result<()> {
+    preload_with(connection, queue, n, |_| payload).await
+}
+
+/// `preload`, message `i` carrying `payload_of(i)`.
+pub(crate) async fn preload_with<P: AsRef<[u8]>>(
+    connection: &Connection,
+    queue: &str,
+    n: usize,
+    payload_of: impl Fn(usize) -> P,
+) -> anyhow::Result<()> {
     let channel = confirm_channel(connection).await?;
     let mut pending = Vec::with_capacity(1000);
     for i in 0..n {
@@ -139,7 +149,7 @@ pub(crate) async fn preload(
                 "".into(),
                 queue.into(),
                 BasicPublishOptions::default(),
-                payload,
+                payload_of(i).as_ref(),
                 persistent().with_message_id(format!("m{i}").into()),
             )
             .await?;
@@ -219,6 +229,65 @@ pub(crate) async fn wait_acked(
     }
 }
 
+/// The id in a `/createConsumer` answer.
+pub(crate) fn consumer_id_of(created: &Value) -> String {
+    created["consumerId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Deletes a scenario's consumer, then its queue.
+pub(crate) async fn remove(
+    gateway: &GatewayProcess,
+    consumer_id: &str,
+    queue: &str,
+) -> anyhow::Result<()> {
+    gateway
+        .post("/deleteConsumer", &json!({ "consumerId": consumer_id }))
+        .await?;
+    gateway
+        .post("/deleteQueue", &json!({ "queueName": queue }))
+        .await?;
+    Ok(())
+}
+
+/// `forward`'s gateway run: `n` pre-loaded 1 KiB persistent messages on a
+/// queue of their own (`label`), one consumer at `PREFETCH` to `sink`, with
+/// `target` fields over `{type: http, url}`; messages per second from the
+/// consumer's creation until the sink saw them all.
+pub(crate) async fn gateway_forward(
+    gateway: &GatewayProcess,
+    connection: &Connection,
+    sink: &Sink,
+    label: &str,
+    n: usize,
+    target: Value,
+) -> anyhow::Result<f64> {
+    let limit = Duration::from_secs(120 + n as u64 / 200);
+    let queue = format!("{label}_{}", suffix());
+    gateway
+        .post("/createQueue", &json!({ "queueName": queue }))
+        .await?;
+    preload(connection, &queue, n, &kib_payload()).await?;
+    sink.reset();
+    let mut consumer = json!({ "queueName": queue, "prefetch": PREFETCH,
+                               "target": { "type": "http", "url": sink.url } });
+    if let Value::Object(fields) = target {
+        for (name, value) in fields {
+            consumer["target"][name] = value;
+        }
+    }
+    let started = Instant::now();
+    let created = gateway.post("/createConsumer", &consumer).await?;
+    sink.wait_for(n as u64, limit).await?;
+    let rate = per_second(n, started.elapsed());
+    let consumer_id = consumer_id_of(&created);
+    wait_acked(gateway, &consumer_id, n as u64, limit).await?;
+    remove(gateway, &consumer_id, &queue).await?;
+    Ok(rate)
+}
+
 pub async fn forward(
     options: &Options,
     gateway: &GatewayProcess,
@@ -228,34 +297,8 @@ pub async fn forward(
     let payload = kib_payload();
     let connection = amqp().await?;
     let limit = Duration::from_secs(120 + n as u64 / 200);
-
-    let queue = format!("bench_fwd_{}", suffix());
-    gateway
-        .post("/createQueue", &json!({ "queueName": queue }))
-        .await?;
-    preload(&connection, &queue, n, &payload).await?;
-    sink.reset();
-    let started = Instant::now();
-    let created = gateway
-        .post(
-            "/createConsumer",
-            &json!({ "queueName": queue, "prefetch": PREFETCH,
-                     "target": { "type": "http", "url": sink.url } }),
-        )
-        .await?;
-    sink.wait_for(n as u64, limit).await?;
-    let gateway_rate = per_second(n, started.elapsed());
-    let consumer_id = created["consumerId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    wait_acked(gateway, &consumer_id, n as u64, limit).await?;
-    gateway
-        .post("/deleteConsumer", &json!({ "consumerId": consumer_id }))
-        .await?;
-    gateway
-        .post("/deleteQueue", &json!({ "queueName": queue }))
-        .await?;
+    let gateway_rate =
+        gateway_forward(gateway, &connection, sink, "bench_fwd", n, json!({})).await?;
 
     let channel = connection.create_channel().await?;
     let mut ceilings = Vec::new();

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{
-    amqp, declare, delete, kib_payload, per_second, preload, round, suffix, wait_acked,
-    BATCH_ACK_EVERY,
+    amqp, consumer_id_of, declare, delete, kib_payload, per_second, preload, remove, round, suffix,
+    wait_acked, BATCH_ACK_EVERY,
 };
 use crate::gateway_process::GatewayProcess;
 use crate::options::Options;
@@ -44,20 +44,12 @@ pub async fn forward_batch(
                      "target": { "type": "http", "url": sink.url } }),
         )
         .await?;
-    let consumer_id = created["consumerId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let consumer_id = consumer_id_of(&created);
     // The sink counts requests, not messages: done is every message acked.
     wait_acked(gateway, &consumer_id, n as u64, limit).await?;
     let gateway_rate = per_second(n, started.elapsed());
     let requests = sink.received();
-    gateway
-        .post("/deleteConsumer", &json!({ "consumerId": consumer_id }))
-        .await?;
-    gateway
-        .post("/deleteQueue", &json!({ "queueName": queue }))
-        .await?;
+    remove(gateway, &consumer_id, &queue).await?;
 
     let channel = connection.create_channel().await?;
     let raw = format!("bench_rawb_{}", suffix());

@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{amqp, kib_payload, per_second, preload, round, suffix, wait_acked, PREFETCH};
+use super::{
+    amqp, consumer_id_of, kib_payload, per_second, preload, remove, round, suffix, wait_acked,
+    PREFETCH,
+};
 use crate::gateway_process::{metric, GatewayProcess, GatewaySetup};
 use crate::options::{AttemptLogRuns, Options};
 use crate::sink::Sink;
@@ -192,10 +195,7 @@ async fn forward_once(
     let cpu_us_per_msg = cpu_before
         .zip(gateway.cpu_seconds())
         .map(|(before, after)| round((after - before) * 1e6 / n.max(1) as f64));
-    let consumer_id = created["consumerId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let consumer_id = consumer_id_of(&created);
     wait_acked(gateway, &consumer_id, n as u64, limit).await?;
 
     let mut run = json!({
@@ -220,12 +220,7 @@ async fn forward_once(
             .zip(gateway.cpu_seconds())
             .map(|(before, after)| round((after - before) * 1e6 / n.max(1) as f64)));
     }
-    gateway
-        .post("/deleteConsumer", &json!({ "consumerId": consumer_id }))
-        .await?;
-    gateway
-        .post("/deleteQueue", &json!({ "queueName": queue }))
-        .await?;
+    remove(gateway, &consumer_id, &queue).await?;
     Ok(run)
 }
 

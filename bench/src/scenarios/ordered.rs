@@ -10,10 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::options::BasicPublishOptions;
 use serde_json::{json, Value};
 
-use super::{amqp, confirm_channel, per_second, persistent, round, suffix, wait_acked};
+use super::{amqp, consumer_id_of, per_second, preload_with, remove, round, suffix, wait_acked};
 use crate::gateway_process::GatewayProcess;
 use crate::options::Options;
 use crate::sink::Sink;
@@ -35,34 +34,6 @@ fn keyed_payload(i: usize) -> Vec<u8> {
     let key = key(i);
     let pad = "x".repeat(1024 - 22 - key.len());
     format!("{{\"key\":\"{key}\",\"pad\":\"{pad}\"}}").into_bytes()
-}
-
-async fn preload_keyed(
-    connection: &lapin::Connection,
-    queue: &str,
-    n: usize,
-) -> anyhow::Result<()> {
-    let channel = confirm_channel(connection).await?;
-    let mut pending = Vec::with_capacity(1000);
-    for i in 0..n {
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                &keyed_payload(i),
-                persistent().with_message_id(format!("m{i}").into()),
-            )
-            .await?;
-        pending.push(confirm);
-        if pending.len() == 1000 || i + 1 == n {
-            for confirm in pending.drain(..) {
-                confirm.await?;
-            }
-        }
-    }
-    let _ = channel.close(200, "preloaded".into()).await;
-    Ok(())
 }
 
 /// How one run counts as done.
@@ -93,7 +64,7 @@ async fn run_once(
             &json!({ "queueName": queue, "singleActiveConsumer": ordered }),
         )
         .await?;
-    preload_keyed(&connection, &queue, n).await?;
+    preload_with(&connection, &queue, n, keyed_payload).await?;
     sink.reset();
     let mut consumer = json!({ "queueName": queue, "prefetch": PREFETCH,
         "retry": { "maxAttempts": 100, "initialDelayMs": 1000, "multiplier": 1 },
@@ -106,10 +77,7 @@ async fn run_once(
     }
     let started = Instant::now();
     let created = gateway.post("/createConsumer", &consumer).await?;
-    let consumer_id = created["consumerId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let consumer_id = consumer_id_of(&created);
     let (count, wait) = match done {
         Done::All => (n, None),
         Done::Others { taken, .. } => (taken as usize, Some(taken)),
@@ -130,12 +98,7 @@ async fn run_once(
     }
     let rate = per_second(count, started.elapsed());
     wait_acked(gateway, &consumer_id, n as u64, limit).await?;
-    gateway
-        .post("/deleteConsumer", &json!({ "consumerId": consumer_id }))
-        .await?;
-    gateway
-        .post("/deleteQueue", &json!({ "queueName": queue }))
-        .await?;
+    remove(gateway, &consumer_id, &queue).await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(rate)
 }
