@@ -147,6 +147,8 @@ impl BuiltinSetup {
             prefetch: prefetch(handler),
             retry: BUILTIN_RETRY,
             signing_secret: None,
+            previous_signing_secret: None,
+            previous_signing_expires_at: None,
             created_at: services::store::DateTime::now(),
             paused: false,
             concurrency: None,

@@ -35,14 +35,15 @@ use gateway::{
 };
 use mongodb::bson::{doc, DateTime};
 use mongodb::Collection;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{ConsumerCounts, FleetStats, OtherReplicas, OwnShare, ReplicaView};
 use crate::forwarder::{AttemptDetail, HttpForwarder};
 use crate::replicas::{ConsumerCounters, ReplicaRecords};
-use crate::targets::{BuiltinHandler, SigningSecret, TargetSpec};
+use crate::signing::SigningView;
+use crate::targets::{BuiltinHandler, TargetSpec};
 use crate::{FieldError, Store, StoreContext, StoreError};
 
 /// How often each replica compares the stored consumers with the ones it runs, and starts or stops
@@ -80,6 +81,18 @@ pub struct ConsumerDefinition {
         serialize_with = "credentials::secret_serde::expose_option"
     )]
     pub signing_secret: Option<SecretString>,
+    /// The secret the last `/rotateSigningSecret` replaced, which requests
+    /// are also signed with until `previous_signing_expires_at`; kept as
+    /// `signing_secret` is.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "credentials::secret_serde::expose_option"
+    )]
+    pub previous_signing_secret: Option<SecretString>,
+    /// When `previous_signing_secret` stops being valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_signing_expires_at: Option<DateTime>,
     /// When it was created; listings are in this order.
     pub created_at: DateTime,
     /// Paused through `/pauseConsumer`: no replica takes its deliveries.
@@ -303,6 +316,9 @@ pub struct ConsumerView {
     pub ordering: Option<OrderingSettings>,
     /// Whether requests to the target carry a signature; the secret itself is never shown.
     pub signed: bool,
+    /// `null` when unsigned; else the fingerprints of the secrets requests
+    /// are signed with.
+    pub signing: Option<SigningView>,
     /// What it is doing on the answering replica.
     pub state: ConsumerState,
     /// This replica's circuit; `null` without a breaker.
@@ -817,6 +833,8 @@ impl ConsumerRegistry {
         let mut unset = mongodb::bson::Document::new();
         for optional in [
             "signingSecret",
+            "previousSigningSecret",
+            "previousSigningExpiresAt",
             "concurrency",
             "rateLimitPerSec",
             "batch",
@@ -910,12 +928,8 @@ impl ConsumerRegistry {
             TargetSpec::Http(http) => {
                 // Re-checked here too: the allow-list may have changed since.
                 crate::targets::TargetUrl::parse(&http.url, self.allowed_hosts.as_deref())?;
-                let secret = definition
-                    .signing_secret
-                    .as_ref()
-                    .map(|s| SigningSecret::parse(s.expose_secret()))
-                    .transpose()?;
-                Arc::new(HttpForwarder::new(self.http.clone(), http, secret, detail)?)
+                let keys = crate::signing::keys_of(definition)?;
+                Arc::new(HttpForwarder::new(self.http.clone(), http, keys, detail)?)
             }
             TargetSpec::Builtin { handler } => self.builtins.target(*handler).ok_or_else(|| {
                 FieldError::new(
@@ -980,6 +994,7 @@ impl ConsumerRegistry {
             last_delivery_at: snapshot.last_delivery_at,
         };
         let stats = others.fleet_stats(&definition.consumer_id, own);
+        let signing = SigningView::of(&definition, chrono::Utc::now());
         let mut target = definition.target;
         if let TargetSpec::Http(http) = &mut target {
             for value in http.headers.values_mut() {
@@ -1003,6 +1018,7 @@ impl ConsumerRegistry {
             attempt_log: definition.attempt_log.unwrap_or_default(),
             ordering: definition.ordering,
             signed: definition.signing_secret.is_some(),
+            signing,
             state,
             circuit,
             stats,
@@ -1116,8 +1132,9 @@ impl BuiltinTargets for NoBuiltinTargets {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
     use std::collections::BTreeMap;
 
     use crate::targets::HttpTarget;
@@ -1125,30 +1142,8 @@ mod tests {
     #[test]
     fn a_definition_stores_its_secrets_but_debug_shows_none() {
         let signing = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-        let definition = ConsumerDefinition {
-            consumer_id: "c1".into(),
-            consumer_name: "orders-consumer".into(),
-            queue_name: "orders".into(),
-            target: TargetSpec::Http(HttpTarget {
-                url: "https://api.example.com/hook?token=urlSecret".into(),
-                method: "POST".into(),
-                headers: BTreeMap::from([("x-api-key".into(), "headerSecret".into())]),
-                timeout_ms: 1_000,
-                http2: crate::targets::Http2Mode::Auto,
-            }),
-            prefetch: 10,
-            retry: gateway::RetryPolicy::default(),
-            signing_secret: Some(SecretString::from(signing)),
-            created_at: DateTime::now(),
-            paused: false,
-            concurrency: None,
-            rate_limit_per_sec: None,
-            circuit_breaker: None,
-            revision: 0,
-            batch: None,
-            attempt_log: None,
-            ordering: None,
-        };
+        let mut definition = definition();
+        definition.signing_secret = Some(SecretString::from(signing));
         let shown = format!("{definition:?}");
         for secret in ["MfKQ9r8", "urlSecret", "headerSecret"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
@@ -1161,5 +1156,35 @@ mod tests {
             back.signing_secret.as_ref().map(|s| s.expose_secret()),
             Some(signing)
         );
+    }
+
+    /// An unsigned HTTP consumer whose URL and header carry credentials.
+    pub(crate) fn definition() -> ConsumerDefinition {
+        ConsumerDefinition {
+            consumer_id: "c1".into(),
+            consumer_name: "orders-consumer".into(),
+            queue_name: "orders".into(),
+            target: TargetSpec::Http(HttpTarget {
+                url: "https://api.example.com/hook?token=urlSecret".into(),
+                method: "POST".into(),
+                headers: BTreeMap::from([("x-api-key".into(), "headerSecret".into())]),
+                timeout_ms: 1_000,
+                http2: crate::targets::Http2Mode::Auto,
+            }),
+            prefetch: 10,
+            retry: gateway::RetryPolicy::default(),
+            signing_secret: None,
+            previous_signing_secret: None,
+            previous_signing_expires_at: None,
+            created_at: DateTime::now(),
+            paused: false,
+            concurrency: None,
+            rate_limit_per_sec: None,
+            circuit_breaker: None,
+            revision: 0,
+            batch: None,
+            attempt_log: None,
+            ordering: None,
+        }
     }
 }

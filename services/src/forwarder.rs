@@ -33,7 +33,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AF
 use reqwest::StatusCode;
 
 use crate::network::{with_causes, AddressGuard, AddressNotAllowed};
-use crate::targets::{Http2Mode, HttpTarget, SigningSecret};
+use crate::signing::SigningKeys;
+use crate::targets::{Http2Mode, HttpTarget};
 use crate::FieldError;
 
 /// Response bodies are read (so the connection can be reused) up to this
@@ -111,7 +112,8 @@ pub struct HttpForwarder {
     url: reqwest::Url,
     headers: HeaderMap,
     timeout: Duration,
-    secret: Option<SigningSecret>,
+    /// `None`: requests go unsigned.
+    signing: Option<SigningKeys>,
     slots: OriginSlots,
     /// `None`: the consumer's attempts are not recorded, so nothing of the
     /// request or answer is kept.
@@ -132,12 +134,12 @@ pub enum AttemptDetail {
 }
 
 impl HttpForwarder {
-    /// A forwarder to `target` over the shared `client`, signing each request when a `secret` is
+    /// A forwarder to `target` over the shared `client`, signing each request with `signing` when
     /// given.
     pub fn new(
         client: ForwardClient,
         target: &HttpTarget,
-        secret: Option<SigningSecret>,
+        signing: Option<SigningKeys>,
         detail: AttemptDetail,
     ) -> Result<Self, FieldError> {
         let url = reqwest::Url::parse(&target.url)
@@ -169,7 +171,7 @@ impl HttpForwarder {
                 &method,
                 &url,
                 &headers,
-                secret.is_some(),
+                signing.is_some(),
                 body_bytes,
             )),
         };
@@ -185,7 +187,7 @@ impl HttpForwarder {
             url,
             headers,
             timeout: Duration::from_millis(target.timeout_ms),
-            secret,
+            signing,
             report,
         })
     }
@@ -194,7 +196,8 @@ impl HttpForwarder {
 #[async_trait::async_trait]
 impl DeliveryTarget for HttpForwarder {
     async fn deliver(&self, message: &IncomingMessage) -> Attempt {
-        let timestamp = chrono::Utc::now().timestamp();
+        let now = chrono::Utc::now();
+        let timestamp = now.timestamp();
         let content_type = message
             .content_type
             .as_deref()
@@ -210,10 +213,10 @@ impl DeliveryTarget for HttpForwarder {
             .header(gateway::headers::QUEUE, message.queue.as_str())
             .header(gateway::headers::ATTEMPT, message.attempt.to_string());
         request = with_trace(request, message.trace.as_ref());
-        if let Some(secret) = &self.secret {
+        if let Some(signing) = &self.signing {
             request = request.header(
                 "webhook-signature",
-                secret.sign(&message.message_id, timestamp, &message.payload),
+                signing.signature(&message.message_id, timestamp, &message.payload, now),
             );
         }
         // Held until the answer is read: the connection is busy till then.
@@ -237,7 +240,8 @@ impl DeliveryTarget for HttpForwarder {
     /// One request for the whole batch: a JSON array body, `webhook-id` the
     /// batch's id, the signature over the whole body.
     async fn deliver_batch(&self, batch: &Batch) -> BatchOutcome {
-        let timestamp = chrono::Utc::now().timestamp();
+        let now = chrono::Utc::now();
+        let timestamp = now.timestamp();
         let body = batch::body(&batch.messages);
         let mut request = self
             .client
@@ -252,10 +256,10 @@ impl DeliveryTarget for HttpForwarder {
                 gateway::headers::BATCH_SIZE,
                 batch.messages.len().to_string(),
             );
-        if let Some(secret) = &self.secret {
+        if let Some(signing) = &self.signing {
             request = request.header(
                 "webhook-signature",
-                secret.sign(&batch.id, timestamp, &body),
+                signing.signature(&batch.id, timestamp, &body, now),
             );
         }
         // One request is one span and has one parent: the trace of the

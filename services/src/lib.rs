@@ -12,6 +12,7 @@ pub mod management;
 pub mod masking;
 pub mod network;
 pub mod replicas;
+pub mod signing;
 pub mod store;
 pub mod targets;
 pub mod validation;

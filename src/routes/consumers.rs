@@ -416,6 +416,10 @@ pub(super) fn apply_settings(
     next.ordering = ordering_of(settings.ordering, base.ordering.as_ref())?;
     next.ordering(state.registry.max_hold())?;
     if let Some(secret) = settings.signing_secret {
+        // Replaced at once, as asked: keeping the old one valid for a while
+        // is what `/rotateSigningSecret` is for.
+        next.previous_signing_secret = None;
+        next.previous_signing_expires_at = None;
         next.signing_secret = secret
             .map(|raw| {
                 SigningSecret::parse(raw.expose_secret())
@@ -444,6 +448,8 @@ fn parse_definition(
         prefetch: DEFAULT_PREFETCH,
         retry: RetryPolicy::default(),
         signing_secret: None,
+        previous_signing_secret: None,
+        previous_signing_expires_at: None,
         created_at: services::store::DateTime::now(),
         paused: false,
         concurrency: None,

@@ -18,6 +18,7 @@ pub mod publish_batch;
 pub mod queues;
 pub mod replicas;
 pub mod seeds;
+pub mod signing;
 pub mod update_consumer;
 pub mod whoami;
 
@@ -85,6 +86,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, batch_body: BodyLimit) {
             Method::POST,
             "/updateConsumer",
             update_consumer::update_consumer,
+        ))
+        .service(route(
+            Method::POST,
+            "/rotateSigningSecret",
+            signing::rotate_signing_secret,
         ))
         .service(route(
             Method::POST,
