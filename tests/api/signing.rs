@@ -49,6 +49,27 @@ async fn rotate(api: &Api, body: &Value) -> Value {
     assert_json(api.post("/rotateSigningSecret", body).await, StatusCode::OK).await
 }
 
+/// Waits until both replicas report `consumer` in `state`.
+async fn both_replicas(api: &Api, consumer: &str, state: &str) {
+    api.wait_for_consumer(consumer, Duration::from_secs(10), state, |view| {
+        let replicas = view["stats"]["replicas"].as_array();
+        replicas.is_some_and(|r| r.len() == 2 && r.iter().all(|r| r["state"] == state))
+    })
+    .await;
+}
+
+/// Rotates while `consumer` is paused on both replicas, so that when a
+/// replica resumes it runs the rotated definition (it reads both in one
+/// pass): every request after this returns is signed the new way.
+async fn rotate_on_both(api: &Api, consumer: &str, body: &Value) -> Value {
+    api.pause(consumer).await;
+    both_replicas(api, consumer, "paused").await;
+    let rotated = rotate(api, body).await;
+    api.resume(consumer).await;
+    both_replicas(api, consumer, "running").await;
+    rotated
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rotated_secret_signs_beside_the_old_one_on_every_replica_and_retry() {
     let first = spawn_app().await;
@@ -85,8 +106,10 @@ async fn a_rotated_secret_signs_beside_the_old_one_on_every_replica_and_retry() 
     );
 
     let new_key: [u8; 32] = rand::random();
-    let rotated = rotate(
+    both_replicas(api, &consumer, "running").await;
+    let rotated = rotate_on_both(
         api,
+        &consumer,
         &json!({ "consumerId": consumer, "signingSecret": secret_of(&new_key), "gracePeriodMs": 600_000 }),
     )
     .await;
@@ -159,7 +182,12 @@ async fn a_rotated_secret_signs_beside_the_old_one_on_every_replica_and_retry() 
     assert_eq!(unchanged["signing"]["previousFingerprint"], old_fingerprint);
 
     // With `force`, the oldest secret goes; the one just replaced stays.
-    let forced = rotate(api, &json!({ "consumerId": consumer, "force": true })).await;
+    let forced = rotate_on_both(
+        api,
+        &consumer,
+        &json!({ "consumerId": consumer, "force": true }),
+    )
+    .await;
     let newest = forced["signingSecret"]
         .as_str()
         .expect("a generated secret");
