@@ -928,6 +928,12 @@ impl ConsumerRegistry {
             TargetSpec::Http(http) => {
                 // Re-checked here too: the allow-list may have changed since.
                 crate::targets::TargetUrl::parse(&http.url, self.allowed_hosts.as_deref())?;
+                if let Some(crate::targets::TargetAuth::Oauth2(auth)) = http.auth.as_deref() {
+                    crate::targets::TokenUrl::parse(
+                        &auth.token_url,
+                        self.allowed_hosts.as_deref(),
+                    )?;
+                }
                 let keys = crate::signing::keys_of(definition)?;
                 Arc::new(HttpForwarder::new(self.http.clone(), http, keys, detail)?)
             }
@@ -995,12 +1001,10 @@ impl ConsumerRegistry {
         };
         let stats = others.fleet_stats(&definition.consumer_id, own);
         let signing = SigningView::of(&definition, chrono::Utc::now());
-        let mut target = definition.target;
-        if let TargetSpec::Http(http) = &mut target {
-            for value in http.headers.values_mut() {
-                *value = "***".into();
-            }
-        }
+        let target = match definition.target {
+            TargetSpec::Http(http) => TargetSpec::Http(http.masked()),
+            other => other,
+        };
         ConsumerView {
             consumer_id: definition.consumer_id,
             consumer_name: definition.consumer_name,
@@ -1170,6 +1174,8 @@ pub(crate) mod tests {
                 headers: BTreeMap::from([("x-api-key".into(), "headerSecret".into())]),
                 timeout_ms: 1_000,
                 http2: crate::targets::Http2Mode::Auto,
+                auth: None,
+                tls: None,
             }),
             prefetch: 10,
             retry: gateway::RetryPolicy::default(),

@@ -15,12 +15,22 @@
 //! Every request first takes a slot of its target's origin
 //! (`target_slots`), so all the consumers aimed at one service share a
 //! bounded set of kept-alive connections to it.
+//!
+//! `target.auth` adds its header to every request: a fixed one (basic,
+//! bearer, header) made once, or an OAuth2 token from the shared cache
+//! (`oauth2`); a 401 with such a token gets a new token and one more try
+//! within the same attempt. `target.tls` sends through a client of its own
+//! (`tls_clients`), with the same guard and settings.
 
 mod batch;
+mod oauth2;
 mod report;
 mod target_slots;
+mod tls_clients;
 
+pub use oauth2::TokenCache;
 pub use target_slots::{OriginSlots, TargetSlots};
+pub use tls_clients::TlsClients;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,13 +39,17 @@ use gateway::{
     Answer, Attempt, Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget, ErrorKind, Failure,
     IncomingMessage,
 };
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
+};
 use reqwest::StatusCode;
 
 use crate::network::{with_causes, AddressGuard, AddressNotAllowed};
 use crate::signing::SigningKeys;
-use crate::targets::{Http2Mode, HttpTarget};
+use crate::targets::{Http2Mode, HttpTarget, TargetAuth, TokenUrl};
 use crate::FieldError;
+use oauth2::{Token, TokenSource};
+use tls_clients::TlsClient;
 
 /// Response bodies are read (so the connection can be reused) up to this
 /// much, then dropped.
@@ -55,6 +69,10 @@ pub struct ForwardClient {
     guard: Option<AddressGuard>,
     /// `MAX_CONNECTIONS_PER_TARGET`: requests open to one origin at once.
     slots: Arc<TargetSlots>,
+    /// OAuth2 tokens, shared by every consumer.
+    tokens: Arc<TokenCache>,
+    /// Clients for targets with `target.tls`, one per set of settings.
+    tls: Arc<TlsClients>,
 }
 
 /// The shared client for every forwarder. With `deny_private`, inside
@@ -68,21 +86,47 @@ pub fn http_client(
 ) -> reqwest::Result<ForwardClient> {
     let guard = deny_private.then(|| AddressGuard::new(allowed_hosts.unwrap_or_default()));
     let slots = Arc::new(TargetSlots::new(per_target));
-    let build = |version: fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder| {
-        let mut builder = version(base_builder(slots.limit()));
-        if let Some(guard) = &guard {
-            // A proxy would resolve the target itself, out of the guard's sight.
-            builder = builder.dns_resolver(guard.resolver()).no_proxy();
-        }
-        builder.build()
-    };
+    let build = |mode| guarded_builder(guard.as_ref(), slots.limit(), mode).build();
     Ok(ForwardClient {
-        client: build(|b| b)?,
-        http1: build(reqwest::ClientBuilder::http1_only)?,
-        http2: build(reqwest::ClientBuilder::http2_prior_knowledge)?,
+        client: build(Http2Mode::Auto)?,
+        http1: build(Http2Mode::Never)?,
+        http2: build(Http2Mode::Always)?,
         guard,
         slots,
+        tokens: Arc::new(TokenCache::default()),
+        tls: Arc::new(TlsClients::default()),
     })
+}
+
+impl ForwardClient {
+    /// The shared OAuth2 token cache.
+    pub fn tokens(&self) -> &TokenCache {
+        &self.tokens
+    }
+
+    /// The shared clients of targets with `target.tls`.
+    pub fn tls_clients(&self) -> &TlsClients {
+        &self.tls
+    }
+}
+
+/// A forwarding client's builder for `mode`, carrying the guard.
+fn guarded_builder(
+    guard: Option<&AddressGuard>,
+    pooled_per_host: usize,
+    mode: Http2Mode,
+) -> reqwest::ClientBuilder {
+    let mut builder = base_builder(pooled_per_host);
+    builder = match mode {
+        Http2Mode::Never => builder.http1_only(),
+        Http2Mode::Auto => builder,
+        Http2Mode::Always => builder.http2_prior_knowledge(),
+    };
+    if let Some(guard) = guard {
+        // A proxy would resolve the target itself, out of the guard's sight.
+        builder = builder.dns_resolver(guard.resolver()).no_proxy();
+    }
+    builder
 }
 
 /// What every forwarding client has in common.
@@ -118,6 +162,10 @@ pub struct HttpForwarder {
     /// `None`: the consumer's attempts are not recorded, so nothing of the
     /// request or answer is kept.
     report: Option<report::Report>,
+    /// `target.auth` of type `oauth2`: where its tokens come from.
+    oauth: Option<TokenSource>,
+    /// Keeps the shared client of a target with `target.tls` in use.
+    _tls: Option<Arc<TlsClient>>,
 }
 
 /// What a forwarder keeps of each attempt for its record.
@@ -165,22 +213,55 @@ impl HttpForwarder {
             })?;
             headers.insert(name, value);
         }
+        if let Some((name, value)) = target
+            .auth
+            .as_deref()
+            .map(TargetAuth::static_header)
+            .transpose()?
+            .flatten()
+        {
+            headers.insert(name, value);
+        }
+        let oauth = match target.auth.as_deref() {
+            Some(TargetAuth::Oauth2(auth)) => {
+                let token_url = TokenUrl::parse(&auth.token_url, None)?;
+                if let Some(guard) = &client.guard {
+                    guard.check_url(token_url.as_url()).map_err(|refused| {
+                        FieldError::new("target.auth.tokenUrl", format!("{refused} (FORWARD_DENY_PRIVATE refuses loopback, private and link-local addresses)"))
+                    })?;
+                }
+                Some(
+                    client
+                        .tokens
+                        .source(auth, token_url, client.client.clone())?,
+                )
+            }
+            _ => None,
+        };
         let report = match detail {
             AttemptDetail::Off => None,
             AttemptDetail::Keep { body_bytes } => Some(report::Report::new(
                 &method,
                 &url,
                 &headers,
+                oauth.is_some(),
                 signing.is_some(),
                 body_bytes,
             )),
         };
+        let tls = match target.tls.as_deref() {
+            Some(tls) => Some(client.tls.client(tls, target.http2, || {
+                guarded_builder(client.guard.as_ref(), client.slots.limit(), target.http2)
+            })?),
+            None => None,
+        };
         Ok(Self {
             slots: client.slots.of(&url),
-            client: match target.http2 {
-                Http2Mode::Never => client.http1,
-                Http2Mode::Auto => client.client,
-                Http2Mode::Always => client.http2,
+            client: match (&tls, target.http2) {
+                (Some(tls), _) => tls.0.clone(),
+                (None, Http2Mode::Never) => client.http1,
+                (None, Http2Mode::Auto) => client.client,
+                (None, Http2Mode::Always) => client.http2,
             },
             http2: target.http2,
             method,
@@ -189,6 +270,8 @@ impl HttpForwarder {
             timeout: Duration::from_millis(target.timeout_ms),
             signing,
             report,
+            oauth,
+            _tls: tls,
         })
     }
 }
@@ -196,111 +279,202 @@ impl HttpForwarder {
 #[async_trait::async_trait]
 impl DeliveryTarget for HttpForwarder {
     async fn deliver(&self, message: &IncomingMessage) -> Attempt {
-        let now = chrono::Utc::now();
-        let timestamp = now.timestamp();
         let content_type = message
             .content_type
             .as_deref()
             .unwrap_or("application/json");
-        let mut request = self
-            .client
-            .request(self.method.clone(), self.url.clone())
-            .timeout(self.timeout)
-            .header(CONTENT_TYPE, content_type)
-            .headers(self.headers.clone())
-            .header("webhook-id", &message.message_id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header(gateway::headers::QUEUE, message.queue.as_str())
-            .header(gateway::headers::ATTEMPT, message.attempt.to_string());
-        request = with_trace(request, message.trace.as_ref());
-        if let Some(signing) = &self.signing {
-            request = request.header(
-                "webhook-signature",
-                signing.signature(&message.message_id, timestamp, &message.payload, now),
-            );
-        }
-        // Held until the answer is read: the connection is busy till then.
-        let _slot = self.slots.take().await;
-        let (outcome, answer) = match request.body(message.payload.clone()).send().await {
-            Ok(mut response) => {
-                let status = response.status();
-                let retry_after = retry_after(response.headers());
-                let answer = self.answer(&mut response).await;
-                (classify(status, retry_after), answer)
-            }
-            Err(err) => (self.not_sent(err), None),
+        let mut token = match self.token().await {
+            Ok(token) => token,
+            Err(failure) => return self.without_token(failure),
         };
-        Attempt {
-            outcome,
-            request: self.report.as_ref().map(report::Report::request),
-            answer,
+        let mut replaced = false;
+        loop {
+            let now = chrono::Utc::now();
+            let timestamp = now.timestamp();
+            let mut request = self
+                .client
+                .request(self.method.clone(), self.url.clone())
+                .timeout(self.timeout)
+                .header(CONTENT_TYPE, content_type)
+                .headers(self.headers.clone())
+                .header("webhook-id", &message.message_id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header(gateway::headers::QUEUE, message.queue.as_str())
+                .header(gateway::headers::ATTEMPT, message.attempt.to_string());
+            request = with_trace(request, message.trace.as_ref());
+            request = with_token(request, token.as_deref());
+            if let Some(signing) = &self.signing {
+                request = request.header(
+                    "webhook-signature",
+                    signing.signature(&message.message_id, timestamp, &message.payload, now),
+                );
+            }
+            // Held until the answer is read: the connection is busy till then.
+            let slot = self.slots.take().await;
+            let (outcome, answer) = match request.body(message.payload.clone()).send().await {
+                Ok(mut response) => {
+                    let status = response.status();
+                    if let Some(rejected) = token
+                        .as_ref()
+                        .filter(|_| !replaced && status == StatusCode::UNAUTHORIZED)
+                    {
+                        read_body(&mut response, MAX_RESPONSE_DRAIN, 0).await;
+                        drop(slot);
+                        replaced = true;
+                        match self.replace_token(rejected).await {
+                            Ok(fresh) => {
+                                token = Some(fresh);
+                                continue;
+                            }
+                            Err(failure) => return self.without_token(failure),
+                        }
+                    }
+                    let retry_after = retry_after(response.headers());
+                    let answer = self.answer(&mut response).await;
+                    (classify(status, retry_after), answer)
+                }
+                Err(err) => (self.not_sent(err), None),
+            };
+            return Attempt {
+                outcome,
+                request: self.report.as_ref().map(report::Report::request),
+                answer,
+            };
         }
     }
 
     /// One request for the whole batch: a JSON array body, `webhook-id` the
     /// batch's id, the signature over the whole body.
     async fn deliver_batch(&self, batch: &Batch) -> BatchOutcome {
-        let now = chrono::Utc::now();
-        let timestamp = now.timestamp();
         let body = batch::body(&batch.messages);
-        let mut request = self
-            .client
-            .request(self.method.clone(), self.url.clone())
-            .timeout(self.timeout)
-            .header(CONTENT_TYPE, "application/json")
-            .headers(self.headers.clone())
-            .header("webhook-id", &batch.id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header(gateway::headers::QUEUE, batch.queue.as_str())
-            .header(
-                gateway::headers::BATCH_SIZE,
-                batch.messages.len().to_string(),
-            );
-        if let Some(signing) = &self.signing {
-            request = request.header(
-                "webhook-signature",
-                signing.signature(&batch.id, timestamp, &body, now),
-            );
-        }
-        // One request is one span and has one parent: the trace of the
-        // first message that carries one. The other messages' traces are
-        // not sent; their attempt records keep them.
-        request = with_trace(
-            request,
-            batch.messages.iter().find_map(|m| m.trace.as_ref()),
-        );
         let n = batch.messages.len();
-        let _slot = self.slots.take().await;
-        let mut outcome = match request.body(body).send().await {
-            Ok(mut response) => {
-                let status = response.status();
-                if !status.is_success() {
-                    let retry_after = retry_after(response.headers());
-                    let answer = self.answer(&mut response).await;
-                    let mut outcome = BatchOutcome::all(classify(status, retry_after), n);
-                    outcome.answer = answer;
-                    outcome
-                } else {
-                    // Read whole (up to its limit) for its retry and reject
-                    // lists; the record keeps the start of it.
-                    let headers = self
-                        .report
-                        .as_ref()
-                        .map(|r| r.kept_headers(response.headers()));
-                    let limit = batch::MAX_ANSWER_BYTES;
-                    let body = read_body(&mut response, limit, limit).await;
-                    let mut outcome =
-                        batch::after_success(&batch.id, &batch.messages, body.whole());
-                    outcome.answer = self.report.as_ref().zip(headers).map(|(report, headers)| {
-                        report.answer_of(status.as_u16(), headers, &body.kept, body.cut())
-                    });
-                    outcome
-                }
+        let mut token = match self.token().await {
+            Ok(token) => token,
+            Err(failure) => {
+                let mut outcome = BatchOutcome::all(DeliveryOutcome::retry(failure), n);
+                outcome.sent = self.report.as_ref().map(report::Report::request);
+                return outcome;
             }
-            Err(err) => BatchOutcome::all(self.not_sent(err), n),
         };
-        outcome.sent = self.report.as_ref().map(report::Report::request);
-        outcome
+        let mut replaced = false;
+        loop {
+            let now = chrono::Utc::now();
+            let timestamp = now.timestamp();
+            let mut request = self
+                .client
+                .request(self.method.clone(), self.url.clone())
+                .timeout(self.timeout)
+                .header(CONTENT_TYPE, "application/json")
+                .headers(self.headers.clone())
+                .header("webhook-id", &batch.id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header(gateway::headers::QUEUE, batch.queue.as_str())
+                .header(
+                    gateway::headers::BATCH_SIZE,
+                    batch.messages.len().to_string(),
+                );
+            if let Some(signing) = &self.signing {
+                request = request.header(
+                    "webhook-signature",
+                    signing.signature(&batch.id, timestamp, &body, now),
+                );
+            }
+            // One request is one span and has one parent: the trace of the
+            // first message that carries one. The other messages' traces are
+            // not sent; their attempt records keep them.
+            request = with_trace(
+                request,
+                batch.messages.iter().find_map(|m| m.trace.as_ref()),
+            );
+            request = with_token(request, token.as_deref());
+            let slot = self.slots.take().await;
+            let mut outcome = match request.body(body.clone()).send().await {
+                Ok(mut response) => {
+                    let status = response.status();
+                    if let Some(rejected) = token
+                        .as_ref()
+                        .filter(|_| !replaced && status == StatusCode::UNAUTHORIZED)
+                    {
+                        read_body(&mut response, MAX_RESPONSE_DRAIN, 0).await;
+                        drop(slot);
+                        replaced = true;
+                        match self.replace_token(rejected).await {
+                            Ok(fresh) => {
+                                token = Some(fresh);
+                                continue;
+                            }
+                            Err(failure) => {
+                                let mut outcome =
+                                    BatchOutcome::all(DeliveryOutcome::retry(failure), n);
+                                outcome.sent = self.report.as_ref().map(report::Report::request);
+                                return outcome;
+                            }
+                        }
+                    }
+                    if !status.is_success() {
+                        let retry_after = retry_after(response.headers());
+                        let answer = self.answer(&mut response).await;
+                        let mut outcome = BatchOutcome::all(classify(status, retry_after), n);
+                        outcome.answer = answer;
+                        outcome
+                    } else {
+                        // Read whole (up to its limit) for its retry and reject
+                        // lists; the record keeps the start of it.
+                        let headers = self
+                            .report
+                            .as_ref()
+                            .map(|r| r.kept_headers(response.headers()));
+                        let limit = batch::MAX_ANSWER_BYTES;
+                        let body = read_body(&mut response, limit, limit).await;
+                        let mut outcome =
+                            batch::after_success(&batch.id, &batch.messages, body.whole());
+                        outcome.answer =
+                            self.report.as_ref().zip(headers).map(|(report, headers)| {
+                                report.answer_of(status.as_u16(), headers, &body.kept, body.cut())
+                            });
+                        outcome
+                    }
+                }
+                Err(err) => BatchOutcome::all(self.not_sent(err), n),
+            };
+            outcome.sent = self.report.as_ref().map(report::Report::request);
+            return outcome;
+        }
+    }
+}
+
+impl HttpForwarder {
+    /// The OAuth2 token to send, when the target has `oauth2` auth.
+    async fn token(&self) -> Result<Option<Arc<Token>>, Failure> {
+        match &self.oauth {
+            Some(source) => source.token().await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Another token in place of the one the target refused.
+    async fn replace_token(&self, rejected: &Arc<Token>) -> Result<Arc<Token>, Failure> {
+        match &self.oauth {
+            Some(source) => source.replace(rejected).await,
+            None => Err(Failure::new(ErrorKind::Auth, "no token source")),
+        }
+    }
+
+    /// The attempt when no token could be had: retried, nothing sent.
+    fn without_token(&self, failure: Failure) -> Attempt {
+        Attempt {
+            outcome: DeliveryOutcome::retry(failure),
+            request: self.report.as_ref().map(report::Report::request),
+            answer: None,
+        }
+    }
+}
+
+/// The request with the OAuth2 token, when there is one.
+fn with_token(request: reqwest::RequestBuilder, token: Option<&Token>) -> reqwest::RequestBuilder {
+    match token {
+        Some(token) => request.header(AUTHORIZATION, token.header().clone()),
+        None => request,
     }
 }
 

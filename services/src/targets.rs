@@ -3,7 +3,14 @@
 //! `TargetUrl` and `SigningSecret` can only be built through their
 //! constructors, which enforce the rules (http(s) with a host, the
 //! `FORWARD_ALLOWED_HOSTS` guard; `whsec_` + base64 of 24 to 64 bytes), so a
-//! consumer with an invalid target cannot exist.
+//! consumer with an invalid target cannot exist. `auth` (`target.auth`)
+//! and `tls` (`target.tls`) own how the gateway proves itself to a target.
+
+mod auth;
+mod tls;
+
+pub use auth::{BasicAuth, BearerAuth, HeaderAuth, OAuth2Auth, TargetAuth, TokenUrl};
+pub use tls::{CaRoots, ClientIdentity, TargetTls};
 
 use std::collections::BTreeMap;
 
@@ -68,6 +75,14 @@ pub struct HttpTarget {
     /// before it existed: `auto`.
     #[serde(default)]
     pub http2: Http2Mode,
+    /// How the gateway authenticates to the target; absent: it does not
+    /// (beyond `headers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Box<TargetAuth>>,
+    /// A client certificate and a private CA; absent: plain server-verified
+    /// TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Box<TargetTls>>,
 }
 
 /// Whether a target is spoken to over HTTP/2 (`target.http2`).
@@ -93,6 +108,8 @@ impl std::fmt::Debug for HttpTarget {
             .field("headers", &DebugHeaders(Some(&self.headers)))
             .field("timeout_ms", &self.timeout_ms)
             .field("http2", &self.http2)
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -226,12 +243,62 @@ impl HttpTarget {
             headers,
             timeout_ms,
             http2: Http2Mode::default(),
+            auth: None,
+            tls: None,
         })
     }
 
     /// The same target spoken to over `http2`.
     pub fn with_http2(self, http2: Http2Mode) -> Self {
         Self { http2, ..self }
+    }
+
+    /// The same target authenticated with `auth`. The header it sets may
+    /// not be in `headers` too: one of the two would silently lose.
+    pub fn with_auth(self, auth: Option<TargetAuth>) -> Result<Self, FieldError> {
+        if let Some(auth) = &auth {
+            let name = auth.header_name();
+            if self.headers.keys().any(|h| h.eq_ignore_ascii_case(name)) {
+                return Err(FieldError::new(
+                    "target.headers",
+                    format!(
+                        "`{name}` is set by target.auth ({}); remove it from target.headers",
+                        auth.kind()
+                    ),
+                ));
+            }
+        }
+        Ok(Self {
+            auth: auth.map(Box::new),
+            ..self
+        })
+    }
+
+    /// The same target spoken to with `tls`.
+    pub fn with_tls(self, tls: Option<TargetTls>) -> Self {
+        Self {
+            tls: tls.map(Box::new),
+            ..self
+        }
+    }
+
+    /// As the API shows it to admins: header values, auth secrets and the
+    /// TLS key `***`.
+    pub fn masked(mut self) -> Self {
+        for value in self.headers.values_mut() {
+            *value = "***".into();
+        }
+        self.auth = self.auth.map(|auth| Box::new(auth.masked()));
+        self.tls = self.tls.map(|tls| Box::new(tls.masked()));
+        self
+    }
+
+    /// As the API shows it to viewers: besides `masked`, the auth's type
+    /// alone and only that TLS is set.
+    pub fn for_viewer(mut self) -> Self {
+        self.auth = self.auth.map(|auth| Box::new(auth.type_only()));
+        self.tls = self.tls.map(|tls| Box::new(tls.hidden()));
+        self
     }
 }
 

@@ -17,6 +17,7 @@ use services::{
 };
 use utoipa::ToSchema;
 
+use super::target_auth::{self, TargetAuthRequest, TargetTlsRequest};
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::redact;
@@ -208,6 +209,14 @@ pub enum TargetRequest {
         /// negotiates it), `always` (also h2c with prior knowledge to an
         /// http URL; a target that does not speak HTTP/2 fails, retried).
         http2: Option<Http2Mode>,
+        /// How the gateway authenticates to the target; write-only
+        /// secrets. Not with an `authorization` (or the `header` auth's
+        /// name) in `headers`.
+        #[schema(value_type = Option<TargetAuthRequest>)]
+        auth: Option<Box<serde_json::Value>>,
+        /// Mutual TLS and a private CA.
+        #[schema(value_type = Option<TargetTlsRequest>)]
+        tls: Option<Box<serde_json::Value>>,
     },
     Builtin {
         handler: BuiltinHandlerName,
@@ -223,6 +232,8 @@ impl std::fmt::Debug for TargetRequest {
                 headers,
                 timeout_ms,
                 http2,
+                auth,
+                tls,
             } => f
                 .debug_struct("Http")
                 .field("url", &DebugUrl(url))
@@ -230,6 +241,8 @@ impl std::fmt::Debug for TargetRequest {
                 .field("headers", &DebugHeaders(headers.as_ref()))
                 .field("timeout_ms", timeout_ms)
                 .field("http2", http2)
+                .field("auth", &auth.as_deref().map(target_auth::auth_type))
+                .field("tls", &tls.is_some())
                 .finish(),
             TargetRequest::Builtin { handler } => {
                 f.debug_struct("Builtin").field("handler", handler).finish()
@@ -485,6 +498,8 @@ fn parse_target(state: &AppState, request: TargetRequest) -> Result<TargetSpec, 
             headers,
             timeout_ms,
             http2,
+            auth,
+            tls,
         } => TargetSpec::Http(
             HttpTarget::parse(
                 &url,
@@ -493,7 +508,12 @@ fn parse_target(state: &AppState, request: TargetRequest) -> Result<TargetSpec, 
                 timeout_ms,
                 allowed,
             )?
-            .with_http2(http2.unwrap_or_default()),
+            .with_http2(http2.unwrap_or_default())
+            .with_auth(
+                auth.map(|raw| target_auth::parse_auth(*raw, allowed))
+                    .transpose()?,
+            )?
+            .with_tls(tls.map(|raw| target_auth::parse_tls(*raw)).transpose()?),
         ),
         TargetRequest::Builtin { handler } => TargetSpec::Builtin {
             handler: handler.into(),

@@ -19,6 +19,7 @@ pub mod queues;
 pub mod replicas;
 pub mod seeds;
 pub mod signing;
+pub mod target_auth;
 pub mod update_consumer;
 pub mod whoami;
 

@@ -182,6 +182,19 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
             &target.url("/hook"),
         )
         .await;
+    // The target's auth: a type from the list shows its own fields.
+    browser
+        .eval(&format!(
+            r#"const s = document.querySelector('{form} select[name="authType"]');
+               s.value = "bearer"; s.dispatchEvent(new Event("change")); return true"#
+        ))
+        .await;
+    browser
+        .fill(
+            &format!(r#"{form} input[name="auth.bearer.token"]"#),
+            "consoleTokenValue",
+        )
+        .await;
     browser
         .click(&format!(r#"{form} button[type="submit"]"#))
         .await;
@@ -201,6 +214,11 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
     assert_eq!(view["queueName"], queue.as_str(), "{view}");
     assert_eq!(view["consumerName"], "orders-webhook", "{view}");
     assert_eq!(view["target"]["url"], target.url("/hook"), "{view}");
+    assert_eq!(
+        view["target"]["auth"],
+        json!({"type": "bearer", "token": "***"}),
+        "{view}"
+    );
     let row = format!(r#"document.querySelector('tr[data-consumer-id="{consumer}"]')"#);
 
     // 50 messages through the API; the row's acked count reaches 50.
@@ -215,6 +233,10 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
         )
         .await;
     assert_eq!(target.ids_delivered().len(), 50);
+    assert!(target
+        .requests_to("/hook")
+        .iter()
+        .all(|r| r.header("authorization") == Some("Bearer consoleTokenValue")));
     // The target's round trip, estimated from /metrics: "<p50> / <p99>".
     let took = browser
         .wait_for(

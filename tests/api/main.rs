@@ -36,6 +36,7 @@ mod resilience;
 mod retries;
 mod signing;
 mod support;
+mod target_auth;
 mod trace;
 mod try_it;
 mod update_consumer;

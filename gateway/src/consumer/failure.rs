@@ -17,6 +17,9 @@ pub enum ErrorKind {
     Dns,
     /// The TLS handshake with the target failed.
     Tls,
+    /// No credentials for the target: its OAuth2 token endpoint failed or
+    /// refused the client (`target.auth`).
+    Auth,
     /// The target answered with a status that is not a success.
     HttpStatus,
     /// The network guard refused the target's address.
@@ -46,11 +49,12 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in documentation order.
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         Self::Timeout,
         Self::Connect,
         Self::Dns,
         Self::Tls,
+        Self::Auth,
         Self::HttpStatus,
         Self::AddressNotAllowed,
         Self::Handler,
@@ -70,6 +74,7 @@ impl ErrorKind {
             Self::Connect => "connect",
             Self::Dns => "dns",
             Self::Tls => "tls",
+            Self::Auth => "auth",
             Self::HttpStatus => "http_status",
             Self::AddressNotAllowed => "address_not_allowed",
             Self::Handler => "handler",

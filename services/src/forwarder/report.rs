@@ -30,12 +30,14 @@ pub(super) struct Report {
 
 impl Report {
     /// The shape of the requests to `url`: its method, the URL masked, and the
-    /// names of the headers every request carries (the target's own and the
-    /// gateway's).
+    /// names of the headers every request carries (the target's own, its
+    /// auth's and the gateway's); `bearer` when an OAuth2 token is added to
+    /// each.
     pub fn new(
         method: &reqwest::Method,
         url: &reqwest::Url,
         target_headers: &HeaderMap,
+        bearer: bool,
         signed: bool,
         body_bytes: usize,
     ) -> Self {
@@ -44,6 +46,9 @@ impl Report {
             .map(str::to_owned)
             .collect();
         headers.extend(target_headers.keys().map(|name| name.as_str().to_owned()));
+        if bearer {
+            headers.push("authorization".to_owned());
+        }
         headers.push(gateway::headers::QUEUE.to_owned());
         headers.push(gateway::headers::ATTEMPT.to_owned());
         if signed {
@@ -140,6 +145,7 @@ mod tests {
             &reqwest::Method::POST,
             &reqwest::Url::parse("https://u:p@hooks.example.com/in?token=abc").unwrap(),
             &headers,
+            false,
             true,
             body_bytes,
         )

@@ -237,7 +237,54 @@ function setBadge(cell, state) {
 function targetText(target) {
   if (!target) return "";
   if (target.type === "builtin") return `built-in: ${target.handler}`;
-  return `${target.method || "POST"} ${target.url}`;
+  const auth = target.auth ? ` · auth: ${target.auth.type}` : "";
+  const tls = target.tls ? " · mTLS" : "";
+  return `${target.method || "POST"} ${target.url}${auth}${tls}`;
+}
+
+/** The consumer form's auth fields: one set per `target.auth` type, shown
+ *  when that type is chosen. Secrets are password inputs, never shown back. */
+const AUTH_FIELDS = {
+  basic: [["username", "Username", "text"], ["password", "Password", "password"]],
+  bearer: [["token", "Token", "password"]],
+  header: [["name", "Header name", "text"], ["value", "Header value", "password"]],
+  oauth2: [["tokenUrl", "Token URL", "url"], ["clientId", "Client id", "text"],
+    ["clientSecret", "Client secret", "password"], ["scope", "Scope (optional)", "text"],
+    ["audience", "Audience (optional)", "text"]],
+};
+const OPTIONAL_AUTH_FIELDS = new Set(["scope", "audience"]);
+
+function authFields() {
+  const select = el("select", { name: "authType", "data-testid": "auth-type" },
+    el("option", { value: "" }, "None"),
+    ...Object.keys(AUTH_FIELDS).map((type) => el("option", { value: type }, type)));
+  const groups = Object.entries(AUTH_FIELDS).map(([type, fields]) =>
+    el("div.auth-fields.wide", { "data-auth": type, hidden: true },
+      ...fields.map(([name, label, kind]) => el("label", {}, label,
+        el("input", { name: `auth.${type}.${name}`, type: kind, autocomplete: "off" })))));
+  const show = () => {
+    for (const group of groups) {
+      const on = group.dataset.auth === select.value;
+      group.hidden = !on;
+      for (const input of group.querySelectorAll("input")) {
+        input.required = on && !OPTIONAL_AUTH_FIELDS.has(input.name.split(".")[2]);
+      }
+    }
+  };
+  select.addEventListener("change", show);
+  return { nodes: [el("label", {}, "Target auth", select), ...groups], reset: show };
+}
+
+/** `target.auth` from the form's fields, or undefined for none. */
+function authOf(data) {
+  const type = String(data.get("authType") || "");
+  if (!AUTH_FIELDS[type]) return undefined;
+  const auth = { type };
+  for (const [name] of AUTH_FIELDS[type]) {
+    const value = String(data.get(`auth.${type}.${name}`) || "").trim();
+    if (value) auth[name] = value;
+  }
+  return auth;
 }
 
 // ------------------------------------------------------------- history --
@@ -624,6 +671,7 @@ views.consumers = {
   mount(root) {
     root.append(el("h1", {}, "Consumers"));
     if (allows("admin")) {
+      const auth = authFields();
       const form = el("form.create.panel", { "data-testid": "create-consumer", "aria-label": "Create a consumer" },
         el("label", {}, "Queue", el("input", { name: "queueName", required: true, list: "queue-names" })),
         el("datalist", { id: "queue-names" }),
@@ -635,6 +683,7 @@ views.consumers = {
         el("label", {}, "Max attempts", el("input", { name: "maxAttempts", type: "number", min: 1, max: 100, value: 5 })),
         el("label", {}, "First retry after (ms)", el("input", { name: "initialDelayMs", type: "number", min: 1, value: 1000 })),
         el("label.wide", {}, "Signing secret (optional, whsec_…)", el("input", { name: "signingSecret", type: "password", autocomplete: "off" })),
+        ...auth.nodes,
         el("button", { type: "submit" }, "Create consumer"));
       form.addEventListener("submit", (event) => {
         event.preventDefault();
@@ -648,9 +697,12 @@ views.consumers = {
         };
         if (text("consumerName")) body.consumerName = text("consumerName");
         if (text("signingSecret")) body.signingSecret = text("signingSecret");
+        const targetAuth = authOf(data);
+        if (targetAuth) body.target.auth = targetAuth;
         act(form.querySelector("button[type=submit]"), async () => {
           const answer = await api("POST", "createConsumer", body);
           form.reset();
+          auth.reset();
           showNotice(`Consumer ${answer.consumerId} created on ${body.queueName}.`);
         });
       });

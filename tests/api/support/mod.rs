@@ -17,6 +17,7 @@ pub mod gateway_process;
 pub mod http;
 pub mod management;
 pub mod target_server;
+pub mod tls_target;
 pub mod vhost;
 pub mod wait;
 
