@@ -19,13 +19,13 @@
 
 mod cap;
 mod changes;
+pub mod sealed;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use futures_util::TryStreamExt;
 use gateway::consumer::{ConsumerState, ConsumerStats};
 use gateway::{
     BatchPolicy, BatchPolicyError, CircuitBreakerPolicy, CircuitBreakerPolicyError,
@@ -34,7 +34,6 @@ use gateway::{
     RetryPolicyError,
 };
 use mongodb::bson::{doc, DateTime};
-use mongodb::Collection;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -73,8 +72,8 @@ pub struct ConsumerDefinition {
     pub prefetch: u16,
     /// How failures are retried, and when they are dead-lettered instead.
     pub retry: RetryPolicy,
-    /// Needed in clear to sign, so stored in clear; never returned by the
-    /// API, never logged, never in `Debug`.
+    /// Needed in clear to sign; stored sealed under `SECRETS_KEY`
+    /// (`sealed`), never returned by the API, never logged, never in `Debug`.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -376,7 +375,8 @@ pub trait BuiltinTargets: Send + Sync {
 /// The consumers as stored, and the running of them on this replica: writes go to the store first,
 /// then to the supervisor, and a reconcile pass brings every replica in line with the store.
 pub struct ConsumerRegistry {
-    collection: Collection<ConsumerDefinition>,
+    /// Seals the definitions' secrets on the way in, opens them on the way out.
+    collection: sealed::SealedConsumers,
     supervisor: Arc<ConsumerSupervisor>,
     http: crate::forwarder::ForwardClient,
     allowed_hosts: Option<Vec<String>>,
@@ -412,7 +412,10 @@ impl ConsumerRegistry {
         builtins: Arc<dyn BuiltinTargets>,
     ) -> Self {
         Self {
-            collection: store.database().collection("consumers"),
+            collection: sealed::SealedConsumers::new(
+                store.database().collection("consumers"),
+                store.secrets().clone(),
+            ),
             supervisor,
             http,
             allowed_hosts,
@@ -499,11 +502,12 @@ impl ConsumerRegistry {
         definition: &ConsumerDefinition,
     ) -> Result<(ConsumerSpec, Arc<dyn DeliveryTarget>), RegistryError> {
         let runnable = self.runnable(definition).map_err(RegistryError::Invalid)?;
-        if let Err(err) = self.collection.insert_one(definition).await {
-            let err = StoreError::mongo(
-                format!("storing consumer `{}`", definition.consumer_id),
-                err,
-            );
+        if let Err(err) = self
+            .collection
+            .insert_one(definition)
+            .await
+            .doing(|| format!("storing consumer `{}`", definition.consumer_id))
+        {
             if !(matches!(err, StoreError::Duplicate { .. })
                 && self.already_stored(definition).await)
             {
@@ -593,15 +597,9 @@ impl ConsumerRegistry {
     pub async fn delete_on_queue(&self, queue: &QueueName) -> Result<u64, RegistryError> {
         let ids: Vec<String> = self
             .collection
-            .find(doc! { "queueName": queue.as_str() })
+            .ids(doc! { "queueName": queue.as_str() })
             .await
-            .doing(|| format!("reading the consumers of queue `{queue}`"))?
-            .try_collect::<Vec<_>>()
-            .await
-            .doing(|| format!("reading the consumers of queue `{queue}`"))?
-            .into_iter()
-            .map(|d| d.consumer_id)
-            .collect();
+            .doing(|| format!("reading the consumers of queue `{queue}`"))?;
         let mut deleted = 0;
         for raw in ids {
             if let Some(id) = ConsumerId::parse(&raw) {
@@ -651,9 +649,6 @@ impl ConsumerRegistry {
     async fn all_definitions(&self) -> Result<Vec<ConsumerDefinition>, StoreError> {
         self.collection
             .find(doc! {})
-            .await
-            .doing(|| "reading every consumer")?
-            .try_collect()
             .await
             .doing(|| "reading every consumer")
     }

@@ -28,6 +28,9 @@ pub struct Deployment {
     pub prefix: String,
     pub db_name: String,
     admin_password: String,
+    /// The `SECRETS_KEY` every gateway of the deployment starts with,
+    /// unless a test gives another.
+    pub secrets_key: String,
     amqp_url: String,
     /// `None`: the environment's (`RABBITMQ_MANAGEMENT_URL`).
     management_url: Option<String>,
@@ -44,6 +47,7 @@ impl Deployment {
             prefix: format!("p{id}_"),
             db_name: format!("{TEST_DB_PREFIX}p{id}"),
             admin_password: uuid::Uuid::new_v4().simple().to_string(),
+            secrets_key: super::app::secrets_key_of(&format!("{TEST_DB_PREFIX}p{id}")),
             amqp_url: env_or("AMQP_URL", DEFAULT_AMQP_URL),
             management_url: None,
             mongodb_uri: env_or("MONGODB_URI", DEFAULT_MONGODB_URI),
@@ -120,6 +124,7 @@ impl Deployment {
             .env("MONGODB_DB", &self.db_name)
             .env("ADMIN_USER", "admin")
             .env("ADMIN_PASSWORD", &self.admin_password)
+            .env("SECRETS_KEY", &self.secrets_key)
             .env("INSTANCE_ID", instance_id)
             .env("BUILTIN_CONSUMERS", "false")
             .env("BUILTIN_QUEUE_PREFIX", &self.prefix)
