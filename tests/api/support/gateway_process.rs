@@ -108,6 +108,37 @@ impl Deployment {
         vars: &[(&str, &str)],
         output: Option<&File>,
     ) -> GatewayProcess {
+        let mut gateway = self.spawn_gateway(instance_id, vars, output);
+        gateway.wait_until_ready().await;
+        gateway
+    }
+
+    /// Starts a gateway that is expected not to start: waits for it to
+    /// exit (within `READY_DEADLINE`) and returns how it ended and what it
+    /// wrote.
+    pub async fn gateway_refusing_to_start(
+        &self,
+        instance_id: &str,
+        vars: &[(&str, &str)],
+    ) -> (ExitStatus, String) {
+        let path = std::env::temp_dir().join(format!("{}{instance_id}.log", self.prefix));
+        let file = File::create(&path).expect("a log file for the gateway");
+        let mut gateway = self.spawn_gateway(instance_id, vars, Some(&file));
+        let status = gateway
+            .wait_for_exit(READY_DEADLINE)
+            .await
+            .unwrap_or_else(|| panic!("gateway {instance_id} still runs after {READY_DEADLINE:?}"));
+        let output = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        (status, output)
+    }
+
+    fn spawn_gateway(
+        &self,
+        instance_id: &str,
+        vars: &[(&str, &str)],
+        output: Option<&File>,
+    ) -> GatewayProcess {
         let mut command = GatewayCommand::new(env!("CARGO_BIN_EXE_workerrmq"))
             .expect("a free port")
             // Only the management API's address and credentials come from
@@ -138,16 +169,14 @@ impl Deployment {
             None => command.stdout(Stdio::inherit()).stderr(Stdio::inherit()),
         };
         let process = command.spawn().expect("the gateway binary starts");
-        let mut gateway = GatewayProcess {
+        GatewayProcess {
             process,
             instance_id: instance_id.to_owned(),
             api: Api::new(
                 format!("http://127.0.0.1:{port}"),
                 basic_auth("admin", &self.admin_password),
             ),
-        };
-        gateway.wait_until_ready().await;
-        gateway
+        }
     }
 
     fn plan(&self) -> CleanupPlan {
