@@ -1143,7 +1143,8 @@ pub(crate) mod tests {
         for secret in ["MfKQ9r8", "urlSecret", "headerSecret"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
-        // Stored in clear: the forwarder signs with it after a restart.
+        // The document is in clear (the store boundary, `sealed`, seals it):
+        // the forwarder signs with it after a restart.
         let stored = mongodb::bson::to_document(&definition).expect("encodes");
         assert_eq!(stored.get_str("signingSecret"), Ok(signing));
         let back: ConsumerDefinition = mongodb::bson::from_document(stored).expect("decodes");

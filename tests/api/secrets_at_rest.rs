@@ -196,9 +196,23 @@ async fn no_document_holds_a_secret_and_deliveries_still_carry_them() {
     )
     .await;
 
+    // And a rotation, which keeps the replaced secret as the previous one.
+    let rotated = assert_json(
+        api.post("/rotateSigningSecret", &json!({ "consumerId": consumer }))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let rotated_secret = rotated["signingSecret"]
+        .as_str()
+        .expect("the new secret, shown once")
+        .to_owned();
+
     let stored = consumer_document(&app.db_name, &consumer).await;
-    let sealed = stored.get_str("signingSecret").expect("a signing secret");
-    assert!(sealed.starts_with("enc:v1:"), "{stored}");
+    for field in ["signingSecret", "previousSigningSecret"] {
+        let sealed = stored.get_str(field).expect("a signing secret");
+        assert!(sealed.starts_with("enc:v1:"), "{field}: {stored}");
+    }
     let texts = every_document(&app.db_name).await;
     assert!(texts.iter().any(|t| t.contains(&consumer)), "{texts:?}");
     assert_nowhere(
@@ -211,6 +225,7 @@ async fn no_document_holds_a_secret_and_deliveries_still_carry_them() {
             new_secret.as_bytes(),
             &new_key,
             new_api_key.as_bytes(),
+            rotated_secret.as_bytes(),
         ],
     );
     target.stop().await;
