@@ -17,8 +17,8 @@
 
 use std::fmt;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
+use aes_gcm::Aes256Gcm;
 use base64::Engine;
 use rand::rand_core::UnwrapErr;
 use rand::rngs::SysRng;
@@ -180,7 +180,7 @@ impl SecretsCipher {
             .current
             .cipher
             .encrypt(
-                Nonce::from_slice(&nonce),
+                <&Nonce<Aes256Gcm>>::from(&nonce),
                 Payload {
                     msg: plain.as_bytes(),
                     aad: header.as_bytes(),
@@ -236,11 +236,12 @@ impl SecretsCipher {
             return Err(OpenError::Malformed);
         }
         let (nonce, sealed) = body.split_at(NONCE_BYTES);
+        let nonce = <&Nonce<Aes256Gcm>>::try_from(nonce).map_err(|_| OpenError::Malformed)?;
         let header = &stored[..SEALED_PREFIX.len() + key_id.len() + 1];
         let plain = key
             .cipher
             .decrypt(
-                Nonce::from_slice(nonce),
+                nonce,
                 Payload {
                     msg: sealed,
                     aad: header.as_bytes(),
