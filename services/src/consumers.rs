@@ -646,16 +646,31 @@ impl ConsumerRegistry {
         Ok(true)
     }
 
-    async fn all_definitions(&self) -> Result<Vec<ConsumerDefinition>, StoreError> {
-        self.collection
-            .find(doc! {})
+    /// Every stored definition this replica can read, and the ids of those
+    /// it cannot (their secrets sealed under a key it lacks: a replica
+    /// started with another `SECRETS_KEY`), each reported once.
+    async fn all_definitions(&self) -> Result<(Vec<ConsumerDefinition>, Vec<String>), StoreError> {
+        let (readable, unreadable) = self
+            .collection
+            .find_readable(doc! {})
             .await
-            .doing(|| "reading every consumer")
+            .doing(|| "reading every consumer")?;
+        let unreadable = unreadable
+            .into_iter()
+            .map(|(id, err)| {
+                let problem = gateway::Chain(&err).to_string();
+                if self.unstartable.insert(id.clone(), problem).is_none() {
+                    tracing::warn!(consumer_id = %id, error = %gateway::Chain(&err), "stored consumer cannot be read here; is SECRETS_KEY the same on every replica?");
+                }
+                id
+            })
+            .collect();
+        Ok((readable, unreadable))
     }
 
     /// Every stored consumer, oldest first, with the counters of every live replica.
     pub async fn list(&self) -> Result<Vec<ConsumerView>, RegistryError> {
-        let mut definitions = self.all_definitions().await?;
+        let (mut definitions, _) = self.all_definitions().await?;
         definitions.sort_by_key(|d| d.created_at);
         let others = self.other_replicas().await?;
         Ok(definitions
@@ -711,9 +726,13 @@ impl ConsumerRegistry {
         // gone.
         let running_before = self.supervisor.ids();
         let read_at = Instant::now();
-        let definitions = self.all_definitions().await?;
+        let (definitions, unreadable) = self.all_definitions().await?;
         self.tombstones.retain(|_, at| at.elapsed() < TOMBSTONE_TTL);
-        let mut wanted = HashSet::new();
+        // Still stored, only not readable here: what runs keeps running.
+        let mut wanted: HashSet<ConsumerId> = unreadable
+            .iter()
+            .filter_map(|id| ConsumerId::parse(id))
+            .collect();
         let mut follow = Vec::new();
         for definition in &definitions {
             if self.tombstones.contains_key(&definition.consumer_id) {

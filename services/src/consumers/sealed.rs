@@ -199,6 +199,26 @@ impl SealedConsumers {
         docs.into_iter().map(|doc| self.decode(doc)).collect()
     }
 
+    /// Every definition matching `filter`, in clear, and apart the ids of
+    /// those that do not open (sealed under a key this replica lacks) or do
+    /// not fit, with why: one such record does not hide the others.
+    pub async fn find_readable(
+        &self,
+        filter: Document,
+    ) -> Result<(Vec<ConsumerDefinition>, Vec<(String, SealedError)>), SealedError> {
+        let docs: Vec<Document> = self.raw.find(filter).await?.try_collect().await?;
+        let mut readable = Vec::with_capacity(docs.len());
+        let mut unreadable = Vec::new();
+        for doc in docs {
+            let id = doc.get_str("_id").unwrap_or_default().to_owned();
+            match self.decode(doc) {
+                Ok(definition) => readable.push(definition),
+                Err(err) => unreadable.push((id, err)),
+            }
+        }
+        Ok((readable, unreadable))
+    }
+
     /// The ids of the definitions matching `filter`: no secret is read.
     pub async fn ids(&self, filter: Document) -> Result<Vec<String>, SealedError> {
         let docs: Vec<Document> = self
