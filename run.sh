@@ -21,6 +21,7 @@
 #                             before the tests, stopped at the end (only when
 #                             this run started it)
 #   .env                      has an ADMIN_PASSWORD (generated once, printed once)
+#                             and a SECRETS_KEY (generated once, never printed)
 #
 # Settings come from the environment, then .env, then the defaults of
 # DESIGN.md; secrets in them are never printed.
@@ -35,7 +36,7 @@ usage: ./run.sh [test [ARGS...]] | --help
 
   ./run.sh             make sure RabbitMQ (with the management plugin), MongoDB
                        (SecantusDB when nothing answers at MONGODB_URI) and
-                       .env's ADMIN_PASSWORD are there, then run the gateway
+                       .env's ADMIN_PASSWORD and SECRETS_KEY are there, then run the gateway
                        (cargo run --release; listens on BIND_ADDR,
                        default 127.0.0.1:8080)
   ./run.sh test [ARGS] the same set-up, then cargo fmt --all -- --check,
@@ -522,6 +523,26 @@ else
     step ".env: generated ADMIN_PASSWORD=$admin_password (user $(setting ADMIN_USER admin); shown once, kept in .env)"
 fi
 unset admin_password
+
+# The key the stored secrets (signing secrets, target credentials) are
+# sealed under: lose it and they cannot be read; never printed.
+if secrets_key=$(dotenv_get SECRETS_KEY) && [[ -n $secrets_key ]]; then
+    note=""
+    [[ -n ${SECRETS_KEY-} ]] && note="; the environment's SECRETS_KEY overrides it"
+    step ".env: has SECRETS_KEY$note"
+else
+    secrets_key=$(head -c 32 /dev/urandom | base64 | tr -d '\n')
+    [[ ${#secrets_key} -eq 44 ]] || die ".env: could not generate a SECRETS_KEY"
+    if [[ ! -f .env ]]; then
+        (umask 077 && : >.env)
+    elif [[ -s .env && $(tail -c 1 .env | od -An -c | tr -d ' ') != '\n' ]]; then
+        printf '\n' >>.env
+    fi
+    printf '# written by run.sh: the key stored secrets are sealed under (AES-256-GCM); keep a copy, without it they cannot be read\nSECRETS_KEY=%s\n' \
+        "$secrets_key" >>.env
+    step ".env: generated SECRETS_KEY (32 random bytes, base64; kept in .env, not shown: back it up with .env)"
+fi
+unset secrets_key
 
 # --------------------------------------------------------------------- run --
 

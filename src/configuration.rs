@@ -91,6 +91,12 @@ pub struct Settings {
     pub auth_max_failures: u32,
     /// `AUTH_FAILURE_WINDOW_SECS`: that window.
     pub auth_failure_window: std::time::Duration,
+    /// `SECRETS_KEY` (and `SECRETS_KEY_PREVIOUS`): what the secrets the
+    /// store keeps are sealed with. `Debug` shows the keys' ids only.
+    pub secrets: credentials::SecretsCipher,
+    /// `TRUSTED_PROXIES`: the proxies whose `Forwarded` / `X-Forwarded-For`
+    /// give the client address (for the throttle and the logs); none unless set.
+    pub trusted_proxies: middlewares::TrustedProxies,
     /// Names this process in its AMQP connection, so replicas can be told
     /// apart in `/getConnections`.
     pub instance_id: String,
@@ -283,6 +289,29 @@ impl Settings {
         let auth_max_failures = number(&var, "AUTH_MAX_FAILURES", 10, 0..=1_000_000)?;
         let auth_failure_window_secs = number(&var, "AUTH_FAILURE_WINDOW_SECS", 60, 1..=86_400)?;
 
+        let secrets_key = var("SECRETS_KEY").ok_or_else(|| {
+            problem(
+                "SECRETS_KEY",
+                "is required: 32 random bytes, base64 (`openssl rand -base64 32`); \
+                 set it in the environment or .env (./run.sh writes one on first run)",
+            )
+        })?;
+        let secrets_key = credentials::SecretsKey::from_base64(&secrets_key)
+            .map_err(|e| problem("SECRETS_KEY", e.to_string()))?;
+        let previous_key = var("SECRETS_KEY_PREVIOUS")
+            .map(|raw| {
+                credentials::SecretsKey::from_base64(&raw)
+                    .map_err(|e| problem("SECRETS_KEY_PREVIOUS", e.to_string()))
+            })
+            .transpose()?;
+        let secrets = credentials::SecretsCipher::new(secrets_key, previous_key);
+
+        let trusted_proxies = match var("TRUSTED_PROXIES") {
+            None => middlewares::TrustedProxies::none(),
+            Some(raw) => middlewares::TrustedProxies::parse(&raw)
+                .map_err(|e| problem("TRUSTED_PROXIES", e.to_string()))?,
+        };
+
         let attempt_log = services::attempts::AttemptLogConfig {
             enabled: match var("ATTEMPT_LOG").map(|v| v.trim().to_ascii_lowercase()) {
                 None => true,
@@ -369,6 +398,8 @@ impl Settings {
             attempt_log,
             auth_max_failures: auth_max_failures as u32,
             auth_failure_window: std::time::Duration::from_secs(auth_failure_window_secs),
+            secrets,
+            trusted_proxies,
             instance_id,
             default_queue_type,
         })
@@ -427,11 +458,13 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    const A_KEY: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+
+    /// `pairs` over a valid `SECRETS_KEY` (most tests are about something else).
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let mut map: HashMap<String, String> =
+            HashMap::from([("SECRETS_KEY".to_owned(), A_KEY.to_owned())]);
+        map.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -476,6 +509,11 @@ mod tests {
             ("MAX_CONNECTIONS_PER_TARGET", "0"),
             ("MAX_CONNECTIONS_PER_TARGET", "65536"),
             ("DEFAULT_QUEUE_TYPE", "stream"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal"),
+            ("TRUSTED_PROXIES", "10.0.0.0/40"),
+            ("SECRETS_KEY", "c2hvcnQ="),
+            ("SECRETS_KEY", "not base64!"),
+            ("SECRETS_KEY_PREVIOUS", "c2hvcnQ="),
         ];
         for (key, value) in cases {
             let err = settings(&[("ADMIN_PASSWORD", "pw"), (key, value)]).unwrap_err();
@@ -497,6 +535,36 @@ mod tests {
             let err = settings(&[("ADMIN_PASSWORD", "pw"), (key, value)]).unwrap_err();
             assert_eq!(err.variable, key, "{key}={value}");
         }
+    }
+
+    #[test]
+    fn start_refuses_without_a_secrets_key() {
+        let map = HashMap::from([("ADMIN_PASSWORD", "pw")]);
+        let err = Settings::from_lookup(|k| map.get(k).map(|v| v.to_string())).unwrap_err();
+        assert_eq!(err.variable, "SECRETS_KEY");
+        assert!(err.to_string().starts_with("SECRETS_KEY: "), "{err}");
+    }
+
+    #[test]
+    fn the_secrets_keys_do_not_show_in_debug_output() {
+        let s = settings(&[("ADMIN_PASSWORD", "pw"), ("SECRETS_KEY_PREVIOUS", A_KEY)]).unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains(A_KEY), "{shown}");
+        assert!(!shown.contains(&A_KEY[..12]), "{shown}");
+    }
+
+    #[test]
+    fn no_proxy_is_trusted_unless_named() {
+        let s = settings(&[("ADMIN_PASSWORD", "pw")]).unwrap();
+        assert_eq!(s.trusted_proxies, middlewares::TrustedProxies::none());
+        let s = settings(&[
+            ("ADMIN_PASSWORD", "pw"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7"),
+        ])
+        .unwrap();
+        assert!(s.trusted_proxies.contains("10.9.9.9".parse().unwrap()));
+        assert!(s.trusted_proxies.contains("192.0.2.7".parse().unwrap()));
+        assert!(!s.trusted_proxies.contains("192.0.2.8".parse().unwrap()));
     }
 
     #[test]

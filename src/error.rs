@@ -196,7 +196,10 @@ impl From<BrokerError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Unavailable { .. } | StoreError::Encode { .. } | StoreError::Hash(_) => {
+            StoreError::Unavailable { .. }
+            | StoreError::Encode { .. }
+            | StoreError::Hash(_)
+            | StoreError::Sealed { .. } => {
                 tracing::warn!(error = %Chain(&err), "store unavailable");
                 ApiError::StoreUnavailable(STORE_DOWN.into())
             }

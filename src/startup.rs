@@ -55,6 +55,11 @@ pub enum StartupError {
     /// The store could not be set up from `MONGODB_URI`.
     #[error("MONGODB_URI")]
     Store(#[source] services::StoreError),
+    /// A stored secret does not open under `SECRETS_KEY` nor
+    /// `SECRETS_KEY_PREVIOUS`: running on would mean consumers that cannot
+    /// sign or authenticate, so the gateway does not start.
+    #[error("SECRETS_KEY is not the key the stored secrets are sealed under")]
+    SecretsKey(#[source] services::consumers::sealed::MigrationError),
     /// `client` names which: the management API's, the forwarder's, the
     /// scraper's.
     #[error("cannot build the {client} HTTP client")]
@@ -112,10 +117,15 @@ impl Application {
         )
         .await;
 
-        let store = Store::connect(settings.mongodb_uri.expose_secret(), &settings.mongodb_db)
-            .await
-            .map_err(StartupError::Store)?;
+        let store = Store::connect(
+            settings.mongodb_uri.expose_secret(),
+            &settings.mongodb_db,
+            settings.secrets.clone(),
+        )
+        .await
+        .map_err(StartupError::Store)?;
         bootstrap_store(&store, &settings, shutdown.clone()).await;
+        seal_stored_secrets(&store, shutdown.clone()).await?;
 
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -255,6 +265,7 @@ impl Application {
             },
             metrics.auth.clone(),
         ));
+        let trusted_proxies = web::Data::new(settings.trusted_proxies.clone());
         let state = web::Data::new(AppState {
             topology: Topology::new(broker.clone()),
             dead_letters: DeadLetters::new(broker.clone(), publisher.clone()),
@@ -274,7 +285,9 @@ impl Application {
                 .wrap(from_fn(middlewares::auth::authenticate))
                 .wrap(from_fn(middlewares::request_id::echo_request_id))
                 .wrap(middlewares::request_id::tracing_logger())
+                .wrap(from_fn(middlewares::client_address::resolve))
                 .app_data(state.clone())
+                .app_data(trusted_proxies.clone())
                 .app_data(authenticator.clone())
                 .app_data(spec.clone())
                 .app_data(BodyLimit {
@@ -380,6 +393,54 @@ async fn bootstrap_store(store: &Store, settings: &Settings, shutdown: Cancellat
             }
         }
     });
+}
+
+/// Seals what earlier versions stored in clear, and what is sealed under
+/// `SECRETS_KEY_PREVIOUS`, under `SECRETS_KEY`; a secret neither key opens
+/// stops start-up. When the store is down, tried again in the background
+/// (reads open plain and previous-key values meanwhile).
+async fn seal_stored_secrets(
+    store: &Store,
+    shutdown: CancellationToken,
+) -> Result<(), StartupError> {
+    use services::consumers::sealed::{seal_stored, MigrationError};
+    let collection = store.database().collection("consumers");
+    match seal_stored(&collection, store.secrets()).await {
+        Ok(done) => {
+            if done.resealed > 0 {
+                tracing::info!(
+                    consumers = done.resealed,
+                    key_id = store.secrets().key_id(),
+                    "stored secrets sealed under SECRETS_KEY"
+                );
+            }
+            return Ok(());
+        }
+        Err(err @ MigrationError::WrongKey { .. }) => return Err(StartupError::SecretsKey(err)),
+        Err(MigrationError::Store(err)) => {
+            tracing::warn!(error = %Chain(&err), "store not ready to seal stored secrets; will keep trying in the background")
+        }
+    }
+    let secrets = store.secrets().clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(STORE_BOOTSTRAP_RETRY) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            match seal_stored(&collection, &secrets).await {
+                Ok(_) => return,
+                Err(MigrationError::Store(err)) => {
+                    tracing::debug!(error = %Chain(&err), "store still not ready to seal stored secrets")
+                }
+                Err(err) => {
+                    tracing::error!(error = %Chain(&err), "stored secrets do not open under SECRETS_KEY; the consumers they belong to cannot run");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Safety net for error answers made below the routes (actix's own

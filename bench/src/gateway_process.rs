@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
+use credentials::ExposeSecret;
 use serde_json::Value;
 use testkit::GatewayCommand;
 
@@ -55,12 +56,14 @@ impl GatewayProcess {
         let binary = testkit::gateway_binary()?;
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let password = uuid::Uuid::new_v4().simple().to_string();
+        let (_, secrets_key) = credentials::SecretsKey::generate();
         let db = setup.db.unwrap_or_else(|| format!("bench_{suffix}"));
         let instance_id = format!("bench-{suffix}");
         // The bench's own environment (AMQP_URL, the management API) is
         // the gateway's too; what the bench needs set is set here.
         let mut process = GatewayCommand::new(&binary)?
             .env("ADMIN_PASSWORD", &password)
+            .env("SECRETS_KEY", secrets_key.expose_secret())
             .env("MONGODB_DB", &db)
             .env("MONGODB_URI", without_retryable_writes(&store_uri()))
             .env("BUILTIN_CONSUMERS", "false")

@@ -19,13 +19,13 @@
 
 mod cap;
 mod changes;
+pub mod sealed;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use futures_util::TryStreamExt;
 use gateway::consumer::{ConsumerState, ConsumerStats};
 use gateway::{
     BatchPolicy, BatchPolicyError, CircuitBreakerPolicy, CircuitBreakerPolicyError,
@@ -34,7 +34,6 @@ use gateway::{
     RetryPolicyError,
 };
 use mongodb::bson::{doc, DateTime};
-use mongodb::Collection;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -73,8 +72,8 @@ pub struct ConsumerDefinition {
     pub prefetch: u16,
     /// How failures are retried, and when they are dead-lettered instead.
     pub retry: RetryPolicy,
-    /// Needed in clear to sign, so stored in clear; never returned by the
-    /// API, never logged, never in `Debug`.
+    /// Needed in clear to sign; stored sealed under `SECRETS_KEY`
+    /// (`sealed`), never returned by the API, never logged, never in `Debug`.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -376,7 +375,8 @@ pub trait BuiltinTargets: Send + Sync {
 /// The consumers as stored, and the running of them on this replica: writes go to the store first,
 /// then to the supervisor, and a reconcile pass brings every replica in line with the store.
 pub struct ConsumerRegistry {
-    collection: Collection<ConsumerDefinition>,
+    /// Seals the definitions' secrets on the way in, opens them on the way out.
+    collection: sealed::SealedConsumers,
     supervisor: Arc<ConsumerSupervisor>,
     http: crate::forwarder::ForwardClient,
     allowed_hosts: Option<Vec<String>>,
@@ -412,7 +412,10 @@ impl ConsumerRegistry {
         builtins: Arc<dyn BuiltinTargets>,
     ) -> Self {
         Self {
-            collection: store.database().collection("consumers"),
+            collection: sealed::SealedConsumers::new(
+                store.database().collection("consumers"),
+                store.secrets().clone(),
+            ),
             supervisor,
             http,
             allowed_hosts,
@@ -499,11 +502,12 @@ impl ConsumerRegistry {
         definition: &ConsumerDefinition,
     ) -> Result<(ConsumerSpec, Arc<dyn DeliveryTarget>), RegistryError> {
         let runnable = self.runnable(definition).map_err(RegistryError::Invalid)?;
-        if let Err(err) = self.collection.insert_one(definition).await {
-            let err = StoreError::mongo(
-                format!("storing consumer `{}`", definition.consumer_id),
-                err,
-            );
+        if let Err(err) = self
+            .collection
+            .insert_one(definition)
+            .await
+            .doing(|| format!("storing consumer `{}`", definition.consumer_id))
+        {
             if !(matches!(err, StoreError::Duplicate { .. })
                 && self.already_stored(definition).await)
             {
@@ -593,15 +597,9 @@ impl ConsumerRegistry {
     pub async fn delete_on_queue(&self, queue: &QueueName) -> Result<u64, RegistryError> {
         let ids: Vec<String> = self
             .collection
-            .find(doc! { "queueName": queue.as_str() })
+            .ids(doc! { "queueName": queue.as_str() })
             .await
-            .doing(|| format!("reading the consumers of queue `{queue}`"))?
-            .try_collect::<Vec<_>>()
-            .await
-            .doing(|| format!("reading the consumers of queue `{queue}`"))?
-            .into_iter()
-            .map(|d| d.consumer_id)
-            .collect();
+            .doing(|| format!("reading the consumers of queue `{queue}`"))?;
         let mut deleted = 0;
         for raw in ids {
             if let Some(id) = ConsumerId::parse(&raw) {
@@ -648,19 +646,31 @@ impl ConsumerRegistry {
         Ok(true)
     }
 
-    async fn all_definitions(&self) -> Result<Vec<ConsumerDefinition>, StoreError> {
-        self.collection
-            .find(doc! {})
+    /// Every stored definition this replica can read, and the ids of those
+    /// it cannot (their secrets sealed under a key it lacks: a replica
+    /// started with another `SECRETS_KEY`), each reported once.
+    async fn all_definitions(&self) -> Result<(Vec<ConsumerDefinition>, Vec<String>), StoreError> {
+        let (readable, unreadable) = self
+            .collection
+            .find_readable(doc! {})
             .await
-            .doing(|| "reading every consumer")?
-            .try_collect()
-            .await
-            .doing(|| "reading every consumer")
+            .doing(|| "reading every consumer")?;
+        let unreadable = unreadable
+            .into_iter()
+            .map(|(id, err)| {
+                let problem = gateway::Chain(&err).to_string();
+                if self.unstartable.insert(id.clone(), problem).is_none() {
+                    tracing::warn!(consumer_id = %id, error = %gateway::Chain(&err), "stored consumer cannot be read here; is SECRETS_KEY the same on every replica?");
+                }
+                id
+            })
+            .collect();
+        Ok((readable, unreadable))
     }
 
     /// Every stored consumer, oldest first, with the counters of every live replica.
     pub async fn list(&self) -> Result<Vec<ConsumerView>, RegistryError> {
-        let mut definitions = self.all_definitions().await?;
+        let (mut definitions, _) = self.all_definitions().await?;
         definitions.sort_by_key(|d| d.created_at);
         let others = self.other_replicas().await?;
         Ok(definitions
@@ -716,9 +726,13 @@ impl ConsumerRegistry {
         // gone.
         let running_before = self.supervisor.ids();
         let read_at = Instant::now();
-        let definitions = self.all_definitions().await?;
+        let (definitions, unreadable) = self.all_definitions().await?;
         self.tombstones.retain(|_, at| at.elapsed() < TOMBSTONE_TTL);
-        let mut wanted = HashSet::new();
+        // Still stored, only not readable here: what runs keeps running.
+        let mut wanted: HashSet<ConsumerId> = unreadable
+            .iter()
+            .filter_map(|id| ConsumerId::parse(id))
+            .collect();
         let mut follow = Vec::new();
         for definition in &definitions {
             if self.tombstones.contains_key(&definition.consumer_id) {
@@ -1152,7 +1166,8 @@ pub(crate) mod tests {
         for secret in ["MfKQ9r8", "urlSecret", "headerSecret"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
-        // Stored in clear: the forwarder signs with it after a restart.
+        // The document is in clear (the store boundary, `sealed`, seals it):
+        // the forwarder signs with it after a restart.
         let stored = mongodb::bson::to_document(&definition).expect("encodes");
         assert_eq!(stored.get_str("signingSecret"), Ok(signing));
         let back: ConsumerDefinition = mongodb::bson::from_document(stored).expect("decodes");

@@ -55,6 +55,16 @@ pub enum StoreError {
     /// The bootstrap admin's password could not be hashed.
     #[error("cannot set up the bootstrap admin")]
     Hash(#[source] password::HashError),
+    /// A record's sealed secrets do not open under `SECRETS_KEY` (nor
+    /// `SECRETS_KEY_PREVIOUS`), or the record does not fit its type.
+    #[error("cannot read the record's sealed secrets ({doing})")]
+    Sealed {
+        /// What the gateway was asking of the store.
+        doing: Doing,
+        /// Why they do not open.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
 }
 
 impl StoreError {
@@ -193,12 +203,20 @@ impl ApiKeyRecord {
 #[derive(Clone)]
 pub struct Store {
     db: Database,
+    /// Seals the secrets the store keeps in clear-to-use form (`SECRETS_KEY`).
+    secrets: std::sync::Arc<credentials::SecretsCipher>,
 }
 
 impl Store {
     /// Builds the client; does not wait for the server (the driver connects
     /// lazily), so a store that is down does not stop start-up.
-    pub async fn connect(uri: &str, database: &str) -> Result<Store, StoreError> {
+    /// Secrets the collections keep (consumers' signing secrets and target
+    /// credentials) are sealed with `secrets`.
+    pub async fn connect(
+        uri: &str,
+        database: &str,
+        secrets: credentials::SecretsCipher,
+    ) -> Result<Store, StoreError> {
         let mut options = ClientOptions::parse(uri)
             .await
             .doing(|| "reading MONGODB_URI")?;
@@ -208,7 +226,13 @@ impl Store {
         let client = Client::with_options(options).doing(|| "creating the MongoDB client")?;
         Ok(Store {
             db: client.database(database),
+            secrets: std::sync::Arc::new(secrets),
         })
+    }
+
+    /// What seals the secrets the store keeps.
+    pub fn secrets(&self) -> &std::sync::Arc<credentials::SecretsCipher> {
+        &self.secrets
     }
 
     /// The database, for the collections other modules own.

@@ -37,6 +37,9 @@ pub const GATEWAY_VARIABLES: &[&str] = &[
     "RABBITMQ_MANAGEMENT_URL",
     "RABBITMQ_MANAGEMENT_USER",
     "RUST_LOG",
+    "SECRETS_KEY",
+    "SECRETS_KEY_PREVIOUS",
+    "TRUSTED_PROXIES",
 ];
 
 /// Where `gateway_binary` looks first: a gateway binary built elsewhere.

@@ -34,6 +34,8 @@ mod queues;
 mod rate_limits;
 mod resilience;
 mod retries;
+mod secrets_at_rest;
+mod shared_address;
 mod signing;
 mod support;
 mod target_auth;

@@ -10,7 +10,10 @@
 //!   for `refusal_ttl`, so repeating one wrong credential runs nothing;
 //! - bcrypt runs at most one per core (`credentials::password`);
 //! - a client address with too many failures is refused with 429 before
-//!   any lookup (`throttle`).
+//!   any lookup (`throttle`), unless its credential is in the cache of
+//!   accepted ones: that is checked first, so a shared address (a NAT, an
+//!   ingress) refused for one client's guesses still lets the others in.
+//!   The address is the one `client_address` found (`TRUSTED_PROXIES`).
 //!
 //! The `authenticate` middleware checks the credentials of every request that
 //! carries some, before routing; handlers ask for a role by taking `Admin`,
@@ -127,21 +130,26 @@ impl Authenticator {
         }
     }
 
-    /// Checks an `Authorization` value sent from `client` (the peer address;
-    /// `None` when unknown, which the throttle cannot count).
+    /// Checks an `Authorization` value sent from `client` (the client
+    /// address; `None` when unknown, which the throttle cannot count).
     pub async fn authenticate(
         &self,
         header: Option<&str>,
         client: Option<IpAddr>,
     ) -> Result<Principal, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
+        let key: CacheKey = Sha256::digest(header.as_bytes()).into();
+        // Before the throttle: a credential that verified lately passes
+        // while its address is refused, so behind a NAT or an ingress one
+        // client guessing does not lock out everyone sharing the address.
+        // It costs nothing, and guessing gains nothing from it: only a
+        // credential that was right is in this cache.
+        if let Some(principal) = self.accepted.get(&key) {
+            return Ok(principal);
+        }
         if let Some(retry_after) = client.and_then(|ip| self.throttle.refused_for(ip)) {
             self.metrics.throttled.inc();
             return Err(AuthError::TooManyFailures { retry_after });
-        }
-        let key: CacheKey = Sha256::digest(header.as_bytes()).into();
-        if let Some(principal) = self.accepted.get(&key) {
-            return Ok(principal);
         }
         let checked = if self.refused.get(&key).is_some() {
             Err(AuthError::Invalid)
@@ -326,7 +334,7 @@ pub async fn authenticate(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if let Some(value) = req.headers().get(header::AUTHORIZATION) {
-        let client = req.peer_addr().map(|addr| addr.ip());
+        let client = crate::client_address::ClientAddress::of(&req);
         let verdict = match (
             value.to_str(),
             req.app_data::<web::Data<Authenticator>>().cloned(),

@@ -1,4 +1,5 @@
-//! The failed-authentication throttle: a client (by peer address) that
+//! The failed-authentication throttle: a client (by address: the peer's, or
+//! behind a trusted proxy the one it forwarded for, `client_address`) that
 //! failed more than `max_failures` times within `window` is refused with 429
 //! until that window has passed, without a store lookup or a bcrypt run.
 //!

@@ -100,6 +100,11 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     for (key, value) in overrides {
         vars.insert(key.to_string(), value.to_string());
     }
+    // Apps sharing a database (replicas) share its key unless told not to.
+    if !vars.contains_key("SECRETS_KEY") {
+        let key = secrets_key_of(&vars["MONGODB_DB"]);
+        vars.insert("SECRETS_KEY".into(), key);
+    }
 
     if std::env::var_os("TEST_LOG").is_some() {
         workerrmq::telemetry::init(LogFormat::Pretty);
@@ -154,6 +159,22 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         amqp: OnceCell::new(),
         runtime: Some(runtime),
     }
+}
+
+/// A fresh `SECRETS_KEY` (32 random bytes, base64).
+pub fn new_secrets_key() -> String {
+    let (_, encoded) = credentials::SecretsKey::generate();
+    secrecy::ExposeSecret::expose_secret(&encoded).to_owned()
+}
+
+/// The `SECRETS_KEY` test gateways on database `db` start with: derived
+/// from its name, so every replica of a test (each its own app or process)
+/// opens what the others sealed. Test databases are dropped after the test.
+pub fn secrets_key_of(db: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("workerrmq test key for {db}"));
+    base64::engine::general_purpose::STANDARD.encode(digest)
 }
 
 impl TestApp {

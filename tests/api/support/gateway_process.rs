@@ -28,6 +28,9 @@ pub struct Deployment {
     pub prefix: String,
     pub db_name: String,
     admin_password: String,
+    /// The `SECRETS_KEY` every gateway of the deployment starts with,
+    /// unless a test gives another.
+    pub secrets_key: String,
     amqp_url: String,
     /// `None`: the environment's (`RABBITMQ_MANAGEMENT_URL`).
     management_url: Option<String>,
@@ -44,6 +47,7 @@ impl Deployment {
             prefix: format!("p{id}_"),
             db_name: format!("{TEST_DB_PREFIX}p{id}"),
             admin_password: uuid::Uuid::new_v4().simple().to_string(),
+            secrets_key: super::app::secrets_key_of(&format!("{TEST_DB_PREFIX}p{id}")),
             amqp_url: env_or("AMQP_URL", DEFAULT_AMQP_URL),
             management_url: None,
             mongodb_uri: env_or("MONGODB_URI", DEFAULT_MONGODB_URI),
@@ -104,6 +108,37 @@ impl Deployment {
         vars: &[(&str, &str)],
         output: Option<&File>,
     ) -> GatewayProcess {
+        let mut gateway = self.spawn_gateway(instance_id, vars, output);
+        gateway.wait_until_ready().await;
+        gateway
+    }
+
+    /// Starts a gateway that is expected not to start: waits for it to
+    /// exit (within `READY_DEADLINE`) and returns how it ended and what it
+    /// wrote.
+    pub async fn gateway_refusing_to_start(
+        &self,
+        instance_id: &str,
+        vars: &[(&str, &str)],
+    ) -> (ExitStatus, String) {
+        let path = std::env::temp_dir().join(format!("{}{instance_id}.log", self.prefix));
+        let file = File::create(&path).expect("a log file for the gateway");
+        let mut gateway = self.spawn_gateway(instance_id, vars, Some(&file));
+        let status = gateway
+            .wait_for_exit(READY_DEADLINE)
+            .await
+            .unwrap_or_else(|| panic!("gateway {instance_id} still runs after {READY_DEADLINE:?}"));
+        let output = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        (status, output)
+    }
+
+    fn spawn_gateway(
+        &self,
+        instance_id: &str,
+        vars: &[(&str, &str)],
+        output: Option<&File>,
+    ) -> GatewayProcess {
         let mut command = GatewayCommand::new(env!("CARGO_BIN_EXE_workerrmq"))
             .expect("a free port")
             // Only the management API's address and credentials come from
@@ -120,6 +155,7 @@ impl Deployment {
             .env("MONGODB_DB", &self.db_name)
             .env("ADMIN_USER", "admin")
             .env("ADMIN_PASSWORD", &self.admin_password)
+            .env("SECRETS_KEY", &self.secrets_key)
             .env("INSTANCE_ID", instance_id)
             .env("BUILTIN_CONSUMERS", "false")
             .env("BUILTIN_QUEUE_PREFIX", &self.prefix)
@@ -133,16 +169,14 @@ impl Deployment {
             None => command.stdout(Stdio::inherit()).stderr(Stdio::inherit()),
         };
         let process = command.spawn().expect("the gateway binary starts");
-        let mut gateway = GatewayProcess {
+        GatewayProcess {
             process,
             instance_id: instance_id.to_owned(),
             api: Api::new(
                 format!("http://127.0.0.1:{port}"),
                 basic_auth("admin", &self.admin_password),
             ),
-        };
-        gateway.wait_until_ready().await;
-        gateway
+        }
     }
 
     fn plan(&self) -> CleanupPlan {
