@@ -208,6 +208,43 @@ async fn no_document_holds_a_secret_and_deliveries_still_carry_them() {
         .expect("the new secret, shown once")
         .to_owned();
 
+    // Target credentials: a basic password, an OAuth2 client secret and a
+    // TLS client key, each on a consumer of its own.
+    let password = random_token("pa55");
+    let client_secret = random_token("cl1ent");
+    let pki = crate::support::tls_target::TestPki::new();
+    for (label, fields) in [
+        (
+            "basic",
+            json!({ "auth": { "type": "basic", "username": "u", "password": password } }),
+        ),
+        (
+            "oauth2",
+            json!({ "auth": { "type": "oauth2", "tokenUrl": target.url("/token"), "clientId": "c", "clientSecret": client_secret } }),
+        ),
+        (
+            "tls",
+            json!({ "tls": { "clientCertPem": pki.client_cert_pem, "clientKeyPem": pki.client_key_pem } }),
+        ),
+    ] {
+        let queue = app.unique_queue(label);
+        api.create_queue(&queue).await;
+        let mut target_fields = json!({ "type": "http", "url": target.url("/auth") });
+        for (name, value) in fields.as_object().expect("an object") {
+            target_fields[name] = value.clone();
+        }
+        let created = assert_json(
+            api.post(
+                "/createConsumer",
+                &json!({ "queueName": queue, "target": target_fields }),
+            )
+            .await,
+            StatusCode::CREATED,
+        )
+        .await;
+        assert!(created.to_string().contains("***"), "{created}");
+    }
+
     let stored = consumer_document(&app.db_name, &consumer).await;
     for field in ["signingSecret", "previousSigningSecret"] {
         let sealed = stored.get_str(field).expect("a signing secret");
@@ -226,9 +263,19 @@ async fn no_document_holds_a_secret_and_deliveries_still_carry_them() {
             &new_key,
             new_api_key.as_bytes(),
             rotated_secret.as_bytes(),
+            password.as_bytes(),
+            client_secret.as_bytes(),
+            pki.client_key_pem.as_bytes(),
+            pem_body(&pki.client_key_pem).as_bytes(),
         ],
     );
     target.stop().await;
+}
+
+/// The base64 inside a PEM block, on one line: a store could hold the key
+/// that way too.
+fn pem_body(pem: &str) -> String {
+    pem.lines().filter(|l| !l.starts_with("-----")).collect()
 }
 
 /// Creates `queue` and a signed consumer with an API-key header on
