@@ -119,6 +119,7 @@ fn error_answer(description: &str) -> RefOr<Response> {
         routes::consumers::delete_consumer,
         routes::update_consumer::update_consumer,
         routes::signing::rotate_signing_secret,
+        routes::test_rules::test_consumer_rules,
         routes::flow_control::pause_consumer,
         routes::flow_control::resume_consumer,
         routes::dead_letters::get_dead_letters,

@@ -159,6 +159,9 @@ impl BuiltinSetup {
             batch: None,
             attempt_log: None,
             ordering: None,
+            filter: None,
+            transform: None,
+            on_rule_error: None,
             revision: 0,
         };
         match self.registry.create(definition).await {

@@ -13,6 +13,7 @@ pub mod headers;
 pub mod message_size;
 pub mod metrics;
 pub mod names;
+pub mod peek;
 pub mod publisher;
 pub mod status_filter;
 pub mod topology;
@@ -25,7 +26,7 @@ pub use consumer::{
     Answer, Attempt, AttemptLog, AttemptOutcome, AttemptRecord, Batch, BatchOutcome, BatchPolicy,
     BatchPolicyError, CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot,
     CircuitState, Concurrency, ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryOutcome,
-    DeliveryTarget, ErrorKind, Failure, Flow, IncomingMessage, KeySource, LimitError, LiveReplicas,
+    DeliveryTarget, Envelope, ErrorKind, Failure, Flow, IncomingMessage, KeySource, LimitError, LiveReplicas,
     MissingKey, OrderingError, OrderingPolicy, RatePerSec, RequestShape, RetryPolicy,
     RetryPolicyError, Trigger,
 };

@@ -64,6 +64,9 @@ pub struct DeliveryMetrics {
     pub retried: Family<ConsumerLabels, Counter>,
     /// Deliveries moved to the dead-letter queue.
     pub dead_lettered: Family<ConsumerLabels, Counter>,
+    /// Deliveries acked without a call by the consumer's rules (`filter`,
+    /// or `onRuleError: "drop"`).
+    pub filtered: Family<ConsumerLabels, Counter>,
     /// Deliveries being worked on now.
     pub in_flight: Family<ConsumerLabels, Gauge>,
     /// Times a consumer's circuit breaker opened.
@@ -95,6 +98,7 @@ impl DeliveryMetrics {
             acked: Family::default(),
             retried: Family::default(),
             dead_lettered: Family::default(),
+            filtered: Family::default(),
             in_flight: Family::default(),
             circuit_openings: Family::default(),
             state: Family::default(),
@@ -126,6 +130,11 @@ impl DeliveryMetrics {
             "workerrmq_dead_lettered",
             "Deliveries moved to the dead-letter queue",
             self.dead_lettered.clone(),
+        );
+        registry.register(
+            "workerrmq_filtered",
+            "Deliveries acked without a call by the consumer's rules (filter, or onRuleError drop)",
+            self.filtered.clone(),
         );
         registry.register(
             "workerrmq_in_flight",
@@ -170,6 +179,7 @@ impl DeliveryMetrics {
         self.acked.remove(labels);
         self.retried.remove(labels);
         self.dead_lettered.remove(labels);
+        self.filtered.remove(labels);
         self.in_flight.remove(labels);
         self.circuit_openings.remove(labels);
         for state in GAUGED_STATES {

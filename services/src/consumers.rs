@@ -43,6 +43,8 @@ use crate::forwarder::{AttemptDetail, HttpForwarder};
 use crate::replicas::{ConsumerCounters, ReplicaRecords};
 use crate::signing::SigningView;
 use crate::targets::{BuiltinHandler, TargetSpec};
+use crate::ruled::{OnRuleError, RuledTarget};
+use rules::ConsumerRules;
 use crate::{FieldError, Store, StoreContext, StoreError};
 
 /// How often each replica compares the stored consumers with the ones it runs, and starts or stops
@@ -125,6 +127,17 @@ pub struct ConsumerDefinition {
     /// Ordered delivery per key; absent: deliveries go as they come.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering: Option<OrderingSettings>,
+    /// A CEL expression over the message that says whether it goes to the
+    /// target; absent: every message does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// A CEL expression yielding `{body?, headers?}`: what is sent in place
+    /// of the message as it came; absent: the message as it came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<String>,
+    /// What becomes of a message a rule fails on; absent: dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_rule_error: Option<OnRuleError>,
 }
 
 /// An ordered consumer's settings as stored and shown; the engine runs the
@@ -274,6 +287,34 @@ impl ConsumerDefinition {
         settings.policy(max_hold).map(Some)
     }
 
+    /// The filter and transform compiled, checked against the target and
+    /// the batch setting; `None` when it has neither.
+    pub fn rules(&self) -> Result<Option<ConsumerRules>, FieldError> {
+        if self.filter.is_none() && self.transform.is_none() {
+            return Ok(None);
+        }
+        if self.batch.is_some() {
+            let field = if self.filter.is_some() { "filter" } else { "transform" };
+            return Err(FieldError::new(
+                field,
+                "rules cannot be combined with batch delivery (`batch`) yet; turn one off",
+            ));
+        }
+        ConsumerRules::compile(
+            self.filter.as_deref(),
+            self.transform.as_deref(),
+            self.target_has_auth(),
+        )
+        .map(Some)
+        .map_err(|err| FieldError::new(err.field.as_str(), err.describe()))
+    }
+
+    /// Whether the target authenticates on its own (then a transform may
+    /// not set `authorization` either). No target does yet.
+    fn target_has_auth(&self) -> bool {
+        false
+    }
+
     fn flow(&self) -> Flow {
         if self.paused {
             Flow::Paused
@@ -313,6 +354,12 @@ pub struct ConsumerView {
     pub attempt_log: AttemptLogSettings,
     /// `null`: deliveries go as they come; else one key at a time, in order.
     pub ordering: Option<OrderingSettings>,
+    /// The CEL filter; `null`: every message goes to the target.
+    pub filter: Option<String>,
+    /// The CEL transform; `null`: messages go as they came.
+    pub transform: Option<String>,
+    /// What becomes of a message a rule fails on.
+    pub on_rule_error: OnRuleError,
     /// Whether requests to the target carry a signature; the secret itself is never shown.
     pub signed: bool,
     /// `null` when unsigned; else the fingerprints of the secrets requests
@@ -961,6 +1008,16 @@ impl ConsumerRegistry {
         let (concurrency, rate_limit) = definition.limits()?;
         let batch = definition.batch()?;
         let ordering = definition.ordering(self.ordered_max_hold)?;
+        let rules = definition.rules()?;
+        let envelope = rules.is_some();
+        let target: Arc<dyn DeliveryTarget> = match rules {
+            Some(rules) => Arc::new(RuledTarget::new(
+                rules,
+                definition.on_rule_error.unwrap_or_default(),
+                target,
+            )),
+            None => target,
+        };
         Ok((
             ConsumerSpec {
                 id,
@@ -973,6 +1030,7 @@ impl ConsumerRegistry {
                 batch,
                 record_attempts: kept_body.is_some(),
                 ordering,
+                envelope,
             },
             target,
         ))
@@ -1005,6 +1063,7 @@ impl ConsumerRegistry {
                 acked: snapshot.acked,
                 retried: snapshot.retried,
                 dead_lettered: snapshot.dead_lettered,
+                filtered: snapshot.filtered,
                 in_flight: snapshot.in_flight,
                 state,
                 keys: definition.ordering.as_ref().and(snapshot.keys),
@@ -1035,6 +1094,9 @@ impl ConsumerRegistry {
             batch: definition.batch,
             attempt_log: definition.attempt_log.unwrap_or_default(),
             ordering: definition.ordering,
+            filter: definition.filter,
+            transform: definition.transform,
+            on_rule_error: definition.on_rule_error.unwrap_or_default(),
             signed: definition.signing_secret.is_some(),
             signing,
             state,
@@ -1092,6 +1154,7 @@ fn counts_of(stats: &ConsumerStats) -> ConsumerCounts {
         acked: snapshot.acked,
         retried: snapshot.retried,
         dead_lettered: snapshot.dead_lettered,
+                filtered: snapshot.filtered,
         in_flight: snapshot.in_flight,
         state: stats.state(),
         keys: snapshot.keys,
@@ -1206,6 +1269,9 @@ pub(crate) mod tests {
             batch: None,
             attempt_log: None,
             ordering: None,
+            filter: None,
+            transform: None,
+            on_rule_error: None,
         }
     }
 }

@@ -29,6 +29,11 @@ pub struct ConsumerCounts {
     pub retried: u64,
     /// Since the replica started the consumer: Deliveries moved to the dead-letter queue.
     pub dead_lettered: u64,
+    /// Since the replica started the consumer: Deliveries acked without a
+    /// call by the consumer's rules. Absent in beats of replicas older than
+    /// rules.
+    #[serde(default)]
+    pub filtered: u64,
     /// Since the replica started the consumer: Deliveries taken and not yet settled.
     pub in_flight: u64,
     /// What the consumer is doing on this replica.
@@ -46,6 +51,7 @@ impl ConsumerCounts {
         acked: 0,
         retried: 0,
         dead_lettered: 0,
+        filtered: 0,
         in_flight: 0,
         state: ConsumerState::Running,
         keys: None,
@@ -62,6 +68,7 @@ impl ConsumerCounts {
             acked: self.acked,
             retried: self.retried,
             dead_lettered: self.dead_lettered,
+            filtered: self.filtered,
             in_flight: self.in_flight,
         }
     }
@@ -114,6 +121,8 @@ pub struct CounterTotals {
     pub retried: u64,
     /// Deliveries moved to the dead-letter queue.
     pub dead_lettered: u64,
+    /// Deliveries acked without a call by the consumer's rules.
+    pub filtered: u64,
     /// Deliveries taken and not yet settled.
     pub in_flight: u64,
 }
@@ -124,6 +133,7 @@ impl CounterTotals {
         self.acked = self.acked.saturating_add(other.acked);
         self.retried = self.retried.saturating_add(other.retried);
         self.dead_lettered = self.dead_lettered.saturating_add(other.dead_lettered);
+        self.filtered = self.filtered.saturating_add(other.filtered);
         self.in_flight = self.in_flight.saturating_add(other.in_flight);
     }
 }
@@ -142,6 +152,8 @@ pub struct ReplicaConsumerStats {
     pub retried: u64,
     /// On that replica: Deliveries moved to the dead-letter queue.
     pub dead_lettered: u64,
+    /// On that replica: Deliveries acked without a call by the consumer's rules.
+    pub filtered: u64,
     /// On that replica: Deliveries taken and not yet settled.
     pub in_flight: u64,
     /// What the consumer is doing on that replica.
@@ -157,6 +169,7 @@ impl ReplicaConsumerStats {
             acked: counts.acked,
             retried: counts.retried,
             dead_lettered: counts.dead_lettered,
+            filtered: counts.filtered,
             in_flight: counts.in_flight,
             state: counts.state,
         }
@@ -168,6 +181,7 @@ impl ReplicaConsumerStats {
             acked: self.acked,
             retried: self.retried,
             dead_lettered: self.dead_lettered,
+            filtered: self.filtered,
             in_flight: self.in_flight,
         }
     }
@@ -186,6 +200,10 @@ pub struct FleetStats {
     pub retried: u64,
     /// Summed over the live replicas: Deliveries moved to the dead-letter queue.
     pub dead_lettered: u64,
+    /// Summed over the live replicas: Deliveries acked without a call by
+    /// the consumer's rules (refused by its `filter`, or dropped under
+    /// `onRuleError: "drop"`).
+    pub filtered: u64,
     /// Summed over the live replicas: Deliveries taken and not yet settled.
     pub in_flight: u64,
     /// Ordered consumers, summed over the live replicas: keys with a
@@ -278,6 +296,7 @@ impl OtherReplicas {
             acked: sum.acked,
             retried: sum.retried,
             dead_lettered: sum.dead_lettered,
+            filtered: sum.filtered,
             in_flight: sum.in_flight,
             keys_in_flight: keys.map(|k| k.keys_in_flight),
             keys_held: keys.map(|k| k.keys_held),
@@ -361,6 +380,7 @@ mod tests {
             acked,
             retried: delivered - acked - in_flight,
             dead_lettered: 0,
+            filtered: 0,
             in_flight,
             state,
             keys: None,

@@ -296,7 +296,7 @@ impl DeliveryTarget for HttpForwarder {
                 .request(self.method.clone(), self.url.clone())
                 .timeout(self.timeout)
                 .header(CONTENT_TYPE, content_type)
-                .headers(self.headers.clone())
+                .headers(self.headers_for(message))
                 .header("webhook-id", &message.message_id)
                 .header("webhook-timestamp", timestamp.to_string())
                 .header(gateway::headers::QUEUE, message.queue.as_str())
@@ -479,6 +479,24 @@ fn with_token(request: reqwest::RequestBuilder, token: Option<&Token>) -> reqwes
 }
 
 impl HttpForwarder {
+    /// The target's headers, and those the consumer's transform added
+    /// (checked by the rules: never a reserved name). The target's own win:
+    /// they may carry its credentials (`target.auth` of type `header`).
+    fn headers_for(&self, message: &IncomingMessage) -> HeaderMap {
+        let mut headers = self.headers.clone();
+        for (name, value) in &message.added_headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                if !headers.contains_key(&name) {
+                    headers.insert(name, value);
+                }
+            }
+        }
+        headers
+    }
+
     /// Reads the answer's body (up to `MAX_RESPONSE_DRAIN`, so the connection
     /// can be reused) and, when attempts are recorded, what the record keeps
     /// of the answer: only as much of the body as that is held.

@@ -12,8 +12,8 @@ use serde_json::json;
 use services::targets::{DebugHeaders, DebugUrl, Http2Mode};
 use services::{
     AttemptLogSettings, BatchSettings, BuiltinHandler, ConsumerDefinition, ConsumerView,
-    FieldError, HttpTarget, MissingKeyName, OrderingKeySettings, OrderingSettings, Role,
-    SigningSecret, TargetSpec,
+    FieldError, HttpTarget, MissingKeyName, OnRuleError, OrderingKeySettings, OrderingSettings,
+    Role, SigningSecret, TargetSpec,
 };
 use utoipa::ToSchema;
 
@@ -70,6 +70,25 @@ pub struct CreateConsumerRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<OrderingRequest>, nullable)]
     pub ordering: Option<Option<OrderingRequest>>,
+    /// A CEL expression yielding a bool, over `body` (the JSON payload,
+    /// `null` when it is not JSON), `headers` (lower-case names),
+    /// `routingKey`, `exchange`, `messageId`, `contentType`: only messages
+    /// it yields `true` for go to the target; the others are acked and
+    /// counted in `stats.filtered`. At most 4096 bytes. Not with `batch`.
+    #[schema(max_length = 4096)]
+    pub filter: Option<String>,
+    /// A CEL expression over the same variables yielding a map with an
+    /// optional `body` (any JSON value, sent as JSON) and optional
+    /// `headers` (string to string, added to the request; not
+    /// `webhook-*`, `x-workerrmq-*`, `host`, `content-length`,
+    /// `traceparent`). The signature covers the new body. At most 4096
+    /// bytes. Not with `batch`.
+    #[schema(max_length = 4096)]
+    pub transform: Option<String>,
+    /// When a rule fails on a message at run time: `dead_letter` (default,
+    /// kind `rule`), `deliver` (unchanged) or `drop` (acked, counted in
+    /// `stats.filtered`).
+    pub on_rule_error: Option<OnRuleError>,
 }
 
 /// One key's messages go to the target one at a time and in publish order
@@ -382,6 +401,9 @@ pub(super) struct ConsumerSettings {
     pub(super) batch: Option<Option<BatchRequest>>,
     pub(super) attempt_log: Option<AttemptLogRequest>,
     pub(super) ordering: Option<Option<OrderingRequest>>,
+    pub(super) filter: Option<Option<String>>,
+    pub(super) transform: Option<Option<String>>,
+    pub(super) on_rule_error: Option<OnRuleError>,
 }
 
 /// Writes `settings` over `base`, checking the result as a whole: the one
@@ -428,6 +450,18 @@ pub(super) fn apply_settings(
     // Checked against the batch setting as it will be.
     next.ordering = ordering_of(settings.ordering, base.ordering.as_ref())?;
     next.ordering(state.registry.max_hold())?;
+    if let Some(filter) = settings.filter {
+        next.filter = filter;
+    }
+    if let Some(transform) = settings.transform {
+        next.transform = transform;
+    }
+    if let Some(on_rule_error) = settings.on_rule_error {
+        next.on_rule_error = Some(on_rule_error);
+    }
+    // Compiled as the engine will run them: against the batch setting and
+    // the target as they will be.
+    next.rules()?;
     if let Some(secret) = settings.signing_secret {
         // Replaced at once, as asked: keeping the old one valid for a while
         // is what `/rotateSigningSecret` is for.
@@ -472,6 +506,9 @@ fn parse_definition(
         batch: None,
         attempt_log: None,
         ordering: None,
+        filter: None,
+        transform: None,
+        on_rule_error: None,
     };
     let settings = ConsumerSettings {
         consumer_name: request.consumer_name,
@@ -485,6 +522,9 @@ fn parse_definition(
         batch: request.batch,
         attempt_log: request.attempt_log,
         ordering: request.ordering,
+        filter: request.filter.map(Some),
+        transform: request.transform.map(Some),
+        on_rule_error: request.on_rule_error,
     };
     apply_settings(state, settings, &base)
 }
@@ -540,7 +580,7 @@ fn default_target(state: &AppState) -> Result<TargetSpec, ApiError> {
     security(("basic" = []), ("bearer" = [])),
     responses(
         (status = 201, description = "Stored and started", example = json!({"message": "Consumer has been created successfully.", "consumerId": "0b6f…"})),
-        (status = 400, description = "Invalid target, secret, prefetch, concurrency, rateLimitPerSec, retry policy, batch or ordering", body = crate::error::ErrorBody),
+        (status = 400, description = "Invalid target, secret, prefetch, concurrency, rateLimitPerSec, retry policy, batch, ordering, filter or transform (with the position in it)", body = crate::error::ErrorBody),
         (status = 404, description = "No such queue", body = crate::error::ErrorBody),
         (status = 409, description = "This gateway already runs MAX_CONSUMERS consumers; or ordering on a queue without singleActiveConsumer, or with an ordered consumer already", body = crate::error::ErrorBody)))]
 pub async fn create_consumer(

@@ -20,6 +20,7 @@ pub mod replicas;
 pub mod seeds;
 pub mod signing;
 pub mod target_auth;
+pub mod test_rules;
 pub mod update_consumer;
 pub mod whoami;
 
@@ -92,6 +93,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, batch_body: BodyLimit) {
             Method::POST,
             "/rotateSigningSecret",
             signing::rotate_signing_secret,
+        ))
+        .service(route(
+            Method::POST,
+            "/testConsumerRules",
+            test_rules::test_consumer_rules,
         ))
         .service(route(
             Method::POST,

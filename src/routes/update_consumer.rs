@@ -9,7 +9,7 @@ use gateway::ConsumerId;
 use middlewares::Admin;
 use secrecy::SecretString;
 use serde::Deserialize;
-use services::{FieldError, UpdateOutcome};
+use services::{FieldError, OnRuleError, UpdateOutcome};
 use utoipa::ToSchema;
 
 use super::consumers::{
@@ -69,6 +69,16 @@ pub struct UpdateConsumerRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<OrderingRequest>, nullable)]
     pub ordering: Option<Option<OrderingRequest>>,
+    /// The CEL filter (see `/createConsumer`); `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, nullable, max_length = 4096)]
+    pub filter: Option<Option<String>>,
+    /// The CEL transform (see `/createConsumer`); `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, nullable, max_length = 4096)]
+    pub transform: Option<Option<String>>,
+    /// `dead_letter`, `deliver` or `drop`; unset keeps the current one.
+    pub on_rule_error: Option<OnRuleError>,
 }
 
 impl UpdateConsumerRequest {
@@ -93,6 +103,9 @@ impl UpdateConsumerRequest {
                 batch: self.batch,
                 attempt_log: self.attempt_log,
                 ordering: self.ordering,
+                filter: self.filter,
+                transform: self.transform,
+                on_rule_error: self.on_rule_error,
             },
         ))
     }

@@ -39,6 +39,10 @@ pub enum AttemptOutcome {
     RetryScheduled,
     /// A copy is in the dead-letter queue.
     DeadLettered,
+    /// Acked without a call: the consumer's filter refused it, or its
+    /// rules failed under `onRuleError: "drop"` (the record's error says
+    /// why).
+    Filtered,
     /// Back to its queue as it came (the circuit was open, or its copy could
     /// not be stored): it comes again.
     HandedBack,
@@ -46,10 +50,11 @@ pub enum AttemptOutcome {
 
 impl AttemptOutcome {
     /// Every outcome.
-    pub const ALL: [AttemptOutcome; 4] = [
+    pub const ALL: [AttemptOutcome; 5] = [
         Self::Delivered,
         Self::RetryScheduled,
         Self::DeadLettered,
+        Self::Filtered,
         Self::HandedBack,
     ];
 
@@ -59,6 +64,7 @@ impl AttemptOutcome {
             Self::Delivered => "delivered",
             Self::RetryScheduled => "retry_scheduled",
             Self::DeadLettered => "dead_lettered",
+            Self::Filtered => "filtered",
             Self::HandedBack => "handed_back",
         }
     }
@@ -73,6 +79,7 @@ impl AttemptOutcome {
             Settled::Acked => Self::Delivered,
             Settled::Retried { .. } => Self::RetryScheduled,
             Settled::DeadLettered => Self::DeadLettered,
+            Settled::Filtered => Self::Filtered,
             Settled::HandedBack => Self::HandedBack,
         }
     }

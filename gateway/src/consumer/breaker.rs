@@ -152,7 +152,7 @@ pub enum Verdict {
 impl Verdict {
     pub fn of(outcome: &DeliveryOutcome) -> Self {
         match outcome {
-            DeliveryOutcome::Delivered => Verdict::Success,
+            DeliveryOutcome::Delivered | DeliveryOutcome::Filtered { .. } => Verdict::Success,
             DeliveryOutcome::Retry { .. } => Verdict::Retryable,
             DeliveryOutcome::Reject { .. } => Verdict::Permanent,
         }
@@ -218,6 +218,10 @@ impl CircuitBreaker {
     /// one request, one verdict); returns whether the circuit is open after
     /// it.
     pub(super) fn record_request(&self, outcome: &DeliveryOutcome) -> bool {
+        // No call was made: nothing said of the target's health.
+        if matches!(outcome, DeliveryOutcome::Filtered { .. }) {
+            return self.state() == CircuitState::Open;
+        }
         self.record(Verdict::of(outcome), Instant::now()) == CircuitState::Open
     }
 

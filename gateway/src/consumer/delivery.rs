@@ -93,7 +93,10 @@ impl DeliveryRun {
             });
         drop(call_slot);
         let answered_after = started.clock.elapsed();
-        self.stats.target_answered(answered_after);
+        // A delivery the rules took was never at the target.
+        if !matches!(attempt.outcome, DeliveryOutcome::Filtered { .. }) {
+            self.stats.target_answered(answered_after);
+        }
         let Attempt {
             outcome,
             request,

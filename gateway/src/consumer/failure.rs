@@ -45,6 +45,9 @@ pub enum ErrorKind {
     /// An ordered consumer's retry would have held the delivery past
     /// `ORDERED_MAX_HOLD_MS`.
     HoldLimit,
+    /// The consumer's filter or transform failed on the message (a type
+    /// error, a missing field), under `onRuleError: "dead_letter"`.
+    Rule,
 }
 
 impl ErrorKind {
@@ -65,6 +68,7 @@ impl ErrorKind {
         Self::Broker,
         Self::OrderingKey,
         Self::HoldLimit,
+        Self::Rule,
     ];
 
     /// The kind's name as the API writes it.
@@ -85,6 +89,7 @@ impl ErrorKind {
             Self::Broker => "broker",
             Self::OrderingKey => "ordering_key",
             Self::HoldLimit => "hold_limit",
+            Self::Rule => "rule",
         }
     }
 

@@ -12,6 +12,8 @@
 //! - `target`: what a delivery is handed to, and the `DeliveryOutcome` it
 //!   answers with; `failure`: why an attempt failed, as a kind from a
 //!   closed set.
+//! - `envelope`: a delivery's exchange, routing key and headers, made for
+//!   consumers with rules only.
 //! - `delivery`: one attempt of one delivery, from the call to its settling
 //!   and its record.
 //! - `ordering`: ordered delivery per key (opt-in): where a message's key
@@ -42,6 +44,7 @@ mod batch;
 mod batch_policy;
 mod breaker;
 mod delivery;
+mod envelope;
 mod failure;
 mod limits;
 mod ordered;
@@ -67,6 +70,6 @@ pub use spec::{ConsumerId, ConsumerSpec};
 pub use stats::{ConsumerState, ConsumerStats, KeysSnapshot, StatsSnapshot};
 pub use supervisor::{ConsumerSupervisor, Flow};
 pub use target::{
-    Answer, Attempt, Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget, ErrorKind, Failure,
-    IncomingMessage, RequestShape,
+    Answer, Attempt, Batch, BatchOutcome, DeliveryOutcome, DeliveryTarget, Envelope, ErrorKind,
+    Failure, IncomingMessage, RequestShape,
 };

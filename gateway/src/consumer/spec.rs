@@ -70,4 +70,7 @@ pub struct ConsumerSpec {
     /// `None`: deliveries go to the target as they come, retries through
     /// delay queues; `Some`: one key at a time, in order, retried in place.
     pub ordering: Option<OrderingPolicy>,
+    /// Whether each delivery carries its `Envelope` (exchange, routing
+    /// key, headers): only a consumer with rules reads it.
+    pub envelope: bool,
 }

@@ -44,6 +44,7 @@ pub struct ConsumerStats {
     acked: Counter,
     retried: Counter,
     dead_lettered: Counter,
+    filtered: Counter,
     in_flight: Gauge,
     target_seconds: Histogram,
     last_delivery_at_ms: AtomicI64,
@@ -109,6 +110,7 @@ impl Default for ConsumerStats {
             acked: Counter::default(),
             retried: Counter::default(),
             dead_lettered: Counter::default(),
+            filtered: Counter::default(),
             in_flight: Gauge::default(),
             target_seconds: latency_histogram(),
             last_delivery_at_ms: AtomicI64::new(0),
@@ -130,6 +132,9 @@ pub struct StatsSnapshot {
     pub retried: u64,
     /// Deliveries moved to `<queue>.dlq`.
     pub dead_lettered: u64,
+    /// Deliveries acked without a call by the consumer's rules: refused
+    /// by its `filter`, or dropped under `onRuleError: "drop"`.
+    pub filtered: u64,
     /// Deliveries taken and not yet settled.
     pub in_flight: u64,
     /// The reason of the last failed attempt, if any.
@@ -166,6 +171,7 @@ impl ConsumerStats {
             acked: metrics.acked.get_or_create_owned(labels),
             retried: metrics.retried.get_or_create_owned(labels),
             dead_lettered: metrics.dead_lettered.get_or_create_owned(labels),
+            filtered: metrics.filtered.get_or_create_owned(labels),
             in_flight: metrics.in_flight.get_or_create_owned(labels),
             target_seconds: metrics.target_seconds.get_or_create_owned(labels),
             last_delivery_at_ms: AtomicI64::new(0),
@@ -244,6 +250,10 @@ impl ConsumerStats {
         self.dead_lettered.inc();
     }
 
+    pub(crate) fn filtered(&self) {
+        self.filtered.inc();
+    }
+
     pub(crate) fn record_error(&self, error: impl Into<String>) {
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some((error.into(), chrono::Utc::now()));
@@ -259,6 +269,7 @@ impl ConsumerStats {
             acked: self.acked.get(),
             retried: self.retried.get(),
             dead_lettered: self.dead_lettered.get(),
+            filtered: self.filtered.get(),
             in_flight: self.in_flight.get().max(0) as u64,
             last_error_at: last_error.as_ref().map(|(_, at)| at.to_rfc3339()),
             last_error: last_error.map(|(error, _)| error),

@@ -28,6 +28,26 @@ pub struct IncomingMessage {
     /// Whether this is the first attempt after a replay from the
     /// dead-letter queue.
     pub replayed: bool,
+    /// Where it was published and its headers, for a consumer with rules
+    /// (`ConsumerSpec::envelope`); `None` for the others, which never read
+    /// them, so their deliveries copy nothing more.
+    pub envelope: Option<std::sync::Arc<Envelope>>,
+    /// Headers a consumer's transform adds to the request; empty (no
+    /// allocation) otherwise.
+    pub added_headers: Vec<(String, String)>,
+}
+
+/// Where a message was published, and its headers: what a consumer's rules
+/// may read besides the payload.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Envelope {
+    /// The exchange it was published to (`""`: the default exchange).
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Its headers, names in lower case, values as JSON (a byte array as
+    /// text when it is UTF-8, else an array of numbers).
+    pub headers: Vec<(String, serde_json::Value)>,
 }
 
 /// The verdict on one attempt.
@@ -47,6 +67,13 @@ pub enum DeliveryOutcome {
     Reject {
         /// Why, kept as the message's last error.
         failure: Failure,
+    },
+    /// No call made: the consumer's rules took it (its filter refused it,
+    /// or they failed under `onRuleError: "drop"`). Acked and counted as
+    /// `filtered`.
+    Filtered {
+        /// Why the rules failed, when they did; `None`: the filter refused it.
+        error: Option<Failure>,
     },
 }
 
@@ -68,6 +95,7 @@ impl DeliveryOutcome {
     pub fn failure(&self) -> Option<&Failure> {
         match self {
             Self::Delivered => None,
+            Self::Filtered { error } => error.as_ref(),
             Self::Retry { failure, .. } | Self::Reject { failure } => Some(failure),
         }
     }

@@ -51,7 +51,7 @@ use super::ordered::{self, Event, OrderedSession};
 use super::settle::{delivery_attempt, delivery_span, AckWindow, Settled, Settler};
 use super::spec::ConsumerSpec;
 use super::stats::{ConsumerState, ConsumerStats};
-use super::target::{Batch, DeliveryTarget, IncomingMessage};
+use super::target::{Batch, DeliveryTarget, Envelope, IncomingMessage};
 use crate::connection::reconnect_backoff;
 use crate::trace::{self, Traceparent};
 use crate::{Broker, BrokerError, ConsumerLease};
@@ -234,6 +234,11 @@ impl ConsumerWorker {
             trace: trace_of(&delivery.properties),
             replayed: crate::headers::value(&delivery.properties, crate::headers::REPLAYED_AT)
                 .is_some(),
+            envelope: self
+                .spec
+                .envelope
+                .then(|| Arc::new(Envelope::of(delivery))),
+            added_headers: Vec::new(),
             payload: bytes::Bytes::from(std::mem::take(&mut delivery.data)),
         }
     }

@@ -235,6 +235,7 @@ pub fn state_of(timeline: &[StoredAttempt]) -> &'static str {
         Some("delivered") => "delivered",
         Some("retry_scheduled") => "retrying",
         Some("dead_lettered") => "dead_lettered",
+        Some("filtered") => "filtered",
         Some(_) => "in_flight",
     }
 }

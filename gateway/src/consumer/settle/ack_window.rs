@@ -175,6 +175,7 @@ impl AckWindow {
             Settled::Acked => self.stats.acked(),
             Settled::Retried { .. } => self.stats.retried(),
             Settled::DeadLettered => self.stats.dead_lettered(),
+            Settled::Filtered => self.stats.filtered(),
             Settled::HandedBack => {}
         }
     }

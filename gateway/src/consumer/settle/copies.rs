@@ -237,6 +237,8 @@ mod tests {
             attempt: 2,
             trace: None,
             replayed: false,
+            envelope: None,
+            added_headers: Vec::new(),
         }
     }
 

@@ -19,6 +19,7 @@
 //! At-least-once rests on one rule: the original leaves its queue only once
 //! its outcome is safe.
 //! - `Delivered` → ack.
+//! - `Filtered` (the consumer's rules took it, no call made) → ack.
 //! - `Retry` with attempts left → publish a copy to the delay queue
 //!   `<queue>.retry.<ms>`, wait for the broker's confirm, then ack.
 //! - `Reject`, or `Retry` out of attempts → publish a copy to `<queue>.dlq`
@@ -89,6 +90,9 @@ pub(crate) enum Settled {
     Retried { delay_ms: u64 },
     /// A confirmed copy is in the dead-letter queue: ack.
     DeadLettered,
+    /// The consumer's rules took it without a call (its filter refused
+    /// it, or they failed under `onRuleError: "drop"`): ack.
+    Filtered,
     /// Already nacked back to the queue; nothing to ack.
     HandedBack,
 }
@@ -176,6 +180,12 @@ impl Settler {
         let frame_max = self.publisher.frame_max();
         let result = match outcome {
             DeliveryOutcome::Delivered => Ok(Settled::Acked),
+            DeliveryOutcome::Filtered { error } => {
+                if let Some(failure) = error {
+                    self.stats.record_error(&failure.reason);
+                }
+                Ok(Settled::Filtered)
+            }
             DeliveryOutcome::Retry {
                 failure,
                 retry_after,
@@ -366,6 +376,7 @@ fn log_settled(settled: Settled) -> Settled {
         Settled::Acked => tracing::debug!("delivered"),
         Settled::Retried { delay_ms } => tracing::info!(delay_ms, "retry scheduled"),
         Settled::DeadLettered => tracing::info!("dead-lettered"),
+        Settled::Filtered => tracing::debug!("filtered by the consumer's rules"),
         Settled::HandedBack => tracing::warn!("handed back to the queue"),
     }
     settled
