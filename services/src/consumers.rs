@@ -901,6 +901,9 @@ impl ConsumerRegistry {
             "batch",
             "attemptLog",
             "ordering",
+            "filter",
+            "transform",
+            "onRuleError",
         ] {
             if !stored.contains_key(optional) {
                 unset.insert(optional, "");

@@ -34,6 +34,7 @@ mod queues;
 mod rate_limits;
 mod resilience;
 mod retries;
+mod rules;
 mod secrets_at_rest;
 mod shared_address;
 mod signing;
