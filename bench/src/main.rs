@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release -p bench -- [all|forward|forward-batch|publish|
 //! publish-quorum|publish-batch|latency|scale|fanin|slow-target|
-//! forward-history|history|ordered|forward-h2]
+//! forward-history|history|ordered|forward-h2|forward-rules]
 //! [--messages N] [--duration SECONDS] [--consumers N] [--mqb PATH]
 //! [--attempt-log both|on|off] [--rounds N] [--records N] [--reads N]
 //! [--read-budget S] [--store-dir PATH] [--smoke]`
@@ -113,6 +113,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
                 "slow-target" => load_shapes::slow_target(&options, gateway).await?,
                 "ordered" => scenarios::ordered(&options, gateway, &sink).await?,
                 "forward-h2" => scenarios::forward_h2(&options, gateway, &sink).await?,
+                "forward-rules" => scenarios::forward_rules(&options, gateway, &sink).await?,
                 _ => unreachable!("parse_options only accepts known scenarios"),
             };
             results.insert(scenario.clone(), value);
@@ -511,4 +512,15 @@ fn print_table(report: &Value) {
         "its TCP connections (at most 4)",
     );
     row("forward-h2", "ratio", "ratio h2c / HTTP/1.1 (target 1.0)");
+    row("forward-rules", "plain_msgs_per_s", "without rules, msgs/s");
+    row(
+        "forward-rules",
+        "rules_msgs_per_s",
+        "filter passing all + transform, msgs/s",
+    );
+    row(
+        "forward-rules",
+        "ratio",
+        "ratio rules / plain (target 0.85)",
+    );
 }

@@ -105,11 +105,11 @@ pub fn parse_options() -> anyhow::Result<Options> {
             }
             "all" | "forward" | "forward-batch" | "publish" | "publish-quorum"
             | "publish-batch" | "latency" | "scale" | "fanin" | "slow-target"
-            | "forward-history" | "history" | "ordered" | "forward-h2" => {
+            | "forward-history" | "history" | "ordered" | "forward-h2" | "forward-rules" => {
                 options.scenarios.push(arg)
             }
             "-h" | "--help" => {
-                println!("usage: bench [all|forward|forward-batch|publish|publish-quorum|publish-batch|latency|scale|fanin|slow-target|forward-history|history|ordered|forward-h2]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--mqb PATH] [--attempt-log both|on|off] [--rounds N] [--records N] [--reads N] [--read-budget S] [--store-dir PATH] [--smoke] [--output PATH]");
+                println!("usage: bench [all|forward|forward-batch|publish|publish-quorum|publish-batch|latency|scale|fanin|slow-target|forward-history|history|ordered|forward-h2|forward-rules]... [--messages N] [--publishes N] [--duration S] [--rate MSG_PER_S] [--consumers N] [--mqb PATH] [--attempt-log both|on|off] [--rounds N] [--records N] [--reads N] [--read-budget S] [--store-dir PATH] [--smoke] [--output PATH]");
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown argument `{other}` (try --help)"),
@@ -130,6 +130,7 @@ pub fn parse_options() -> anyhow::Result<Options> {
             "history",
             "ordered",
             "forward-h2",
+            "forward-rules",
         ]
         .map(String::from)
         .to_vec();

@@ -1,5 +1,5 @@
 //! The delivery scenarios (forward, latency, scale here; forward-batch,
-//! forward-h2, forward-history, history and ordered in their own files) and what they share.
+//! forward-h2, forward-rules, forward-history, history and ordered in their own files) and what they share.
 //! Each measures the gateway and, where the issue asks, a plain lapin peer
 //! doing the same work on an identical queue, or the gateway itself with a
 //! feature off, so the ratio is taken in the same run on the same machine.
@@ -18,11 +18,13 @@ use serde_json::{json, Value};
 
 mod forward_batch;
 mod forward_h2;
+mod forward_rules;
 mod forward_history;
 mod history;
 mod ordered;
 pub use forward_batch::forward_batch;
 pub use forward_h2::forward_h2;
+pub use forward_rules::forward_rules;
 pub use forward_history::forward_history;
 pub use history::history;
 pub use ordered::ordered;
@@ -264,6 +266,20 @@ pub(crate) async fn gateway_forward(
     n: usize,
     target: Value,
 ) -> anyhow::Result<f64> {
+    gateway_forward_with(gateway, connection, sink, label, n, target, json!({})).await
+}
+
+/// `gateway_forward` with `fields` over the consumer's own (`filter`,
+/// `transform`, …).
+pub(crate) async fn gateway_forward_with(
+    gateway: &GatewayProcess,
+    connection: &Connection,
+    sink: &Sink,
+    label: &str,
+    n: usize,
+    target: Value,
+    fields: Value,
+) -> anyhow::Result<f64> {
     let limit = Duration::from_secs(120 + n as u64 / 200);
     let queue = format!("{label}_{}", suffix());
     gateway
@@ -276,6 +292,11 @@ pub(crate) async fn gateway_forward(
     if let Value::Object(fields) = target {
         for (name, value) in fields {
             consumer["target"][name] = value;
+        }
+    }
+    if let Value::Object(fields) = fields {
+        for (name, value) in fields {
+            consumer[name] = value;
         }
     }
     let started = Instant::now();

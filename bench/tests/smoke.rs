@@ -65,6 +65,9 @@ fn every_bench_scenario_runs_and_reports_its_figures() {
         ("history", "attempts_p99_ms"),
         ("history", "history_p99_ms"),
         ("history", "data_bytes_per_record"),
+        ("forward-rules", "plain_msgs_per_s"),
+        ("forward-rules", "rules_msgs_per_s"),
+        ("forward-rules", "ratio"),
     ] {
         let value = s[scenario][key].as_f64().unwrap_or(-1.0);
         assert!(value > 0.0, "{scenario}.{key} = {value}");

@@ -26,8 +26,8 @@ pub use consumer::{
     Answer, Attempt, AttemptLog, AttemptOutcome, AttemptRecord, Batch, BatchOutcome, BatchPolicy,
     BatchPolicyError, CircuitBreakerPolicy, CircuitBreakerPolicyError, CircuitSnapshot,
     CircuitState, Concurrency, ConsumerId, ConsumerSpec, ConsumerSupervisor, DeliveryOutcome,
-    DeliveryTarget, Envelope, ErrorKind, Failure, Flow, IncomingMessage, KeySource, LimitError, LiveReplicas,
-    MissingKey, OrderingError, OrderingPolicy, RatePerSec, RequestShape, RetryPolicy,
+    DeliveryTarget, Envelope, ErrorKind, Failure, Flow, IncomingMessage, KeySource, LimitError,
+    LiveReplicas, MissingKey, OrderingError, OrderingPolicy, RatePerSec, RequestShape, RetryPolicy,
     RetryPolicyError, Trigger,
 };
 pub use dead_letters::{

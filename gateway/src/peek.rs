@@ -44,7 +44,11 @@ pub async fn peek_queue(
             Ok(Some(message)) => {
                 let delivery = &message.delivery;
                 taken.push(Peeked {
-                    message_id: delivery.properties.message_id().as_ref().map(|id| id.to_string()),
+                    message_id: delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .map(|id| id.to_string()),
                     content_type: delivery
                         .properties
                         .content_type()

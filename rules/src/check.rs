@@ -84,7 +84,10 @@ impl<'p> Walk<'p> {
             Expr::Select(select) => self.expr(&select.operand),
             Expr::Struct(s) => Err(self.error(
                 node,
-                format!("`{}{{…}}`: messages are not types a rule can build", s.type_name),
+                format!(
+                    "`{}{{…}}`: messages are not types a rule can build",
+                    s.type_name
+                ),
             )),
         }
     }
@@ -118,11 +121,9 @@ impl<'p> Walk<'p> {
 fn at(field: RuleField, program: &Program, node: &IdedExpr, problem: String) -> RuleError {
     let info = program.source_info();
     match info.offset_for(node.id) {
-        Some((start, _)) => RuleError::at(
-            field,
-            Position::at(&info.source, start as usize),
-            problem,
-        ),
+        Some((start, _)) => {
+            RuleError::at(field, Position::at(&info.source, start as usize), problem)
+        }
         None => RuleError::whole(field, problem),
     }
 }

@@ -26,13 +26,17 @@ pub(crate) fn to_cel(json: &serde_json::Value) -> Value {
             }
         }
         serde_json::Value::String(s) => Value::String(Arc::new(s.clone())),
-        serde_json::Value::Array(items) => Value::List(Arc::new(items.iter().map(to_cel).collect())),
+        serde_json::Value::Array(items) => {
+            Value::List(Arc::new(items.iter().map(to_cel).collect()))
+        }
         serde_json::Value::Object(fields) => object(fields.iter()),
     }
 }
 
 /// A map of string keys.
-pub(crate) fn object<'a>(fields: impl Iterator<Item = (&'a String, &'a serde_json::Value)>) -> Value {
+pub(crate) fn object<'a>(
+    fields: impl Iterator<Item = (&'a String, &'a serde_json::Value)>,
+) -> Value {
     let map: HashMap<Key, Value> = fields
         .map(|(k, v)| (Key::String(Arc::new(k.clone())), to_cel(v)))
         .collect();
@@ -139,10 +143,14 @@ fn headers(value: &Value, target_has_auth: bool) -> Result<Vec<(String, String)>
             return Err(format!("`{name}` is not a header name"));
         }
         if is_reserved(name, target_has_auth) {
-            return Err(format!("the header `{name}` is reserved: the gateway sets it"));
+            return Err(format!(
+                "the header `{name}` is reserved: the gateway sets it"
+            ));
         }
         if !is_value(text) {
-            return Err(format!("header `{name}`'s value is not a valid header value"));
+            return Err(format!(
+                "header `{name}`'s value is not a valid header value"
+            ));
         }
         headers.push((name.to_ascii_lowercase(), text.to_string()));
     }

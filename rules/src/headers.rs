@@ -14,9 +14,9 @@ pub fn is_reserved(name: &str, target_has_auth: bool) -> bool {
 /// Whether `name` can be an HTTP header name (RFC 9110 token).
 pub(crate) fn is_token(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Whether `value` can be an HTTP header value: visible ASCII, spaces and

@@ -175,7 +175,10 @@ fn compile_one(field: RuleField, source: &str, target_has_auth: bool) -> Result<
         ));
     }
     if source.trim().is_empty() {
-        return Err(RuleError::whole(field, "empty; omit it or send null instead"));
+        return Err(RuleError::whole(
+            field,
+            "empty; omit it or send null instead",
+        ));
     }
     let program = ENV
         .compile(source)

@@ -45,10 +45,7 @@ impl Message<'_> {
         context.add_variable_from_value("routingKey", text(self.routing_key));
         context.add_variable_from_value("exchange", text(self.exchange));
         context.add_variable_from_value("messageId", text(self.message_id));
-        context.add_variable_from_value(
-            "contentType",
-            self.content_type.map_or(Value::Null, text),
-        );
+        context.add_variable_from_value("contentType", self.content_type.map_or(Value::Null, text));
     }
 }
 

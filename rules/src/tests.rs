@@ -37,13 +37,19 @@ fn a_filter_reads_headers_and_properties() {
         None,
     )
     .unwrap();
-    assert_eq!(rules.apply(&message(b"not json", &headers)), Ok(Verdict::Send(None)));
+    assert_eq!(
+        rules.apply(&message(b"not json", &headers)),
+        Ok(Verdict::Send(None))
+    );
 }
 
 #[test]
 fn a_body_that_is_not_json_is_null() {
     let rules = compile(Some("body == null"), None).unwrap();
-    assert_eq!(rules.apply(&message(b"plain text", &[])), Ok(Verdict::Send(None)));
+    assert_eq!(
+        rules.apply(&message(b"plain text", &[])),
+        Ok(Verdict::Send(None))
+    );
 }
 
 #[test]
@@ -85,10 +91,7 @@ fn a_rule_that_does_not_parse_is_refused_with_its_position() {
 fn an_unknown_variable_is_refused_where_it_is() {
     let err = compile(Some("body.a == 1 &&\n  payload.b == 2"), None).unwrap_err();
     assert_eq!(err.field, RuleField::Filter);
-    assert_eq!(
-        err.position,
-        Some(error::Position { line: 2, column: 3 })
-    );
+    assert_eq!(err.position, Some(error::Position { line: 2, column: 3 }));
     assert!(err.problem.contains("`payload`"), "{err}");
     let err = compile(None, Some("{'body': x}")).unwrap_err();
     assert_eq!(err.field, RuleField::Transform);
@@ -104,7 +107,13 @@ fn a_rule_over_4_kib_is_refused() {
 
 #[test]
 fn literal_reserved_headers_are_refused_when_compiled() {
-    for name in ["webhook-signature", "X-WorkerRMQ-Attempt", "host", "Content-Length", "traceparent"] {
+    for name in [
+        "webhook-signature",
+        "X-WorkerRMQ-Attempt",
+        "host",
+        "Content-Length",
+        "traceparent",
+    ] {
         let source = format!(r#"{{"headers": {{"{name}": "x"}}}}"#);
         let err = compile(None, Some(&source)).unwrap_err();
         assert_eq!(err.field, RuleField::Transform, "{name}");
@@ -145,7 +154,10 @@ fn a_transform_yields_only_body_and_headers() {
     let rules = compile(None, Some("body")).unwrap();
     assert!(rules.apply(&message(br#"{"other":1}"#, &[])).is_err());
     let rules = compile(None, Some("{'headers': {'x-n': 1}}")).unwrap();
-    assert!(rules.apply(&message(b"{}", &[])).is_err(), "a number is no header value");
+    assert!(
+        rules.apply(&message(b"{}", &[])).is_err(),
+        "a number is no header value"
+    );
 }
 
 #[test]

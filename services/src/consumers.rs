@@ -44,8 +44,8 @@ use crate::replicas::{ConsumerCounters, ReplicaRecords};
 use crate::signing::SigningView;
 use crate::targets::{BuiltinHandler, TargetSpec};
 use crate::ruled::{OnRuleError, RuledTarget};
-use rules::ConsumerRules;
 use crate::{FieldError, Store, StoreContext, StoreError};
+use rules::ConsumerRules;
 
 /// How often each replica compares the stored consumers with the ones it runs, and starts or stops
 /// the difference.
@@ -294,7 +294,11 @@ impl ConsumerDefinition {
             return Ok(None);
         }
         if self.batch.is_some() {
-            let field = if self.filter.is_some() { "filter" } else { "transform" };
+            let field = if self.filter.is_some() {
+                "filter"
+            } else {
+                "transform"
+            };
             return Err(FieldError::new(
                 field,
                 "rules cannot be combined with batch delivery (`batch`) yet; turn one off",
@@ -1157,7 +1161,7 @@ fn counts_of(stats: &ConsumerStats) -> ConsumerCounts {
         acked: snapshot.acked,
         retried: snapshot.retried,
         dead_lettered: snapshot.dead_lettered,
-                filtered: snapshot.filtered,
+        filtered: snapshot.filtered,
         in_flight: snapshot.in_flight,
         state: stats.state(),
         keys: snapshot.keys,

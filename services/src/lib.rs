@@ -26,7 +26,7 @@ pub use consumers::{
 };
 pub use forwarder::{AttemptDetail, HttpForwarder};
 pub use management::{ConnectionInfo, ManagementClient, ManagementError, QueueRow};
+pub use ruled::{OnRuleError, RuledTarget};
 pub use store::{ApiKeyRecord, Role, Store, StoreContext, StoreError};
 pub use targets::{BuiltinHandler, HttpTarget, SigningSecret, TargetSpec, TargetUrl};
-pub use ruled::{OnRuleError, RuledTarget};
 pub use validation::FieldError;

@@ -8,9 +8,7 @@
 
 use std::sync::Arc;
 
-use gateway::{
-    Attempt, DeliveryOutcome, DeliveryTarget, ErrorKind, Failure, IncomingMessage,
-};
+use gateway::{Attempt, DeliveryOutcome, DeliveryTarget, ErrorKind, Failure, IncomingMessage};
 use rules::{ConsumerRules, Message, RunError, Transformed, Verdict};
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +34,11 @@ pub struct RuledTarget {
 
 impl RuledTarget {
     /// `inner` behind `rules`, failing as `on_error` says.
-    pub fn new(rules: ConsumerRules, on_error: OnRuleError, inner: Arc<dyn DeliveryTarget>) -> Self {
+    pub fn new(
+        rules: ConsumerRules,
+        on_error: OnRuleError,
+        inner: Arc<dyn DeliveryTarget>,
+    ) -> Self {
         Self {
             rules,
             on_error,

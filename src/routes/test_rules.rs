@@ -146,15 +146,19 @@ pub async fn test_consumer_rules(
         .map_err(|err| FieldError::new(err.field.as_str(), err.describe()))?;
     let trials = match (body.samples, body.from_queue) {
         (Some(_), Some(_)) => {
-            return Err(FieldError::new("fromQueue", "give `samples` or `fromQueue`, not both").into())
+            return Err(
+                FieldError::new("fromQueue", "give `samples` or `fromQueue`, not both").into(),
+            )
         }
         (Some(samples), None) => samples_of(samples)?,
         (None, Some(from)) => {
             let limit = from.limit.unwrap_or(DEFAULT_FROM_QUEUE);
             if !(1..=MAX_MESSAGES).contains(&limit) {
-                return Err(FieldError::new("limit", format!("between 1 and {MAX_MESSAGES}"))
-                    .within("fromQueue")
-                    .into());
+                return Err(
+                    FieldError::new("limit", format!("between 1 and {MAX_MESSAGES}"))
+                        .within("fromQueue")
+                        .into(),
+                );
             }
             let queue = QueueName::parse(from.queue_name)
                 .map_err(|e| FieldError::new("queueName", e.to_string()).within("fromQueue"))?;

@@ -195,6 +195,34 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
             "consoleTokenValue",
         )
         .await;
+    // Rules, tried first with the form's Test button on a message already
+    // in the queue: the filter refuses it, and it stays in the queue.
+    app.publish(&queue, json!({ "n": -1 })).await;
+    browser
+        .fill(&format!(r#"{form} textarea[name="filter"]"#), "body.n >= 0")
+        .await;
+    browser
+        .fill(
+            &format!(r#"{form} textarea[name="transform"]"#),
+            r#"{"body": {"n": body.n}}"#,
+        )
+        .await;
+    browser
+        .click(&format!(r#"{form} button[data-action="test-rules"]"#))
+        .await;
+    let tested = browser
+        .wait_for(
+            UI,
+            "the dry run's results",
+            &format!(
+                r#"const pre = document.querySelector('{form} [data-testid="rules-test-results"]');
+                   return pre && !pre.hidden ? pre.textContent : null"#
+            ),
+        )
+        .await;
+    let tested = tested.as_str().unwrap_or_default();
+    assert!(tested.contains(r#""matched": false"#), "{tested}");
+    assert_eq!(app.message_count(&queue).await, Some(1), "the dry run moves nothing");
     browser
         .click(&format!(r#"{form} button[type="submit"]"#))
         .await;
@@ -219,6 +247,8 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
         json!({"type": "bearer", "token": "***"}),
         "{view}"
     );
+    assert_eq!(view["filter"], "body.n >= 0", "{view}");
+    assert_eq!(view["transform"], r#"{"body": {"n": body.n}}"#, "{view}");
     let row = format!(r#"document.querySelector('tr[data-consumer-id="{consumer}"]')"#);
 
     // 50 messages through the API; the row's acked count reaches 50.

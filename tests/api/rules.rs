@@ -76,11 +76,22 @@ async fn a_filter_sends_only_what_it_matches_and_counts_the_rest() {
     let mut matching = BTreeSet::new();
     for i in 0..10 {
         let id = format!("{queue}-{i}");
-        let kind = if i % 2 == 0 { "order.created" } else { "order.paid" };
+        let kind = if i % 2 == 0 {
+            "order.created"
+        } else {
+            "order.paid"
+        };
         if i % 2 == 0 {
             matching.insert(id.clone());
         }
-        publish(&app, &queue, &id, json!({ "type": kind, "i": i }), json!({})).await;
+        publish(
+            &app,
+            &queue,
+            &id,
+            json!({ "type": kind, "i": i }),
+            json!({}),
+        )
+        .await;
     }
     target.wait_for_delivered(&matching, DEADLINE).await;
     let view = api
@@ -116,7 +127,9 @@ async fn a_filter_sends_only_what_it_matches_and_counts_the_rest() {
     // The attempt log keeps one `filtered` record per refused message.
     let filtered = eventually(Duration::from_secs(15), || async {
         let page: Value = api
-            .get(&format!("/getAttempts?consumerId={consumer}&outcome=filtered"))
+            .get(&format!(
+                "/getAttempts?consumerId={consumer}&outcome=filtered"
+            ))
             .await
             .json()
             .await
@@ -193,7 +206,14 @@ async fn a_rule_failing_at_run_time_dead_letters_delivers_or_drops_as_asked() {
         json!({ "filter": filter, "retry": { "maxAttempts": 1 } }),
     )
     .await;
-    publish(&app, &dead, &format!("{dead}-1"), json!({ "type": "x" }), json!({})).await;
+    publish(
+        &app,
+        &dead,
+        &format!("{dead}-1"),
+        json!({ "type": "x" }),
+        json!({}),
+    )
+    .await;
     api.wait_for_consumer(&consumer, DEADLINE, "dead-lettered", |v| {
         v["stats"]["deadLettered"] == 1
     })
@@ -213,7 +233,14 @@ async fn a_rule_failing_at_run_time_dead_letters_delivers_or_drops_as_asked() {
     )
     .await;
     let payload = json!({ "type": "x", "keep": [1, 2] });
-    publish(&app, &delivered, &format!("{delivered}-1"), payload.clone(), json!({})).await;
+    publish(
+        &app,
+        &delivered,
+        &format!("{delivered}-1"),
+        payload.clone(),
+        json!({}),
+    )
+    .await;
     api.wait_for_consumer(&consumer, DEADLINE, "acked", |v| v["stats"]["acked"] == 1)
         .await;
     let requests = target.requests_to("/deliver");
@@ -229,7 +256,14 @@ async fn a_rule_failing_at_run_time_dead_letters_delivers_or_drops_as_asked() {
         json!({ "filter": filter, "onRuleError": "drop" }),
     )
     .await;
-    publish(&app, &dropped, &format!("{dropped}-1"), json!({ "type": "x" }), json!({})).await;
+    publish(
+        &app,
+        &dropped,
+        &format!("{dropped}-1"),
+        json!({ "type": "x" }),
+        json!({}),
+    )
+    .await;
     let view = api
         .wait_for_consumer(&consumer, DEADLINE, "dropped", |v| {
             v["stats"]["filtered"] == 1
@@ -288,7 +322,11 @@ async fn a_dry_run_over_a_queue_leaves_its_messages_in_order() {
         }
     })
     .await;
-    assert_eq!(ids_in_queue(&app, &queue, 3).await, ids, "still there, in order");
+    assert_eq!(
+        ids_in_queue(&app, &queue, 3).await,
+        ids,
+        "still there, in order"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,13 +367,19 @@ async fn a_dry_run_over_samples_or_a_consumers_own_rules() {
         ]})
     );
     let error = answer["results"][2]["error"].as_str().unwrap_or_default();
-    assert!(error.contains("filter failed"), "a missing header is a run-time failure: {error}");
+    assert!(
+        error.contains("filter failed"),
+        "a missing header is a run-time failure: {error}"
+    );
     assert!(target.requests().is_empty(), "a dry run sends nothing");
 
     // Bad input: no rules at all, a rule that does not compile, both sources.
     for (body, field) in [
         (json!({ "samples": [{ "payload": 1 }] }), "`filter`"),
-        (json!({ "transform": "{'body': ", "samples": [{ "payload": 1 }] }), "`transform`"),
+        (
+            json!({ "transform": "{'body': ", "samples": [{ "payload": 1 }] }),
+            "`transform`",
+        ),
         (
             json!({ "filter": "true", "samples": [{ "payload": 1 }], "fromQueue": { "queueName": "q" } }),
             "`fromQueue`",
@@ -352,7 +396,10 @@ async fn a_dry_run_over_samples_or_a_consumers_own_rules() {
         )
         .await;
         assert!(
-            refused["message"].as_str().unwrap_or_default().contains(field),
+            refused["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(field),
             "{body} → {refused}"
         );
     }
@@ -374,15 +421,27 @@ async fn rules_that_do_not_compile_are_refused_naming_the_field_and_nothing_chan
     let before = api.consumer(&consumer).await;
     let long = format!("body.a == '{}'", "x".repeat(4096));
     let cases = [
-        (json!({ "filter": "body.type == " }), "field `filter`: line 1, column"),
-        (json!({ "filter": "payload.type == 1" }), "field `filter`: line 1, column 1: unknown variable `payload`"),
+        (
+            json!({ "filter": "body.type == " }),
+            "field `filter`: line 1, column",
+        ),
+        (
+            json!({ "filter": "payload.type == 1" }),
+            "field `filter`: line 1, column 1: unknown variable `payload`",
+        ),
         (json!({ "filter": long }), "field `filter`"),
         (
             json!({ "transform": "{'headers': {'webhook-signature': 'forged'}}" }),
             "field `transform`: line 1, column 14",
         ),
-        (json!({ "transform": "{'headers': {'X-WorkerRMQ-Attempt': '9'}}" }), "field `transform`"),
-        (json!({ "batch": { "maxMessages": 5, "maxWaitMs": 10 } }), "field `filter`"),
+        (
+            json!({ "transform": "{'headers': {'X-WorkerRMQ-Attempt': '9'}}" }),
+            "field `transform`",
+        ),
+        (
+            json!({ "batch": { "maxMessages": 5, "maxWaitMs": 10 } }),
+            "field `filter`",
+        ),
         (json!({ "onRuleError": "ignore" }), "onRuleError"),
     ];
     for (fields, expected) in &cases {
@@ -415,15 +474,20 @@ async fn rules_that_do_not_compile_are_refused_naming_the_field_and_nothing_chan
     assert_eq!(after["transform"], Value::Null);
     assert_eq!(after["batch"], Value::Null);
     let consumers = assert_json(api.get("/getConsumers").await, StatusCode::OK).await;
-    let on_queue = consumers
-        .as_array()
-        .map(|all| all.iter().filter(|c| c["queueName"] == queue.as_str()).count());
+    let on_queue = consumers.as_array().map(|all| {
+        all.iter()
+            .filter(|c| c["queueName"] == queue.as_str())
+            .count()
+    });
     assert_eq!(on_queue, Some(1), "no consumer was created");
 
     // `null` removes a rule.
     let updated = assert_json(
-        api.post("/updateConsumer", &json!({ "consumerId": consumer, "filter": null }))
-            .await,
+        api.post(
+            "/updateConsumer",
+            &json!({ "consumerId": consumer, "filter": null }),
+        )
+        .await,
         StatusCode::OK,
     )
     .await;

@@ -45,9 +45,7 @@ fn json_of(value: &AMQPValue) -> serde_json::Value {
         AMQPValue::Timestamp(n) => J::from(*n),
         AMQPValue::Float(f) => J::from(f64::from(*f)),
         AMQPValue::Double(f) => J::from(*f),
-        AMQPValue::DecimalValue(d) => {
-            J::from(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
-        }
+        AMQPValue::DecimalValue(d) => J::from(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
         AMQPValue::ShortString(s) => J::from(s.as_str()),
         AMQPValue::LongString(s) => text_or_bytes(s.as_bytes()),
         AMQPValue::ByteArray(b) => text_or_bytes(b.as_slice()),

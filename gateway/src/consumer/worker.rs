@@ -234,10 +234,7 @@ impl ConsumerWorker {
             trace: trace_of(&delivery.properties),
             replayed: crate::headers::value(&delivery.properties, crate::headers::REPLAYED_AT)
                 .is_some(),
-            envelope: self
-                .spec
-                .envelope
-                .then(|| Arc::new(Envelope::of(delivery))),
+            envelope: self.spec.envelope.then(|| Arc::new(Envelope::of(delivery))),
             added_headers: Vec::new(),
             payload: bytes::Bytes::from(std::mem::take(&mut delivery.data)),
         }

@@ -684,7 +684,16 @@ views.consumers = {
         el("label", {}, "First retry after (ms)", el("input", { name: "initialDelayMs", type: "number", min: 1, value: 1000 })),
         el("label.wide", {}, "Signing secret (optional, whsec_…)", el("input", { name: "signingSecret", type: "password", autocomplete: "off" })),
         ...auth.nodes,
-        el("button", { type: "submit" }, "Create consumer"));
+        el("label.wide", {}, "Filter (optional, CEL over body, headers, routingKey, exchange, messageId, contentType)",
+          el("textarea", { name: "filter", rows: 2, maxlength: 4096, placeholder: 'body.type == "order.created"' })),
+        el("label.wide", {}, "Transform (optional, CEL yielding {body?, headers?})",
+          el("textarea", { name: "transform", rows: 2, maxlength: 4096, placeholder: '{"body": {"id": body.orderId}}' })),
+        el("label", {}, "When a rule fails", el("select", { name: "onRuleError" },
+          el("option", { value: "dead_letter" }, "dead-letter"), el("option", { value: "deliver" }, "deliver unchanged"),
+          el("option", { value: "drop" }, "drop"))),
+        el("button.secondary", { type: "button", "data-action": "test-rules" }, "Test"),
+        el("button", { type: "submit" }, "Create consumer"),
+        el("pre.wide", { "data-testid": "rules-test-results", hidden: true }));
       form.addEventListener("submit", (event) => {
         event.preventDefault();
         const data = new FormData(form);
@@ -699,11 +708,32 @@ views.consumers = {
         if (text("signingSecret")) body.signingSecret = text("signingSecret");
         const targetAuth = authOf(data);
         if (targetAuth) body.target.auth = targetAuth;
+        if (text("filter")) body.filter = text("filter");
+        if (text("transform")) body.transform = text("transform");
+        if (text("filter") || text("transform")) body.onRuleError = text("onRuleError");
         act(form.querySelector("button[type=submit]"), async () => {
           const answer = await api("POST", "createConsumer", body);
           form.reset();
           auth.reset();
           showNotice(`Consumer ${answer.consumerId} created on ${body.queueName}.`);
+        });
+      });
+      // The dry run: the rules over the queue's first messages, which stay
+      // in the queue, in order.
+      const testButton = form.querySelector('[data-action="test-rules"]');
+      testButton.addEventListener("click", () => {
+        const data = new FormData(form);
+        const text = (name) => String(data.get(name) || "").trim();
+        const results = form.querySelector('[data-testid="rules-test-results"]');
+        const body = { fromQueue: { queueName: text("queueName"), limit: 5 } };
+        if (text("filter")) body.filter = text("filter");
+        if (text("transform")) body.transform = text("transform");
+        act(testButton, async () => {
+          const answer = await api("POST", "testConsumerRules", body);
+          results.textContent = answer.results.length
+            ? answer.results.map((r) => JSON.stringify(r, null, 2)).join("\n")
+            : "The queue has no message to test on.";
+          results.hidden = false;
         });
       });
       root.append(form);
