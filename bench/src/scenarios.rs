@@ -18,14 +18,14 @@ use serde_json::{json, Value};
 
 mod forward_batch;
 mod forward_h2;
-mod forward_rules;
 mod forward_history;
+mod forward_rules;
 mod history;
 mod ordered;
 pub use forward_batch::forward_batch;
 pub use forward_h2::forward_h2;
-pub use forward_rules::forward_rules;
 pub use forward_history::forward_history;
+pub use forward_rules::forward_rules;
 pub use history::history;
 pub use ordered::ordered;
 

@@ -222,7 +222,11 @@ async fn an_admin_follows_and_steers_queues_consumers_and_dead_letters_from_the_
         .await;
     let tested = tested.as_str().unwrap_or_default();
     assert!(tested.contains(r#""matched": false"#), "{tested}");
-    assert_eq!(app.message_count(&queue).await, Some(1), "the dry run moves nothing");
+    assert_eq!(
+        app.message_count(&queue).await,
+        Some(1),
+        "the dry run moves nothing"
+    );
     browser
         .click(&format!(r#"{form} button[type="submit"]"#))
         .await;

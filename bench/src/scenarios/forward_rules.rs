@@ -13,8 +13,7 @@ use crate::sink::Sink;
 /// Passes every bench message, after reading its body.
 const FILTER: &str = r#"has(body.pad) && body.pad != """#;
 /// A new body from the old one, and a header.
-const TRANSFORM: &str =
-    r#"{"body": {"size": size(body.pad), "kind": "bench", "id": messageId}, "headers": {"x-bench": "rules"}}"#;
+const TRANSFORM: &str = r#"{"body": {"size": size(body.pad), "kind": "bench", "id": messageId}, "headers": {"x-bench": "rules"}}"#;
 
 pub async fn forward_rules(
     options: &Options,
