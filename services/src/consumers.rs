@@ -315,7 +315,7 @@ impl ConsumerDefinition {
 
     /// Whether the target authenticates on its own (then a transform may
     /// not set `authorization` either). No target does yet.
-    fn target_has_auth(&self) -> bool {
+    pub fn target_has_auth(&self) -> bool {
         false
     }
 

@@ -142,7 +142,8 @@ pub async fn test_consumer_rules(
         )
         .into());
     }
-    let rules = ConsumerRules::compile(filter.as_deref(), transform.as_deref(), false)
+    let target_has_auth = consumer.as_ref().is_some_and(|c| c.target_has_auth());
+    let rules = ConsumerRules::compile(filter.as_deref(), transform.as_deref(), target_has_auth)
         .map_err(|err| FieldError::new(err.field.as_str(), err.describe()))?;
     let trials = match (body.samples, body.from_queue) {
         (Some(_), Some(_)) => {

@@ -67,3 +67,38 @@ fn text_or_bytes(bytes: &[u8]) -> serde_json::Value {
         Err(_) => bytes.iter().copied().map(serde_json::Value::from).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{FieldArray, FieldTable, LongString};
+    use serde_json::json;
+
+    #[test]
+    fn header_values_read_as_json() {
+        let mut inner = FieldTable::default();
+        inner.insert("n".into(), AMQPValue::LongInt(3));
+        let cases = [
+            (
+                AMQPValue::LongString(LongString::from("acme")),
+                json!("acme"),
+            ),
+            (AMQPValue::LongLongInt(-7), json!(-7)),
+            (AMQPValue::Boolean(true), json!(true)),
+            (AMQPValue::Double(1.5), json!(1.5)),
+            (AMQPValue::Void, json!(null)),
+            (AMQPValue::FieldTable(inner), json!({ "n": 3 })),
+            (
+                AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::ShortInt(1)])),
+                json!([1]),
+            ),
+            (
+                AMQPValue::LongString(LongString::from(vec![0xff_u8, 0x00])),
+                json!([255, 0]),
+            ),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(json_of(&value), expected, "{value:?}");
+        }
+    }
+}
