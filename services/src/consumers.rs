@@ -41,9 +41,9 @@ use tokio_util::sync::CancellationToken;
 use crate::fleet::{ConsumerCounts, FleetStats, OtherReplicas, OwnShare, ReplicaView};
 use crate::forwarder::{AttemptDetail, HttpForwarder};
 use crate::replicas::{ConsumerCounters, ReplicaRecords};
+use crate::ruled::{OnRuleError, RuledTarget};
 use crate::signing::SigningView;
 use crate::targets::{BuiltinHandler, TargetSpec};
-use crate::ruled::{OnRuleError, RuledTarget};
 use crate::{FieldError, Store, StoreContext, StoreError};
 use rules::ConsumerRules;
 
