@@ -313,10 +313,10 @@ impl ConsumerDefinition {
         .map_err(|err| FieldError::new(err.field.as_str(), err.describe()))
     }
 
-    /// Whether the target authenticates on its own (then a transform may
-    /// not set `authorization` either). No target does yet.
+    /// Whether the target authenticates on its own (`target.auth`): then a
+    /// transform may not set `authorization` either.
     pub fn target_has_auth(&self) -> bool {
-        false
+        matches!(&self.target, TargetSpec::Http(http) if http.auth.is_some())
     }
 
     fn flow(&self) -> Flow {
