@@ -13,6 +13,7 @@
 #   mongodb                   something answers at MONGODB_URI, else SecantusDB
 #                             (PyPI `secantusdb`, project-local .venv) is started
 #   schemathesis              (test only) the pinned API fuzzer in .venv
+#   standardwebhooks          (test only) the Standard Webhooks reference library in .venv
 #   chromium                  (test only) Chromium and chromedriver for the
 #                             console's browser tests (apt-get when missing)
 #   rabbitmq cluster          (test only) the three-node test cluster of
@@ -400,6 +401,24 @@ ensure_schemathesis() {
     step "schemathesis: ${VENV_HOW}installed $SCHEMATHESIS_VERSION into .venv"
 }
 
+# The Standard Webhooks reference library (tests/api/rules.rs verifies the
+# gateway's signatures with it), pinned like schemathesis.
+STANDARDWEBHOOKS_VERSION=1.3.0
+
+# Makes sure .venv has that standardwebhooks; prints one line.
+ensure_standardwebhooks() {
+    local have
+    have=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("standardwebhooks"))' 2>/dev/null) || have=""
+    if [[ $have == "$STANDARDWEBHOOKS_VERSION" ]]; then
+        step "standardwebhooks: present in .venv ($have)"
+        return
+    fi
+    ensure_venv
+    .venv/bin/pip install -q "standardwebhooks==$STANDARDWEBHOOKS_VERSION" >.data/pip-standardwebhooks.log 2>&1 ||
+        die "standardwebhooks: pip install standardwebhooks==$STANDARDWEBHOOKS_VERSION failed; see .data/pip-standardwebhooks.log"
+    step "standardwebhooks: ${VENV_HOW}installed $STANDARDWEBHOOKS_VERSION into .venv"
+}
+
 secantus_version() {
     .venv/bin/python -c 'import importlib.metadata as m; print(m.version("secantusdb"))' 2>/dev/null ||
         printf 'secantusdb'
@@ -480,6 +499,7 @@ fi
 
 if [[ $MODE == test ]]; then
     ensure_schemathesis
+    ensure_standardwebhooks
 fi
 
 # ------------------------------------------------------------------ chromium --

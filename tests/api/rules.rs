@@ -188,7 +188,41 @@ async fn a_transform_reshapes_the_request_and_the_signature_covers_it() {
         Some(expected_signature(&key, &id, timestamp, &request.body).as_str()),
         "the signature covers the transformed body"
     );
+    reference_library_verifies(&secret, request);
     target.stop().await;
+}
+
+/// The Standard Webhooks reference library (Python, in `.venv`, installed by
+/// `./run.sh test`) verifies `request` under `secret`.
+fn reference_library_verifies(secret: &str, request: &crate::support::target_server::Recorded) {
+    const VERIFY: &str = "import base64, os, sys\n\
+from standardwebhooks.webhooks import Webhook\n\
+headers = {n: os.environ[n.upper().replace('-', '_')] for n in ('webhook-id', 'webhook-timestamp', 'webhook-signature')}\n\
+Webhook(os.environ['SECRET']).verify(base64.b64decode(os.environ['BODY']), headers)\n";
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let header = |name| request.header(name).unwrap_or_default().to_owned();
+    let outcome = std::process::Command::new(&python)
+        .args(["-c", VERIFY])
+        .env("SECRET", secret)
+        .env(
+            "BODY",
+            base64::engine::general_purpose::STANDARD.encode(&request.body),
+        )
+        .env("WEBHOOK_ID", header("webhook-id"))
+        .env("WEBHOOK_TIMESTAMP", header("webhook-timestamp"))
+        .env("WEBHOOK_SIGNATURE", header("webhook-signature"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} does not run ({e}): run `./run.sh test` once, it installs standardwebhooks",
+                python.display()
+            )
+        });
+    assert!(
+        outcome.status.success(),
+        "the reference library refused the signature: {}",
+        String::from_utf8_lossy(&outcome.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
