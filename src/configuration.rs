@@ -94,8 +94,9 @@ pub struct Settings {
     /// `SECRETS_KEY` (and `SECRETS_KEY_PREVIOUS`): what the secrets the
     /// store keeps are sealed with. `Debug` shows the keys' ids only.
     pub secrets: credentials::SecretsCipher,
-    /// `TRUSTED_PROXIES`: the proxies whose `Forwarded` / `X-Forwarded-For`
-    /// give the client address (for the throttle and the logs); none unless set.
+    /// `TRUSTED_PROXIES`: the proxies whose forwarding header
+    /// (`TRUSTED_PROXY_HEADER`) gives the client address (for the throttle
+    /// and the logs); none unless set.
     pub trusted_proxies: middlewares::TrustedProxies,
     /// Names this process in its AMQP connection, so replicas can be told
     /// apart in `/getConnections`.
@@ -310,6 +311,17 @@ impl Settings {
             None => middlewares::TrustedProxies::none(),
             Some(raw) => middlewares::TrustedProxies::parse(&raw)
                 .map_err(|e| problem("TRUSTED_PROXIES", e.to_string()))?,
+        };
+        let trusted_proxies = match var("TRUSTED_PROXY_HEADER") {
+            None => trusted_proxies,
+            Some(raw) => trusted_proxies.reading(
+                middlewares::ForwardingHeader::parse(&raw).ok_or_else(|| {
+                    problem(
+                        "TRUSTED_PROXY_HEADER",
+                        format!("`{raw}` is neither `x-forwarded-for` nor `forwarded`"),
+                    )
+                })?,
+            ),
         };
 
         let attempt_log = services::attempts::AttemptLogConfig {

@@ -3,7 +3,7 @@
 //! where messages go, not how to send them there too. (Target header
 //! values are masked for everyone, by the registry's view.) Of
 //! `target.auth` a viewer sees the type alone, of `target.tls` only that it
-//! is set.
+//! is set, of a filter or transform only that there is one.
 
 use services::masking::masked_url;
 use services::{ConsumerView, TargetSpec};
@@ -16,5 +16,9 @@ pub fn consumer_for_viewer(mut view: ConsumerView) -> ConsumerView {
         target.url = masked_url(&target.url);
         view.target = TargetSpec::Http(target);
     }
+    // Rules may name what a viewer may not read (a transform may add a
+    // header with a literal credential): that there is one is all it shows.
+    view.filter = view.filter.map(|_| "***".to_owned());
+    view.transform = view.transform.map(|_| "***".to_owned());
     view
 }

@@ -1,9 +1,11 @@
 //! Peeking at a main queue's first messages for a rules dry run
 //! (`/testConsumerRules`): taken with `basic.get` without acking, then put
 //! back by closing the channel, as `dead_letters` peeks. A classic queue
-//! puts each back at its original position, so the queue keeps its order;
-//! none is lost or doubled on any queue type. While held they are
-//! invisible to the queue's consumers, which take the next ones meanwhile.
+//! puts each back at its original position, so the queue keeps its order,
+//! and none is lost or doubled. While held they are invisible to the
+//! queue's consumers, which take the next ones meanwhile. The route peeks
+//! classic queues only: a quorum queue counts each message handed back as
+//! a delivery, and an ordered consumer would overtake the held ones.
 
 use lapin::options::BasicGetOptions;
 

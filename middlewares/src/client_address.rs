@@ -2,13 +2,15 @@
 //! logs.
 //!
 //! The peer address, unless the peer is one of the `TRUSTED_PROXIES`: then
-//! the `Forwarded` header (RFC 7239; `X-Forwarded-For` when there is none)
-//! is read from the right, each proxy having appended the address it got the
+//! the one header those proxies write (`TRUSTED_PROXY_HEADER`:
+//! `X-Forwarded-For` by default, or RFC 7239's `Forwarded`) is read from
+//! the right, each proxy having appended the address it got the
 //! request from, and the client is the right-most address not itself a
 //! trusted proxy. Anything left of that could have been written by the
 //! client, so it is never believed; from a peer that is not a trusted proxy
 //! the headers are ignored altogether, or any client could pick the address
-//! it is throttled under.
+//! it is throttled under. Only the configured header is read: a proxy
+//! passes the other one through as the client wrote it.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -22,10 +24,36 @@ use ipnet::IpNet;
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// The proxies whose forwarding headers are believed (`TRUSTED_PROXIES`):
-/// address blocks, none by default.
+/// The proxies whose forwarding header is believed (`TRUSTED_PROXIES`):
+/// address blocks, none by default, and the header they write.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies {
+    blocks: Vec<IpNet>,
+    header: ForwardingHeader,
+}
+
+/// The header the trusted proxies append the client's address to
+/// (`TRUSTED_PROXY_HEADER`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardingHeader {
+    /// `X-Forwarded-For: client, proxy1` (nginx, HAProxy, most load
+    /// balancers).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    Forwarded,
+}
+
+impl ForwardingHeader {
+    /// `x-forwarded-for` or `forwarded`, in any case.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Some(Self::XForwardedFor),
+            "forwarded" => Some(Self::Forwarded),
+            _ => None,
+        }
+    }
+}
 
 /// An entry of `TRUSTED_PROXIES` that is neither an address nor a CIDR block.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,13 +93,21 @@ impl TrustedProxies {
                     })
             })
             .collect::<Result<_, _>>()
-            .map(Self)
+            .map(|blocks| Self {
+                blocks,
+                header: ForwardingHeader::default(),
+            })
+    }
+
+    /// The same proxies, writing the client's address into `header`.
+    pub fn reading(self, header: ForwardingHeader) -> Self {
+        Self { header, ..self }
     }
 
     /// Whether `addr` is one of the trusted proxies.
     pub fn contains(&self, addr: IpAddr) -> bool {
         let addr = addr.to_canonical();
-        self.0.iter().any(|net| net.contains(&addr))
+        self.blocks.iter().any(|net| net.contains(&addr))
     }
 
     /// The client behind a request from `peer` carrying `headers`; see the
@@ -81,7 +117,7 @@ impl TrustedProxies {
         if !self.contains(peer) {
             return peer;
         }
-        let hops = forwarded_hops(headers);
+        let hops = forwarded_hops(headers, self.header);
         let mut client = peer;
         for hop in hops.iter().rev() {
             match hop {
@@ -102,12 +138,12 @@ impl TrustedProxies {
 }
 
 /// The addresses a request passed through, first (the original client, as
-/// claimed) to last: from every `Forwarded` header, or when there is none
-/// from every `X-Forwarded-For`. `None` for an entry that names no address.
-pub fn forwarded_hops(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let mut forwarded = headers.get_all(FORWARDED).peekable();
-    if forwarded.peek().is_some() {
-        return forwarded
+/// claimed) to last, from every `header` of the request. `None` for an
+/// entry that names no address.
+pub fn forwarded_hops(headers: &HeaderMap, header: ForwardingHeader) -> Vec<Option<IpAddr>> {
+    if header == ForwardingHeader::Forwarded {
+        return headers
+            .get_all(FORWARDED)
             .flat_map(|value| match value.to_str() {
                 Ok(text) => text.split(',').map(forwarded_for).collect(),
                 Err(_) => vec![None],
@@ -224,10 +260,14 @@ mod tests {
 
     #[test]
     fn x_forwarded_for_lists_every_hop_in_order() {
-        let hops = forwarded_hops(&headers(&[
-            ("x-forwarded-for", "203.0.113.9, 198.51.100.2:4711"),
-            ("x-forwarded-for", "[2001:db8::5]:80, 2001:db8::6, nonsense"),
-        ]));
+        let hops = forwarded_hops(
+            &headers(&[
+                ("x-forwarded-for", "203.0.113.9, 198.51.100.2:4711"),
+                ("x-forwarded-for", "[2001:db8::5]:80, 2001:db8::6, nonsense"),
+                ("forwarded", "for=192.0.2.1"),
+            ]),
+            ForwardingHeader::XForwardedFor,
+        );
         assert_eq!(
             hops,
             vec![
@@ -241,15 +281,18 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_reads_the_for_of_each_element_and_wins_over_x_forwarded_for() {
-        let hops = forwarded_hops(&headers(&[
-            (
-                "forwarded",
-                "for=192.0.2.60;proto=http;by=203.0.113.43, For=\"[2001:db8:cafe::17]:4711\"",
-            ),
-            ("forwarded", "proto=https;for=unknown, by=10.0.0.1"),
-            ("x-forwarded-for", "198.51.100.1"),
-        ]));
+    fn forwarded_reads_the_for_of_each_element_and_only_that_header() {
+        let hops = forwarded_hops(
+            &headers(&[
+                (
+                    "forwarded",
+                    "for=192.0.2.60;proto=http;by=203.0.113.43, For=\"[2001:db8:cafe::17]:4711\"",
+                ),
+                ("forwarded", "proto=https;for=unknown, by=10.0.0.1"),
+                ("x-forwarded-for", "198.51.100.1"),
+            ]),
+            ForwardingHeader::Forwarded,
+        );
         assert_eq!(
             hops,
             vec![
@@ -285,6 +328,34 @@ mod tests {
             proxies.client_of(ip("10.0.0.1"), &HeaderMap::new()),
             ip("10.0.0.1")
         );
+    }
+
+    #[test]
+    fn a_client_cannot_pick_its_address_with_the_header_the_proxies_do_not_write() {
+        // The proxy appends X-Forwarded-For and passes the client's own
+        // `Forwarded` through untouched.
+        let request = headers(&[
+            ("forwarded", "for=198.51.100.99"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ]);
+        assert_eq!(
+            trusted("10.0.0.0/8").client_of(ip("10.0.0.1"), &request),
+            ip("203.0.113.9")
+        );
+        let forwarded_only = trusted("10.0.0.0/8").reading(ForwardingHeader::Forwarded);
+        let request = headers(&[
+            ("forwarded", "for=203.0.113.9"),
+            ("x-forwarded-for", "198.51.100.99"),
+        ]);
+        assert_eq!(
+            forwarded_only.client_of(ip("10.0.0.1"), &request),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            ForwardingHeader::parse("Forwarded"),
+            Some(ForwardingHeader::Forwarded)
+        );
+        assert_eq!(ForwardingHeader::parse("x-real-ip"), None);
     }
 
     #[test]

@@ -15,6 +15,6 @@ pub use auth::{
     Admin, AuthError, AuthMetrics, AuthSettings, Authenticator, Principal,
     PublisherCaller as Publisher, ThrottleSettings, Viewer,
 };
-pub use client_address::{TrustedProxies, TrustedProxiesError};
+pub use client_address::{ForwardingHeader, TrustedProxies, TrustedProxiesError};
 pub use credentials::Role;
 pub use error_body::{error_response, ErrorBody};

@@ -17,6 +17,7 @@
 mod check;
 mod convert;
 mod error;
+mod failure;
 mod headers;
 mod message;
 
@@ -145,7 +146,7 @@ impl ConsumerRules {
                         format!("yielded {}, not a bool", convert::type_name(&other)),
                     ))
                 }
-                Err(err) => return Err(RunError::new(RuleField::Filter, err.to_string())),
+                Err(err) => return Err(RunError::new(RuleField::Filter, failure::describe(&err))),
             };
             if !passed {
                 return Ok(Verdict::Filtered);
@@ -157,7 +158,7 @@ impl ConsumerRules {
         let value = transform
             .program
             .execute(&context)
-            .map_err(|err| RunError::new(RuleField::Transform, err.to_string()))?;
+            .map_err(|err| RunError::new(RuleField::Transform, failure::describe(&err)))?;
         convert::transformed(&value, self.target_has_auth)
             .map(|t| Verdict::Send(Some(t)))
             .map_err(|problem| RunError::new(RuleField::Transform, problem))

@@ -103,7 +103,8 @@ struct Trial {
         (status = 200, description = "One result per message, in order; nothing was sent, acked or counted, peeked messages are back in their queue", body = Object,
             example = json!({"results": [{"matched": true, "request": {"body": {"id": "o-1"}, "headers": {"content-type": "application/json", "x-tenant": "acme"}}, "error": null}]})),
         (status = 400, description = "A rule does not compile (named, with the position), or the messages asked for are out of bounds", body = crate::error::ErrorBody),
-        (status = 404, description = "No such consumer or queue", body = crate::error::ErrorBody)))]
+        (status = 404, description = "No such consumer or queue", body = crate::error::ErrorBody),
+        (status = 409, description = "The queue to peek is not a classic queue (a quorum queue counts a peek as a delivery attempt) or has an ordered consumer; test with `samples`", body = crate::error::ErrorBody)))]
 pub async fn test_consumer_rules(
     _: Admin,
     state: web::Data<AppState>,
@@ -215,7 +216,30 @@ fn samples_of(samples: Vec<SampleMessage>) -> Result<Vec<Trial>, FieldError> {
         .collect())
 }
 
+/// Refuses a peek that would change what happens to the messages: a
+/// quorum queue counts each one handed back as a delivery (`x-delivery-count`,
+/// which the consumers count as an attempt), and on a queue with an ordered
+/// consumer the messages held meanwhile would be overtaken by their key's
+/// next ones.
+async fn check_peekable(state: &AppState, queue: &QueueName) -> Result<(), ApiError> {
+    let Some(raw) = state.management.queue(queue.as_str()).await? else {
+        return Err(ApiError::NotFound(format!("no queue named `{queue}`")));
+    };
+    if let Some(kind) = raw.queue_type.as_deref().filter(|t| *t != "classic") {
+        return Err(ApiError::Conflict(format!(
+            "`{queue}` is a {kind} queue, which counts every peeked message as a delivery attempt; test with `samples` instead"
+        )));
+    }
+    if let Some(ordered) = state.registry.other_ordered_on(queue.as_str(), "").await? {
+        return Err(ApiError::Conflict(format!(
+            "`{queue}` has an ordered consumer (`{ordered}`), which would deliver the peeked messages' successors first; test with `samples` instead"
+        )));
+    }
+    Ok(())
+}
+
 async fn peeked(state: &AppState, queue: &QueueName, limit: usize) -> Result<Vec<Trial>, ApiError> {
+    check_peekable(state, queue).await?;
     let peeked = gateway::peek::peek_queue(&state.broker, queue, limit).await?;
     Ok(peeked
         .into_iter()

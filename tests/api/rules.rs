@@ -159,7 +159,7 @@ async fn a_transform_reshapes_the_request_and_the_signature_covers_it() {
         base64::engine::general_purpose::STANDARD.encode(key)
     );
     let transform = r#"{"body": {"id": body.orderId, "total": body.amount * 2}, "headers": {"x-tenant": headers["x-tenant"]}}"#;
-    let (_, queue, _) = running_consumer_on(
+    let (_, queue, consumer) = running_consumer_on(
         &app,
         &target,
         "transform",
@@ -189,6 +189,35 @@ async fn a_transform_reshapes_the_request_and_the_signature_covers_it() {
         "the signature covers the transformed body"
     );
     reference_library_verifies(&secret, request);
+
+    // The transform is sealed at rest, and a viewer sees only that there
+    // is one (it may add a header with a literal credential).
+    let stored = app
+        .stored("consumers")
+        .await
+        .find_one(mongodb::bson::doc! { "_id": &consumer })
+        .await
+        .expect("a find")
+        .expect("the consumer is stored");
+    assert!(
+        stored
+            .get_str("transform")
+            .is_ok_and(|t| t.starts_with("enc:v1:")),
+        "{stored}"
+    );
+    let viewer = app.create_api_key("viewer").await;
+    let view = assert_json(
+        app.get_with_auth(
+            &format!("/getConsumer/{consumer}"),
+            &crate::support::bearer(&viewer),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(view["transform"], "***", "{view}");
+    let admin_view = Api::of(&app).consumer(&consumer).await;
+    assert_eq!(admin_view["transform"], transform, "{admin_view}");
     target.stop().await;
 }
 
@@ -244,7 +273,7 @@ async fn a_rule_failing_at_run_time_dead_letters_delivers_or_drops_as_asked() {
         &app,
         &dead,
         &format!("{dead}-1"),
-        json!({ "type": "x" }),
+        json!({ "type": "payload-value-7f3a" }),
         json!({}),
     )
     .await;
@@ -257,6 +286,9 @@ async fn a_rule_failing_at_run_time_dead_letters_delivers_or_drops_as_asked() {
     assert_eq!(letters[0]["lastErrorKind"], "rule", "{letters:?}");
     let reason = letters[0]["lastError"].as_str().unwrap_or_default();
     assert!(reason.contains("filter failed"), "{reason}");
+    // Told by types, never by the values it failed on.
+    assert!(reason.contains("string"), "{reason}");
+    assert!(!reason.contains("payload-value-7f3a"), "{reason}");
 
     let (api, delivered, consumer) = running_consumer_on(
         &app,
@@ -361,6 +393,36 @@ async fn a_dry_run_over_a_queue_leaves_its_messages_in_order() {
         ids,
         "still there, in order"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_is_not_peeked_since_a_peek_would_count_as_an_attempt() {
+    let app = spawn_app().await;
+    let api = Api::of(&app);
+    let queue = app.unique_queue("dry-run-quorum");
+    app.create_queue(&queue, json!({ "queueType": "quorum" }))
+        .await;
+    let id = format!("{queue}-0");
+    publish(&app, &queue, &id, json!({ "type": "order" }), json!({})).await;
+    let refused = assert_error(
+        api.post(
+            "/testConsumerRules",
+            &json!({ "filter": "true", "fromQueue": { "queueName": queue } }),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+    )
+    .await;
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("quorum") && m.contains("samples")),
+        "{refused}"
+    );
+    // Untouched: still there, never handed out.
+    let message = app.get_message(&queue).await.expect("the message is there");
+    assert!(!message.delivery.redelivered, "never taken before");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,8 @@ pub const SECRET_FIELDS: &[&str] = &[
     "target.auth.value",
     "target.auth.clientSecret",
     "target.tls.clientKeyPem",
+    // A transform may add a header with a literal credential.
+    "transform",
 ];
 
 /// A failure of the sealed collection: the store's, or a stored secret
@@ -411,7 +413,12 @@ mod tests {
     fn the_migration_rewrites_whole_secret_fields() {
         assert_eq!(
             secret_roots(),
-            ["signingSecret", "previousSigningSecret", "target"]
+            [
+                "signingSecret",
+                "previousSigningSecret",
+                "target",
+                "transform"
+            ]
         );
     }
 

@@ -42,6 +42,10 @@ const MAX_MARGIN: Duration = Duration::from_secs(60);
 /// How long a failed fetch is answered to later callers without asking
 /// again.
 const FAILURE_HOLD: Duration = Duration::from_secs(1);
+/// How often a 401 from a target may make its key fetch a new token: a
+/// target that refuses every token would otherwise have the token endpoint
+/// asked once per message, at the consumer's full rate.
+const REPLACE_HOLD: Duration = Duration::from_secs(1);
 /// The most of a token endpoint's answer that is read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -69,6 +73,8 @@ struct TokenSlot {
     /// Held while fetching; holds the last failure, answered for
     /// `FAILURE_HOLD`.
     fetching: tokio::sync::Mutex<Option<(Instant, Failure)>>,
+    /// When a 401 last dropped the token (`REPLACE_HOLD`).
+    replaced_at: Mutex<Option<Instant>>,
 }
 
 /// An access token as the target gets it.
@@ -214,13 +220,21 @@ impl TokenSource {
     }
 
     /// The target refused `rejected` (401): drop it, unless a newer token
-    /// replaced it meanwhile, and get another.
+    /// replaced it meanwhile or a 401 dropped one within `REPLACE_HOLD`,
+    /// and get another (or the one kept).
     pub async fn replace(&self, rejected: &Arc<Token>) -> Result<Arc<Token>, Failure> {
         {
             let _fetching = self.slot.fetching.lock().await;
+            let mut replaced_at = self
+                .slot
+                .replaced_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let recently = replaced_at.is_some_and(|at| at.elapsed() < REPLACE_HOLD);
             let mut current = self.current();
-            if current.as_ref().is_some_and(|t| Arc::ptr_eq(t, rejected)) {
+            if !recently && current.as_ref().is_some_and(|t| Arc::ptr_eq(t, rejected)) {
                 *current = None;
+                *replaced_at = Some(Instant::now());
             }
         }
         self.token().await
