@@ -302,6 +302,48 @@ async fn a_401_gets_a_new_token_and_one_more_try_within_the_same_attempt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_refusing_every_token_does_not_have_one_fetched_per_message() {
+    let app = spawn_app().await;
+    let api = Api::of(&app);
+    let tokens = TargetServer::start().await;
+    token_endpoint(&tokens, 3600);
+    let target = TargetServer::start().await;
+    target.set_default(Reply::status(401));
+    let queue = app.unique_queue("oauth-401-all");
+    let consumer = api
+        .queue_with_consumer(
+            &queue,
+            &target.url("/hook"),
+            json!({
+                "retry": {"maxAttempts": 1},
+                "circuitBreaker": null,
+                "target": {"auth": oauth2(&tokens.url("/token"))}
+            }),
+        )
+        .await;
+    api.wait_for_consumer(&consumer, Duration::from_secs(5), "running", is_running)
+        .await;
+    let started = Instant::now();
+    for n in 0..40 {
+        app.publish(&queue, json!({ "n": n })).await;
+    }
+    api.wait_for_consumer(&consumer, DEADLINE, "all dead-lettered", |v| {
+        v["stats"]["deadLettered"] == 40
+    })
+    .await;
+    let took = started.elapsed();
+    // One token at first, then at most one replacement a second.
+    let most = 2 + usize::try_from(took.as_secs()).unwrap_or(usize::MAX);
+    assert!(
+        tokens.request_count() <= most,
+        "{} token calls for 40 refused messages over {took:?} (at most {most})",
+        tokens.request_count()
+    );
+    tokens.stop().await;
+    target.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_token_endpoint_is_a_retryable_auth_failure() {
     let app = spawn_app().await;
     let api = Api::of(&app);
