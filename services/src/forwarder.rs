@@ -283,63 +283,45 @@ impl DeliveryTarget for HttpForwarder {
             .content_type
             .as_deref()
             .unwrap_or("application/json");
-        let mut token = match self.token().await {
-            Ok(token) => token,
-            Err(failure) => return self.without_token(failure),
-        };
-        let mut replaced = false;
-        loop {
-            let now = chrono::Utc::now();
-            let timestamp = now.timestamp();
-            let mut request = self
-                .client
-                .request(self.method.clone(), self.url.clone())
-                .timeout(self.timeout)
-                .header(CONTENT_TYPE, content_type)
-                .headers(self.headers_for(message))
-                .header("webhook-id", &message.message_id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header(gateway::headers::QUEUE, message.queue.as_str())
-                .header(gateway::headers::ATTEMPT, message.attempt.to_string());
-            request = with_trace(request, message.trace.as_ref());
-            request = with_token(request, token.as_deref());
-            if let Some(signing) = &self.signing {
-                request = request.header(
-                    "webhook-signature",
-                    signing.signature(&message.message_id, timestamp, &message.payload, now),
-                );
-            }
-            // Held until the answer is read: the connection is busy till then.
-            let slot = self.slots.take().await;
-            let (outcome, answer) = match request.body(message.payload.clone()).send().await {
-                Ok(mut response) => {
-                    let status = response.status();
-                    if let Some(rejected) = token
-                        .as_ref()
-                        .filter(|_| !replaced && status == StatusCode::UNAUTHORIZED)
-                    {
-                        read_body(&mut response, MAX_RESPONSE_DRAIN, 0).await;
-                        drop(slot);
-                        replaced = true;
-                        match self.replace_token(rejected).await {
-                            Ok(fresh) => {
-                                token = Some(fresh);
-                                continue;
-                            }
-                            Err(failure) => return self.without_token(failure),
-                        }
-                    }
-                    let retry_after = retry_after(response.headers());
-                    let answer = self.answer(&mut response).await;
-                    (classify(status, retry_after), answer)
+        let sent = self
+            .send(|now| {
+                let timestamp = now.timestamp();
+                let mut request = self
+                    .client
+                    .request(self.method.clone(), self.url.clone())
+                    .timeout(self.timeout)
+                    .header(CONTENT_TYPE, content_type)
+                    .headers(self.headers_for(message))
+                    .header("webhook-id", &message.message_id)
+                    .header("webhook-timestamp", timestamp.to_string())
+                    .header(gateway::headers::QUEUE, message.queue.as_str())
+                    .header(gateway::headers::ATTEMPT, message.attempt.to_string());
+                request = with_trace(request, message.trace.as_ref());
+                if let Some(signing) = &self.signing {
+                    request = request.header(
+                        "webhook-signature",
+                        signing.signature(&message.message_id, timestamp, &message.payload, now),
+                    );
                 }
-                Err(err) => (self.not_sent(err), None),
-            };
-            return Attempt {
-                outcome,
-                request: self.report.as_ref().map(report::Report::request),
-                answer,
-            };
+                request.body(message.payload.clone())
+            })
+            .await;
+        let (outcome, answer) = match sent {
+            // The slot is held until the answer is read: the connection is
+            // busy till then.
+            Sent::Answered(mut response, _slot) => {
+                let status = response.status();
+                let retry_after = retry_after(response.headers());
+                let answer = self.answer(&mut response).await;
+                (classify(status, retry_after), answer)
+            }
+            Sent::Unanswered(err) => (self.not_sent(err), None),
+            Sent::NoToken(failure) => (DeliveryOutcome::retry(failure), None),
+        };
+        Attempt {
+            outcome,
+            request: self.report.as_ref().map(report::Report::request),
+            answer,
         }
     }
 
@@ -348,97 +330,117 @@ impl DeliveryTarget for HttpForwarder {
     async fn deliver_batch(&self, batch: &Batch) -> BatchOutcome {
         let body = batch::body(&batch.messages);
         let n = batch.messages.len();
+        let sent = self
+            .send(|now| {
+                let timestamp = now.timestamp();
+                let mut request = self
+                    .client
+                    .request(self.method.clone(), self.url.clone())
+                    .timeout(self.timeout)
+                    .header(CONTENT_TYPE, "application/json")
+                    .headers(self.headers.clone())
+                    .header("webhook-id", &batch.id)
+                    .header("webhook-timestamp", timestamp.to_string())
+                    .header(gateway::headers::QUEUE, batch.queue.as_str())
+                    .header(
+                        gateway::headers::BATCH_SIZE,
+                        batch.messages.len().to_string(),
+                    );
+                if let Some(signing) = &self.signing {
+                    request = request.header(
+                        "webhook-signature",
+                        signing.signature(&batch.id, timestamp, &body, now),
+                    );
+                }
+                // One request is one span and has one parent: the trace of the
+                // first message that carries one. The other messages' traces are
+                // not sent; their attempt records keep them.
+                request = with_trace(
+                    request,
+                    batch.messages.iter().find_map(|m| m.trace.as_ref()),
+                );
+                request.body(body.clone())
+            })
+            .await;
+        let mut outcome = match sent {
+            Sent::Answered(mut response, _slot) => {
+                let status = response.status();
+                if !status.is_success() {
+                    let retry_after = retry_after(response.headers());
+                    let answer = self.answer(&mut response).await;
+                    let mut outcome = BatchOutcome::all(classify(status, retry_after), n);
+                    outcome.answer = answer;
+                    outcome
+                } else {
+                    // Read whole (up to its limit) for its retry and reject
+                    // lists; the record keeps the start of it.
+                    let headers = self
+                        .report
+                        .as_ref()
+                        .map(|r| r.kept_headers(response.headers()));
+                    let limit = batch::MAX_ANSWER_BYTES;
+                    let body = read_body(&mut response, limit, limit).await;
+                    let mut outcome =
+                        batch::after_success(&batch.id, &batch.messages, body.whole());
+                    outcome.answer = self.report.as_ref().zip(headers).map(|(report, headers)| {
+                        report.answer_of(status.as_u16(), headers, &body.kept, body.cut())
+                    });
+                    outcome
+                }
+            }
+            Sent::Unanswered(err) => BatchOutcome::all(self.not_sent(err), n),
+            Sent::NoToken(failure) => BatchOutcome::all(DeliveryOutcome::retry(failure), n),
+        };
+        outcome.sent = self.report.as_ref().map(report::Report::request);
+        outcome
+    }
+}
+
+/// What sending one request (or batch) came to.
+enum Sent {
+    /// The target answered; the origin's slot is held until the answer is
+    /// read.
+    Answered(reqwest::Response, tokio::sync::OwnedSemaphorePermit),
+    /// No answer came (connect, TLS, timeout, the network guard).
+    Unanswered(reqwest::Error),
+    /// No OAuth2 token could be had: nothing was sent.
+    NoToken(Failure),
+}
+
+impl HttpForwarder {
+    /// Sends the request `build` makes for the time it is signed at, with
+    /// the OAuth2 token when the target has one, in one of the origin's
+    /// slots. A 401 to a token gets another token and the request made
+    /// again (signed anew), once, within the same attempt.
+    async fn send(
+        &self,
+        build: impl Fn(chrono::DateTime<chrono::Utc>) -> reqwest::RequestBuilder,
+    ) -> Sent {
         let mut token = match self.token().await {
             Ok(token) => token,
-            Err(failure) => {
-                let mut outcome = BatchOutcome::all(DeliveryOutcome::retry(failure), n);
-                outcome.sent = self.report.as_ref().map(report::Report::request);
-                return outcome;
-            }
+            Err(failure) => return Sent::NoToken(failure),
         };
         let mut replaced = false;
         loop {
-            let now = chrono::Utc::now();
-            let timestamp = now.timestamp();
-            let mut request = self
-                .client
-                .request(self.method.clone(), self.url.clone())
-                .timeout(self.timeout)
-                .header(CONTENT_TYPE, "application/json")
-                .headers(self.headers.clone())
-                .header("webhook-id", &batch.id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header(gateway::headers::QUEUE, batch.queue.as_str())
-                .header(
-                    gateway::headers::BATCH_SIZE,
-                    batch.messages.len().to_string(),
-                );
-            if let Some(signing) = &self.signing {
-                request = request.header(
-                    "webhook-signature",
-                    signing.signature(&batch.id, timestamp, &body, now),
-                );
-            }
-            // One request is one span and has one parent: the trace of the
-            // first message that carries one. The other messages' traces are
-            // not sent; their attempt records keep them.
-            request = with_trace(
-                request,
-                batch.messages.iter().find_map(|m| m.trace.as_ref()),
-            );
-            request = with_token(request, token.as_deref());
+            let request = with_token(build(chrono::Utc::now()), token.as_deref());
             let slot = self.slots.take().await;
-            let mut outcome = match request.body(body.clone()).send().await {
-                Ok(mut response) => {
-                    let status = response.status();
-                    if let Some(rejected) = token
-                        .as_ref()
-                        .filter(|_| !replaced && status == StatusCode::UNAUTHORIZED)
-                    {
-                        read_body(&mut response, MAX_RESPONSE_DRAIN, 0).await;
-                        drop(slot);
-                        replaced = true;
-                        match self.replace_token(rejected).await {
-                            Ok(fresh) => {
-                                token = Some(fresh);
-                                continue;
-                            }
-                            Err(failure) => {
-                                let mut outcome =
-                                    BatchOutcome::all(DeliveryOutcome::retry(failure), n);
-                                outcome.sent = self.report.as_ref().map(report::Report::request);
-                                return outcome;
-                            }
-                        }
-                    }
-                    if !status.is_success() {
-                        let retry_after = retry_after(response.headers());
-                        let answer = self.answer(&mut response).await;
-                        let mut outcome = BatchOutcome::all(classify(status, retry_after), n);
-                        outcome.answer = answer;
-                        outcome
-                    } else {
-                        // Read whole (up to its limit) for its retry and reject
-                        // lists; the record keeps the start of it.
-                        let headers = self
-                            .report
-                            .as_ref()
-                            .map(|r| r.kept_headers(response.headers()));
-                        let limit = batch::MAX_ANSWER_BYTES;
-                        let body = read_body(&mut response, limit, limit).await;
-                        let mut outcome =
-                            batch::after_success(&batch.id, &batch.messages, body.whole());
-                        outcome.answer =
-                            self.report.as_ref().zip(headers).map(|(report, headers)| {
-                                report.answer_of(status.as_u16(), headers, &body.kept, body.cut())
-                            });
-                        outcome
-                    }
-                }
-                Err(err) => BatchOutcome::all(self.not_sent(err), n),
+            let mut response = match request.send().await {
+                Ok(response) => response,
+                Err(err) => return Sent::Unanswered(err),
             };
-            outcome.sent = self.report.as_ref().map(report::Report::request);
-            return outcome;
+            let refused = token
+                .as_ref()
+                .filter(|_| !replaced && response.status() == StatusCode::UNAUTHORIZED);
+            let Some(rejected) = refused else {
+                return Sent::Answered(response, slot);
+            };
+            read_body(&mut response, MAX_RESPONSE_DRAIN, 0).await;
+            drop(slot);
+            replaced = true;
+            match self.replace_token(rejected).await {
+                Ok(fresh) => token = Some(fresh),
+                Err(failure) => return Sent::NoToken(failure),
+            }
         }
     }
 }
@@ -457,15 +459,6 @@ impl HttpForwarder {
         match &self.oauth {
             Some(source) => source.replace(rejected).await,
             None => Err(Failure::new(ErrorKind::Auth, "no token source")),
-        }
-    }
-
-    /// The attempt when no token could be had: retried, nothing sent.
-    fn without_token(&self, failure: Failure) -> Attempt {
-        Attempt {
-            outcome: DeliveryOutcome::retry(failure),
-            request: self.report.as_ref().map(report::Report::request),
-            answer: None,
         }
     }
 }
