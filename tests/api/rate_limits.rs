@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::support::gateway_process::Deployment;
 use crate::support::ids_of;
 use crate::support::target_server::{Reply, TargetServer};
-use crate::support::{assert_error, assert_json, spawn_app};
+use crate::support::{assert_json, assert_refused_naming, spawn_app};
 use crate::support::{binary_messages, publish_confirmed, wait_for_queue, Api};
 
 const CONVERGENCE: Duration = Duration::from_secs(5);
@@ -230,18 +230,7 @@ async fn bad_limits_are_refused_naming_the_field_and_nothing_is_created() {
         for (key, value) in extra.as_object().into_iter().flatten() {
             body[key] = value.clone();
         }
-        let refused = assert_error(
-            api.post("/createConsumer", &body).await,
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-        )
-        .await;
-        assert!(
-            refused["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(field)),
-            "{extra}: {refused}"
-        );
+        assert_refused_naming(api.post("/createConsumer", &body).await, field, &body).await;
     }
     let listed = assert_json(api.get("/getConsumers").await, StatusCode::OK).await;
     let on_queue: Vec<&Value> = listed

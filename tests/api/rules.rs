@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use crate::delivery::expected_signature;
 use crate::support::target_server::TargetServer;
 use crate::support::{
-    assert_error, assert_json, eventually, metric_sample, running_consumer_on, spawn_app, Api,
-    TestApp,
+    assert_error, assert_json, assert_refused_naming, eventually, metric_sample,
+    running_consumer_on, spawn_app, Api, TestApp,
 };
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -485,19 +485,7 @@ async fn a_dry_run_over_samples_or_a_consumers_own_rules() {
             "`fromQueue.limit`",
         ),
     ] {
-        let refused = assert_error(
-            api.post("/testConsumerRules", &body).await,
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-        )
-        .await;
-        assert!(
-            refused["message"]
-                .as_str()
-                .unwrap_or_default()
-                .contains(field),
-            "{body} → {refused}"
-        );
+        assert_refused_naming(api.post("/testConsumerRules", &body).await, field, &body).await;
     }
     target.stop().await;
 }

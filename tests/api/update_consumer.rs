@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::support::target_server::{Reply, TargetServer};
-use crate::support::{assert_error, assert_json, spawn_app, spawn_app_with};
+use crate::support::{assert_error, assert_json, assert_refused_naming, spawn_app, spawn_app_with};
 use crate::support::{binary_messages, publish_confirmed, wait_for_queue, Api, TestMessage};
 
 /// The contract: every replica applies an update within 5 s.
@@ -208,18 +208,7 @@ async fn prefetch_and_target_change_under_a_stream_without_losing_or_doubling_a_
 
 /// POST /updateConsumer with `body`; asserts a 400 naming `field`.
 async fn assert_refused(api: &Api, body: Value, field: &str) {
-    let refused = assert_error(
-        api.post("/updateConsumer", &body).await,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-    )
-    .await;
-    assert!(
-        refused["message"]
-            .as_str()
-            .is_some_and(|m| m.contains(field)),
-        "{body}: {refused}"
-    );
+    assert_refused_naming(api.post("/updateConsumer", &body).await, field, &body).await;
 }
 
 #[tokio::test]

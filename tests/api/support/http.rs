@@ -32,6 +32,19 @@ pub async fn assert_error(response: Response, status: StatusCode, code: &str) ->
     body
 }
 
+/// Asserts a 400 `bad_request` whose message names `field` (the request
+/// sent is `sent`, shown when it does not) and returns the body.
+pub async fn assert_refused_naming(response: Response, field: &str, sent: &Value) -> Value {
+    let refused = assert_error(response, StatusCode::BAD_REQUEST, "bad_request").await;
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(field)),
+        "{sent} → {refused}: the message does not name `{field}`"
+    );
+    refused
+}
+
 /// Asserts the status and returns the JSON body.
 pub async fn assert_json(response: Response, status: StatusCode) -> Value {
     let actual = response.status();

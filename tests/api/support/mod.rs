@@ -28,7 +28,9 @@ pub use amqp::{
 pub use api::{running_consumer_on, Api};
 pub use app::{spawn_app, spawn_app_with, TestApp};
 pub use env::{amqp_url, amqp_urls, env_or, mongodb_uri, percent_encode};
-pub use http::{assert_error, assert_json, basic_auth, bearer, metric_sample};
+pub use http::{
+    assert_error, assert_json, assert_refused_naming, basic_auth, bearer, metric_sample,
+};
 pub use management::{
     connection_named, force_close_connection, management_client, management_get, management_put,
 };
