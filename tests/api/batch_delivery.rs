@@ -9,6 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::delivery::expected_signature;
+use crate::delivery::signing_secret;
 use crate::support::ids_of;
 use crate::support::running_consumer_on;
 use crate::support::target_server::{Recorded, Reply, TargetServer};
@@ -149,11 +150,7 @@ async fn a_thousand_messages_arrive_in_at_most_25_requests_each_once() {
 async fn a_signed_batch_verifies_over_the_whole_body() {
     let app = spawn_app().await;
     let target = TargetServer::start().await;
-    let key: [u8; 32] = rand::random();
-    let secret = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    );
+    let (secret, key) = signing_secret();
     let (api, queue, consumer) = running_consumer_on(
         &app,
         &target,

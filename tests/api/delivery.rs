@@ -96,6 +96,20 @@ async fn binary_messages_reach_the_target_byte_for_byte_and_are_all_acked() {
     target.stop().await;
 }
 
+/// `whsec_` + base64 of `key`, as Standard Webhooks writes a secret.
+pub(crate) fn whsec(key: &[u8]) -> String {
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )
+}
+
+/// A random signing secret and its key bytes.
+pub(crate) fn signing_secret() -> (String, [u8; 32]) {
+    let key: [u8; 32] = rand::random();
+    (whsec(&key), key)
+}
+
 /// Standard Webhooks: `v1,` + base64(HMAC-SHA256(key, "{id}.{ts}.{body}")),
 /// computed here independently of the gateway's code.
 pub(crate) fn expected_signature(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
@@ -116,11 +130,7 @@ async fn signatures_verify_with_an_independently_computed_hmac() {
     let queue = app.unique_queue("signed");
     api.create_queue(&queue).await;
 
-    let key: [u8; 32] = rand::random();
-    let secret = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    );
+    let (secret, key) = signing_secret();
     let consumer = api
         .create_http_consumer(
             &queue,

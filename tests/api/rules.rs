@@ -13,6 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::delivery::expected_signature;
+use crate::delivery::signing_secret;
 use crate::support::target_server::TargetServer;
 use crate::support::{
     assert_error, assert_json, assert_refused_naming, eventually, metric_sample,
@@ -153,11 +154,7 @@ async fn a_filter_sends_only_what_it_matches_and_counts_the_rest() {
 async fn a_transform_reshapes_the_request_and_the_signature_covers_it() {
     let app = spawn_app().await;
     let target = TargetServer::start().await;
-    let key: [u8; 32] = rand::random();
-    let secret = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    );
+    let (secret, key) = signing_secret();
     let transform = r#"{"body": {"id": body.orderId, "total": body.amount * 2}, "headers": {"x-tenant": headers["x-tenant"]}}"#;
     let (_, queue, consumer) = running_consumer_on(
         &app,

@@ -13,7 +13,7 @@ use mongodb::bson::{doc, Document};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::delivery::expected_signature;
+use crate::delivery::{expected_signature, signing_secret};
 use crate::support::app::new_secrets_key;
 use crate::support::gateway_process::{Deployment, GatewayProcess};
 use crate::support::target_server::TargetServer;
@@ -21,16 +21,6 @@ use crate::support::{assert_json, mongodb_uri, spawn_app, Api};
 
 const DELIVERED: Duration = Duration::from_secs(15);
 const RUNNING: Duration = Duration::from_secs(10);
-
-/// A random webhook signing secret and its key bytes.
-fn signing_secret() -> (String, [u8; 32]) {
-    let key: [u8; 32] = rand::random();
-    let secret = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    );
-    (secret, key)
-}
 
 fn random_token(label: &str) -> String {
     format!("{label}-{}", uuid::Uuid::new_v4().simple())

@@ -11,20 +11,13 @@ use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::delivery::expected_signature;
+use crate::delivery::{expected_signature, whsec};
 use crate::support::target_server::{Recorded, Reply, TargetServer};
 use crate::support::{
     assert_error, assert_json, assert_refused_naming, eventually, spawn_app, spawn_app_with, Api,
 };
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn secret_of(key: &[u8]) -> String {
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    )
-}
 
 fn key_of(secret: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
@@ -93,7 +86,7 @@ async fn a_rotated_secret_signs_beside_the_old_one_on_every_replica_and_retry() 
             &queue,
             &target.url("/rotate"),
             json!({
-                "signingSecret": secret_of(&old_key),
+                "signingSecret": whsec(&old_key),
                 "retry": { "initialDelayMs": 1000, "maxAttempts": 5 },
             }),
         )
@@ -112,11 +105,11 @@ async fn a_rotated_secret_signs_beside_the_old_one_on_every_replica_and_retry() 
     let rotated = rotate_on_both(
         api,
         &consumer,
-        &json!({ "consumerId": consumer, "signingSecret": secret_of(&new_key), "gracePeriodMs": 600_000 }),
+        &json!({ "consumerId": consumer, "signingSecret": whsec(&new_key), "gracePeriodMs": 600_000 }),
     )
     .await;
     assert_eq!(rotated["consumerId"], consumer.as_str());
-    assert_eq!(rotated["signingSecret"], secret_of(&new_key).as_str());
+    assert_eq!(rotated["signingSecret"], whsec(&new_key).as_str());
     assert!(rotated["previousExpiresAt"].is_string(), "{rotated}");
 
     // Both replicas show the rotation within 5 s, by fingerprint only.
@@ -135,8 +128,7 @@ async fn a_rotated_secret_signs_beside_the_old_one_on_every_replica_and_retry() 
         );
         let shown = view.to_string();
         assert!(
-            !shown.contains(&secret_of(&new_key)[6..])
-                && !shown.contains(&secret_of(&old_key)[6..]),
+            !shown.contains(&whsec(&new_key)[6..]) && !shown.contains(&whsec(&old_key)[6..]),
             "no secret is shown: {shown}"
         );
     }
@@ -230,7 +222,7 @@ async fn after_the_grace_period_requests_carry_the_new_signature_alone() {
         .create_http_consumer(
             &queue,
             &target.url("/expiry"),
-            json!({ "signingSecret": secret_of(&old_key) }),
+            json!({ "signingSecret": whsec(&old_key) }),
         )
         .await;
     // The gateway makes the new secret.
@@ -272,7 +264,7 @@ async fn bad_rotations_are_refused_naming_the_field_and_change_nothing() {
         .create_http_consumer(
             &queue,
             &target.url("/bad"),
-            json!({ "signingSecret": secret_of(&key) }),
+            json!({ "signingSecret": whsec(&key) }),
         )
         .await;
     let before = api.consumer(&consumer).await["signing"].clone();
