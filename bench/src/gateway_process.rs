@@ -48,8 +48,15 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
+    /// The gateway the scenarios share. Their peers record nothing, so it
+    /// runs with the attempt log off unless the bench's own environment sets
+    /// `ATTEMPT_LOG`; what the log costs is `forward-history`'s measure.
     pub async fn start() -> anyhow::Result<GatewayProcess> {
-        Self::start_with(GatewaySetup::default()).await
+        let mut setup = GatewaySetup::default();
+        if std::env::var_os("ATTEMPT_LOG").is_none() {
+            setup.env.push(("ATTEMPT_LOG".into(), "off".into()));
+        }
+        Self::start_with(setup).await
     }
 
     pub async fn start_with(setup: GatewaySetup) -> anyhow::Result<GatewayProcess> {
@@ -94,6 +101,11 @@ impl GatewayProcess {
             instance_id,
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(128)
+                // Under the gateway's keep-alive (actix-web's 5 s): a call
+                // after a long preload otherwise went out on a connection
+                // the gateway was closing ("connection closed before message
+                // completed") and failed the run.
+                .pool_idle_timeout(Duration::from_secs(3))
                 .build()?,
         })
     }

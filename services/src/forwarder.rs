@@ -51,6 +51,15 @@ use crate::FieldError;
 use oauth2::{Token, TokenSource};
 use tls_clients::TlsClient;
 
+/// The names every request carries, made once: a name given as text is
+/// checked and copied into a new allocation on every request.
+static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+static WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+static QUEUE: HeaderName = HeaderName::from_static(gateway::headers::QUEUE);
+static ATTEMPT: HeaderName = HeaderName::from_static(gateway::headers::ATTEMPT);
+static BATCH_SIZE: HeaderName = HeaderName::from_static(gateway::headers::BATCH_SIZE);
+
 /// Response bodies are read (so the connection can be reused) up to this
 /// much, then dropped.
 const MAX_RESPONSE_DRAIN: usize = 64 * 1024;
@@ -290,16 +299,19 @@ impl DeliveryTarget for HttpForwarder {
                     .client
                     .request(self.method.clone(), self.url.clone())
                     .timeout(self.timeout)
-                    .header(CONTENT_TYPE, content_type)
-                    .headers(self.headers_for(message))
-                    .header("webhook-id", &message.message_id)
-                    .header("webhook-timestamp", timestamp.to_string())
-                    .header(gateway::headers::QUEUE, message.queue.as_str())
-                    .header(gateway::headers::ATTEMPT, message.attempt.to_string());
+                    .header(CONTENT_TYPE, content_type);
+                if let Some(headers) = self.headers_for(message) {
+                    request = request.headers(headers);
+                }
+                request = request
+                    .header(WEBHOOK_ID.clone(), &message.message_id)
+                    .header(WEBHOOK_TIMESTAMP.clone(), HeaderValue::from(timestamp))
+                    .header(QUEUE.clone(), message.queue.as_str())
+                    .header(ATTEMPT.clone(), HeaderValue::from(message.attempt));
                 request = with_trace(request, message.trace.as_ref());
                 if let Some(signing) = &self.signing {
                     request = request.header(
-                        "webhook-signature",
+                        WEBHOOK_SIGNATURE.clone(),
                         signing.signature(&message.message_id, timestamp, &message.payload, now),
                     );
                 }
@@ -339,16 +351,13 @@ impl DeliveryTarget for HttpForwarder {
                     .timeout(self.timeout)
                     .header(CONTENT_TYPE, "application/json")
                     .headers(self.headers.clone())
-                    .header("webhook-id", &batch.id)
-                    .header("webhook-timestamp", timestamp.to_string())
-                    .header(gateway::headers::QUEUE, batch.queue.as_str())
-                    .header(
-                        gateway::headers::BATCH_SIZE,
-                        batch.messages.len().to_string(),
-                    );
+                    .header(WEBHOOK_ID.clone(), &batch.id)
+                    .header(WEBHOOK_TIMESTAMP.clone(), HeaderValue::from(timestamp))
+                    .header(QUEUE.clone(), batch.queue.as_str())
+                    .header(BATCH_SIZE.clone(), HeaderValue::from(batch.messages.len()));
                 if let Some(signing) = &self.signing {
                     request = request.header(
-                        "webhook-signature",
+                        WEBHOOK_SIGNATURE.clone(),
                         signing.signature(&batch.id, timestamp, &body, now),
                     );
                 }
@@ -475,7 +484,11 @@ impl HttpForwarder {
     /// The target's headers, and those the consumer's transform added
     /// (checked by the rules: never a reserved name). The target's own win:
     /// they may carry its credentials (`target.auth` of type `header`).
-    fn headers_for(&self, message: &IncomingMessage) -> HeaderMap {
+    /// `None` when there are none, so no map is copied for nothing.
+    fn headers_for(&self, message: &IncomingMessage) -> Option<HeaderMap> {
+        if message.added_headers.is_empty() {
+            return (!self.headers.is_empty()).then(|| self.headers.clone());
+        }
         let mut headers = self.headers.clone();
         for (name, value) in &message.added_headers {
             if let (Ok(name), Ok(value)) = (
@@ -487,7 +500,7 @@ impl HttpForwarder {
                 }
             }
         }
-        headers
+        Some(headers)
     }
 
     /// Reads the answer's body (up to `MAX_RESPONSE_DRAIN`, so the connection

@@ -46,8 +46,12 @@ pub async fn forward_batch(
         .await?;
     let consumer_id = consumer_id_of(&created);
     // The sink counts requests, not messages: done is every message acked.
+    let create = started.elapsed();
     wait_acked(gateway, &consumer_id, n as u64, limit).await?;
     let gateway_rate = per_second(n, started.elapsed());
+    // Without the consumer's creation (a store write, the consume call) in
+    // front, which the plain consumer does not make.
+    let from_first = per_second(n, sink.since_first());
     let requests = sink.received();
     remove(gateway, &consumer_id, &queue).await?;
 
@@ -75,5 +79,8 @@ pub async fn forward_batch(
         "mean_batch": round(n as f64 / requests.max(1) as f64),
         "ceiling_batched_msgs_per_s": round(ceiling),
         "ratio_batched": round(gateway_rate / ceiling),
+        "create_ms": round(create.as_secs_f64() * 1000.0),
+        "gateway_from_first_msgs_per_s": round(from_first),
+        "ratio_from_first": round(from_first / ceiling),
     }))
 }
