@@ -184,7 +184,8 @@ impl Publisher {
             // Blocked, the caller is answered now; the task still runs to
             // its confirms or its deadline (`CONFIRM_TIMEOUT`, its own).
             // A message left this way may be stored once the block lifts;
-            // the caller was told it is not (at least once).
+            // the caller was not told it is safe, and a retry may store it
+            // twice (at least once).
             let published = self
                 .unless_blocked(async {
                     task.await
