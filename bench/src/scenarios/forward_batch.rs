@@ -45,8 +45,8 @@ pub async fn forward_batch(
         )
         .await?;
     let consumer_id = consumer_id_of(&created);
-    // The sink counts requests, not messages: done is every message acked.
     let create = started.elapsed();
+    // The sink counts requests, not messages: done is every message acked.
     wait_acked(gateway, &consumer_id, n as u64, limit).await?;
     let gateway_rate = per_second(n, started.elapsed());
     // Without the consumer's creation (a store write, the consume call) in
