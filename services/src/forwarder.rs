@@ -288,36 +288,19 @@ impl HttpForwarder {
 #[async_trait::async_trait]
 impl DeliveryTarget for HttpForwarder {
     async fn deliver(&self, message: &IncomingMessage) -> Attempt {
-        let content_type = message
-            .content_type
-            .as_deref()
-            .unwrap_or("application/json");
-        let sent = self
-            .send(|now| {
-                let timestamp = now.timestamp();
-                let mut request = self
-                    .client
-                    .request(self.method.clone(), self.url.clone())
-                    .timeout(self.timeout)
-                    .header(CONTENT_TYPE, content_type);
-                if let Some(headers) = self.headers_for(message) {
-                    request = request.headers(headers);
-                }
-                request = request
-                    .header(WEBHOOK_ID.clone(), &message.message_id)
-                    .header(WEBHOOK_TIMESTAMP.clone(), HeaderValue::from(timestamp))
-                    .header(QUEUE.clone(), message.queue.as_str())
-                    .header(ATTEMPT.clone(), HeaderValue::from(message.attempt));
-                request = with_trace(request, message.trace.as_ref());
-                if let Some(signing) = &self.signing {
-                    request = request.header(
-                        WEBHOOK_SIGNATURE.clone(),
-                        signing.signature(&message.message_id, timestamp, &message.payload, now),
-                    );
-                }
-                request.body(message.payload.clone())
-            })
-            .await;
+        let webhook = Webhook {
+            id: &message.message_id,
+            queue: message.queue.as_str(),
+            content_type: message
+                .content_type
+                .as_deref()
+                .unwrap_or("application/json"),
+            added_headers: &message.added_headers,
+            extra: (&ATTEMPT, HeaderValue::from(message.attempt)),
+            trace: message.trace.as_ref(),
+            body: message.payload.clone(),
+        };
+        let sent = self.send(|now| self.request(&webhook, now)).await;
         let (outcome, answer) = match sent {
             // The slot is held until the answer is read: the connection is
             // busy till then.
@@ -340,37 +323,21 @@ impl DeliveryTarget for HttpForwarder {
     /// One request for the whole batch: a JSON array body, `webhook-id` the
     /// batch's id, the signature over the whole body.
     async fn deliver_batch(&self, batch: &Batch) -> BatchOutcome {
-        let body = batch::body(&batch.messages);
         let n = batch.messages.len();
-        let sent = self
-            .send(|now| {
-                let timestamp = now.timestamp();
-                let mut request = self
-                    .client
-                    .request(self.method.clone(), self.url.clone())
-                    .timeout(self.timeout)
-                    .header(CONTENT_TYPE, "application/json")
-                    .headers(self.headers.clone())
-                    .header(WEBHOOK_ID.clone(), &batch.id)
-                    .header(WEBHOOK_TIMESTAMP.clone(), HeaderValue::from(timestamp))
-                    .header(QUEUE.clone(), batch.queue.as_str())
-                    .header(BATCH_SIZE.clone(), HeaderValue::from(batch.messages.len()));
-                if let Some(signing) = &self.signing {
-                    request = request.header(
-                        WEBHOOK_SIGNATURE.clone(),
-                        signing.signature(&batch.id, timestamp, &body, now),
-                    );
-                }
-                // One request is one span and has one parent: the trace of the
-                // first message that carries one. The other messages' traces are
-                // not sent; their attempt records keep them.
-                request = with_trace(
-                    request,
-                    batch.messages.iter().find_map(|m| m.trace.as_ref()),
-                );
-                request.body(body.clone())
-            })
-            .await;
+        let webhook = Webhook {
+            id: &batch.id,
+            queue: batch.queue.as_str(),
+            content_type: "application/json",
+            added_headers: &[],
+            extra: (&BATCH_SIZE, HeaderValue::from(n)),
+            // One request is one span and has one parent: the trace of the
+            // first message that carries one. The other messages' traces are
+            // not sent; their attempt records keep them.
+            trace: batch.messages.iter().find_map(|m| m.trace.as_ref()),
+            // Shared by a resend after a 401, not copied.
+            body: bytes::Bytes::from(batch::body(&batch.messages)),
+        };
+        let sent = self.send(|now| self.request(&webhook, now)).await;
         let mut outcome = match sent {
             Sent::Answered(mut response, _slot) => {
                 let status = response.status();
@@ -402,6 +369,59 @@ impl DeliveryTarget for HttpForwarder {
         };
         outcome.sent = self.report.as_ref().map(report::Report::request);
         outcome
+    }
+}
+
+/// What one request carries besides the target's own settings: a single
+/// delivery's or a whole batch's.
+struct Webhook<'a> {
+    /// `webhook-id`: the message's id, or the batch's.
+    id: &'a str,
+    /// The main queue the delivery or batch came from.
+    queue: &'a str,
+    content_type: &'a str,
+    /// Headers a transform added (never over the target's own).
+    added_headers: &'a [(String, String)],
+    /// The attempt's number, or the batch's size.
+    extra: (&'static HeaderName, HeaderValue),
+    /// The W3C trace the request is a span of.
+    trace: Option<&'a gateway::Traceparent>,
+    body: bytes::Bytes,
+}
+
+impl HttpForwarder {
+    /// The request for `webhook`, signed at `now`: the target's method,
+    /// URL, timeout and headers, the Standard Webhooks headers, the queue,
+    /// the signature over the body. The one place a single delivery and a
+    /// batch are made into a request.
+    fn request(
+        &self,
+        webhook: &Webhook<'_>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> reqwest::RequestBuilder {
+        let timestamp = now.timestamp();
+        let mut request = self
+            .client
+            .request(self.method.clone(), self.url.clone())
+            .timeout(self.timeout)
+            .header(CONTENT_TYPE, webhook.content_type);
+        if let Some(headers) = self.headers_with(webhook.added_headers) {
+            request = request.headers(headers);
+        }
+        let (extra_name, extra_value) = &webhook.extra;
+        request = request
+            .header(WEBHOOK_ID.clone(), webhook.id)
+            .header(WEBHOOK_TIMESTAMP.clone(), HeaderValue::from(timestamp))
+            .header(QUEUE.clone(), webhook.queue)
+            .header((*extra_name).clone(), extra_value.clone());
+        request = with_trace(request, webhook.trace);
+        if let Some(signing) = &self.signing {
+            request = request.header(
+                WEBHOOK_SIGNATURE.clone(),
+                signing.signature(webhook.id, timestamp, &webhook.body, now),
+            );
+        }
+        request.body(webhook.body.clone())
     }
 }
 
@@ -484,13 +504,13 @@ impl HttpForwarder {
     /// The target's headers, and those the consumer's transform added
     /// (checked by the rules: never a reserved name). The target's own win:
     /// they may carry its credentials (`target.auth` of type `header`).
-    /// `None` when there are none, so no map is copied for nothing.
-    fn headers_for(&self, message: &IncomingMessage) -> Option<HeaderMap> {
-        if message.added_headers.is_empty() {
+    /// `None` when there are none.
+    fn headers_with(&self, added: &[(String, String)]) -> Option<HeaderMap> {
+        if added.is_empty() {
             return (!self.headers.is_empty()).then(|| self.headers.clone());
         }
         let mut headers = self.headers.clone();
-        for (name, value) in &message.added_headers {
+        for (name, value) in added {
             if let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
