@@ -387,36 +387,22 @@ ensure_secantus() {
 # new release cannot change what the suite checks without a commit.
 SCHEMATHESIS_VERSION=4.32.5
 
-# Makes sure .venv has that schemathesis; prints one line.
-ensure_schemathesis() {
-    local have
-    have=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null) || have=""
-    if [[ $have == "$SCHEMATHESIS_VERSION" ]]; then
-        step "schemathesis: present in .venv ($have)"
-        return
-    fi
-    ensure_venv
-    .venv/bin/pip install -q "schemathesis==$SCHEMATHESIS_VERSION" >.data/pip-schemathesis.log 2>&1 ||
-        die "schemathesis: pip install schemathesis==$SCHEMATHESIS_VERSION failed; see .data/pip-schemathesis.log"
-    step "schemathesis: ${VENV_HOW}installed $SCHEMATHESIS_VERSION into .venv"
-}
-
 # The Standard Webhooks reference library (tests/api/rules.rs verifies the
 # gateway's signatures with it), pinned like schemathesis.
 STANDARDWEBHOOKS_VERSION=1.3.0
 
-# Makes sure .venv has that standardwebhooks; prints one line.
-ensure_standardwebhooks() {
-    local have
-    have=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("standardwebhooks"))' 2>/dev/null) || have=""
-    if [[ $have == "$STANDARDWEBHOOKS_VERSION" ]]; then
-        step "standardwebhooks: present in .venv ($have)"
+# Makes sure .venv has PACKAGE at exactly VERSION; prints one line.
+ensure_pinned() {
+    local package=$1 version=$2 have
+    have=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('$package'))" 2>/dev/null) || have=""
+    if [[ $have == "$version" ]]; then
+        step "$package: present in .venv ($have)"
         return
     fi
     ensure_venv
-    .venv/bin/pip install -q "standardwebhooks==$STANDARDWEBHOOKS_VERSION" >.data/pip-standardwebhooks.log 2>&1 ||
-        die "standardwebhooks: pip install standardwebhooks==$STANDARDWEBHOOKS_VERSION failed; see .data/pip-standardwebhooks.log"
-    step "standardwebhooks: ${VENV_HOW}installed $STANDARDWEBHOOKS_VERSION into .venv"
+    .venv/bin/pip install -q "$package==$version" >".data/pip-$package.log" 2>&1 ||
+        die "$package: pip install $package==$version failed; see .data/pip-$package.log"
+    step "$package: ${VENV_HOW}installed $version into .venv"
 }
 
 secantus_version() {
@@ -498,8 +484,8 @@ fi
 # -------------------------------------------------------------- schemathesis --
 
 if [[ $MODE == test ]]; then
-    ensure_schemathesis
-    ensure_standardwebhooks
+    ensure_pinned schemathesis "$SCHEMATHESIS_VERSION"
+    ensure_pinned standardwebhooks "$STANDARDWEBHOOKS_VERSION"
 fi
 
 # ------------------------------------------------------------------ chromium --
