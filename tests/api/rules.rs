@@ -16,8 +16,8 @@ use crate::delivery::expected_signature;
 use crate::delivery::signing_secret;
 use crate::support::target_server::TargetServer;
 use crate::support::{
-    assert_error, assert_json, assert_refused_naming, eventually, metric_sample,
-    running_consumer_on, spawn_app, Api, TestApp,
+    assert_conflict_naming, assert_error, assert_json, assert_refused_naming, eventually,
+    metric_sample, running_consumer_on, spawn_app, Api, TestApp,
 };
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -401,22 +401,15 @@ async fn a_quorum_queue_is_not_peeked_since_a_peek_would_count_as_an_attempt() {
         .await;
     let id = format!("{queue}-0");
     publish(&app, &queue, &id, json!({ "type": "order" }), json!({})).await;
-    let refused = assert_error(
+    assert_conflict_naming(
         api.post(
             "/testConsumerRules",
             &json!({ "filter": "true", "fromQueue": { "queueName": queue } }),
         )
         .await,
-        StatusCode::CONFLICT,
-        "conflict",
+        &["quorum", "samples"],
     )
     .await;
-    assert!(
-        refused["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("quorum") && m.contains("samples")),
-        "{refused}"
-    );
     // Untouched: still there, never handed out.
     let message = app.get_message(&queue).await.expect("the message is there");
     assert!(!message.delivery.redelivered, "never taken before");
@@ -528,14 +521,12 @@ async fn rules_that_do_not_compile_are_refused_naming_the_field_and_nothing_chan
     for (fields, expected) in &cases {
         let mut update = fields.clone();
         update["consumerId"] = json!(consumer);
-        let refused = assert_error(
+        assert_refused_naming(
             api.post("/updateConsumer", &update).await,
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            expected,
+            &update,
         )
         .await;
-        let message = refused["message"].as_str().unwrap_or_default();
-        assert!(message.contains(expected), "{fields} → {message}");
 
         let mut create = fields.clone();
         create["queueName"] = json!(queue);

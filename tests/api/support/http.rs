@@ -45,6 +45,19 @@ pub async fn assert_refused_naming(response: Response, field: &str, sent: &Value
     refused
 }
 
+/// Asserts a 409 `conflict` whose message names every one of `words` (what
+/// the caller must change or may do instead) and returns the body.
+pub async fn assert_conflict_naming(response: Response, words: &[&str]) -> Value {
+    let refused = assert_error(response, StatusCode::CONFLICT, "conflict").await;
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| words.iter().all(|w| m.contains(w))),
+        "{refused}: the message does not name every one of {words:?}"
+    );
+    refused
+}
+
 /// Asserts the status and returns the JSON body.
 pub async fn assert_json(response: Response, status: StatusCode) -> Value {
     let actual = response.status();

@@ -29,7 +29,8 @@ pub use api::{running_consumer_on, Api};
 pub use app::{spawn_app, spawn_app_with, TestApp};
 pub use env::{amqp_url, amqp_urls, env_or, mongodb_uri, percent_encode};
 pub use http::{
-    assert_error, assert_json, assert_refused_naming, basic_auth, bearer, metric_sample,
+    assert_conflict_naming, assert_error, assert_json, assert_refused_naming, basic_auth, bearer,
+    metric_sample,
 };
 pub use management::{
     connection_named, force_close_connection, management_client, management_get, management_put,
