@@ -21,8 +21,13 @@
 //! (`oauth2`); a 401 with such a token gets a new token and one more try
 //! within the same attempt. `target.tls` sends through a client of its own
 //! (`tls_clients`), with the same guard and settings.
+//!
+//! `target.http2: "always"` to an `http://` target (h2c) is sent on the
+//! `h2` crate directly (`h2c`, which says why): the same request, the same
+//! handling of the answer.
 
 mod batch;
+mod h2c;
 mod oauth2;
 mod report;
 mod target_slots;
@@ -82,6 +87,8 @@ pub struct ForwardClient {
     tokens: Arc<TokenCache>,
     /// Clients for targets with `target.tls`, one per set of settings.
     tls: Arc<TlsClients>,
+    /// `always` to an `http://` target: one h2c connection per origin.
+    h2c: Arc<h2c::H2cConnections>,
 }
 
 /// The shared client for every forwarder. With `deny_private`, inside
@@ -100,6 +107,7 @@ pub fn http_client(
         client: build(Http2Mode::Auto)?,
         http1: build(Http2Mode::Never)?,
         http2: build(Http2Mode::Always)?,
+        h2c: Arc::new(h2c::H2cConnections::new(guard.clone())),
         guard,
         slots,
         tokens: Arc::new(TokenCache::default()),
@@ -159,6 +167,9 @@ fn base_builder(pooled_per_host: usize) -> reqwest::ClientBuilder {
 /// request and reads the answer as an outcome.
 pub struct HttpForwarder {
     client: reqwest::Client,
+    /// `always` to an `http://` target: requests go over h2c, on these
+    /// connections (`client` only builds them).
+    h2c: Option<Arc<h2c::H2cConnections>>,
     /// `always`: a failure to speak HTTP/2 says so.
     http2: Http2Mode,
     method: reqwest::Method,
@@ -264,7 +275,10 @@ impl HttpForwarder {
             })?),
             None => None,
         };
+        let h2c = (tls.is_none() && target.http2 == Http2Mode::Always && url.scheme() == "http")
+            .then(|| client.h2c.clone());
         Ok(Self {
+            h2c,
             slots: client.slots.of(&url),
             client: match (&tls, target.http2) {
                 (Some(tls), _) => tls.0.clone(),
@@ -310,7 +324,7 @@ impl DeliveryTarget for HttpForwarder {
                 let answer = self.answer(&mut response).await;
                 (classify(status, retry_after), answer)
             }
-            Sent::Unanswered(err) => (self.not_sent(err), None),
+            Sent::Unanswered(outcome) => (outcome, None),
             Sent::NoToken(failure) => (DeliveryOutcome::retry(failure), None),
         };
         Attempt {
@@ -364,7 +378,7 @@ impl DeliveryTarget for HttpForwarder {
                     outcome
                 }
             }
-            Sent::Unanswered(err) => BatchOutcome::all(self.not_sent(err), n),
+            Sent::Unanswered(outcome) => BatchOutcome::all(outcome, n),
             Sent::NoToken(failure) => BatchOutcome::all(DeliveryOutcome::retry(failure), n),
         };
         outcome.sent = self.report.as_ref().map(report::Report::request);
@@ -430,8 +444,9 @@ enum Sent {
     /// The target answered; the origin's slot is held until the answer is
     /// read.
     Answered(reqwest::Response, tokio::sync::OwnedSemaphorePermit),
-    /// No answer came (connect, TLS, timeout, the network guard).
-    Unanswered(reqwest::Error),
+    /// No answer came (connect, TLS, timeout, the network guard): what
+    /// the attempt comes to.
+    Unanswered(DeliveryOutcome),
     /// No OAuth2 token could be had: nothing was sent.
     NoToken(Failure),
 }
@@ -453,9 +468,16 @@ impl HttpForwarder {
         loop {
             let request = with_token(build(chrono::Utc::now()), token.as_deref());
             let slot = self.slots.take().await;
-            let mut response = match request.send().await {
+            let sent = match &self.h2c {
+                Some(h2c) => match request.build() {
+                    Ok(request) => h2c.send(request).await.map_err(h2c::H2cError::outcome),
+                    Err(err) => Err(self.not_sent(err)),
+                },
+                None => request.send().await.map_err(|err| self.not_sent(err)),
+            };
+            let mut response = match sent {
                 Ok(response) => response,
-                Err(err) => return Sent::Unanswered(err),
+                Err(outcome) => return Sent::Unanswered(outcome),
             };
             let refused = token
                 .as_ref()

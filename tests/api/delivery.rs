@@ -360,6 +360,42 @@ async fn a_consumer_with_http2_always_shares_a_few_connections_to_an_h2c_target(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_connection_the_target_ends_is_opened_again() {
+    let app = spawn_app().await;
+    let first = TargetServer::start_h2c().await;
+    let port = first.port();
+    let (_api, queue, _consumer) = running_consumer_on(
+        &app,
+        &first,
+        "h2c-again",
+        "/h2",
+        json!({ "target": { "http2": "always" },
+                "retry": { "maxAttempts": 5, "initialDelayMs": 100 } }),
+    )
+    .await;
+    let before = binary_messages("before", 3);
+    publish_confirmed(app.amqp_connection().await, &queue, &before).await;
+    first
+        .wait_for_delivered(&ids_of(&before), Duration::from_secs(20))
+        .await;
+    // The target goes away, closing the connection, and comes back on the
+    // same port: the next messages reach it on a new connection.
+    first.stop().await;
+    let second = TargetServer::start_h2c_on(port).await;
+    let after = binary_messages("after", 3);
+    publish_confirmed(app.amqp_connection().await, &queue, &after).await;
+    second
+        .wait_for_delivered(&ids_of(&after), Duration::from_secs(20))
+        .await;
+    assert!(
+        second.requests().iter().all(|r| r.version == "HTTP/2.0"),
+        "not all over HTTP/2"
+    );
+    assert_eq!(second.connections(), 1, "one new connection");
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_always_against_an_http1_only_target_is_retried_with_a_clear_error() {
     let app = spawn_app().await;
     let target = TargetServer::start().await;

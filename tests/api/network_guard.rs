@@ -237,37 +237,43 @@ async fn forward_deny_private_refuses_inside_targets() {
     }
 
     // A name resolving inside is refused at connect time: the delivery is
-    // dead-lettered at once, with a reason that names no URL.
+    // dead-lettered at once, with a reason that names no URL. The same over
+    // h2c (`http2: "always"`), which connects without reqwest.
     let secret_path = "/hook?token=s3cr3t";
     let port = target.base_url.rsplit(':').next().expect("a port");
-    let consumer = api
-        .create_http_consumer(
-            &queue,
-            &format!("http://localhost:{port}{secret_path}"),
-            json!({ "retry": { "maxAttempts": 5, "initialDelayMs": 60000 } }),
-        )
+    for (way, http2) in [("http1", "never"), ("h2c", "always")] {
+        let queue = app.unique_queue(&format!("guarded-{way}"));
+        app.create_queue(&queue, json!({})).await;
+        let consumer = api
+            .create_http_consumer(
+                &queue,
+                &format!("http://localhost:{port}{secret_path}"),
+                json!({ "target": { "http2": http2 },
+                        "retry": { "maxAttempts": 5, "initialDelayMs": 60000 } }),
+            )
+            .await;
+        app.publish(&queue, json!({ "n": 1 })).await;
+        let dead = eventually(DEADLINE, || async {
+            let dead = api.dead_letters(&queue).await;
+            if dead.is_empty() {
+                Err("nothing dead-lettered yet".to_string())
+            } else {
+                Ok(dead)
+            }
+        })
         .await;
-    app.publish(&queue, json!({ "n": 1 })).await;
-    let dead = eventually(DEADLINE, || async {
-        let dead = api.dead_letters(&queue).await;
-        if dead.is_empty() {
-            Err("nothing dead-lettered yet".to_string())
-        } else {
-            Ok(dead)
-        }
-    })
-    .await;
-    assert_eq!(dead.len(), 1, "{dead:?}");
-    let reason = dead[0]["lastError"].as_str().expect("a lastError");
-    assert!(reason.contains(ADDRESS_NOT_ALLOWED), "{reason}");
-    assert!(
-        !reason.contains("localhost") && !reason.contains("s3cr3t"),
-        "{reason}"
-    );
-    assert_eq!(dead[0]["attempts"], 1, "{}", dead[0]);
-    let stats = api.consumer(&consumer).await["stats"].clone();
-    let last_error = stats["lastError"].as_str().unwrap_or_default();
-    assert!(!last_error.contains("s3cr3t"), "{stats}");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        let reason = dead[0]["lastError"].as_str().expect("a lastError");
+        assert!(reason.contains(ADDRESS_NOT_ALLOWED), "{reason}");
+        assert!(
+            !reason.contains("localhost") && !reason.contains("s3cr3t"),
+            "{reason}"
+        );
+        assert_eq!(dead[0]["attempts"], 1, "{}", dead[0]);
+        let stats = api.consumer(&consumer).await["stats"].clone();
+        let last_error = stats["lastError"].as_str().unwrap_or_default();
+        assert!(!last_error.contains("s3cr3t"), "{stats}");
+    }
     assert_eq!(target.request_count(), 0, "a refused target was reached");
 }
 

@@ -146,17 +146,31 @@ impl TargetServer {
     /// Starts a target that answers 200 at once until told otherwise, over
     /// HTTP/1.1 only.
     pub async fn start() -> TargetServer {
-        Self::start_speaking(false).await
+        Self::start_speaking(false, 0).await
     }
 
     /// `start`, also speaking HTTP/2 with prior knowledge (h2c) to a client
     /// that opens with its preface.
     pub async fn start_h2c() -> TargetServer {
-        Self::start_speaking(true).await
+        Self::start_speaking(true, 0).await
     }
 
-    async fn start_speaking(h2c: bool) -> TargetServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port for the target");
+    /// `start_h2c` on `port`: a target coming back where a stopped one was.
+    pub async fn start_h2c_on(port: u16) -> TargetServer {
+        Self::start_speaking(true, port).await
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.base_url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("the base URL ends with its port")
+    }
+
+    async fn start_speaking(h2c: bool, port: u16) -> TargetServer {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("a free port for the target");
         let port = listener.local_addr().expect("a local address").port();
         let shared = Arc::new(Shared {
             default: Mutex::new(Reply::ok()),
