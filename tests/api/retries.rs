@@ -251,8 +251,23 @@ async fn a_target_that_always_fails_gets_exactly_max_attempts_then_the_dead_lett
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_slower_than_its_timeout_is_retried() {
+    slower_than_its_timeout("never").await;
+}
+
+/// h2c requests go without reqwest, which times the others out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_target_slower_than_its_timeout_is_retried() {
+    slower_than_its_timeout("always").await;
+}
+
+/// A target answering its first request after 2 s, under a 300 ms timeout,
+/// spoken to with `target.http2` = `http2`.
+async fn slower_than_its_timeout(http2: &str) {
     let app = spawn_app().await;
-    let target = TargetServer::start().await;
+    let target = match http2 {
+        "always" => TargetServer::start_h2c().await,
+        _ => TargetServer::start().await,
+    };
     target.script(
         "/sluggish",
         vec![Reply::ok().after(Duration::from_millis(2_000))],
@@ -264,7 +279,7 @@ async fn a_target_slower_than_its_timeout_is_retried() {
         "sluggish",
         "/sluggish",
         json!({
-            "target": { "timeoutMs": 300 },
+            "target": { "timeoutMs": 300, "http2": http2 },
             "retry": { "maxAttempts": 3, "initialDelayMs": 200, "multiplier": 2, "maxDelayMs": 5000 },
         }),
     )
