@@ -15,6 +15,9 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 #[derive(Default)]
 pub struct SinkState {
     pub received: AtomicU64,
+    /// Messages received: a batch request counts its
+    /// `x-workerrmq-batch-size`, any other request one.
+    pub messages: AtomicU64,
     /// When the first request since the last reset came (ns since the
     /// epoch; 0: none yet), for rates taken from the first delivery.
     pub first_ns: AtomicU64,
@@ -49,7 +52,11 @@ struct Stamp {
     sent_ns: Option<u64>,
 }
 
-async fn receive(state: web::Data<SinkState>, body: web::Bytes) -> HttpResponse {
+async fn receive(
+    state: web::Data<SinkState>,
+    request: actix_web::HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
     let _ = state
         .first_ns
         .compare_exchange(0, now_ns(), Ordering::Relaxed, Ordering::Relaxed);
@@ -72,6 +79,12 @@ async fn receive(state: web::Data<SinkState>, body: web::Bytes) -> HttpResponse 
             }
         }
     }
+    let carried = request
+        .headers()
+        .get(gateway::headers::BATCH_SIZE)
+        .and_then(|size| size.to_str().ok()?.parse().ok())
+        .unwrap_or(1);
+    state.messages.fetch_add(carried, Ordering::Relaxed);
     state.received.fetch_add(1, Ordering::Relaxed);
     let failing = state.failing.lock().ok().and_then(|f| {
         f.as_ref()
@@ -181,6 +194,7 @@ impl Sink {
 
     pub fn reset(&self) {
         self.state.received.store(0, Ordering::Relaxed);
+        self.state.messages.store(0, Ordering::Relaxed);
         self.state.others_taken.store(0, Ordering::Relaxed);
         self.state.first_ns.store(0, Ordering::Relaxed);
         self.state.held_ns.store(0, Ordering::Relaxed);
@@ -203,12 +217,33 @@ impl Sink {
 
     /// Waits until the sink has seen `n` requests, or fails after `limit`.
     pub async fn wait_for(&self, n: u64, limit: Duration) -> anyhow::Result<()> {
+        self.wait_until(|| self.received() >= n, n, limit).await
+    }
+
+    /// Waits until the requests received since the last reset carried `n`
+    /// messages, batches counted by their size.
+    pub async fn wait_for_messages(&self, n: u64, limit: Duration) -> anyhow::Result<()> {
+        self.wait_until(
+            || self.state.messages.load(Ordering::Relaxed) >= n,
+            n,
+            limit,
+        )
+        .await
+    }
+
+    async fn wait_until(
+        &self,
+        done: impl Fn() -> bool,
+        n: u64,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + limit;
-        while self.received() < n {
+        while !done() {
             if tokio::time::Instant::now() > deadline {
                 anyhow::bail!(
-                    "the sink saw {} of {n} requests within {limit:?}",
-                    self.received()
+                    "the sink saw {} requests carrying {} messages, not {n}, within {limit:?}",
+                    self.received(),
+                    self.state.messages.load(Ordering::Relaxed)
                 );
             }
             tokio::time::sleep(Duration::from_millis(2)).await;

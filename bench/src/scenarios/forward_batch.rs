@@ -46,13 +46,17 @@ pub async fn forward_batch(
         .await?;
     let consumer_id = consumer_id_of(&created);
     let create = started.elapsed();
-    // The sink counts requests, not messages: done is every message acked.
-    wait_acked(gateway, &consumer_id, n as u64, limit).await?;
+    // Timed at the sink, which counts each batch's messages: asking the
+    // gateway every 50 ms whether all are acked (below) came ~25 ms late on
+    // average, 2% of a 1.4 s run, and asking every 5 ms cost it CPU.
+    sink.wait_for_messages(n as u64, limit).await?;
     let gateway_rate = per_second(n, started.elapsed());
     // Without the consumer's creation (a store write, the consume call) in
     // front, which the plain consumer does not make.
     let from_first = per_second(n, sink.since_first());
     let requests = sink.received();
+    // Each acked once answered: the run is not over until they are.
+    wait_acked(gateway, &consumer_id, n as u64, limit).await?;
     remove(gateway, &consumer_id, &queue).await?;
 
     let channel = connection.create_channel().await?;
