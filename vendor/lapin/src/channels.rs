@@ -86,9 +86,12 @@ impl Channels {
         self.configuration.recovery_config().can_recover(error)
     }
 
-    pub(crate) fn get(&self, id: ChannelId) -> Option<Channel> {
+    /// The channel `id`, shared: the I/O loop looks a channel up for
+    /// every frame it reads, and a `Channel` clone is some fifteen
+    /// reference counts taken and dropped again.
+    pub(crate) fn get(&self, id: ChannelId) -> Option<Arc<Channel>> {
         if id == 0 {
-            Some(self.channel0())
+            Some(Arc::new(self.channel0()))
         } else {
             self.read().channels.get(&id).cloned()
         }
@@ -319,7 +322,7 @@ impl fmt::Debug for Channels {
 }
 
 struct Inner {
-    channels: HashMap<ChannelId, Channel>,
+    channels: HashMap<ChannelId, Arc<Channel>>,
     channel_id: IdSequence<ChannelId>,
     configuration: NegotiatedConfig,
     recovery_config: RecoveryConfig,
@@ -396,7 +399,7 @@ impl Inner {
                     events_sender,
                     Some(connection_closer),
                 );
-                self.channels.insert(id, channel.clone_internal());
+                self.channels.insert(id, Arc::new(channel.clone_internal()));
                 return Ok(channel);
             }
             id = self.channel_id.next();
