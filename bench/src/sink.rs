@@ -79,12 +79,6 @@ async fn receive(
             }
         }
     }
-    let carried = request
-        .headers()
-        .get(gateway::headers::BATCH_SIZE)
-        .and_then(|size| size.to_str().ok()?.parse().ok())
-        .unwrap_or(1);
-    state.messages.fetch_add(carried, Ordering::Relaxed);
     state.received.fetch_add(1, Ordering::Relaxed);
     let failing = state.failing.lock().ok().and_then(|f| {
         f.as_ref()
@@ -99,6 +93,14 @@ async fn receive(
             state.others_taken.fetch_add(1, Ordering::Relaxed);
         }
     }
+    // Only what is answered 2xx is taken: a batch the sink refused comes
+    // again.
+    let carried = request
+        .headers()
+        .get(gateway::headers::BATCH_SIZE)
+        .and_then(|size| size.to_str().ok()?.parse().ok())
+        .unwrap_or(1);
+    state.messages.fetch_add(carried, Ordering::Relaxed);
     HttpResponse::NoContent().finish()
 }
 
@@ -217,34 +219,36 @@ impl Sink {
 
     /// Waits until the sink has seen `n` requests, or fails after `limit`.
     pub async fn wait_for(&self, n: u64, limit: Duration) -> anyhow::Result<()> {
-        self.wait_until(|| self.received() >= n, n, limit).await
+        self.wait_until(|| self.received() >= n, limit)
+            .await
+            .map_err(|waited| {
+                anyhow::anyhow!(
+                    "the sink saw {} of {n} requests within {waited:?}",
+                    self.received()
+                )
+            })
     }
 
-    /// Waits until the requests received since the last reset carried `n`
-    /// messages, batches counted by their size.
+    /// Waits until the requests the sink took (answered 2xx) since the last
+    /// reset carried `n` messages, batches counted by their size.
     pub async fn wait_for_messages(&self, n: u64, limit: Duration) -> anyhow::Result<()> {
-        self.wait_until(
-            || self.state.messages.load(Ordering::Relaxed) >= n,
-            n,
-            limit,
-        )
-        .await
+        let taken = || self.state.messages.load(Ordering::Relaxed);
+        self.wait_until(|| taken() >= n, limit)
+            .await
+            .map_err(|waited| {
+                anyhow::anyhow!(
+                    "the sink took {} of {n} messages within {waited:?}",
+                    taken()
+                )
+            })
     }
 
-    async fn wait_until(
-        &self,
-        done: impl Fn() -> bool,
-        n: u64,
-        limit: Duration,
-    ) -> anyhow::Result<()> {
+    /// Polls `done` every 2 ms; `Err(limit)` when it is not done within it.
+    async fn wait_until(&self, done: impl Fn() -> bool, limit: Duration) -> Result<(), Duration> {
         let deadline = tokio::time::Instant::now() + limit;
         while !done() {
             if tokio::time::Instant::now() > deadline {
-                anyhow::bail!(
-                    "the sink saw {} requests carrying {} messages, not {n}, within {limit:?}",
-                    self.received(),
-                    self.state.messages.load(Ordering::Relaxed)
-                );
+                return Err(limit);
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

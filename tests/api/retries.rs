@@ -306,6 +306,15 @@ async fn slower_than_its_timeout(http2: &str) {
     );
     let requests = target.requests_to("/sluggish");
     assert_eq!(attempts(&requests), [1, 2]);
+    let version = if http2 == "always" {
+        "HTTP/2.0"
+    } else {
+        "HTTP/1.1"
+    };
+    assert!(
+        requests.iter().all(|r| r.version == version),
+        "not all over {version}"
+    );
     assert_eq!(requests[1].webhook_id(), message.id);
     let gap = gap_ms(&requests, 1);
     assert!(

@@ -11,11 +11,15 @@
 //! and the answer wakes that task.
 //!
 //! One connection per origin, shared by every consumer sending there:
-//! opened on first use, kept while the target keeps it, opened again when it
-//! ends (the target closed it, a GOAWAY, a broken socket). The request is
-//! the one reqwest would have sent (the forwarder builds both the same way);
-//! the answer goes back as a `reqwest::Response`, so reading and judging it
-//! is the same code for both.
+//! opened on first use and opened again once it has ended: the target
+//! closed it, a request on it met a GOAWAY or a broken socket, or it went
+//! unused for `IDLE_TIMEOUT` (as reqwest's pool closes an idle connection).
+//! A request the target's GOAWAY says it never took is sent once more on
+//! the new connection, within the same attempt; any other failure is the
+//! attempt's. The request is the one reqwest would have sent (the
+//! forwarder builds both the same way, and the headers reqwest's client adds
+//! are added here); the answer goes back as a `reqwest::Response`, so
+//! reading and judging it is the same code for both.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,9 +33,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use gateway::{DeliveryOutcome, ErrorKind, Failure};
 use h2::client::SendRequest;
+use http::Method;
 use reqwest::dns::Resolve;
 use reqwest::header::{
-    HeaderName, CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE, USER_AGENT,
+    HeaderName, ACCEPT, CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE, USER_AGENT,
 };
 use tokio::time::{Instant, Sleep};
 
@@ -40,6 +45,14 @@ use crate::network::{AddressGuard, AddressNotAllowed};
 /// Longest a connection to a target takes to open, as reqwest's
 /// `connect_timeout` for the other clients.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection unused this long is closed, as reqwest's pool does.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Receive windows as hyper's HTTP/2 client sets them (h2's own are 64 KiB
+/// for the whole connection, which every consumer of the origin shares).
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 /// Headers that belong to one HTTP/1.1 connection: HTTP/2 forbids them (the
 /// `h2` crate refuses a request carrying one), and hyper drops them for an
@@ -112,20 +125,54 @@ struct Origin {
 #[derive(Debug, Clone)]
 struct Open {
     sender: SendRequest<Bytes>,
-    /// Set when the connection's task ends.
-    ended: Arc<AtomicBool>,
+    state: Arc<ConnectionState>,
+}
+
+/// What a connection's task and the requests on it share.
+#[derive(Debug)]
+struct ConnectionState {
+    /// Set once it takes no new requests: its task ended, it went idle, or
+    /// a request on it met a GOAWAY or a broken socket.
+    ended: AtomicBool,
+    /// When a request last went out on it.
+    last_used: Mutex<Instant>,
+}
+
+impl ConnectionState {
+    fn used(&self) {
+        *lock(&self.last_used) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        lock(&self.last_used).elapsed()
+    }
+}
+
+/// A lock that a panic elsewhere does not poison for good: what it guards
+/// (a table of connections, a time) is whole between statements.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Origin {
-    fn live(&self) -> Option<SendRequest<Bytes>> {
-        let open = self.open.lock().ok()?;
-        open.as_ref()
-            .filter(|open| !open.ended.load(Ordering::Acquire))
-            .map(|open| open.sender.clone())
+    fn live(&self) -> Option<Open> {
+        lock(&self.open)
+            .as_ref()
+            .filter(|open| !open.state.ended.load(Ordering::Acquire))
+            .cloned()
     }
 
-    fn forget(&self) {
-        if let Ok(mut open) = self.open.lock() {
+    /// The connection `state` takes no more requests; the next opens
+    /// another. Requests still on it finish, and it closes after them.
+    fn forget(&self, state: &Arc<ConnectionState>) {
+        state.ended.store(true, Ordering::Release);
+        let mut open = lock(&self.open);
+        if open
+            .as_ref()
+            .is_some_and(|open| Arc::ptr_eq(&open.state, state))
+        {
             *open = None;
         }
     }
@@ -150,12 +197,17 @@ impl H2cConnections {
         let answered = async {
             let (head, body) = http_request(request)?;
             let (origin, host, port) = self.origin(&head)?;
-            let mut sender = self.ready(&origin, &host, port).await?;
-            let (answer, mut stream) = sender.send_request(head, body.is_empty())?;
-            if !body.is_empty() {
-                stream.send_data(body, true)?;
+            // Kept for a second try: `send_request` takes the head.
+            let again = copy_head(&head);
+            match self.send_on(&origin, &host, port, head, &body).await {
+                Err(Refused::Unprocessed(err)) => {
+                    tracing::debug!(error = %err, "the target's GOAWAY refused the request; sending it again");
+                    self.send_on(&origin, &host, port, again, &body)
+                        .await
+                        .map_err(Refused::into_error)
+                }
+                answered => answered.map_err(Refused::into_error),
             }
-            Ok::<_, H2cError>(answer.await?)
         };
         let answer = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, answered)
@@ -174,6 +226,43 @@ impl H2cConnections {
         )))
     }
 
+    /// One try of the request on the origin's connection. A failure that
+    /// says the connection is over (a GOAWAY, a broken socket) retires it;
+    /// `Unprocessed` when the target's GOAWAY says it never took the
+    /// request.
+    async fn send_on(
+        &self,
+        origin: &Arc<Origin>,
+        host: &str,
+        port: u16,
+        head: http::Request<()>,
+        body: &Bytes,
+    ) -> Result<http::Response<h2::RecvStream>, Refused> {
+        let (mut sender, state) = self.ready(origin, host, port).await?;
+        state.used();
+        let sent = async {
+            let (answer, mut stream) = sender.send_request(head, body.is_empty())?;
+            if !body.is_empty() {
+                stream.send_data(body.clone(), true)?;
+            }
+            answer.await
+        };
+        match sent.await {
+            Ok(answer) => Ok(answer),
+            Err(err) if err.is_go_away() || err.is_io() => {
+                origin.forget(&state);
+                // Streams above a GOAWAY's last stream id were never
+                // processed: they may go again.
+                if err.is_go_away() && err.is_remote() {
+                    Err(Refused::Unprocessed(err))
+                } else {
+                    Err(Refused::Failed(H2cError::Http2(err)))
+                }
+            }
+            Err(err) => Err(Refused::Failed(H2cError::Http2(err))),
+        }
+    }
+
     /// The origin's entry, and its host and port.
     fn origin(&self, head: &http::Request<()>) -> Result<(Arc<Origin>, String, u16), H2cError> {
         let uri = head.uri();
@@ -184,64 +273,89 @@ impl H2cConnections {
             .trim_end_matches(']')
             .to_owned();
         let port = uri.port_u16().unwrap_or(80);
-        let mut origins = self
-            .origins
-            .lock()
-            .map_err(|_| H2cError::Build("the connection table is poisoned".into()))?;
-        let origin = origins.entry((host.clone(), port)).or_default().clone();
+        let origin = lock(&self.origins)
+            .entry((host.clone(), port))
+            .or_default()
+            .clone();
         Ok((origin, host, port))
     }
 
-    /// A sender with room for one more stream: the open connection's, or,
-    /// when it has ended, a new connection's.
+    /// A sender for one more request, and its connection's state: the
+    /// open connection's, or, when it has ended, a new connection's.
     async fn ready(
         &self,
-        origin: &Origin,
+        origin: &Arc<Origin>,
         host: &str,
         port: u16,
-    ) -> Result<SendRequest<Bytes>, H2cError> {
-        if let Some(sender) = origin.live() {
-            match sender.ready().await {
-                Ok(sender) => return Ok(sender),
-                // Ended since (a GOAWAY, the target closed it): open anew.
-                Err(err) => tracing::debug!(error = %err, "h2c connection ended; opening another"),
+    ) -> Result<(SendRequest<Bytes>, Arc<ConnectionState>), H2cError> {
+        if let Some(open) = origin.live() {
+            match open.sender.ready().await {
+                Ok(sender) => return Ok((sender, open.state)),
+                // Ended since (the target closed it): open anew.
+                Err(err) => {
+                    tracing::debug!(error = %err, "h2c connection ended; opening another");
+                    origin.forget(&open.state);
+                }
             }
         }
         let _connecting = origin.connecting.lock().await;
         // Another caller may have opened it while this one waited.
-        if let Some(sender) = origin.live() {
-            if let Ok(sender) = sender.ready().await {
-                return Ok(sender);
+        if let Some(open) = origin.live() {
+            if let Ok(sender) = open.sender.clone().ready().await {
+                return Ok((sender, open.state));
             }
+            origin.forget(&open.state);
         }
-        origin.forget();
-        let open = self.connect(host, port).await?;
-        let sender = open.sender.clone();
-        if let Ok(mut slot) = origin.open.lock() {
-            *slot = Some(open);
-        }
-        Ok(sender.ready().await?)
+        let open = self.connect(origin, host, port).await?;
+        *lock(&origin.open) = Some(open.clone());
+        Ok((open.sender.ready().await?, open.state))
     }
 
-    /// A new connection to `host`:`port`, its task running until the
-    /// target or the last sender ends it.
-    async fn connect(&self, host: &str, port: u16) -> Result<Open, H2cError> {
+    /// A new connection to `host`:`port`. Its task runs until the target
+    /// ends it, or, once it has been idle for `IDLE_TIMEOUT` and is
+    /// forgotten, until the requests still on it (none, as a rule) are done.
+    async fn connect(&self, origin: &Arc<Origin>, host: &str, port: u16) -> Result<Open, H2cError> {
         let addresses = self.resolve(host, port).await?;
         let socket = tokio::time::timeout(CONNECT_TIMEOUT, connect_any(&addresses))
             .await
             .map_err(|_| {
                 H2cError::Connect(format!("not connected within {CONNECT_TIMEOUT:?}"))
             })??;
-        let (sender, connection) = h2::client::handshake(socket).await?;
-        let ended = Arc::new(AtomicBool::new(false));
-        let marked = ended.clone();
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "h2c connection ended");
-            }
-            marked.store(true, Ordering::Release);
+        let (sender, connection) = h2::client::Builder::new()
+            .enable_push(false)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .handshake(socket)
+            .await?;
+        let state = Arc::new(ConnectionState {
+            ended: AtomicBool::new(false),
+            last_used: Mutex::new(Instant::now()),
         });
-        Ok(Open { sender, ended })
+        let (task_state, task_origin) = (state.clone(), origin.clone());
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let mut idle_check = tokio::time::interval(IDLE_TIMEOUT / 6);
+            loop {
+                tokio::select! {
+                    ended = &mut connection => {
+                        if let Err(err) = ended {
+                            tracing::debug!(error = %err, "h2c connection ended");
+                        }
+                        break;
+                    }
+                    // Once forgotten, the table's sender is gone: the
+                    // connection ends when the last request on it does.
+                    _ = idle_check.tick(), if !task_state.ended.load(Ordering::Acquire) => {
+                        if task_state.idle_for() >= IDLE_TIMEOUT {
+                            tracing::debug!("closing an idle h2c connection");
+                            task_origin.forget(&task_state);
+                        }
+                    }
+                }
+            }
+            task_state.ended.store(true, Ordering::Release);
+        });
+        Ok(Open { sender, state })
     }
 
     /// The addresses to try: through the network guard when there is one
@@ -292,6 +406,38 @@ async fn connect_any(addresses: &[SocketAddr]) -> Result<tokio::net::TcpStream, 
     }))
 }
 
+/// A try the target's GOAWAY refused before taking it, or any other
+/// failure.
+enum Refused {
+    Unprocessed(h2::Error),
+    Failed(H2cError),
+}
+
+impl Refused {
+    fn into_error(self) -> H2cError {
+        match self {
+            Refused::Unprocessed(err) => H2cError::Http2(err),
+            Refused::Failed(err) => err,
+        }
+    }
+}
+
+impl From<H2cError> for Refused {
+    fn from(err: H2cError) -> Self {
+        Refused::Failed(err)
+    }
+}
+
+/// A copy of a request's head (`http::Request` is not `Clone`).
+fn copy_head(head: &http::Request<()>) -> http::Request<()> {
+    let mut copy = http::Request::new(());
+    *copy.method_mut() = head.method().clone();
+    *copy.uri_mut() = head.uri().clone();
+    *copy.version_mut() = head.version();
+    *copy.headers_mut() = head.headers().clone();
+    copy
+}
+
 /// The request's head for HTTP/2 and its body.
 fn http_request(request: reqwest::Request) -> Result<(http::Request<()>, Bytes), H2cError> {
     let request: http::Request<reqwest::Body> = request
@@ -317,14 +463,21 @@ fn http_request(request: reqwest::Request) -> Result<(http::Request<()>, Bytes),
             "workerrmq/",
             env!("CARGO_PKG_VERSION")
         )));
+    head.headers
+        .entry(ACCEPT)
+        .or_insert(http::HeaderValue::from_static("*/*"));
     // The forwarder's bodies are always in memory (a message, a batch).
     let body = body
         .as_bytes()
         .map(Bytes::copy_from_slice)
         .unwrap_or_default();
-    // As hyper sends it: some servers want the length before the body.
-    head.headers
-        .insert(CONTENT_LENGTH, http::HeaderValue::from(body.len()));
+    // As hyper sends it: some servers want the length before the body,
+    // and a method that carries one says 0 rather than nothing.
+    let carries_body = matches!(head.method, Method::POST | Method::PUT | Method::PATCH);
+    if !body.is_empty() || carries_body {
+        head.headers
+            .insert(CONTENT_LENGTH, http::HeaderValue::from(body.len()));
+    }
     Ok((http::Request::from_parts(head, ()), body))
 }
 
@@ -391,6 +544,24 @@ mod tests {
             .to_str()
             .unwrap()
             .starts_with("workerrmq/"));
+    }
+
+    #[test]
+    fn a_get_goes_without_a_length_and_a_copied_head_is_the_same() {
+        let client = reqwest::Client::new();
+        let request = client
+            .get("http://target.example/hook")
+            .header("x-kept", "1")
+            .build()
+            .unwrap();
+        let (head, body) = http_request(request).unwrap();
+        assert!(body.is_empty());
+        assert!(head.headers().get(CONTENT_LENGTH).is_none());
+        assert_eq!(head.headers()[ACCEPT], "*/*");
+        let copy = copy_head(&head);
+        assert_eq!(copy.method(), head.method());
+        assert_eq!(copy.uri(), head.uri());
+        assert_eq!(copy.headers(), head.headers());
     }
 
     #[test]
