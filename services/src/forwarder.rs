@@ -465,12 +465,22 @@ impl HttpForwarder {
             Err(failure) => return Sent::NoToken(failure),
         };
         let mut replaced = false;
+        let mut sent_again = false;
         loop {
             let request = with_token(build(chrono::Utc::now()), token.as_deref());
             let slot = self.slots.take().await;
             let sent = match &self.h2c {
                 Some(h2c) => match request.build() {
-                    Ok(request) => h2c.send(request).await.map_err(h2c::H2cError::outcome),
+                    Ok(request) => match h2c.send(request).await {
+                        // The target's GOAWAY says it never took it: made
+                        // again, it goes once more, on a new connection.
+                        Err(h2c::H2cError::Unprocessed(err)) if !sent_again => {
+                            tracing::debug!(error = %err, "the target's GOAWAY refused the request; sending it again");
+                            sent_again = true;
+                            continue;
+                        }
+                        sent => sent.map_err(h2c::H2cError::outcome),
+                    },
                     Err(err) => Err(self.not_sent(err)),
                 },
                 None => request.send().await.map_err(|err| self.not_sent(err)),
