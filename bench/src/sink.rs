@@ -15,7 +15,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 #[derive(Default)]
 pub struct SinkState {
     pub received: AtomicU64,
-    /// Messages received: a batch request counts its
+    /// Messages taken (answered 2xx): a batch request counts its
     /// `x-workerrmq-batch-size`, any other request one.
     pub messages: AtomicU64,
     /// When the first request since the last reset came (ns since the

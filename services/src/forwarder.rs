@@ -466,21 +466,34 @@ impl HttpForwarder {
         };
         let mut replaced = false;
         let mut sent_again = false;
+        // A request sent again on a new h2c connection keeps what is left
+        // of the first one's time.
+        let deadline = self
+            .h2c
+            .as_ref()
+            .map(|_| tokio::time::Instant::now() + self.timeout);
         loop {
             let request = with_token(build(chrono::Utc::now()), token.as_deref());
             let slot = self.slots.take().await;
             let sent = match &self.h2c {
                 Some(h2c) => match request.build() {
-                    Ok(request) => match h2c.send(request).await {
-                        // The target's GOAWAY says it never took it: made
-                        // again, it goes once more, on a new connection.
-                        Err(h2c::H2cError::Unprocessed(err)) if !sent_again => {
-                            tracing::debug!(error = %err, "the target's GOAWAY refused the request; sending it again");
-                            sent_again = true;
-                            continue;
+                    Ok(mut request) => {
+                        if let Some(deadline) = deadline.filter(|_| sent_again) {
+                            *request.timeout_mut() = Some(
+                                deadline.saturating_duration_since(tokio::time::Instant::now()),
+                            );
                         }
-                        sent => sent.map_err(h2c::H2cError::outcome),
-                    },
+                        match h2c.send(request).await {
+                            // The target says it never took it (a GOAWAY, a
+                            // refused stream): made again, it goes once more.
+                            Err(h2c::H2cError::Unprocessed(err)) if !sent_again => {
+                                tracing::debug!(error = %err, "the target refused the request unprocessed; sending it again");
+                                sent_again = true;
+                                continue;
+                            }
+                            sent => sent.map_err(h2c::H2cError::outcome),
+                        }
+                    }
                     Err(err) => Err(self.not_sent(err)),
                 },
                 None => request.send().await.map_err(|err| self.not_sent(err)),

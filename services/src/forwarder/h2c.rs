@@ -84,8 +84,8 @@ pub(super) enum H2cError {
     /// HTTP/1.1 ends the connection at the HTTP/2 preface.
     #[error("over HTTP/2 with prior knowledge (target.http2 \"always\"; does the target speak HTTP/2?): {0}")]
     Http2(#[from] h2::Error),
-    /// The target's GOAWAY came before it took the request: it may go
-    /// again as it is.
+    /// The target's GOAWAY came before it took the request, or it refused
+    /// the stream unprocessed: it may go again as it is.
     #[error("over HTTP/2 with prior knowledge (target.http2 \"always\"): the target went away before it took the request: {0}")]
     Unprocessed(h2::Error),
 }
@@ -242,6 +242,11 @@ impl H2cConnections {
         };
         match sent.await {
             Ok(answer) => Ok(answer),
+            // Refused before it was processed (RFC 9113 §8.7): the
+            // connection is fine, the stream may go again.
+            Err(err) if err.is_remote() && err.reason() == Some(h2::Reason::REFUSED_STREAM) => {
+                Err(H2cError::Unprocessed(err))
+            }
             Err(err) if err.is_go_away() || err.is_io() => {
                 origin.forget(&state);
                 // Streams above a GOAWAY's last stream id were never
@@ -315,6 +320,10 @@ impl H2cConnections {
                 H2cError::Connect(format!("not connected within {CONNECT_TIMEOUT:?}"))
             })??;
         let (sender, connection) = h2::client::Builder::new()
+            // Until the target's SETTINGS say otherwise, as hyper: h2's
+            // own "unlimited" would have a burst refused by a server that
+            // allows fewer (nginx 128).
+            .initial_max_send_streams(100)
             .enable_push(false)
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
