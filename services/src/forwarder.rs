@@ -65,6 +65,15 @@ static QUEUE: HeaderName = HeaderName::from_static(gateway::headers::QUEUE);
 static ATTEMPT: HeaderName = HeaderName::from_static(gateway::headers::ATTEMPT);
 static BATCH_SIZE: HeaderName = HeaderName::from_static(gateway::headers::BATCH_SIZE);
 
+/// What every forwarding request says it comes from.
+const USER_AGENT_VALUE: &str = concat!("workerrmq/", env!("CARGO_PKG_VERSION"));
+
+/// Why a request with `target.http2: "always"` broke off: a target that
+/// speaks only HTTP/1.1 ends the connection at the HTTP/2 preface, with an
+/// error that does not name the version.
+const NOT_HTTP2_HINT: &str =
+    "over HTTP/2 with prior knowledge (target.http2 \"always\"; does the target speak HTTP/2?)";
+
 /// Response bodies are read (so the connection can be reused) up to this
 /// much, then dropped.
 const MAX_RESPONSE_DRAIN: usize = 64 * 1024;
@@ -160,16 +169,16 @@ fn base_builder(pooled_per_host: usize) -> reqwest::ClientBuilder {
         // for the next request instead of being closed and opened again.
         .pool_max_idle_per_host(pooled_per_host)
         .connect_timeout(Duration::from_secs(5))
-        .user_agent(concat!("workerrmq/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT_VALUE)
 }
 
 /// The delivery target of a consumer with an HTTP target: forwards each delivery (or batch) as one
 /// request and reads the answer as an outcome.
 pub struct HttpForwarder {
     client: reqwest::Client,
-    /// `always` to an `http://` target: requests go over h2c, on these
-    /// connections (`client` only builds them).
-    h2c: Option<Arc<h2c::H2cConnections>>,
+    /// `always` to an `http://` target: requests go over h2c, on its
+    /// origin's connection (`client` only builds them).
+    h2c: Option<h2c::H2cTarget>,
     /// `always`: a failure to speak HTTP/2 says so.
     http2: Http2Mode,
     method: reqwest::Method,
@@ -276,7 +285,7 @@ impl HttpForwarder {
             None => None,
         };
         let h2c = (tls.is_none() && target.http2 == Http2Mode::Always && url.scheme() == "http")
-            .then(|| client.h2c.clone());
+            .then(|| client.h2c.target(&url));
         Ok(Self {
             h2c,
             slots: client.slots.of(&url),
@@ -655,10 +664,7 @@ impl HttpForwarder {
                 failure,
                 retry_after,
             } if self.http2 == Http2Mode::Always && failure.kind == ErrorKind::Request => {
-                let reason = format!(
-                    "over HTTP/2 with prior knowledge (target.http2 \"always\"; does the target speak HTTP/2?): {}",
-                    failure.reason
-                );
+                let reason = format!("{NOT_HTTP2_HINT}: {}", failure.reason);
                 DeliveryOutcome::Retry {
                     failure: failure.with_reason(reason),
                     retry_after,

@@ -1,4 +1,5 @@
-//! `H2cConnections`: HTTP/2 with prior knowledge over cleartext (h2c), for
+//! `H2cConnections` and `H2cTarget`: HTTP/2 with prior knowledge over
+//! cleartext (h2c), for
 //! `target.http2: "always"` to an `http://` target, spoken with the `h2`
 //! crate itself rather than through reqwest.
 //!
@@ -10,7 +11,8 @@
 //! directly gave 61–73k. Here a request is sent from the delivery's own task,
 //! and the answer wakes that task.
 //!
-//! One connection per origin, shared by every consumer sending there:
+//! One connection per origin, shared by every consumer sending there (a
+//! forwarder finds its origin's `H2cTarget` once, as it does its slots):
 //! opened on first use and opened again once it has ended: the target
 //! closed it, a request on it met a GOAWAY or a broken socket, or it went
 //! unused for `IDLE_TIMEOUT` (as reqwest's pool closes an idle connection).
@@ -82,7 +84,7 @@ pub(super) enum H2cError {
     Build(String),
     /// The connection or the stream broke: a target that speaks only
     /// HTTP/1.1 ends the connection at the HTTP/2 preface.
-    #[error("over HTTP/2 with prior knowledge (target.http2 \"always\"; does the target speak HTTP/2?): {0}")]
+    #[error("{hint}: {0}", hint = super::NOT_HTTP2_HINT)]
     Http2(#[from] h2::Error),
     /// The target's GOAWAY came before it took the request, or it refused
     /// the stream unprocessed: it may go again as it is.
@@ -118,6 +120,15 @@ pub(super) struct H2cConnections {
     /// `FORWARD_DENY_PRIVATE`: names are resolved through it.
     guard: Option<AddressGuard>,
     origins: Mutex<HashMap<(String, u16), Arc<Origin>>>,
+}
+
+/// One forwarder's way to its origin's connection.
+#[derive(Debug, Clone)]
+pub(super) struct H2cTarget {
+    origin: Arc<Origin>,
+    host: String,
+    port: u16,
+    guard: Option<AddressGuard>,
 }
 
 /// One origin's connection, and the lock that lets one caller at a time
@@ -189,6 +200,30 @@ impl H2cConnections {
         }
     }
 
+    /// The origin of `url` (an `http://` URL with a host, as the forwarder
+    /// checked), for a forwarder to keep.
+    pub(super) fn target(&self, url: &reqwest::Url) -> H2cTarget {
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = url.port_or_known_default().unwrap_or(80);
+        let origin = lock(&self.origins)
+            .entry((host.clone(), port))
+            .or_default()
+            .clone();
+        H2cTarget {
+            origin,
+            host,
+            port,
+            guard: self.guard.clone(),
+        }
+    }
+}
+
+impl H2cTarget {
     /// Sends `request` (an `http://` URL, its body in memory) and returns
     /// the answer once its head has come; the body is read from the
     /// answer, within what is left of the request's timeout.
@@ -199,8 +234,7 @@ impl H2cConnections {
         let deadline = request.timeout().map(|timeout| Instant::now() + *timeout);
         let answered = async {
             let (head, body) = http_request(request)?;
-            let (origin, host, port) = self.origin(&head)?;
-            self.send_on(&origin, &host, port, head, &body).await
+            self.send_on(head, &body).await
         };
         let answer = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, answered)
@@ -225,13 +259,10 @@ impl H2cConnections {
     /// request.
     async fn send_on(
         &self,
-        origin: &Arc<Origin>,
-        host: &str,
-        port: u16,
         head: http::Request<()>,
         body: &Bytes,
     ) -> Result<http::Response<h2::RecvStream>, H2cError> {
-        let (mut sender, state) = self.ready(origin, host, port).await?;
+        let (mut sender, state) = self.ready().await?;
         state.used();
         let sent = async {
             let (answer, mut stream) = sender.send_request(head, body.is_empty())?;
@@ -248,7 +279,7 @@ impl H2cConnections {
                 Err(H2cError::Unprocessed(err))
             }
             Err(err) if err.is_go_away() || err.is_io() => {
-                origin.forget(&state);
+                self.origin.forget(&state);
                 // Streams above a GOAWAY's last stream id were never
                 // processed: they may go again.
                 if err.is_go_away() && err.is_remote() {
@@ -261,31 +292,10 @@ impl H2cConnections {
         }
     }
 
-    /// The origin's entry, and its host and port.
-    fn origin(&self, head: &http::Request<()>) -> Result<(Arc<Origin>, String, u16), H2cError> {
-        let uri = head.uri();
-        let host = uri
-            .host()
-            .ok_or_else(|| H2cError::Build("the URL has no host".into()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(80);
-        let origin = lock(&self.origins)
-            .entry((host.clone(), port))
-            .or_default()
-            .clone();
-        Ok((origin, host, port))
-    }
-
     /// A sender for one more request, and its connection's state: the
     /// open connection's, or, when it has ended, a new connection's.
-    async fn ready(
-        &self,
-        origin: &Arc<Origin>,
-        host: &str,
-        port: u16,
-    ) -> Result<(SendRequest<Bytes>, Arc<ConnectionState>), H2cError> {
+    async fn ready(&self) -> Result<(SendRequest<Bytes>, Arc<ConnectionState>), H2cError> {
+        let origin = &self.origin;
         if let Some(open) = origin.live() {
             match open.sender.ready().await {
                 Ok(sender) => return Ok((sender, open.state)),
@@ -304,16 +314,16 @@ impl H2cConnections {
             }
             origin.forget(&open.state);
         }
-        let open = self.connect(origin, host, port).await?;
+        let open = self.connect().await?;
         *lock(&origin.open) = Some(open.clone());
         Ok((open.sender.ready().await?, open.state))
     }
 
-    /// A new connection to `host`:`port`. Its task runs until the target
+    /// A new connection to the origin. Its task runs until the target
     /// ends it, or, once it has been idle for `IDLE_TIMEOUT` and is
     /// forgotten, until the requests still on it (none, as a rule) are done.
-    async fn connect(&self, origin: &Arc<Origin>, host: &str, port: u16) -> Result<Open, H2cError> {
-        let addresses = self.resolve(host, port).await?;
+    async fn connect(&self) -> Result<Open, H2cError> {
+        let addresses = self.resolve().await?;
         let socket = tokio::time::timeout(CONNECT_TIMEOUT, connect_any(&addresses))
             .await
             .map_err(|_| {
@@ -335,7 +345,7 @@ impl H2cConnections {
             ended: AtomicBool::new(false),
             requests: AtomicU64::new(0),
         });
-        let (task_state, task_origin) = (state.clone(), origin.clone());
+        let (task_state, task_origin) = (state.clone(), self.origin.clone());
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
             let mut idle_check =
@@ -369,7 +379,8 @@ impl H2cConnections {
 
     /// The addresses to try: through the network guard when there is one
     /// (an IP literal was checked when the forwarder was made).
-    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, H2cError> {
+    async fn resolve(&self) -> Result<Vec<SocketAddr>, H2cError> {
+        let (host, port) = (self.host.as_str(), self.port);
         if let Ok(ip) = host.parse::<std::net::IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
@@ -436,10 +447,7 @@ fn http_request(request: reqwest::Request) -> Result<(http::Request<()>, Bytes),
     // What reqwest's client adds to the requests it sends.
     head.headers
         .entry(USER_AGENT)
-        .or_insert(http::HeaderValue::from_static(concat!(
-            "workerrmq/",
-            env!("CARGO_PKG_VERSION")
-        )));
+        .or_insert(http::HeaderValue::from_static(super::USER_AGENT_VALUE));
     head.headers
         .entry(ACCEPT)
         .or_insert(http::HeaderValue::from_static("*/*"));
