@@ -451,11 +451,7 @@ fn http_request(request: reqwest::Request) -> Result<(http::Request<()>, Bytes),
     head.headers
         .entry(ACCEPT)
         .or_insert(http::HeaderValue::from_static("*/*"));
-    // The forwarder's bodies are always in memory (a message, a batch).
-    let body = body
-        .as_bytes()
-        .map(Bytes::copy_from_slice)
-        .unwrap_or_default();
+    let body = in_memory(body)?;
     // As hyper sends it: some servers want the length before the body,
     // and a method that carries one says 0 rather than nothing.
     let carries_body = matches!(head.method, Method::POST | Method::PUT | Method::PATCH);
@@ -464,6 +460,23 @@ fn http_request(request: reqwest::Request) -> Result<(http::Request<()>, Bytes),
             .insert(CONTENT_LENGTH, http::HeaderValue::from(body.len()));
     }
     Ok((http::Request::from_parts(head, ()), body))
+}
+
+/// The bytes of a body held in memory (the forwarder's always are: a
+/// message, a batch), shared, not copied: reqwest hands the `Bytes` it was
+/// made from back in one frame, at once.
+fn in_memory(mut body: reqwest::Body) -> Result<Bytes, H2cError> {
+    use http_body::Body as _;
+    if body.as_bytes().is_none() {
+        return Err(H2cError::Build("the body is not in memory".into()));
+    }
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match Pin::new(&mut body).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => Ok(frame.into_data().unwrap_or_default()),
+        // An empty body has no frame.
+        Poll::Ready(None) => Ok(Bytes::new()),
+        _ => Err(H2cError::Build("the body is not in memory".into())),
+    }
 }
 
 /// An answer's body as reqwest reads one, each chunk's room handed back to
@@ -529,6 +542,18 @@ mod tests {
             .to_str()
             .unwrap()
             .starts_with("workerrmq/"));
+    }
+
+    #[test]
+    fn a_body_in_memory_is_shared_not_copied() {
+        let payload = Bytes::from_static(b"a batch");
+        let request = reqwest::Client::new()
+            .post("http://target.example/hook")
+            .body(payload.clone())
+            .build()
+            .unwrap();
+        let (_, body) = http_request(request).unwrap();
+        assert_eq!(body.as_ptr(), payload.as_ptr(), "the same bytes");
     }
 
     #[test]
