@@ -484,32 +484,20 @@ impl HttpForwarder {
         loop {
             let request = with_token(build(chrono::Utc::now()), token.as_deref());
             let slot = self.slots.take().await;
-            let sent = match &self.h2c {
-                Some(h2c) => match request.build() {
-                    Ok(mut request) => {
-                        if let Some(deadline) = deadline.filter(|_| sent_again) {
-                            *request.timeout_mut() = Some(
-                                deadline.saturating_duration_since(tokio::time::Instant::now()),
-                            );
-                        }
-                        match h2c.send(request).await {
-                            // The target says it never took it (a GOAWAY, a
-                            // refused stream): made again, it goes once more.
-                            Err(h2c::H2cError::Unprocessed(err)) if !sent_again => {
-                                tracing::debug!(error = %err, "the target refused the request unprocessed; sending it again");
-                                sent_again = true;
-                                continue;
-                            }
-                            sent => sent.map_err(h2c::H2cError::outcome),
-                        }
-                    }
-                    Err(err) => Err(self.not_sent(err)),
-                },
-                None => request.send().await.map_err(|err| self.not_sent(err)),
-            };
-            let mut response = match sent {
+            let time_left = deadline
+                .filter(|_| sent_again)
+                .map(|at| at.saturating_duration_since(tokio::time::Instant::now()));
+            let mut response = match self.transmit(request, time_left).await {
                 Ok(response) => response,
-                Err(outcome) => return Sent::Unanswered(outcome),
+                // The target says it never took it (a GOAWAY, a refused
+                // stream): made again, it goes once more.
+                Err(Unsent::H2c(h2c::H2cError::Unprocessed(err))) if !sent_again => {
+                    tracing::debug!(error = %err, "the target refused the request unprocessed; sending it again");
+                    sent_again = true;
+                    continue;
+                }
+                Err(Unsent::H2c(err)) => return Sent::Unanswered(err.outcome()),
+                Err(Unsent::Reqwest(err)) => return Sent::Unanswered(self.not_sent(err)),
             };
             let refused = token
                 .as_ref()
@@ -525,6 +513,31 @@ impl HttpForwarder {
                 Err(failure) => return Sent::NoToken(failure),
             }
         }
+    }
+}
+
+/// Why one request got no answer, by the way it went.
+enum Unsent {
+    Reqwest(reqwest::Error),
+    H2c(h2c::H2cError),
+}
+
+impl HttpForwarder {
+    /// One request on its way: over h2c on the origin's connection, or
+    /// through reqwest. `time_left`, when given, replaces its timeout.
+    async fn transmit(
+        &self,
+        request: reqwest::RequestBuilder,
+        time_left: Option<Duration>,
+    ) -> Result<reqwest::Response, Unsent> {
+        let Some(h2c) = &self.h2c else {
+            return request.send().await.map_err(Unsent::Reqwest);
+        };
+        let mut request = request.build().map_err(Unsent::Reqwest)?;
+        if time_left.is_some() {
+            *request.timeout_mut() = time_left;
+        }
+        h2c.send(request).await.map_err(Unsent::H2c)
     }
 }
 
