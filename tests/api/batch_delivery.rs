@@ -588,7 +588,7 @@ async fn the_network_guard_refuses_a_batch_target_resolving_inside() {
     api.create_queue(&queue).await;
     // A name resolving to loopback: refused when connecting, so every
     // message of the batch is dead-lettered at once and nothing arrives.
-    let port = target.base_url.rsplit(':').next().expect("a port");
+    let port = target.port();
     api.create_http_consumer(
         &queue,
         &format!("http://localhost:{port}/hook"),

@@ -240,7 +240,7 @@ async fn forward_deny_private_refuses_inside_targets() {
     // dead-lettered at once, with a reason that names no URL. The same over
     // h2c (`http2: "always"`), which connects without reqwest.
     let secret_path = "/hook?token=s3cr3t";
-    let port = target.base_url.rsplit(':').next().expect("a port");
+    let port = target.port();
     for (way, http2) in [("http1", "never"), ("h2c", "always")] {
         let queue = app.unique_queue(&format!("guarded-{way}"));
         app.create_queue(&queue, json!({})).await;
